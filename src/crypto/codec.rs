@@ -1,0 +1,204 @@
+//! Fixed-point encoding of floats into the plaintext space, and the rounding ("modulus
+//! switching") that drops the noise-only low bits of coefficients for the wire.
+
+use super::params::{Rounding, SessionParams};
+use super::ring::Torus;
+use super::CryptoError;
+
+/// Encodes `values` into torus plaintexts `Δ · (round(clip(v) · 2^frac) mod 2^w)`, with
+/// Δ = 2^(BITS − w). Returns how many values were clipped. NaN is refused; ±∞ clips.
+/// `uniform` supplies [0, 1) samples for stochastic rounding.
+pub fn encode_into<T: Torus>(
+    params: &SessionParams,
+    values: &[f32],
+    out: &mut [T],
+    first_index: usize,
+    mut uniform: impl FnMut() -> f64,
+) -> Result<u64, CryptoError> {
+    debug_assert_eq!(values.len(), out.len());
+    let scale = 2f64.powi(params.frac_bits as i32);
+    let clip = params.clip;
+    let shift = T::BITS as u32 - params.plaintext_bits;
+    let mut clipped = 0u64;
+    for (i, (&v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
+        let v = v as f64;
+        if v.is_nan() {
+            return Err(CryptoError::NonFinite {
+                index: first_index + i,
+            });
+        }
+        let c = if v > clip {
+            clipped += 1;
+            clip
+        } else if v < -clip {
+            clipped += 1;
+            -clip
+        } else {
+            v
+        };
+        let scaled = c * scale;
+        let fixed = match params.rounding {
+            Rounding::Nearest => scaled.round(),
+            Rounding::Stochastic => {
+                let floor = scaled.floor();
+                floor + ((uniform() < scaled - floor) as u8 as f64)
+            }
+        } as i64;
+        // Two's complement then shift: the top w bits hold `fixed mod 2^w`.
+        *o = T::from_u128((fixed as i128 as u128) << shift);
+    }
+    Ok(clipped)
+}
+
+/// Decodes a noisy phase into the signed fixed-point integer it carries (round to nearest
+/// multiple of Δ, then interpret mod 2^w as signed).
+pub fn decode_fixed<T: Torus>(params: &SessionParams, phase: T) -> i64 {
+    let w = params.plaintext_bits;
+    let shift = T::BITS as u32 - w;
+    let half_delta = T::ONE << (shift as usize - 1);
+    let v = (phase.wrapping_add(half_delta) >> shift as usize).to_u128();
+    let modulus = 1u128 << w;
+    let v = v & (modulus - 1);
+    if v >= modulus / 2 {
+        v as i64 - modulus as i64
+    } else {
+        v as i64
+    }
+}
+
+pub fn fixed_to_f64(params: &SessionParams, fixed: i64) -> f64 {
+    fixed as f64 / 2f64.powi(params.frac_bits as i32)
+}
+
+/// Bytes per coefficient when keeping `keep_bits` top bits (always whole bytes).
+pub const fn packed_width(keep_bits: u32) -> usize {
+    (keep_bits / 8) as usize
+}
+
+/// Appends each value rounded to its top `keep_bits` bits (round to nearest), little-endian.
+pub fn pack_rounded<T: Torus>(values: &[T], keep_bits: u32, out: &mut Vec<u8>) {
+    let width = packed_width(keep_bits);
+    let drop = T::BITS - keep_bits as usize;
+    let half = if drop == 0 {
+        T::ZERO
+    } else {
+        T::ONE << (drop - 1)
+    };
+    out.reserve(values.len() * width);
+    for &v in values {
+        let top = if drop == 0 {
+            v
+        } else {
+            v.wrapping_add(half) >> drop
+        };
+        out.extend_from_slice(&top.to_u128().to_le_bytes()[..width]);
+    }
+}
+
+#[inline(always)]
+fn read_top<T: Torus>(chunk: &[u8], drop: usize) -> T {
+    let mut buf = [0u8; 16];
+    buf[..chunk.len()].copy_from_slice(chunk);
+    let v = T::from_u128(u128::from_le_bytes(buf));
+    if drop == 0 {
+        v
+    } else {
+        v << drop
+    }
+}
+
+/// Inverse of [`pack_rounded`]: `out[i] = value_i · 2^(BITS − keep_bits)`.
+pub fn unpack_into<T: Torus>(bytes: &[u8], keep_bits: u32, out: &mut [T]) {
+    let width = packed_width(keep_bits);
+    debug_assert_eq!(bytes.len(), out.len() * width);
+    let drop = T::BITS - keep_bits as usize;
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(width)) {
+        *o = read_top(c, drop);
+    }
+}
+
+/// `acc[i] = acc[i] + value_i · 2^(BITS − keep_bits)` (wrapping): the accumulator's hot loop.
+pub fn unpack_add_assign<T: Torus>(bytes: &[u8], keep_bits: u32, acc: &mut [T]) {
+    let width = packed_width(keep_bits);
+    debug_assert_eq!(bytes.len(), acc.len() * width);
+    let drop = T::BITS - keep_bits as usize;
+    for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(width)) {
+        *a = a.wrapping_add(read_top(c, drop));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::params::Profile;
+    use proptest::prelude::*;
+
+    fn params() -> SessionParams {
+        SessionParams::recommended(Profile::Secure, 10, 3, 8.0).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trips_within_half_ulp(v in -8.0f32..=8.0) {
+            let p = params();
+            let mut out = [0u128; 1];
+            encode_into(&p, &[v], &mut out, 0, || 0.5).unwrap();
+            let back = fixed_to_f64(&p, decode_fixed(&p, out[0]));
+            prop_assert!((back - v as f64).abs() <= p.mean_error_bound());
+        }
+
+        #[test]
+        fn packing_round_trips_up_to_rounding(v in any::<u128>(), keep in prop::sample::select(vec![40u32, 88, 96, 128])) {
+            let mut bytes = Vec::new();
+            pack_rounded(&[v], keep, &mut bytes);
+            prop_assert_eq!(bytes.len(), packed_width(keep));
+            let mut out = [0u128; 1];
+            unpack_into(&bytes, keep, &mut out);
+            let err = out[0].wrapping_sub(v) as i128;
+            let half = if keep == 128 { 0 } else { 1i128 << (127 - keep) };
+            prop_assert!(err.unsigned_abs() <= half as u128, "err {} half {}", err, half);
+        }
+
+        #[test]
+        fn u64_packing_round_trips(v in any::<u64>()) {
+            let mut bytes = Vec::new();
+            pack_rounded(&[v], 48, &mut bytes);
+            let mut out = [0u64; 1];
+            unpack_into(&bytes, 48, &mut out);
+            prop_assert!((out[0].wrapping_sub(v) as i64).unsigned_abs() <= 1 << 15);
+        }
+    }
+
+    #[test]
+    fn clipping_is_counted_and_nan_refused() {
+        let p = params();
+        let mut out = [0u128; 4];
+        let clipped = encode_into(&p, &[9.0, -1e9, f32::INFINITY, 8.0], &mut out, 0, || 0.5).unwrap();
+        assert_eq!(clipped, 3);
+        assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[0])), 8.0);
+        assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[1])), -8.0);
+        let e = encode_into(&p, &[1.0, f32::NAN], &mut out[..2], 7, || 0.5).unwrap_err();
+        assert!(e.to_string().contains("index 8"), "{e}");
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased() {
+        let mut p = params();
+        p.rounding = Rounding::Stochastic;
+        p.frac_bits = 2;
+        // 0.1 · 4 = 0.4: rounds up 40% of the time.
+        let mut state = 0u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut sum = 0i64;
+        for _ in 0..10_000 {
+            let mut out = [0u128; 1];
+            encode_into(&p, &[0.1], &mut out, 0, &mut next).unwrap();
+            sum += decode_fixed(&p, out[0]);
+        }
+        let mean = sum as f64 / 10_000.0 / 4.0;
+        assert!((mean - 0.1).abs() < 0.005, "{mean}");
+    }
+}

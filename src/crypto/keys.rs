@@ -1,0 +1,931 @@
+//! Keys: per-session secret shares, the commit-then-reveal key ceremony, the collective
+//! compact public key, and encryption under it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, TUniform};
+use tfhe::core_crypto::prelude::{
+    generate_binary_lwe_secret_key, generate_seeded_lwe_compact_public_key, new_seeder,
+    CiphertextModulus, DefaultRandomGenerator, LweDimension, LweSecretKey,
+    SecretRandomGenerator, SeededLweCompactPublicKey,
+};
+use zeroize::Zeroizing;
+
+use super::aggregate::{DecryptionRequest, PartialDecryption};
+use super::codec::{self, pack_rounded};
+use super::engine::ProfileTorus;
+use super::params::{Profile, SessionParams};
+use super::ring::{NttPoly, Torus};
+use super::rng::{derived_generator, os_seed, FloodingStream};
+use super::{typed, CryptoError, Typed};
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Binds keys and ciphertexts to one session: BLAKE3 of the session id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionTag(pub [u8; 32]);
+
+impl SessionTag {
+    pub fn derive(session_id: &str) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("fhenode 2026 session tag v1");
+        h.update(session_id.as_bytes());
+        SessionTag(*h.finalize().as_bytes())
+    }
+}
+
+impl fmt::Debug for SessionTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionTag({})", hex8(&self.0))
+    }
+}
+
+/// Identifies a collective public key: BLAKE3 over its parameters, session and body.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyId(pub [u8; 32]);
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", hex8(&self.0))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex8(&self.0))
+    }
+}
+
+/// The common reference string seed: every member derives the same public mask `a` from it.
+fn crs_seed(params: &SessionParams, tag: &SessionTag) -> Seed {
+    let mut h = blake3::Hasher::new_derive_key("fhenode 2026 crs v1");
+    h.update(&tag.0);
+    h.update(params.profile.name().as_bytes());
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Seed(u128::from_le_bytes(s))
+}
+
+fn torus_to_bytes<T: Torus>(values: &[T]) -> Vec<u8> {
+    let width = T::BITS / 8;
+    let mut out = Vec::with_capacity(values.len() * width);
+    for &v in values {
+        out.extend_from_slice(&v.to_u128().to_le_bytes()[..width]);
+    }
+    out
+}
+
+fn torus_from_bytes<T: Torus>(bytes: &[u8], what: &'static str) -> Result<Vec<T>, CryptoError> {
+    let width = T::BITS / 8;
+    if bytes.len() % width != 0 {
+        return Err(CryptoError::Malformed {
+            what,
+            reason: format!("{} bytes is not a whole number of {width}-byte coefficients", bytes.len()),
+        });
+    }
+    let mut out = vec![T::ZERO; bytes.len() / width];
+    codec::unpack_into(bytes, (width * 8) as u32, &mut out);
+    Ok(out)
+}
+
+/// A member's commitment to its public-key share, published before any share is revealed so
+/// that no member can choose its share as a function of the others' (rogue-key attack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCommitment {
+    pub tag: SessionTag,
+    pub member: u32,
+    pub digest: [u8; 32],
+}
+
+/// A member's public-key share `b_i = a·s_i + e_i` (full width, little-endian).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyShare {
+    pub profile: Profile,
+    pub tag: SessionTag,
+    pub member: u32,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for PublicKeyShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKeyShare")
+            .field("profile", &self.profile)
+            .field("tag", &self.tag)
+            .field("member", &self.member)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+impl PublicKeyShare {
+    pub fn commitment(&self) -> KeyCommitment {
+        let mut h = blake3::Hasher::new_derive_key("fhenode 2026 key share commitment v1");
+        h.update(self.profile.name().as_bytes());
+        h.update(&self.tag.0);
+        h.update(&self.member.to_le_bytes());
+        h.update(&self.body);
+        KeyCommitment {
+            tag: self.tag,
+            member: self.member,
+            digest: *h.finalize().as_bytes(),
+        }
+    }
+
+    fn expected_len(profile: Profile) -> usize {
+        let p = profile.params();
+        p.ring_dim * (p.torus_bits / 8) as usize
+    }
+}
+
+struct SecretPoly<T: Torus> {
+    /// Binary coefficients of s_i.
+    bits: Zeroizing<Vec<T>>,
+    /// NTT form of reverse(s_i), the operand of every partial decryption.
+    rev_ntt: Zeroizing<NttPoly>,
+}
+
+impl<T: ProfileTorus> SecretPoly<T> {
+    fn from_bits(bits: Zeroizing<Vec<T>>) -> Self {
+        let mut rev = Zeroizing::new(bits.to_vec());
+        rev.reverse();
+        let rev_ntt = Zeroizing::new(T::ring().forward_binary(&rev));
+        SecretPoly { bits, rev_ntt }
+    }
+
+    fn generate(params: &SessionParams, tag: &SessionTag) -> (Self, Vec<T>) {
+        let p = params.profile.params();
+        let n = p.ring_dim;
+        let mut seeder = new_seeder();
+        let mut bits = Zeroizing::new(vec![T::ZERO; n]);
+        {
+            let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+            let mut key = LweSecretKey::from_container(&mut bits[..]);
+            generate_binary_lwe_secret_key(&mut key, &mut secret_gen);
+        }
+        // tfhe's seeded compact public key: mask from the CRS seed, body a·rev(s_i) + e_i.
+        let mut seeded = SeededLweCompactPublicKey::new(
+            T::ZERO,
+            LweDimension(n),
+            CompressionSeed::from(crs_seed(params, tag)),
+            CiphertextModulus::new_native(),
+        );
+        generate_seeded_lwe_compact_public_key(
+            &LweSecretKey::from_container(&bits[..]),
+            &mut seeded,
+            TUniform::<T>::new(p.noise_log2),
+            seeder.as_mut(),
+        );
+        let body = seeded.into_container();
+        (Self::from_bits(bits), body)
+    }
+
+    /// d_j = (M · rev(s_i))[N−1−j] + flooding_j for every value j of every chunk.
+    fn partial(&self, mask: &[u8], length: usize, flood_key: &[u8; 32], flood_log2: u32, keep: u32) -> Vec<u8> {
+        let ring = T::ring();
+        let n = ring.n();
+        let mask_keep = T::PROFILE.params().mask_keep_bits;
+        let mask_width = codec::packed_width(mask_keep);
+        let chunks: Vec<Vec<u8>> = mask
+            .par_chunks(n * mask_width)
+            .enumerate()
+            .map(|(c, mask_bytes)| {
+                let count = (length - c * n).min(n);
+                let mut m = vec![T::ZERO; n];
+                codec::unpack_into(mask_bytes, mask_keep, &mut m);
+                // The unflooded product d_i − f_i must not outlive this call: zeroizing buffers.
+                let mut prod = Zeroizing::new(vec![T::ZERO; n]);
+                let mut scratch = Zeroizing::new(ring.scratch());
+                ring.product(&ring.forward(&m), &self.rev_ntt, &mut prod, &mut scratch);
+                let mut flood = FloodingStream::new(flood_key, c as u64, flood_log2);
+                let d: Zeroizing<Vec<T>> = Zeroizing::new(
+                    (0..count)
+                        .map(|j| prod[n - 1 - j].wrapping_add(flood.sample::<T>()))
+                        .collect(),
+                );
+                let mut out = Vec::new();
+                pack_rounded(&d, keep, &mut out);
+                out
+            })
+            .collect();
+        chunks.concat()
+    }
+}
+
+/// A committee member's secret share of one session's key. Zeroized on drop, redacted in
+/// `Debug`, serialized only through [`Self::to_secret_bytes`] (for the key store). It answers
+/// at most one decryption request: the same request again gets the same bytes back, any other
+/// is refused ([`CryptoError::KeyAlreadyUsed`]).
+pub struct SecretKeyShare {
+    params: SessionParams,
+    tag: SessionTag,
+    member: u32,
+    secret: Typed<SecretPoly<u128>, SecretPoly<u64>>,
+    collective: Option<KeyId>,
+    answered: Option<PartialDecryption>,
+}
+
+impl fmt::Debug for SecretKeyShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKeyShare")
+            .field("profile", &self.params.profile)
+            .field("tag", &self.tag)
+            .field("member", &self.member)
+            .field("collective", &self.collective)
+            .field("answered", &self.answered.is_some())
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the key store persists. The secret bits live in a zeroizing buffer.
+#[derive(Serialize, Deserialize)]
+struct SecretRecord {
+    version: u16,
+    params: SessionParams,
+    tag: SessionTag,
+    member: u32,
+    collective: Option<KeyId>,
+    answered: Option<PartialDecryption>,
+    #[serde(with = "serde_bytes")]
+    bits: Vec<u8>,
+}
+
+impl Drop for SecretRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bits);
+    }
+}
+
+const SECRET_RECORD_VERSION: u16 = 1;
+
+impl SecretKeyShare {
+    /// Draws a fresh secret share for `member` (0-based index into the committee) and its
+    /// public share. Publish `public.commitment()` first, the share only once every member's
+    /// commitment is in.
+    pub fn generate(
+        params: &SessionParams,
+        tag: SessionTag,
+        member: u32,
+    ) -> Result<(Self, PublicKeyShare), CryptoError> {
+        params.validate()?;
+        if member >= params.committee {
+            return Err(CryptoError::InvalidParams(format!(
+                "member index {member} outside a committee of {}",
+                params.committee
+            )));
+        }
+        let (secret, body) = match params.profile {
+            Profile::Secure => {
+                let (s, b) = SecretPoly::<u128>::generate(params, &tag);
+                (Typed::Secure(s), torus_to_bytes(&b))
+            }
+            Profile::Fast => {
+                let (s, b) = SecretPoly::<u64>::generate(params, &tag);
+                (Typed::Fast(s), torus_to_bytes(&b))
+            }
+        };
+        let share = SecretKeyShare {
+            params: params.clone(),
+            tag,
+            member,
+            secret,
+            collective: None,
+            answered: None,
+        };
+        let public = PublicKeyShare {
+            profile: params.profile,
+            tag,
+            member,
+            body,
+        };
+        Ok((share, public))
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.params
+    }
+    pub fn tag(&self) -> SessionTag {
+        self.tag
+    }
+    pub fn member(&self) -> u32 {
+        self.member
+    }
+    pub fn collective(&self) -> Option<KeyId> {
+        self.collective
+    }
+    pub fn answered(&self) -> Option<&PartialDecryption> {
+        self.answered.as_ref()
+    }
+
+    /// Records which collective key this share belongs to, after checking that the key was
+    /// built from this member's own share (by commitment) for this session.
+    pub fn bind(&mut self, key: &CollectivePublicKey, own_share: &PublicKeyShare) -> Result<(), CryptoError> {
+        if key.tag != self.tag || own_share.tag != self.tag {
+            return Err(CryptoError::WrongSession { what: "collective key" });
+        }
+        if key.params != self.params {
+            return Err(CryptoError::InvalidParams(
+                "collective key was made with other session parameters".into(),
+            ));
+        }
+        let expected = own_share.commitment().digest;
+        if key.commitments.get(self.member as usize) != Some(&expected) {
+            return Err(CryptoError::Ceremony(format!(
+                "collective key does not contain member {}'s share",
+                self.member
+            )));
+        }
+        match self.collective {
+            Some(id) if id != key.key_id => Err(CryptoError::Ceremony(
+                "share already bound to another collective key".into(),
+            )),
+            _ => {
+                self.collective = Some(key.key_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// This member's partial decryption of the aggregate in `request`. Checks the request is
+    /// for this session and key, has between `min_contributors` and the session's declared
+    /// participants, and that this share never answered a different request.
+    pub fn partial_decrypt(
+        &mut self,
+        request: &DecryptionRequest,
+        min_contributors: u32,
+    ) -> Result<PartialDecryption, CryptoError> {
+        let digest = request.digest();
+        if let Some(prev) = &self.answered {
+            return if prev.request_digest == digest {
+                Ok(prev.clone())
+            } else {
+                Err(CryptoError::KeyAlreadyUsed)
+            };
+        }
+        if request.tag != self.tag {
+            return Err(CryptoError::WrongSession { what: "decryption request" });
+        }
+        if request.profile != self.params.profile {
+            return Err(CryptoError::ProfileMismatch {
+                expected: self.params.profile,
+                got: request.profile,
+            });
+        }
+        let Some(key_id) = self.collective else {
+            return Err(CryptoError::DecryptionRefused(
+                "this share was never bound to a collective key".into(),
+            ));
+        };
+        if request.key_id != key_id {
+            return Err(CryptoError::WrongKey { what: "decryption request" });
+        }
+        request.validate()?;
+        let contributors = request.contributors.len() as u32;
+        if contributors < min_contributors.max(1) {
+            return Err(CryptoError::DecryptionRefused(format!(
+                "{contributors} contributors is below the minimum of {min_contributors}"
+            )));
+        }
+        if contributors > self.params.participants {
+            return Err(CryptoError::DecryptionRefused(format!(
+                "{contributors} contributors exceeds the session's {} participants (noise budget)",
+                self.params.participants
+            )));
+        }
+        let budget = self.params.budget();
+        let flood_key = os_seed();
+        let length = request.length as usize;
+        let values = typed!(&self.secret, s => s.partial(
+            &request.mask, length, &flood_key, budget.flood_log2, budget.partial_keep_bits
+        ));
+        let partial = PartialDecryption {
+            tag: self.tag,
+            key_id,
+            request_digest: digest,
+            member: self.member,
+            keep_bits: budget.partial_keep_bits,
+            values,
+        };
+        self.answered = Some(partial.clone());
+        Ok(partial)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn secret_bits_for_tests(&self) -> Vec<u128> {
+        typed!(&self.secret, s => s.bits.iter().map(|b| b.to_u128()).collect())
+    }
+
+    /// The share as bytes for the key store (zeroized when dropped). Never log or send these.
+    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let bits: Vec<u8> = typed!(&self.secret, s => s.bits.iter().map(|b| b.to_u128() as u8).collect());
+        let record = SecretRecord {
+            version: SECRET_RECORD_VERSION,
+            params: self.params.clone(),
+            tag: self.tag,
+            member: self.member,
+            collective: self.collective,
+            answered: self.answered.clone(),
+            bits,
+        };
+        Zeroizing::new(bincode::serialize(&record).expect("in-memory serialization of plain data"))
+    }
+
+    /// Inverse of [`Self::to_secret_bytes`]; refuses anything malformed.
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        use bincode::Options;
+        let record: SecretRecord = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(bytes.len() as u64)
+            .deserialize(bytes)
+            .map_err(|e| CryptoError::Malformed {
+                what: "secret key share",
+                reason: e.to_string(),
+            })?;
+        if record.version != SECRET_RECORD_VERSION {
+            return Err(CryptoError::Malformed {
+                what: "secret key share",
+                reason: format!("unknown record version {}", record.version),
+            });
+        }
+        record.params.validate()?;
+        let n = record.params.profile.params().ring_dim;
+        if record.bits.len() != n || record.bits.iter().any(|&b| b > 1) {
+            return Err(CryptoError::Malformed {
+                what: "secret key share",
+                reason: "secret is not a binary polynomial of the profile's dimension".into(),
+            });
+        }
+        fn lift<T: ProfileTorus>(bits: &[u8]) -> SecretPoly<T> {
+            SecretPoly::from_bits(Zeroizing::new(bits.iter().map(|&b| T::from_u128(b as u128)).collect()))
+        }
+        let secret = match record.params.profile {
+            Profile::Secure => Typed::Secure(lift::<u128>(&record.bits)),
+            Profile::Fast => Typed::Fast(lift::<u64>(&record.bits)),
+        };
+        Ok(SecretKeyShare {
+            params: record.params.clone(),
+            tag: record.tag,
+            member: record.member,
+            secret,
+            collective: record.collective,
+            answered: record.answered.clone(),
+        })
+    }
+}
+
+/// Collects commitments, then shares, and sums them into the collective key. Pure state: the
+/// session protocol feeds it whatever arrives and asks whether it is complete.
+#[derive(Debug, Clone)]
+pub struct KeyCeremony {
+    params: SessionParams,
+    tag: SessionTag,
+    commitments: Vec<Option<KeyCommitment>>,
+    shares: Vec<Option<PublicKeyShare>>,
+}
+
+impl KeyCeremony {
+    pub fn new(params: SessionParams, tag: SessionTag) -> Result<Self, CryptoError> {
+        params.validate()?;
+        let k = params.committee as usize;
+        Ok(KeyCeremony {
+            params,
+            tag,
+            commitments: vec![None; k],
+            shares: vec![None; k],
+        })
+    }
+
+    fn check_member(&self, tag: &SessionTag, member: u32) -> Result<usize, CryptoError> {
+        if *tag != self.tag {
+            return Err(CryptoError::WrongSession { what: "key ceremony message" });
+        }
+        if member >= self.params.committee {
+            return Err(CryptoError::Ceremony(format!(
+                "member {member} is outside the committee of {}",
+                self.params.committee
+            )));
+        }
+        Ok(member as usize)
+    }
+
+    /// Records a commitment; the same one again is harmless, a different one is refused.
+    pub fn add_commitment(&mut self, c: KeyCommitment) -> Result<(), CryptoError> {
+        let i = self.check_member(&c.tag, c.member)?;
+        match &self.commitments[i] {
+            Some(prev) if *prev != c => Err(CryptoError::Ceremony(format!(
+                "member {} sent a second, different commitment",
+                c.member
+            ))),
+            _ => {
+                self.commitments[i] = Some(c);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn all_committed(&self) -> bool {
+        self.commitments.iter().all(Option::is_some)
+    }
+
+    /// Records a revealed share. Refused before every commitment is in (commit-then-reveal),
+    /// or when it does not match its member's commitment.
+    pub fn add_share(&mut self, share: PublicKeyShare) -> Result<(), CryptoError> {
+        let i = self.check_member(&share.tag, share.member)?;
+        if share.profile != self.params.profile {
+            return Err(CryptoError::ProfileMismatch {
+                expected: self.params.profile,
+                got: share.profile,
+            });
+        }
+        if !self.all_committed() {
+            return Err(CryptoError::Ceremony(
+                "a share was revealed before every member committed".into(),
+            ));
+        }
+        if share.body.len() != PublicKeyShare::expected_len(share.profile) {
+            return Err(CryptoError::Malformed {
+                what: "public key share",
+                reason: format!(
+                    "{} bytes, expected {}",
+                    share.body.len(),
+                    PublicKeyShare::expected_len(share.profile)
+                ),
+            });
+        }
+        if Some(share.commitment()) != self.commitments[i] {
+            return Err(CryptoError::Ceremony(format!(
+                "member {}'s share does not match its commitment",
+                share.member
+            )));
+        }
+        self.shares[i] = Some(share);
+        Ok(())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.shares.iter().all(Option::is_some)
+    }
+
+    /// Members whose commitment or share is still missing.
+    pub fn missing(&self) -> Vec<u32> {
+        (0..self.params.committee)
+            .filter(|&i| self.shares[i as usize].is_none())
+            .collect()
+    }
+
+    /// Sums the shares' bodies into the collective public key `(a, Σ b_i)`.
+    pub fn finish(&self) -> Result<CollectivePublicKey, CryptoError> {
+        if !self.is_complete() {
+            return Err(CryptoError::Ceremony(format!(
+                "shares missing from members {:?}",
+                self.missing()
+            )));
+        }
+        let shares: Vec<&PublicKeyShare> = self.shares.iter().flatten().collect();
+        let body = match self.params.profile {
+            Profile::Secure => sum_bodies::<u128>(&shares)?,
+            Profile::Fast => sum_bodies::<u64>(&shares)?,
+        };
+        let commitments = shares.iter().map(|s| s.commitment().digest).collect();
+        CollectivePublicKey::from_parts(self.params.clone(), self.tag, commitments, body)
+    }
+}
+
+fn sum_bodies<T: Torus>(shares: &[&PublicKeyShare]) -> Result<Vec<u8>, CryptoError> {
+    let mut acc: Option<Vec<T>> = None;
+    for s in shares {
+        let b = torus_from_bytes::<T>(&s.body, "public key share")?;
+        match &mut acc {
+            None => acc = Some(b),
+            Some(a) => a.iter_mut().zip(&b).for_each(|(x, y)| *x = x.wrapping_add(*y)),
+        }
+    }
+    Ok(torus_to_bytes(&acc.unwrap_or_default()))
+}
+
+/// The public key material every encryption and the centring correction needs, in NTT form.
+pub(crate) struct PkCore<T: Torus> {
+    a_ntt: NttPoly,
+    b_ntt: NttPoly,
+    /// Encryption of zero with all-ones randomness and no noise: (a·1, reverse(b·1)).
+    pub(crate) ones_mask: Vec<T>,
+    pub(crate) ones_body_rev: Vec<T>,
+}
+
+impl<T: ProfileTorus> PkCore<T> {
+    fn new(params: &SessionParams, tag: &SessionTag, body: &[u8]) -> Result<Self, CryptoError> {
+        let b = torus_from_bytes::<T>(body, "collective key")?;
+        let n = T::ring().n();
+        if b.len() != n {
+            return Err(CryptoError::Malformed {
+                what: "collective key",
+                reason: format!("{} coefficients, expected {n}", b.len()),
+            });
+        }
+        let seeded = SeededLweCompactPublicKey::from_container(
+            b,
+            CompressionSeed::from(crs_seed(params, tag)),
+            CiphertextModulus::new_native(),
+        );
+        let pk = seeded.decompress_into_lwe_compact_public_key();
+        let (mask, body) = pk.get_mask_and_body();
+        let ring = T::ring();
+        let a_ntt = ring.forward(mask.as_ref());
+        let b_ntt = ring.forward(body.as_ref());
+        let ones = ring.forward_binary(&vec![T::ONE; n]);
+        let mut scratch = ring.scratch();
+        let mut ones_mask = vec![T::ZERO; n];
+        ring.product(&a_ntt, &ones, &mut ones_mask, &mut scratch);
+        let mut ones_body = vec![T::ZERO; n];
+        ring.product(&b_ntt, &ones, &mut ones_body, &mut scratch);
+        ones_body.reverse();
+        Ok(PkCore {
+            a_ntt,
+            b_ntt,
+            ones_mask,
+            ones_body_rev: ones_body,
+        })
+    }
+
+    /// Encrypts one chunk (≤ N plaintexts): mask = a·r + e1, body_j = (b·r)[N−1−j] + e2_j + m_j,
+    /// then rounds both for the wire.
+    fn encrypt_chunk(&self, plaintexts: &[T], gen_seed: &[u8; 32], index: u32, out: &mut EncryptedChunk) {
+        let ring = T::ring();
+        let n = ring.n();
+        let p = T::PROFILE.params();
+        let noise = TUniform::<T>::new(p.noise_log2);
+        let mut generator = derived_generator(gen_seed, "encrypt", index as u64);
+        let mut r = vec![T::ZERO; n];
+        generator.fill_slice_with_random_uniform_binary_bits(&mut r);
+        let r_ntt = ring.forward_binary(&r);
+        let mut scratch = ring.scratch();
+        let mut mask = vec![T::ZERO; n];
+        ring.product(&self.a_ntt, &r_ntt, &mut mask, &mut scratch);
+        generator.unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut mask, noise);
+        let mut br = vec![T::ZERO; n];
+        ring.product(&self.b_ntt, &r_ntt, &mut br, &mut scratch);
+        let count = plaintexts.len();
+        let mut body: Vec<T> = (0..count)
+            .map(|j| br[n - 1 - j].wrapping_add(plaintexts[j]))
+            .collect();
+        generator.unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut body, noise);
+        out.index = index;
+        out.count = count as u32;
+        out.mask.clear();
+        out.body.clear();
+        pack_rounded(&mask, p.mask_keep_bits, &mut out.mask);
+        pack_rounded(&body, p.body_keep_bits, &mut out.body);
+    }
+
+    fn encrypt(&self, params: &SessionParams, values: &[f32]) -> Result<(Vec<EncryptedChunk>, u64), CryptoError> {
+        let n = T::ring().n();
+        let seed = os_seed();
+        let results: Vec<Result<(EncryptedChunk, u64), CryptoError>> = values
+            .par_chunks(n)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut pt = vec![T::ZERO; chunk.len()];
+                let mut stochastic = derived_generator(&seed, "rounding", c as u64);
+                let clipped = codec::encode_into(params, chunk, &mut pt, c * n, || {
+                    (stochastic.random_uniform::<u64>() >> 11) as f64 / (1u64 << 53) as f64
+                })?;
+                let mut out = EncryptedChunk::default();
+                self.encrypt_chunk(&pt, &seed, c as u32, &mut out);
+                Ok((out, clipped))
+            })
+            .collect();
+        let mut chunks = Vec::with_capacity(results.len());
+        let mut clipped = 0;
+        for r in results {
+            let (c, k) = r?;
+            chunks.push(c);
+            clipped += k;
+        }
+        Ok((chunks, clipped))
+    }
+}
+
+/// The session's collective public key `(a, Σ b_i)`, whose secret `Σ s_i` nobody holds.
+#[derive(Clone)]
+pub struct CollectivePublicKey {
+    params: SessionParams,
+    tag: SessionTag,
+    key_id: KeyId,
+    /// Each member's share commitment, by member index (lets a member check its share is in).
+    commitments: Vec<[u8; 32]>,
+    body: Vec<u8>,
+    pub(crate) core: Typed<Arc<PkCore<u128>>, Arc<PkCore<u64>>>,
+}
+
+impl fmt::Debug for CollectivePublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectivePublicKey")
+            .field("profile", &self.params.profile)
+            .field("tag", &self.tag)
+            .field("key_id", &self.key_id)
+            .field("committee", &self.commitments.len())
+            .finish()
+    }
+}
+
+/// Serialized form of a collective key: `a` is re-derived from the session's CRS seed.
+#[derive(Clone, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct CollectiveKeyWire {
+    params: SessionParams,
+    tag: SessionTag,
+    commitments: Vec<[u8; 32]>,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+impl CollectivePublicKey {
+    fn from_parts(
+        params: SessionParams,
+        tag: SessionTag,
+        commitments: Vec<[u8; 32]>,
+        body: Vec<u8>,
+    ) -> Result<Self, CryptoError> {
+        params.validate()?;
+        if commitments.len() != params.committee as usize {
+            return Err(CryptoError::Malformed {
+                what: "collective key",
+                reason: format!(
+                    "{} share commitments for a committee of {}",
+                    commitments.len(),
+                    params.committee
+                ),
+            });
+        }
+        let core = match params.profile {
+            Profile::Secure => Typed::Secure(Arc::new(PkCore::<u128>::new(&params, &tag, &body)?)),
+            Profile::Fast => Typed::Fast(Arc::new(PkCore::<u64>::new(&params, &tag, &body)?)),
+        };
+        let mut h = blake3::Hasher::new_derive_key("fhenode 2026 collective key id v1");
+        h.update(&bincode::serialize(&params).expect("plain data"));
+        h.update(&tag.0);
+        for c in &commitments {
+            h.update(c);
+        }
+        h.update(&body);
+        let key_id = KeyId(*h.finalize().as_bytes());
+        Ok(CollectivePublicKey {
+            params,
+            tag,
+            key_id,
+            commitments,
+            body,
+            core,
+        })
+    }
+
+    pub(crate) fn to_wire(&self) -> CollectiveKeyWire {
+        CollectiveKeyWire {
+            params: self.params.clone(),
+            tag: self.tag,
+            commitments: self.commitments.clone(),
+            body: self.body.clone(),
+        }
+    }
+
+    pub(crate) fn from_wire(w: CollectiveKeyWire) -> Result<Self, CryptoError> {
+        Self::from_parts(w.params, w.tag, w.commitments, w.body)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tfhe_public_key_for_tests_u64(
+        &self,
+    ) -> tfhe::core_crypto::prelude::LweCompactPublicKeyOwned<u64> {
+        let body = torus_from_bytes::<u64>(&self.body, "collective key").unwrap();
+        SeededLweCompactPublicKey::from_container(
+            body,
+            CompressionSeed::from(crs_seed(&self.params, &self.tag)),
+            CiphertextModulus::new_native(),
+        )
+        .decompress_into_lwe_compact_public_key()
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.params
+    }
+    pub fn tag(&self) -> SessionTag {
+        self.tag
+    }
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// Encrypts an update of any length (split into chunks of N values, in parallel).
+    /// Returns the ciphertext and how many values were clipped to ±clip.
+    pub fn encrypt(&self, values: &[f32]) -> Result<(EncryptedUpdate, u64), CryptoError> {
+        if values.is_empty() {
+            return Err(CryptoError::LengthMismatch { expected: 1, got: 0 });
+        }
+        let (chunks, clipped) = typed!(&self.core, core => core.encrypt(&self.params, values))?;
+        Ok((
+            EncryptedUpdate {
+                profile: self.params.profile,
+                tag: self.tag,
+                key_id: self.key_id,
+                length: values.len() as u64,
+                chunks,
+            },
+            clipped,
+        ))
+    }
+}
+
+/// One ciphertext chunk: up to N values sharing one mask polynomial, rounded for the wire.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedChunk {
+    pub index: u32,
+    pub count: u32,
+    #[serde(with = "serde_bytes")]
+    pub mask: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for EncryptedChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncryptedChunk(#{}, {} values)", self.index, self.count)
+    }
+}
+
+impl EncryptedChunk {
+    /// Checks the chunk's shape for `profile`, as chunk `index` of an update of `length`.
+    pub fn validate(&self, profile: Profile, index: usize, length: u64) -> Result<(), CryptoError> {
+        let p = profile.params();
+        let n = p.ring_dim as u64;
+        let expected_count = (length - index as u64 * n).min(n);
+        let bad = |reason: String| Err(CryptoError::Malformed { what: "ciphertext chunk", reason });
+        if self.index as usize != index {
+            return bad(format!("chunk {} found at position {index}", self.index));
+        }
+        if self.count as u64 != expected_count {
+            return bad(format!("chunk {index} holds {} values, expected {expected_count}", self.count));
+        }
+        let mask_len = p.ring_dim * codec::packed_width(p.mask_keep_bits);
+        if self.mask.len() != mask_len {
+            return bad(format!("chunk {index} mask is {} bytes, expected {mask_len}", self.mask.len()));
+        }
+        let body_len = self.count as usize * codec::packed_width(p.body_keep_bits);
+        if self.body.len() != body_len {
+            return bad(format!("chunk {index} body is {} bytes, expected {body_len}", self.body.len()));
+        }
+        Ok(())
+    }
+}
+
+/// A participant's encrypted update, bound to a session and a collective key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedUpdate {
+    pub profile: Profile,
+    pub tag: SessionTag,
+    pub key_id: KeyId,
+    pub length: u64,
+    pub chunks: Vec<EncryptedChunk>,
+}
+
+impl fmt::Debug for EncryptedUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptedUpdate")
+            .field("profile", &self.profile)
+            .field("key_id", &self.key_id)
+            .field("length", &self.length)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
+impl EncryptedUpdate {
+    /// Checks every chunk's shape; says which is wrong.
+    pub fn validate(&self) -> Result<(), CryptoError> {
+        let n = self.profile.params().ring_dim as u64;
+        let expected_chunks = self.length.div_ceil(n);
+        if self.length == 0 || self.chunks.len() as u64 != expected_chunks {
+            return Err(CryptoError::Malformed {
+                what: "encrypted update",
+                reason: format!(
+                    "{} chunks for {} values, expected {expected_chunks}",
+                    self.chunks.len(),
+                    self.length
+                ),
+            });
+        }
+        for (i, c) in self.chunks.iter().enumerate() {
+            c.validate(self.profile, i, self.length)?;
+        }
+        Ok(())
+    }
+
+    /// Payload bytes (masks and bodies), the figure behind "bytes per parameter".
+    pub fn payload_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.mask.len() + c.body.len()).sum()
+    }
+}

@@ -1,0 +1,150 @@
+//! Versioned wire envelope for everything the crypto layer sends or stores:
+//!
+//! ```text
+//! "FHEN" | version: u8 | kind: u8 | bincode payload | BLAKE3(all previous bytes): 32 bytes
+//! ```
+//!
+//! Decoding checks the size limit first, then magic, version, kind and digest, and only then
+//! parses the payload with a byte limit equal to its length: a hostile length prefix fails
+//! instead of allocating. Trailing bytes are refused. Each message is then shape-checked.
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::aggregate::{DecryptionRequest, PartialDecryption};
+use super::keys::{
+    CollectiveKeyWire, CollectivePublicKey, EncryptedChunk, EncryptedUpdate, KeyCommitment,
+    PublicKeyShare,
+};
+use super::CryptoError;
+
+pub const MAGIC: [u8; 4] = *b"FHEN";
+pub const VERSION: u8 = 1;
+const HEADER: usize = 6;
+const DIGEST: usize = 32;
+
+/// What a message is; a message of one kind never decodes as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    KeyCommitment = 1,
+    PublicKeyShare = 2,
+    CollectiveKey = 3,
+    EncryptedUpdate = 4,
+    EncryptedChunk = 5,
+    DecryptionRequest = 6,
+    PartialDecryption = 7,
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// A message with a wire form.
+pub trait Wire: Sized {
+    const KIND: Kind;
+    type Repr: Serialize + DeserializeOwned;
+    fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr>
+    where
+        Self::Repr: Clone;
+    fn from_repr(repr: Self::Repr) -> Result<Self, CryptoError>;
+
+    fn to_bytes(&self) -> Vec<u8>
+    where
+        Self::Repr: Clone,
+    {
+        let repr = self.to_repr();
+        let payload = options().serialize(repr.as_ref()).expect("in-memory serialization of plain data");
+        let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(Self::KIND as u8);
+        out.extend_from_slice(&payload);
+        let digest = blake3::hash(&out);
+        out.extend_from_slice(digest.as_bytes());
+        out
+    }
+
+    /// Decodes and checks a message of at most `max_len` bytes.
+    fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, CryptoError> {
+        let err = |m: String| CryptoError::Wire(format!("{:?}: {m}", Self::KIND));
+        if bytes.len() > max_len {
+            return Err(err(format!("{} bytes exceeds the limit of {max_len}", bytes.len())));
+        }
+        if bytes.len() < HEADER + DIGEST {
+            return Err(err(format!("truncated: {} bytes", bytes.len())));
+        }
+        if bytes[..4] != MAGIC {
+            return Err(err("not an fhenode message (bad magic)".into()));
+        }
+        if bytes[4] != VERSION {
+            return Err(err(format!("unsupported version {} (this node speaks {VERSION})", bytes[4])));
+        }
+        if bytes[5] != Self::KIND as u8 {
+            return Err(err(format!("message kind {} where {} was expected", bytes[5], Self::KIND as u8)));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
+        if blake3::hash(body).as_bytes() != digest {
+            return Err(err("digest mismatch: the message was truncated or altered".into()));
+        }
+        let payload = &body[HEADER..];
+        let repr: Self::Repr = options()
+            .with_limit(payload.len() as u64)
+            .deserialize(payload)
+            .map_err(|e| err(format!("payload: {e}")))?;
+        Self::from_repr(repr)
+    }
+}
+
+/// BLAKE3 digest of a message's wire bytes (e.g. to acknowledge a submission).
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+macro_rules! plain_wire {
+    ($ty:ty, $kind:expr, |$v:ident| $check:expr) => {
+        impl Wire for $ty {
+            const KIND: Kind = $kind;
+            type Repr = $ty;
+            fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr> {
+                std::borrow::Cow::Borrowed(self)
+            }
+            fn from_repr($v: Self::Repr) -> Result<Self, CryptoError> {
+                $check?;
+                Ok($v)
+            }
+        }
+    };
+}
+
+plain_wire!(KeyCommitment, Kind::KeyCommitment, |v| Ok::<(), CryptoError>(()));
+plain_wire!(PublicKeyShare, Kind::PublicKeyShare, |v| {
+    let p = v.profile.params();
+    let expected = p.ring_dim * (p.torus_bits / 8) as usize;
+    if v.body.len() == expected {
+        Ok(())
+    } else {
+        Err(CryptoError::Malformed {
+            what: "public key share",
+            reason: format!("{} bytes, expected {expected}", v.body.len()),
+        })
+    }
+});
+plain_wire!(EncryptedUpdate, Kind::EncryptedUpdate, |v| v.validate());
+plain_wire!(DecryptionRequest, Kind::DecryptionRequest, |v| v.validate());
+plain_wire!(PartialDecryption, Kind::PartialDecryption, |v| Ok::<(), CryptoError>(()));
+plain_wire!(EncryptedChunk, Kind::EncryptedChunk, |v| Ok::<(), CryptoError>(()));
+
+impl Wire for CollectivePublicKey {
+    const KIND: Kind = Kind::CollectiveKey;
+    type Repr = CollectiveKeyWire;
+    fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr> {
+        std::borrow::Cow::Owned(self.to_wire())
+    }
+    fn from_repr(repr: Self::Repr) -> Result<Self, CryptoError> {
+        CollectivePublicKey::from_wire(repr)
+    }
+}
