@@ -114,10 +114,14 @@ impl Accumulator {
             });
         }
         if update.tag != self.key.tag() {
-            return Err(CryptoError::WrongSession { what: "encrypted update" });
+            return Err(CryptoError::WrongSession {
+                what: "encrypted update",
+            });
         }
         if update.key_id != self.key.key_id() {
-            return Err(CryptoError::WrongKey { what: "encrypted update" });
+            return Err(CryptoError::WrongKey {
+                what: "encrypted update",
+            });
         }
         if update.length != self.length {
             return Err(CryptoError::LengthMismatch {
@@ -149,7 +153,9 @@ impl Accumulator {
     /// the aggregator) and the request for the committee (the masks only).
     pub fn finish(mut self) -> Result<(Aggregate, DecryptionRequest), CryptoError> {
         if self.contributors.is_empty() {
-            return Err(CryptoError::DecryptionRefused("no contributions to aggregate".into()));
+            return Err(CryptoError::DecryptionRefused(
+                "no contributions to aggregate".into(),
+            ));
         }
         let k = self.contributors.len();
         match (&mut self.sums, &self.key.core) {
@@ -335,10 +341,14 @@ impl Aggregate {
         let mut seen = vec![false; committee];
         for p in partials {
             if p.tag != self.tag {
-                return Err(CryptoError::WrongSession { what: "partial decryption" });
+                return Err(CryptoError::WrongSession {
+                    what: "partial decryption",
+                });
             }
             if p.key_id != self.key_id {
-                return Err(CryptoError::WrongKey { what: "partial decryption" });
+                return Err(CryptoError::WrongKey {
+                    what: "partial decryption",
+                });
             }
             if p.request_digest != self.request_digest {
                 return Err(CryptoError::Combine(format!(
@@ -354,9 +364,13 @@ impl Aggregate {
                 )));
             }
             if std::mem::replace(&mut seen[m], true) {
-                return Err(CryptoError::Combine(format!("two partials from member {m}")));
+                return Err(CryptoError::Combine(format!(
+                    "two partials from member {m}"
+                )));
             }
-            if p.keep_bits != budget.partial_keep_bits || p.values.len() != self.length as usize * width {
+            if p.keep_bits != budget.partial_keep_bits
+                || p.values.len() != self.length as usize * width
+            {
                 return Err(CryptoError::Malformed {
                     what: "partial decryption",
                     reason: format!(
@@ -381,7 +395,11 @@ impl Aggregate {
         // ciphertext: report it rather than return garbage.
         let k = self.contributors.len() as f64;
         let limit = k * (self.params.clip * 2f64.powi(self.params.frac_bits as i32) + 1.0);
-        if let Some((i, v)) = fixed.iter().enumerate().find(|(_, v)| (**v as f64).abs() > limit) {
+        if let Some((i, v)) = fixed
+            .iter()
+            .enumerate()
+            .find(|(_, v)| (**v as f64).abs() > limit)
+        {
             return Err(CryptoError::Overflow(format!(
                 "value {i} decodes to {v}, beyond the largest possible sum ({limit}): a partial \
                  decryption or ciphertext is corrupt"
@@ -389,24 +407,38 @@ impl Aggregate {
         }
         Ok(DecryptedSum {
             contributors: self.contributors.len() as u32,
-            sum: fixed.iter().map(|&v| fixed_to_f64(&self.params, v)).collect(),
+            sum: fixed
+                .iter()
+                .map(|&v| fixed_to_f64(&self.params, v))
+                .collect(),
             sum_error_bound: self.params.sum_error_bound(self.contributors.len() as u32),
             mean_error_bound: self.params.mean_error_bound(),
         })
     }
 
-    fn decode<T: ProfileTorus>(&self, bodies: &[T], partials: &[PartialDecryption], keep: u32) -> Vec<i64> {
+    fn decode<T: ProfileTorus>(
+        &self,
+        bodies: &[T],
+        partials: &[PartialDecryption],
+        keep: u32,
+    ) -> Vec<i64> {
         let mut phase = bodies.to_vec();
         let width = codec::packed_width(keep);
         for p in partials {
-            phase.par_chunks_mut(4096).zip(p.values.par_chunks(4096 * width)).for_each(|(ph, bytes)| {
-                let mut d = vec![T::ZERO; ph.len()];
-                codec::unpack_into(bytes, keep, &mut d);
-                for (x, y) in ph.iter_mut().zip(&d) {
-                    *x = x.wrapping_sub(*y);
-                }
-            });
+            phase
+                .par_chunks_mut(4096)
+                .zip(p.values.par_chunks(4096 * width))
+                .for_each(|(ph, bytes)| {
+                    let mut d = vec![T::ZERO; ph.len()];
+                    codec::unpack_into(bytes, keep, &mut d);
+                    for (x, y) in ph.iter_mut().zip(&d) {
+                        *x = x.wrapping_sub(*y);
+                    }
+                });
         }
-        phase.par_iter().map(|&x| decode_fixed(&self.params, x)).collect()
+        phase
+            .par_iter()
+            .map(|&x| decode_fixed(&self.params, x))
+            .collect()
     }
 }

@@ -96,9 +96,10 @@ pub fn pack_rounded<T: Torus>(values: &[T], keep_bits: u32, out: &mut Vec<u8>) {
 }
 
 #[inline(always)]
-fn read_top<T: Torus>(chunk: &[u8], drop: usize) -> T {
+fn read_top<T: Torus, const W: usize>(chunk: &[u8], drop: usize) -> T {
     let mut buf = [0u8; 16];
-    buf[..chunk.len()].copy_from_slice(chunk);
+    // A fixed-width copy: compiles to a couple of moves instead of a memcpy call.
+    buf[..W].copy_from_slice(&chunk[..W]);
     let v = T::from_u128(u128::from_le_bytes(buf));
     if drop == 0 {
         v
@@ -107,14 +108,88 @@ fn read_top<T: Torus>(chunk: &[u8], drop: usize) -> T {
     }
 }
 
+/// Runs `$body` with `$w` bound to the packed width as a constant (1..=16 bytes).
+macro_rules! with_width {
+    ($width:expr, $w:ident => $body:expr) => {
+        match $width {
+            1 => {
+                const $w: usize = 1;
+                $body
+            }
+            2 => {
+                const $w: usize = 2;
+                $body
+            }
+            3 => {
+                const $w: usize = 3;
+                $body
+            }
+            4 => {
+                const $w: usize = 4;
+                $body
+            }
+            5 => {
+                const $w: usize = 5;
+                $body
+            }
+            6 => {
+                const $w: usize = 6;
+                $body
+            }
+            7 => {
+                const $w: usize = 7;
+                $body
+            }
+            8 => {
+                const $w: usize = 8;
+                $body
+            }
+            9 => {
+                const $w: usize = 9;
+                $body
+            }
+            10 => {
+                const $w: usize = 10;
+                $body
+            }
+            11 => {
+                const $w: usize = 11;
+                $body
+            }
+            12 => {
+                const $w: usize = 12;
+                $body
+            }
+            13 => {
+                const $w: usize = 13;
+                $body
+            }
+            14 => {
+                const $w: usize = 14;
+                $body
+            }
+            15 => {
+                const $w: usize = 15;
+                $body
+            }
+            _ => {
+                const $w: usize = 16;
+                $body
+            }
+        }
+    };
+}
+
 /// Inverse of [`pack_rounded`]: `out[i] = value_i · 2^(BITS − keep_bits)`.
 pub fn unpack_into<T: Torus>(bytes: &[u8], keep_bits: u32, out: &mut [T]) {
     let width = packed_width(keep_bits);
     debug_assert_eq!(bytes.len(), out.len() * width);
     let drop = T::BITS - keep_bits as usize;
-    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(width)) {
-        *o = read_top(c, drop);
-    }
+    with_width!(width, W => {
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(W)) {
+            *o = read_top::<T, W>(c, drop);
+        }
+    })
 }
 
 /// `acc[i] = acc[i] + value_i · 2^(BITS − keep_bits)` (wrapping): the accumulator's hot loop.
@@ -122,9 +197,11 @@ pub fn unpack_add_assign<T: Torus>(bytes: &[u8], keep_bits: u32, acc: &mut [T]) 
     let width = packed_width(keep_bits);
     debug_assert_eq!(bytes.len(), acc.len() * width);
     let drop = T::BITS - keep_bits as usize;
-    for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(width)) {
-        *a = a.wrapping_add(read_top(c, drop));
-    }
+    with_width!(width, W => {
+        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(W)) {
+            *a = a.wrapping_add(read_top::<T, W>(c, drop));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -173,7 +250,8 @@ mod tests {
     fn clipping_is_counted_and_nan_refused() {
         let p = params();
         let mut out = [0u128; 4];
-        let clipped = encode_into(&p, &[9.0, -1e9, f32::INFINITY, 8.0], &mut out, 0, || 0.5).unwrap();
+        let clipped =
+            encode_into(&p, &[9.0, -1e9, f32::INFINITY, 8.0], &mut out, 0, || 0.5).unwrap();
         assert_eq!(clipped, 3);
         assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[0])), 8.0);
         assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[1])), -8.0);
@@ -189,7 +267,9 @@ mod tests {
         // 0.1 · 4 = 0.4: rounds up 40% of the time.
         let mut state = 0u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut sum = 0i64;

@@ -15,7 +15,8 @@ impl ProfileTorus for u128 {
     fn ring() -> &'static BinaryRing<Self> {
         static RING: OnceLock<BinaryRing<u128>> = OnceLock::new();
         RING.get_or_init(|| {
-            BinaryRing::new(Self::PROFILE.params().ring_dim).expect("profile ring size is supported")
+            BinaryRing::new(Self::PROFILE.params().ring_dim)
+                .expect("profile ring size is supported")
         })
     }
 }
@@ -25,7 +26,8 @@ impl ProfileTorus for u64 {
     fn ring() -> &'static BinaryRing<Self> {
         static RING: OnceLock<BinaryRing<u64>> = OnceLock::new();
         RING.get_or_init(|| {
-            BinaryRing::new(Self::PROFILE.params().ring_dim).expect("profile ring size is supported")
+            BinaryRing::new(Self::PROFILE.params().ring_dim)
+                .expect("profile ring size is supported")
         })
     }
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, TUniform};
 use tfhe::core_crypto::prelude::{
     generate_binary_lwe_secret_key, generate_seeded_lwe_compact_public_key, new_seeder,
-    CiphertextModulus, DefaultRandomGenerator, LweDimension, LweSecretKey,
-    SecretRandomGenerator, SeededLweCompactPublicKey,
+    CiphertextModulus, DefaultRandomGenerator, LweDimension, LweSecretKey, SecretRandomGenerator,
+    SeededLweCompactPublicKey,
 };
 use zeroize::Zeroizing;
 
@@ -81,10 +81,13 @@ fn torus_to_bytes<T: Torus>(values: &[T]) -> Vec<u8> {
 
 fn torus_from_bytes<T: Torus>(bytes: &[u8], what: &'static str) -> Result<Vec<T>, CryptoError> {
     let width = T::BITS / 8;
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         return Err(CryptoError::Malformed {
             what,
-            reason: format!("{} bytes is not a whole number of {width}-byte coefficients", bytes.len()),
+            reason: format!(
+                "{} bytes is not a whole number of {width}-byte coefficients",
+                bytes.len()
+            ),
         });
     }
     let mut out = vec![T::ZERO; bytes.len() / width];
@@ -163,7 +166,8 @@ impl<T: ProfileTorus> SecretPoly<T> {
         let mut seeder = new_seeder();
         let mut bits = Zeroizing::new(vec![T::ZERO; n]);
         {
-            let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+            let mut secret_gen =
+                SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
             let mut key = LweSecretKey::from_container(&mut bits[..]);
             generate_binary_lwe_secret_key(&mut key, &mut secret_gen);
         }
@@ -185,7 +189,14 @@ impl<T: ProfileTorus> SecretPoly<T> {
     }
 
     /// d_j = (M · rev(s_i))[N−1−j] + flooding_j for every value j of every chunk.
-    fn partial(&self, mask: &[u8], length: usize, flood_key: &[u8; 32], flood_log2: u32, keep: u32) -> Vec<u8> {
+    fn partial(
+        &self,
+        mask: &[u8],
+        length: usize,
+        flood_key: &[u8; 32],
+        flood_log2: u32,
+        keep: u32,
+    ) -> Vec<u8> {
         let ring = T::ring();
         let n = ring.n();
         let mask_keep = T::PROFILE.params().mask_keep_bits;
@@ -324,9 +335,15 @@ impl SecretKeyShare {
 
     /// Records which collective key this share belongs to, after checking that the key was
     /// built from this member's own share (by commitment) for this session.
-    pub fn bind(&mut self, key: &CollectivePublicKey, own_share: &PublicKeyShare) -> Result<(), CryptoError> {
+    pub fn bind(
+        &mut self,
+        key: &CollectivePublicKey,
+        own_share: &PublicKeyShare,
+    ) -> Result<(), CryptoError> {
         if key.tag != self.tag || own_share.tag != self.tag {
-            return Err(CryptoError::WrongSession { what: "collective key" });
+            return Err(CryptoError::WrongSession {
+                what: "collective key",
+            });
         }
         if key.params != self.params {
             return Err(CryptoError::InvalidParams(
@@ -368,7 +385,9 @@ impl SecretKeyShare {
             };
         }
         if request.tag != self.tag {
-            return Err(CryptoError::WrongSession { what: "decryption request" });
+            return Err(CryptoError::WrongSession {
+                what: "decryption request",
+            });
         }
         if request.profile != self.params.profile {
             return Err(CryptoError::ProfileMismatch {
@@ -382,7 +401,9 @@ impl SecretKeyShare {
             ));
         };
         if request.key_id != key_id {
-            return Err(CryptoError::WrongKey { what: "decryption request" });
+            return Err(CryptoError::WrongKey {
+                what: "decryption request",
+            });
         }
         request.validate()?;
         let contributors = request.contributors.len() as u32;
@@ -422,7 +443,8 @@ impl SecretKeyShare {
 
     /// The share as bytes for the key store (zeroized when dropped). Never log or send these.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let bits: Vec<u8> = typed!(&self.secret, s => s.bits.iter().map(|b| b.to_u128() as u8).collect());
+        let bits: Vec<u8> =
+            typed!(&self.secret, s => s.bits.iter().map(|b| b.to_u128() as u8).collect());
         let record = SecretRecord {
             version: SECRET_RECORD_VERSION,
             params: self.params.clone(),
@@ -461,7 +483,9 @@ impl SecretKeyShare {
             });
         }
         fn lift<T: ProfileTorus>(bits: &[u8]) -> SecretPoly<T> {
-            SecretPoly::from_bits(Zeroizing::new(bits.iter().map(|&b| T::from_u128(b as u128)).collect()))
+            SecretPoly::from_bits(Zeroizing::new(
+                bits.iter().map(|&b| T::from_u128(b as u128)).collect(),
+            ))
         }
         let secret = match record.params.profile {
             Profile::Secure => Typed::Secure(lift::<u128>(&record.bits)),
@@ -476,6 +500,31 @@ impl SecretKeyShare {
             answered: record.answered.clone(),
         })
     }
+}
+
+/// Runs a whole key ceremony inside one process: every member's share, the commitments, the
+/// reveal, the collective key, and each share bound to it. For benchmarks, demos and tests; a
+/// real committee runs the same steps on separate nodes.
+pub fn local_ceremony(
+    params: &SessionParams,
+    tag: SessionTag,
+) -> Result<(Vec<SecretKeyShare>, CollectivePublicKey), CryptoError> {
+    let mut ceremony = KeyCeremony::new(params.clone(), tag)?;
+    let generated = (0..params.committee)
+        .map(|member| SecretKeyShare::generate(params, tag, member))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (_, public) in &generated {
+        ceremony.add_commitment(public.commitment())?;
+    }
+    for (_, public) in &generated {
+        ceremony.add_share(public.clone())?;
+    }
+    let key = ceremony.finish()?;
+    let shares = generated
+        .into_iter()
+        .map(|(mut share, public)| share.bind(&key, &public).map(|()| share))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((shares, key))
 }
 
 /// Collects commitments, then shares, and sums them into the collective key. Pure state: the
@@ -502,7 +551,9 @@ impl KeyCeremony {
 
     fn check_member(&self, tag: &SessionTag, member: u32) -> Result<usize, CryptoError> {
         if *tag != self.tag {
-            return Err(CryptoError::WrongSession { what: "key ceremony message" });
+            return Err(CryptoError::WrongSession {
+                what: "key ceremony message",
+            });
         }
         if member >= self.params.committee {
             return Err(CryptoError::Ceremony(format!(
@@ -602,7 +653,10 @@ fn sum_bodies<T: Torus>(shares: &[&PublicKeyShare]) -> Result<Vec<u8>, CryptoErr
         let b = torus_from_bytes::<T>(&s.body, "public key share")?;
         match &mut acc {
             None => acc = Some(b),
-            Some(a) => a.iter_mut().zip(&b).for_each(|(x, y)| *x = x.wrapping_add(*y)),
+            Some(a) => a
+                .iter_mut()
+                .zip(&b)
+                .for_each(|(x, y)| *x = x.wrapping_add(*y)),
         }
     }
     Ok(torus_to_bytes(&acc.unwrap_or_default()))
@@ -654,7 +708,13 @@ impl<T: ProfileTorus> PkCore<T> {
 
     /// Encrypts one chunk (≤ N plaintexts): mask = a·r + e1, body_j = (b·r)[N−1−j] + e2_j + m_j,
     /// then rounds both for the wire.
-    fn encrypt_chunk(&self, plaintexts: &[T], gen_seed: &[u8; 32], index: u32, out: &mut EncryptedChunk) {
+    fn encrypt_chunk(
+        &self,
+        plaintexts: &[T],
+        gen_seed: &[u8; 32],
+        index: u32,
+        out: &mut EncryptedChunk,
+    ) {
         let ring = T::ring();
         let n = ring.n();
         let p = T::PROFILE.params();
@@ -666,14 +726,16 @@ impl<T: ProfileTorus> PkCore<T> {
         let mut scratch = ring.scratch();
         let mut mask = vec![T::ZERO; n];
         ring.product(&self.a_ntt, &r_ntt, &mut mask, &mut scratch);
-        generator.unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut mask, noise);
+        generator
+            .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut mask, noise);
         let mut br = vec![T::ZERO; n];
         ring.product(&self.b_ntt, &r_ntt, &mut br, &mut scratch);
         let count = plaintexts.len();
         let mut body: Vec<T> = (0..count)
             .map(|j| br[n - 1 - j].wrapping_add(plaintexts[j]))
             .collect();
-        generator.unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut body, noise);
+        generator
+            .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut body, noise);
         out.index = index;
         out.count = count as u32;
         out.mask.clear();
@@ -682,7 +744,11 @@ impl<T: ProfileTorus> PkCore<T> {
         pack_rounded(&body, p.body_keep_bits, &mut out.body);
     }
 
-    fn encrypt(&self, params: &SessionParams, values: &[f32]) -> Result<(Vec<EncryptedChunk>, u64), CryptoError> {
+    fn encrypt(
+        &self,
+        params: &SessionParams,
+        values: &[f32],
+    ) -> Result<(Vec<EncryptedChunk>, u64), CryptoError> {
         let n = T::ring().n();
         let seed = os_seed();
         let results: Vec<Result<(EncryptedChunk, u64), CryptoError>> = values
@@ -824,7 +890,10 @@ impl CollectivePublicKey {
     /// Returns the ciphertext and how many values were clipped to ±clip.
     pub fn encrypt(&self, values: &[f32]) -> Result<(EncryptedUpdate, u64), CryptoError> {
         if values.is_empty() {
-            return Err(CryptoError::LengthMismatch { expected: 1, got: 0 });
+            return Err(CryptoError::LengthMismatch {
+                expected: 1,
+                got: 0,
+            });
         }
         let (chunks, clipped) = typed!(&self.core, core => core.encrypt(&self.params, values))?;
         Ok((
@@ -863,20 +932,34 @@ impl EncryptedChunk {
         let p = profile.params();
         let n = p.ring_dim as u64;
         let expected_count = (length - index as u64 * n).min(n);
-        let bad = |reason: String| Err(CryptoError::Malformed { what: "ciphertext chunk", reason });
+        let bad = |reason: String| {
+            Err(CryptoError::Malformed {
+                what: "ciphertext chunk",
+                reason,
+            })
+        };
         if self.index as usize != index {
             return bad(format!("chunk {} found at position {index}", self.index));
         }
         if self.count as u64 != expected_count {
-            return bad(format!("chunk {index} holds {} values, expected {expected_count}", self.count));
+            return bad(format!(
+                "chunk {index} holds {} values, expected {expected_count}",
+                self.count
+            ));
         }
         let mask_len = p.ring_dim * codec::packed_width(p.mask_keep_bits);
         if self.mask.len() != mask_len {
-            return bad(format!("chunk {index} mask is {} bytes, expected {mask_len}", self.mask.len()));
+            return bad(format!(
+                "chunk {index} mask is {} bytes, expected {mask_len}",
+                self.mask.len()
+            ));
         }
         let body_len = self.count as usize * codec::packed_width(p.body_keep_bits);
         if self.body.len() != body_len {
-            return bad(format!("chunk {index} body is {} bytes, expected {body_len}", self.body.len()));
+            return bad(format!(
+                "chunk {index} body is {} bytes, expected {body_len}",
+                self.body.len()
+            ));
         }
         Ok(())
     }
@@ -926,6 +1009,9 @@ impl EncryptedUpdate {
 
     /// Payload bytes (masks and bodies), the figure behind "bytes per parameter".
     pub fn payload_bytes(&self) -> usize {
-        self.chunks.iter().map(|c| c.mask.len() + c.body.len()).sum()
+        self.chunks
+            .iter()
+            .map(|c| c.mask.len() + c.body.len())
+            .sum()
     }
 }

@@ -25,8 +25,8 @@ mod tests;
 
 pub use aggregate::{Accumulator, Aggregate, DecryptedSum, DecryptionRequest, PartialDecryption};
 pub use keys::{
-    CollectivePublicKey, EncryptedChunk, EncryptedUpdate, KeyCeremony, KeyCommitment, KeyId,
-    PublicKeyShare, SecretKeyShare, SessionTag,
+    local_ceremony, CollectivePublicKey, EncryptedChunk, EncryptedUpdate, KeyCeremony,
+    KeyCommitment, KeyId, PublicKeyShare, SecretKeyShare, SessionTag,
 };
 pub use params::{NoiseBudget, Profile, ProfileParams, Rounding, SessionParams};
 

@@ -255,7 +255,10 @@ impl SessionParams {
             ));
         }
         if !(self.clip.is_finite() && self.clip > 0.0) {
-            return bad(format!("clip = {} must be a positive finite number", self.clip));
+            return bad(format!(
+                "clip = {} must be a positive finite number",
+                self.clip
+            ));
         }
         if self.frac_bits > 52 {
             return bad(format!("frac_bits = {} exceeds 52", self.frac_bits));
@@ -319,7 +322,10 @@ mod tests {
     fn secure_meets_its_promises_at_its_limits() {
         let b = NoiseBudget::compute(Profile::Secure, 1000, 16);
         // 40 bits of flooding over the worst-case aggregate.
-        assert!(b.flood_log2 as f64 - b.aggregate_bound_log2 >= 40.0, "{b:?}");
+        assert!(
+            b.flood_log2 as f64 - b.aggregate_bound_log2 >= 40.0,
+            "{b:?}"
+        );
         // Precision at least Flower's: ≤ 2.5e-6 on the mean of values in ±8.
         let p = SessionParams::recommended(Profile::Secure, 1000, 16, 8.0).unwrap();
         assert!(p.mean_error_bound() <= 2.5e-6, "{p:?}");
@@ -343,7 +349,11 @@ mod tests {
         assert!(e.contains("frac_bits"), "{e}");
         let mut p = SessionParams::recommended(Profile::Secure, 100, 3, 8.0).unwrap();
         p.plaintext_bits += 1;
-        assert!(p.validate().unwrap_err().to_string().contains("plaintext_bits"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("plaintext_bits"));
         assert!(SessionParams::recommended(Profile::Fast, 257, 3, 8.0)
             .unwrap_err()
             .to_string()

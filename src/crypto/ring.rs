@@ -7,9 +7,7 @@
 //! integer product by CRT. We keep the per-prime NTT form of fixed operands (public key,
 //! secret share) so each chunk costs one forward and one inverse transform.
 
-use tfhe::core_crypto::commons::math::random::{
-    RandomGenerable, TUniform, Uniform, UniformBinary,
-};
+use tfhe::core_crypto::commons::math::random::{RandomGenerable, TUniform, Uniform, UniformBinary};
 use tfhe::core_crypto::prelude::{Encryptable, UnsignedTorus};
 use tfhe_ntt::prime32::Plan as PrimePlan;
 use zeroize::Zeroize;
@@ -251,7 +249,12 @@ mod tests {
         let ring = BinaryRing::<T>::new(n).unwrap();
         let mut out = vec![T::ZERO; n];
         let mut scratch = ring.scratch();
-        ring.product(&ring.forward(&lhs), &ring.forward_binary(&rhs), &mut out, &mut scratch);
+        ring.product(
+            &ring.forward(&lhs),
+            &ring.forward_binary(&rhs),
+            &mut out,
+            &mut scratch,
+        );
         assert_eq!(out, schoolbook(&lhs, &rhs));
         // Same as tfhe's own convolution (which multiplies by the reversed rhs).
         let mut rev = rhs.clone();
@@ -282,7 +285,12 @@ mod tests {
         let rhs = vec![1u128; n];
         let mut out = vec![0u128; n];
         let mut s = ring.scratch();
-        ring.product(&ring.forward(&lhs), &ring.forward_binary(&rhs), &mut out, &mut s);
+        ring.product(
+            &ring.forward(&lhs),
+            &ring.forward_binary(&rhs),
+            &mut out,
+            &mut s,
+        );
         assert_eq!(out, schoolbook(&lhs, &rhs));
     }
 

@@ -93,7 +93,11 @@ mod tests {
         // Ends have half the weight of the 15 inner values: 1/32 vs 1/16.
         let expect_inner = n as f64 / 16.0;
         for (i, &c) in counts.iter().enumerate() {
-            let e = if i == 0 || i == 16 { expect_inner / 2.0 } else { expect_inner };
+            let e = if i == 0 || i == 16 {
+                expect_inner / 2.0
+            } else {
+                expect_inner
+            };
             assert!((c as f64 - e).abs() < 0.08 * e, "bucket {i}: {c} vs {e}");
         }
     }

@@ -19,24 +19,7 @@ pub(crate) struct Committee {
 /// Runs a full key ceremony (commitments, then shares) for a committee.
 pub(crate) fn committee(params: &SessionParams, session: &str) -> Committee {
     let tag = SessionTag::derive(session);
-    let mut ceremony = KeyCeremony::new(params.clone(), tag).unwrap();
-    let generated: Vec<_> = (0..params.committee)
-        .map(|i| SecretKeyShare::generate(params, tag, i).unwrap())
-        .collect();
-    for (_, public) in &generated {
-        ceremony.add_commitment(public.commitment()).unwrap();
-    }
-    for (_, public) in &generated {
-        ceremony.add_share(public.clone()).unwrap();
-    }
-    let key = ceremony.finish().unwrap();
-    let shares = generated
-        .into_iter()
-        .map(|(mut s, public)| {
-            s.bind(&key, &public).unwrap();
-            s
-        })
-        .collect();
+    let (shares, key) = local_ceremony(params, tag).unwrap();
     Committee {
         params: params.clone(),
         tag,
@@ -45,14 +28,21 @@ pub(crate) fn committee(params: &SessionParams, session: &str) -> Committee {
     }
 }
 
-fn random_updates(rng: &mut impl Rng, participants: usize, length: usize, clip: f64) -> Vec<Vec<f32>> {
+fn random_updates(
+    rng: &mut impl Rng,
+    participants: usize,
+    length: usize,
+    clip: f64,
+) -> Vec<Vec<f32>> {
     (0..participants)
         .map(|_| {
             (0..length)
                 .map(|_| match rng.gen_range(0..10) {
                     0 => clip as f32,
                     1 => -(clip as f32),
-                    2 => (clip * rng.gen_range(1.0..4.0)) as f32 * if rng.gen() { 1.0 } else { -1.0 },
+                    2 => {
+                        (clip * rng.gen_range(1.0..4.0)) as f32 * if rng.gen() { 1.0 } else { -1.0 }
+                    }
                     _ => rng.gen_range(-clip..clip) as f32,
                 })
                 .collect()
@@ -78,7 +68,12 @@ fn round(c: &mut Committee, updates: &[Vec<f32>]) -> (DecryptedSum, Vec<f64>) {
     let result = aggregate.combine(&partials).unwrap();
     let clip = c.params.clip;
     let exact = (0..length)
-        .map(|j| updates.iter().map(|u| (u[j] as f64).clamp(-clip, clip)).sum())
+        .map(|j| {
+            updates
+                .iter()
+                .map(|u| (u[j] as f64).clamp(-clip, clip))
+                .sum()
+        })
         .collect();
     (result, exact)
 }
@@ -90,7 +85,11 @@ fn check_sum_and_mean(result: &DecryptedSum, exact: &[f64]) -> Result<(), TestCa
         // The exact bound plus float slack for the f32 inputs.
         prop_assert!(
             (got - want).abs() <= result.sum_error_bound * (1.0 + 1e-9) + 1e-9,
-            "sum[{}] = {} vs {} (bound {})", j, got, want, result.sum_error_bound
+            "sum[{}] = {} vs {} (bound {})",
+            j,
+            got,
+            want,
+            result.sum_error_bound
         );
         prop_assert!((mean[j] - want / k).abs() <= result.mean_error_bound * (1.0 + 1e-9) + 1e-12);
     }
@@ -164,7 +163,11 @@ fn aggregate_noise<T: ProfileTorus>(
         let m_ntt = ring.forward(chunk);
         let mut phase: Vec<T> = body.to_vec();
         for share in &c.shares {
-            let mut s: Vec<T> = share.secret_bits_for_tests().iter().map(|&b| T::from_u128(b)).collect();
+            let mut s: Vec<T> = share
+                .secret_bits_for_tests()
+                .iter()
+                .map(|&b| T::from_u128(b))
+                .collect();
             s.reverse();
             let mut prod = vec![T::ZERO; n];
             ring.product(&m_ntt, &ring.forward_binary(&s), &mut prod, &mut scratch);
@@ -221,7 +224,8 @@ fn noise_at_limits(profile: Profile, participants: u32, committee_size: u32, chu
         acc.add(&format!("p{i}"), &ct).unwrap();
     }
     let (aggregate, request) = acc.finish().unwrap();
-    let noise = typed!(aggregate.bodies_for_tests(), b => aggregate_noise(&c, &request, b, &fixed_sums));
+    let noise =
+        typed!(aggregate.bodies_for_tests(), b => aggregate_noise(&c, &request, b, &fixed_sums));
     let (std, max) = std_and_max(&noise);
     let model_std = 2f64.powf(budget.aggregate_std_log2);
     println!(
@@ -229,11 +233,21 @@ fn noise_at_limits(profile: Profile, participants: u32, committee_size: u32, chu
         std.log2(), budget.aggregate_std_log2, max.log2(), budget.aggregate_bound_log2
     );
     assert!(std <= 1.6 * model_std, "noise std above the model");
-    assert!(std >= 0.5 * model_std, "model far above the measured noise: it is wrong");
-    assert!(max.log2() < budget.aggregate_bound_log2, "noise beyond the documented bound");
+    assert!(
+        std >= 0.5 * model_std,
+        "model far above the measured noise: it is wrong"
+    );
+    assert!(
+        max.log2() < budget.aggregate_bound_log2,
+        "noise beyond the documented bound"
+    );
 
     // Now through the real partial decryptions, flooding included.
-    let partials: Vec<_> = c.shares.iter_mut().map(|s| s.partial_decrypt(&request, 1).unwrap()).collect();
+    let partials: Vec<_> = c
+        .shares
+        .iter_mut()
+        .map(|s| s.partial_decrypt(&request, 1).unwrap())
+        .collect();
     let total = typed!(aggregate.bodies_for_tests(), b => {
         let mut phase = b.clone();
         let keep = budget.partial_keep_bits;
@@ -248,11 +262,19 @@ fn noise_at_limits(profile: Profile, participants: u32, committee_size: u32, chu
         phase.iter().zip(&fixed_sums).map(|(&ph, &m)| signed_noise(ph, m, shift)).collect::<Vec<f64>>()
     });
     let (_, total_max) = std_and_max(&total);
-    println!("{profile}: total max 2^{:.2} (bound 2^{:.2})", total_max.log2(), budget.total_bound_log2);
+    println!(
+        "{profile}: total max 2^{:.2} (bound 2^{:.2})",
+        total_max.log2(),
+        budget.total_bound_log2
+    );
     assert!(total_max.log2() < budget.total_bound_log2);
     let result = aggregate.combine(&partials).unwrap();
     for (j, (&got, &m)) in result.sum.iter().zip(&fixed_sums).enumerate() {
-        assert_eq!(got, m as f64 / 2f64.powi(params.frac_bits as i32), "value {j}");
+        assert_eq!(
+            got,
+            m as f64 / 2f64.powi(params.frac_bits as i32),
+            "value {j}"
+        );
     }
 }
 
@@ -261,7 +283,9 @@ fn phase_shift<T: ProfileTorus>(params: &SessionParams, _: &[T]) -> usize {
 }
 
 fn signed_noise<T: ProfileTorus>(ph: T, m: i64, shift: usize) -> f64 {
-    let e = ph.wrapping_sub(T::from_u128((m as i128 as u128) << shift)).to_u128();
+    let e = ph
+        .wrapping_sub(T::from_u128((m as i128 as u128) << shift))
+        .to_u128();
     if T::BITS == 128 {
         e as i128 as f64
     } else {
@@ -289,12 +313,23 @@ fn centring_makes_noise_grow_as_sqrt_k() {
     let n = 4 * Profile::Fast.params().ring_dim;
     let zeros = vec![0f32; n];
     let cts: Vec<_> = (0..256).map(|_| c.key.encrypt(&zeros).unwrap().0).collect();
-    let Typed::Fast(pk) = &c.key.core else { unreachable!() };
+    let Typed::Fast(pk) = &c.key.core else {
+        unreachable!()
+    };
     let ring = u64::ring();
-    let mut s: Vec<u64> = c.shares[0].secret_bits_for_tests().iter().map(|&b| b as u64).collect();
+    let mut s: Vec<u64> = c.shares[0]
+        .secret_bits_for_tests()
+        .iter()
+        .map(|&b| b as u64)
+        .collect();
     s.reverse();
     let mut prod = vec![0u64; ring.n()];
-    ring.product(&ring.forward(&pk.ones_mask), &ring.forward_binary(&s), &mut prod, &mut ring.scratch());
+    ring.product(
+        &ring.forward(&pk.ones_mask),
+        &ring.forward_binary(&s),
+        &mut prod,
+        &mut ring.scratch(),
+    );
     // Noise of the all-ones encryption: E·1.
     let ones_noise: Vec<f64> = (0..ring.n())
         .map(|j| pk.ones_body_rev[j].wrapping_sub(prod[ring.n() - 1 - j]) as i64 as f64)
@@ -305,11 +340,17 @@ fn centring_makes_noise_grow_as_sqrt_k() {
             acc.add(&format!("p{i}"), ct).unwrap();
         }
         let (aggregate, request) = acc.finish().unwrap();
-        let Typed::Fast(bodies) = aggregate.bodies_for_tests() else { unreachable!() };
+        let Typed::Fast(bodies) = aggregate.bodies_for_tests() else {
+            unreachable!()
+        };
         let centred = aggregate_noise(&c, &request, bodies, &vec![0; n]);
         // Undo the correction: add back ⌊K/2⌋ times E·1.
         let h = (k / 2) as f64;
-        let raw: Vec<f64> = centred.iter().enumerate().map(|(j, e)| e + h * ones_noise[j % ring.n()]).collect();
+        let raw: Vec<f64> = centred
+            .iter()
+            .enumerate()
+            .map(|(j, e)| e + h * ones_noise[j % ring.n()])
+            .collect();
         (std_and_max(&centred).0, std_and_max(&raw).0)
     };
     let (c64, r64) = measure(64);
@@ -317,7 +358,11 @@ fn centring_makes_noise_grow_as_sqrt_k() {
     let model = 2f64.powf(params.budget().aggregate_std_log2);
     println!("K=64: centred {c64:.3e} raw {r64:.3e}; K=256: centred {c256:.3e} raw {r256:.3e} model {model:.3e}");
     // ×4 contributors: √4 = 2 when centred; close to 4 (linear) without.
-    assert!((1.6..2.5).contains(&(c256 / c64)), "centred growth {}", c256 / c64);
+    assert!(
+        (1.6..2.5).contains(&(c256 / c64)),
+        "centred growth {}",
+        c256 / c64
+    );
     assert!(r256 / r64 > 3.0, "raw growth {}", r256 / r64);
     assert!(r256 > 3.0 * c256);
     assert!(c256 <= 1.6 * model && c256 >= 0.5 * model);
@@ -330,27 +375,47 @@ fn tfhe_decrypts_our_ciphertexts_and_we_decrypt_tfhes() {
     let mut c = committee(&params, "tfhe-compat");
     let n = Profile::Fast.params().ring_dim;
     let values: Vec<f32> = (0..n).map(|i| (i as f32 / 300.0) - 3.0).collect();
-    let s: Vec<u64> = c.shares[0].secret_bits_for_tests().iter().map(|&b| b as u64).collect();
+    let s: Vec<u64> = c.shares[0]
+        .secret_bits_for_tests()
+        .iter()
+        .map(|&b| b as u64)
+        .collect();
     let key = LweSecretKey::from_container(s);
 
     // Ours → tfhe: unpack the wire chunk to a full compact list, expand, decrypt each LWE.
     let (ct, _) = c.key.encrypt(&values).unwrap();
     let chunk = &ct.chunks[0];
     let mut raw = vec![0u64; 2 * n];
-    codec::unpack_into(&chunk.mask, Profile::Fast.params().mask_keep_bits, &mut raw[..n]);
-    codec::unpack_into(&chunk.body, Profile::Fast.params().body_keep_bits, &mut raw[n..]);
+    codec::unpack_into(
+        &chunk.mask,
+        Profile::Fast.params().mask_keep_bits,
+        &mut raw[..n],
+    );
+    codec::unpack_into(
+        &chunk.body,
+        Profile::Fast.params().body_keep_bits,
+        &mut raw[n..],
+    );
     let list = LweCompactCiphertextList::from_container(
         raw,
         LweSize(n + 1),
         LweCiphertextCount(n),
         CiphertextModulus::new_native(),
     );
-    let mut expanded = LweCiphertextList::new(0u64, LweSize(n + 1), LweCiphertextCount(n), CiphertextModulus::new_native());
+    let mut expanded = LweCiphertextList::new(
+        0u64,
+        LweSize(n + 1),
+        LweCiphertextCount(n),
+        CiphertextModulus::new_native(),
+    );
     expand_lwe_compact_ciphertext_list(&mut expanded, &list);
     for (j, lwe) in expanded.iter().enumerate() {
         let pt = decrypt_lwe_ciphertext(&key, &lwe);
         let got = codec::fixed_to_f64(&params, decode_fixed(&params, pt.0));
-        assert!((got - values[j] as f64).abs() <= params.mean_error_bound(), "value {j}: {got}");
+        assert!(
+            (got - values[j] as f64).abs() <= params.mean_error_bound(),
+            "value {j}: {got}"
+        );
     }
 
     // tfhe → ours: tfhe's own compact-PK encryption under the collective key, aggregated and
@@ -358,23 +423,58 @@ fn tfhe_decrypts_our_ciphertexts_and_we_decrypt_tfhes() {
     let pk = c.key.tfhe_public_key_for_tests_u64();
     let mut plaintexts = vec![0u64; n];
     codec::encode_into(&params, &values, &mut plaintexts, 0, || 0.5).unwrap();
-    let mut out = LweCompactCiphertextList::new(0u64, LweSize(n + 1), LweCiphertextCount(n), CiphertextModulus::new_native());
+    let mut out = LweCompactCiphertextList::new(
+        0u64,
+        LweSize(n + 1),
+        LweCiphertextCount(n),
+        CiphertextModulus::new_native(),
+    );
     let mut seeder = new_seeder();
-    let mut gen = tfhe::core_crypto::commons::generators::NoiseRandomGenerator::<DefaultRandomGenerator>::new(seeder.as_mut());
+    let mut gen = tfhe::core_crypto::commons::generators::NoiseRandomGenerator::<
+        DefaultRandomGenerator,
+    >::new(seeder.as_mut());
     let noise = TUniform::<u64>::new(Profile::Fast.params().noise_log2);
-    encrypt_lwe_compact_ciphertext_list_with_compact_public_key(&pk, &mut out, &PlaintextList::from_container(plaintexts), noise, noise, &mut gen);
+    encrypt_lwe_compact_ciphertext_list_with_compact_public_key(
+        &pk,
+        &mut out,
+        &PlaintextList::from_container(plaintexts),
+        noise,
+        noise,
+        &mut gen,
+    );
     let container = out.into_container();
-    let mut chunk = EncryptedChunk { index: 0, count: n as u32, ..Default::default() };
-    codec::pack_rounded(&container[..n], Profile::Fast.params().mask_keep_bits, &mut chunk.mask);
-    codec::pack_rounded(&container[n..], Profile::Fast.params().body_keep_bits, &mut chunk.body);
-    let update = EncryptedUpdate { profile: Profile::Fast, tag: c.tag, key_id: c.key.key_id(), length: n as u64, chunks: vec![chunk] };
+    let mut chunk = EncryptedChunk {
+        index: 0,
+        count: n as u32,
+        ..Default::default()
+    };
+    codec::pack_rounded(
+        &container[..n],
+        Profile::Fast.params().mask_keep_bits,
+        &mut chunk.mask,
+    );
+    codec::pack_rounded(
+        &container[n..],
+        Profile::Fast.params().body_keep_bits,
+        &mut chunk.body,
+    );
+    let update = EncryptedUpdate {
+        profile: Profile::Fast,
+        tag: c.tag,
+        key_id: c.key.key_id(),
+        length: n as u64,
+        chunks: vec![chunk],
+    };
     let mut acc = Accumulator::new(&c.key, n as u64).unwrap();
     acc.add("tfhe", &update).unwrap();
     let (aggregate, request) = acc.finish().unwrap();
     let partial = c.shares[0].partial_decrypt(&request, 1).unwrap();
     let result = aggregate.combine(&[partial]).unwrap();
     for (j, &got) in result.sum.iter().enumerate() {
-        assert!((got - values[j] as f64).abs() <= params.mean_error_bound(), "value {j}: {got}");
+        assert!(
+            (got - values[j] as f64).abs() <= params.mean_error_bound(),
+            "value {j}: {got}"
+        );
     }
 }
 
@@ -394,14 +494,22 @@ fn missing_or_foreign_partials_are_refused() {
     let mut acc = Accumulator::new(&c.key, 3).unwrap();
     acc.add("a", &ct).unwrap();
     let (aggregate, request) = acc.finish().unwrap();
-    let partials: Vec<_> = c.shares.iter_mut().map(|s| s.partial_decrypt(&request, 1).unwrap()).collect();
+    let partials: Vec<_> = c
+        .shares
+        .iter_mut()
+        .map(|s| s.partial_decrypt(&request, 1).unwrap())
+        .collect();
 
     let e = aggregate.combine(&partials[..2]).unwrap_err();
     assert!(e.to_string().contains("missing from members [2]"), "{e}");
 
     let mut dup = partials.clone();
     dup[2] = partials[1].clone();
-    assert!(aggregate.combine(&dup).unwrap_err().to_string().contains("two partials"));
+    assert!(aggregate
+        .combine(&dup)
+        .unwrap_err()
+        .to_string()
+        .contains("two partials"));
 
     let mut acc = Accumulator::new(&other.key, 3).unwrap();
     acc.add("a", &other_ct).unwrap();
@@ -409,7 +517,10 @@ fn missing_or_foreign_partials_are_refused() {
     let foreign = other.shares[2].partial_decrypt(&other_request, 1).unwrap();
     let mut mixed = partials.clone();
     mixed[2] = foreign;
-    assert!(matches!(aggregate.combine(&mixed), Err(CryptoError::WrongSession { .. })));
+    assert!(matches!(
+        aggregate.combine(&mixed),
+        Err(CryptoError::WrongSession { .. })
+    ));
 
     // A member asked to decrypt another session's request refuses.
     assert!(matches!(
@@ -418,14 +529,20 @@ fn missing_or_foreign_partials_are_refused() {
     ));
     let fresh = committee(&c.params, "neg-partials");
     let mut fresh_share = fresh.shares.into_iter().next().unwrap();
-    assert!(matches!(fresh_share.partial_decrypt(&other_request, 1), Err(CryptoError::WrongSession { .. })));
+    assert!(matches!(
+        fresh_share.partial_decrypt(&other_request, 1),
+        Err(CryptoError::WrongSession { .. })
+    ));
 
     // A corrupted partial is caught by the range check instead of returning garbage.
     let mut corrupt = partials.clone();
     for b in corrupt[0].values.iter_mut() {
         *b ^= 0x5a;
     }
-    assert!(matches!(aggregate.combine(&corrupt), Err(CryptoError::Overflow(_))));
+    assert!(matches!(
+        aggregate.combine(&corrupt),
+        Err(CryptoError::Overflow(_))
+    ));
     // And the untouched set still decrypts.
     let sum = aggregate.combine(&partials).unwrap();
     assert!((sum.sum[2] - 3.0).abs() <= sum.sum_error_bound);
@@ -446,12 +563,21 @@ fn a_key_share_answers_one_request_only() {
     acc.add("a", &ct).unwrap();
     acc.add("b", &ct2).unwrap();
     let (_, request2) = acc.finish().unwrap();
-    assert_eq!(c.shares[0].partial_decrypt(&request2, 1), Err(CryptoError::KeyAlreadyUsed));
+    assert_eq!(
+        c.shares[0].partial_decrypt(&request2, 1),
+        Err(CryptoError::KeyAlreadyUsed)
+    );
     let mut restored = SecretKeyShare::from_secret_bytes(&c.shares[0].to_secret_bytes()).unwrap();
-    assert_eq!(restored.partial_decrypt(&request2, 1), Err(CryptoError::KeyAlreadyUsed));
+    assert_eq!(
+        restored.partial_decrypt(&request2, 1),
+        Err(CryptoError::KeyAlreadyUsed)
+    );
     assert_eq!(restored.partial_decrypt(&request, 1).unwrap(), first);
     // Too few contributors for the policy: refused before anything is produced.
-    assert!(matches!(c.shares[1].partial_decrypt(&request2, 3), Err(CryptoError::DecryptionRefused(_))));
+    assert!(matches!(
+        c.shares[1].partial_decrypt(&request2, 3),
+        Err(CryptoError::DecryptionRefused(_))
+    ));
     assert!(c.shares[1].answered().is_none());
 }
 
@@ -463,7 +589,10 @@ fn secrets_are_redacted_and_round_trip() {
     assert!(!dbg.contains("bits"), "{dbg}");
     let bytes = c.shares[1].to_secret_bytes();
     let back = SecretKeyShare::from_secret_bytes(&bytes).unwrap();
-    assert_eq!(back.secret_bits_for_tests(), c.shares[1].secret_bits_for_tests());
+    assert_eq!(
+        back.secret_bits_for_tests(),
+        c.shares[1].secret_bits_for_tests()
+    );
     assert_eq!(back.collective(), c.shares[1].collective());
     assert!(SecretKeyShare::from_secret_bytes(&bytes[..bytes.len() - 3]).is_err());
     assert!(SecretKeyShare::from_secret_bytes(b"garbage").is_err());
@@ -483,7 +612,11 @@ fn ceremony_refuses_rogue_keys() {
     // A share chosen after seeing others' (here: altered) fails its commitment.
     let mut rogue = p1.clone();
     rogue.body[0] ^= 1;
-    assert!(ceremony.add_share(rogue).unwrap_err().to_string().contains("commitment"));
+    assert!(ceremony
+        .add_share(rogue)
+        .unwrap_err()
+        .to_string()
+        .contains("commitment"));
     // A second, different commitment is refused; the same one is idempotent.
     let mut c2 = p1.commitment();
     c2.digest[0] ^= 1;
@@ -497,8 +630,12 @@ fn ceremony_refuses_rogue_keys() {
     let six = SessionParams::recommended(Profile::Fast, 5, 6, 8.0).unwrap();
     let (_, p5) = SecretKeyShare::generate(&six, tag, 5).unwrap();
     assert!(ceremony.add_commitment(p5.commitment()).is_err());
-    let (_, elsewhere) = SecretKeyShare::generate(&params, SessionTag::derive("elsewhere"), 0).unwrap();
-    assert!(matches!(ceremony.add_commitment(elsewhere.commitment()), Err(CryptoError::WrongSession { .. })));
+    let (_, elsewhere) =
+        SecretKeyShare::generate(&params, SessionTag::derive("elsewhere"), 0).unwrap();
+    assert!(matches!(
+        ceremony.add_commitment(elsewhere.commitment()),
+        Err(CryptoError::WrongSession { .. })
+    ));
 }
 
 #[test]
@@ -508,22 +645,46 @@ fn accumulator_refuses_bad_updates_and_changes_nothing() {
     let (other, other_ct) = small_session(Profile::Secure, "acc-neg-other");
     let _ = (&fast, &other);
     let mut acc = Accumulator::new(&c.key, 3).unwrap();
-    assert!(matches!(acc.add("x", &fast_ct), Err(CryptoError::ProfileMismatch { .. })));
-    assert!(matches!(acc.add("x", &other_ct), Err(CryptoError::WrongSession { .. })));
+    assert!(matches!(
+        acc.add("x", &fast_ct),
+        Err(CryptoError::ProfileMismatch { .. })
+    ));
+    assert!(matches!(
+        acc.add("x", &other_ct),
+        Err(CryptoError::WrongSession { .. })
+    ));
     let (long, _) = c.key.encrypt(&[1.0; 4]).unwrap();
-    assert!(matches!(acc.add("x", &long), Err(CryptoError::LengthMismatch { expected: 3, got: 4 })));
+    assert!(matches!(
+        acc.add("x", &long),
+        Err(CryptoError::LengthMismatch {
+            expected: 3,
+            got: 4
+        })
+    ));
     let mut cut = ct.clone();
     cut.chunks[0].body.pop();
-    assert!(matches!(acc.add("x", &cut), Err(CryptoError::Malformed { .. })));
+    assert!(matches!(
+        acc.add("x", &cut),
+        Err(CryptoError::Malformed { .. })
+    ));
     let mut wrong_key = ct.clone();
     wrong_key.key_id.0[0] ^= 1;
-    assert!(matches!(acc.add("x", &wrong_key), Err(CryptoError::WrongKey { .. })));
+    assert!(matches!(
+        acc.add("x", &wrong_key),
+        Err(CryptoError::WrongKey { .. })
+    ));
     assert!(acc.contributors().is_empty());
     acc.add("x", &ct).unwrap();
-    assert!(matches!(acc.add("x", &ct), Err(CryptoError::DuplicateContributor(_))));
+    assert!(matches!(
+        acc.add("x", &ct),
+        Err(CryptoError::DuplicateContributor(_))
+    ));
     assert_eq!(acc.contributors(), ["x"]);
     assert!(c.key.encrypt(&[]).is_err());
-    assert!(matches!(c.key.encrypt(&[f32::NAN]), Err(CryptoError::NonFinite { index: 0 })));
+    assert!(matches!(
+        c.key.encrypt(&[f32::NAN]),
+        Err(CryptoError::NonFinite { index: 0 })
+    ));
 }
 
 // ---------------------------------------------------------------- wire format
@@ -538,15 +699,30 @@ fn wire_round_trips_and_detects_damage() {
     let mut tampered = bytes.clone();
     let mid = tampered.len() / 2;
     tampered[mid] ^= 0x01;
-    assert!(EncryptedUpdate::from_bytes(&tampered, limit).unwrap_err().to_string().contains("digest"));
+    assert!(EncryptedUpdate::from_bytes(&tampered, limit)
+        .unwrap_err()
+        .to_string()
+        .contains("digest"));
     let e = EncryptedUpdate::from_bytes(&bytes[..bytes.len() - 10], limit).unwrap_err();
     assert!(e.to_string().contains("digest"), "{e}");
-    assert!(EncryptedUpdate::from_bytes(&bytes[..10], limit).unwrap_err().to_string().contains("truncated"));
-    assert!(EncryptedUpdate::from_bytes(&bytes, 100).unwrap_err().to_string().contains("limit"));
-    assert!(DecryptionRequest::from_bytes(&bytes, limit).unwrap_err().to_string().contains("kind"));
+    assert!(EncryptedUpdate::from_bytes(&bytes[..10], limit)
+        .unwrap_err()
+        .to_string()
+        .contains("truncated"));
+    assert!(EncryptedUpdate::from_bytes(&bytes, 100)
+        .unwrap_err()
+        .to_string()
+        .contains("limit"));
+    assert!(DecryptionRequest::from_bytes(&bytes, limit)
+        .unwrap_err()
+        .to_string()
+        .contains("kind"));
     let mut v2 = bytes.clone();
     v2[4] = 2;
-    assert!(EncryptedUpdate::from_bytes(&v2, limit).unwrap_err().to_string().contains("version"));
+    assert!(EncryptedUpdate::from_bytes(&v2, limit)
+        .unwrap_err()
+        .to_string()
+        .contains("version"));
 
     // Key material and the decryption messages round-trip too.
     let key = CollectivePublicKey::from_bytes(&c.key.to_bytes(), limit).unwrap();
@@ -557,7 +733,10 @@ fn wire_round_trips_and_detects_damage() {
     let back = DecryptionRequest::from_bytes(&request.to_bytes(), limit).unwrap();
     assert_eq!(back.digest(), request.digest());
     let partial = c.shares[0].partial_decrypt(&request, 1).unwrap();
-    assert_eq!(PartialDecryption::from_bytes(&partial.to_bytes(), limit).unwrap(), partial);
+    assert_eq!(
+        PartialDecryption::from_bytes(&partial.to_bytes(), limit).unwrap(),
+        partial
+    );
 }
 
 /// Builds a correctly framed message around an arbitrary payload.
@@ -580,18 +759,24 @@ fn hostile_lengths_never_allocate() {
     payload.extend_from_slice(&3u64.to_le_bytes()); // length
     payload.extend_from_slice(&(1u64 << 62).to_le_bytes()); // chunk count
     payload.extend_from_slice(&[0u8; 16]);
-    let e = EncryptedUpdate::from_bytes(&frame(wire::Kind::EncryptedUpdate, &payload), 1 << 20).unwrap_err();
+    let e = EncryptedUpdate::from_bytes(&frame(wire::Kind::EncryptedUpdate, &payload), 1 << 20)
+        .unwrap_err();
     assert!(matches!(e, CryptoError::Wire(_)), "{e}");
     // A byte string claiming 2^60 bytes.
     let mut payload = Vec::new();
     payload.extend_from_slice(&[0u8; 8]);
     payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
-    assert!(EncryptedChunk::from_bytes(&frame(wire::Kind::EncryptedChunk, &payload), 1 << 20).is_err());
+    assert!(
+        EncryptedChunk::from_bytes(&frame(wire::Kind::EncryptedChunk, &payload), 1 << 20).is_err()
+    );
     // Shape-valid framing around a wrong-shaped update is refused by validation.
     let (_, ct) = small_session(Profile::Fast, "hostile");
     let mut bad = ct.clone();
     bad.length = 5000;
-    assert!(matches!(EncryptedUpdate::from_bytes(&bad.to_bytes(), 1 << 24), Err(CryptoError::Malformed { .. })));
+    assert!(matches!(
+        EncryptedUpdate::from_bytes(&bad.to_bytes(), 1 << 24),
+        Err(CryptoError::Malformed { .. })
+    ));
 }
 
 proptest! {

@@ -57,7 +57,9 @@ pub trait Wire: Sized {
         Self::Repr: Clone,
     {
         let repr = self.to_repr();
-        let payload = options().serialize(repr.as_ref()).expect("in-memory serialization of plain data");
+        let payload = options()
+            .serialize(repr.as_ref())
+            .expect("in-memory serialization of plain data");
         let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
@@ -72,7 +74,10 @@ pub trait Wire: Sized {
     fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, CryptoError> {
         let err = |m: String| CryptoError::Wire(format!("{:?}: {m}", Self::KIND));
         if bytes.len() > max_len {
-            return Err(err(format!("{} bytes exceeds the limit of {max_len}", bytes.len())));
+            return Err(err(format!(
+                "{} bytes exceeds the limit of {max_len}",
+                bytes.len()
+            )));
         }
         if bytes.len() < HEADER + DIGEST {
             return Err(err(format!("truncated: {} bytes", bytes.len())));
@@ -81,14 +86,23 @@ pub trait Wire: Sized {
             return Err(err("not an fhenode message (bad magic)".into()));
         }
         if bytes[4] != VERSION {
-            return Err(err(format!("unsupported version {} (this node speaks {VERSION})", bytes[4])));
+            return Err(err(format!(
+                "unsupported version {} (this node speaks {VERSION})",
+                bytes[4]
+            )));
         }
         if bytes[5] != Self::KIND as u8 {
-            return Err(err(format!("message kind {} where {} was expected", bytes[5], Self::KIND as u8)));
+            return Err(err(format!(
+                "message kind {} where {} was expected",
+                bytes[5],
+                Self::KIND as u8
+            )));
         }
         let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
         if blake3::hash(body).as_bytes() != digest {
-            return Err(err("digest mismatch: the message was truncated or altered".into()));
+            return Err(err(
+                "digest mismatch: the message was truncated or altered".into()
+            ));
         }
         let payload = &body[HEADER..];
         let repr: Self::Repr = options()
@@ -120,7 +134,11 @@ macro_rules! plain_wire {
     };
 }
 
-plain_wire!(KeyCommitment, Kind::KeyCommitment, |v| Ok::<(), CryptoError>(()));
+plain_wire!(
+    KeyCommitment,
+    Kind::KeyCommitment,
+    |v| Ok::<(), CryptoError>(())
+);
 plain_wire!(PublicKeyShare, Kind::PublicKeyShare, |v| {
     let p = v.profile.params();
     let expected = p.ring_dim * (p.torus_bits / 8) as usize;
@@ -135,8 +153,14 @@ plain_wire!(PublicKeyShare, Kind::PublicKeyShare, |v| {
 });
 plain_wire!(EncryptedUpdate, Kind::EncryptedUpdate, |v| v.validate());
 plain_wire!(DecryptionRequest, Kind::DecryptionRequest, |v| v.validate());
-plain_wire!(PartialDecryption, Kind::PartialDecryption, |v| Ok::<(), CryptoError>(()));
-plain_wire!(EncryptedChunk, Kind::EncryptedChunk, |v| Ok::<(), CryptoError>(()));
+plain_wire!(PartialDecryption, Kind::PartialDecryption, |v| Ok::<
+    (),
+    CryptoError,
+>(()));
+plain_wire!(EncryptedChunk, Kind::EncryptedChunk, |v| Ok::<
+    (),
+    CryptoError,
+>(()));
 
 impl Wire for CollectivePublicKey {
     const KIND: Kind = Kind::CollectiveKey;

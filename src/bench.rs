@@ -1,0 +1,203 @@
+//! `fhenode bench crypto`: the crypto layer's throughput next to plaintext baselines measured
+//! in the same run, so figures from a shared, noisy machine can be compared as ratios.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::crypto::wire::Wire;
+use crate::crypto::{local_ceremony, Accumulator, CryptoError, Profile, SessionParams, SessionTag};
+
+/// The shape of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct CryptoBenchConfig {
+    pub profile: Profile,
+    pub params: usize,
+    pub participants: u32,
+    pub committee: u32,
+    pub clip: f64,
+}
+
+impl Default for CryptoBenchConfig {
+    fn default() -> Self {
+        CryptoBenchConfig {
+            profile: Profile::Secure,
+            params: 1_000_000,
+            participants: 10,
+            committee: 3,
+            clip: 8.0,
+        }
+    }
+}
+
+/// What one run measured. Rates are values (parameters) per second; `*_ratio` fields divide a
+/// crypto rate by its plaintext baseline from the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct CryptoBenchReport {
+    pub profile: String,
+    pub params: usize,
+    pub participants: u32,
+    pub committee: u32,
+    pub plaintext_bits: u32,
+    pub frac_bits: u32,
+    pub threads: usize,
+    /// One participant's encryption.
+    pub encrypt_values_per_s: f64,
+    /// Adding every participant's update to the running sum (values × participants / time).
+    pub accumulate_values_per_s: f64,
+    /// One member's partial decryption.
+    pub partial_decrypt_values_per_s: f64,
+    /// Combining all partials and decoding.
+    pub combine_values_per_s: f64,
+    /// Serialised ciphertext bytes per parameter (envelope included).
+    pub bytes_per_param: f64,
+    /// Largest |decrypted mean − plaintext mean|.
+    pub max_abs_error: f64,
+    /// The quantisation bound that error must stay under.
+    pub error_bound: f64,
+    /// Baseline: summing the participants' f32 vectors in the clear.
+    pub plaintext_sum_values_per_s: f64,
+    /// Baseline: a wrapping u128 add loop over the same number of values.
+    pub plaintext_u128_add_values_per_s: f64,
+    /// plaintext u128 add rate ÷ accumulation rate (target ≤ 3).
+    pub accumulate_slowdown_vs_u128_add: f64,
+    /// plaintext f32 sum rate ÷ encryption rate.
+    pub encrypt_slowdown_vs_f32_sum: f64,
+}
+
+fn rate(values: usize, start: Instant) -> f64 {
+    values as f64 / start.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// Runs the whole pipeline once (keygen, encrypt, accumulate, partial decrypt, combine) and
+/// checks the decrypted mean against the plaintext mean.
+pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, CryptoError> {
+    if cfg.params == 0 || cfg.participants == 0 {
+        return Err(CryptoError::InvalidParams(
+            "bench needs at least one parameter and one participant".into(),
+        ));
+    }
+    let params =
+        SessionParams::recommended(cfg.profile, cfg.participants, cfg.committee, cfg.clip)?;
+    let tag = SessionTag::derive("fhenode-bench");
+    let (mut shares, key) = local_ceremony(&params, tag)?;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let clip = cfg.clip as f32;
+    let updates: Vec<Vec<f32>> = (0..cfg.participants)
+        .map(|_| {
+            (0..cfg.params)
+                .map(|_| rng.gen_range(-clip..=clip))
+                .collect()
+        })
+        .collect();
+
+    // Baselines first, on the same data.
+    let start = Instant::now();
+    let mut plain_sum = vec![0f32; cfg.params];
+    for update in &updates {
+        for (acc, v) in plain_sum.iter_mut().zip(update) {
+            *acc += *v;
+        }
+    }
+    black_box(&plain_sum);
+    let plaintext_sum_values_per_s = rate(cfg.params * updates.len(), start);
+
+    let words: Vec<u128> = (0..cfg.params).map(|_| rng.gen()).collect();
+    let start = Instant::now();
+    let mut acc = vec![0u128; cfg.params];
+    for _ in 0..updates.len() {
+        for (a, w) in acc.iter_mut().zip(black_box(&words)) {
+            *a = a.wrapping_add(*w);
+        }
+        black_box(&acc);
+    }
+    let plaintext_u128_add_values_per_s = rate(cfg.params * updates.len(), start);
+    drop((acc, words));
+
+    let start = Instant::now();
+    let mut encrypted = Vec::with_capacity(updates.len());
+    for update in &updates {
+        encrypted.push(key.encrypt(update)?.0);
+    }
+    let encrypt_values_per_s = rate(cfg.params * updates.len(), start);
+    let bytes_per_param = encrypted[0].to_bytes().len() as f64 / cfg.params as f64;
+
+    let start = Instant::now();
+    let mut accumulator = Accumulator::new(&key, cfg.params as u64)?;
+    for (i, update) in encrypted.iter().enumerate() {
+        accumulator.add(&format!("participant-{i}"), update)?;
+    }
+    let (aggregate, request) = accumulator.finish()?;
+    let accumulate_values_per_s = rate(cfg.params * updates.len(), start);
+    drop(encrypted);
+
+    let mut partials = Vec::with_capacity(shares.len());
+    let start = Instant::now();
+    for share in &mut shares {
+        partials.push(share.partial_decrypt(&request, cfg.participants)?);
+    }
+    let partial_decrypt_values_per_s = rate(cfg.params * shares.len(), start);
+
+    let start = Instant::now();
+    let decrypted = aggregate.combine(&partials)?;
+    let combine_values_per_s = rate(cfg.params, start);
+
+    let k = cfg.participants as f64;
+    let mut exact = vec![0f64; cfg.params];
+    for update in &updates {
+        for (e, v) in exact.iter_mut().zip(update) {
+            *e += *v as f64;
+        }
+    }
+    let max_abs_error = decrypted
+        .mean()
+        .iter()
+        .zip(&exact)
+        .map(|(m, e)| (m - e / k).abs())
+        .fold(0f64, f64::max);
+
+    Ok(CryptoBenchReport {
+        profile: cfg.profile.to_string(),
+        params: cfg.params,
+        participants: cfg.participants,
+        committee: cfg.committee,
+        plaintext_bits: params.plaintext_bits,
+        frac_bits: params.frac_bits,
+        threads: rayon::current_num_threads(),
+        encrypt_values_per_s,
+        accumulate_values_per_s,
+        partial_decrypt_values_per_s,
+        combine_values_per_s,
+        bytes_per_param,
+        max_abs_error,
+        error_bound: decrypted.mean_error_bound,
+        plaintext_sum_values_per_s,
+        plaintext_u128_add_values_per_s,
+        accumulate_slowdown_vs_u128_add: plaintext_u128_add_values_per_s / accumulate_values_per_s,
+        encrypt_slowdown_vs_f32_sum: plaintext_sum_values_per_s / encrypt_values_per_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bench_decrypts_within_its_bound() {
+        for profile in Profile::ALL {
+            let report = run_crypto_bench(&CryptoBenchConfig {
+                profile,
+                params: 3000,
+                participants: 3,
+                committee: 2,
+                clip: 8.0,
+            })
+            .unwrap();
+            assert!(report.max_abs_error <= report.error_bound, "{report:?}");
+            assert!(report.bytes_per_param > 0.0);
+        }
+    }
+}
