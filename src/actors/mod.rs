@@ -1,0 +1,55 @@
+//! The node's actors besides the network: each is a tokio task that owns its state and is
+//! reached through a cloneable handle over a bounded mailbox (request + oneshot reply).
+
+pub mod aggregation;
+pub mod inference;
+pub mod keys;
+
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActorError {
+    #[error("the {0} actor has stopped")]
+    Stopped(&'static str),
+}
+
+/// The sending half of an actor's mailbox, shared by its handle.
+#[derive(Debug)]
+pub struct Mailbox<C> {
+    name: &'static str,
+    tx: mpsc::Sender<C>,
+}
+
+impl<C> Clone for Mailbox<C> {
+    fn clone(&self) -> Self {
+        Mailbox { name: self.name, tx: self.tx.clone() }
+    }
+}
+
+impl<C> Mailbox<C> {
+    pub fn new(name: &'static str, capacity: usize) -> (Self, mpsc::Receiver<C>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Mailbox { name, tx }, rx)
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Messages waiting to be handled.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether the actor's task is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Sends the command built around a reply channel and awaits the reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> C) -> Result<T, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| ActorError::Stopped(self.name))?;
+        rx.await.map_err(|_| ActorError::Stopped(self.name))
+    }
+}

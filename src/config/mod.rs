@@ -1,0 +1,989 @@
+//! Node configuration.
+//!
+//! Four layers, each overriding the one before it:
+//!
+//! 1. built-in defaults ([`Config::default`]);
+//! 2. a TOML file: the one given on the command line, else `config/fhenode.toml` relative to
+//!    the current directory when it exists (the shipped file documents every key);
+//! 3. environment variables `FHENODE__SECTION__KEY`, e.g. `FHENODE__API__LISTEN`,
+//!    `FHENODE__DATA_DIR`; the list keys `p2p.listen` and `p2p.bootstrap` take comma-separated
+//!    values;
+//! 4. command-line flags ([`CliOverrides`]).
+//!
+//! Unknown keys are refused in every layer, and every error names the offending key and, where
+//! known, the layer that set it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ::config::{Environment, File, FileFormat, Source, Value, ValueKind};
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
+use zeroize::Zeroizing;
+
+use crate::crypto::Profile;
+
+/// Prefix of the environment variables read by [`load`].
+pub const ENV_PREFIX: &str = "FHENODE";
+/// Separator between the prefix, sections and keys of an environment variable name.
+pub const ENV_SEPARATOR: &str = "__";
+/// The file read by [`load`] when no file is named, relative to the current directory.
+pub const DEFAULT_FILE: &str = "config/fhenode.toml";
+/// What [`ApiToken`] prints in place of its value.
+pub const REDACTED: &str = "<redacted>";
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Upper bound of `p2p.max_request_bytes` and `p2p.max_response_bytes`.
+pub const MAX_MESSAGE_BYTES_LIMIT: u64 = GIB;
+/// Upper bound of `p2p.max_gossip_bytes`.
+pub const MAX_GOSSIP_BYTES_LIMIT: u64 = MIB as u64;
+/// Upper bound of `api.max_body_bytes`.
+pub const MAX_BODY_BYTES_LIMIT: u64 = 4 * GIB;
+/// Upper bound of `p2p.request_timeout_secs` (one day).
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Upper bound of `p2p.idle_timeout_secs` (thirty days).
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Shortest accepted `api.token`.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Keys whose environment values are comma-separated lists.
+const LIST_KEYS: [&str; 2] = ["p2p.listen", "p2p.bootstrap"];
+
+/// Every key, by section ("" is the top level); used to refuse unknown keys by name.
+const SCHEMA: [(&str, &[&str]); 4] = [
+    ("", &["data_dir", "profile", "p2p", "api", "log"]),
+    (
+        "p2p",
+        &[
+            "listen",
+            "bootstrap",
+            "mdns",
+            "max_request_bytes",
+            "max_response_bytes",
+            "max_gossip_bytes",
+            "max_connections",
+            "max_connections_per_peer",
+            "request_timeout_secs",
+            "idle_timeout_secs",
+        ],
+    ),
+    ("api", &["listen", "token", "max_body_bytes"]),
+    ("log", &["format", "level"]),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// The effective node configuration.
+///
+/// `Serialize` writes the token as `"<redacted>"`; `Deserialize` accepts the same document shape
+/// as the configuration file (missing keys take their defaults, unknown keys are refused) and
+/// validates the result, so a deserialized `Config` is always valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "RawConfig", try_from = "RawConfig")]
+pub struct Config {
+    /// Directory of the node's persistent state (identity key, store).
+    pub data_dir: PathBuf,
+    /// The default crypto profile of sessions this node creates.
+    pub profile: Profile,
+    pub p2p: P2pConfig,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+}
+
+/// The libp2p swarm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct P2pConfig {
+    /// Addresses to listen on: `/ip4|ip6/<addr>/tcp/<port>` or `/ip4|ip6/<addr>/udp/<port>/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start-up; each ends with `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Largest request-response request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest request-response response accepted, in bytes.
+    pub max_response_bytes: usize,
+    /// Gossipsub max transmit size, in bytes.
+    pub max_gossip_bytes: usize,
+    /// Established connections in total.
+    pub max_connections: u32,
+    /// Established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Request-response timeout, in seconds.
+    pub request_timeout_secs: u64,
+    /// How long an idle connection is kept, in seconds.
+    pub idle_timeout_secs: u64,
+}
+
+impl P2pConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// The HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Address and port the API binds to.
+    pub listen: SocketAddr,
+    /// Bearer token clients must present; required when `listen` is not a loopback address.
+    pub token: Option<ApiToken>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl ApiConfig {
+    /// Whether the API listens on a loopback address only (IPv4-mapped loopback included).
+    pub fn is_loopback(&self) -> bool {
+        self.listen.ip().to_canonical().is_loopback()
+    }
+}
+
+/// The API bearer token. Its `Debug` and `Serialize` print `"<redacted>"`, it has no `Display`,
+/// and its memory is wiped on drop; [`ApiToken::expose`] is the only way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(Zeroizing<String>);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        ApiToken(Zeroizing::new(token.into()))
+    }
+
+    /// The token itself.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Compares a presented token with this one in time independent of their contents
+    /// (both are hashed first, and BLAKE3 hashes compare in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        blake3::hash(self.0.as_bytes()) == blake3::hash(presented.as_bytes())
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for ApiToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiToken {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Zeroizing::<String>::deserialize(deserializer).map(ApiToken)
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}`; expected `pretty` or `json`"
+            )),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive, e.g. `info` or `info,fhenode::net=debug`.
+    pub level: String,
+}
+
+impl LogConfig {
+    /// The filter `level` describes.
+    pub fn env_filter(&self) -> Result<EnvFilter, ConfigError> {
+        check_log_level(&self.level)?;
+        EnvFilter::try_new(&self.level).map_err(|e| invalid("log.level", e))
+    }
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Default, Clone, Debug)]
+pub struct CliOverrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--api-listen ADDR:PORT`
+    pub api_listen: Option<String>,
+    /// `--p2p-listen MULTIADDR` (repeatable); if non-empty replaces `p2p.listen`.
+    pub p2p_listen: Vec<String>,
+    /// `--bootstrap MULTIADDR` (repeatable); if non-empty replaces `p2p.bootstrap`.
+    pub bootstrap: Vec<String>,
+    /// `--no-mdns`: true sets `p2p.mdns = false`.
+    pub no_mdns: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("configuration: {0}")]
+    Load(String),
+}
+
+fn invalid(key: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            profile: Profile::default(),
+            p2p: P2pConfig::default(),
+            api: ApiConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: vec![
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([0, 0, 0, 0].into()))
+                    .with(Protocol::Tcp(4001)),
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([0, 0, 0, 0].into()))
+                    .with(Protocol::Udp(4001))
+                    .with(Protocol::QuicV1),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            max_request_bytes: 64 * MIB,
+            max_response_bytes: 64 * MIB,
+            max_gossip_bytes: 64 * KIB,
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            request_timeout_secs: 120,
+            idle_timeout_secs: 3600,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            token: None,
+            max_body_bytes: 256 * MIB,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// Loads the configuration: built-in defaults < file < environment `FHENODE__SECTION__KEY` <
+/// CLI overrides, then validates it.
+///
+/// `file`: `Some(path)` => that file must exist; `None` => [`DEFAULT_FILE`] relative to the
+/// current directory if it exists, else no file.
+/// `env`: `None` => the process environment; `Some(map)` => exactly these variables.
+pub fn load(
+    file: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+    cli: &CliOverrides,
+) -> Result<Config, ConfigError> {
+    let mut builder = ::config::Config::builder();
+    match file {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "configuration file `{}` does not exist or is not a regular file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        None => {
+            let path = Path::new(DEFAULT_FILE);
+            if path.is_file() {
+                builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+            }
+        }
+    }
+    builder = builder.add_source(EnvSource::new(env));
+    let layered = builder.build().map_err(from_config_error)?;
+
+    let provenance = Provenance {
+        layered,
+        cli: HashSet::new(),
+    };
+    provenance.check_unknown_keys()?;
+    let mut raw: RawConfig = provenance
+        .layered
+        .clone()
+        .try_deserialize()
+        .map_err(from_config_error)?;
+
+    let mut provenance = provenance;
+    if let Some(dir) = &cli.data_dir {
+        raw.data_dir = dir.clone();
+        provenance.cli.insert("data_dir");
+    }
+    if let Some(listen) = &cli.api_listen {
+        raw.api.listen = listen.clone();
+        provenance.cli.insert("api.listen");
+    }
+    if !cli.p2p_listen.is_empty() {
+        raw.p2p.listen = cli.p2p_listen.clone();
+        provenance.cli.insert("p2p.listen");
+    }
+    if !cli.bootstrap.is_empty() {
+        raw.p2p.bootstrap = cli.bootstrap.clone();
+        provenance.cli.insert("p2p.bootstrap");
+    }
+    if cli.no_mdns {
+        raw.p2p.mdns = false;
+        provenance.cli.insert("p2p.mdns");
+    }
+
+    Config::from_raw(raw)
+        .and_then(|config| config.validate().map(|()| config))
+        .map_err(|e| provenance.annotate(e))
+}
+
+impl Config {
+    /// Checks every value against its documented range; [`load`] calls it too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+
+        let p2p = &self.p2p;
+        if p2p.listen.is_empty() {
+            return Err(invalid("p2p.listen", "must contain at least one address"));
+        }
+        let mut seen = HashSet::new();
+        for addr in &p2p.listen {
+            check_transport(addr, true).map_err(|why| {
+                invalid(
+                    "p2p.listen",
+                    format!("`{addr}` is not a listen address: {why}"),
+                )
+            })?;
+            if !seen.insert(addr) {
+                return Err(invalid("p2p.listen", format!("`{addr}` is listed twice")));
+            }
+        }
+        for addr in &p2p.bootstrap {
+            check_bootstrap(addr).map_err(|why| {
+                invalid(
+                    "p2p.bootstrap",
+                    format!("`{addr}` is not a bootstrap address: {why}"),
+                )
+            })?;
+        }
+        check_range(
+            "p2p.max_request_bytes",
+            p2p.max_request_bytes as u64,
+            1,
+            MAX_MESSAGE_BYTES_LIMIT,
+        )?;
+        check_range(
+            "p2p.max_response_bytes",
+            p2p.max_response_bytes as u64,
+            1,
+            MAX_MESSAGE_BYTES_LIMIT,
+        )?;
+        check_range(
+            "p2p.max_gossip_bytes",
+            p2p.max_gossip_bytes as u64,
+            1,
+            MAX_GOSSIP_BYTES_LIMIT,
+        )?;
+        check_range(
+            "p2p.max_connections",
+            p2p.max_connections.into(),
+            1,
+            u32::MAX.into(),
+        )?;
+        check_range(
+            "p2p.max_connections_per_peer",
+            p2p.max_connections_per_peer.into(),
+            1,
+            p2p.max_connections.into(),
+        )?;
+        check_range(
+            "p2p.request_timeout_secs",
+            p2p.request_timeout_secs,
+            1,
+            MAX_REQUEST_TIMEOUT_SECS,
+        )?;
+        check_range(
+            "p2p.idle_timeout_secs",
+            p2p.idle_timeout_secs,
+            1,
+            MAX_IDLE_TIMEOUT_SECS,
+        )?;
+
+        let api = &self.api;
+        match &api.token {
+            None if !api.is_loopback() => {
+                return Err(invalid(
+                    "api.token",
+                    format!(
+                        "required when api.listen ({}) is not a loopback address",
+                        api.listen
+                    ),
+                ));
+            }
+            None => {}
+            Some(token) => check_token(token.expose()).map_err(|why| invalid("api.token", why))?,
+        }
+        check_range(
+            "api.max_body_bytes",
+            api.max_body_bytes as u64,
+            1,
+            MAX_BODY_BYTES_LIMIT,
+        )?;
+
+        check_log_level(&self.log.level)?;
+        EnvFilter::try_new(&self.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("`{}` is not a valid filter directive: {e}", self.log.level),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with the token shown as `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        match toml::to_string_pretty(&RawConfig::from(self.clone())) {
+            Ok(text) => text,
+            Err(e) => format!("# the configuration cannot be written as TOML: {e}\n"),
+        }
+    }
+
+    /// Parses the string-typed values of `raw`; the range checks are [`Config::validate`]'s.
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let profile = Profile::from_str(&raw.profile).map_err(|_| {
+            invalid(
+                "profile",
+                format!(
+                    "unknown profile `{}`; expected `secure` or `fast`",
+                    raw.profile
+                ),
+            )
+        })?;
+        let listen = parse_multiaddrs("p2p.listen", &raw.p2p.listen)?;
+        let bootstrap = parse_multiaddrs("p2p.bootstrap", &raw.p2p.bootstrap)?;
+        let api_listen = SocketAddr::from_str(raw.api.listen.trim()).map_err(|_| {
+            invalid(
+                "api.listen",
+                format!(
+                    "`{}` is not an IP address and port (e.g. `127.0.0.1:8470` or `[::1]:8470`)",
+                    raw.api.listen
+                ),
+            )
+        })?;
+        let format =
+            LogFormat::from_str(raw.log.format.trim()).map_err(|why| invalid("log.format", why))?;
+        Ok(Config {
+            data_dir: raw.data_dir,
+            profile,
+            p2p: P2pConfig {
+                listen,
+                bootstrap,
+                mdns: raw.p2p.mdns,
+                max_request_bytes: raw.p2p.max_request_bytes,
+                max_response_bytes: raw.p2p.max_response_bytes,
+                max_gossip_bytes: raw.p2p.max_gossip_bytes,
+                max_connections: raw.p2p.max_connections,
+                max_connections_per_peer: raw.p2p.max_connections_per_peer,
+                request_timeout_secs: raw.p2p.request_timeout_secs,
+                idle_timeout_secs: raw.p2p.idle_timeout_secs,
+            },
+            api: ApiConfig {
+                listen: api_listen,
+                token: raw.api.token.map(ApiToken),
+                max_body_bytes: raw.api.max_body_bytes,
+            },
+            log: LogConfig {
+                format,
+                level: raw.log.level,
+            },
+        })
+    }
+}
+
+fn parse_multiaddrs(key: &str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    values
+        .iter()
+        .map(|s| {
+            Multiaddr::from_str(s.trim())
+                .map_err(|e| invalid(key, format!("`{s}` is not a valid multiaddr: {e}")))
+        })
+        .collect()
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is out of range; expected {min} to {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `/ip4|ip6/<addr>` followed by `/tcp/<port>` or `/udp/<port>/quic-v1`, and nothing else
+/// unless `exact` is false, in which case the remaining components are returned.
+fn check_transport(addr: &Multiaddr, exact: bool) -> Result<Vec<Protocol<'_>>, String> {
+    let mut parts = addr.iter();
+    match parts.next() {
+        Some(Protocol::Ip4(_)) | Some(Protocol::Ip6(_)) => {}
+        _ => return Err("it must start with /ip4/<address> or /ip6/<address>".to_owned()),
+    }
+    match parts.next() {
+        Some(Protocol::Tcp(_)) => {}
+        Some(Protocol::Udp(_)) if matches!(parts.next(), Some(Protocol::QuicV1)) => {}
+        _ => {
+            return Err(
+                "the address must be followed by /tcp/<port> or /udp/<port>/quic-v1".to_owned(),
+            )
+        }
+    }
+    let rest: Vec<Protocol<'_>> = parts.collect();
+    if exact && !rest.is_empty() {
+        return Err("nothing may follow /tcp/<port> or /udp/<port>/quic-v1".to_owned());
+    }
+    Ok(rest)
+}
+
+fn check_bootstrap(addr: &Multiaddr) -> Result<(), String> {
+    let rest = check_transport(addr, false)?;
+    if !matches!(rest.as_slice(), [Protocol::P2p(_)]) {
+        return Err("it must end with /p2p/<peer id>".to_owned());
+    }
+    for part in addr.iter() {
+        match part {
+            Protocol::Ip4(ip) if ip.is_unspecified() => {
+                return Err("0.0.0.0 cannot be dialled".to_owned())
+            }
+            Protocol::Ip6(ip) if ip.is_unspecified() => {
+                return Err(":: cannot be dialled".to_owned())
+            }
+            Protocol::Tcp(0) | Protocol::Udp(0) => {
+                return Err("port 0 cannot be dialled".to_owned())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token == REDACTED {
+        return Err(format!(
+            "`{REDACTED}` is the placeholder of a redacted dump, not a token"
+        ));
+    }
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(format!("must be at least {MIN_TOKEN_LEN} characters long"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must consist of printable ASCII characters without spaces (it is sent in an HTTP header)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// `EnvFilter` reads a bare word as a target with every level enabled, so `level = "warning"`
+/// would silence everything but a target named `warning`; bare words must be levels.
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    if level.trim().is_empty() {
+        return Err(invalid("log.level", "must not be empty"));
+    }
+    for directive in level.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains(['=', '[']) || directive.contains("::") {
+            continue;
+        }
+        if LevelFilter::from_str(directive).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "`{directive}` is not a level (trace, debug, info, warn, error, off); \
+                     write `{directive}=<level>` to filter by target"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The serialized shape, shared by the file, the environment, `Serialize` and `Deserialize`
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    profile: String,
+    p2p: RawP2p,
+    api: RawApi,
+    log: RawLog,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawP2p {
+    listen: Vec<String>,
+    bootstrap: Vec<String>,
+    mdns: bool,
+    max_request_bytes: usize,
+    max_response_bytes: usize,
+    max_gossip_bytes: usize,
+    max_connections: u32,
+    max_connections_per_peer: u32,
+    request_timeout_secs: u64,
+    idle_timeout_secs: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawApi {
+    listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<Zeroizing<String>>,
+    max_body_bytes: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+/// Redacts the token: this conversion is what `Serialize` and `to_redacted_toml` write.
+impl From<Config> for RawConfig {
+    fn from(config: Config) -> Self {
+        let Config {
+            data_dir,
+            profile,
+            p2p,
+            api,
+            log,
+        } = config;
+        let strings = |addrs: Vec<Multiaddr>| addrs.iter().map(|a| a.to_string()).collect();
+        RawConfig {
+            data_dir,
+            profile: profile.to_string(),
+            p2p: RawP2p {
+                listen: strings(p2p.listen),
+                bootstrap: strings(p2p.bootstrap),
+                mdns: p2p.mdns,
+                max_request_bytes: p2p.max_request_bytes,
+                max_response_bytes: p2p.max_response_bytes,
+                max_gossip_bytes: p2p.max_gossip_bytes,
+                max_connections: p2p.max_connections,
+                max_connections_per_peer: p2p.max_connections_per_peer,
+                request_timeout_secs: p2p.request_timeout_secs,
+                idle_timeout_secs: p2p.idle_timeout_secs,
+            },
+            api: RawApi {
+                listen: api.listen.to_string(),
+                token: api.token.map(|_| Zeroizing::new(REDACTED.to_owned())),
+                max_body_bytes: api.max_body_bytes,
+            },
+            log: RawLog {
+                format: log.format.to_string(),
+                level: log.level,
+            },
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        let config = Config::from_raw(raw)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig::from(Config::default())
+    }
+}
+
+impl Default for RawP2p {
+    fn default() -> Self {
+        RawConfig::default().p2p
+    }
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawConfig::default().api
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawConfig::default().log
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment source and error provenance
+// ---------------------------------------------------------------------------------------------
+
+/// `FHENODE__SECTION__KEY` variables. Values stay strings (the `config` crate parses numbers
+/// and booleans when deserializing), so a token such as `0123…` or `1e10…` reaches us verbatim;
+/// the list keys are split on commas, blanks dropped, so an empty value means an empty list.
+#[derive(Clone, Debug)]
+struct EnvSource(Environment);
+
+impl EnvSource {
+    fn new(vars: Option<HashMap<String, String>>) -> Self {
+        EnvSource(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .source(vars),
+        )
+    }
+}
+
+impl Source for EnvSource {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<::config::Map<String, Value>, ::config::ConfigError> {
+        let mut vars = self.0.collect()?;
+        vars.retain(|key, _| !key.is_empty());
+        for key in LIST_KEYS {
+            if let Some(value) = vars.get_mut(key) {
+                if let ValueKind::String(text) = &value.kind {
+                    let origin = value.origin().map(str::to_owned);
+                    let items: Vec<Value> = text
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .map(|item| Value::new(origin.as_ref(), item))
+                        .collect();
+                    *value = Value::new(origin.as_ref(), ValueKind::Array(items));
+                }
+            }
+        }
+        Ok(vars)
+    }
+}
+
+/// The environment variable that sets `key` (`p2p.listen` => `FHENODE__P2P__LISTEN`).
+pub fn env_var_name(key: &str) -> String {
+    let key = key.split('[').next().unwrap_or(key);
+    let mut name = String::from(ENV_PREFIX);
+    for part in key.split('.') {
+        name.push_str(ENV_SEPARATOR);
+        name.push_str(&part.to_ascii_uppercase());
+    }
+    name
+}
+
+fn describe_origin(origin: Option<&str>, key: &str) -> Option<String> {
+    match origin? {
+        "the environment" => Some(format!("environment variable {}", env_var_name(key))),
+        file => Some(file.to_owned()),
+    }
+}
+
+/// Where each value of a load came from, to say so in error messages.
+struct Provenance {
+    layered: ::config::Config,
+    cli: HashSet<&'static str>,
+}
+
+impl Provenance {
+    fn origin(&self, key: &str) -> Option<String> {
+        if self.cli.contains(key) {
+            return Some("the command line".to_owned());
+        }
+        // `Config::get` would deserialize the value and lose its origin; walk the tree instead.
+        let path = key.split('[').next().unwrap_or(key);
+        let mut value = &self.layered.cache;
+        for part in path.split('.') {
+            match &value.kind {
+                ValueKind::Table(table) => value = table.get(part)?,
+                _ => return None,
+            }
+        }
+        describe_origin(value.origin(), key)
+    }
+
+    fn annotate(&self, error: ConfigError) -> ConfigError {
+        match error {
+            ConfigError::Invalid { key, reason } => match self.origin(&key) {
+                Some(origin) => ConfigError::Invalid {
+                    reason: format!("{reason} (set by {origin})"),
+                    key,
+                },
+                None => ConfigError::Invalid { key, reason },
+            },
+            other => other,
+        }
+    }
+
+    fn check_unknown_keys(&self) -> Result<(), ConfigError> {
+        let ValueKind::Table(root) = &self.layered.cache.kind else {
+            return Ok(());
+        };
+        let mut unknown: Vec<(String, Option<&str>, &'static [&'static str])> = Vec::new();
+        for (section, known) in SCHEMA {
+            let table = if section.is_empty() {
+                root
+            } else {
+                match root.get(section).map(|v| &v.kind) {
+                    Some(ValueKind::Table(table)) => table,
+                    _ => continue,
+                }
+            };
+            for (key, value) in table {
+                if !known.contains(&key.as_str()) {
+                    let full = if section.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{section}.{key}")
+                    };
+                    unknown.push((full, value.origin(), known));
+                }
+            }
+        }
+        unknown.sort_by(|a, b| a.0.cmp(&b.0));
+        match unknown.into_iter().next() {
+            None => Ok(()),
+            Some((key, origin, known)) => {
+                let place = describe_origin(origin, &key)
+                    .map(|o| format!(" (set by {o})"))
+                    .unwrap_or_default();
+                let section = key.rsplit_once('.').map(|(s, _)| s);
+                let scope = match section {
+                    Some(section) => format!("in [{section}]"),
+                    None => "at the top level".to_owned(),
+                };
+                Err(invalid(
+                    &key,
+                    format!(
+                        "unknown key{place}; the keys {scope} are: {}",
+                        known.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn from_config_error(error: ::config::ConfigError) -> ConfigError {
+    use ::config::ConfigError as E;
+    let suffix = |origin: &Option<String>, key: &str| {
+        describe_origin(origin.as_deref(), key)
+            .map(|o| format!(" (set by {o})"))
+            .unwrap_or_default()
+    };
+    match error {
+        E::Type {
+            origin,
+            unexpected,
+            expected,
+            key: Some(key),
+        } => ConfigError::Invalid {
+            reason: format!(
+                "invalid type: {unexpected}, expected {expected}{}",
+                suffix(&origin, &key)
+            ),
+            key,
+        },
+        E::At {
+            error,
+            origin,
+            key: Some(key),
+        } => ConfigError::Invalid {
+            reason: format!("{error}{}", suffix(&origin, &key)),
+            key,
+        },
+        E::NotFound(key) => ConfigError::Invalid {
+            key,
+            reason: "missing".to_owned(),
+        },
+        other => ConfigError::Load(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

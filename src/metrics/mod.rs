@@ -1,0 +1,247 @@
+//! One prometheus-client registry for the whole node: libp2p's own metrics, bandwidth, the
+//! node's `fhenode_` families and process metrics. Labels are bounded: never a peer or
+//! session id.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabels {
+    pub actor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnlyLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+/// The node's own metric families. Cheap to clone: every field is an `Arc` inside.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    pub peers_connected: Gauge,
+    pub actor_mailbox_depth: Family<ActorLabels, Gauge>,
+    pub actor_panics: Family<ActorLabels, Counter>,
+    pub store_size: Gauge,
+    pub store_flush_duration: Histogram,
+    pub api_requests: Family<RouteLabels, Counter>,
+    pub api_request_duration: Family<RouteOnlyLabels, Histogram>,
+    pub rpc_requests: Family<ProtocolLabels, Counter>,
+    pub rpc_bytes_received: Counter,
+    pub gossip_messages: Family<OutcomeLabels, Counter>,
+    pub start_time: Gauge<f64, AtomicU64>,
+}
+
+/// The registry plus the handles the node updates. Built once at start; the registry is
+/// read-only afterwards, so scrapes need no lock.
+pub struct Metrics {
+    pub registry: Registry,
+    pub node: NodeMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    // 100 µs … ~100 s
+    exponential_buckets(1e-4, 4.0, 11)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let node = NodeMetrics {
+            peers_connected: Gauge::default(),
+            actor_mailbox_depth: Family::default(),
+            actor_panics: Family::default(),
+            store_size: Gauge::default(),
+            store_flush_duration: Histogram::new(duration_buckets()),
+            api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            rpc_requests: Family::default(),
+            rpc_bytes_received: Counter::default(),
+            gossip_messages: Family::default(),
+            start_time: Gauge::default(),
+        };
+        let fhenode = registry.sub_registry_with_prefix("fhenode");
+        fhenode.register(
+            "build",
+            "Version of this fhenode build",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("tfhe", "1.8.2"),
+            ]),
+        );
+        fhenode.register_with_unit(
+            "start_time",
+            "Unix time the node started",
+            Unit::Seconds,
+            node.start_time.clone(),
+        );
+        fhenode.register("peers_connected", "Peers with at least one open connection", node.peers_connected.clone());
+        fhenode.register(
+            "actor_mailbox_depth",
+            "Messages waiting in each actor's mailbox",
+            node.actor_mailbox_depth.clone(),
+        );
+        fhenode.register("actor_panics", "Actors that panicked (the node then shuts down)", node.actor_panics.clone());
+        fhenode.register_with_unit("store_size", "Size of the sled database on disk", Unit::Bytes, node.store_size.clone());
+        fhenode.register_with_unit(
+            "store_flush_duration",
+            "Time to make the store durable at a checkpoint",
+            Unit::Seconds,
+            node.store_flush_duration.clone(),
+        );
+        fhenode.register("api_requests", "HTTP API requests by route and status", node.api_requests.clone());
+        fhenode.register_with_unit(
+            "api_request_duration",
+            "HTTP API request duration by route",
+            Unit::Seconds,
+            node.api_request_duration.clone(),
+        );
+        fhenode.register(
+            "rpc_requests",
+            "Request-response exchanges by direction and outcome",
+            node.rpc_requests.clone(),
+        );
+        fhenode.register_with_unit(
+            "rpc_received",
+            "Request and response payload bytes received over the request-response protocol",
+            Unit::Bytes,
+            node.rpc_bytes_received.clone(),
+        );
+        fhenode.register("gossip_messages", "Gossipsub messages by outcome", node.gossip_messages.clone());
+        registry.register_collector(Box::new(ProcessCollector));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        node.start_time.set(now);
+        Metrics { registry, node }
+    }
+
+    /// Freezes the registry for serving.
+    pub fn into_shared(self) -> (Arc<Registry>, NodeMetrics) {
+        (Arc::new(self.registry), self.node)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Renders the registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Standard `process_*` metrics (CPU, memory, fds, threads) read by the `metrics-process` crate
+/// at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = metrics_process::collector::collect();
+        if let Some(v) = m.cpu_seconds_total {
+            let c = ConstCounter::new(v);
+            let e = encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent",
+                Some(&Unit::Seconds),
+                c.metric_type(),
+            )?;
+            c.encode(e)?;
+        }
+        let gauges: [(&str, &str, Option<Unit>, Option<u64>); 6] = [
+            ("process_open_fds", "Number of open file descriptors", None, m.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors", None, m.max_fds),
+            (
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                m.virtual_memory_bytes,
+            ),
+            (
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                m.resident_memory_bytes,
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                m.start_time_seconds,
+            ),
+            ("process_threads", "Number of OS threads", None, m.threads),
+        ];
+        for (name, help, unit, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v as i64);
+                let e = encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?;
+                g.encode(e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_node_and_process_families() {
+        let m = Metrics::new();
+        m.node.api_requests
+            .get_or_create(&RouteLabels { method: "GET".into(), route: "/healthz".into(), status: 200 })
+            .inc();
+        let text = render(&m.registry).unwrap();
+        for family in [
+            "fhenode_build_info{",
+            "fhenode_peers_connected ",
+            "fhenode_api_requests_total{",
+            "fhenode_start_time_seconds ",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+        ] {
+            assert!(text.contains(family), "missing {family} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,268 @@
+//! The supervisor: opens the store, starts the actors in order, wires their handles, serves the
+//! API, and stops everything in reverse order (flushing the store) on a signal, on request, or
+//! when an actor panics.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use libp2p::PeerId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, Instrument};
+
+use crate::actors::aggregation::{self, AggregationHandle};
+use crate::actors::inference::{self, InferenceHandle};
+use crate::actors::keys::{self, KeysHandle};
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::metrics::{ActorLabels, Metrics, NodeMetrics};
+use crate::net::{self, NetworkHandle};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Network(#[from] net::NetError),
+    #[error("cannot bind the API on {addr}: {source}")]
+    ApiBind { addr: SocketAddr, source: std::io::Error },
+    #[error("actor `{0}` panicked; the node was shut down")]
+    ActorPanicked(&'static str),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] still cancels every task.
+pub struct Node {
+    pub peer_id: PeerId,
+    pub api_addr: SocketAddr,
+    pub network: NetworkHandle,
+    pub keys: KeysHandle,
+    pub aggregation: AggregationHandle,
+    pub inference: InferenceHandle,
+    pub store: Store,
+    pub metrics: NodeMetrics,
+    api_stop: CancellationToken,
+    actors_stop: CancellationToken,
+    /// Cancelled when an actor panics.
+    fatal: CancellationToken,
+    panicked: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+    /// In shutdown order: API first, network last.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.api_stop.cancel();
+        self.actors_stop.cancel();
+    }
+}
+
+/// Spawns `future` as actor `name`: a panic is logged, counted, and cancels `fatal` so the node
+/// comes down instead of running on with a dead actor.
+fn supervise(
+    name: &'static str,
+    future: impl std::future::Future<Output = ()> + Send + 'static,
+    metrics: NodeMetrics,
+    fatal: CancellationToken,
+    panicked: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+            error!(actor = name, "actor panicked; shutting the node down");
+            metrics.actor_panics.get_or_create(&ActorLabels { actor: name }).inc();
+            if let Ok(mut slot) = panicked.lock() {
+                slot.get_or_insert(name);
+            }
+            fatal.cancel();
+        }
+    })
+}
+
+impl Node {
+    /// Starts a node from a validated configuration.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        let started = Instant::now();
+        let store = Store::open(&config.data_dir)?;
+        let keypair = store.identity()?;
+        let peer_id = keypair.public().to_peer_id();
+        let span = info_span!("node", %peer_id);
+        let _enter = span.enter();
+
+        let Metrics { mut registry, node: metrics } = Metrics::new();
+        let api_stop = CancellationToken::new();
+        let actors_stop = CancellationToken::new();
+        let fatal = CancellationToken::new();
+        let panicked = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sup = |name, fut| supervise(name, fut, metrics.clone(), fatal.clone(), panicked.clone());
+
+        let (keys, keys_task) = keys::spawn(store.clone(), actors_stop.child_token());
+        let keys_task = sup("keys", keys_task.instrument(info_span!("keys")).boxed());
+        let (aggregation, agg_task) = aggregation::spawn(store.clone(), actors_stop.child_token());
+        let agg_task = sup("aggregation", agg_task.instrument(info_span!("aggregation")).boxed());
+        let (inference, inf_task) = inference::spawn(store.clone(), actors_stop.child_token());
+        let inf_task = sup("inference", inf_task.instrument(info_span!("inference")).boxed());
+        let (network, net_task) = net::spawn(
+            keypair,
+            &config.p2p,
+            &mut registry,
+            metrics.clone(),
+            None,
+            actors_stop.child_token(),
+        )?;
+        let net_task = sup(
+            "network",
+            async move {
+                if let Err(e) = net_task.await {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            }
+            .boxed(),
+        );
+
+        let sampler = {
+            let (metrics, network, keys, aggregation, inference, store) = (
+                metrics.clone(),
+                network.clone(),
+                keys.clone(),
+                aggregation.clone(),
+                inference.clone(),
+                store.clone(),
+            );
+            let stop = actors_stop.child_token();
+            sup(
+                "sampler",
+                async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tick.tick() => {}
+                        }
+                        for (actor, depth) in [
+                            ("network", network.mailbox_depth()),
+                            ("keys", keys.mailbox_depth()),
+                            ("aggregation", aggregation.mailbox_depth()),
+                            ("inference", inference.mailbox_depth()),
+                        ] {
+                            metrics
+                                .actor_mailbox_depth
+                                .get_or_create(&ActorLabels { actor })
+                                .set(depth as i64);
+                        }
+                        metrics.store_size.set(store.size_on_disk() as i64);
+                    }
+                }
+                .boxed(),
+            )
+        };
+
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| NodeError::ApiBind {
+                addr: config.api.listen,
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| NodeError::ApiBind {
+            addr: config.api.listen,
+            source,
+        })?;
+        let state = ApiState {
+            network: network.clone(),
+            keys: keys.clone(),
+            aggregation: aggregation.clone(),
+            inference: inference.clone(),
+            store: store.clone(),
+            registry: std::sync::Arc::new(registry),
+            metrics: metrics.clone(),
+            started,
+            profile: config.profile,
+            token: config.api.token.clone(),
+            max_body_bytes: config.api.max_body_bytes,
+        };
+        let stop = api_stop.clone();
+        let api_task = sup(
+            "api",
+            async move {
+                if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await {
+                    error!(error = %e, "API server failed");
+                }
+            }
+            .instrument(info_span!("api", addr = %api_addr))
+            .boxed(),
+        );
+        info!(%api_addr, "node started");
+        Ok(Node {
+            peer_id,
+            api_addr,
+            network,
+            keys,
+            aggregation,
+            inference,
+            store,
+            metrics,
+            api_stop,
+            actors_stop,
+            fatal,
+            panicked,
+            tasks: vec![
+                ("api", api_task),
+                ("sampler", sampler),
+                ("inference", inf_task),
+                ("aggregation", agg_task),
+                ("keys", keys_task),
+                ("network", net_task),
+            ],
+        })
+    }
+
+    /// A token that, once cancelled, makes [`Node::run_until_stopped`] return.
+    pub fn fatal_token(&self) -> CancellationToken {
+        self.fatal.clone()
+    }
+
+    /// Runs until SIGINT/SIGTERM or an actor panic, then shuts down in order.
+    pub async fn run_until_stopped(self) -> Result<(), NodeError> {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(NodeError::Signal)?;
+        #[cfg(unix)]
+        let terminate = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+            _ = terminate => info!("SIGTERM received"),
+            _ = self.fatal.cancelled() => {}
+        }
+        self.shutdown().await
+    }
+
+    /// Stops the API, then the actors (in reverse start order), then flushes the store.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.api_stop.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        for (name, task) in tasks {
+            if name != "api" {
+                self.actors_stop.cancel();
+            }
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(_) => {}
+                Err(_) => error!(actor = name, "did not stop within 5 s"),
+            }
+        }
+        let flushed = self.store.flush_async().await?;
+        info!(flushed, "store flushed; node stopped");
+        let panicked = self.panicked.lock().ok().and_then(|slot| *slot);
+        match panicked {
+            Some(actor) => Err(NodeError::ActorPanicked(actor)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The real `fhenode` binary: two nodes find each other, serve metrics, stop cleanly on SIGTERM
+//! and keep their peer id across restarts.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Daemon {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(data_dir: &Path, bootstrap: Option<&str>) -> Daemon {
+    let port = free_port();
+    let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhenode"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fhenode.toml"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--p2p-listen")
+        .arg("/ip4/127.0.0.1/tcp/0")
+        .arg("--no-mdns")
+        .env("FHENODE__LOG__LEVEL", "debug")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(b) = bootstrap {
+        cmd.arg("--bootstrap").arg(b);
+    }
+    Daemon {
+        child: cmd.spawn().unwrap(),
+        api: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = client.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm_and_wait(daemon: &mut Daemon) -> std::process::ExitStatus {
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "node did not exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let timeout = Duration::from_secs(60);
+
+    let mut a = start(&dir_a, None);
+    let status_a = wait_for("node a's status", timeout, async || {
+        let s = get_json(&client, &format!("{}/v1/status", a.api)).await?;
+        (!s["listen_addrs"].as_array()?.is_empty()).then_some(s)
+    })
+    .await;
+    let id_a = status_a["peer_id"].as_str().unwrap().to_string();
+    let boot = format!("{}/p2p/{id_a}", status_a["listen_addrs"][0].as_str().unwrap());
+
+    let mut b = start(&dir_b, Some(&boot));
+    let id_b = wait_for("node b's status", timeout, async || {
+        let s = get_json(&client, &format!("{}/v1/status", b.api)).await?;
+        s["peer_id"].as_str().map(str::to_string)
+    })
+    .await;
+
+    for (daemon, other) in [(&a, &id_b), (&b, &id_a)] {
+        wait_for("peers to list each other", timeout, async || {
+            let peers = get_json(&client, &format!("{}/v1/peers", daemon.api)).await?;
+            peers["peers"]
+                .as_array()?
+                .iter()
+                .any(|p| p["peer_id"] == other.as_str() && !p["protocols"].as_array().is_none_or(Vec::is_empty))
+                .then_some(())
+        })
+        .await;
+    }
+
+    let ready = client.get(format!("{}/readyz", a.api)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let missing = client.get(format!("{}/v1/nope", a.api)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let metrics = client.get(format!("{}/metrics", a.api)).send().await.unwrap().text().await.unwrap();
+    for family in [
+        "fhenode_build_info{",
+        "fhenode_peers_connected ",
+        "fhenode_actor_mailbox_depth{",
+        "fhenode_store_size_bytes ",
+        "fhenode_api_requests_total{",
+        "fhenode_api_request_duration_seconds_bucket{",
+        "libp2p_",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(family), "/metrics lacks {family}");
+    }
+
+    assert_eq!(sigterm_and_wait(&mut a).code(), Some(0), "node a did not exit 0 on SIGTERM");
+    assert_eq!(sigterm_and_wait(&mut b).code(), Some(0), "node b did not exit 0 on SIGTERM");
+
+    // Same data dir, same identity.
+    let a2 = start(&dir_a, None);
+    let id_again = wait_for("restarted node's status", timeout, async || {
+        let s = get_json(&client, &format!("{}/v1/status", a2.api)).await?;
+        s["peer_id"].as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(id_again, id_a);
+    let out = Command::new(env!("CARGO_BIN_EXE_fhenode"))
+        .arg("id")
+        .arg("--data-dir")
+        .arg(&dir_b)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id_b);
+}

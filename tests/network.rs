@@ -1,0 +1,68 @@
+//! Several real nodes in one process on loopback: discovery through a bootstrap peer and
+//! Kademlia, and the request-response size limits.
+
+use std::time::Duration;
+
+use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh};
+use fhenode::net::{NetError, Request, Response};
+use fhenode::node::Node;
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_discover_each_other_and_enforce_size_limits() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut config = loopback_config(dirs[0].path(), vec![]);
+    config.p2p.max_request_bytes = 32 * MIB;
+    config.p2p.max_response_bytes = 32 * MIB;
+    let a = Node::start(config).await.unwrap();
+    let boot = dial_address(&a, Duration::from_secs(10)).await.unwrap();
+
+    let mut config = loopback_config(dirs[1].path(), vec![boot.clone()]);
+    config.p2p.max_request_bytes = 32 * MIB;
+    config.p2p.max_response_bytes = 32 * MIB;
+    let b = Node::start(config).await.unwrap();
+    // c accepts only small requests: it must refuse b's large one on its own.
+    let mut config = loopback_config(dirs[2].path(), vec![boot]);
+    config.p2p.max_request_bytes = MIB;
+    let c = Node::start(config).await.unwrap();
+    let nodes = vec![a, b, c];
+
+    // b and c only know a; Kademlia must introduce them to each other.
+    wait_for_full_mesh(&nodes, Duration::from_secs(30)).await.unwrap();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // 16 MiB: far above libp2p's default request-response limits, within ours.
+    let big = vec![0xA5u8; 16 * MIB];
+    match b.network.request(a.peer_id, Request::Echo(big.clone())).await.unwrap() {
+        Response::Echo(back) => assert!(back == big, "echo came back altered"),
+        other => panic!("unexpected answer {other:?}"),
+    }
+
+    // Above the sender's configured limit: refused before sending.
+    let too_big = vec![0u8; 33 * MIB];
+    let err = b.network.request(a.peer_id, Request::Echo(too_big)).await.unwrap_err();
+    assert!(matches!(err, NetError::RequestTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("p2p.max_request_bytes"), "{err}");
+
+    // Above the receiver's limit: c drops it, b gets an error, and c keeps working.
+    let err = b.network.request(c.peer_id, Request::Echo(vec![1u8; 2 * MIB])).await.unwrap_err();
+    assert!(matches!(err, NetError::Outbound { .. }), "{err}");
+    match b.network.request(c.peer_id, Request::Echo(vec![7u8; 1000])).await.unwrap() {
+        Response::Echo(back) => assert_eq!(back, vec![7u8; 1000]),
+        other => panic!("unexpected answer {other:?}"),
+    }
+
+    // Requests meant for actors that do not serve them are answered with a clear error.
+    match a.network.request(c.peer_id, Request::Inference(vec![1, 2, 3])).await.unwrap() {
+        Response::Error { code, .. } => assert_eq!(code, "unsupported"),
+        other => panic!("unexpected answer {other:?}"),
+    }
+
+    for node in nodes {
+        tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
