@@ -266,3 +266,36 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_panicking_actor_is_counted_and_brings_the_node_down() {
+        let metrics = Metrics::new();
+        let fatal = CancellationToken::new();
+        let panicked = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let task = supervise(
+            "doomed",
+            async { panic!("injected fault") },
+            metrics.node.clone(),
+            fatal.clone(),
+            panicked.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(5), fatal.cancelled())
+            .await
+            .expect("the supervisor must cancel the node");
+        task.await.expect("the supervising task itself does not panic");
+        assert_eq!(*panicked.lock().unwrap(), Some("doomed"));
+        let count = metrics
+            .node
+            .actor_panics
+            .get_or_create(&ActorLabels { actor: "doomed" })
+            .get();
+        assert_eq!(count, 1);
+        let text = crate::metrics::render(&metrics.registry).unwrap();
+        assert!(text.contains("fhenode_actor_panics_total{actor=\"doomed\"} 1"), "{text}");
+    }
+}

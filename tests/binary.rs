@@ -68,6 +68,30 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut()
     }
 }
 
+/// `promtool check metrics` on the exposition, when promtool is installed (`.ci/run` installs
+/// it); skipped with a message otherwise.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not found: skipping the exposition-format check");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sigterm_and_wait(daemon: &mut Daemon) -> std::process::ExitStatus {
     let pid = daemon.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -138,6 +162,7 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family}");
     }
+    promtool_check(&metrics);
 
     assert_eq!(sigterm_and_wait(&mut a).code(), Some(0), "node a did not exit 0 on SIGTERM");
     assert_eq!(sigterm_and_wait(&mut b).code(), Some(0), "node b did not exit 0 on SIGTERM");
@@ -157,4 +182,33 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id_b);
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhenode"))
+        .args(["run", "--api-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api.token"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fhenode"))
+        .args(["config", "check", "--p2p-listen", "/ip4/not-an-ip/tcp/1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("p2p.listen"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fhenode"))
+        .args(["config", "check"])
+        .env("FHENODE__API__TOKEN", "a-very-secret-token-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[api]") && !stdout.contains("a-very-secret-token-value"), "{stdout}");
 }

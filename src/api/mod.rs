@@ -225,18 +225,26 @@ async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
     Ok(Json(json!({ "peers": peers })))
 }
 
-async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+/// OpenMetrics for clients that ask for it (Prometheus does), the classic text format otherwise.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.metrics.store_size.set(state.store.size_on_disk() as i64);
-    let body = crate::metrics::render(&state.registry)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let internal = |e: std::fmt::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let (content_type, body) = if wants_openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response())
+            crate::metrics::render(&state.registry).map_err(internal)?,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render_classic(&state.registry).map_err(internal)?,
+        )
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn openapi() -> Response {

@@ -351,39 +351,46 @@ pub fn load(
     env: Option<HashMap<String, String>>,
     cli: &CliOverrides,
 ) -> Result<Config, ConfigError> {
+    let file = match file {
+        Some(path) if !path.is_file() => {
+            return Err(ConfigError::Load(format!(
+                "configuration file `{}` does not exist or is not a regular file",
+                path.display()
+            )));
+        }
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_FILE)).filter(|path| path.is_file()),
+    };
     let mut builder = ::config::Config::builder();
-    match file {
-        Some(path) => {
-            if !path.is_file() {
-                return Err(ConfigError::Load(format!(
-                    "configuration file `{}` does not exist or is not a regular file",
-                    path.display()
-                )));
-            }
-            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
-        }
-        None => {
-            let path = Path::new(DEFAULT_FILE);
-            if path.is_file() {
-                builder = builder.add_source(File::from(path).format(FileFormat::Toml));
-            }
-        }
+    if let Some(path) = &file {
+        builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
     }
     builder = builder.add_source(EnvSource::new(env));
-    let layered = builder.build().map_err(from_config_error)?;
+    let layered = builder.build().map_err(|e| match (e, &file) {
+        (::config::ConfigError::FileParse { cause, .. }, Some(path)) => ConfigError::Load(format!(
+            "cannot parse `{}`: {}",
+            path.display(),
+            cause.to_string().trim_end()
+        )),
+        (e, _) => from_config_error(e),
+    })?;
 
-    let provenance = Provenance {
+    let mut provenance = Provenance {
         layered,
+        file,
         cli: HashSet::new(),
     };
-    provenance.check_unknown_keys()?;
-    let mut raw: RawConfig = provenance
-        .layered
-        .clone()
-        .try_deserialize()
-        .map_err(from_config_error)?;
+    let mut raw = provenance
+        .check_unknown_keys()
+        .and_then(|()| {
+            provenance
+                .layered
+                .clone()
+                .try_deserialize::<RawConfig>()
+                .map_err(from_config_error)
+        })
+        .map_err(|e| provenance.annotate(e))?;
 
-    let mut provenance = provenance;
     if let Some(dir) = &cli.data_dir {
         raw.data_dir = dir.clone();
         provenance.cli.insert("data_dir");
@@ -857,16 +864,11 @@ pub fn env_var_name(key: &str) -> String {
     name
 }
 
-fn describe_origin(origin: Option<&str>, key: &str) -> Option<String> {
-    match origin? {
-        "the environment" => Some(format!("environment variable {}", env_var_name(key))),
-        file => Some(file.to_owned()),
-    }
-}
-
 /// Where each value of a load came from, to say so in error messages.
 struct Provenance {
     layered: ::config::Config,
+    /// The file read, if any: every value whose origin is not the environment came from it.
+    file: Option<PathBuf>,
     cli: HashSet<&'static str>,
 }
 
@@ -884,9 +886,14 @@ impl Provenance {
                 _ => return None,
             }
         }
-        describe_origin(value.origin(), key)
+        match (value.origin()?, &self.file) {
+            ("the environment", _) => Some(format!("environment variable {}", env_var_name(key))),
+            (_, Some(file)) => Some(format!("`{}`", file.display())),
+            (other, None) => Some(other.to_owned()),
+        }
     }
 
+    /// Appends to an `Invalid` error the layer that set its key, where one did.
     fn annotate(&self, error: ConfigError) -> ConfigError {
         match error {
             ConfigError::Invalid { key, reason } => match self.origin(&key) {
@@ -904,7 +911,7 @@ impl Provenance {
         let ValueKind::Table(root) = &self.layered.cache.kind else {
             return Ok(());
         };
-        let mut unknown: Vec<(String, Option<&str>, &'static [&'static str])> = Vec::new();
+        let mut unknown: Vec<(String, &'static str, &'static [&'static str])> = Vec::new();
         for (section, known) in SCHEMA {
             let table = if section.is_empty() {
                 root
@@ -914,74 +921,72 @@ impl Provenance {
                     _ => continue,
                 }
             };
-            for (key, value) in table {
+            for key in table.keys() {
                 if !known.contains(&key.as_str()) {
                     let full = if section.is_empty() {
                         key.clone()
                     } else {
                         format!("{section}.{key}")
                     };
-                    unknown.push((full, value.origin(), known));
+                    unknown.push((full, section, known));
                 }
             }
         }
         unknown.sort_by(|a, b| a.0.cmp(&b.0));
         match unknown.into_iter().next() {
             None => Ok(()),
-            Some((key, origin, known)) => {
-                let place = describe_origin(origin, &key)
-                    .map(|o| format!(" (set by {o})"))
-                    .unwrap_or_default();
-                let section = key.rsplit_once('.').map(|(s, _)| s);
-                let scope = match section {
-                    Some(section) => format!("in [{section}]"),
-                    None => "at the top level".to_owned(),
+            Some((key, section, known)) => {
+                let scope = if section.is_empty() {
+                    "at the top level".to_owned()
+                } else {
+                    format!("in [{section}]")
                 };
                 Err(invalid(
                     &key,
-                    format!(
-                        "unknown key{place}; the keys {scope} are: {}",
-                        known.join(", ")
-                    ),
+                    format!("unknown key; the keys {scope} are: {}", known.join(", ")),
                 ))
             }
         }
     }
 }
 
+/// Maps a `config` crate error to ours: `Invalid` where it names a key, else `Load`.
 fn from_config_error(error: ::config::ConfigError) -> ConfigError {
     use ::config::ConfigError as E;
-    let suffix = |origin: &Option<String>, key: &str| {
-        describe_origin(origin.as_deref(), key)
-            .map(|o| format!(" (set by {o})"))
-            .unwrap_or_default()
+    // Our private shadow structs must not show through in messages.
+    let tidy = |text: String| {
+        [
+            "struct RawConfig",
+            "struct RawP2p",
+            "struct RawApi",
+            "struct RawLog",
+        ]
+        .iter()
+        .fold(text, |text, name| text.replace(name, "a table"))
     };
     match error {
         E::Type {
-            origin,
             unexpected,
             expected,
             key: Some(key),
+            ..
         } => ConfigError::Invalid {
-            reason: format!(
-                "invalid type: {unexpected}, expected {expected}{}",
-                suffix(&origin, &key)
-            ),
+            reason: tidy(format!("invalid type: {unexpected}, expected {expected}")),
             key,
         },
         E::At {
             error,
-            origin,
             key: Some(key),
+            ..
         } => ConfigError::Invalid {
-            reason: format!("{error}{}", suffix(&origin, &key)),
+            reason: tidy(error.to_string()),
             key,
         },
         E::NotFound(key) => ConfigError::Invalid {
             key,
             reason: "missing".to_owned(),
         },
-        other => ConfigError::Load(other.to_string()),
+        other => ConfigError::Load(tidy(other.to_string())),
     }
 }
 

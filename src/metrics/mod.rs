@@ -11,12 +11,17 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabels {
     pub actor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub tfhe: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,14 +98,16 @@ impl Metrics {
             start_time: Gauge::default(),
         };
         let fhenode = registry.sub_registry_with_prefix("fhenode");
-        fhenode.register(
-            "build",
-            "Version of this fhenode build",
-            Info::new(vec![
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("tfhe", "1.8.2"),
-            ]),
-        );
+        // A gauge fixed at 1 rather than an OpenMetrics `info`: promtool and the classic text
+        // parser do not know the `info` type.
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                tfhe: "1.8.2",
+            })
+            .set(1);
+        fhenode.register("build_info", "Version of this fhenode build (always 1)", build_info);
         fhenode.register_with_unit(
             "start_time",
             "Unix time the node started",
@@ -165,6 +172,42 @@ impl Default for Metrics {
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Renders the registry in the classic Prometheus text format (0.0.4), for clients that do not
+/// ask for OpenMetrics (curl, `promtool check metrics`). prometheus-client only writes
+/// OpenMetrics; the two differ in that a counter's HELP/TYPE lines name the family without
+/// `_total` there, and in the `# UNIT` and `# EOF` lines, which 0.0.4 does not have.
+pub fn render_classic(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let open = render(registry)?;
+    let mut out = String::with_capacity(open.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in open.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| line.strip_prefix(p).map(|r| (p, r)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
     Ok(out)
 }
 
@@ -243,5 +286,9 @@ mod tests {
             assert!(text.contains(family), "missing {family} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        let classic = render_classic(&m.registry).unwrap();
+        assert!(classic.contains("# TYPE fhenode_api_requests_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP process_cpu_seconds_total "), "{classic}");
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
 }
