@@ -10,11 +10,13 @@
 pub mod actors;
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod session;
 pub mod store;
 pub mod telemetry;

@@ -81,6 +81,38 @@ fn supervise(
     })
 }
 
+/// Hands each inbound peer request to the actor that owns its kind.
+async fn route_inbound(
+    mut inbound: tokio::sync::mpsc::Receiver<net::InboundRequest>,
+    aggregation: AggregationHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = inbound.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let net::InboundRequest { peer, request, reply } = request;
+        match request {
+            net::Request::Aggregation(bytes) => {
+                let aggregation = aggregation.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(aggregation.inbound(peer, bytes).await);
+                });
+            }
+            other => {
+                let _ = reply.send(net::Response::Error {
+                    code: "unsupported".into(),
+                    message: format!("this node does not serve {} requests yet", other.kind()),
+                });
+            }
+        }
+    }
+}
+
 impl Node {
     /// Starts a node from a validated configuration.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
@@ -98,20 +130,35 @@ impl Node {
         let panicked = std::sync::Arc::new(std::sync::Mutex::new(None));
         let sup = |name, fut| supervise(name, fut, metrics.clone(), fatal.clone(), panicked.clone());
 
-        let (keys, keys_task) = keys::spawn(store.clone(), actors_stop.child_token());
+        let (keys, keys_task) = keys::spawn(store.clone(), metrics.clone(), actors_stop.child_token());
         let keys_task = sup("keys", keys_task.instrument(info_span!("keys")).boxed());
-        let (aggregation, agg_task) = aggregation::spawn(store.clone(), actors_stop.child_token());
-        let agg_task = sup("aggregation", agg_task.instrument(info_span!("aggregation")).boxed());
         let (inference, inf_task) = inference::spawn(store.clone(), actors_stop.child_token());
         let inf_task = sup("inference", inf_task.instrument(info_span!("inference")).boxed());
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (network, net_task) = net::spawn(
             keypair,
             &config.p2p,
             &mut registry,
             metrics.clone(),
-            None,
+            Some(inbound_tx),
             actors_stop.child_token(),
         )?;
+        let (aggregation, agg_task) = aggregation::spawn(
+            aggregation::AggregationDeps {
+                me: peer_id,
+                store: store.clone(),
+                network: network.clone(),
+                keys: keys.clone(),
+                metrics: metrics.clone(),
+                default_profile: config.profile,
+            },
+            actors_stop.child_token(),
+        );
+        let agg_task = sup("aggregation", agg_task.instrument(info_span!("aggregation")).boxed());
+        let router_task = sup(
+            "router",
+            route_inbound(inbound_rx, aggregation.clone(), actors_stop.child_token()).boxed(),
+        );
         let net_task = sup(
             "network",
             async move {
@@ -212,6 +259,7 @@ impl Node {
             tasks: vec![
                 ("api", api_task),
                 ("sampler", sampler),
+                ("router", router_task),
                 ("inference", inf_task),
                 ("aggregation", agg_task),
                 ("keys", keys_task),

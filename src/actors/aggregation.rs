@@ -1,28 +1,119 @@
-//! The aggregation actor: one state machine per secure-aggregation session, persisted at
-//! every transition (DESIGN §4).
+//! The aggregation actor: runs the session protocol (DESIGN §4) for every role this node plays.
+//!
+//! - As coordinator it drives a [`Coordinated`] state machine: each event is applied, the new
+//!   state is flushed to sled, and only then are its effects performed (requests to members and
+//!   participants, summing, combining) in tasks that report back as events.
+//! - As participant it keeps the opened session, rebuilds the collective key itself, encrypts
+//!   local updates off the executor and uploads them in acknowledged pieces.
+//! - As committee member it relays key-share requests to the key actor.
 
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::keys::KeysHandle;
 use super::{ActorError, Mailbox};
+use crate::crypto::wire::Wire;
+use crate::crypto::{
+    Accumulator, Aggregate, CollectivePublicKey, CryptoError, DecryptionRequest, EncryptedUpdate, KeyCommitment,
+    PartialDecryption, Profile, PublicKeyShare, SessionTag,
+};
+use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
+use crate::net::{NetworkHandle, Request, Response};
+use crate::session::machine::{collective_key, SubmissionMeta};
+use crate::session::messages::{self, AggMsg, AggReply, PIECE_BYTES};
+use crate::session::{
+    now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo, SessionPlan,
+    SessionResult, SessionSpec, SubmitReceipt, Timings,
+};
 use crate::store::{trees, Store};
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct AggregationStatus {
-    /// Sessions held in the store.
-    pub sessions: usize,
+const COORD_PREFIX: &str = "coord/";
+const JOINED_PREFIX: &str = "joined/";
+const SEND_ATTEMPTS: u32 = 8;
+
+/// A session as a participant or member sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Joined {
+    plan: SessionPlan,
+    commitments: Vec<KeyCommitment>,
+    shares: Vec<PublicKeyShare>,
+    phase: Phase,
+    opened_ms: u64,
+    submitted: Option<String>,
+    finished_ms: Option<u64>,
 }
 
-#[derive(Debug)]
+type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
+
 enum Command {
-    Status(oneshot::Sender<AggregationStatus>),
+    Create(Box<SessionSpec>, Reply<SessionInfo>),
+    List(oneshot::Sender<Vec<SessionInfo>>),
+    Get(String, Reply<SessionInfo>),
+    Submit(String, Vec<f32>, Reply<SubmitReceipt>),
+    Result(String, Reply<SessionResult>),
+    Inbound {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Response>,
+    },
+    /// Outcomes of the actor's own background work.
+    Internal(Internal),
+}
+
+enum Internal {
+    Event(String, Event),
+    Accumulated {
+        session: String,
+        aggregate: Box<Aggregate>,
+        request: Box<DecryptionRequest>,
+    },
+    Partial {
+        session: String,
+        member: u32,
+        partial: Box<PartialDecryption>,
+    },
+    Combined {
+        session: String,
+        result: Box<SessionResult>,
+    },
+    Submitted {
+        session: String,
+        digest: String,
+    },
+    UploadFailed {
+        session: String,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Create(..) => "Create",
+            Command::List(_) => "List",
+            Command::Get(..) => "Get",
+            Command::Submit(..) => "Submit",
+            Command::Result(..) => "Result",
+            Command::Inbound { .. } => "Inbound",
+            Command::Internal(_) => "Internal",
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct AggregationHandle {
     mailbox: Mailbox<Command>,
+}
+
+fn stopped(e: ActorError) -> SessionError {
+    let ActorError::Stopped(name) = e;
+    SessionError::Unavailable(name)
 }
 
 impl AggregationHandle {
@@ -32,42 +123,1200 @@ impl AggregationHandle {
     pub fn is_running(&self) -> bool {
         !self.mailbox.is_closed()
     }
-    pub async fn status(&self) -> Result<AggregationStatus, ActorError> {
-        self.mailbox.ask(Command::Status).await
+
+    /// Creates a session with this node as coordinator and starts key generation.
+    pub async fn create(&self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
+        self.mailbox
+            .ask(|r| Command::Create(Box::new(spec), r))
+            .await
+            .map_err(stopped)?
+    }
+
+    pub async fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        self.mailbox.ask(Command::List).await.map_err(stopped)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<SessionInfo, SessionError> {
+        let id = id.to_string();
+        self.mailbox.ask(|r| Command::Get(id, r)).await.map_err(stopped)?
+    }
+
+    /// This node as a participant: encrypts `values` locally and uploads them to the
+    /// coordinator; returns once the coordinator holds the whole update durably.
+    pub async fn submit(&self, id: &str, values: Vec<f32>) -> Result<SubmitReceipt, SessionError> {
+        let id = id.to_string();
+        self.mailbox
+            .ask(|r| Command::Submit(id, values, r))
+            .await
+            .map_err(stopped)?
+    }
+
+    pub async fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
+        let id = id.to_string();
+        self.mailbox.ask(|r| Command::Result(id, r)).await.map_err(stopped)?
+    }
+
+    /// A session message from `peer`, answered with the response to send back.
+    pub async fn inbound(&self, peer: PeerId, bytes: Vec<u8>) -> Response {
+        match self
+            .mailbox
+            .ask(|reply| Command::Inbound { peer, bytes, reply })
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => error_response(&stopped(e)),
+        }
     }
 }
 
-struct AggregationActor {
-    store: Store,
-    rx: mpsc::Receiver<Command>,
+fn error_response(e: &SessionError) -> Response {
+    Response::Error {
+        code: e.code().to_string(),
+        message: e.to_string(),
+    }
 }
 
-pub fn spawn(store: Store, cancel: CancellationToken) -> (AggregationHandle, impl std::future::Future<Output = ()>) {
-    let (mailbox, rx) = Mailbox::new("aggregation", 64);
-    let actor = AggregationActor { store, rx };
+/// Everything a background task needs to talk to peers and report back.
+#[derive(Clone)]
+struct Link {
+    me: PeerId,
+    network: NetworkHandle,
+    mailbox: Mailbox<Command>,
+}
+
+impl Link {
+    /// Sends a session message and waits for the answer; messages to this node itself go
+    /// through the actor's own mailbox.
+    async fn send(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| SessionError::BadInput(format!("`{peer}` is not a peer id")))?;
+        let bytes = messages::encode(msg)?;
+        let response = if peer_id == self.me {
+            let me = self.me;
+            self.mailbox
+                .ask(|reply| Command::Inbound { peer: me, bytes, reply })
+                .await
+                .map_err(stopped)?
+        } else {
+            self.network
+                .request(peer_id, Request::Aggregation(bytes))
+                .await
+                .map_err(|e| SessionError::Remote {
+                    peer: peer.to_string(),
+                    message: e.to_string(),
+                })?
+        };
+        match response {
+            Response::Aggregation(bytes) => messages::decode(&bytes),
+            Response::Error { code, message } => Err(SessionError::Remote {
+                peer: peer.to_string(),
+                message: format!("{code}: {message}"),
+            }),
+            other => Err(SessionError::Remote {
+                peer: peer.to_string(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// [`Link::send`], retried with backoff while the failure is a transport one.
+    async fn send_retrying(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send(peer, msg).await {
+                Err(SessionError::Remote { message, .. }) if attempt < SEND_ATTEMPTS && is_transport(&message) => {
+                    debug!(%peer, %message, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn report(&self, internal: Internal) {
+        let _ = self.mailbox.send(Command::Internal(internal)).await;
+    }
+}
+
+/// Refusals come back as `code: message`; anything else is the network failing.
+fn is_transport(message: &str) -> bool {
+    !message.contains(": ") || message.starts_with("request to")
+}
+
+struct AggregationActor {
+    link: Link,
+    store: Store,
+    keys: KeysHandle,
+    metrics: NodeMetrics,
+    default_profile: Profile,
+    rx: mpsc::Receiver<Command>,
+    coordinated: BTreeMap<String, Coordinated>,
+    joined: BTreeMap<String, Joined>,
+    /// Collective keys rebuilt from shares, by session.
+    keys_cache: HashMap<String, Arc<CollectivePublicKey>>,
+    /// The sum being decrypted and its request, by session (coordinator).
+    aggregates: HashMap<String, (Arc<Aggregate>, DecryptionRequest)>,
+    uploading: HashSet<String>,
+    phase_since: HashMap<String, Instant>,
+    cancel: CancellationToken,
+}
+
+pub struct AggregationDeps {
+    pub me: PeerId,
+    pub store: Store,
+    pub network: NetworkHandle,
+    pub keys: KeysHandle,
+    pub metrics: NodeMetrics,
+    pub default_profile: Profile,
+}
+
+pub fn spawn(deps: AggregationDeps, cancel: CancellationToken) -> (AggregationHandle, impl std::future::Future<Output = ()>) {
+    let (mailbox, rx) = Mailbox::new("aggregation", 256);
+    let actor = AggregationActor {
+        link: Link {
+            me: deps.me,
+            network: deps.network,
+            mailbox: mailbox.clone(),
+        },
+        store: deps.store,
+        keys: deps.keys,
+        metrics: deps.metrics,
+        default_profile: deps.default_profile,
+        rx,
+        coordinated: BTreeMap::new(),
+        joined: BTreeMap::new(),
+        keys_cache: HashMap::new(),
+        aggregates: HashMap::new(),
+        uploading: HashSet::new(),
+        phase_since: HashMap::new(),
+        cancel: cancel.clone(),
+    };
     (AggregationHandle { mailbox }, actor.run(cancel))
+}
+
+fn piece_key(session: &str, peer: &str, digest: &[u8; 32], index: u32) -> Vec<u8> {
+    format!("piece/{session}/{peer}/{}/{index:08}", hex(digest)).into_bytes()
+}
+
+fn piece_prefix(session: &str, peer: &str) -> Vec<u8> {
+    format!("piece/{session}/{peer}/").into_bytes()
+}
+
+fn full_key(session: &str, peer: &str) -> Vec<u8> {
+    format!("full/{session}/{peer}").into_bytes()
+}
+
+fn partial_key(session: &str, member: u32) -> Vec<u8> {
+    format!("partial/{session}/{member:04}").into_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The largest wire size an update of this plan can have: anything bigger is refused before
+/// it is stored.
+fn max_update_bytes(plan: &SessionPlan) -> u64 {
+    let n = plan.params.profile.params().ring_dim as u64;
+    let chunks = plan.length.div_ceil(n);
+    // ≤ 16 bytes per mask and body coefficient, plus framing.
+    chunks * n * 32 + 4096 + chunks * 64
 }
 
 impl AggregationActor {
     async fn run(mut self, cancel: CancellationToken) {
+        if let Err(e) = self.load() {
+            warn!(error = %e, "could not load sessions from the store");
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 command = self.rx.recv() => match command {
-                    Some(c) => self.handle(c),
+                    Some(c) => self.handle(c).await,
                     None => break,
                 },
+                _ = tick.tick() => self.tick().await,
             }
         }
         info!("aggregation actor stopped");
     }
 
-    fn handle(&mut self, command: Command) {
+    /// Loads every session and resumes the coordinated ones where they stopped.
+    fn load(&mut self) -> Result<(), SessionError> {
+        for (key, state) in self.store.scan_prefix::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())? {
+            debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
+            self.coordinated.insert(state.plan.id.clone(), state);
+        }
+        for (_, joined) in self.store.scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())? {
+            self.joined.insert(joined.plan.id.clone(), joined);
+        }
+        let resume: Vec<(String, Vec<Effect>)> = self
+            .coordinated
+            .values()
+            .map(|s| (s.plan.id.clone(), s.resume()))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        for (id, effects) in resume {
+            info!(session = %id, "resuming session");
+            self.phase_since.insert(id.clone(), Instant::now());
+            for effect in effects {
+                self.perform(&id, effect);
+            }
+        }
+        self.update_phase_gauge();
+        Ok(())
+    }
+
+    fn update_phase_gauge(&self) {
+        for phase in Phase::ALL {
+            let n = self.coordinated.values().filter(|s| s.phase == phase).count();
+            self.metrics
+                .sessions
+                .get_or_create(&PhaseLabels { phase: phase.name() })
+                .set(n as i64);
+        }
+    }
+
+    async fn tick(&mut self) {
+        let active: Vec<String> = self
+            .coordinated
+            .values()
+            .filter(|s| !s.phase.is_terminal())
+            .map(|s| s.plan.id.clone())
+            .collect();
+        for id in active {
+            self.apply(&id, Event::Tick).await;
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
         match command {
-            Command::Status(reply) => {
-                let sessions = self.store.tree(trees::SESSIONS).map(|t| t.len()).unwrap_or(0);
-                let _ = reply.send(AggregationStatus { sessions });
+            Command::Create(spec, reply) => {
+                let _ = reply.send(self.create(*spec).await);
+            }
+            Command::List(reply) => {
+                let mut ids: Vec<&String> = self.coordinated.keys().chain(self.joined.keys()).collect();
+                ids.sort();
+                ids.dedup();
+                let list = ids.into_iter().filter_map(|id| self.info(id).ok()).collect();
+                let _ = reply.send(list);
+            }
+            Command::Get(id, reply) => {
+                let _ = reply.send(self.info(&id));
+            }
+            Command::Submit(id, values, reply) => self.submit(id, values, reply),
+            Command::Result(id, reply) => {
+                let _ = reply.send(self.result(&id));
+            }
+            Command::Inbound { peer, bytes, reply } => self.inbound(peer, bytes, reply).await,
+            Command::Internal(internal) => self.internal(internal).await,
+        }
+    }
+
+    fn me(&self) -> String {
+        self.link.me.to_string()
+    }
+
+    async fn create(&mut self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
+        let plan = spec.validate(self.link.me, self.default_profile)?;
+        if self.coordinated.contains_key(&plan.id) || self.joined.contains_key(&plan.id) {
+            return Err(SessionError::Duplicate(format!("session `{}` already exists", plan.id)));
+        }
+        let id = plan.id.clone();
+        let span = info_span!("session", session = %id);
+        span.in_scope(|| info!(length = plan.length, committee = plan.committee.len(), participants = plan.participants.len(), "session created"));
+        let state = Coordinated::new(plan, now_ms());
+        self.persist_coordinated(&state).await?;
+        self.coordinated.insert(id.clone(), state);
+        self.phase_since.insert(id.clone(), Instant::now());
+        self.apply(&id, Event::Start).await;
+        self.info(&id)
+    }
+
+    async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
+        let key = format!("{COORD_PREFIX}{}", state.plan.id);
+        self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
+        let start = Instant::now();
+        self.store.flush_async().await?;
+        self.metrics.store_flush_duration.observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn persist_joined(&self, joined: &Joined) -> Result<(), SessionError> {
+        let key = format!("{JOINED_PREFIX}{}", joined.plan.id);
+        self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
+        self.store.flush_async().await?;
+        Ok(())
+    }
+
+    /// Applies an event to a coordinated session: new state, persisted, then its effects.
+    async fn apply(&mut self, id: &str, event: Event) -> Option<SessionError> {
+        let state = self.coordinated.get(id)?;
+        let mut next = state.clone();
+        let before = next.phase;
+        let effects = match next.handle(event, now_ms()) {
+            Ok(effects) => effects,
+            Err(e) => return Some(e),
+        };
+        if next == *state {
+            return None;
+        }
+        if let Err(e) = self.persist_coordinated(&next).await {
+            warn!(session = %id, error = %e, "cannot persist session; the event is dropped");
+            return Some(e);
+        }
+        let after = next.phase;
+        if after != before {
+            let span = info_span!("session", session = %id);
+            span.in_scope(|| match &next.failure {
+                Some(reason) if after == Phase::Failed => warn!(%reason, "session failed"),
+                _ => info!(from = %before, to = %after, "phase"),
+            });
+            if let Some(since) = self.phase_since.insert(id.to_string(), Instant::now()) {
+                self.metrics
+                    .phase_duration
+                    .get_or_create(&PhaseLabels { phase: before.name() })
+                    .observe(since.elapsed().as_secs_f64());
+            }
+            if after.is_terminal() {
+                self.metrics
+                    .session_outcomes
+                    .get_or_create(&OutcomeLabels { outcome: after.name() })
+                    .inc();
+                self.aggregates.remove(id);
+            }
+        }
+        self.coordinated.insert(id.to_string(), next);
+        self.update_phase_gauge();
+        for effect in effects {
+            self.perform(id, effect);
+        }
+        None
+    }
+
+    fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
+        if let Some(k) = self.keys_cache.get(id) {
+            return Ok(k.clone());
+        }
+        let state = self
+            .coordinated
+            .get(id)
+            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+        let key = Arc::new(state.collective_key()?);
+        self.keys_cache.insert(id.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// Starts an effect's work in a task; its outcome comes back as an [`Internal`] message.
+    fn perform(&mut self, id: &str, effect: Effect) {
+        let Some(state) = self.coordinated.get(id) else { return };
+        let plan = state.plan.clone();
+        let link = self.link.clone();
+        let session = id.to_string();
+        let span = info_span!("session", session = %id);
+        let cancel = self.cancel.clone();
+        let metrics = self.metrics.clone();
+        let spawn = |fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+            let (cancel, span) = (cancel.clone(), span.clone());
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = fut => {}
+                    }
+                }
+                .instrument(span),
+            );
+        };
+        match effect {
+            Effect::RequestCommitments { members } => {
+                for m in members {
+                    let (link, plan, session) = (link.clone(), plan.clone(), session.clone());
+                    spawn(Box::pin(async move {
+                        let peer = plan.committee[m as usize].clone();
+                        let event = match link.send_retrying(&peer, &AggMsg::KeygenCommit { plan }).await {
+                            Ok(AggReply::Commitment(commitment)) => Event::Commitment { member: m, commitment },
+                            Ok(other) => fail_event(&peer, &format!("answered {other:?} to keygen")),
+                            Err(e) => fail_event(&peer, &e.to_string()),
+                        };
+                        link.report(Internal::Event(session, event)).await;
+                    }));
+                }
+            }
+            Effect::RequestShares { members, commitments } => {
+                for m in members {
+                    let (link, plan, session, commitments) =
+                        (link.clone(), plan.clone(), session.clone(), commitments.clone());
+                    spawn(Box::pin(async move {
+                        let peer = plan.committee[m as usize].clone();
+                        let msg = AggMsg::KeygenReveal {
+                            session: session.clone(),
+                            commitments,
+                        };
+                        let event = match link.send_retrying(&peer, &msg).await {
+                            Ok(AggReply::Share(share)) => Event::Share { member: m, share },
+                            Ok(other) => fail_event(&peer, &format!("answered {other:?} to reveal")),
+                            Err(e) => fail_event(&peer, &e.to_string()),
+                        };
+                        link.report(Internal::Event(session, event)).await;
+                    }));
+                }
+            }
+            Effect::DeliverKey => {
+                let msg = AggMsg::Open {
+                    plan: plan.clone(),
+                    commitments: state.commitments.values().cloned().collect(),
+                    shares: state.shares.values().cloned().collect(),
+                };
+                spawn(Box::pin(async move {
+                    let mut peers: Vec<String> = plan.committee.iter().chain(&plan.participants).cloned().collect();
+                    peers.sort();
+                    peers.dedup();
+                    let sends = peers.iter().map(|p| link.send_retrying(p, &msg));
+                    let results = futures::future::join_all(sends).await;
+                    let mut event = Event::KeyDelivered;
+                    for (peer, r) in peers.iter().zip(results) {
+                        match r {
+                            Ok(_) => {}
+                            // Without every member's bound share the sum cannot be decrypted.
+                            Err(e) if plan.member_index(peer).is_some() => {
+                                event = fail_event(peer, &format!("could not open the session: {e}"));
+                            }
+                            Err(e) => warn!(%peer, error = %e, "participant did not get the key"),
+                        }
+                    }
+                    link.report(Internal::Event(session, event)).await;
+                }));
+            }
+            Effect::Accumulate { contributors } => {
+                let key = match self.coordinated_key(id) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let link = link.clone();
+                        spawn(Box::pin(async move {
+                            link.report(Internal::Event(session, Event::Fail { reason: e.to_string() })).await;
+                        }));
+                        return;
+                    }
+                };
+                let store = self.store.clone();
+                spawn(Box::pin(async move {
+                    let start = Instant::now();
+                    let job = tokio::task::spawn_blocking(move || accumulate(&store, &plan, &key, &contributors)).await;
+                    metrics
+                        .crypto_duration
+                        .get_or_create(&OpLabels { op: "accumulate" })
+                        .observe(start.elapsed().as_secs_f64());
+                    let internal = match job {
+                        Ok(Ok((aggregate, request))) => Internal::Accumulated {
+                            session,
+                            aggregate: Box::new(aggregate),
+                            request: Box::new(request),
+                        },
+                        Ok(Err(e)) => Internal::Event(session, Event::Fail { reason: format!("summing failed: {e}") }),
+                        Err(_) => Internal::Event(session, Event::Fail { reason: "summing panicked".into() }),
+                    };
+                    link.report(internal).await;
+                }));
+            }
+            Effect::RequestPartials { members } => {
+                let Some((_, request)) = self.aggregates.get(id).cloned() else { return };
+                for m in members {
+                    let (link, plan, session, request) = (link.clone(), plan.clone(), session.clone(), request.clone());
+                    spawn(Box::pin(async move {
+                        let peer = plan.committee[m as usize].clone();
+                        let msg = AggMsg::Decrypt {
+                            session: session.clone(),
+                            request,
+                        };
+                        let internal = match link.send_retrying(&peer, &msg).await {
+                            Ok(AggReply::Partial(p)) => Internal::Partial {
+                                session,
+                                member: m,
+                                partial: Box::new(p),
+                            },
+                            Ok(other) => Internal::Event(session, fail_event(&peer, &format!("answered {other:?}"))),
+                            Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
+                        };
+                        link.report(internal).await;
+                    }));
+                }
+            }
+            Effect::Combine => {
+                let Some((aggregate, _)) = self.aggregates.get(id).cloned() else { return };
+                let partials: Result<Vec<PartialDecryption>, _> = (0..plan.committee.len() as u32)
+                    .map(|m| {
+                        self.store
+                            .get::<PartialDecryption>(trees::ACCUMULATORS, &partial_key(id, m))
+                            .ok()
+                            .flatten()
+                            .ok_or(m)
+                    })
+                    .collect();
+                let clipped = state.clipped;
+                let contributor_ids = state.contributors.clone();
+                spawn(Box::pin(async move {
+                    let Ok(partials) = partials else {
+                        let reason = "a stored partial decryption is missing".to_string();
+                        link.report(Internal::Event(session, Event::Fail { reason })).await;
+                        return;
+                    };
+                    let start = Instant::now();
+                    let job = tokio::task::spawn_blocking(move || aggregate.combine(&partials)).await;
+                    metrics
+                        .crypto_duration
+                        .get_or_create(&OpLabels { op: "combine" })
+                        .observe(start.elapsed().as_secs_f64());
+                    let internal = match job {
+                        Ok(Ok(sum)) => {
+                            let (values, error_bound) = match plan.result {
+                                ResultKind::Mean => (sum.mean(), sum.mean_error_bound),
+                                ResultKind::Sum => (sum.sum.clone(), sum.sum_error_bound),
+                            };
+                            Internal::Combined {
+                                session: session.clone(),
+                                result: Box::new(SessionResult {
+                                    session,
+                                    kind: plan.result,
+                                    contributors: sum.contributors,
+                                    contributor_ids,
+                                    clipped,
+                                    error_bound,
+                                    values,
+                                }),
+                            }
+                        }
+                        Ok(Err(e)) => Internal::Event(session, Event::Fail { reason: format!("decryption failed: {e}") }),
+                        Err(_) => Internal::Event(session, Event::Fail { reason: "combine panicked".into() }),
+                    };
+                    link.report(internal).await;
+                }));
+            }
+            Effect::PublishResult => {
+                let Ok(Some(result)) = self.store.get::<SessionResult>(trees::RESULTS, id.as_bytes()) else {
+                    return;
+                };
+                spawn(Box::pin(async move {
+                    let msg = AggMsg::Result { result };
+                    let me = link.me.to_string();
+                    for peer in plan.participants.iter().filter(|p| **p != me) {
+                        if let Err(e) = link.send_retrying(peer, &msg).await {
+                            warn!(%peer, error = %e, "could not deliver the result");
+                        }
+                    }
+                }));
             }
         }
     }
+
+    async fn internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Event(id, event) => {
+                if let Some(e) = self.apply(&id, event).await {
+                    debug!(session = %id, error = %e, "event not applied");
+                }
+            }
+            Internal::Accumulated {
+                session,
+                aggregate,
+                request,
+            } => {
+                let digest = request.digest();
+                self.aggregates.insert(session.clone(), (Arc::from(aggregate), *request));
+                self.apply(&session, Event::Aggregated { request_digest: digest }).await;
+            }
+            Internal::Partial {
+                session,
+                member,
+                partial,
+            } => {
+                let stored = self
+                    .store
+                    .put(trees::ACCUMULATORS, &partial_key(&session, member), &*partial);
+                match stored {
+                    Ok(()) => {
+                        self.apply(&session, Event::Partial { member }).await;
+                    }
+                    Err(e) => warn!(%session, error = %e, "cannot store a partial decryption"),
+                }
+            }
+            Internal::Combined { session, result } => {
+                let Some(state) = self.coordinated.get(&session) else { return };
+                let contributors = state.contributors.len() as u32;
+                let clipped = result.clipped;
+                if let Err(e) = self.store.put(trees::RESULTS, session.as_bytes(), &*result) {
+                    warn!(%session, error = %e, "cannot store the result");
+                    return;
+                }
+                self.apply(&session, Event::Combined { contributors, clipped }).await;
+                self.cleanup(&session);
+            }
+            Internal::Submitted { session, digest } => {
+                self.uploading.remove(&session);
+                if let Some(mut joined) = self.joined.get(&session).cloned() {
+                    joined.submitted = Some(digest);
+                    if self.persist_joined(&joined).await.is_ok() {
+                        self.joined.insert(session, joined);
+                    }
+                }
+            }
+            Internal::UploadFailed { session } => {
+                self.uploading.remove(&session);
+            }
+        }
+    }
+
+    /// Drops a finished session's ciphertexts; the result and the state stay.
+    fn cleanup(&mut self, session: &str) {
+        let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else { return };
+        for prefix in [format!("full/{session}/"), format!("piece/{session}/")] {
+            for key in tree.scan_prefix(prefix.as_bytes()).keys().flatten() {
+                let _ = tree.remove(key);
+            }
+        }
+        self.keys_cache.remove(session);
+    }
+
+    fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
+        let me = self.me();
+        if let Some(s) = self.coordinated.get(id) {
+            let plan = &s.plan;
+            return Ok(SessionInfo {
+                id: plan.id.clone(),
+                phase: s.phase,
+                roles: Roles {
+                    coordinator: true,
+                    committee: plan.member_index(&me).is_some(),
+                    participant: plan.is_participant(&me),
+                },
+                coordinator: plan.coordinator.clone(),
+                profile: plan.params.profile.to_string(),
+                length: plan.length,
+                result_kind: plan.result,
+                committee: plan.committee.len(),
+                participants: plan.participants.len(),
+                min_participants: plan.min_participants,
+                key_shares: s.shares.len(),
+                submissions: s.submitted.len(),
+                partial_decryptions: s.partials.len(),
+                deadline_secs: plan.deadline_secs,
+                timings: s.timings.clone(),
+                failure: s.failure.clone(),
+            });
+        }
+        let j = self
+            .joined
+            .get(id)
+            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+        let plan = &j.plan;
+        Ok(SessionInfo {
+            id: plan.id.clone(),
+            phase: j.phase,
+            roles: Roles {
+                coordinator: false,
+                committee: plan.member_index(&me).is_some(),
+                participant: plan.is_participant(&me),
+            },
+            coordinator: plan.coordinator.clone(),
+            profile: plan.params.profile.to_string(),
+            length: plan.length,
+            result_kind: plan.result,
+            committee: plan.committee.len(),
+            participants: plan.participants.len(),
+            min_participants: plan.min_participants,
+            key_shares: j.shares.len(),
+            submissions: usize::from(j.submitted.is_some()),
+            partial_decryptions: 0,
+            deadline_secs: plan.deadline_secs,
+            timings: Timings {
+                created_ms: j.opened_ms,
+                opened_ms: Some(j.opened_ms),
+                finished_ms: j.finished_ms,
+                ..Default::default()
+            },
+            failure: None,
+        })
+    }
+
+    fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
+        if let Some(result) = self.store.get::<SessionResult>(trees::RESULTS, id.as_bytes())? {
+            return Ok(result);
+        }
+        let phase = self.info(id)?.phase;
+        if phase == Phase::Failed {
+            let reason = self.coordinated.get(id).and_then(|s| s.failure.clone()).unwrap_or_default();
+            return Err(SessionError::WrongPhase {
+                session: id.to_string(),
+                phase,
+                what: format!("no result: {reason}"),
+            });
+        }
+        Err(SessionError::NoResult {
+            session: id.to_string(),
+            phase,
+        })
+    }
+
+    /// Participant side of a submission: checks, then encrypts and uploads in a task.
+    fn submit(&mut self, id: String, values: Vec<f32>, reply: Reply<SubmitReceipt>) {
+        let checked = (|| {
+            let joined = self
+                .joined
+                .get(&id)
+                .ok_or_else(|| SessionError::UnknownSession(id.clone()))?;
+            let plan = joined.plan.clone();
+            if !plan.is_participant(&self.me()) {
+                return Err(SessionError::NotAllowed {
+                    peer: self.me(),
+                    role: "a participant",
+                    session: id.clone(),
+                });
+            }
+            if joined.submitted.is_some() || self.uploading.contains(&id) {
+                return Err(SessionError::Duplicate(format!("this node already submitted to session `{id}`")));
+            }
+            if joined.phase != Phase::Open {
+                return Err(SessionError::WrongPhase {
+                    session: id.clone(),
+                    phase: joined.phase,
+                    what: "submissions are closed".into(),
+                });
+            }
+            if values.len() as u64 != plan.length {
+                return Err(SessionError::BadInput(format!(
+                    "the session takes {} values; the update has {}",
+                    plan.length,
+                    values.len()
+                )));
+            }
+            let key = match self.keys_cache.get(&id) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = Arc::new(collective_key(&plan, &joined.commitments, &joined.shares)?);
+                    self.keys_cache.insert(id.clone(), k.clone());
+                    k
+                }
+            };
+            Ok((plan, key))
+        })();
+        let (plan, key) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.uploading.insert(id.clone());
+        let link = self.link.clone();
+        let metrics = self.metrics.clone();
+        let span = info_span!("submit", session = %id);
+        tokio::spawn(
+            async move {
+                let result = upload(&link, &metrics, &plan, key, values).await;
+                let internal = match &result {
+                    Ok(receipt) => Internal::Submitted {
+                        session: id.clone(),
+                        digest: receipt.digest.clone(),
+                    },
+                    Err(_) => Internal::UploadFailed { session: id.clone() },
+                };
+                link.report(internal).await;
+                let _ = reply.send(result);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn inbound(&mut self, peer: PeerId, bytes: Vec<u8>, reply: oneshot::Sender<Response>) {
+        let msg: AggMsg = match messages::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(error_response(&e));
+                return;
+            }
+        };
+        let from = peer.to_string();
+        let me = self.me();
+        let span = info_span!("inbound", %peer, kind = msg.kind(), session = %msg.session());
+        let keys = self.keys.clone();
+        // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
+        let answer_later = |fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>,
+                            reply: oneshot::Sender<Response>| {
+            tokio::spawn(
+                async move {
+                    let response = match fut.await {
+                        Ok(r) => messages::encode(&r).map(Response::Aggregation).unwrap_or_else(|e| error_response(&e)),
+                        Err(e) => {
+                            debug!(error = %e, "refused");
+                            error_response(&e)
+                        }
+                    };
+                    let _ = reply.send(response);
+                }
+                .instrument(span),
+            );
+        };
+        match msg {
+            AggMsg::KeygenCommit { plan } => answer_later(
+                Box::pin(async move { keys.commit(me, from, plan).await.map(AggReply::Commitment) }),
+                reply,
+            ),
+            AggMsg::KeygenReveal { session, commitments } => answer_later(
+                Box::pin(async move { keys.reveal(from, session, commitments).await.map(AggReply::Share) }),
+                reply,
+            ),
+            AggMsg::Decrypt { session, request } => answer_later(
+                Box::pin(async move { keys.decrypt(from, session, request).await.map(AggReply::Partial) }),
+                reply,
+            ),
+            AggMsg::Open {
+                plan,
+                commitments,
+                shares,
+            } => {
+                let result = self.open(&from, plan, commitments, shares).await;
+                match result {
+                    Ok(Some(bind)) => answer_later(
+                        Box::pin(async move {
+                            let (plan, commitments, shares) = bind;
+                            keys.bind(from, plan, commitments, shares).await.map(|()| AggReply::Ack)
+                        }),
+                        reply,
+                    ),
+                    Ok(None) => answer_later(Box::pin(async { Ok(AggReply::Ack) }), reply),
+                    Err(e) => answer_later(Box::pin(async move { Err(e) }), reply),
+                }
+            }
+            AggMsg::SubmitPiece {
+                session,
+                digest,
+                index,
+                count,
+                clipped,
+                bytes,
+            } => {
+                let len = bytes.len() as u64;
+                let result = self.piece(&from, &session, digest, index, count, clipped, bytes).await;
+                let outcome = match &result {
+                    Ok(AggReply::PieceAck { complete: true, .. }) => "accepted",
+                    Ok(_) => "piece",
+                    Err(SessionError::Duplicate(_)) => "duplicate",
+                    Err(SessionError::NotAllowed { .. }) => "not_allowed",
+                    Err(SessionError::UnknownSession(_)) => "unknown_session",
+                    Err(_) => "refused",
+                };
+                if outcome != "piece" {
+                    self.metrics.submissions.get_or_create(&OutcomeLabels { outcome }).inc();
+                }
+                if result.is_ok() {
+                    self.metrics.submission_bytes.inc_by(len);
+                }
+                answer_later(Box::pin(async move { result }), reply);
+            }
+            AggMsg::Result { result } => {
+                let r = self.receive_result(&from, result).await.map(|()| AggReply::Ack);
+                answer_later(Box::pin(async move { r }), reply);
+            }
+        }
+    }
+
+    /// A participant or member learns of an open session. Returns what the key actor must
+    /// bind when this node is a member.
+    #[allow(clippy::type_complexity)]
+    async fn open(
+        &mut self,
+        from: &str,
+        plan: SessionPlan,
+        commitments: Vec<KeyCommitment>,
+        shares: Vec<PublicKeyShare>,
+    ) -> Result<Option<(SessionPlan, Vec<KeyCommitment>, Vec<PublicKeyShare>)>, SessionError> {
+        if from != plan.coordinator {
+            return Err(SessionError::NotAllowed {
+                peer: from.to_string(),
+                role: "the coordinator",
+                session: plan.id.clone(),
+            });
+        }
+        let me = self.me();
+        let member = plan.member_index(&me).is_some();
+        if !member && !plan.is_participant(&me) {
+            return Err(SessionError::NotAllowed {
+                peer: me,
+                role: "a participant or member",
+                session: plan.id.clone(),
+            });
+        }
+        plan.params.validate()?;
+        if let Some(existing) = self.joined.get(&plan.id) {
+            if existing.plan != plan {
+                return Err(SessionError::Duplicate(format!("session `{}` is already open with another plan", plan.id)));
+            }
+        } else {
+            // Check the shares against their commitments before accepting the key.
+            let key = collective_key(&plan, &commitments, &shares)?;
+            let joined = Joined {
+                plan: plan.clone(),
+                commitments: commitments.clone(),
+                shares: shares.clone(),
+                phase: Phase::Open,
+                opened_ms: now_ms(),
+                submitted: None,
+                finished_ms: None,
+            };
+            self.persist_joined(&joined).await?;
+            self.keys_cache.insert(plan.id.clone(), Arc::new(key));
+            self.joined.insert(plan.id.clone(), joined);
+            info!(session = %plan.id, member, "session opened");
+        }
+        Ok(member.then_some((plan, commitments, shares)))
+    }
+
+    async fn receive_result(&mut self, from: &str, result: SessionResult) -> Result<(), SessionError> {
+        let Some(mut joined) = self.joined.get(&result.session).cloned() else {
+            return Err(SessionError::UnknownSession(result.session.clone()));
+        };
+        if from != joined.plan.coordinator {
+            return Err(SessionError::NotAllowed {
+                peer: from.to_string(),
+                role: "the coordinator",
+                session: result.session.clone(),
+            });
+        }
+        if result.values.len() as u64 != joined.plan.length {
+            return Err(SessionError::BadInput("the result has the wrong length".into()));
+        }
+        if !self.coordinated.contains_key(&result.session) {
+            self.store.put(trees::RESULTS, result.session.as_bytes(), &result)?;
+        }
+        joined.phase = Phase::Done;
+        joined.finished_ms = Some(now_ms());
+        self.persist_joined(&joined).await?;
+        self.joined.insert(result.session.clone(), joined);
+        Ok(())
+    }
+
+    /// Coordinator side of a submission piece: stored and flushed before it is acknowledged.
+    #[allow(clippy::too_many_arguments)]
+    async fn piece(
+        &mut self,
+        from: &str,
+        session: &str,
+        digest: [u8; 32],
+        index: u32,
+        count: u32,
+        clipped: u64,
+        bytes: Vec<u8>,
+    ) -> Result<AggReply, SessionError> {
+        let state = self
+            .coordinated
+            .get(session)
+            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
+        let plan = state.plan.clone();
+        if !plan.is_participant(from) {
+            return Err(SessionError::NotAllowed {
+                peer: from.to_string(),
+                role: "a participant",
+                session: session.to_string(),
+            });
+        }
+        if let Some(done) = state.submitted.get(from) {
+            // A retransmission of the accepted update is harmless; anything else is a second
+            // submission.
+            if done.digest == digest {
+                return Ok(AggReply::PieceAck { index, complete: true });
+            }
+            return Err(SessionError::Duplicate(format!(
+                "participant {from} already submitted to session `{session}`"
+            )));
+        }
+        if state.phase != Phase::Collecting {
+            return Err(SessionError::WrongPhase {
+                session: session.to_string(),
+                phase: state.phase,
+                what: "it does not take submissions".into(),
+            });
+        }
+        let max = max_update_bytes(&plan);
+        if count == 0 || index >= count || bytes.is_empty() || bytes.len() > PIECE_BYTES || count as u64 * PIECE_BYTES as u64 > max + PIECE_BYTES as u64 {
+            return Err(SessionError::BadInput(format!(
+                "piece {index} of {count} with {} bytes does not fit an update of at most {max} bytes",
+                bytes.len()
+            )));
+        }
+        let tree = self.store.tree(trees::SUBMISSIONS)?;
+        // Pieces of an older, abandoned upload by the same participant are dropped.
+        let prefix = piece_prefix(session, from);
+        let current = format!("{}/", hex(&digest));
+        for key in tree.scan_prefix(&prefix).keys().flatten() {
+            if !key[prefix.len()..].starts_with(current.as_bytes()) {
+                tree.remove(key).map_err(|e| SessionError::Store(e.to_string()))?;
+            }
+        }
+        tree.insert(piece_key(session, from, &digest, index), bytes)
+            .map_err(|e| SessionError::Store(e.to_string()))?;
+        self.store.flush_async().await?;
+        let mut prefix_digest = prefix.clone();
+        prefix_digest.extend_from_slice(current.as_bytes());
+        let have = tree.scan_prefix(&prefix_digest).count() as u32;
+        if have < count {
+            return Ok(AggReply::PieceAck { index, complete: false });
+        }
+        // All pieces are in: assemble, check, and keep the whole update.
+        let mut whole = Vec::new();
+        for item in tree.scan_prefix(&prefix_digest).values() {
+            let v = item.map_err(|e| SessionError::Store(e.to_string()))?;
+            whole.extend_from_slice(&v);
+        }
+        let drop_pieces = |tree: &sled::Tree| {
+            for key in tree.scan_prefix(&prefix_digest).keys().flatten() {
+                let _ = tree.remove(key);
+            }
+        };
+        if *blake3::hash(&whole).as_bytes() != digest {
+            drop_pieces(&tree);
+            return Err(SessionError::BadInput("the assembled update does not match its digest".into()));
+        }
+        let key = self.coordinated_key(session)?;
+        if let Err(e) = check_update(&whole, max, &plan, &key) {
+            drop_pieces(&tree);
+            return Err(e);
+        }
+        tree.insert(full_key(session, from), whole)
+            .map_err(|e| SessionError::Store(e.to_string()))?;
+        drop_pieces(&tree);
+        let meta = SubmissionMeta {
+            digest,
+            clipped,
+            bytes: 0,
+        };
+        if let Some(e) = self
+            .apply(
+                session,
+                Event::SubmissionComplete {
+                    participant: from.to_string(),
+                    meta,
+                },
+            )
+            .await
+        {
+            return Err(e);
+        }
+        Ok(AggReply::PieceAck { index, complete: true })
+    }
+}
+
+fn fail_event(peer: &str, why: &str) -> Event {
+    Event::Fail {
+        reason: format!("{peer}: {why}"),
+    }
+}
+
+/// Decodes an update and checks it belongs to this session and key.
+fn check_update(bytes: &[u8], max: u64, plan: &SessionPlan, key: &CollectivePublicKey) -> Result<EncryptedUpdate, SessionError> {
+    let update = EncryptedUpdate::from_bytes(bytes, max as usize)?;
+    if update.profile != plan.params.profile {
+        return Err(CryptoError::ProfileMismatch {
+            expected: plan.params.profile,
+            got: update.profile,
+        }
+        .into());
+    }
+    if update.tag != SessionTag::derive(&plan.id) {
+        return Err(CryptoError::WrongSession { what: "encrypted update" }.into());
+    }
+    if update.key_id != key.key_id() {
+        return Err(CryptoError::WrongKey { what: "encrypted update" }.into());
+    }
+    if update.length != plan.length {
+        return Err(CryptoError::LengthMismatch {
+            expected: plan.length,
+            got: update.length,
+        }
+        .into());
+    }
+    update.validate()?;
+    Ok(update)
+}
+
+/// Sums the stored updates of `contributors` (blocking: runs on the blocking pool).
+fn accumulate(
+    store: &Store,
+    plan: &SessionPlan,
+    key: &CollectivePublicKey,
+    contributors: &[String],
+) -> Result<(Aggregate, DecryptionRequest), SessionError> {
+    let max = max_update_bytes(plan);
+    let tree = store.tree(trees::SUBMISSIONS)?;
+    let mut acc = Accumulator::new(key, plan.length)?;
+    for who in contributors {
+        let bytes = tree
+            .get(full_key(&plan.id, who))
+            .map_err(|e| SessionError::Store(e.to_string()))?
+            .ok_or_else(|| SessionError::Store(format!("the update of {who} is missing")))?;
+        let update = check_update(&bytes, max, plan, key)?;
+        acc.add(who, &update)?;
+    }
+    Ok(acc.finish()?)
+}
+
+/// Encrypts an update off the executor and uploads it piece by piece; each piece is
+/// acknowledged only once the coordinator has it on disk.
+async fn upload(
+    link: &Link,
+    metrics: &NodeMetrics,
+    plan: &SessionPlan,
+    key: Arc<CollectivePublicKey>,
+    values: Vec<f32>,
+) -> Result<SubmitReceipt, SessionError> {
+    let start = Instant::now();
+    let n = values.len() as u64;
+    let (bytes, clipped) = tokio::task::spawn_blocking(move || {
+        key.encrypt(&values).map(|(update, clipped)| (update.to_bytes(), clipped))
+    })
+    .await
+    .map_err(|_| SessionError::Unavailable("encryption"))??;
+    let encrypt = start.elapsed();
+    metrics
+        .crypto_duration
+        .get_or_create(&OpLabels { op: "encrypt" })
+        .observe(encrypt.as_secs_f64());
+    let digest = *blake3::hash(&bytes).as_bytes();
+    let pieces: Vec<&[u8]> = bytes.chunks(PIECE_BYTES).collect();
+    let count = pieces.len() as u32;
+    let start = Instant::now();
+    for (index, piece) in pieces.iter().enumerate() {
+        let msg = AggMsg::SubmitPiece {
+            session: plan.id.clone(),
+            digest,
+            index: index as u32,
+            count,
+            clipped,
+            bytes: piece.to_vec(),
+        };
+        match link.send_retrying(&plan.coordinator, &msg).await? {
+            AggReply::PieceAck { complete: true, .. } => break,
+            AggReply::PieceAck { .. } => {}
+            other => {
+                return Err(SessionError::Remote {
+                    peer: plan.coordinator.clone(),
+                    message: format!("unexpected answer {other:?}"),
+                })
+            }
+        }
+    }
+    Ok(SubmitReceipt {
+        session: plan.id.clone(),
+        values: n,
+        clipped,
+        bytes_sent: bytes.len() as u64,
+        pieces: count,
+        digest: hex(&digest),
+        encrypt_ms: encrypt.as_secs_f64() * 1e3,
+        upload_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
 }

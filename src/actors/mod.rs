@@ -46,6 +46,11 @@ impl<C> Mailbox<C> {
         self.tx.is_closed()
     }
 
+    /// Sends a command without waiting for an answer.
+    pub async fn send(&self, command: C) -> Result<(), ActorError> {
+        self.tx.send(command).await.map_err(|_| ActorError::Stopped(self.name))
+    }
+
     /// Sends the command built around a reply channel and awaits the reply.
     pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> C) -> Result<T, ActorError> {
         let (reply, rx) = oneshot::channel();

@@ -1,5 +1,6 @@
-//! The local HTTP API (axum): health, readiness, status, peers, metrics and the OpenAPI
-//! document. Errors are JSON `{"error":{"code","message"}}` with the matching status.
+//! The local HTTP API (axum): health, readiness, status, peers, metrics, the OpenAPI
+//! document, and secure-aggregation sessions ([`sessions`]). Errors are JSON
+//! `{"error":{"code","message"}}` with the matching status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use crate::crypto::Profile;
 use crate::metrics::{NodeMetrics, RouteLabels, RouteOnlyLabels};
 use crate::net::NetworkHandle;
 use crate::store::Store;
+
+pub mod sessions;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -79,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))
+        .merge(sessions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -140,7 +144,7 @@ async fn require_token(State(state): State<ApiState>, headers: HeaderMap, reques
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes()));
+        let ok = presented.is_some_and(|p| token.matches(p));
         if !ok {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -151,11 +155,6 @@ async fn require_token(State(state): State<ApiState>, headers: HeaderMap, reques
         }
     }
     next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Compare digests so the time taken does not depend on where the inputs differ.
-    blake3::hash(a) == blake3::hash(b)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

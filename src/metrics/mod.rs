@@ -42,6 +42,16 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub protocol: &'static str,
     pub outcome: &'static str,
@@ -61,6 +71,13 @@ pub struct NodeMetrics {
     pub rpc_bytes_received: Counter,
     pub gossip_messages: Family<OutcomeLabels, Counter>,
     pub start_time: Gauge<f64, AtomicU64>,
+    pub sessions: Family<PhaseLabels, Gauge>,
+    pub session_outcomes: Family<OutcomeLabels, Counter>,
+    pub phase_duration: Family<PhaseLabels, Histogram>,
+    pub submissions: Family<OutcomeLabels, Counter>,
+    pub submission_bytes: Counter,
+    pub crypto_duration: Family<OpLabels, Histogram>,
+    pub partial_decryptions: Family<OutcomeLabels, Counter>,
 }
 
 /// The registry plus the handles the node updates. Built once at start; the registry is
@@ -96,6 +113,13 @@ impl Metrics {
             rpc_bytes_received: Counter::default(),
             gossip_messages: Family::default(),
             start_time: Gauge::default(),
+            sessions: Family::default(),
+            session_outcomes: Family::default(),
+            phase_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            submissions: Family::default(),
+            submission_bytes: Counter::default(),
+            crypto_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            partial_decryptions: Family::default(),
         };
         let fhenode = registry.sub_registry_with_prefix("fhenode");
         // A gauge fixed at 1 rather than an OpenMetrics `info`: promtool and the classic text
@@ -147,6 +171,40 @@ impl Metrics {
             node.rpc_bytes_received.clone(),
         );
         fhenode.register("gossip_messages", "Gossipsub messages by outcome", node.gossip_messages.clone());
+        fhenode.register("sessions", "Sessions this node coordinates, by phase", node.sessions.clone());
+        fhenode.register(
+            "session_outcomes",
+            "Coordinated sessions that ended, by outcome (done or failed)",
+            node.session_outcomes.clone(),
+        );
+        fhenode.register_with_unit(
+            "session_phase_duration",
+            "Time coordinated sessions spent in each phase",
+            Unit::Seconds,
+            node.phase_duration.clone(),
+        );
+        fhenode.register(
+            "submissions",
+            "Encrypted-update submissions received by the coordinator, by outcome",
+            node.submissions.clone(),
+        );
+        fhenode.register_with_unit(
+            "submission_received",
+            "Ciphertext bytes received in submissions",
+            Unit::Bytes,
+            node.submission_bytes.clone(),
+        );
+        fhenode.register_with_unit(
+            "crypto_operation_duration",
+            "Duration of crypto operations by op (keygen, encrypt, accumulate, partial_decrypt, combine)",
+            Unit::Seconds,
+            node.crypto_duration.clone(),
+        );
+        fhenode.register(
+            "partial_decryptions",
+            "Partial decryption requests this node answered or refused as a committee member",
+            node.partial_decryptions.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -136,6 +136,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Every record of a tree whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<V: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(tree)?.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let value = decode_record(&v).map_err(|reason| StoreError::Corrupt {
+                tree,
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason,
+            })?;
+            out.push((k.to_vec(), value));
+        }
+        Ok(out)
+    }
+
     /// Makes every write so far durable. Returns the bytes written.
     pub fn flush(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush()?)

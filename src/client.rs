@@ -1,0 +1,330 @@
+//! A small client for a node's local HTTP API, used by the `fhenode session` commands.
+
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::api::sessions::{HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND};
+use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
+
+pub use crate::api::sessions::UpdateFormat;
+
+/// Where the API listens unless configured otherwise.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8470";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{url}` is not a usable API URL: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the API token cannot be sent in an HTTP header")]
+    InvalidToken,
+    #[error("cannot reach the node's API at {url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API answered with an error (`{"error":{"code","message"}}`).
+    #[error("{code}: {message} (HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    #[error("unexpected answer from {url}: {reason}")]
+    Unexpected { url: String, reason: String },
+}
+
+/// A session result as raw little-endian `f64` bytes with its facts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawResult {
+    /// `values.len() * 8` bytes of little-endian `f64`.
+    pub bytes: Vec<u8>,
+    pub contributors: u32,
+    pub clipped: u64,
+    pub error_bound: f64,
+    /// `mean` or `sum`.
+    pub kind: String,
+}
+
+impl RawResult {
+    pub fn values(&self) -> Vec<f64> {
+        self.bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct SessionList {
+    sessions: Vec<SessionInfo>,
+}
+
+/// A client for one node's API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    authorization: Option<String>,
+}
+
+impl ApiClient {
+    /// `base` is the API's root, e.g. `http://127.0.0.1:8470` (`http://` is assumed when no
+    /// scheme is given). `token` is sent as `Authorization: Bearer <token>`.
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let with_scheme = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        let invalid = |reason: String| ClientError::InvalidUrl {
+            url: base.to_string(),
+            reason,
+        };
+        let base_url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
+        if base_url.scheme() != "http" {
+            return Err(invalid("only http:// is supported (the API is local to the node)".into()));
+        }
+        if base_url.cannot_be_a_base() || base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(invalid("expected http://HOST:PORT[/PATH]".into()));
+        }
+        let authorization = match token {
+            Some(t) if t.chars().any(|c| c.is_control()) => return Err(ClientError::InvalidToken),
+            Some(t) => Some(format!("Bearer {t}")),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.to_string(),
+                source: e,
+            })?;
+        Ok(ApiClient {
+            http,
+            base: base_url,
+            authorization,
+        })
+    }
+
+    /// The API's root URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `POST /v1/sessions`
+    pub async fn create_session(&self, spec: &SessionSpec) -> Result<SessionInfo, ClientError> {
+        let url = self.url(&["v1", "sessions"])?;
+        let request = self.request(Method::POST, &url).json(spec);
+        self.send_json(request, &url).await
+    }
+
+    /// `GET /v1/sessions`
+    pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
+        let url = self.url(&["v1", "sessions"])?;
+        let list: SessionList = self.send_json(self.request(Method::GET, &url), &url).await?;
+        Ok(list.sessions)
+    }
+
+    /// `GET /v1/sessions/{id}`
+    pub async fn session(&self, id: &str) -> Result<SessionInfo, ClientError> {
+        let url = self.url(&["v1", "sessions", id])?;
+        self.send_json(self.request(Method::GET, &url), &url).await
+    }
+
+    /// `POST /v1/sessions/{id}/update`: `body` encoded as `format` says.
+    pub async fn submit_update(
+        &self,
+        id: &str,
+        format: UpdateFormat,
+        body: Vec<u8>,
+    ) -> Result<SubmitReceipt, ClientError> {
+        let url = self.url(&["v1", "sessions", id, "update"])?;
+        let request = self
+            .request(Method::POST, &url)
+            .header(CONTENT_TYPE, format.content_type())
+            .body(body);
+        self.send_json(request, &url).await
+    }
+
+    /// `POST /v1/sessions/{id}/update` with values as raw little-endian `f32`.
+    pub async fn submit_values(&self, id: &str, values: &[f32]) -> Result<SubmitReceipt, ClientError> {
+        let body = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.submit_update(id, UpdateFormat::Raw, body).await
+    }
+
+    /// `GET /v1/sessions/{id}/result` as JSON.
+    pub async fn result(&self, id: &str) -> Result<SessionResult, ClientError> {
+        let url = self.url(&["v1", "sessions", id, "result"])?;
+        let request = self.request(Method::GET, &url).header(ACCEPT, "application/json");
+        self.send_json(request, &url).await
+    }
+
+    /// `GET /v1/sessions/{id}/result` as raw little-endian `f64`.
+    pub async fn result_raw(&self, id: &str) -> Result<RawResult, ClientError> {
+        let url = self.url(&["v1", "sessions", id, "result"])?;
+        let request = self.request(Method::GET, &url).header(ACCEPT, "application/octet-stream");
+        let response = self.send(request, &url).await?;
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| transport(&url, e))?.to_vec();
+        let unexpected = |reason: String| ClientError::Unexpected {
+            url: url.to_string(),
+            reason,
+        };
+        if bytes.len() % 8 != 0 {
+            return Err(unexpected(format!("{} bytes is not a whole number of f64 values", bytes.len())));
+        }
+        Ok(RawResult {
+            bytes,
+            contributors: parse_header(&headers, HEADER_CONTRIBUTORS).map_err(unexpected)?,
+            clipped: parse_header(&headers, HEADER_CLIPPED).map_err(unexpected)?,
+            error_bound: parse_header(&headers, HEADER_ERROR_BOUND).map_err(unexpected)?,
+            kind: parse_header(&headers, HEADER_KIND).map_err(unexpected)?,
+        })
+    }
+
+    /// The URL of `segments` under the base, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidUrl {
+                url: self.base.to_string(),
+                reason: "cannot hold a path".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    fn request(&self, method: Method, url: &Url) -> RequestBuilder {
+        let request = self.http.request(method, url.clone());
+        match &self.authorization {
+            Some(a) => request.header(AUTHORIZATION, a),
+            None => request,
+        }
+    }
+
+    /// Sends the request; an error status becomes [`ClientError::Api`].
+    async fn send(&self, request: RequestBuilder, url: &Url) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| transport(url, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(|e| transport(url, e))?;
+        Err(api_error(status, &body))
+    }
+
+    async fn send_json<T: DeserializeOwned>(&self, request: RequestBuilder, url: &Url) -> Result<T, ClientError> {
+        let response = self.send(request, url).await?;
+        let body = response.bytes().await.map_err(|e| transport(url, e))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected {
+            url: url.to_string(),
+            reason: format!("cannot decode the JSON answer: {e}"),
+        })
+    }
+}
+
+fn transport(url: &Url, source: reqwest::Error) -> ClientError {
+    ClientError::Transport {
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// An error answer: our JSON shape when it is one, else the status and the start of the body.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.chars().take(300).collect();
+            ClientError::Api {
+                status: status.as_u16(),
+                code: format!("http_{}", status.as_u16()),
+                message: if text.trim().is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_string()
+                } else {
+                    text.trim().to_string()
+                },
+            }
+        }
+    }
+}
+
+fn parse_header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = headers
+        .get(name)
+        .ok_or_else(|| format!("header `{name}` is missing"))?
+        .to_str()
+        .map_err(|_| format!("header `{name}` is not text"))?;
+    value.parse().map_err(|e| format!("header `{name}` ({value:?}): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_built_and_ids_encoded() {
+        let c = ApiClient::new("127.0.0.1:8470", None).unwrap();
+        assert_eq!(c.url(&["v1", "sessions"]).unwrap().as_str(), "http://127.0.0.1:8470/v1/sessions");
+        let c = ApiClient::new("http://[::1]:9000/prefix/", None).unwrap();
+        assert_eq!(
+            c.url(&["v1", "sessions", "a/b?c"]).unwrap().as_str(),
+            "http://[::1]:9000/prefix/v1/sessions/a%2Fb%3Fc"
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_tokens_are_refused() {
+        for url in ["https://example.org", "http://h:1/?q=1", "mailto:x@y", "http://"] {
+            assert!(matches!(ApiClient::new(url, None), Err(ClientError::InvalidUrl { .. })), "{url}");
+        }
+        assert!(matches!(
+            ApiClient::new(DEFAULT_API_URL, Some("a\nb")),
+            Err(ClientError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn error_bodies_are_decoded() {
+        let e = api_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"unknown_session","message":"unknown session `x`"}}"#,
+        );
+        assert_eq!(e.to_string(), "unknown_session: unknown session `x` (HTTP 404)");
+        let e = api_error(StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(e.to_string(), "http_502: upstream down (HTTP 502)");
+        let e = api_error(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(e.to_string(), "http_503: Service Unavailable (HTTP 503)");
+    }
+
+    #[test]
+    fn raw_values_decode() {
+        let raw = RawResult {
+            bytes: [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            contributors: 2,
+            clipped: 0,
+            error_bound: 0.0,
+            kind: "mean".into(),
+        };
+        assert_eq!(raw.values(), vec![1.5, -2.0]);
+    }
+}

@@ -1,0 +1,159 @@
+//! Secure-aggregation sessions (DESIGN §4): the spec users write, the pure coordinator state
+//! machine, the messages nodes exchange, and what the API reports.
+
+pub mod machine;
+pub mod messages;
+pub mod spec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::CryptoError;
+pub use machine::{Coordinated, Effect, Event, Phase};
+pub use spec::{ResultKind, SessionPlan, SessionSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("invalid session spec: `{field}`: {reason}")]
+    InvalidSpec { field: String, reason: String },
+    #[error("unknown session `{0}`")]
+    UnknownSession(String),
+    #[error("session `{session}` is {phase}: {what}")]
+    WrongPhase {
+        session: String,
+        phase: Phase,
+        what: String,
+    },
+    #[error("peer {peer} is not {role} of session `{session}`")]
+    NotAllowed {
+        peer: String,
+        role: &'static str,
+        session: String,
+    },
+    #[error("{0}")]
+    Duplicate(String),
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("session `{session}` has no result yet ({phase})")]
+    NoResult { session: String, phase: Phase },
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("peer {peer}: {message}")]
+    Remote { peer: String, message: String },
+    #[error("storage: {0}")]
+    Store(String),
+    #[error("{0} is unavailable")]
+    Unavailable(&'static str),
+}
+
+impl SessionError {
+    /// A stable code for API and wire errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::InvalidSpec { .. } => "invalid_spec",
+            SessionError::UnknownSession(_) => "unknown_session",
+            SessionError::WrongPhase { .. } => "wrong_phase",
+            SessionError::NotAllowed { .. } => "not_allowed",
+            SessionError::Duplicate(_) => "duplicate",
+            SessionError::BadInput(_) => "bad_input",
+            SessionError::NoResult { .. } => "no_result",
+            SessionError::Crypto(_) => "crypto",
+            SessionError::Remote { .. } => "remote",
+            SessionError::Store(_) => "store",
+            SessionError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status that fits.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            SessionError::InvalidSpec { .. } | SessionError::BadInput(_) | SessionError::Crypto(_) => 400,
+            SessionError::NotAllowed { .. } => 403,
+            SessionError::UnknownSession(_) => 404,
+            SessionError::WrongPhase { .. } | SessionError::Duplicate(_) | SessionError::NoResult { .. } => 409,
+            SessionError::Remote { .. } => 502,
+            SessionError::Store(_) => 500,
+            SessionError::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for SessionError {
+    fn from(e: crate::store::StoreError) -> Self {
+        SessionError::Store(e.to_string())
+    }
+}
+
+/// This node's part in a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    pub coordinator: bool,
+    pub committee: bool,
+    pub participant: bool,
+}
+
+/// Unix-epoch milliseconds of each phase change (absent: not reached).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub created_ms: u64,
+    pub opened_ms: Option<u64>,
+    pub closed_ms: Option<u64>,
+    pub decrypting_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// What `GET /v1/sessions/{id}` reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub phase: Phase,
+    pub roles: Roles,
+    pub coordinator: String,
+    pub profile: String,
+    pub length: u64,
+    pub result_kind: ResultKind,
+    pub committee: usize,
+    pub participants: usize,
+    pub min_participants: u32,
+    /// Committee shares received (coordinator only).
+    pub key_shares: usize,
+    /// Complete submissions (coordinator), or 1/0 for this participant's own.
+    pub submissions: usize,
+    pub partial_decryptions: usize,
+    pub deadline_secs: u64,
+    pub timings: Timings,
+    pub failure: Option<String>,
+}
+
+/// The answer to a local participant's submission: the coordinator has it durably.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitReceipt {
+    pub session: String,
+    pub values: u64,
+    pub clipped: u64,
+    pub bytes_sent: u64,
+    pub pieces: u32,
+    pub digest: String,
+    pub encrypt_ms: f64,
+    pub upload_ms: f64,
+}
+
+/// A finished session's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionResult {
+    pub session: String,
+    pub kind: ResultKind,
+    pub contributors: u32,
+    pub contributor_ids: Vec<String>,
+    /// Values clipped by the contributors, in total.
+    pub clipped: u64,
+    /// Largest |error| of each value from fixed-point rounding.
+    pub error_bound: f64,
+    pub values: Vec<f64>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

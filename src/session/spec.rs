@@ -1,0 +1,275 @@
+//! Session specifications as users write them, and their validated form.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Profile, SessionParams};
+
+use super::SessionError;
+
+/// What the session returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultKind {
+    #[default]
+    Mean,
+    Sum,
+}
+
+/// A session as a user asks for it (`POST /v1/sessions`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// Session id; generated when absent. 1–64 characters of `[A-Za-z0-9._-]`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Number of parameters per update. Give this or `shapes`.
+    #[serde(default)]
+    pub length: Option<u64>,
+    /// Named tensor shapes, concatenated in name order.
+    #[serde(default)]
+    pub shapes: Option<BTreeMap<String, Vec<u64>>>,
+    /// Crypto profile; the node's configured default when absent.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// Key-committee members (peer ids).
+    pub committee: Vec<String>,
+    /// Members needed to decrypt; only n-of-n (= committee size) is supported.
+    #[serde(default)]
+    pub threshold: Option<u32>,
+    /// Participants allowed to submit (peer ids).
+    pub participants: Vec<String>,
+    /// Fewest contributors the result may be computed from.
+    #[serde(default)]
+    pub min_participants: Option<u32>,
+    /// Values are clipped to [-clip, clip]. Default 8.
+    #[serde(default)]
+    pub clip: Option<f64>,
+    /// Fixed-point fraction bits; the most the noise budget allows when absent.
+    #[serde(default)]
+    pub frac_bits: Option<u32>,
+    #[serde(default)]
+    pub result: ResultKind,
+    /// Collecting stops this many seconds after the session opens. Default 300.
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+}
+
+/// Largest update a session may declare: 2^26 parameters (~1.5 GB of ciphertext on `secure`).
+pub const MAX_LENGTH: u64 = 1 << 26;
+pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// A validated session: everything every node needs to play its part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionPlan {
+    pub id: String,
+    pub coordinator: String,
+    pub length: u64,
+    pub shapes: Option<BTreeMap<String, Vec<u64>>>,
+    pub committee: Vec<String>,
+    pub participants: Vec<String>,
+    pub min_participants: u32,
+    pub result: ResultKind,
+    pub deadline_secs: u64,
+    pub params: SessionParams,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> SessionError {
+    SessionError::InvalidSpec {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn peer_list(field: &str, ids: &[String]) -> Result<Vec<String>, SessionError> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        PeerId::from_str(id).map_err(|e| invalid(field, format!("`{id}` is not a peer id: {e}")))?;
+        if !seen.insert(id.clone()) {
+            return Err(invalid(field, format!("`{id}` is listed twice")));
+        }
+    }
+    Ok(ids.to_vec())
+}
+
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl SessionSpec {
+    /// Checks every field and fixes the crypto parameters. `coordinator` is the creating node.
+    pub fn validate(&self, coordinator: PeerId, default_profile: Profile) -> Result<SessionPlan, SessionError> {
+        let id = match &self.id {
+            Some(id) if valid_session_id(id) => id.clone(),
+            Some(id) => return Err(invalid("id", format!("`{id}` must be 1–64 characters of A–Z a–z 0–9 . _ -"))),
+            None => {
+                let bytes: [u8; 8] = rand::random();
+                format!("s-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+        };
+        let length = match (&self.length, &self.shapes) {
+            (Some(_), Some(_)) => return Err(invalid("length", "give `length` or `shapes`, not both")),
+            (None, None) => return Err(invalid("length", "required (or `shapes`)")),
+            (Some(n), None) => *n,
+            (None, Some(shapes)) => {
+                if shapes.is_empty() {
+                    return Err(invalid("shapes", "empty"));
+                }
+                let mut total: u64 = 0;
+                for (name, dims) in shapes {
+                    if dims.is_empty() || dims.contains(&0) {
+                        return Err(invalid("shapes", format!("tensor `{name}` has an empty dimension")));
+                    }
+                    let size = dims
+                        .iter()
+                        .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+                        .ok_or_else(|| invalid("shapes", format!("tensor `{name}` is too large")))?;
+                    total = total
+                        .checked_add(size)
+                        .ok_or_else(|| invalid("shapes", "total size overflows"))?;
+                }
+                total
+            }
+        };
+        if length == 0 || length > MAX_LENGTH {
+            return Err(invalid("length", format!("{length} is outside 1..={MAX_LENGTH}")));
+        }
+        let committee = peer_list("committee", &self.committee)?;
+        if committee.is_empty() {
+            return Err(invalid("committee", "at least one member is required"));
+        }
+        let threshold = self.threshold.unwrap_or(committee.len() as u32);
+        if threshold as usize != committee.len() {
+            return Err(invalid(
+                "threshold",
+                format!(
+                    "only n-of-n decryption is supported: threshold must equal the committee size {}",
+                    committee.len()
+                ),
+            ));
+        }
+        let participants = peer_list("participants", &self.participants)?;
+        if participants.is_empty() {
+            return Err(invalid("participants", "at least one participant is required"));
+        }
+        let min_participants = self.min_participants.unwrap_or(participants.len() as u32);
+        if min_participants == 0 || min_participants as usize > participants.len() {
+            return Err(invalid(
+                "min_participants",
+                format!("{min_participants} is outside 1..={}", participants.len()),
+            ));
+        }
+        let deadline_secs = self.deadline_secs.unwrap_or(300);
+        if deadline_secs == 0 || deadline_secs > MAX_DEADLINE_SECS {
+            return Err(invalid("deadline_secs", format!("{deadline_secs} is outside 1..={MAX_DEADLINE_SECS}")));
+        }
+        let profile = self.profile.unwrap_or(default_profile);
+        let clip = self.clip.unwrap_or(8.0);
+        let field_of = |e: &crate::crypto::CryptoError| {
+            let m = e.to_string();
+            let field = ["frac_bits", "committee", "participants", "clip", "plaintext_bits"]
+                .into_iter()
+                .find(|f| m.contains(f))
+                .unwrap_or("params");
+            invalid(field, m)
+        };
+        let mut params = SessionParams::recommended(profile, participants.len() as u32, committee.len() as u32, clip)
+            .map_err(|e| field_of(&e))?;
+        if let Some(frac_bits) = self.frac_bits {
+            params.frac_bits = frac_bits;
+            params.validate().map_err(|e| field_of(&e))?;
+        }
+        Ok(SessionPlan {
+            id,
+            coordinator: coordinator.to_string(),
+            length,
+            shapes: self.shapes.clone(),
+            committee,
+            participants,
+            min_participants,
+            result: self.result,
+            deadline_secs,
+            params,
+        })
+    }
+}
+
+impl SessionPlan {
+    pub fn member_index(&self, peer: &str) -> Option<u32> {
+        self.committee.iter().position(|p| p == peer).map(|i| i as u32)
+    }
+    pub fn is_participant(&self, peer: &str) -> bool {
+        self.participants.iter().any(|p| p == peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<String> {
+        (0..n).map(|_| PeerId::random().to_string()).collect()
+    }
+
+    fn spec() -> SessionSpec {
+        SessionSpec {
+            length: Some(1000),
+            committee: peers(3),
+            participants: peers(5),
+            min_participants: Some(3),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_good_spec_validates_with_defaults() {
+        let plan = spec().validate(PeerId::random(), Profile::Secure).unwrap();
+        assert!(plan.id.starts_with("s-"));
+        assert_eq!(plan.params.committee, 3);
+        assert_eq!(plan.params.participants, 5);
+        assert_eq!(plan.result, ResultKind::Mean);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut SessionSpec)>)> = vec![
+            ("length", Box::new(|s| s.length = None)),
+            ("length", Box::new(|s| s.length = Some(0))),
+            ("committee", Box::new(|s| s.committee = vec!["nope".into()])),
+            ("committee", Box::new(|s| s.committee = vec![])),
+            ("threshold", Box::new(|s| s.threshold = Some(2))),
+            ("participants", Box::new(|s| s.participants.push(s.participants[0].clone()))),
+            ("min_participants", Box::new(|s| s.min_participants = Some(6))),
+            ("deadline_secs", Box::new(|s| s.deadline_secs = Some(0))),
+            ("id", Box::new(|s| s.id = Some("../etc".into()))),
+            ("frac_bits", Box::new(|s| s.frac_bits = Some(52))),
+            ("clip", Box::new(|s| s.clip = Some(f64::NAN))),
+            ("shapes", Box::new(|s| {
+                s.length = None;
+                s.shapes = Some(BTreeMap::from([("w".to_string(), vec![3, 0])]));
+            })),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            match s.validate(PeerId::random(), Profile::Secure) {
+                Err(SessionError::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_define_the_length() {
+        let mut s = spec();
+        s.length = None;
+        s.shapes = Some(BTreeMap::from([("a".into(), vec![3, 4]), ("b".into(), vec![5])]));
+        assert_eq!(s.validate(PeerId::random(), Profile::Fast).unwrap().length, 17);
+    }
+}
