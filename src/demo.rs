@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 
+use rand::{Rng, SeedableRng};
+
 use crate::config::Config;
-use crate::net::{Request, Response};
+use crate::crypto::Profile;
 use crate::node::{Node, NodeError};
+use crate::session::{Phase, ResultKind, SessionResult, SessionSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -19,13 +22,21 @@ pub enum DemoError {
 
 /// A configuration for a node that lives only on loopback: ephemeral ports, no mDNS.
 pub fn loopback_config(data_dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_path_buf();
-    config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")];
-    config.p2p.bootstrap = bootstrap;
-    config.p2p.mdns = false;
-    config.api.listen = ([127, 0, 0, 1], 0).into();
-    config
+    let defaults = Config::default();
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        p2p: crate::config::P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            bootstrap,
+            mdns: false,
+            ..defaults.p2p
+        },
+        api: crate::config::ApiConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..defaults.api
+        },
+        ..defaults
+    }
 }
 
 /// Waits until the node listens somewhere and returns a dialable address with `/p2p/<id>`.
@@ -76,14 +87,43 @@ pub async fn wait_for_full_mesh(nodes: &[Node], timeout: Duration) -> Result<Dur
     }
 }
 
-/// Starts `count` nodes that bootstrap from the first, waits for the mesh, exchanges one
-/// request between the last and the first, and stops them all.
-pub async fn run(count: usize) -> Result<(), DemoError> {
-    if count < 2 {
-        return Err(DemoError::Failed("the demo needs at least 2 nodes".into()));
+/// What the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub nodes: usize,
+    pub committee: usize,
+    pub params: usize,
+    pub profile: Profile,
+    /// Seconds the session waits for the participant that never submits.
+    pub deadline_secs: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            nodes: 5,
+            committee: 3,
+            params: 100_000,
+            profile: Profile::Secure,
+            deadline_secs: 5,
+        }
+    }
+}
+
+fn fail(what: impl std::fmt::Display) -> DemoError {
+    DemoError::Failed(what.to_string())
+}
+
+/// Starts `nodes` nodes that bootstrap from the first and runs one secure-aggregation session:
+/// node 0 coordinates, the first `committee` nodes hold the key, every node is a participant,
+/// and the last one never submits. Checks the decrypted mean against the plaintext mean.
+pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let count = options.nodes;
+    if count < 2 || options.committee == 0 || options.committee > count {
+        return Err(fail("the demo needs at least 2 nodes and 1..=nodes committee members"));
     }
     let dirs: Vec<_> = (0..count)
-        .map(|_| tempfile::tempdir().map_err(|e| DemoError::Failed(e.to_string())))
+        .map(|_| tempfile::tempdir().map_err(fail))
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let first = Node::start(loopback_config(dirs[0].path(), vec![])).await?;
@@ -92,25 +132,165 @@ pub async fn run(count: usize) -> Result<(), DemoError> {
     for dir in &dirs[1..] {
         nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
     }
-    println!("started {count} nodes in {:?}", start.elapsed());
-    for node in &nodes {
-        println!("  {}  api http://{}", node.peer_id, node.api_addr);
-    }
+    println!("[network]    started {count} nodes on loopback in {:.0?}", start.elapsed());
     let took = wait_for_full_mesh(&nodes, Duration::from_secs(30)).await?;
-    println!("all {count} nodes discovered each other in {took:?} (bootstrap + Kademlia)");
+    println!("[network]    all nodes discovered each other in {took:.0?} (bootstrap + Kademlia)");
 
-    let payload = vec![42u8; 4 << 20];
+    let bytes_before = received_bytes(&nodes);
+    let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+    let spec = SessionSpec {
+        id: Some("demo".into()),
+        length: Some(options.params as u64),
+        profile: Some(options.profile),
+        committee: ids[..options.committee].to_vec(),
+        participants: ids.clone(),
+        min_participants: Some((count - 1) as u32),
+        deadline_secs: Some(options.deadline_secs),
+        result: ResultKind::Mean,
+        ..Default::default()
+    };
+    let coordinator = &nodes[0];
     let t = Instant::now();
-    let (last, first) = (&nodes[count - 1], &nodes[0]);
-    match last.network.request(first.peer_id, Request::Echo(payload.clone())).await {
-        Ok(Response::Echo(back)) if back == payload => {
-            println!("echoed {} MiB over /fhenode/rpc/1 in {:?}", payload.len() >> 20, t.elapsed())
+    let info = coordinator.aggregation.create(spec).await.map_err(fail)?;
+    println!(
+        "[proposed]   session `{}`: {} parameters, profile {}, committee of {}, {} participants (min {})",
+        info.id, info.length, info.profile, info.committee, info.participants, info.min_participants
+    );
+    wait_phase(coordinator, &info.id, |p| p >= Phase::Collecting, Duration::from_secs(60)).await?;
+    println!("[keygen]     dealer-free key ceremony (commit, reveal, open) took {:.0?}", t.elapsed());
+
+    // Every participant but the last submits a random update.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let updates: Vec<Vec<f32>> = (0..count - 1)
+        .map(|_| (0..options.params).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect();
+    let t = Instant::now();
+    let submits = nodes[..count - 1]
+        .iter()
+        .zip(&updates)
+        .map(|(node, update)| node.aggregation.submit(&info.id, update.clone()));
+    let receipts = futures::future::join_all(submits).await;
+    let mut sent = 0u64;
+    for (i, r) in receipts.into_iter().enumerate() {
+        let r = r.map_err(|e| fail(format!("participant {i}: {e}")))?;
+        sent += r.bytes_sent;
+        if i == 0 {
+            println!(
+                "[collecting] participant 0 encrypted {} values in {:.1} ms and uploaded {:.2} MB ({:.1} B/param) in {:.1} ms",
+                r.values,
+                r.encrypt_ms,
+                r.bytes_sent as f64 / 1e6,
+                r.bytes_sent as f64 / r.values as f64,
+                r.upload_ms
+            );
         }
-        other => return Err(DemoError::Failed(format!("echo failed: {other:?}"))),
     }
+    println!(
+        "[collecting] {} of {count} participants submitted {:.2} MB in {:.0?}; participant {} stays silent",
+        count - 1,
+        sent as f64 / 1e6,
+        t.elapsed(),
+        count - 1
+    );
+    let t = Instant::now();
+    wait_phase(coordinator, &info.id, Phase::is_terminal, Duration::from_secs(options.deadline_secs + 120)).await?;
+    let done = coordinator.aggregation.get(&info.id).await.map_err(fail)?;
+    if done.phase != Phase::Done {
+        return Err(fail(format!("session ended {}: {:?}", done.phase, done.failure)));
+    }
+    let tm = &done.timings;
+    let span = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{} ms", b.saturating_sub(a)),
+        _ => "?".into(),
+    };
+    println!(
+        "[closing]    deadline reached after {:.0?}: summing {} contributions took {}",
+        t.elapsed(),
+        done.submissions,
+        span(tm.closed_ms, tm.decrypting_ms)
+    );
+    println!(
+        "[decrypting] {} committee members decrypted the sum once each; combine and decode: {}",
+        done.committee,
+        span(tm.decrypting_ms, tm.finished_ms)
+    );
+    let result = coordinator.aggregation.result(&info.id).await.map_err(fail)?;
+    let k = updates.len() as f64;
+    let mut max_error = 0f64;
+    for (j, value) in result.values.iter().enumerate() {
+        let exact: f64 = updates.iter().map(|u| u[j] as f64).sum::<f64>() / k;
+        max_error = max_error.max((value - exact).abs());
+    }
+    let bytes_moved = received_bytes(&nodes) - bytes_before;
+    println!(
+        "[done]       mean of {} contributors, {} clipped values; max |error| vs plaintext mean = {max_error:.3e} (bound {:.3e})",
+        result.contributors, result.clipped, result.error_bound
+    );
+    println!("[done]       {:.2} MB moved between nodes over /fhenode/rpc/1", bytes_moved as f64 / 1e6);
+    // The result reaches the participants too.
+    let pushed = wait_result(&nodes[1], &info.id, Duration::from_secs(30)).await?;
+    if pushed != result {
+        return Err(fail("a participant received a different result"));
+    }
+    let report = DemoReport {
+        max_error,
+        error_bound: result.error_bound,
+        contributors: result.contributors,
+        bytes_moved,
+    };
     for node in nodes {
         node.shutdown().await?;
     }
-    println!("all nodes stopped cleanly");
-    Ok(())
+    println!("[stopped]    all nodes stopped cleanly");
+    if result.contributors as usize != count - 1 || max_error > result.error_bound {
+        return Err(fail(format!(
+            "check failed: {} contributors, max error {max_error:e} > bound {:e}",
+            result.contributors, result.error_bound
+        )));
+    }
+    Ok(report)
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    pub max_error: f64,
+    pub error_bound: f64,
+    pub contributors: u32,
+    pub bytes_moved: u64,
+}
+
+fn received_bytes(nodes: &[Node]) -> u64 {
+    nodes.iter().map(|n| n.metrics.rpc_bytes_received.get()).sum()
+}
+
+/// Polls a session until its phase satisfies `done`.
+pub async fn wait_phase(
+    node: &Node,
+    id: &str,
+    done: impl Fn(Phase) -> bool,
+    timeout: Duration,
+) -> Result<Phase, DemoError> {
+    let start = Instant::now();
+    loop {
+        let info = node.aggregation.get(id).await.map_err(fail)?;
+        if done(info.phase) {
+            return Ok(info.phase);
+        }
+        if start.elapsed() > timeout {
+            return Err(fail(format!("session `{id}` stuck in {} ({:?})", info.phase, info.failure)));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls a node until it holds the session's result.
+pub async fn wait_result(node: &Node, id: &str, timeout: Duration) -> Result<SessionResult, DemoError> {
+    let start = Instant::now();
+    loop {
+        match node.aggregation.result(id).await {
+            Ok(r) => return Ok(r),
+            Err(e) if start.elapsed() > timeout => return Err(fail(e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
 }

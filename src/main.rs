@@ -64,9 +64,20 @@ enum Command {
     Config(ConfigCommand),
     /// Run a local multi-node network in this process and show what happens.
     Demo {
-        /// Number of nodes.
+        /// Number of nodes (all participants; the last one never submits).
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Committee members (the first nodes).
+        #[arg(long, default_value_t = 3)]
+        committee: usize,
+        /// Parameters per update.
+        #[arg(long, default_value_t = 100_000)]
+        params: usize,
+        #[arg(long, default_value = "secure")]
+        profile: Profile,
+        /// Seconds the session waits for the silent participant.
+        #[arg(long, default_value_t = 5)]
+        deadline_secs: u64,
     },
     /// Measure throughput against plaintext baselines.
     #[command(subcommand)]
@@ -126,12 +137,25 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config.to_redacted_toml());
             eprintln!("configuration is valid");
         }
-        Command::Demo { nodes } => {
+        Command::Demo {
+            nodes,
+            committee,
+            params,
+            profile,
+            deadline_secs,
+        } => {
             fhenode::telemetry::init(&fhenode::config::LogConfig {
                 level: "warn".into(),
                 ..Default::default()
             });
-            runtime()?.block_on(fhenode::demo::run(nodes))?;
+            let options = fhenode::demo::DemoOptions {
+                nodes,
+                committee,
+                params,
+                profile,
+                deadline_secs,
+            };
+            runtime()?.block_on(fhenode::demo::run(&options))?;
         }
         Command::Bench(BenchCommand::Crypto {
             profile,

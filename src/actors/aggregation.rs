@@ -727,6 +727,11 @@ impl AggregationActor {
                 request,
             } => {
                 let digest = request.digest();
+                // Kept for audit: what exactly the committee was asked to decrypt.
+                let key = format!("request/{session}");
+                if let Err(e) = self.store.put(trees::ACCUMULATORS, key.as_bytes(), &*request) {
+                    warn!(%session, error = %e, "cannot store the decryption request");
+                }
                 self.aggregates.insert(session.clone(), (Arc::from(aggregate), *request));
                 self.apply(&session, Event::Aggregated { request_digest: digest }).await;
             }

@@ -457,7 +457,7 @@ mod tests {
         out.into_inner()
     }
 
-    fn code(r: Result<Vec<f32>, ApiError>) -> (u16, &'static str, String) {
+    fn err(r: Result<Vec<f32>, ApiError>) -> (u16, &'static str, String) {
         let e = r.unwrap_err();
         (e.status.as_u16(), e.code, e.message)
     }
@@ -473,14 +473,14 @@ mod tests {
     #[test]
     fn bad_json_is_bad_json() {
         for body in [&b"{"[..], b"{\"values\": [1, \"x\"]}", b"{\"vals\": []}", b"", b"[1,]", b"{\"values\":[1e999]}"] {
-            let (status, code, _) = code(parse_update(Some("application/json"), body));
+            let (status, code, _) = err(parse_update(Some("application/json"), body));
             assert_eq!((status, code), (400, "bad_json"), "{}", String::from_utf8_lossy(body));
         }
     }
 
     #[test]
     fn json_values_outside_f32_are_refused() {
-        let (status, code, message) = code(parse_update(Some("application/json"), b"{\"values\":[0, 1e39]}"));
+        let (status, code, message) = err(parse_update(Some("application/json"), b"{\"values\":[0, 1e39]}"));
         assert_eq!((status, code), (400, "bad_input"));
         assert!(message.contains("value 1"), "{message}");
         // The largest f32 is fine, and so are tiny values (they round to zero).
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn raw_length_must_be_a_multiple_of_four() {
-        let (status, code, message) = code(parse_update(Some("application/octet-stream"), &[0u8; 7]));
+        let (status, code, message) = err(parse_update(Some("application/octet-stream"), &[0u8; 7]));
         assert_eq!((status, code), (400, "bad_input"));
         assert!(message.contains("multiple of 4") && message.contains("7 bytes"), "{message}");
     }
@@ -508,7 +508,7 @@ mod tests {
     fn raw_non_finite_is_refused() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let body: Vec<u8> = [1.0f32, bad].iter().flat_map(|v| v.to_le_bytes()).collect();
-            let (status, code, message) = code(parse_update(Some("application/octet-stream"), &body));
+            let (status, code, message) = err(parse_update(Some("application/octet-stream"), &body));
             assert_eq!((status, code), (400, "bad_input"));
             assert!(message.contains("value 1"), "{message}");
         }
@@ -535,10 +535,10 @@ mod tests {
         let body = npy(&[2, 2], &values, false);
         let parsed = parse_update(Some("application/x-npy"), &body).unwrap();
         assert_eq!(parsed, values.iter().map(|&v| v as f32).collect::<Vec<_>>());
-        let (status, code, message) = code(parse_npy(&npy(&[2], &[1.0f64, 1e300], false)));
+        let (status, code, message) = err(parse_npy(&npy(&[2], &[1.0f64, 1e300], false)));
         assert_eq!((status, code), (400, "bad_input"));
         assert!(message.contains("float32 range"), "{message}");
-        let (_, code, _) = code(parse_npy(&npy(&[2], &[1.0f64, f64::NAN], false)));
+        let (_, code, _) = err(parse_npy(&npy(&[2], &[1.0f64, f64::NAN], false)));
         assert_eq!(code, "bad_input");
     }
 
@@ -549,20 +549,20 @@ mod tests {
             (npy(&[3], &[1u8, 2, 3], false), "|u1"),
             (npy(&[3], &[1i64, 2, 3], false), "<i8"),
         ] {
-            let (status, code, message) = code(parse_update(Some("application/x-npy"), &body));
+            let (status, code, message) = err(parse_update(Some("application/x-npy"), &body));
             assert_eq!((status, code), (400, "bad_input"));
             assert!(message.contains(dtype), "{message}");
         }
         // Big-endian float32, written by hand.
         let body = npy_by_hand("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", &1.0f32.to_be_bytes());
-        let (_, _, message) = code(parse_npy(&body));
+        let (_, _, message) = err(parse_npy(&body));
         assert!(message.contains(">f4"), "{message}");
     }
 
     #[test]
     fn npy_fortran_order_is_refused_unless_it_is_c_order_too() {
         let values: Vec<f32> = (0..6).map(|i| i as f32).collect();
-        let (status, code, message) = code(parse_npy(&npy(&[2, 3], &values, true)));
+        let (status, code, message) = err(parse_npy(&npy(&[2, 3], &values, true)));
         assert_eq!((status, code), (400, "bad_input"));
         assert!(message.contains("Fortran"), "{message}");
         // One non-trivial axis: both orders are the same layout.
@@ -587,7 +587,7 @@ mod tests {
     fn npy_data_length_must_match_the_shape() {
         let mut body = npy(&[4], &[1.0f32, 2.0, 3.0, 4.0], false);
         body.pop();
-        let (_, code, message) = code(parse_npy(&body));
+        let (_, code, message) = err(parse_npy(&body));
         assert_eq!(code, "bad_input");
         assert!(message.contains("needs 16 data bytes"), "{message}");
         body.extend_from_slice(&[0; 5]);
@@ -601,7 +601,7 @@ mod tests {
     }
 
     fn code_of(r: Result<Vec<f32>, ApiError>) -> &'static str {
-        code(r).1
+        err(r).1
     }
 
     #[test]
@@ -629,8 +629,8 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(code(parse_update(None, b"[1]")).1, "unsupported_media_type");
-        let (status, code_, message) = code(parse_update(Some("text/plain"), b"[1]"));
+        assert_eq!(err(parse_update(None, b"[1]")).1, "unsupported_media_type");
+        let (status, code_, message) = err(parse_update(Some("text/plain"), b"[1]"));
         assert_eq!((status, code_), (415, "unsupported_media_type"));
         assert!(message.contains("text/plain"), "{message}");
         assert_eq!(update_format(Some("Application/JSON ; charset=UTF-8")).unwrap(), UpdateFormat::Json);

@@ -426,7 +426,7 @@ impl NetworkActor {
             BehaviourEvent::Identify(e) => {
                 self.recorder.record(&e);
                 if let identify::Event::Received { peer_id, info, .. } = e {
-                    let is_fhenode = info.protocols.iter().any(|p| *p == protocol::KAD_PROTOCOL);
+                    let is_fhenode = info.protocols.contains(&protocol::KAD_PROTOCOL);
                     if let Some(entry) = self.peers.get_mut(&peer_id) {
                         entry.protocols = info.protocols.iter().map(|p| p.to_string()).collect();
                         entry.agent_version = Some(info.agent_version.clone());
@@ -511,7 +511,12 @@ impl NetworkActor {
             }
             Event::InboundFailure { peer, error, .. } => {
                 self.count_rpc("inbound", "failed");
-                warn!(%peer, %error, "inbound request failed");
+                match error {
+                    request_response::InboundFailure::ConnectionClosed => {
+                        debug!(%peer, "connection closed before the answer was sent")
+                    }
+                    error => warn!(%peer, %error, "inbound request failed"),
+                }
             }
             Event::ResponseSent { .. } => {}
         }

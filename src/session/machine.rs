@@ -11,7 +11,8 @@ use crate::crypto::{CollectivePublicKey, KeyCeremony, KeyCommitment, PublicKeySh
 
 use super::{SessionError, SessionPlan, Timings};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Ordered as a session moves through them (`Failed` last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Created, not yet sent to the committee.
