@@ -94,7 +94,12 @@ impl ApiClient {
         if base_url.scheme() != "http" {
             return Err(invalid("only http:// is supported (the API is local to the node)".into()));
         }
-        if base_url.cannot_be_a_base() || base_url.query().is_some() || base_url.fragment().is_some() {
+        if base_url.cannot_be_a_base()
+            || base_url.query().is_some()
+            || base_url.fragment().is_some()
+            || !base_url.username().is_empty()
+            || base_url.password().is_some()
+        {
             return Err(invalid("expected http://HOST:PORT[/PATH]".into()));
         }
         let authorization = match token {

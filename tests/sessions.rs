@@ -1,0 +1,237 @@
+//! Secure aggregation across six real nodes in one process on loopback: sum and mean against
+//! the plaintext, a silent participant, too few participants, refused submissions, and a
+//! committee that decrypts only once.
+
+use std::time::Duration;
+
+use fhenode::crypto::{DecryptionRequest, Profile};
+use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh, wait_phase, wait_result};
+use fhenode::net::{Request, Response};
+use fhenode::node::Node;
+use fhenode::session::messages::{self, AggMsg};
+use fhenode::session::{Phase, ResultKind, SessionError, SessionSpec};
+use fhenode::store::trees;
+use rand::{Rng, SeedableRng};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn network(count: usize, dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let first = Node::start(loopback_config(dirs[0].path(), vec![])).await.unwrap();
+    let boot = dial_address(&first, LONG).await.unwrap();
+    let mut nodes = vec![first];
+    for dir in &dirs[1..count] {
+        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await.unwrap());
+    }
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    nodes
+}
+
+fn ids(nodes: &[&Node]) -> Vec<String> {
+    nodes.iter().map(|n| n.peer_id.to_string()).collect()
+}
+
+fn updates(count: usize, length: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| (0..length).map(|_| rng.gen_range(-10.0f32..10.0)).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_across_six_nodes() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = network(6, &dirs).await;
+    let n: Vec<&Node> = nodes.iter().collect();
+    let coordinator = n[0];
+
+    // --- mean, secure profile; participant 5 never submits: closes at the deadline ---------
+    let length = 5000;
+    let spec = SessionSpec {
+        id: Some("mean".into()),
+        length: Some(length as u64),
+        committee: ids(&n[1..4]),
+        participants: ids(&n[1..6]),
+        min_participants: Some(3),
+        deadline_secs: Some(3),
+        result: ResultKind::Mean,
+        clip: Some(8.0),
+        ..Default::default()
+    };
+    let info = coordinator.aggregation.create(spec).await.unwrap();
+    assert_eq!(info.profile, "secure");
+    wait_phase(coordinator, "mean", |p| p >= Phase::Collecting, LONG).await.unwrap();
+    let data = updates(4, length, 1);
+    for (node, update) in n[1..5].iter().zip(&data) {
+        let receipt = node.aggregation.submit("mean", update.clone()).await.unwrap();
+        assert!(receipt.clipped > 0, "values beyond ±8 must be counted as clipped");
+    }
+    // A second submission from the same participant is refused, locally and by the coordinator.
+    let dup = n[1].aggregation.submit("mean", data[0].clone()).await.unwrap_err();
+    assert!(matches!(dup, SessionError::Duplicate(_)), "{dup}");
+    let raw_dup = AggMsg::SubmitPiece {
+        session: "mean".into(),
+        digest: [7; 32],
+        index: 0,
+        count: 1,
+        clipped: 0,
+        bytes: vec![1, 2, 3],
+    };
+    match n[1]
+        .network
+        .request(coordinator.peer_id, Request::Aggregation(messages::encode(&raw_dup).unwrap()))
+        .await
+        .unwrap()
+    {
+        Response::Error { code, .. } => assert_eq!(code, "duplicate"),
+        other => panic!("{other:?}"),
+    }
+    // Malformed session bytes are refused and change nothing.
+    match coordinator
+        .network
+        .request(n[5].peer_id, Request::Aggregation(vec![0xff; 10]))
+        .await
+        .unwrap()
+    {
+        Response::Error { code, .. } => assert_eq!(code, "bad_input"),
+        other => panic!("{other:?}"),
+    }
+    let before = coordinator.aggregation.get("mean").await.unwrap().submissions;
+    assert_eq!(before, 4);
+
+    assert_eq!(wait_phase(coordinator, "mean", Phase::is_terminal, LONG).await.unwrap(), Phase::Done);
+    let result = coordinator.aggregation.result("mean").await.unwrap();
+    assert_eq!(result.contributors, 4);
+    assert!(result.clipped > 0);
+    for (j, value) in result.values.iter().enumerate() {
+        let exact: f64 = data.iter().map(|u| (u[j] as f64).clamp(-8.0, 8.0)).sum::<f64>() / 4.0;
+        assert!((value - exact).abs() <= result.error_bound, "value {j}: {value} vs {exact}");
+    }
+    // Pushed to the participants, including the silent one.
+    assert_eq!(wait_result(n[5], "mean", LONG).await.unwrap(), result);
+
+    // --- a second decryption request for the same session is refused by every member ------
+    let mut request: DecryptionRequest = coordinator
+        .store
+        .get(trees::ACCUMULATORS, b"request/mean")
+        .unwrap()
+        .expect("the coordinator keeps the request it sent");
+    request.mask[0] ^= 1;
+    for member in &n[1..4] {
+        let msg = AggMsg::Decrypt {
+            session: "mean".into(),
+            request: request.clone(),
+        };
+        match coordinator
+            .network
+            .request(member.peer_id, Request::Aggregation(messages::encode(&msg).unwrap()))
+            .await
+            .unwrap()
+        {
+            Response::Error { code, message } => {
+                assert_eq!(code, "duplicate", "{message}");
+                assert!(message.contains("answers once"), "{message}");
+            }
+            other => panic!("member answered a second request: {other:?}"),
+        }
+    }
+
+    // --- sum, fast profile, everybody submits: completes without waiting -------------------
+    let spec = SessionSpec {
+        id: Some("sum".into()),
+        length: Some(3000),
+        profile: Some(Profile::Fast),
+        committee: ids(&[n[2]]),
+        participants: ids(&[n[3], n[4]]),
+        deadline_secs: Some(600),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    coordinator.aggregation.create(spec).await.unwrap();
+    wait_phase(coordinator, "sum", |p| p >= Phase::Collecting, LONG).await.unwrap();
+    // Not a participant of this session: refused by the coordinator.
+    let stranger = AggMsg::SubmitPiece {
+        session: "sum".into(),
+        digest: [1; 32],
+        index: 0,
+        count: 1,
+        clipped: 0,
+        bytes: vec![0; 16],
+    };
+    match n[5]
+        .network
+        .request(coordinator.peer_id, Request::Aggregation(messages::encode(&stranger).unwrap()))
+        .await
+        .unwrap()
+    {
+        Response::Error { code, .. } => assert_eq!(code, "not_allowed"),
+        other => panic!("{other:?}"),
+    }
+    let local = n[5].aggregation.submit("sum", vec![0.0; 3000]).await.unwrap_err();
+    assert!(matches!(local, SessionError::UnknownSession(_)), "{local}");
+    let wrong_length = n[3].aggregation.submit("sum", vec![0.0; 10]).await.unwrap_err();
+    assert!(matches!(wrong_length, SessionError::BadInput(_)), "{wrong_length}");
+    let data = updates(2, 3000, 2);
+    for (node, update) in [n[3], n[4]].iter().zip(&data) {
+        node.aggregation.submit("sum", update.clone()).await.unwrap();
+    }
+    assert_eq!(wait_phase(coordinator, "sum", Phase::is_terminal, LONG).await.unwrap(), Phase::Done);
+    let result = coordinator.aggregation.result("sum").await.unwrap();
+    assert_eq!(result.kind, ResultKind::Sum);
+    for (j, value) in result.values.iter().enumerate() {
+        let exact: f64 = data.iter().map(|u| (u[j] as f64).clamp(-8.0, 8.0)).sum();
+        assert!((value - exact).abs() <= result.error_bound, "value {j}: {value} vs {exact}");
+    }
+
+    // --- below min_participants at the deadline: fails with a reason -----------------------
+    let spec = SessionSpec {
+        id: Some("few".into()),
+        length: Some(100),
+        profile: Some(Profile::Fast),
+        committee: ids(&[n[1]]),
+        participants: ids(&[n[2], n[3], n[4]]),
+        min_participants: Some(2),
+        deadline_secs: Some(2),
+        ..Default::default()
+    };
+    coordinator.aggregation.create(spec).await.unwrap();
+    wait_phase(coordinator, "few", |p| p >= Phase::Collecting, LONG).await.unwrap();
+    n[2].aggregation.submit("few", vec![1.0; 100]).await.unwrap();
+    assert_eq!(wait_phase(coordinator, "few", Phase::is_terminal, LONG).await.unwrap(), Phase::Failed);
+    let info = coordinator.aggregation.get("few").await.unwrap();
+    let reason = info.failure.unwrap();
+    assert!(reason.contains("only 1 of the required 2"), "{reason}");
+    let no_result = coordinator.aggregation.result("few").await.unwrap_err();
+    assert!(no_result.to_string().contains("only 1 of the required 2"), "{no_result}");
+
+    // Bad specs are refused with the field named.
+    let bad = coordinator
+        .aggregation
+        .create(SessionSpec {
+            length: Some(10),
+            committee: vec!["not-a-peer".into()],
+            participants: ids(&[n[1]]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, SessionError::InvalidSpec { ref field, .. } if field == "committee"), "{bad}");
+
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_small() {
+    let report = fhenode::demo::run(&fhenode::demo::DemoOptions {
+        nodes: 4,
+        committee: 2,
+        params: 5000,
+        profile: Profile::Fast,
+        deadline_secs: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.contributors, 3);
+    assert!(report.max_error <= report.error_bound);
+}
