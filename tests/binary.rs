@@ -1,72 +1,13 @@
 //! The real `fhenode` binary: two nodes find each other, serve metrics, stop cleanly on SIGTERM
 //! and keep their peer id across restarts.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
 use serde_json::Value;
-
-struct Daemon {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start(data_dir: &Path, bootstrap: Option<&str>) -> Daemon {
-    let port = free_port();
-    let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhenode"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fhenode.toml"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--api-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--p2p-listen")
-        .arg("/ip4/127.0.0.1/tcp/0")
-        .arg("--no-mdns")
-        .env("FHENODE__LOG__LEVEL", "debug")
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(b) = bootstrap {
-        cmd.arg("--bootstrap").arg(b);
-    }
-    Daemon {
-        child: cmd.spawn().unwrap(),
-        api: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
-    let response = client.get(url).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
-async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// `promtool check metrics` on the exposition, when promtool is installed (`.ci/run` installs
 /// it); skipped with a message otherwise.
@@ -92,27 +33,14 @@ fn promtool_check(metrics: &str) {
     );
 }
 
-fn sigterm_and_wait(daemon: &mut Daemon) -> std::process::ExitStatus {
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "node did not exit within 10 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     let root = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = client();
     let timeout = Duration::from_secs(60);
 
-    let mut a = start(&dir_a, None);
+    let mut a = start(&dir_a, free_port(), "/ip4/127.0.0.1/tcp/0", None);
     let status_a = wait_for("node a's status", timeout, async || {
         let s = get_json(&client, &format!("{}/v1/status", a.api)).await?;
         (!s["listen_addrs"].as_array()?.is_empty()).then_some(s)
@@ -121,7 +49,7 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     let id_a = status_a["peer_id"].as_str().unwrap().to_string();
     let boot = format!("{}/p2p/{id_a}", status_a["listen_addrs"][0].as_str().unwrap());
 
-    let mut b = start(&dir_b, Some(&boot));
+    let mut b = start(&dir_b, free_port(), "/ip4/127.0.0.1/tcp/0", Some(&boot));
     let id_b = wait_for("node b's status", timeout, async || {
         let s = get_json(&client, &format!("{}/v1/status", b.api)).await?;
         s["peer_id"].as_str().map(str::to_string)
@@ -164,11 +92,11 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     }
     promtool_check(&metrics);
 
-    assert_eq!(sigterm_and_wait(&mut a).code(), Some(0), "node a did not exit 0 on SIGTERM");
-    assert_eq!(sigterm_and_wait(&mut b).code(), Some(0), "node b did not exit 0 on SIGTERM");
+    assert_eq!(signal_and_wait(&mut a, "-TERM").code(), Some(0), "node a did not exit 0 on SIGTERM");
+    assert_eq!(signal_and_wait(&mut b, "-TERM").code(), Some(0), "node b did not exit 0 on SIGTERM");
 
     // Same data dir, same identity.
-    let a2 = start(&dir_a, None);
+    let a2 = start(&dir_a, free_port(), "/ip4/127.0.0.1/tcp/0", None);
     let id_again = wait_for("restarted node's status", timeout, async || {
         let s = get_json(&client, &format!("{}/v1/status", a2.api)).await?;
         s["peer_id"].as_str().map(str::to_string)
