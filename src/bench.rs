@@ -201,3 +201,196 @@ mod tests {
         }
     }
 }
+
+/// The shape of `fhenode bench round`.
+#[derive(Clone, Debug)]
+pub struct RoundBenchConfig {
+    pub profile: Profile,
+    pub params: usize,
+    pub participants: usize,
+    pub committee: usize,
+}
+
+/// One full round on a local network, next to a plaintext FedAvg round on the same network.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundBenchReport {
+    pub profile: String,
+    pub params: usize,
+    pub participants: usize,
+    pub committee: usize,
+    /// Key ceremony: create → collecting.
+    pub keygen_s: f64,
+    /// Slowest participant's encryption of its update.
+    pub encrypt_max_s: f64,
+    pub encrypt_mean_s: f64,
+    /// First submission sent → last one acknowledged (all participants at once).
+    pub submit_s: f64,
+    /// Last submission acknowledged → result decrypted (sum, partial decryptions, combine).
+    pub after_last_submission_s: f64,
+    pub accumulate_s: f64,
+    pub decrypt_and_combine_s: f64,
+    /// Create → result.
+    pub round_s: f64,
+    pub bytes_per_param: f64,
+    pub max_abs_error: f64,
+    pub error_bound: f64,
+    /// The same participants sending their f32 updates in the clear and the sum computed.
+    pub plaintext_round_s: f64,
+    pub round_slowdown_vs_plaintext: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error("round benchmark: {0}")]
+    Failed(String),
+}
+
+/// Runs one aggregation round across `participants` in-process nodes on loopback (node 0
+/// coordinates, the first `committee` nodes hold the key), then the plaintext baseline.
+pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport, BenchError> {
+    use crate::demo::{dial_address, loopback_config, wait_phase};
+    use crate::net::{Request, Response};
+    use crate::node::Node;
+    use crate::session::{Phase, ResultKind, SessionSpec};
+    use std::time::Duration;
+
+    let fail = |m: String| BenchError::Failed(m);
+    if cfg.participants == 0 || cfg.committee == 0 || cfg.committee > cfg.participants {
+        return Err(fail("need 1..=participants committee members".into()));
+    }
+    let dirs: Vec<_> = (0..cfg.participants)
+        .map(|_| tempfile::tempdir().map_err(|e| fail(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let mut nodes = vec![Node::start(loopback_config(dirs[0].path(), vec![])).await?];
+    let boot = dial_address(&nodes[0], Duration::from_secs(10)).await?;
+    for dir in &dirs[1..] {
+        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
+    }
+    // Everyone needs the coordinator; the committee needs nothing else.
+    let start = Instant::now();
+    while nodes[0].network.peers().await.map(|p| p.len()).unwrap_or(0) + 1 < cfg.participants {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(fail("peers did not connect to the coordinator".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let updates: Vec<Vec<f32>> = (0..cfg.participants)
+        .map(|_| (0..cfg.params).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect();
+
+    // --- the encrypted round -------------------------------------------------------------
+    let round = Instant::now();
+    let spec = SessionSpec {
+        id: Some("bench".into()),
+        length: Some(cfg.params as u64),
+        profile: Some(cfg.profile),
+        committee: ids[..cfg.committee].to_vec(),
+        participants: ids.clone(),
+        deadline_secs: Some(3600),
+        result: ResultKind::Mean,
+        ..Default::default()
+    };
+    let coordinator = &nodes[0];
+    coordinator
+        .aggregation
+        .create(spec)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    wait_phase(coordinator, "bench", |p| p >= Phase::Collecting, Duration::from_secs(120)).await?;
+    let keygen_s = round.elapsed().as_secs_f64();
+    let submit_start = Instant::now();
+    let receipts = futures::future::join_all(
+        nodes
+            .iter()
+            .zip(&updates)
+            .map(|(node, u)| node.aggregation.submit("bench", u.clone())),
+    )
+    .await;
+    let submit_s = submit_start.elapsed().as_secs_f64();
+    let receipts = receipts
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let last_ack = Instant::now();
+    wait_phase(coordinator, "bench", Phase::is_terminal, Duration::from_secs(600)).await?;
+    let after_last_submission_s = last_ack.elapsed().as_secs_f64();
+    let round_s = round.elapsed().as_secs_f64();
+    let info = coordinator.aggregation.get("bench").await.map_err(|e| fail(e.to_string()))?;
+    if info.phase != Phase::Done {
+        return Err(fail(format!("the round failed: {:?}", info.failure)));
+    }
+    let result = coordinator.aggregation.result("bench").await.map_err(|e| fail(e.to_string()))?;
+    let k = updates.len() as f64;
+    let max_abs_error = result
+        .values
+        .iter()
+        .enumerate()
+        .map(|(j, v)| (v - updates.iter().map(|u| u[j] as f64).sum::<f64>() / k).abs())
+        .fold(0f64, f64::max);
+    let ms = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3,
+        _ => f64::NAN,
+    };
+    let t = &info.timings;
+
+    // --- the plaintext baseline: the same updates, in the clear, summed -------------------
+    let plain = Instant::now();
+    let uploads = nodes[1..].iter().zip(&updates[1..]).map(|(node, u)| {
+        let network = node.network.clone();
+        let to = nodes[0].peer_id;
+        let bytes: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
+        async move {
+            for piece in bytes.chunks(crate::session::messages::PIECE_BYTES) {
+                match network.request(to, Request::Sink(piece.to_vec())).await {
+                    Ok(Response::Sunk(_)) => {}
+                    other => return Err(format!("plaintext upload failed: {other:?}")),
+                }
+            }
+            Ok(())
+        }
+    });
+    for r in futures::future::join_all(uploads).await {
+        r.map_err(fail)?;
+    }
+    let mut sum = vec![0f32; cfg.params];
+    for u in &updates {
+        for (s, v) in sum.iter_mut().zip(u) {
+            *s += *v;
+        }
+    }
+    std::hint::black_box(&sum);
+    let plaintext_round_s = plain.elapsed().as_secs_f64();
+
+    let encrypt: Vec<f64> = receipts.iter().map(|r| r.encrypt_ms / 1e3).collect();
+    let report = RoundBenchReport {
+        profile: cfg.profile.to_string(),
+        params: cfg.params,
+        participants: cfg.participants,
+        committee: cfg.committee,
+        keygen_s,
+        encrypt_max_s: encrypt.iter().cloned().fold(0.0, f64::max),
+        encrypt_mean_s: encrypt.iter().sum::<f64>() / encrypt.len() as f64,
+        submit_s,
+        after_last_submission_s,
+        accumulate_s: ms(t.closed_ms, t.decrypting_ms),
+        decrypt_and_combine_s: ms(t.decrypting_ms, t.finished_ms),
+        round_s,
+        bytes_per_param: receipts[0].bytes_sent as f64 / cfg.params as f64,
+        max_abs_error,
+        error_bound: result.error_bound,
+        plaintext_round_s,
+        round_slowdown_vs_plaintext: round_s / plaintext_round_s,
+    };
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(report)
+}

@@ -27,7 +27,11 @@ pub enum ClientError {
     },
     /// The API answered with an error (`{"error":{"code","message"}}`).
     #[error("{code}: {message} (HTTP {status})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("unexpected answer from {url}: {reason}")]
     Unexpected { url: String, reason: String },
 }
@@ -92,7 +96,9 @@ impl ApiClient {
         };
         let base_url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
         if base_url.scheme() != "http" {
-            return Err(invalid("only http:// is supported (the API is local to the node)".into()));
+            return Err(invalid(
+                "only http:// is supported (the API is local to the node)".into(),
+            ));
         }
         if base_url.cannot_be_a_base()
             || base_url.query().is_some()
@@ -136,7 +142,9 @@ impl ApiClient {
     /// `GET /v1/sessions`
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
         let url = self.url(&["v1", "sessions"])?;
-        let list: SessionList = self.send_json(self.request(Method::GET, &url), &url).await?;
+        let list: SessionList = self
+            .send_json(self.request(Method::GET, &url), &url)
+            .await?;
         Ok(list.sessions)
     }
 
@@ -162,7 +170,11 @@ impl ApiClient {
     }
 
     /// `POST /v1/sessions/{id}/update` with values as raw little-endian `f32`.
-    pub async fn submit_values(&self, id: &str, values: &[f32]) -> Result<SubmitReceipt, ClientError> {
+    pub async fn submit_values(
+        &self,
+        id: &str,
+        values: &[f32],
+    ) -> Result<SubmitReceipt, ClientError> {
         let body = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.submit_update(id, UpdateFormat::Raw, body).await
     }
@@ -170,23 +182,34 @@ impl ApiClient {
     /// `GET /v1/sessions/{id}/result` as JSON.
     pub async fn result(&self, id: &str) -> Result<SessionResult, ClientError> {
         let url = self.url(&["v1", "sessions", id, "result"])?;
-        let request = self.request(Method::GET, &url).header(ACCEPT, "application/json");
+        let request = self
+            .request(Method::GET, &url)
+            .header(ACCEPT, "application/json");
         self.send_json(request, &url).await
     }
 
     /// `GET /v1/sessions/{id}/result` as raw little-endian `f64`.
     pub async fn result_raw(&self, id: &str) -> Result<RawResult, ClientError> {
         let url = self.url(&["v1", "sessions", id, "result"])?;
-        let request = self.request(Method::GET, &url).header(ACCEPT, "application/octet-stream");
+        let request = self
+            .request(Method::GET, &url)
+            .header(ACCEPT, "application/octet-stream");
         let response = self.send(request, &url).await?;
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| transport(&url, e))?.to_vec();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport(&url, e))?
+            .to_vec();
         let unexpected = |reason: String| ClientError::Unexpected {
             url: url.to_string(),
             reason,
         };
         if bytes.len() % 8 != 0 {
-            return Err(unexpected(format!("{} bytes is not a whole number of f64 values", bytes.len())));
+            return Err(unexpected(format!(
+                "{} bytes is not a whole number of f64 values",
+                bytes.len()
+            )));
         }
         Ok(RawResult {
             bytes,
@@ -219,7 +242,11 @@ impl ApiClient {
     }
 
     /// Sends the request; an error status becomes [`ClientError::Api`].
-    async fn send(&self, request: RequestBuilder, url: &Url) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        request: RequestBuilder,
+        url: &Url,
+    ) -> Result<reqwest::Response, ClientError> {
         let response = request.send().await.map_err(|e| transport(url, e))?;
         let status = response.status();
         if status.is_success() {
@@ -229,7 +256,11 @@ impl ApiClient {
         Err(api_error(status, &body))
     }
 
-    async fn send_json<T: DeserializeOwned>(&self, request: RequestBuilder, url: &Url) -> Result<T, ClientError> {
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        url: &Url,
+    ) -> Result<T, ClientError> {
         let response = self.send(request, url).await?;
         let body = response.bytes().await.map_err(|e| transport(url, e))?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected {
@@ -279,7 +310,9 @@ where
         .ok_or_else(|| format!("header `{name}` is missing"))?
         .to_str()
         .map_err(|_| format!("header `{name}` is not text"))?;
-    value.parse().map_err(|e| format!("header `{name}` ({value:?}): {e}"))
+    value
+        .parse()
+        .map_err(|e| format!("header `{name}` ({value:?}): {e}"))
 }
 
 #[cfg(test)]
@@ -289,7 +322,10 @@ mod tests {
     #[test]
     fn urls_are_built_and_ids_encoded() {
         let c = ApiClient::new("127.0.0.1:8470", None).unwrap();
-        assert_eq!(c.url(&["v1", "sessions"]).unwrap().as_str(), "http://127.0.0.1:8470/v1/sessions");
+        assert_eq!(
+            c.url(&["v1", "sessions"]).unwrap().as_str(),
+            "http://127.0.0.1:8470/v1/sessions"
+        );
         let c = ApiClient::new("http://[::1]:9000/prefix/", None).unwrap();
         assert_eq!(
             c.url(&["v1", "sessions", "a/b?c"]).unwrap().as_str(),
@@ -299,8 +335,19 @@ mod tests {
 
     #[test]
     fn bad_urls_and_tokens_are_refused() {
-        for url in ["https://example.org", "http://h:1/?q=1", "mailto:x@y", "http://"] {
-            assert!(matches!(ApiClient::new(url, None), Err(ClientError::InvalidUrl { .. })), "{url}");
+        for url in [
+            "https://example.org",
+            "http://h:1/?q=1",
+            "mailto:x@y",
+            "http://",
+        ] {
+            assert!(
+                matches!(
+                    ApiClient::new(url, None),
+                    Err(ClientError::InvalidUrl { .. })
+                ),
+                "{url}"
+            );
         }
         assert!(matches!(
             ApiClient::new(DEFAULT_API_URL, Some("a\nb")),
@@ -314,7 +361,10 @@ mod tests {
             StatusCode::NOT_FOUND,
             br#"{"error":{"code":"unknown_session","message":"unknown session `x`"}}"#,
         );
-        assert_eq!(e.to_string(), "unknown_session: unknown session `x` (HTTP 404)");
+        assert_eq!(
+            e.to_string(),
+            "unknown_session: unknown session `x` (HTTP 404)"
+        );
         let e = api_error(StatusCode::BAD_GATEWAY, b"upstream down");
         assert_eq!(e.to_string(), "http_502: upstream down (HTTP 502)");
         let e = api_error(StatusCode::SERVICE_UNAVAILABLE, b"");
@@ -324,7 +374,10 @@ mod tests {
     #[test]
     fn raw_values_decode() {
         let raw = RawResult {
-            bytes: [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            bytes: [1.5f64, -2.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
             contributors: 2,
             clipped: 0,
             error_bound: 0.0,

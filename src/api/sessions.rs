@@ -45,7 +45,8 @@ pub fn routes() -> Router<ApiState> {
 
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
-        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(code = e.code(), error = %e, "session request failed");
         }
@@ -74,8 +75,12 @@ fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiErr
 
 fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -92,7 +97,8 @@ fn bytes_rejection(rejection: BytesRejection, max_body_bytes: usize) -> ApiError
 
 /// The session id from the path; ids that cannot exist are unknown sessions.
 fn session_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Path(id) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     if valid_session_id(&id) {
         Ok(id)
     } else {
@@ -118,7 +124,10 @@ async fn list(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, 
     Ok(Json(json!({ "sessions": sessions })))
 }
 
-async fn show(State(state): State<ApiState>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let id = session_id(path)?;
     Ok(Json(state.aggregation.get(&id).await?).into_response())
 }
@@ -149,7 +158,9 @@ async fn submit(
         let content_type = content_type.map(str::to_owned);
         tokio::task::spawn_blocking(move || parse_update(content_type.as_deref(), &body))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
     };
     Ok(Json(state.aggregation.submit(&id, values).await?).into_response())
 }
@@ -180,7 +191,10 @@ fn raw_result(result: &SessionResult) -> Response {
         ResultKind::Sum => "sum",
     };
     let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
         body,
     )
         .into_response();
@@ -193,7 +207,9 @@ fn raw_result(result: &SessionResult) -> Response {
     for (name, value) in facts {
         // Numbers and fixed words: always valid header values.
         if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(HeaderName::from_static(name), value);
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
         }
     }
     response
@@ -238,16 +254,27 @@ impl UpdateFormat {
 }
 
 fn unsupported_media_type(message: String) -> ApiError {
-    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    )
 }
 
 /// The update format named by a `Content-Type` header (parameters such as `charset` ignored).
 pub fn update_format(content_type: Option<&str>) -> Result<UpdateFormat, ApiError> {
     const SUPPORTED: &str = "application/json, application/octet-stream or application/x-npy";
     let Some(content_type) = content_type else {
-        return Err(unsupported_media_type(format!("a Content-Type is required: {SUPPORTED}")));
+        return Err(unsupported_media_type(format!(
+            "a Content-Type is required: {SUPPORTED}"
+        )));
     };
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(UpdateFormat::Json),
         "application/octet-stream" => Ok(UpdateFormat::Raw),
@@ -287,13 +314,14 @@ pub fn parse_json(body: &[u8]) -> Result<Vec<f32>, ApiError> {
     } else {
         serde_json::from_slice::<JsonUpdate>(body).map(|u| u.values)
     };
-    let values = parsed.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    let values =
+        parsed.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
     narrow(&values)
 }
 
 /// Little-endian `f32`s, 4 bytes each.
 pub fn parse_raw_f32(body: &[u8]) -> Result<Vec<f32>, ApiError> {
-    if body.len() % 4 != 0 {
+    if !body.len().is_multiple_of(4) {
         return Err(bad_input(format!(
             "a raw float32 body must be a multiple of 4 bytes long; this one is {} bytes",
             body.len()
@@ -313,12 +341,18 @@ pub fn parse_npy(body: &[u8]) -> Result<Vec<f32>, ApiError> {
     // Check the pre-header here, so that a declared header length can never make us (or
     // npyz) allocate more than the body holds.
     if !body.starts_with(NPY_MAGIC) {
-        return Err(bad_input("not an NPY file: the `\\x93NUMPY` magic is missing"));
+        return Err(bad_input(
+            "not an NPY file: the `\\x93NUMPY` magic is missing",
+        ));
     }
     let (len_at, len_bytes) = match body.get(6) {
         Some(1) => (8, 2),
         Some(2) | Some(3) => (8, 4),
-        Some(v) => return Err(bad_input(format!("NPY format version {v} is not supported (1, 2 or 3)"))),
+        Some(v) => {
+            return Err(bad_input(format!(
+                "NPY format version {v} is not supported (1, 2 or 3)"
+            )))
+        }
         None => return Err(bad_input("the NPY file is truncated")),
     };
     let header_len = match body.get(len_at..len_at + len_bytes) {
@@ -339,8 +373,8 @@ pub fn parse_npy(body: &[u8]) -> Result<Vec<f32>, ApiError> {
         return Err(bad_input("the NPY header is nested too deeply"));
     }
     let mut reader = body;
-    let header =
-        NpyHeader::from_reader(&mut reader).map_err(|e| bad_input(format!("the NPY header is invalid: {e}")))?;
+    let header = NpyHeader::from_reader(&mut reader)
+        .map_err(|e| bad_input(format!("the NPY header is invalid: {e}")))?;
     let data = reader;
     let dtype = header.dtype();
     let width = match &dtype {
@@ -412,7 +446,10 @@ fn nesting_depth(text: &[u8]) -> usize {
 
 fn check_finite(values: &[f32]) -> Result<(), ApiError> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(bad_input(format!("value {i} is {}; values must be finite", values[i]))),
+        Some(i) => Err(bad_input(format!(
+            "value {i} is {}; values must be finite",
+            values[i]
+        ))),
         None => Ok(()),
     }
 }
@@ -422,11 +459,15 @@ fn narrow(values: &[f64]) -> Result<Vec<f32>, ApiError> {
     let mut out = Vec::with_capacity(values.len());
     for (i, &v) in values.iter().enumerate() {
         if !v.is_finite() {
-            return Err(bad_input(format!("value {i} is {v}; values must be finite")));
+            return Err(bad_input(format!(
+                "value {i} is {v}; values must be finite"
+            )));
         }
         let narrowed = v as f32;
         if !narrowed.is_finite() {
-            return Err(bad_input(format!("value {i} ({v}) is outside the float32 range")));
+            return Err(bad_input(format!(
+                "value {i} ({v}) is outside the float32 range"
+            )));
         }
         out.push(narrowed);
     }
@@ -440,7 +481,11 @@ mod tests {
     use proptest::prelude::*;
 
     /// An `.npy` file written by npyz.
-    fn npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(shape: &[u64], values: &[T], fortran: bool) -> Vec<u8> {
+    fn npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+        shape: &[u64],
+        values: &[T],
+        fortran: bool,
+    ) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
         {
             let order = if fortran { Order::Fortran } else { Order::C };
@@ -465,22 +510,43 @@ mod tests {
     #[test]
     fn json_object_and_bare_array() {
         let body = br#"{"values": [1, -2.5, 3e2, 0]}"#;
-        assert_eq!(parse_update(Some("application/json"), body).unwrap(), vec![1.0, -2.5, 300.0, 0.0]);
+        assert_eq!(
+            parse_update(Some("application/json"), body).unwrap(),
+            vec![1.0, -2.5, 300.0, 0.0]
+        );
         let body = b"  [0.5, 1.5]";
-        assert_eq!(parse_update(Some("application/json; charset=utf-8"), body).unwrap(), vec![0.5, 1.5]);
+        assert_eq!(
+            parse_update(Some("application/json; charset=utf-8"), body).unwrap(),
+            vec![0.5, 1.5]
+        );
     }
 
     #[test]
     fn bad_json_is_bad_json() {
-        for body in [&b"{"[..], b"{\"values\": [1, \"x\"]}", b"{\"vals\": []}", b"", b"[1,]", b"{\"values\":[1e999]}"] {
+        for body in [
+            &b"{"[..],
+            b"{\"values\": [1, \"x\"]}",
+            b"{\"vals\": []}",
+            b"",
+            b"[1,]",
+            b"{\"values\":[1e999]}",
+        ] {
             let (status, code, _) = err(parse_update(Some("application/json"), body));
-            assert_eq!((status, code), (400, "bad_json"), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                (status, code),
+                (400, "bad_json"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn json_values_outside_f32_are_refused() {
-        let (status, code, message) = err(parse_update(Some("application/json"), b"{\"values\":[0, 1e39]}"));
+        let (status, code, message) = err(parse_update(
+            Some("application/json"),
+            b"{\"values\":[0, 1e39]}",
+        ));
         assert_eq!((status, code), (400, "bad_input"));
         assert!(message.contains("value 1"), "{message}");
         // The largest f32 is fine, and so are tiny values (they round to zero).
@@ -493,22 +559,33 @@ mod tests {
         let values = [1.0f32, -0.0, f32::MIN_POSITIVE, f32::MAX, -123.456];
         let body: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let parsed = parse_update(Some("application/octet-stream"), &body).unwrap();
-        assert_eq!(parsed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), values.map(f32::to_bits));
-        assert_eq!(parse_update(Some("application/octet-stream"), b"").unwrap(), Vec::<f32>::new());
+        assert_eq!(
+            parsed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.map(f32::to_bits)
+        );
+        assert_eq!(
+            parse_update(Some("application/octet-stream"), b"").unwrap(),
+            Vec::<f32>::new()
+        );
     }
 
     #[test]
     fn raw_length_must_be_a_multiple_of_four() {
-        let (status, code, message) = err(parse_update(Some("application/octet-stream"), &[0u8; 7]));
+        let (status, code, message) =
+            err(parse_update(Some("application/octet-stream"), &[0u8; 7]));
         assert_eq!((status, code), (400, "bad_input"));
-        assert!(message.contains("multiple of 4") && message.contains("7 bytes"), "{message}");
+        assert!(
+            message.contains("multiple of 4") && message.contains("7 bytes"),
+            "{message}"
+        );
     }
 
     #[test]
     fn raw_non_finite_is_refused() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let body: Vec<u8> = [1.0f32, bad].iter().flat_map(|v| v.to_le_bytes()).collect();
-            let (status, code, message) = err(parse_update(Some("application/octet-stream"), &body));
+            let (status, code, message) =
+                err(parse_update(Some("application/octet-stream"), &body));
             assert_eq!((status, code), (400, "bad_input"));
             assert!(message.contains("value 1"), "{message}");
         }
@@ -519,14 +596,27 @@ mod tests {
         let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.25 - 3.0).collect();
         for shape in [&[24u64][..], &[2, 3, 4], &[4, 6], &[1, 24, 1]] {
             let body = npy(shape, &values, false);
-            assert_eq!(parse_update(Some("application/x-npy"), &body).unwrap(), values, "{shape:?}");
+            assert_eq!(
+                parse_update(Some("application/x-npy"), &body).unwrap(),
+                values,
+                "{shape:?}"
+            );
             // The magic is recognised under octet-stream too.
-            assert_eq!(parse_update(Some("application/octet-stream"), &body).unwrap(), values);
+            assert_eq!(
+                parse_update(Some("application/octet-stream"), &body).unwrap(),
+                values
+            );
         }
         // A 0-d array holds one value.
-        assert_eq!(parse_npy(&npy::<f32>(&[], &[7.5], false)).unwrap(), vec![7.5]);
+        assert_eq!(
+            parse_npy(&npy::<f32>(&[], &[7.5], false)).unwrap(),
+            vec![7.5]
+        );
         // An empty array holds none.
-        assert_eq!(parse_npy(&npy::<f32>(&[0, 3], &[], false)).unwrap(), Vec::<f32>::new());
+        assert_eq!(
+            parse_npy(&npy::<f32>(&[0, 3], &[], false)).unwrap(),
+            Vec::<f32>::new()
+        );
     }
 
     #[test]
@@ -554,7 +644,10 @@ mod tests {
             assert!(message.contains(dtype), "{message}");
         }
         // Big-endian float32, written by hand.
-        let body = npy_by_hand("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", &1.0f32.to_be_bytes());
+        let body = npy_by_hand(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
+            &1.0f32.to_be_bytes(),
+        );
         let (_, _, message) = err(parse_npy(&body));
         assert!(message.contains(">f4"), "{message}");
     }
@@ -571,7 +664,7 @@ mod tests {
 
     fn npy_by_hand(header: &str, data: &[u8]) -> Vec<u8> {
         let mut text = header.to_string();
-        while (10 + text.len() + 1) % 64 != 0 {
+        while !(10 + text.len() + 1).is_multiple_of(64) {
             text.push(' ');
         }
         text.push('\n');
@@ -617,13 +710,28 @@ mod tests {
         body.extend_from_slice(b"{'descr': '<f4'");
         assert_eq!(code_of(parse_npy(&body)), "bad_input");
         // Deep nesting.
-        let deep = format!("{{'descr': {}'<f4'{}, 'fortran_order': False, 'shape': (1,), }}", "[".repeat(5000), "]".repeat(5000));
-        assert_eq!(code_of(parse_npy(&npy_by_hand(&deep, &[0; 4]))), "bad_input");
+        let deep = format!(
+            "{{'descr': {}'<f4'{}, 'fortran_order': False, 'shape': (1,), }}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(
+            code_of(parse_npy(&npy_by_hand(&deep, &[0; 4]))),
+            "bad_input"
+        );
         // Unknown versions, truncation, garbage.
-        for body in [&b"\x93NUMPY\x09\x00\x10\x00"[..], b"\x93NUMPY", b"\x93NUMPY\x01", b"\x93NUMPY\x01\x00\x05"] {
+        for body in [
+            &b"\x93NUMPY\x09\x00\x10\x00"[..],
+            b"\x93NUMPY",
+            b"\x93NUMPY\x01",
+            b"\x93NUMPY\x01\x00\x05",
+        ] {
             assert_eq!(code_of(parse_npy(body)), "bad_input");
         }
-        assert_eq!(code_of(parse_npy(&npy_by_hand("not a dict", &[]))), "bad_input");
+        assert_eq!(
+            code_of(parse_npy(&npy_by_hand("not a dict", &[]))),
+            "bad_input"
+        );
         assert_eq!(code_of(parse_npy(b"plain bytes")), "bad_input");
     }
 
@@ -633,8 +741,14 @@ mod tests {
         let (status, code_, message) = err(parse_update(Some("text/plain"), b"[1]"));
         assert_eq!((status, code_), (415, "unsupported_media_type"));
         assert!(message.contains("text/plain"), "{message}");
-        assert_eq!(update_format(Some("Application/JSON ; charset=UTF-8")).unwrap(), UpdateFormat::Json);
-        assert_eq!(update_format(Some("application/npy")).unwrap(), UpdateFormat::Npy);
+        assert_eq!(
+            update_format(Some("Application/JSON ; charset=UTF-8")).unwrap(),
+            UpdateFormat::Json
+        );
+        assert_eq!(
+            update_format(Some("application/npy")).unwrap(),
+            UpdateFormat::Npy
+        );
         for f in [UpdateFormat::Json, UpdateFormat::Raw, UpdateFormat::Npy] {
             assert_eq!(update_format(Some(f.content_type())).unwrap(), f);
         }
@@ -646,7 +760,9 @@ mod tests {
         assert!(!accepts_octet_stream(Some("application/json")));
         assert!(!accepts_octet_stream(Some("*/*")));
         assert!(accepts_octet_stream(Some("application/octet-stream")));
-        assert!(accepts_octet_stream(Some("application/json;q=0.5, Application/Octet-Stream")));
+        assert!(accepts_octet_stream(Some(
+            "application/json;q=0.5, Application/Octet-Stream"
+        )));
         assert!(!accepts_octet_stream(Some("application/octet-stream; q=0")));
         assert!(accepts_octet_stream(Some("application/octet-stream;q=0.1")));
     }
@@ -677,6 +793,122 @@ mod tests {
         assert_eq!(h[HEADER_CLIPPED], "2");
         assert_eq!(h[HEADER_ERROR_BOUND], "0.5");
         assert_eq!(h[HEADER_KIND], "sum");
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    /// Rejections by axum's extractors come back in our error shape.
+    #[tokio::test]
+    async fn rejections_use_our_error_shape() {
+        const LIMIT: usize = 64;
+        let router = Router::new()
+            .route(
+                "/json",
+                post(
+                    |body: Result<Json<SessionSpec>, JsonRejection>| async move {
+                        body.map(|_| StatusCode::NO_CONTENT)
+                            .map_err(|e| json_rejection(e, LIMIT))
+                    },
+                ),
+            )
+            .route(
+                "/update",
+                post(
+                    |headers: HeaderMap, body: Result<Bytes, BytesRejection>| async move {
+                        let body = body.map_err(|e| bytes_rejection(e, LIMIT))?;
+                        let ct = headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok());
+                        parse_update(ct, &body).map(Json)
+                    },
+                ),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(LIMIT));
+        let base = serve(router).await;
+        let http = reqwest::Client::new();
+        let cases = [
+            (
+                "/json",
+                Some("application/json"),
+                b"{".to_vec(),
+                400,
+                "bad_json",
+                "EOF",
+            ),
+            (
+                "/json",
+                Some("application/json"),
+                br#"{"nope":1}"#.to_vec(),
+                400,
+                "bad_json",
+                "unknown field `nope`",
+            ),
+            (
+                "/json",
+                None,
+                b"{}".to_vec(),
+                415,
+                "unsupported_media_type",
+                "application/json",
+            ),
+            (
+                "/json",
+                Some("application/json"),
+                vec![b' '; LIMIT + 1],
+                413,
+                "payload_too_large",
+                "64 bytes",
+            ),
+            (
+                "/update",
+                Some("application/octet-stream"),
+                vec![0; LIMIT + 4],
+                413,
+                "payload_too_large",
+                "64 bytes",
+            ),
+            (
+                "/update",
+                Some("application/octet-stream"),
+                vec![0; 5],
+                400,
+                "bad_input",
+                "multiple of 4",
+            ),
+            (
+                "/update",
+                Some("text/csv"),
+                vec![0; 4],
+                415,
+                "unsupported_media_type",
+                "text/csv",
+            ),
+        ];
+        for (path, ct, body, status, code, needle) in cases {
+            let mut request = http.post(format!("{base}{path}")).body(body);
+            if let Some(ct) = ct {
+                request = request.header(header::CONTENT_TYPE.as_str(), ct);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), status, "{path} {ct:?}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], code, "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(needle), "{path}: {message}");
+        }
+        let ok = http
+            .post(format!("{base}/update"))
+            .header(header::CONTENT_TYPE.as_str(), "application/json")
+            .body("[1, 2]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.json::<Vec<f32>>().await.unwrap(), vec![1.0, 2.0]);
     }
 
     proptest! {

@@ -487,6 +487,11 @@ impl NetworkActor {
                         self.count_rpc("echo", "answered");
                         let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Echo(bytes));
                     }
+                    Request::Sink(bytes) => {
+                        self.count_rpc("sink", "answered");
+                        let len = bytes.len() as u64;
+                        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Sunk(len));
+                    }
                     other => self.forward_inbound(peer, other, channel),
                 }
             }

@@ -22,6 +22,8 @@ pub enum Request {
     Aggregation(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Messages for the inference actor.
     Inference(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bytes to be counted and dropped: the plaintext baseline of `fhenode bench round`.
+    Sink(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Request {
@@ -30,6 +32,7 @@ impl Request {
             Request::Echo(_) => "echo",
             Request::Aggregation(_) => "aggregation",
             Request::Inference(_) => "inference",
+            Request::Sink(_) => "sink",
         }
     }
 }
@@ -39,6 +42,8 @@ pub enum Response {
     Echo(#[serde(with = "serde_bytes")] Vec<u8>),
     Aggregation(#[serde(with = "serde_bytes")] Vec<u8>),
     Inference(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// How many bytes a `Sink` request carried.
+    Sunk(u64),
     /// The request was understood but refused; `code` is stable, `message` is for humans.
     Error { code: String, message: String },
 }
