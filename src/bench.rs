@@ -283,7 +283,11 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let updates: Vec<Vec<f32>> = (0..cfg.participants)
-        .map(|_| (0..cfg.params).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .map(|_| {
+            (0..cfg.params)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect()
+        })
         .collect();
 
     // --- the encrypted round -------------------------------------------------------------
@@ -304,7 +308,13 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         .create(spec)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    wait_phase(coordinator, "bench", |p| p >= Phase::Collecting, Duration::from_secs(120)).await?;
+    wait_phase(
+        coordinator,
+        "bench",
+        |p| p >= Phase::Collecting,
+        Duration::from_secs(120),
+    )
+    .await?;
     let keygen_s = round.elapsed().as_secs_f64();
     let submit_start = Instant::now();
     let receipts = futures::future::join_all(
@@ -320,14 +330,28 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(e.to_string()))?;
     let last_ack = Instant::now();
-    wait_phase(coordinator, "bench", Phase::is_terminal, Duration::from_secs(600)).await?;
+    wait_phase(
+        coordinator,
+        "bench",
+        Phase::is_terminal,
+        Duration::from_secs(600),
+    )
+    .await?;
     let after_last_submission_s = last_ack.elapsed().as_secs_f64();
     let round_s = round.elapsed().as_secs_f64();
-    let info = coordinator.aggregation.get("bench").await.map_err(|e| fail(e.to_string()))?;
+    let info = coordinator
+        .aggregation
+        .get("bench")
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     if info.phase != Phase::Done {
         return Err(fail(format!("the round failed: {:?}", info.failure)));
     }
-    let result = coordinator.aggregation.result("bench").await.map_err(|e| fail(e.to_string()))?;
+    let result = coordinator
+        .aggregation
+        .result("bench")
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let k = updates.len() as f64;
     let max_abs_error = result
         .values

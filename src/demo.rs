@@ -48,7 +48,11 @@ pub async fn dial_address(node: &Node, timeout: Duration) -> Result<Multiaddr, D
             .status()
             .await
             .map_err(|e| DemoError::Failed(e.to_string()))?;
-        if let Some(addr) = status.listen_addrs.iter().find_map(|a| a.parse::<Multiaddr>().ok()) {
+        if let Some(addr) = status
+            .listen_addrs
+            .iter()
+            .find_map(|a| a.parse::<Multiaddr>().ok())
+        {
             return Ok(addr.with(Protocol::P2p(node.peer_id)));
         }
         if Instant::now() > deadline {
@@ -70,7 +74,10 @@ pub async fn wait_for_full_mesh(nodes: &[Node], timeout: Duration) -> Result<Dur
                 .await
                 .map_err(|e| DemoError::Failed(e.to_string()))?;
             let others = nodes.iter().filter(|n| n.peer_id != node.peer_id);
-            if !others.into_iter().all(|o| peers.iter().any(|p| p.peer_id == o.peer_id.to_string())) {
+            if !others
+                .into_iter()
+                .all(|o| peers.iter().any(|p| p.peer_id == o.peer_id.to_string()))
+            {
                 complete = false;
                 break;
             }
@@ -120,7 +127,9 @@ fn fail(what: impl std::fmt::Display) -> DemoError {
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let count = options.nodes;
     if count < 2 || options.committee == 0 || options.committee > count {
-        return Err(fail("the demo needs at least 2 nodes and 1..=nodes committee members"));
+        return Err(fail(
+            "the demo needs at least 2 nodes and 1..=nodes committee members",
+        ));
     }
     let dirs: Vec<_> = (0..count)
         .map(|_| tempfile::tempdir().map_err(fail))
@@ -132,7 +141,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     for dir in &dirs[1..] {
         nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
     }
-    println!("[network]    started {count} nodes on loopback in {:.0?}", start.elapsed());
+    println!(
+        "[network]    started {count} nodes on loopback in {:.0?}",
+        start.elapsed()
+    );
     let took = wait_for_full_mesh(&nodes, Duration::from_secs(30)).await?;
     println!("[network]    all nodes discovered each other in {took:.0?} (bootstrap + Kademlia)");
 
@@ -156,13 +168,26 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         "[proposed]   session `{}`: {} parameters, profile {}, committee of {}, {} participants (min {})",
         info.id, info.length, info.profile, info.committee, info.participants, info.min_participants
     );
-    wait_phase(coordinator, &info.id, |p| p >= Phase::Collecting, Duration::from_secs(60)).await?;
-    println!("[keygen]     dealer-free key ceremony (commit, reveal, open) took {:.0?}", t.elapsed());
+    wait_phase(
+        coordinator,
+        &info.id,
+        |p| p >= Phase::Collecting,
+        Duration::from_secs(60),
+    )
+    .await?;
+    println!(
+        "[keygen]     dealer-free key ceremony (commit, reveal, open) took {:.0?}",
+        t.elapsed()
+    );
 
     // Every participant but the last submits a random update.
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     let updates: Vec<Vec<f32>> = (0..count - 1)
-        .map(|_| (0..options.params).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .map(|_| {
+            (0..options.params)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect()
+        })
         .collect();
     let t = Instant::now();
     let submits = nodes[..count - 1]
@@ -193,10 +218,19 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         count - 1
     );
     let t = Instant::now();
-    wait_phase(coordinator, &info.id, Phase::is_terminal, Duration::from_secs(options.deadline_secs + 120)).await?;
+    wait_phase(
+        coordinator,
+        &info.id,
+        Phase::is_terminal,
+        Duration::from_secs(options.deadline_secs + 120),
+    )
+    .await?;
     let done = coordinator.aggregation.get(&info.id).await.map_err(fail)?;
     if done.phase != Phase::Done {
-        return Err(fail(format!("session ended {}: {:?}", done.phase, done.failure)));
+        return Err(fail(format!(
+            "session ended {}: {:?}",
+            done.phase, done.failure
+        )));
     }
     let tm = &done.timings;
     let span = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -214,7 +248,11 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         done.committee,
         span(tm.decrypting_ms, tm.finished_ms)
     );
-    let result = coordinator.aggregation.result(&info.id).await.map_err(fail)?;
+    let result = coordinator
+        .aggregation
+        .result(&info.id)
+        .await
+        .map_err(fail)?;
     let k = updates.len() as f64;
     let mut max_error = 0f64;
     for (j, value) in result.values.iter().enumerate() {
@@ -226,7 +264,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         "[done]       mean of {} contributors, {} clipped values; max |error| vs plaintext mean = {max_error:.3e} (bound {:.3e})",
         result.contributors, result.clipped, result.error_bound
     );
-    println!("[done]       {:.2} MB moved between nodes over /fhenode/rpc/1", bytes_moved as f64 / 1e6);
+    println!(
+        "[done]       {:.2} MB moved between nodes over /fhenode/rpc/1",
+        bytes_moved as f64 / 1e6
+    );
     // The result reaches the participants too.
     let pushed = wait_result(&nodes[1], &info.id, Duration::from_secs(30)).await?;
     if pushed != result {
@@ -260,7 +301,10 @@ pub struct DemoReport {
 }
 
 fn received_bytes(nodes: &[Node]) -> u64 {
-    nodes.iter().map(|n| n.metrics.rpc_bytes_received.get()).sum()
+    nodes
+        .iter()
+        .map(|n| n.metrics.rpc_bytes_received.get())
+        .sum()
 }
 
 /// Polls a session until its phase satisfies `done`.
@@ -277,14 +321,21 @@ pub async fn wait_phase(
             return Ok(info.phase);
         }
         if start.elapsed() > timeout {
-            return Err(fail(format!("session `{id}` stuck in {} ({:?})", info.phase, info.failure)));
+            return Err(fail(format!(
+                "session `{id}` stuck in {} ({:?})",
+                info.phase, info.failure
+            )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Polls a node until it holds the session's result.
-pub async fn wait_result(node: &Node, id: &str, timeout: Duration) -> Result<SessionResult, DemoError> {
+pub async fn wait_result(
+    node: &Node,
+    id: &str,
+    timeout: Duration,
+) -> Result<SessionResult, DemoError> {
     let start = Instant::now();
     loop {
         match node.aggregation.result(id).await {

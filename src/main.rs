@@ -14,7 +14,11 @@ use fhenode::crypto::Profile;
 use fhenode::session::{ResultKind, SessionSpec};
 
 #[derive(Parser)]
-#[command(name = "fhenode", version, about = "Privacy-preserving federated learning node")]
+#[command(
+    name = "fhenode",
+    version,
+    about = "Privacy-preserving federated learning node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -221,7 +225,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_crypto(profile: Profile, params: usize, participants: u32, committee: u32, json: bool) -> anyhow::Result<()> {
+fn bench_crypto(
+    profile: Profile,
+    params: usize,
+    participants: u32,
+    committee: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let cfg = CryptoBenchConfig {
         profile,
         params,

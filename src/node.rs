@@ -27,7 +27,10 @@ pub enum NodeError {
     #[error(transparent)]
     Network(#[from] net::NetError),
     #[error("cannot bind the API on {addr}: {source}")]
-    ApiBind { addr: SocketAddr, source: std::io::Error },
+    ApiBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("actor `{0}` panicked; the node was shut down")]
     ActorPanicked(&'static str),
     #[error("signal handling: {0}")]
@@ -70,9 +73,16 @@ fn supervise(
     panicked: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if std::panic::AssertUnwindSafe(future).catch_unwind().await.is_err() {
+        if std::panic::AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
             error!(actor = name, "actor panicked; shutting the node down");
-            metrics.actor_panics.get_or_create(&ActorLabels { actor: name }).inc();
+            metrics
+                .actor_panics
+                .get_or_create(&ActorLabels { actor: name })
+                .inc();
             if let Ok(mut slot) = panicked.lock() {
                 slot.get_or_insert(name);
             }
@@ -95,7 +105,11 @@ async fn route_inbound(
                 None => break,
             },
         };
-        let net::InboundRequest { peer, request, reply } = request;
+        let net::InboundRequest {
+            peer,
+            request,
+            reply,
+        } = request;
         match request {
             net::Request::Aggregation(bytes) => {
                 let aggregation = aggregation.clone();
@@ -123,17 +137,25 @@ impl Node {
         let span = info_span!("node", %peer_id);
         let _enter = span.enter();
 
-        let Metrics { mut registry, node: metrics } = Metrics::new();
+        let Metrics {
+            mut registry,
+            node: metrics,
+        } = Metrics::new();
         let api_stop = CancellationToken::new();
         let actors_stop = CancellationToken::new();
         let fatal = CancellationToken::new();
         let panicked = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let sup = |name, fut| supervise(name, fut, metrics.clone(), fatal.clone(), panicked.clone());
+        let sup =
+            |name, fut| supervise(name, fut, metrics.clone(), fatal.clone(), panicked.clone());
 
-        let (keys, keys_task) = keys::spawn(store.clone(), metrics.clone(), actors_stop.child_token());
+        let (keys, keys_task) =
+            keys::spawn(store.clone(), metrics.clone(), actors_stop.child_token());
         let keys_task = sup("keys", keys_task.instrument(info_span!("keys")).boxed());
         let (inference, inf_task) = inference::spawn(store.clone(), actors_stop.child_token());
-        let inf_task = sup("inference", inf_task.instrument(info_span!("inference")).boxed());
+        let inf_task = sup(
+            "inference",
+            inf_task.instrument(info_span!("inference")).boxed(),
+        );
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (network, net_task) = net::spawn(
             keypair,
@@ -154,7 +176,10 @@ impl Node {
             },
             actors_stop.child_token(),
         );
-        let agg_task = sup("aggregation", agg_task.instrument(info_span!("aggregation")).boxed());
+        let agg_task = sup(
+            "aggregation",
+            agg_task.instrument(info_span!("aggregation")).boxed(),
+        );
         let router_task = sup(
             "router",
             route_inbound(inbound_rx, aggregation.clone(), actors_stop.child_token()).boxed(),
@@ -235,7 +260,9 @@ impl Node {
         let api_task = sup(
             "api",
             async move {
-                if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await {
+                if let Err(e) =
+                    api::serve(listener, state, async move { stop.cancelled().await }).await
+                {
                     error!(error = %e, "API server failed");
                 }
             }
@@ -335,7 +362,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), fatal.cancelled())
             .await
             .expect("the supervisor must cancel the node");
-        task.await.expect("the supervising task itself does not panic");
+        task.await
+            .expect("the supervising task itself does not panic");
         assert_eq!(*panicked.lock().unwrap(), Some("doomed"));
         let count = metrics
             .node
@@ -344,6 +372,9 @@ mod tests {
             .get();
         assert_eq!(count, 1);
         let text = crate::metrics::render(&metrics.registry).unwrap();
-        assert!(text.contains("fhenode_actor_panics_total{actor=\"doomed\"} 1"), "{text}");
+        assert!(
+            text.contains("fhenode_actor_panics_total{actor=\"doomed\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -23,7 +23,12 @@ fn promtool_check(metrics: &str) {
         eprintln!("promtool not found: skipping the exposition-format check");
         return;
     };
-    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -47,7 +52,10 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     })
     .await;
     let id_a = status_a["peer_id"].as_str().unwrap().to_string();
-    let boot = format!("{}/p2p/{id_a}", status_a["listen_addrs"][0].as_str().unwrap());
+    let boot = format!(
+        "{}/p2p/{id_a}",
+        status_a["listen_addrs"][0].as_str().unwrap()
+    );
 
     let mut b = start(&dir_b, free_port(), "/ip4/127.0.0.1/tcp/0", Some(&boot));
     let id_b = wait_for("node b's status", timeout, async || {
@@ -62,20 +70,38 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
             peers["peers"]
                 .as_array()?
                 .iter()
-                .any(|p| p["peer_id"] == other.as_str() && !p["protocols"].as_array().is_none_or(Vec::is_empty))
+                .any(|p| {
+                    p["peer_id"] == other.as_str()
+                        && !p["protocols"].as_array().is_none_or(Vec::is_empty)
+                })
                 .then_some(())
         })
         .await;
     }
 
-    let ready = client.get(format!("{}/readyz", a.api)).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/readyz", a.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
-    let missing = client.get(format!("{}/v1/nope", a.api)).send().await.unwrap();
+    let missing = client
+        .get(format!("{}/v1/nope", a.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 
-    let metrics = client.get(format!("{}/metrics", a.api)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", a.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for family in [
         "fhenode_build_info{",
         "fhenode_peers_connected ",
@@ -92,8 +118,16 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     }
     promtool_check(&metrics);
 
-    assert_eq!(signal_and_wait(&mut a, "-TERM").code(), Some(0), "node a did not exit 0 on SIGTERM");
-    assert_eq!(signal_and_wait(&mut b, "-TERM").code(), Some(0), "node b did not exit 0 on SIGTERM");
+    assert_eq!(
+        signal_and_wait(&mut a, "-TERM").code(),
+        Some(0),
+        "node a did not exit 0 on SIGTERM"
+    );
+    assert_eq!(
+        signal_and_wait(&mut b, "-TERM").code(),
+        Some(0),
+        "node b did not exit 0 on SIGTERM"
+    );
 
     // Same data dir, same identity.
     let a2 = start(&dir_a, free_port(), "/ip4/127.0.0.1/tcp/0", None);
@@ -136,7 +170,14 @@ fn bad_configuration_is_refused_with_the_key_name() {
         .env("FHENODE__API__TOKEN", "a-very-secret-token-value")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("[api]") && !stdout.contains("a-very-secret-token-value"), "{stdout}");
+    assert!(
+        stdout.contains("[api]") && !stdout.contains("a-very-secret-token-value"),
+        "{stdout}"
+    );
 }

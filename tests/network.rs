@@ -29,32 +29,57 @@ async fn three_nodes_discover_each_other_and_enforce_size_limits() {
     let nodes = vec![a, b, c];
 
     // b and c only know a; Kademlia must introduce them to each other.
-    wait_for_full_mesh(&nodes, Duration::from_secs(30)).await.unwrap();
+    wait_for_full_mesh(&nodes, Duration::from_secs(30))
+        .await
+        .unwrap();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // 16 MiB: far above libp2p's default request-response limits, within ours.
     let big = vec![0xA5u8; 16 * MIB];
-    match b.network.request(a.peer_id, Request::Echo(big.clone())).await.unwrap() {
+    match b
+        .network
+        .request(a.peer_id, Request::Echo(big.clone()))
+        .await
+        .unwrap()
+    {
         Response::Echo(back) => assert!(back == big, "echo came back altered"),
         other => panic!("unexpected answer {other:?}"),
     }
 
     // Above the sender's configured limit: refused before sending.
     let too_big = vec![0u8; 33 * MIB];
-    let err = b.network.request(a.peer_id, Request::Echo(too_big)).await.unwrap_err();
+    let err = b
+        .network
+        .request(a.peer_id, Request::Echo(too_big))
+        .await
+        .unwrap_err();
     assert!(matches!(err, NetError::RequestTooLarge { .. }), "{err}");
     assert!(err.to_string().contains("p2p.max_request_bytes"), "{err}");
 
     // Above the receiver's limit: c drops it, b gets an error, and c keeps working.
-    let err = b.network.request(c.peer_id, Request::Echo(vec![1u8; 2 * MIB])).await.unwrap_err();
+    let err = b
+        .network
+        .request(c.peer_id, Request::Echo(vec![1u8; 2 * MIB]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, NetError::Outbound { .. }), "{err}");
-    match b.network.request(c.peer_id, Request::Echo(vec![7u8; 1000])).await.unwrap() {
+    match b
+        .network
+        .request(c.peer_id, Request::Echo(vec![7u8; 1000]))
+        .await
+        .unwrap()
+    {
         Response::Echo(back) => assert_eq!(back, vec![7u8; 1000]),
         other => panic!("unexpected answer {other:?}"),
     }
 
     // Requests meant for actors that do not serve them are answered with a clear error.
-    match a.network.request(c.peer_id, Request::Inference(vec![1, 2, 3])).await.unwrap() {
+    match a
+        .network
+        .request(c.peer_id, Request::Inference(vec![1, 2, 3]))
+        .await
+        .unwrap()
+    {
         Response::Error { code, .. } => assert_eq!(code, "unsupported"),
         other => panic!("unexpected answer {other:?}"),
     }

@@ -14,7 +14,10 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
     let root = tempfile::tempdir().unwrap();
     let client = client();
     let timeout = Duration::from_secs(90);
-    let dirs: Vec<_> = ["coord", "member", "p1", "p2"].iter().map(|d| root.path().join(d)).collect();
+    let dirs: Vec<_> = ["coord", "member", "p1", "p2"]
+        .iter()
+        .map(|d| root.path().join(d))
+        .collect();
 
     // The coordinator keeps its ports across the restart so peers can find it again.
     let (coord_api, coord_p2p) = (free_port(), free_port());
@@ -47,7 +50,12 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
         "deadline_secs": 600,
         "result": "sum",
     });
-    let created = client.post(format!("{}/v1/sessions", coord.api)).json(&spec).send().await.unwrap();
+    let created = client
+        .post(format!("{}/v1/sessions", coord.api))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
     wait_for("the session to open", timeout, async || {
         let s = get_json(&client, &format!("{}/v1/sessions/restart", coord.api)).await?;
@@ -55,7 +63,11 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
     })
     .await;
 
-    let update = |k: f32| -> Vec<f32> { (0..length).map(|i| ((i % 17) as f32 - 8.0) * 0.25 * k).collect() };
+    let update = |k: f32| -> Vec<f32> {
+        (0..length)
+            .map(|i| ((i % 17) as f32 - 8.0) * 0.25 * k)
+            .collect()
+    };
     let first = client
         .post(format!("{}/v1/sessions/restart/update", others[1].api))
         .json(&json!({ "values": update(1.0) }))
@@ -70,9 +82,14 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
     drop(coord);
     let coord = start(&dirs[0], coord_api, &coord_addr, None);
     assert_eq!(peer_id(&client, &coord).await, coord_id);
-    let s = get_json(&client, &format!("{}/v1/sessions/restart", coord.api)).await.unwrap();
+    let s = get_json(&client, &format!("{}/v1/sessions/restart", coord.api))
+        .await
+        .unwrap();
     assert_eq!(s["phase"], "collecting");
-    assert_eq!(s["submissions"], 1, "the acknowledged submission survived the crash");
+    assert_eq!(
+        s["submissions"], 1,
+        "the acknowledged submission survived the crash"
+    );
 
     let second = client
         .post(format!("{}/v1/sessions/restart/update", others[2].api))
@@ -83,7 +100,11 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
     assert_eq!(second.status(), 200, "{}", second.text().await.unwrap());
 
     let result: Value = wait_for("the result", timeout, async || {
-        get_json(&client, &format!("{}/v1/sessions/restart/result", coord.api)).await
+        get_json(
+            &client,
+            &format!("{}/v1/sessions/restart/result", coord.api),
+        )
+        .await
     })
     .await;
     assert_eq!(result["contributors"], 2);

@@ -16,11 +16,17 @@ use rand::{Rng, SeedableRng};
 const LONG: Duration = Duration::from_secs(60);
 
 async fn network(count: usize, dirs: &[tempfile::TempDir]) -> Vec<Node> {
-    let first = Node::start(loopback_config(dirs[0].path(), vec![])).await.unwrap();
+    let first = Node::start(loopback_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
     let boot = dial_address(&first, LONG).await.unwrap();
     let mut nodes = vec![first];
     for dir in &dirs[1..count] {
-        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await.unwrap());
+        nodes.push(
+            Node::start(loopback_config(dir.path(), vec![boot.clone()]))
+                .await
+                .unwrap(),
+        );
     }
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
     nodes
@@ -59,14 +65,27 @@ async fn sessions_across_six_nodes() {
     };
     let info = coordinator.aggregation.create(spec).await.unwrap();
     assert_eq!(info.profile, "secure");
-    wait_phase(coordinator, "mean", |p| p >= Phase::Collecting, LONG).await.unwrap();
+    wait_phase(coordinator, "mean", |p| p >= Phase::Collecting, LONG)
+        .await
+        .unwrap();
     let data = updates(4, length, 1);
     for (node, update) in n[1..5].iter().zip(&data) {
-        let receipt = node.aggregation.submit("mean", update.clone()).await.unwrap();
-        assert!(receipt.clipped > 0, "values beyond ±8 must be counted as clipped");
+        let receipt = node
+            .aggregation
+            .submit("mean", update.clone())
+            .await
+            .unwrap();
+        assert!(
+            receipt.clipped > 0,
+            "values beyond ±8 must be counted as clipped"
+        );
     }
     // A second submission from the same participant is refused, locally and by the coordinator.
-    let dup = n[1].aggregation.submit("mean", data[0].clone()).await.unwrap_err();
+    let dup = n[1]
+        .aggregation
+        .submit("mean", data[0].clone())
+        .await
+        .unwrap_err();
     assert!(matches!(dup, SessionError::Duplicate(_)), "{dup}");
     let raw_dup = AggMsg::SubmitPiece {
         session: "mean".into(),
@@ -78,7 +97,10 @@ async fn sessions_across_six_nodes() {
     };
     match n[1]
         .network
-        .request(coordinator.peer_id, Request::Aggregation(messages::encode(&raw_dup).unwrap()))
+        .request(
+            coordinator.peer_id,
+            Request::Aggregation(messages::encode(&raw_dup).unwrap()),
+        )
         .await
         .unwrap()
     {
@@ -95,16 +117,33 @@ async fn sessions_across_six_nodes() {
         Response::Error { code, .. } => assert_eq!(code, "bad_input"),
         other => panic!("{other:?}"),
     }
-    let before = coordinator.aggregation.get("mean").await.unwrap().submissions;
+    let before = coordinator
+        .aggregation
+        .get("mean")
+        .await
+        .unwrap()
+        .submissions;
     assert_eq!(before, 4);
 
-    assert_eq!(wait_phase(coordinator, "mean", Phase::is_terminal, LONG).await.unwrap(), Phase::Done);
+    assert_eq!(
+        wait_phase(coordinator, "mean", Phase::is_terminal, LONG)
+            .await
+            .unwrap(),
+        Phase::Done
+    );
     let result = coordinator.aggregation.result("mean").await.unwrap();
     assert_eq!(result.contributors, 4);
     assert!(result.clipped > 0);
     for (j, value) in result.values.iter().enumerate() {
-        let exact: f64 = data.iter().map(|u| (u[j] as f64).clamp(-8.0, 8.0)).sum::<f64>() / 4.0;
-        assert!((value - exact).abs() <= result.error_bound, "value {j}: {value} vs {exact}");
+        let exact: f64 = data
+            .iter()
+            .map(|u| (u[j] as f64).clamp(-8.0, 8.0))
+            .sum::<f64>()
+            / 4.0;
+        assert!(
+            (value - exact).abs() <= result.error_bound,
+            "value {j}: {value} vs {exact}"
+        );
     }
     // Pushed to the participants, including the silent one.
     assert_eq!(wait_result(n[5], "mean", LONG).await.unwrap(), result);
@@ -123,7 +162,10 @@ async fn sessions_across_six_nodes() {
         };
         match coordinator
             .network
-            .request(member.peer_id, Request::Aggregation(messages::encode(&msg).unwrap()))
+            .request(
+                member.peer_id,
+                Request::Aggregation(messages::encode(&msg).unwrap()),
+            )
             .await
             .unwrap()
         {
@@ -147,7 +189,9 @@ async fn sessions_across_six_nodes() {
         ..Default::default()
     };
     coordinator.aggregation.create(spec).await.unwrap();
-    wait_phase(coordinator, "sum", |p| p >= Phase::Collecting, LONG).await.unwrap();
+    wait_phase(coordinator, "sum", |p| p >= Phase::Collecting, LONG)
+        .await
+        .unwrap();
     // Not a participant of this session: refused by the coordinator.
     let stranger = AggMsg::SubmitPiece {
         session: "sum".into(),
@@ -159,27 +203,52 @@ async fn sessions_across_six_nodes() {
     };
     match n[5]
         .network
-        .request(coordinator.peer_id, Request::Aggregation(messages::encode(&stranger).unwrap()))
+        .request(
+            coordinator.peer_id,
+            Request::Aggregation(messages::encode(&stranger).unwrap()),
+        )
         .await
         .unwrap()
     {
         Response::Error { code, .. } => assert_eq!(code, "not_allowed"),
         other => panic!("{other:?}"),
     }
-    let local = n[5].aggregation.submit("sum", vec![0.0; 3000]).await.unwrap_err();
+    let local = n[5]
+        .aggregation
+        .submit("sum", vec![0.0; 3000])
+        .await
+        .unwrap_err();
     assert!(matches!(local, SessionError::UnknownSession(_)), "{local}");
-    let wrong_length = n[3].aggregation.submit("sum", vec![0.0; 10]).await.unwrap_err();
-    assert!(matches!(wrong_length, SessionError::BadInput(_)), "{wrong_length}");
+    let wrong_length = n[3]
+        .aggregation
+        .submit("sum", vec![0.0; 10])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong_length, SessionError::BadInput(_)),
+        "{wrong_length}"
+    );
     let data = updates(2, 3000, 2);
     for (node, update) in [n[3], n[4]].iter().zip(&data) {
-        node.aggregation.submit("sum", update.clone()).await.unwrap();
+        node.aggregation
+            .submit("sum", update.clone())
+            .await
+            .unwrap();
     }
-    assert_eq!(wait_phase(coordinator, "sum", Phase::is_terminal, LONG).await.unwrap(), Phase::Done);
+    assert_eq!(
+        wait_phase(coordinator, "sum", Phase::is_terminal, LONG)
+            .await
+            .unwrap(),
+        Phase::Done
+    );
     let result = coordinator.aggregation.result("sum").await.unwrap();
     assert_eq!(result.kind, ResultKind::Sum);
     for (j, value) in result.values.iter().enumerate() {
         let exact: f64 = data.iter().map(|u| (u[j] as f64).clamp(-8.0, 8.0)).sum();
-        assert!((value - exact).abs() <= result.error_bound, "value {j}: {value} vs {exact}");
+        assert!(
+            (value - exact).abs() <= result.error_bound,
+            "value {j}: {value} vs {exact}"
+        );
     }
 
     // --- below min_participants at the deadline: fails with a reason -----------------------
@@ -194,14 +263,27 @@ async fn sessions_across_six_nodes() {
         ..Default::default()
     };
     coordinator.aggregation.create(spec).await.unwrap();
-    wait_phase(coordinator, "few", |p| p >= Phase::Collecting, LONG).await.unwrap();
-    n[2].aggregation.submit("few", vec![1.0; 100]).await.unwrap();
-    assert_eq!(wait_phase(coordinator, "few", Phase::is_terminal, LONG).await.unwrap(), Phase::Failed);
+    wait_phase(coordinator, "few", |p| p >= Phase::Collecting, LONG)
+        .await
+        .unwrap();
+    n[2].aggregation
+        .submit("few", vec![1.0; 100])
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_phase(coordinator, "few", Phase::is_terminal, LONG)
+            .await
+            .unwrap(),
+        Phase::Failed
+    );
     let info = coordinator.aggregation.get("few").await.unwrap();
     let reason = info.failure.unwrap();
     assert!(reason.contains("only 1 of the required 2"), "{reason}");
     let no_result = coordinator.aggregation.result("few").await.unwrap_err();
-    assert!(no_result.to_string().contains("only 1 of the required 2"), "{no_result}");
+    assert!(
+        no_result.to_string().contains("only 1 of the required 2"),
+        "{no_result}"
+    );
 
     // Bad specs are refused with the field named.
     let bad = coordinator
@@ -214,7 +296,10 @@ async fn sessions_across_six_nodes() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(bad, SessionError::InvalidSpec { ref field, .. } if field == "committee"), "{bad}");
+    assert!(
+        matches!(bad, SessionError::InvalidSpec { ref field, .. } if field == "committee"),
+        "{bad}"
+    );
 
     for node in nodes {
         node.shutdown().await.unwrap();

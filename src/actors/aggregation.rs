@@ -21,16 +21,16 @@ use super::keys::KeysHandle;
 use super::{ActorError, Mailbox};
 use crate::crypto::wire::Wire;
 use crate::crypto::{
-    Accumulator, Aggregate, CollectivePublicKey, CryptoError, DecryptionRequest, EncryptedUpdate, KeyCommitment,
-    PartialDecryption, Profile, PublicKeyShare, SessionTag,
+    Accumulator, Aggregate, CollectivePublicKey, CryptoError, DecryptionRequest, EncryptedUpdate,
+    KeyCommitment, PartialDecryption, Profile, PublicKeyShare, SessionTag,
 };
 use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
 use crate::net::{NetworkHandle, Request, Response};
 use crate::session::machine::{collective_key, SubmissionMeta};
 use crate::session::messages::{self, AggMsg, AggReply, PIECE_BYTES};
 use crate::session::{
-    now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo, SessionPlan,
-    SessionResult, SessionSpec, SubmitReceipt, Timings,
+    now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo,
+    SessionPlan, SessionResult, SessionSpec, SubmitReceipt, Timings,
 };
 use crate::store::{trees, Store};
 
@@ -138,7 +138,10 @@ impl AggregationHandle {
 
     pub async fn get(&self, id: &str) -> Result<SessionInfo, SessionError> {
         let id = id.to_string();
-        self.mailbox.ask(|r| Command::Get(id, r)).await.map_err(stopped)?
+        self.mailbox
+            .ask(|r| Command::Get(id, r))
+            .await
+            .map_err(stopped)?
     }
 
     /// This node as a participant: encrypts `values` locally and uploads them to the
@@ -153,7 +156,10 @@ impl AggregationHandle {
 
     pub async fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
         let id = id.to_string();
-        self.mailbox.ask(|r| Command::Result(id, r)).await.map_err(stopped)?
+        self.mailbox
+            .ask(|r| Command::Result(id, r))
+            .await
+            .map_err(stopped)?
     }
 
     /// A session message from `peer`, answered with the response to send back.
@@ -195,7 +201,11 @@ impl Link {
         let response = if peer_id == self.me {
             let me = self.me;
             self.mailbox
-                .ask(|reply| Command::Inbound { peer: me, bytes, reply })
+                .ask(|reply| Command::Inbound {
+                    peer: me,
+                    bytes,
+                    reply,
+                })
                 .await
                 .map_err(stopped)?
         } else {
@@ -227,7 +237,9 @@ impl Link {
         loop {
             attempt += 1;
             match self.send(peer, msg).await {
-                Err(SessionError::Remote { message, .. }) if attempt < SEND_ATTEMPTS && is_transport(&message) => {
+                Err(SessionError::Remote { message, .. })
+                    if attempt < SEND_ATTEMPTS && is_transport(&message) =>
+                {
                     debug!(%peer, %message, attempt, "retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -274,7 +286,10 @@ pub struct AggregationDeps {
     pub default_profile: Profile,
 }
 
-pub fn spawn(deps: AggregationDeps, cancel: CancellationToken) -> (AggregationHandle, impl std::future::Future<Output = ()>) {
+pub fn spawn(
+    deps: AggregationDeps,
+    cancel: CancellationToken,
+) -> (AggregationHandle, impl std::future::Future<Output = ()>) {
     let (mailbox, rx) = Mailbox::new("aggregation", 256);
     let actor = AggregationActor {
         link: Link {
@@ -348,11 +363,17 @@ impl AggregationActor {
 
     /// Loads every session and resumes the coordinated ones where they stopped.
     fn load(&mut self) -> Result<(), SessionError> {
-        for (key, state) in self.store.scan_prefix::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())? {
+        for (key, state) in self
+            .store
+            .scan_prefix::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())?
+        {
             debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for (_, joined) in self.store.scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())? {
+        for (_, joined) in self
+            .store
+            .scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
+        {
             self.joined.insert(joined.plan.id.clone(), joined);
         }
         let resume: Vec<(String, Vec<Effect>)> = self
@@ -374,10 +395,16 @@ impl AggregationActor {
 
     fn update_phase_gauge(&self) {
         for phase in Phase::ALL {
-            let n = self.coordinated.values().filter(|s| s.phase == phase).count();
+            let n = self
+                .coordinated
+                .values()
+                .filter(|s| s.phase == phase)
+                .count();
             self.metrics
                 .sessions
-                .get_or_create(&PhaseLabels { phase: phase.name() })
+                .get_or_create(&PhaseLabels {
+                    phase: phase.name(),
+                })
                 .set(n as i64);
         }
     }
@@ -400,10 +427,14 @@ impl AggregationActor {
                 let _ = reply.send(self.create(*spec).await);
             }
             Command::List(reply) => {
-                let mut ids: Vec<&String> = self.coordinated.keys().chain(self.joined.keys()).collect();
+                let mut ids: Vec<&String> =
+                    self.coordinated.keys().chain(self.joined.keys()).collect();
                 ids.sort();
                 ids.dedup();
-                let list = ids.into_iter().filter_map(|id| self.info(id).ok()).collect();
+                let list = ids
+                    .into_iter()
+                    .filter_map(|id| self.info(id).ok())
+                    .collect();
                 let _ = reply.send(list);
             }
             Command::Get(id, reply) => {
@@ -425,11 +456,21 @@ impl AggregationActor {
     async fn create(&mut self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
         let plan = spec.validate(self.link.me, self.default_profile)?;
         if self.coordinated.contains_key(&plan.id) || self.joined.contains_key(&plan.id) {
-            return Err(SessionError::Duplicate(format!("session `{}` already exists", plan.id)));
+            return Err(SessionError::Duplicate(format!(
+                "session `{}` already exists",
+                plan.id
+            )));
         }
         let id = plan.id.clone();
         let span = info_span!("session", session = %id);
-        span.in_scope(|| info!(length = plan.length, committee = plan.committee.len(), participants = plan.participants.len(), "session created"));
+        span.in_scope(|| {
+            info!(
+                length = plan.length,
+                committee = plan.committee.len(),
+                participants = plan.participants.len(),
+                "session created"
+            )
+        });
         let state = Coordinated::new(plan, now_ms());
         self.persist_coordinated(&state).await?;
         self.coordinated.insert(id.clone(), state);
@@ -443,7 +484,9 @@ impl AggregationActor {
         self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
         let start = Instant::now();
         self.store.flush_async().await?;
-        self.metrics.store_flush_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .store_flush_duration
+            .observe(start.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -480,13 +523,17 @@ impl AggregationActor {
             if let Some(since) = self.phase_since.insert(id.to_string(), Instant::now()) {
                 self.metrics
                     .phase_duration
-                    .get_or_create(&PhaseLabels { phase: before.name() })
+                    .get_or_create(&PhaseLabels {
+                        phase: before.name(),
+                    })
                     .observe(since.elapsed().as_secs_f64());
             }
             if after.is_terminal() {
                 self.metrics
                     .session_outcomes
-                    .get_or_create(&OutcomeLabels { outcome: after.name() })
+                    .get_or_create(&OutcomeLabels {
+                        outcome: after.name(),
+                    })
                     .inc();
                 self.aggregates.remove(id);
             }
@@ -514,7 +561,9 @@ impl AggregationActor {
 
     /// Starts an effect's work in a task; its outcome comes back as an [`Internal`] message.
     fn perform(&mut self, id: &str, effect: Effect) {
-        let Some(state) = self.coordinated.get(id) else { return };
+        let Some(state) = self.coordinated.get(id) else {
+            return;
+        };
         let plan = state.plan.clone();
         let link = self.link.clone();
         let session = id.to_string();
@@ -539,19 +588,34 @@ impl AggregationActor {
                     let (link, plan, session) = (link.clone(), plan.clone(), session.clone());
                     spawn(Box::pin(async move {
                         let peer = plan.committee[m as usize].clone();
-                        let event = match link.send_retrying(&peer, &AggMsg::KeygenCommit { plan }).await {
-                            Ok(AggReply::Commitment(commitment)) => Event::Commitment { member: m, commitment },
-                            Ok(other) => fail_event(&peer, &format!("answered {other:?} to keygen")),
+                        let event = match link
+                            .send_retrying(&peer, &AggMsg::KeygenCommit { plan })
+                            .await
+                        {
+                            Ok(AggReply::Commitment(commitment)) => Event::Commitment {
+                                member: m,
+                                commitment,
+                            },
+                            Ok(other) => {
+                                fail_event(&peer, &format!("answered {other:?} to keygen"))
+                            }
                             Err(e) => fail_event(&peer, &e.to_string()),
                         };
                         link.report(Internal::Event(session, event)).await;
                     }));
                 }
             }
-            Effect::RequestShares { members, commitments } => {
+            Effect::RequestShares {
+                members,
+                commitments,
+            } => {
                 for m in members {
-                    let (link, plan, session, commitments) =
-                        (link.clone(), plan.clone(), session.clone(), commitments.clone());
+                    let (link, plan, session, commitments) = (
+                        link.clone(),
+                        plan.clone(),
+                        session.clone(),
+                        commitments.clone(),
+                    );
                     spawn(Box::pin(async move {
                         let peer = plan.committee[m as usize].clone();
                         let msg = AggMsg::KeygenReveal {
@@ -560,7 +624,9 @@ impl AggregationActor {
                         };
                         let event = match link.send_retrying(&peer, &msg).await {
                             Ok(AggReply::Share(share)) => Event::Share { member: m, share },
-                            Ok(other) => fail_event(&peer, &format!("answered {other:?} to reveal")),
+                            Ok(other) => {
+                                fail_event(&peer, &format!("answered {other:?} to reveal"))
+                            }
                             Err(e) => fail_event(&peer, &e.to_string()),
                         };
                         link.report(Internal::Event(session, event)).await;
@@ -574,7 +640,12 @@ impl AggregationActor {
                     shares: state.shares.values().cloned().collect(),
                 };
                 spawn(Box::pin(async move {
-                    let mut peers: Vec<String> = plan.committee.iter().chain(&plan.participants).cloned().collect();
+                    let mut peers: Vec<String> = plan
+                        .committee
+                        .iter()
+                        .chain(&plan.participants)
+                        .cloned()
+                        .collect();
                     peers.sort();
                     peers.dedup();
                     let sends = peers.iter().map(|p| link.send_retrying(p, &msg));
@@ -585,7 +656,8 @@ impl AggregationActor {
                             Ok(_) => {}
                             // Without every member's bound share the sum cannot be decrypted.
                             Err(e) if plan.member_index(peer).is_some() => {
-                                event = fail_event(peer, &format!("could not open the session: {e}"));
+                                event =
+                                    fail_event(peer, &format!("could not open the session: {e}"));
                             }
                             Err(e) => warn!(%peer, error = %e, "participant did not get the key"),
                         }
@@ -599,7 +671,13 @@ impl AggregationActor {
                     Err(e) => {
                         let link = link.clone();
                         spawn(Box::pin(async move {
-                            link.report(Internal::Event(session, Event::Fail { reason: e.to_string() })).await;
+                            link.report(Internal::Event(
+                                session,
+                                Event::Fail {
+                                    reason: e.to_string(),
+                                },
+                            ))
+                            .await;
                         }));
                         return;
                     }
@@ -607,7 +685,10 @@ impl AggregationActor {
                 let store = self.store.clone();
                 spawn(Box::pin(async move {
                     let start = Instant::now();
-                    let job = tokio::task::spawn_blocking(move || accumulate(&store, &plan, &key, &contributors)).await;
+                    let job = tokio::task::spawn_blocking(move || {
+                        accumulate(&store, &plan, &key, &contributors)
+                    })
+                    .await;
                     metrics
                         .crypto_duration
                         .get_or_create(&OpLabels { op: "accumulate" })
@@ -618,16 +699,29 @@ impl AggregationActor {
                             aggregate: Box::new(aggregate),
                             request: Box::new(request),
                         },
-                        Ok(Err(e)) => Internal::Event(session, Event::Fail { reason: format!("summing failed: {e}") }),
-                        Err(_) => Internal::Event(session, Event::Fail { reason: "summing panicked".into() }),
+                        Ok(Err(e)) => Internal::Event(
+                            session,
+                            Event::Fail {
+                                reason: format!("summing failed: {e}"),
+                            },
+                        ),
+                        Err(_) => Internal::Event(
+                            session,
+                            Event::Fail {
+                                reason: "summing panicked".into(),
+                            },
+                        ),
                     };
                     link.report(internal).await;
                 }));
             }
             Effect::RequestPartials { members } => {
-                let Some((_, request)) = self.aggregates.get(id).cloned() else { return };
+                let Some((_, request)) = self.aggregates.get(id).cloned() else {
+                    return;
+                };
                 for m in members {
-                    let (link, plan, session, request) = (link.clone(), plan.clone(), session.clone(), request.clone());
+                    let (link, plan, session, request) =
+                        (link.clone(), plan.clone(), session.clone(), request.clone());
                     spawn(Box::pin(async move {
                         let peer = plan.committee[m as usize].clone();
                         let msg = AggMsg::Decrypt {
@@ -640,7 +734,10 @@ impl AggregationActor {
                                 member: m,
                                 partial: Box::new(p),
                             },
-                            Ok(other) => Internal::Event(session, fail_event(&peer, &format!("answered {other:?}"))),
+                            Ok(other) => Internal::Event(
+                                session,
+                                fail_event(&peer, &format!("answered {other:?}")),
+                            ),
                             Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
                         };
                         link.report(internal).await;
@@ -648,7 +745,9 @@ impl AggregationActor {
                 }
             }
             Effect::Combine => {
-                let Some((aggregate, _)) = self.aggregates.get(id).cloned() else { return };
+                let Some((aggregate, _)) = self.aggregates.get(id).cloned() else {
+                    return;
+                };
                 let partials: Result<Vec<PartialDecryption>, _> = (0..plan.committee.len() as u32)
                     .map(|m| {
                         self.store
@@ -663,11 +762,13 @@ impl AggregationActor {
                 spawn(Box::pin(async move {
                     let Ok(partials) = partials else {
                         let reason = "a stored partial decryption is missing".to_string();
-                        link.report(Internal::Event(session, Event::Fail { reason })).await;
+                        link.report(Internal::Event(session, Event::Fail { reason }))
+                            .await;
                         return;
                     };
                     let start = Instant::now();
-                    let job = tokio::task::spawn_blocking(move || aggregate.combine(&partials)).await;
+                    let job =
+                        tokio::task::spawn_blocking(move || aggregate.combine(&partials)).await;
                     metrics
                         .crypto_duration
                         .get_or_create(&OpLabels { op: "combine" })
@@ -691,14 +792,27 @@ impl AggregationActor {
                                 }),
                             }
                         }
-                        Ok(Err(e)) => Internal::Event(session, Event::Fail { reason: format!("decryption failed: {e}") }),
-                        Err(_) => Internal::Event(session, Event::Fail { reason: "combine panicked".into() }),
+                        Ok(Err(e)) => Internal::Event(
+                            session,
+                            Event::Fail {
+                                reason: format!("decryption failed: {e}"),
+                            },
+                        ),
+                        Err(_) => Internal::Event(
+                            session,
+                            Event::Fail {
+                                reason: "combine panicked".into(),
+                            },
+                        ),
                     };
                     link.report(internal).await;
                 }));
             }
             Effect::PublishResult => {
-                let Ok(Some(result)) = self.store.get::<SessionResult>(trees::RESULTS, id.as_bytes()) else {
+                let Ok(Some(result)) = self
+                    .store
+                    .get::<SessionResult>(trees::RESULTS, id.as_bytes())
+                else {
                     return;
                 };
                 spawn(Box::pin(async move {
@@ -729,20 +843,32 @@ impl AggregationActor {
                 let digest = request.digest();
                 // Kept for audit: what exactly the committee was asked to decrypt.
                 let key = format!("request/{session}");
-                if let Err(e) = self.store.put(trees::ACCUMULATORS, key.as_bytes(), &*request) {
+                if let Err(e) = self
+                    .store
+                    .put(trees::ACCUMULATORS, key.as_bytes(), &*request)
+                {
                     warn!(%session, error = %e, "cannot store the decryption request");
                 }
-                self.aggregates.insert(session.clone(), (Arc::from(aggregate), *request));
-                self.apply(&session, Event::Aggregated { request_digest: digest }).await;
+                self.aggregates
+                    .insert(session.clone(), (Arc::from(aggregate), *request));
+                self.apply(
+                    &session,
+                    Event::Aggregated {
+                        request_digest: digest,
+                    },
+                )
+                .await;
             }
             Internal::Partial {
                 session,
                 member,
                 partial,
             } => {
-                let stored = self
-                    .store
-                    .put(trees::ACCUMULATORS, &partial_key(&session, member), &*partial);
+                let stored = self.store.put(
+                    trees::ACCUMULATORS,
+                    &partial_key(&session, member),
+                    &*partial,
+                );
                 match stored {
                     Ok(()) => {
                         self.apply(&session, Event::Partial { member }).await;
@@ -751,14 +877,23 @@ impl AggregationActor {
                 }
             }
             Internal::Combined { session, result } => {
-                let Some(state) = self.coordinated.get(&session) else { return };
+                let Some(state) = self.coordinated.get(&session) else {
+                    return;
+                };
                 let contributors = state.contributors.len() as u32;
                 let clipped = result.clipped;
                 if let Err(e) = self.store.put(trees::RESULTS, session.as_bytes(), &*result) {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }
-                self.apply(&session, Event::Combined { contributors, clipped }).await;
+                self.apply(
+                    &session,
+                    Event::Combined {
+                        contributors,
+                        clipped,
+                    },
+                )
+                .await;
                 self.cleanup(&session);
             }
             Internal::Submitted { session, digest } => {
@@ -778,7 +913,9 @@ impl AggregationActor {
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
     fn cleanup(&mut self, session: &str) {
-        let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else { return };
+        let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else {
+            return;
+        };
         for prefix in [format!("full/{session}/"), format!("piece/{session}/")] {
             for key in tree.scan_prefix(prefix.as_bytes()).keys().flatten() {
                 let _ = tree.remove(key);
@@ -849,12 +986,19 @@ impl AggregationActor {
     }
 
     fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
-        if let Some(result) = self.store.get::<SessionResult>(trees::RESULTS, id.as_bytes())? {
+        if let Some(result) = self
+            .store
+            .get::<SessionResult>(trees::RESULTS, id.as_bytes())?
+        {
             return Ok(result);
         }
         let phase = self.info(id)?.phase;
         if phase == Phase::Failed {
-            let reason = self.coordinated.get(id).and_then(|s| s.failure.clone()).unwrap_or_default();
+            let reason = self
+                .coordinated
+                .get(id)
+                .and_then(|s| s.failure.clone())
+                .unwrap_or_default();
             return Err(SessionError::WrongPhase {
                 session: id.to_string(),
                 phase,
@@ -883,7 +1027,9 @@ impl AggregationActor {
                 });
             }
             if joined.submitted.is_some() || self.uploading.contains(&id) {
-                return Err(SessionError::Duplicate(format!("this node already submitted to session `{id}`")));
+                return Err(SessionError::Duplicate(format!(
+                    "this node already submitted to session `{id}`"
+                )));
             }
             if joined.phase != Phase::Open {
                 return Err(SessionError::WrongPhase {
@@ -928,7 +1074,9 @@ impl AggregationActor {
                         session: id.clone(),
                         digest: receipt.digest.clone(),
                     },
-                    Err(_) => Internal::UploadFailed { session: id.clone() },
+                    Err(_) => Internal::UploadFailed {
+                        session: id.clone(),
+                    },
                 };
                 link.report(internal).await;
                 let _ = reply.send(result);
@@ -950,12 +1098,16 @@ impl AggregationActor {
         let span = info_span!("inbound", %peer, kind = msg.kind(), session = %msg.session());
         let keys = self.keys.clone();
         // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
-        let answer_later = |fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>,
+        let answer_later = |fut: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>,
+        >,
                             reply: oneshot::Sender<Response>| {
             tokio::spawn(
                 async move {
                     let response = match fut.await {
-                        Ok(r) => messages::encode(&r).map(Response::Aggregation).unwrap_or_else(|e| error_response(&e)),
+                        Ok(r) => messages::encode(&r)
+                            .map(Response::Aggregation)
+                            .unwrap_or_else(|e| error_response(&e)),
                         Err(e) => {
                             debug!(error = %e, "refused");
                             error_response(&e)
@@ -968,15 +1120,28 @@ impl AggregationActor {
         };
         match msg {
             AggMsg::KeygenCommit { plan } => answer_later(
-                Box::pin(async move { keys.commit(me, from, plan).await.map(AggReply::Commitment) }),
+                Box::pin(
+                    async move { keys.commit(me, from, plan).await.map(AggReply::Commitment) },
+                ),
                 reply,
             ),
-            AggMsg::KeygenReveal { session, commitments } => answer_later(
-                Box::pin(async move { keys.reveal(from, session, commitments).await.map(AggReply::Share) }),
+            AggMsg::KeygenReveal {
+                session,
+                commitments,
+            } => answer_later(
+                Box::pin(async move {
+                    keys.reveal(from, session, commitments)
+                        .await
+                        .map(AggReply::Share)
+                }),
                 reply,
             ),
             AggMsg::Decrypt { session, request } => answer_later(
-                Box::pin(async move { keys.decrypt(from, session, request).await.map(AggReply::Partial) }),
+                Box::pin(async move {
+                    keys.decrypt(from, session, request)
+                        .await
+                        .map(AggReply::Partial)
+                }),
                 reply,
             ),
             AggMsg::Open {
@@ -989,7 +1154,9 @@ impl AggregationActor {
                     Ok(Some(bind)) => answer_later(
                         Box::pin(async move {
                             let (plan, commitments, shares) = bind;
-                            keys.bind(from, plan, commitments, shares).await.map(|()| AggReply::Ack)
+                            keys.bind(from, plan, commitments, shares)
+                                .await
+                                .map(|()| AggReply::Ack)
                         }),
                         reply,
                     ),
@@ -1006,7 +1173,9 @@ impl AggregationActor {
                 bytes,
             } => {
                 let len = bytes.len() as u64;
-                let result = self.piece(&from, &session, digest, index, count, clipped, bytes).await;
+                let result = self
+                    .piece(&from, &session, digest, index, count, clipped, bytes)
+                    .await;
                 let outcome = match &result {
                     Ok(AggReply::PieceAck { complete: true, .. }) => "accepted",
                     Ok(_) => "piece",
@@ -1016,7 +1185,10 @@ impl AggregationActor {
                     Err(_) => "refused",
                 };
                 if outcome != "piece" {
-                    self.metrics.submissions.get_or_create(&OutcomeLabels { outcome }).inc();
+                    self.metrics
+                        .submissions
+                        .get_or_create(&OutcomeLabels { outcome })
+                        .inc();
                 }
                 if result.is_ok() {
                     self.metrics.submission_bytes.inc_by(len);
@@ -1024,7 +1196,10 @@ impl AggregationActor {
                 answer_later(Box::pin(async move { result }), reply);
             }
             AggMsg::Result { result } => {
-                let r = self.receive_result(&from, result).await.map(|()| AggReply::Ack);
+                let r = self
+                    .receive_result(&from, result)
+                    .await
+                    .map(|()| AggReply::Ack);
                 answer_later(Box::pin(async move { r }), reply);
             }
         }
@@ -1059,7 +1234,10 @@ impl AggregationActor {
         plan.params.validate()?;
         if let Some(existing) = self.joined.get(&plan.id) {
             if existing.plan != plan {
-                return Err(SessionError::Duplicate(format!("session `{}` is already open with another plan", plan.id)));
+                return Err(SessionError::Duplicate(format!(
+                    "session `{}` is already open with another plan",
+                    plan.id
+                )));
             }
         } else {
             // Check the shares against their commitments before accepting the key.
@@ -1081,7 +1259,11 @@ impl AggregationActor {
         Ok(member.then_some((plan, commitments, shares)))
     }
 
-    async fn receive_result(&mut self, from: &str, result: SessionResult) -> Result<(), SessionError> {
+    async fn receive_result(
+        &mut self,
+        from: &str,
+        result: SessionResult,
+    ) -> Result<(), SessionError> {
         let Some(mut joined) = self.joined.get(&result.session).cloned() else {
             return Err(SessionError::UnknownSession(result.session.clone()));
         };
@@ -1093,10 +1275,13 @@ impl AggregationActor {
             });
         }
         if result.values.len() as u64 != joined.plan.length {
-            return Err(SessionError::BadInput("the result has the wrong length".into()));
+            return Err(SessionError::BadInput(
+                "the result has the wrong length".into(),
+            ));
         }
         if !self.coordinated.contains_key(&result.session) {
-            self.store.put(trees::RESULTS, result.session.as_bytes(), &result)?;
+            self.store
+                .put(trees::RESULTS, result.session.as_bytes(), &result)?;
         }
         joined.phase = Phase::Done;
         joined.finished_ms = Some(now_ms());
@@ -1133,7 +1318,10 @@ impl AggregationActor {
             // A retransmission of the accepted update is harmless; anything else is a second
             // submission.
             if done.digest == digest {
-                return Ok(AggReply::PieceAck { index, complete: true });
+                return Ok(AggReply::PieceAck {
+                    index,
+                    complete: true,
+                });
             }
             return Err(SessionError::Duplicate(format!(
                 "participant {from} already submitted to session `{session}`"
@@ -1147,7 +1335,12 @@ impl AggregationActor {
             });
         }
         let max = max_update_bytes(&plan);
-        if count == 0 || index >= count || bytes.is_empty() || bytes.len() > PIECE_BYTES || count as u64 * PIECE_BYTES as u64 > max + PIECE_BYTES as u64 {
+        if count == 0
+            || index >= count
+            || bytes.is_empty()
+            || bytes.len() > PIECE_BYTES
+            || count as u64 * PIECE_BYTES as u64 > max + PIECE_BYTES as u64
+        {
             return Err(SessionError::BadInput(format!(
                 "piece {index} of {count} with {} bytes does not fit an update of at most {max} bytes",
                 bytes.len()
@@ -1159,7 +1352,8 @@ impl AggregationActor {
         let current = format!("{}/", hex(&digest));
         for key in tree.scan_prefix(&prefix).keys().flatten() {
             if !key[prefix.len()..].starts_with(current.as_bytes()) {
-                tree.remove(key).map_err(|e| SessionError::Store(e.to_string()))?;
+                tree.remove(key)
+                    .map_err(|e| SessionError::Store(e.to_string()))?;
             }
         }
         tree.insert(piece_key(session, from, &digest, index), bytes)
@@ -1169,7 +1363,10 @@ impl AggregationActor {
         prefix_digest.extend_from_slice(current.as_bytes());
         let have = tree.scan_prefix(&prefix_digest).count() as u32;
         if have < count {
-            return Ok(AggReply::PieceAck { index, complete: false });
+            return Ok(AggReply::PieceAck {
+                index,
+                complete: false,
+            });
         }
         // All pieces are in: assemble, check, and keep the whole update.
         let mut whole = Vec::new();
@@ -1184,7 +1381,9 @@ impl AggregationActor {
         };
         if *blake3::hash(&whole).as_bytes() != digest {
             drop_pieces(&tree);
-            return Err(SessionError::BadInput("the assembled update does not match its digest".into()));
+            return Err(SessionError::BadInput(
+                "the assembled update does not match its digest".into(),
+            ));
         }
         let key = self.coordinated_key(session)?;
         if let Err(e) = check_update(&whole, max, &plan, &key) {
@@ -1211,7 +1410,10 @@ impl AggregationActor {
         {
             return Err(e);
         }
-        Ok(AggReply::PieceAck { index, complete: true })
+        Ok(AggReply::PieceAck {
+            index,
+            complete: true,
+        })
     }
 }
 
@@ -1222,7 +1424,12 @@ fn fail_event(peer: &str, why: &str) -> Event {
 }
 
 /// Decodes an update and checks it belongs to this session and key.
-fn check_update(bytes: &[u8], max: u64, plan: &SessionPlan, key: &CollectivePublicKey) -> Result<EncryptedUpdate, SessionError> {
+fn check_update(
+    bytes: &[u8],
+    max: u64,
+    plan: &SessionPlan,
+    key: &CollectivePublicKey,
+) -> Result<EncryptedUpdate, SessionError> {
     let update = EncryptedUpdate::from_bytes(bytes, max as usize)?;
     if update.profile != plan.params.profile {
         return Err(CryptoError::ProfileMismatch {
@@ -1232,10 +1439,16 @@ fn check_update(bytes: &[u8], max: u64, plan: &SessionPlan, key: &CollectivePubl
         .into());
     }
     if update.tag != SessionTag::derive(&plan.id) {
-        return Err(CryptoError::WrongSession { what: "encrypted update" }.into());
+        return Err(CryptoError::WrongSession {
+            what: "encrypted update",
+        }
+        .into());
     }
     if update.key_id != key.key_id() {
-        return Err(CryptoError::WrongKey { what: "encrypted update" }.into());
+        return Err(CryptoError::WrongKey {
+            what: "encrypted update",
+        }
+        .into());
     }
     if update.length != plan.length {
         return Err(CryptoError::LengthMismatch {
@@ -1281,7 +1494,8 @@ async fn upload(
     let start = Instant::now();
     let n = values.len() as u64;
     let (bytes, clipped) = tokio::task::spawn_blocking(move || {
-        key.encrypt(&values).map(|(update, clipped)| (update.to_bytes(), clipped))
+        key.encrypt(&values)
+            .map(|(update, clipped)| (update.to_bytes(), clipped))
     })
     .await
     .map_err(|_| SessionError::Unavailable("encryption"))??;

@@ -42,7 +42,10 @@ struct InferenceActor {
     rx: mpsc::Receiver<Command>,
 }
 
-pub fn spawn(store: Store, cancel: CancellationToken) -> (InferenceHandle, impl std::future::Future<Output = ()>) {
+pub fn spawn(
+    store: Store,
+    cancel: CancellationToken,
+) -> (InferenceHandle, impl std::future::Future<Output = ()>) {
     let (mailbox, rx) = Mailbox::new("inference", 64);
     let actor = InferenceActor { store, rx };
     (InferenceHandle { mailbox }, actor.run(cancel))

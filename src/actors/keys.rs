@@ -108,7 +108,12 @@ impl KeysHandle {
     }
 
     /// Draws this node's share for `plan` (once; asking again returns the same commitment).
-    pub async fn commit(&self, me: String, from: String, plan: SessionPlan) -> Result<KeyCommitment, SessionError> {
+    pub async fn commit(
+        &self,
+        me: String,
+        from: String,
+        plan: SessionPlan,
+    ) -> Result<KeyCommitment, SessionError> {
         self.mailbox
             .ask(|reply| Command::Commit {
                 me,
@@ -222,7 +227,8 @@ impl KeysActor {
     }
 
     async fn save(&self, record: &MemberRecord) -> Result<(), SessionError> {
-        self.store.put(trees::KEYS, record.plan.id.as_bytes(), record)?;
+        self.store
+            .put(trees::KEYS, record.plan.id.as_bytes(), record)?;
         self.store.flush_async().await?;
         Ok(())
     }
@@ -233,7 +239,12 @@ impl KeysActor {
                 let key_shares = self.store.tree(trees::KEYS).map(|t| t.len()).unwrap_or(0);
                 let _ = reply.send(KeysStatus { key_shares });
             }
-            Command::Commit { me, from, plan, reply } => {
+            Command::Commit {
+                me,
+                from,
+                plan,
+                reply,
+            } => {
                 let span = info_span!("keygen", session = %plan.id);
                 let _ = reply.send(self.commit(&me, &from, *plan).await.inspect_err(|e| {
                     let _g = span.enter();
@@ -280,17 +291,27 @@ impl KeysActor {
         }
     }
 
-    async fn commit(&mut self, me: &str, from: &str, plan: SessionPlan) -> Result<KeyCommitment, SessionError> {
+    async fn commit(
+        &mut self,
+        me: &str,
+        from: &str,
+        plan: SessionPlan,
+    ) -> Result<KeyCommitment, SessionError> {
         if from != plan.coordinator {
             return Err(not_coordinator(from, &plan));
         }
-        let member = plan.member_index(me).ok_or_else(|| SessionError::NotAllowed {
-            peer: me.to_string(),
-            role: "a committee member",
-            session: plan.id.clone(),
-        })?;
+        let member = plan
+            .member_index(me)
+            .ok_or_else(|| SessionError::NotAllowed {
+                peer: me.to_string(),
+                role: "a committee member",
+                session: plan.id.clone(),
+            })?;
         plan.params.validate()?;
-        if let Some(existing) = self.store.get::<MemberRecord>(trees::KEYS, plan.id.as_bytes())? {
+        if let Some(existing) = self
+            .store
+            .get::<MemberRecord>(trees::KEYS, plan.id.as_bytes())?
+        {
             // A retransmitted request gets the same answer; a different plan under a used id
             // would mean a second key for one session tag.
             if existing.plan == plan {
@@ -303,9 +324,10 @@ impl KeysActor {
         }
         let tag = SessionTag::derive(&plan.id);
         let params = plan.params.clone();
-        let (share, public) = tokio::task::spawn_blocking(move || SecretKeyShare::generate(&params, tag, member))
-            .await
-            .map_err(|_| SessionError::Unavailable("key generation"))??;
+        let (share, public) =
+            tokio::task::spawn_blocking(move || SecretKeyShare::generate(&params, tag, member))
+                .await
+                .map_err(|_| SessionError::Unavailable("key generation"))??;
         let record = MemberRecord {
             plan,
             member,
@@ -343,7 +365,9 @@ impl KeysActor {
         }
         match &record.commitments {
             Some(seen) if *seen != commitments => {
-                return Err(SessionError::Duplicate("shares were already revealed against other commitments".into()))
+                return Err(SessionError::Duplicate(
+                    "shares were already revealed against other commitments".into(),
+                ))
             }
             Some(_) => {}
             None => {
@@ -369,7 +393,9 @@ impl KeysActor {
             return Ok(());
         }
         if record.commitments.as_ref() != Some(&commitments) {
-            return Err(SessionError::BadInput("the key does not use the commitments this member revealed against".into()));
+            return Err(SessionError::BadInput(
+                "the key does not use the commitments this member revealed against".into(),
+            ));
         }
         let key = collective_key(plan, &commitments, &shares)?;
         let mut share = SecretKeyShare::from_secret_bytes(&record.secret)?;
@@ -398,7 +424,11 @@ impl KeysActor {
                 what: "this member's share is not bound to a collective key yet".into(),
             });
         }
-        if let Some(stranger) = request.contributors.iter().find(|c| !plan.is_participant(c)) {
+        if let Some(stranger) = request
+            .contributors
+            .iter()
+            .find(|c| !plan.is_participant(c))
+        {
             return Err(SessionError::NotAllowed {
                 peer: stranger.clone(),
                 role: "a participant",

@@ -22,7 +22,10 @@ pub struct Mailbox<C> {
 
 impl<C> Clone for Mailbox<C> {
     fn clone(&self) -> Self {
-        Mailbox { name: self.name, tx: self.tx.clone() }
+        Mailbox {
+            name: self.name,
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -48,13 +51,22 @@ impl<C> Mailbox<C> {
 
     /// Sends a command without waiting for an answer.
     pub async fn send(&self, command: C) -> Result<(), ActorError> {
-        self.tx.send(command).await.map_err(|_| ActorError::Stopped(self.name))
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| ActorError::Stopped(self.name))
     }
 
     /// Sends the command built around a reply channel and awaits the reply.
-    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> C) -> Result<T, ActorError> {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> C,
+    ) -> Result<T, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| ActorError::Stopped(self.name))?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ActorError::Stopped(self.name))?;
         rx.await.map_err(|_| ActorError::Stopped(self.name))
     }
 }

@@ -102,9 +102,12 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// A span per request, and request counts and durations by route template (never by raw
@@ -138,7 +141,12 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
 }
 
 /// `/v1/*` needs `Authorization: Bearer <api.token>` when a token is configured.
-async fn require_token(State(state): State<ApiState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &state.token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -226,12 +234,17 @@ async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
 
 /// OpenMetrics for clients that ask for it (Prometheus does), the classic text format otherwise.
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    state.metrics.store_size.set(state.store.size_on_disk() as i64);
+    state
+        .metrics
+        .store_size
+        .set(state.store.size_on_disk() as i64);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let internal = |e: std::fmt::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let internal = |e: std::fmt::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
     let (content_type, body) = if wants_openmetrics {
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -262,6 +275,10 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }

@@ -108,7 +108,9 @@ impl Metrics {
             store_size: Gauge::default(),
             store_flush_duration: Histogram::new(duration_buckets()),
             api_requests: Family::default(),
-            api_request_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            api_request_duration: Family::new_with_constructor(|| {
+                Histogram::new(duration_buckets())
+            }),
             rpc_requests: Family::default(),
             rpc_bytes_received: Counter::default(),
             gossip_messages: Family::default(),
@@ -131,28 +133,49 @@ impl Metrics {
                 tfhe: "1.8.2",
             })
             .set(1);
-        fhenode.register("build_info", "Version of this fhenode build (always 1)", build_info);
+        fhenode.register(
+            "build_info",
+            "Version of this fhenode build (always 1)",
+            build_info,
+        );
         fhenode.register_with_unit(
             "start_time",
             "Unix time the node started",
             Unit::Seconds,
             node.start_time.clone(),
         );
-        fhenode.register("peers_connected", "Peers with at least one open connection", node.peers_connected.clone());
+        fhenode.register(
+            "peers_connected",
+            "Peers with at least one open connection",
+            node.peers_connected.clone(),
+        );
         fhenode.register(
             "actor_mailbox_depth",
             "Messages waiting in each actor's mailbox",
             node.actor_mailbox_depth.clone(),
         );
-        fhenode.register("actor_panics", "Actors that panicked (the node then shuts down)", node.actor_panics.clone());
-        fhenode.register_with_unit("store_size", "Size of the sled database on disk", Unit::Bytes, node.store_size.clone());
+        fhenode.register(
+            "actor_panics",
+            "Actors that panicked (the node then shuts down)",
+            node.actor_panics.clone(),
+        );
+        fhenode.register_with_unit(
+            "store_size",
+            "Size of the sled database on disk",
+            Unit::Bytes,
+            node.store_size.clone(),
+        );
         fhenode.register_with_unit(
             "store_flush_duration",
             "Time to make the store durable at a checkpoint",
             Unit::Seconds,
             node.store_flush_duration.clone(),
         );
-        fhenode.register("api_requests", "HTTP API requests by route and status", node.api_requests.clone());
+        fhenode.register(
+            "api_requests",
+            "HTTP API requests by route and status",
+            node.api_requests.clone(),
+        );
         fhenode.register_with_unit(
             "api_request_duration",
             "HTTP API request duration by route",
@@ -170,8 +193,16 @@ impl Metrics {
             Unit::Bytes,
             node.rpc_bytes_received.clone(),
         );
-        fhenode.register("gossip_messages", "Gossipsub messages by outcome", node.gossip_messages.clone());
-        fhenode.register("sessions", "Sessions this node coordinates, by phase", node.sessions.clone());
+        fhenode.register(
+            "gossip_messages",
+            "Gossipsub messages by outcome",
+            node.gossip_messages.clone(),
+        );
+        fhenode.register(
+            "sessions",
+            "Sessions this node coordinates, by phase",
+            node.sessions.clone(),
+        );
         fhenode.register(
             "session_outcomes",
             "Coordinated sessions that ended, by outcome (done or failed)",
@@ -252,7 +283,9 @@ pub fn render_classic(registry: &Registry) -> Result<String, std::fmt::Error> {
         if line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
-        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| line.strip_prefix(p).map(|r| (p, r)));
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|r| (p, r)));
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -288,8 +321,18 @@ impl Collector for ProcessCollector {
             c.encode(e)?;
         }
         let gauges: [(&str, &str, Option<Unit>, Option<u64>); 6] = [
-            ("process_open_fds", "Number of open file descriptors", None, m.open_fds),
-            ("process_max_fds", "Maximum number of open file descriptors", None, m.max_fds),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                m.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                m.max_fds,
+            ),
             (
                 "process_virtual_memory",
                 "Virtual memory size",
@@ -328,8 +371,13 @@ mod tests {
     #[test]
     fn exposition_has_node_and_process_families() {
         let m = Metrics::new();
-        m.node.api_requests
-            .get_or_create(&RouteLabels { method: "GET".into(), route: "/healthz".into(), status: 200 })
+        m.node
+            .api_requests
+            .get_or_create(&RouteLabels {
+                method: "GET".into(),
+                route: "/healthz".into(),
+                status: 200,
+            })
             .inc();
         let text = render(&m.registry).unwrap();
         for family in [
@@ -345,8 +393,14 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
         let classic = render_classic(&m.registry).unwrap();
-        assert!(classic.contains("# TYPE fhenode_api_requests_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP process_cpu_seconds_total "), "{classic}");
+        assert!(
+            classic.contains("# TYPE fhenode_api_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP process_cpu_seconds_total "),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
 }

@@ -122,9 +122,15 @@ impl NetworkHandle {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
@@ -150,7 +156,12 @@ impl NetworkHandle {
                 limit: self.max_request_bytes,
             });
         }
-        self.ask(|reply| Command::Request { peer, request, reply }).await?
+        self.ask(|reply| Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?
     }
 
     /// Announces a small message on the gossipsub topic.
@@ -168,7 +179,10 @@ struct PeerEntry {
 }
 
 type PendingInbound = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (request_response::ResponseChannel<Response>, Response)> + Send>,
+    Box<
+        dyn std::future::Future<Output = (request_response::ResponseChannel<Response>, Response)>
+            + Send,
+    >,
 >;
 
 struct NetworkActor {
@@ -178,7 +192,10 @@ struct NetworkActor {
     metrics: NodeMetrics,
     recorder: libp2p_metrics::Metrics,
     peers: HashMap<PeerId, PeerEntry>,
-    pending: HashMap<request_response::OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, NetError>>)>,
+    pending: HashMap<
+        request_response::OutboundRequestId,
+        (PeerId, oneshot::Sender<Result<Response, NetError>>),
+    >,
     answering: FuturesUnordered<PendingInbound>,
     last_bootstrap: Option<Instant>,
     topic: gossipsub::IdentTopic,
@@ -199,13 +216,19 @@ pub fn spawn(
     let cfg_b = cfg.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| build_behaviour(key, &cfg_b))
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg_b.idle_timeout_secs)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(cfg_b.idle_timeout_secs))
+        })
         .build();
     let recorder = libp2p_metrics::Metrics::new(registry);
 
@@ -243,7 +266,11 @@ pub fn spawn(
         last_bootstrap: None,
         topic,
     };
-    let task = tokio::spawn(actor.run(cancel).instrument(info_span!("network", %peer_id)));
+    let task = tokio::spawn(
+        actor
+            .run(cancel)
+            .instrument(info_span!("network", %peer_id)),
+    );
     Ok((
         NetworkHandle {
             tx,
@@ -254,7 +281,10 @@ pub fn spawn(
     ))
 }
 
-fn build_behaviour(key: &Keypair, cfg: &P2pConfig) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+fn build_behaviour(
+    key: &Keypair,
+    cfg: &P2pConfig,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(cfg.max_connections))
@@ -264,7 +294,10 @@ fn build_behaviour(key: &Keypair, cfg: &P2pConfig) -> Result<Behaviour, Box<dyn 
             .with_agent_version(format!("fhenode/{}", env!("CARGO_PKG_VERSION"))),
     );
     let mdns = if cfg.mdns {
-        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
     } else {
         None
     };
@@ -276,11 +309,18 @@ fn build_behaviour(key: &Keypair, cfg: &P2pConfig) -> Result<Behaviour, Box<dyn 
         .validation_mode(gossipsub::ValidationMode::Strict)
         .heartbeat_interval(Duration::from_secs(1))
         .build()?;
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_cfg,
+    )?;
     let rpc = request_response::Behaviour::with_codec(
         RpcCodec::new(cfg.max_request_bytes, cfg.max_response_bytes),
-        [(protocol::RPC_PROTOCOL, request_response::ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(cfg.request_timeout_secs)),
+        [(
+            protocol::RPC_PROTOCOL,
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(cfg.request_timeout_secs)),
     );
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
@@ -323,7 +363,10 @@ impl NetworkActor {
     }
 
     fn bootstrap(&mut self) {
-        if self.last_bootstrap.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+        if self
+            .last_bootstrap
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
             return;
         }
         if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
@@ -362,7 +405,11 @@ impl NetworkActor {
                 });
                 let _ = reply.send(result);
             }
-            Command::Request { peer, request, reply } => {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, (peer, reply));
             }
@@ -391,10 +438,14 @@ impl NetworkActor {
         self.recorder.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 let entry = self.peers.entry(peer_id).or_default();
                 entry.connections += 1;
-                entry.addresses.insert(endpoint.get_remote_address().clone());
+                entry
+                    .addresses
+                    .insert(endpoint.get_remote_address().clone());
                 self.metrics.peers_connected.set(self.peers.len() as i64);
                 debug!(peer = %peer_id, "connected");
             }
@@ -462,7 +513,9 @@ impl NetworkActor {
                 if let gossipsub::Event::Message { .. } = e {
                     self.metrics
                         .gossip_messages
-                        .get_or_create(&OutcomeLabels { outcome: "received" })
+                        .get_or_create(&OutcomeLabels {
+                            outcome: "received",
+                        })
                         .inc();
                 }
             }
@@ -476,36 +529,60 @@ impl NetworkActor {
         match event {
             Event::Message {
                 peer,
-                message: Message::Request { request, channel, .. },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
-                self.metrics.rpc_bytes_received.inc_by(protocol::encoded_len(&request) as u64);
+                self.metrics
+                    .rpc_bytes_received
+                    .inc_by(protocol::encoded_len(&request) as u64);
                 let span = info_span!("rpc", %peer, kind = request.kind());
                 let _guard = span.enter();
                 match request {
                     Request::Echo(bytes) => {
                         self.count_rpc("echo", "answered");
-                        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Echo(bytes));
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(channel, Response::Echo(bytes));
                     }
                     Request::Sink(bytes) => {
                         self.count_rpc("sink", "answered");
                         let len = bytes.len() as u64;
-                        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Sunk(len));
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(channel, Response::Sunk(len));
                     }
                     other => self.forward_inbound(peer, other, channel),
                 }
             }
             Event::Message {
-                message: Message::Response { request_id, response },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => {
-                self.metrics.rpc_bytes_received.inc_by(protocol::encoded_len(&response) as u64);
+                self.metrics
+                    .rpc_bytes_received
+                    .inc_by(protocol::encoded_len(&response) as u64);
                 if let Some((_, reply)) = self.pending.remove(&request_id) {
                     self.count_rpc("outbound", "ok");
                     let _ = reply.send(Ok(response));
                 }
             }
-            Event::OutboundFailure { request_id, error, peer, .. } => {
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
                 self.count_rpc("outbound", "failed");
                 if let Some((_, reply)) = self.pending.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Outbound {
@@ -548,7 +625,13 @@ impl NetworkActor {
         // The owning actor answers asynchronously; the swarm keeps running meanwhile.
         self.answering.push(Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            let sent = inbound.send(InboundRequest { peer, request, reply: tx }).await;
+            let sent = inbound
+                .send(InboundRequest {
+                    peer,
+                    request,
+                    reply: tx,
+                })
+                .await;
             let response = match (sent, rx.await) {
                 (Ok(()), Ok(response)) => response,
                 _ => Response::Error {

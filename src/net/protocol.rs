@@ -45,7 +45,10 @@ pub enum Response {
     /// How many bytes a `Sink` request carried.
     Sunk(u64),
     /// The request was understood but refused; `code` is stable, `message` is for humans.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 /// Frames are a 4-byte little-endian length, then that many bytes of bincode.
@@ -73,7 +76,9 @@ fn too_large(what: &str, len: usize, limit: usize) -> io::Error {
 
 /// Encoded size of a message, to refuse oversized ones before they are sent.
 pub fn encoded_len<T: Serialize>(value: &T) -> usize {
-    bincode::serialized_size(value).map(|n| n as usize).unwrap_or(usize::MAX)
+    bincode::serialized_size(value)
+        .map(|n| n as usize)
+        .unwrap_or(usize::MAX)
 }
 
 async fn read_frame<T, M>(io: &mut T, limit: usize, what: &str) -> io::Result<M>
@@ -90,7 +95,10 @@ where
     let mut buf = Vec::with_capacity(len);
     io.take(len as u64).read_to_end(&mut buf).await?;
     if buf.len() != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("truncated {what}")));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("truncated {what}"),
+        ));
     }
     use bincode::Options;
     bincode::options()
@@ -106,7 +114,8 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
-    let bytes = bincode::serialize(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let bytes = bincode::serialize(value)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     if bytes.len() > limit || bytes.len() > u32::MAX as usize {
         return Err(too_large(what, bytes.len(), limit));
     }
@@ -135,14 +144,24 @@ impl libp2p::request_response::Codec for RpcCodec {
         read_frame(io, self.max_response_bytes, "response").await
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &req, self.max_request_bytes, "request").await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Response) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -186,16 +205,25 @@ mod tests {
 
             // A hostile length prefix is refused before allocating.
             let mut rd = Cursor::new(u32::MAX.to_le_bytes().to_vec());
-            let e = codec.read_request(&RPC_PROTOCOL, &mut rd).await.unwrap_err();
+            let e = codec
+                .read_request(&RPC_PROTOCOL, &mut rd)
+                .await
+                .unwrap_err();
             assert!(e.to_string().contains("exceeds the limit"), "{e}");
 
             // Truncated body, trailing bytes, garbage.
             let mut truncated = frame(&[0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1]);
             truncated.truncate(8);
-            assert!(codec.read_request(&RPC_PROTOCOL, &mut Cursor::new(truncated)).await.is_err());
+            assert!(codec
+                .read_request(&RPC_PROTOCOL, &mut Cursor::new(truncated))
+                .await
+                .is_err());
             let mut good = bincode::serialize(&Request::Echo(vec![1])).unwrap();
             good.push(0);
-            assert!(codec.read_request(&RPC_PROTOCOL, &mut Cursor::new(frame(&good))).await.is_err());
+            assert!(codec
+                .read_request(&RPC_PROTOCOL, &mut Cursor::new(frame(&good)))
+                .await
+                .is_err());
         });
     }
 

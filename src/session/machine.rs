@@ -77,20 +77,38 @@ pub struct SubmissionMeta {
 pub enum Event {
     /// The actor has persisted the new session: start key generation.
     Start,
-    Commitment { member: u32, commitment: KeyCommitment },
-    Share { member: u32, share: PublicKeyShare },
+    Commitment {
+        member: u32,
+        commitment: KeyCommitment,
+    },
+    Share {
+        member: u32,
+        share: PublicKeyShare,
+    },
     /// Every participant and member has the collective key (or was tried).
     KeyDelivered,
-    SubmissionComplete { participant: String, meta: SubmissionMeta },
+    SubmissionComplete {
+        participant: String,
+        meta: SubmissionMeta,
+    },
     /// Time passes: deadlines are checked.
     Tick,
     /// The sum is computed; its decryption request has this digest.
-    Aggregated { request_digest: [u8; 32] },
-    Partial { member: u32 },
+    Aggregated {
+        request_digest: [u8; 32],
+    },
+    Partial {
+        member: u32,
+    },
     /// The sum is decrypted and the result stored.
-    Combined { contributors: u32, clipped: u64 },
+    Combined {
+        contributors: u32,
+        clipped: u64,
+    },
     /// Something the protocol cannot recover from.
-    Fail { reason: String },
+    Fail {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +116,10 @@ pub enum Effect {
     /// Ask each member (index) for its key-share commitment.
     RequestCommitments { members: Vec<u32> },
     /// Ask each member to reveal its public share.
-    RequestShares { members: Vec<u32>, commitments: Vec<KeyCommitment> },
+    RequestShares {
+        members: Vec<u32>,
+        commitments: Vec<KeyCommitment>,
+    },
     /// Send the plan, commitments and shares to every participant and member.
     DeliverKey,
     /// Sum the submissions of these participants.
@@ -226,7 +247,9 @@ impl Coordinated {
         };
         let committee = self.plan.committee.len();
         match (self.phase, event) {
-            (_, Event::Fail { reason }) if !self.phase.is_terminal() => Ok(self.fail(reason, now_ms)),
+            (_, Event::Fail { reason }) if !self.phase.is_terminal() => {
+                Ok(self.fail(reason, now_ms))
+            }
             (Phase::Proposed, Event::Start) => {
                 self.phase = Phase::Keygen;
                 Ok(vec![Effect::RequestCommitments {
@@ -235,7 +258,9 @@ impl Coordinated {
             }
             (Phase::Keygen, Event::Commitment { member, commitment }) => {
                 if member as usize >= committee || commitment.member != member {
-                    return Err(SessionError::BadInput(format!("commitment for member {member} is misaddressed")));
+                    return Err(SessionError::BadInput(format!(
+                        "commitment for member {member} is misaddressed"
+                    )));
                 }
                 if self.commitments.len() == committee {
                     return Err(wrong(self, "all commitments are already in"));
@@ -251,10 +276,15 @@ impl Coordinated {
             }
             (Phase::Keygen, Event::Share { member, share }) => {
                 let Some(commitment) = self.commitments.get(&member) else {
-                    return Err(SessionError::BadInput(format!("share from member {member} before its commitment")));
+                    return Err(SessionError::BadInput(format!(
+                        "share from member {member} before its commitment"
+                    )));
                 };
                 if self.commitments.len() < committee {
-                    return Err(wrong(self, "shares are revealed only after every commitment"));
+                    return Err(wrong(
+                        self,
+                        "shares are revealed only after every commitment",
+                    ));
                 }
                 if share.member != member || share.commitment() != *commitment {
                     // A share that does not match its commitment is a rogue-key attempt or a
@@ -346,15 +376,24 @@ impl Coordinated {
                 self.request_digest = Some(request_digest);
                 self.timings.decrypting_ms = Some(now_ms);
                 Ok(vec![Effect::RequestPartials {
-                    members: self.members().filter(|m| !self.partials.contains(m)).collect(),
+                    members: self
+                        .members()
+                        .filter(|m| !self.partials.contains(m))
+                        .collect(),
                 }])
             }
             (Phase::Decrypting, Event::Aggregated { request_digest }) => {
                 // After a restart the sum is recomputed: it must be the same one.
                 if self.request_digest != Some(request_digest) {
-                    return Ok(self.fail("the recomputed sum differs from the one sent for decryption".into(), now_ms));
+                    return Ok(self.fail(
+                        "the recomputed sum differs from the one sent for decryption".into(),
+                        now_ms,
+                    ));
                 }
-                let missing: Vec<u32> = self.members().filter(|m| !self.partials.contains(m)).collect();
+                let missing: Vec<u32> = self
+                    .members()
+                    .filter(|m| !self.partials.contains(m))
+                    .collect();
                 if missing.is_empty() {
                     return Ok(vec![Effect::Combine]);
                 }
@@ -362,7 +401,9 @@ impl Coordinated {
             }
             (Phase::Decrypting, Event::Partial { member }) => {
                 if member as usize >= committee {
-                    return Err(SessionError::BadInput(format!("no committee member {member}")));
+                    return Err(SessionError::BadInput(format!(
+                        "no committee member {member}"
+                    )));
                 }
                 self.partials.insert(member);
                 if self.partials.len() == committee {
@@ -370,14 +411,26 @@ impl Coordinated {
                 }
                 Ok(Vec::new())
             }
-            (Phase::Decrypting, Event::Combined { contributors, clipped }) => {
+            (
+                Phase::Decrypting,
+                Event::Combined {
+                    contributors,
+                    clipped,
+                },
+            ) => {
                 self.phase = Phase::Done;
                 self.timings.finished_ms = Some(now_ms);
                 debug_assert_eq!(contributors as usize, self.contributors.len());
                 self.clipped = clipped;
                 Ok(vec![Effect::PublishResult])
             }
-            (_, event) => Err(wrong(self, &format!("{event:?} does not apply").chars().take(120).collect::<String>())),
+            (_, event) => Err(wrong(
+                self,
+                &format!("{event:?} does not apply")
+                    .chars()
+                    .take(120)
+                    .collect::<String>(),
+            )),
         }
     }
 }
@@ -391,7 +444,7 @@ pub fn collective_key<'a>(
 ) -> Result<CollectivePublicKey, SessionError> {
     let mut ceremony = KeyCeremony::new(plan.params.clone(), SessionTag::derive(&plan.id))?;
     for c in commitments {
-        ceremony.add_commitment(c.clone())?;
+        ceremony.add_commitment(*c)?;
     }
     for s in shares {
         ceremony.add_share(s.clone())?;
@@ -412,7 +465,9 @@ mod tests {
             length: Some(10),
             profile: Some(Profile::Fast),
             committee: (0..2).map(|_| PeerId::random().to_string()).collect(),
-            participants: (0..participants).map(|_| PeerId::random().to_string()).collect(),
+            participants: (0..participants)
+                .map(|_| PeerId::random().to_string())
+                .collect(),
             min_participants: Some(min),
             deadline_secs: Some(10),
             ..Default::default()
@@ -435,10 +490,14 @@ mod tests {
         let mut s = Coordinated::new(plan.clone(), 0);
         assert_eq!(
             s.handle(Event::Start, 0).unwrap(),
-            vec![Effect::RequestCommitments { members: vec![0, 1] }]
+            vec![Effect::RequestCommitments {
+                members: vec![0, 1]
+            }]
         );
         let tag = SessionTag::derive(&plan.id);
-        let generated: Vec<_> = (0..2).map(|m| SecretKeyShare::generate(&plan.params, tag, m).unwrap()).collect();
+        let generated: Vec<_> = (0..2)
+            .map(|m| SecretKeyShare::generate(&plan.params, tag, m).unwrap())
+            .collect();
         // A share before all commitments is refused.
         assert!(s
             .handle(
@@ -482,10 +541,22 @@ mod tests {
         let mut s = opened(2, 2);
         let p = s.plan.participants.clone();
         assert!(s
-            .handle(Event::SubmissionComplete { participant: p[0].clone(), meta: meta() }, 4)
+            .handle(
+                Event::SubmissionComplete {
+                    participant: p[0].clone(),
+                    meta: meta()
+                },
+                4
+            )
             .unwrap()
             .is_empty());
-        let dup = s.handle(Event::SubmissionComplete { participant: p[0].clone(), meta: meta() }, 4);
+        let dup = s.handle(
+            Event::SubmissionComplete {
+                participant: p[0].clone(),
+                meta: meta(),
+            },
+            4,
+        );
         assert!(matches!(dup, Err(SessionError::Duplicate(_))));
         let stranger = s.handle(
             Event::SubmissionComplete {
@@ -496,15 +567,42 @@ mod tests {
         );
         assert!(matches!(stranger, Err(SessionError::NotAllowed { .. })));
         let effects = s
-            .handle(Event::SubmissionComplete { participant: p[1].clone(), meta: meta() }, 5)
+            .handle(
+                Event::SubmissionComplete {
+                    participant: p[1].clone(),
+                    meta: meta(),
+                },
+                5,
+            )
             .unwrap();
-        assert!(matches!(&effects[..], [Effect::Accumulate { contributors }] if contributors.len() == 2));
+        assert!(
+            matches!(&effects[..], [Effect::Accumulate { contributors }] if contributors.len() == 2)
+        );
         assert_eq!(s.clipped, 2);
-        s.handle(Event::Aggregated { request_digest: [9; 32] }, 6).unwrap();
-        assert!(s.handle(Event::Partial { member: 0 }, 7).unwrap().is_empty());
-        assert_eq!(s.handle(Event::Partial { member: 1 }, 7).unwrap(), vec![Effect::Combine]);
+        s.handle(
+            Event::Aggregated {
+                request_digest: [9; 32],
+            },
+            6,
+        )
+        .unwrap();
+        assert!(s
+            .handle(Event::Partial { member: 0 }, 7)
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            s.handle(Event::Combined { contributors: 2, clipped: 2 }, 8).unwrap(),
+            s.handle(Event::Partial { member: 1 }, 7).unwrap(),
+            vec![Effect::Combine]
+        );
+        assert_eq!(
+            s.handle(
+                Event::Combined {
+                    contributors: 2,
+                    clipped: 2
+                },
+                8
+            )
+            .unwrap(),
             vec![Effect::PublishResult]
         );
         assert_eq!(s.phase, Phase::Done);
@@ -517,18 +615,36 @@ mod tests {
     fn deadline_closes_with_enough_and_fails_without() {
         let mut s = opened(3, 2);
         let p = s.plan.participants.clone();
-        s.handle(Event::SubmissionComplete { participant: p[0].clone(), meta: meta() }, 4)
-            .unwrap();
+        s.handle(
+            Event::SubmissionComplete {
+                participant: p[0].clone(),
+                meta: meta(),
+            },
+            4,
+        )
+        .unwrap();
         assert!(s.handle(Event::Tick, 3 + 9_999).unwrap().is_empty());
         let mut failing = s.clone();
         assert!(failing.handle(Event::Tick, 3 + 10_000).unwrap().is_empty());
         assert_eq!(failing.phase, Phase::Failed);
-        assert!(failing.failure.as_deref().unwrap().contains("only 1 of the required 2"));
+        assert!(failing
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("only 1 of the required 2"));
 
-        s.handle(Event::SubmissionComplete { participant: p[1].clone(), meta: meta() }, 5)
-            .unwrap();
+        s.handle(
+            Event::SubmissionComplete {
+                participant: p[1].clone(),
+                meta: meta(),
+            },
+            5,
+        )
+        .unwrap();
         let effects = s.handle(Event::Tick, 3 + 10_000).unwrap();
-        assert!(matches!(&effects[..], [Effect::Accumulate { contributors }] if contributors.len() == 2));
+        assert!(
+            matches!(&effects[..], [Effect::Accumulate { contributors }] if contributors.len() == 2)
+        );
     }
 
     #[test]
@@ -540,9 +656,30 @@ mod tests {
         let a = SecretKeyShare::generate(&plan.params, tag, 0).unwrap().1;
         let b = SecretKeyShare::generate(&plan.params, tag, 1).unwrap().1;
         let rogue = SecretKeyShare::generate(&plan.params, tag, 1).unwrap().1;
-        s.handle(Event::Commitment { member: 0, commitment: a.commitment() }, 1).unwrap();
-        s.handle(Event::Commitment { member: 1, commitment: b.commitment() }, 1).unwrap();
-        s.handle(Event::Share { member: 1, share: rogue }, 2).unwrap();
+        s.handle(
+            Event::Commitment {
+                member: 0,
+                commitment: a.commitment(),
+            },
+            1,
+        )
+        .unwrap();
+        s.handle(
+            Event::Commitment {
+                member: 1,
+                commitment: b.commitment(),
+            },
+            1,
+        )
+        .unwrap();
+        s.handle(
+            Event::Share {
+                member: 1,
+                share: rogue,
+            },
+            2,
+        )
+        .unwrap();
         assert_eq!(s.phase, Phase::Failed);
         assert!(s.failure.unwrap().contains("does not match its commitment"));
     }

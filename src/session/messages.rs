@@ -17,7 +17,10 @@ pub enum AggMsg {
     /// Coordinator → member: draw a key share for this session, answer with its commitment.
     KeygenCommit { plan: SessionPlan },
     /// Coordinator → member: every member's commitment is in; reveal your public share.
-    KeygenReveal { session: String, commitments: Vec<KeyCommitment> },
+    KeygenReveal {
+        session: String,
+        commitments: Vec<KeyCommitment>,
+    },
     /// Coordinator → participants and members: the session is open. Each node rebuilds the
     /// collective key from the shares and checks them against the commitments itself.
     Open {
@@ -38,7 +41,10 @@ pub enum AggMsg {
         bytes: Vec<u8>,
     },
     /// Coordinator → member: decrypt the aggregate, once.
-    Decrypt { session: String, request: DecryptionRequest },
+    Decrypt {
+        session: String,
+        request: DecryptionRequest,
+    },
     /// Coordinator → participants and members: the result.
     Result { result: SessionResult },
 }
@@ -49,7 +55,10 @@ pub enum AggReply {
     Share(PublicKeyShare),
     Ack,
     /// The piece is durable; `complete` when the whole update is in and valid.
-    PieceAck { index: u32, complete: bool },
+    PieceAck {
+        index: u32,
+        complete: bool,
+    },
     Partial(PartialDecryption),
 }
 

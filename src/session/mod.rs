@@ -66,10 +66,14 @@ impl SessionError {
     /// The HTTP status that fits.
     pub fn http_status(&self) -> u16 {
         match self {
-            SessionError::InvalidSpec { .. } | SessionError::BadInput(_) | SessionError::Crypto(_) => 400,
+            SessionError::InvalidSpec { .. }
+            | SessionError::BadInput(_)
+            | SessionError::Crypto(_) => 400,
             SessionError::NotAllowed { .. } => 403,
             SessionError::UnknownSession(_) => 404,
-            SessionError::WrongPhase { .. } | SessionError::Duplicate(_) | SessionError::NoResult { .. } => 409,
+            SessionError::WrongPhase { .. }
+            | SessionError::Duplicate(_)
+            | SessionError::NoResult { .. } => 409,
             SessionError::Remote { .. } => 502,
             SessionError::Store(_) => 500,
             SessionError::Unavailable(_) => 503,

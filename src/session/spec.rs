@@ -87,7 +87,8 @@ fn invalid(field: &str, reason: impl Into<String>) -> SessionError {
 fn peer_list(field: &str, ids: &[String]) -> Result<Vec<String>, SessionError> {
     let mut seen = BTreeSet::new();
     for id in ids {
-        PeerId::from_str(id).map_err(|e| invalid(field, format!("`{id}` is not a peer id: {e}")))?;
+        PeerId::from_str(id)
+            .map_err(|e| invalid(field, format!("`{id}` is not a peer id: {e}")))?;
         if !seen.insert(id.clone()) {
             return Err(invalid(field, format!("`{id}` is listed twice")));
         }
@@ -104,17 +105,31 @@ pub fn valid_session_id(id: &str) -> bool {
 
 impl SessionSpec {
     /// Checks every field and fixes the crypto parameters. `coordinator` is the creating node.
-    pub fn validate(&self, coordinator: PeerId, default_profile: Profile) -> Result<SessionPlan, SessionError> {
+    pub fn validate(
+        &self,
+        coordinator: PeerId,
+        default_profile: Profile,
+    ) -> Result<SessionPlan, SessionError> {
         let id = match &self.id {
             Some(id) if valid_session_id(id) => id.clone(),
-            Some(id) => return Err(invalid("id", format!("`{id}` must be 1–64 characters of A–Z a–z 0–9 . _ -"))),
+            Some(id) => {
+                return Err(invalid(
+                    "id",
+                    format!("`{id}` must be 1–64 characters of A–Z a–z 0–9 . _ -"),
+                ))
+            }
             None => {
                 let bytes: [u8; 8] = rand::random();
-                format!("s-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                format!(
+                    "s-{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
             }
         };
         let length = match (&self.length, &self.shapes) {
-            (Some(_), Some(_)) => return Err(invalid("length", "give `length` or `shapes`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(invalid("length", "give `length` or `shapes`, not both"))
+            }
             (None, None) => return Err(invalid("length", "required (or `shapes`)")),
             (Some(n), None) => *n,
             (None, Some(shapes)) => {
@@ -124,12 +139,17 @@ impl SessionSpec {
                 let mut total: u64 = 0;
                 for (name, dims) in shapes {
                     if dims.is_empty() || dims.contains(&0) {
-                        return Err(invalid("shapes", format!("tensor `{name}` has an empty dimension")));
+                        return Err(invalid(
+                            "shapes",
+                            format!("tensor `{name}` has an empty dimension"),
+                        ));
                     }
                     let size = dims
                         .iter()
                         .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-                        .ok_or_else(|| invalid("shapes", format!("tensor `{name}` is too large")))?;
+                        .ok_or_else(|| {
+                            invalid("shapes", format!("tensor `{name}` is too large"))
+                        })?;
                     total = total
                         .checked_add(size)
                         .ok_or_else(|| invalid("shapes", "total size overflows"))?;
@@ -138,7 +158,10 @@ impl SessionSpec {
             }
         };
         if length == 0 || length > MAX_LENGTH {
-            return Err(invalid("length", format!("{length} is outside 1..={MAX_LENGTH}")));
+            return Err(invalid(
+                "length",
+                format!("{length} is outside 1..={MAX_LENGTH}"),
+            ));
         }
         let committee = peer_list("committee", &self.committee)?;
         if committee.is_empty() {
@@ -156,7 +179,10 @@ impl SessionSpec {
         }
         let participants = peer_list("participants", &self.participants)?;
         if participants.is_empty() {
-            return Err(invalid("participants", "at least one participant is required"));
+            return Err(invalid(
+                "participants",
+                "at least one participant is required",
+            ));
         }
         let min_participants = self.min_participants.unwrap_or(participants.len() as u32);
         if min_participants == 0 || min_participants as usize > participants.len() {
@@ -167,20 +193,34 @@ impl SessionSpec {
         }
         let deadline_secs = self.deadline_secs.unwrap_or(300);
         if deadline_secs == 0 || deadline_secs > MAX_DEADLINE_SECS {
-            return Err(invalid("deadline_secs", format!("{deadline_secs} is outside 1..={MAX_DEADLINE_SECS}")));
+            return Err(invalid(
+                "deadline_secs",
+                format!("{deadline_secs} is outside 1..={MAX_DEADLINE_SECS}"),
+            ));
         }
         let profile = self.profile.unwrap_or(default_profile);
         let clip = self.clip.unwrap_or(8.0);
         let field_of = |e: &crate::crypto::CryptoError| {
             let m = e.to_string();
-            let field = ["frac_bits", "committee", "participants", "clip", "plaintext_bits"]
-                .into_iter()
-                .find(|f| m.contains(f))
-                .unwrap_or("params");
+            let field = [
+                "frac_bits",
+                "committee",
+                "participants",
+                "clip",
+                "plaintext_bits",
+            ]
+            .into_iter()
+            .find(|f| m.contains(f))
+            .unwrap_or("params");
             invalid(field, m)
         };
-        let mut params = SessionParams::recommended(profile, participants.len() as u32, committee.len() as u32, clip)
-            .map_err(|e| field_of(&e))?;
+        let mut params = SessionParams::recommended(
+            profile,
+            participants.len() as u32,
+            committee.len() as u32,
+            clip,
+        )
+        .map_err(|e| field_of(&e))?;
         if let Some(frac_bits) = self.frac_bits {
             params.frac_bits = frac_bits;
             params.validate().map_err(|e| field_of(&e))?;
@@ -202,7 +242,10 @@ impl SessionSpec {
 
 impl SessionPlan {
     pub fn member_index(&self, peer: &str) -> Option<u32> {
-        self.committee.iter().position(|p| p == peer).map(|i| i as u32)
+        self.committee
+            .iter()
+            .position(|p| p == peer)
+            .map(|i| i as u32)
     }
     pub fn is_participant(&self, peer: &str) -> bool {
         self.participants.iter().any(|p| p == peer)
@@ -238,22 +281,32 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut SessionSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut SessionSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("length", Box::new(|s| s.length = None)),
             ("length", Box::new(|s| s.length = Some(0))),
             ("committee", Box::new(|s| s.committee = vec!["nope".into()])),
             ("committee", Box::new(|s| s.committee = vec![])),
             ("threshold", Box::new(|s| s.threshold = Some(2))),
-            ("participants", Box::new(|s| s.participants.push(s.participants[0].clone()))),
-            ("min_participants", Box::new(|s| s.min_participants = Some(6))),
+            (
+                "participants",
+                Box::new(|s| s.participants.push(s.participants[0].clone())),
+            ),
+            (
+                "min_participants",
+                Box::new(|s| s.min_participants = Some(6)),
+            ),
             ("deadline_secs", Box::new(|s| s.deadline_secs = Some(0))),
             ("id", Box::new(|s| s.id = Some("../etc".into()))),
             ("frac_bits", Box::new(|s| s.frac_bits = Some(52))),
             ("clip", Box::new(|s| s.clip = Some(f64::NAN))),
-            ("shapes", Box::new(|s| {
-                s.length = None;
-                s.shapes = Some(BTreeMap::from([("w".to_string(), vec![3, 0])]));
-            })),
+            (
+                "shapes",
+                Box::new(|s| {
+                    s.length = None;
+                    s.shapes = Some(BTreeMap::from([("w".to_string(), vec![3, 0])]));
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();
@@ -269,7 +322,13 @@ mod tests {
     fn shapes_define_the_length() {
         let mut s = spec();
         s.length = None;
-        s.shapes = Some(BTreeMap::from([("a".into(), vec![3, 4]), ("b".into(), vec![5])]));
-        assert_eq!(s.validate(PeerId::random(), Profile::Fast).unwrap().length, 17);
+        s.shapes = Some(BTreeMap::from([
+            ("a".into(), vec![3, 4]),
+            ("b".into(), vec![5]),
+        ]));
+        assert_eq!(
+            s.validate(PeerId::random(), Profile::Fast).unwrap().length,
+            17
+        );
     }
 }

@@ -99,20 +99,31 @@ impl Store {
     /// Writes `value` under `key`, tagged with [`RECORD_VERSION`]. Not durable until [`flush`].
     ///
     /// [`flush`]: Store::flush
-    pub fn put<V: Serialize>(&self, tree: &'static str, key: &[u8], value: &V) -> Result<(), StoreError> {
+    pub fn put<V: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        value: &V,
+    ) -> Result<(), StoreError> {
         let bytes = encode_record(value)?;
         self.tree(tree)?.insert(key, bytes)?;
         Ok(())
     }
 
-    pub fn get<V: DeserializeOwned>(&self, tree: &'static str, key: &[u8]) -> Result<Option<V>, StoreError> {
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+    ) -> Result<Option<V>, StoreError> {
         match self.tree(tree)?.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode_record(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
-                tree,
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason,
-            }),
+            Some(bytes) => decode_record(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    tree,
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason,
+                }),
         }
     }
 
@@ -122,7 +133,10 @@ impl Store {
     }
 
     /// Every record of a tree, in key order.
-    pub fn scan<V: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+    pub fn scan<V: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(tree)?.iter() {
             let (k, v) = item?;
@@ -174,14 +188,15 @@ impl Store {
     pub fn identity(&self) -> Result<Keypair, StoreError> {
         let tree = self.tree(trees::IDENTITY)?;
         if let Some(bytes) = tree.get(IDENTITY_KEY)? {
-            let encoded: Zeroizing<Vec<u8>> =
-                Zeroizing::new(decode_record::<serde_bytes::ByteBuf>(&bytes).map_err(|reason| {
-                    StoreError::Corrupt {
+            let encoded: Zeroizing<Vec<u8>> = Zeroizing::new(
+                decode_record::<serde_bytes::ByteBuf>(&bytes)
+                    .map_err(|reason| StoreError::Corrupt {
                         tree: trees::IDENTITY,
                         key: "ed25519".into(),
                         reason,
-                    }
-                })?.into_vec());
+                    })?
+                    .into_vec(),
+            );
             return Keypair::from_protobuf_encoding(&encoded).map_err(|e| StoreError::Corrupt {
                 tree: trees::IDENTITY,
                 key: "ed25519".into(),
@@ -211,7 +226,9 @@ fn encode_record<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, StoreError
 fn decode_record<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, String> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown record version {v} (this build reads {RECORD_VERSION})")),
+        Some((v, _)) => Err(format!(
+            "unknown record version {v} (this build reads {RECORD_VERSION})"
+        )),
         None => Err("empty record".into()),
     }
 }
@@ -249,7 +266,12 @@ mod tests {
     #[test]
     fn identity_survives_reopen_and_files_are_private() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Store::open(dir.path()).unwrap().identity().unwrap().public().to_peer_id();
+        let first = Store::open(dir.path())
+            .unwrap()
+            .identity()
+            .unwrap()
+            .public()
+            .to_peer_id();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.identity().unwrap().public().to_peer_id(), first);
         #[cfg(unix)]
@@ -268,13 +290,26 @@ mod tests {
     fn records_are_versioned_and_corruption_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.put(trees::SESSIONS, b"a", &(1u32, "x".to_string())).unwrap();
+        store
+            .put(trees::SESSIONS, b"a", &(1u32, "x".to_string()))
+            .unwrap();
         let v: Option<(u32, String)> = store.get(trees::SESSIONS, b"a").unwrap();
         assert_eq!(v, Some((1, "x".into())));
-        store.tree(trees::SESSIONS).unwrap().insert(b"b", vec![9u8, 1, 2]).unwrap();
-        let e = store.get::<(u32, String)>(trees::SESSIONS, b"b").unwrap_err().to_string();
+        store
+            .tree(trees::SESSIONS)
+            .unwrap()
+            .insert(b"b", vec![9u8, 1, 2])
+            .unwrap();
+        let e = store
+            .get::<(u32, String)>(trees::SESSIONS, b"b")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown record version 9"), "{e}");
-        store.tree(trees::SESSIONS).unwrap().insert(b"c", vec![RECORD_VERSION, 1]).unwrap();
+        store
+            .tree(trees::SESSIONS)
+            .unwrap()
+            .insert(b"c", vec![RECORD_VERSION, 1])
+            .unwrap();
         assert!(store.get::<(u32, String)>(trees::SESSIONS, b"c").is_err());
     }
 }

@@ -21,7 +21,11 @@ impl Drop for Daemon {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts a node on loopback with mDNS off, logging to `<data_dir>.log`.
@@ -55,7 +59,10 @@ pub fn start(data_dir: &Path, api_port: u16, p2p: &str, bootstrap: Option<&str>)
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
@@ -66,7 +73,11 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
-pub async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = probe().await {
@@ -88,13 +99,20 @@ pub async fn peer_id(client: &reqwest::Client, daemon: &Daemon) -> String {
 
 pub fn signal_and_wait(daemon: &mut Daemon, signal: &str) -> std::process::ExitStatus {
     let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
     let start = Instant::now();
     loop {
         if let Some(status) = daemon.child.try_wait().unwrap() {
             return status;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "node did not exit within 10 s of {signal}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node did not exit within 10 s of {signal}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
