@@ -45,7 +45,7 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     let client = client();
     let timeout = Duration::from_secs(60);
 
-    let mut a = start(&dir_a, free_port(), "/ip4/127.0.0.1/tcp/0", None);
+    let mut a = start(&dir_a, free_port(), "/ip4/127.0.0.1/udp/0/quic-v1", None);
     let status_a = wait_for("node a's status", timeout, async || {
         let s = get_json(&client, &format!("{}/v1/status", a.api)).await?;
         (!s["listen_addrs"].as_array()?.is_empty()).then_some(s)

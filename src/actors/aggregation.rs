@@ -476,6 +476,16 @@ impl AggregationActor {
         self.coordinated.insert(id.clone(), state);
         self.phase_since.insert(id.clone(), Instant::now());
         self.apply(&id, Event::Start).await;
+        // A small announcement on gossipsub, for operators and dashboards; the protocol itself
+        // runs over request-response.
+        let announcement =
+            serde_json::json!({"session": id, "coordinator": self.me(), "event": "created"});
+        let network = self.link.network.clone();
+        tokio::spawn(async move {
+            if let Err(e) = network.publish(announcement.to_string().into_bytes()).await {
+                debug!(error = %e, "session announcement not published");
+            }
+        });
         self.info(&id)
     }
 

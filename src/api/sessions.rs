@@ -201,7 +201,7 @@ fn raw_result(result: &SessionResult) -> Response {
     let facts = [
         (HEADER_CONTRIBUTORS, result.contributors.to_string()),
         (HEADER_CLIPPED, result.clipped.to_string()),
-        (HEADER_ERROR_BOUND, result.error_bound.to_string()),
+        (HEADER_ERROR_BOUND, format!("{:e}", result.error_bound)),
         (HEADER_KIND, kind.to_string()),
     ];
     for (name, value) in facts {
@@ -791,7 +791,15 @@ mod tests {
         assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream");
         assert_eq!(h[HEADER_CONTRIBUTORS], "3");
         assert_eq!(h[HEADER_CLIPPED], "2");
-        assert_eq!(h[HEADER_ERROR_BOUND], "0.5");
+        assert_eq!(h[HEADER_ERROR_BOUND], "5e-1");
+        assert_eq!(
+            h[HEADER_ERROR_BOUND]
+                .to_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap(),
+            0.5
+        );
         assert_eq!(h[HEADER_KIND], "sum");
     }
 
