@@ -167,10 +167,7 @@ fn main() -> anyhow::Result<()> {
             profile,
             deadline_secs,
         } => {
-            fhenode::telemetry::init(&fhenode::config::LogConfig {
-                level: "warn".into(),
-                ..Default::default()
-            });
+            quiet_logs();
             let options = fhenode::demo::DemoOptions {
                 nodes,
                 committee,
@@ -194,10 +191,7 @@ fn main() -> anyhow::Result<()> {
             committee,
             json,
         }) => {
-            fhenode::telemetry::init(&fhenode::config::LogConfig {
-                level: "warn".into(),
-                ..Default::default()
-            });
+            quiet_logs();
             let cfg = fhenode::bench::RoundBenchConfig {
                 profile,
                 params,
@@ -476,4 +470,12 @@ fn print_report(report: &impl serde::Serialize, json: bool) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// In-process networks log only warnings: their output is the report.
+fn quiet_logs() {
+    fhenode::telemetry::init(&fhenode::config::LogConfig {
+        level: "warn".into(),
+        ..Default::default()
+    });
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
-use super::{ActorError, Mailbox};
+use super::{stopped, Mailbox};
 use crate::crypto::wire::Wire;
 use crate::crypto::{
     Accumulator, Aggregate, CollectivePublicKey, CryptoError, DecryptionRequest, EncryptedUpdate,
@@ -109,11 +109,6 @@ impl std::fmt::Debug for Command {
 #[derive(Clone, Debug)]
 pub struct AggregationHandle {
     mailbox: Mailbox<Command>,
-}
-
-fn stopped(e: ActorError) -> SessionError {
-    let ActorError::Stopped(name) = e;
-    SessionError::Unavailable(name)
 }
 
 impl AggregationHandle {
@@ -694,33 +689,14 @@ impl AggregationActor {
                 };
                 let store = self.store.clone();
                 spawn(Box::pin(async move {
-                    let start = Instant::now();
-                    let job = tokio::task::spawn_blocking(move || {
-                        accumulate(&store, &plan, &key, &contributors)
-                    })
-                    .await;
-                    metrics
-                        .crypto_duration
-                        .get_or_create(&OpLabels { op: "accumulate" })
-                        .observe(start.elapsed().as_secs_f64());
-                    let internal = match job {
-                        Ok(Ok((aggregate, request))) => Internal::Accumulated {
+                    let job = move || accumulate(&store, &plan, &key, &contributors);
+                    let internal = match timed_blocking(&metrics, "accumulate", job).await {
+                        Ok((aggregate, request)) => Internal::Accumulated {
                             session,
                             aggregate: Box::new(aggregate),
                             request: Box::new(request),
                         },
-                        Ok(Err(e)) => Internal::Event(
-                            session,
-                            Event::Fail {
-                                reason: format!("summing failed: {e}"),
-                            },
-                        ),
-                        Err(_) => Internal::Event(
-                            session,
-                            Event::Fail {
-                                reason: "summing panicked".into(),
-                            },
-                        ),
+                        Err(reason) => Internal::Event(session, Event::Fail { reason }),
                     };
                     link.report(internal).await;
                 }));
@@ -776,15 +752,9 @@ impl AggregationActor {
                             .await;
                         return;
                     };
-                    let start = Instant::now();
-                    let job =
-                        tokio::task::spawn_blocking(move || aggregate.combine(&partials)).await;
-                    metrics
-                        .crypto_duration
-                        .get_or_create(&OpLabels { op: "combine" })
-                        .observe(start.elapsed().as_secs_f64());
-                    let internal = match job {
-                        Ok(Ok(sum)) => {
+                    let job = move || aggregate.combine(&partials).map_err(SessionError::from);
+                    let internal = match timed_blocking(&metrics, "combine", job).await {
+                        Ok(sum) => {
                             let (values, error_bound) = match plan.result {
                                 ResultKind::Mean => (sum.mean(), sum.mean_error_bound),
                                 ResultKind::Sum => (sum.sum.clone(), sum.sum_error_bound),
@@ -802,18 +772,7 @@ impl AggregationActor {
                                 }),
                             }
                         }
-                        Ok(Err(e)) => Internal::Event(
-                            session,
-                            Event::Fail {
-                                reason: format!("decryption failed: {e}"),
-                            },
-                        ),
-                        Err(_) => Internal::Event(
-                            session,
-                            Event::Fail {
-                                reason: "combine panicked".into(),
-                            },
-                        ),
+                        Err(reason) => Internal::Event(session, Event::Fail { reason }),
                     };
                     link.report(internal).await;
                 }));
@@ -1424,6 +1383,25 @@ impl AggregationActor {
             index,
             complete: true,
         })
+    }
+}
+
+/// Runs crypto work on the blocking pool, timed by op; failures become a session's reason.
+async fn timed_blocking<T: Send + 'static>(
+    metrics: &NodeMetrics,
+    op: &'static str,
+    job: impl FnOnce() -> Result<T, SessionError> + Send + 'static,
+) -> Result<T, String> {
+    let start = Instant::now();
+    let outcome = tokio::task::spawn_blocking(job).await;
+    metrics
+        .crypto_duration
+        .get_or_create(&OpLabels { op })
+        .observe(start.elapsed().as_secs_f64());
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{op} failed: {e}")),
+        Err(_) => Err(format!("{op} panicked")),
     }
 }
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 use zeroize::Zeroize;
 
-use super::{ActorError, Mailbox};
+use super::{stopped, ActorError, Mailbox};
 use crate::crypto::{
     DecryptionRequest, KeyCommitment, PartialDecryption, PublicKeyShare, SecretKeyShare, SessionTag,
 };
@@ -89,11 +89,6 @@ impl std::fmt::Debug for Command {
 #[derive(Clone, Debug)]
 pub struct KeysHandle {
     mailbox: Mailbox<Command>,
-}
-
-fn stopped(e: ActorError) -> SessionError {
-    let ActorError::Stopped(name) = e;
-    SessionError::Unavailable(name)
 }
 
 impl KeysHandle {

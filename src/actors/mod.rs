@@ -13,6 +13,12 @@ pub enum ActorError {
     Stopped(&'static str),
 }
 
+/// A stopped actor, as the session layer reports it.
+pub(crate) fn stopped(e: ActorError) -> crate::session::SessionError {
+    let ActorError::Stopped(name) = e;
+    crate::session::SessionError::Unavailable(name)
+}
+
 /// The sending half of an actor's mailbox, shared by its handle.
 #[derive(Debug)]
 pub struct Mailbox<C> {

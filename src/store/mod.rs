@@ -137,17 +137,7 @@ impl Store {
         &self,
         tree: &'static str,
     ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree(tree)?.iter() {
-            let (k, v) = item?;
-            let value = decode_record(&v).map_err(|reason| StoreError::Corrupt {
-                tree,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason,
-            })?;
-            out.push((k.to_vec(), value));
-        }
-        Ok(out)
+        self.scan_prefix(tree, b"")
     }
 
     /// Every record of a tree whose key starts with `prefix`, in key order.
