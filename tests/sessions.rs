@@ -305,18 +305,3 @@ async fn sessions_across_six_nodes() {
         node.shutdown().await.unwrap();
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_small() {
-    let report = fhenode::demo::run(&fhenode::demo::DemoOptions {
-        nodes: 4,
-        committee: 2,
-        params: 5000,
-        profile: Profile::Fast,
-        deadline_secs: 2,
-    })
-    .await
-    .unwrap();
-    assert_eq!(report.contributors, 3);
-    assert!(report.max_error <= report.error_bound);
-}
