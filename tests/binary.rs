@@ -185,13 +185,35 @@ fn bad_configuration_is_refused_with_the_key_name() {
 #[test]
 fn the_demo_runs_a_session_and_checks_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_fhenode"))
-        .args(["demo", "--nodes", "4", "--committee", "2", "--params", "5000"])
+        .args([
+            "demo",
+            "--nodes",
+            "4",
+            "--committee",
+            "2",
+            "--params",
+            "5000",
+        ])
         .args(["--profile", "fast", "--deadline-secs", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for phase in ["[keygen]", "[collecting]", "[closing]", "[decrypting]", "[done]", "max |error|"] {
-        assert!(stdout.contains(phase), "demo output lacks {phase}:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in [
+        "[keygen]",
+        "[collecting]",
+        "[closing]",
+        "[decrypting]",
+        "[done]",
+        "max |error|",
+    ] {
+        assert!(
+            stdout.contains(phase),
+            "demo output lacks {phase}:\n{stdout}"
+        );
     }
 }

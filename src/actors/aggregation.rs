@@ -316,8 +316,9 @@ fn piece_prefix(session: &str, peer: &str) -> Vec<u8> {
     format!("piece/{session}/{peer}/").into_bytes()
 }
 
-fn full_key(session: &str, peer: &str) -> Vec<u8> {
-    format!("full/{session}/{peer}").into_bytes()
+/// Where the pieces of one accepted upload live, in index order.
+fn upload_prefix(session: &str, peer: &str, digest: &[u8; 32]) -> Vec<u8> {
+    format!("piece/{session}/{peer}/{}/", hex(digest)).into_bytes()
 }
 
 fn partial_key(session: &str, member: u32) -> Vec<u8> {
@@ -671,6 +672,10 @@ impl AggregationActor {
                 }));
             }
             Effect::Accumulate { contributors } => {
+                let contributors: Vec<(String, [u8; 32])> = contributors
+                    .into_iter()
+                    .filter_map(|c| state.submitted.get(&c).map(|m| (c, m.digest)))
+                    .collect();
                 let key = match self.coordinated_key(id) {
                     Ok(k) => k,
                     Err(e) => {
@@ -885,7 +890,7 @@ impl AggregationActor {
         let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else {
             return;
         };
-        for prefix in [format!("full/{session}/"), format!("piece/{session}/")] {
+        for prefix in [format!("piece/{session}/")] {
             for key in tree.scan_prefix(prefix.as_bytes()).keys().flatten() {
                 let _ = tree.remove(key);
             }
@@ -1359,13 +1364,11 @@ impl AggregationActor {
             drop_pieces(&tree);
             return Err(e);
         }
-        tree.insert(full_key(session, from), whole)
-            .map_err(|e| SessionError::Store(e.to_string()))?;
-        drop_pieces(&tree);
+        // The pieces stay where they are (already durable): summing reads them in order.
         let meta = SubmissionMeta {
             digest,
             clipped,
-            bytes: 0,
+            bytes: whole.len() as u64,
         };
         if let Some(e) = self
             .apply(
@@ -1454,16 +1457,25 @@ fn accumulate(
     store: &Store,
     plan: &SessionPlan,
     key: &CollectivePublicKey,
-    contributors: &[String],
+    contributors: &[(String, [u8; 32])],
 ) -> Result<(Aggregate, DecryptionRequest), SessionError> {
     let max = max_update_bytes(plan);
     let tree = store.tree(trees::SUBMISSIONS)?;
     let mut acc = Accumulator::new(key, plan.length)?;
-    for who in contributors {
-        let bytes = tree
-            .get(full_key(&plan.id, who))
-            .map_err(|e| SessionError::Store(e.to_string()))?
-            .ok_or_else(|| SessionError::Store(format!("the update of {who} is missing")))?;
+    let mut bytes = Vec::new();
+    for (who, digest) in contributors {
+        bytes.clear();
+        for piece in tree
+            .scan_prefix(upload_prefix(&plan.id, who, digest))
+            .values()
+        {
+            bytes.extend_from_slice(&piece.map_err(|e| SessionError::Store(e.to_string()))?);
+        }
+        if *blake3::hash(&bytes).as_bytes() != *digest {
+            return Err(SessionError::Store(format!(
+                "the stored update of {who} is missing or damaged"
+            )));
+        }
         let update = check_update(&bytes, max, plan, key)?;
         acc.add(who, &update)?;
     }
