@@ -25,7 +25,7 @@ use crate::crypto::{
     KeyCommitment, PartialDecryption, Profile, PublicKeyShare, SessionTag,
 };
 use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
-use crate::net::{NetworkHandle, Request, Response};
+use crate::net::{NetError, NetworkHandle, Request, Response};
 use crate::session::machine::{collective_key, SubmissionMeta};
 use crate::session::messages::{self, AggMsg, AggReply, PIECE_BYTES};
 use crate::session::{
@@ -207,13 +207,26 @@ impl Link {
             self.network
                 .request(peer_id, Request::Aggregation(bytes))
                 .await
-                .map_err(|e| SessionError::Remote {
-                    peer: peer.to_string(),
-                    message: e.to_string(),
+                .map_err(|e| match e {
+                    NetError::Outbound { .. } | NetError::Stopped => SessionError::Unreachable {
+                        peer: peer.to_string(),
+                        message: e.to_string(),
+                    },
+                    other => SessionError::Remote {
+                        peer: peer.to_string(),
+                        message: other.to_string(),
+                    },
                 })?
         };
         match response {
             Response::Aggregation(bytes) => messages::decode(&bytes),
+            // A peer that is starting or stopping answers `unavailable`: worth another try.
+            Response::Error { code, message } if code == "unavailable" => {
+                Err(SessionError::Unreachable {
+                    peer: peer.to_string(),
+                    message,
+                })
+            }
             Response::Error { code, message } => Err(SessionError::Remote {
                 peer: peer.to_string(),
                 message: format!("{code}: {message}"),
@@ -232,9 +245,7 @@ impl Link {
         loop {
             attempt += 1;
             match self.send(peer, msg).await {
-                Err(SessionError::Remote { message, .. })
-                    if attempt < SEND_ATTEMPTS && is_transport(&message) =>
-                {
+                Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
                     debug!(%peer, %message, attempt, "retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -247,11 +258,6 @@ impl Link {
     async fn report(&self, internal: Internal) {
         let _ = self.mailbox.send(Command::Internal(internal)).await;
     }
-}
-
-/// Refusals come back as `code: message`; anything else is the network failing.
-fn is_transport(message: &str) -> bool {
-    !message.contains(": ") || message.starts_with("request to")
 }
 
 struct AggregationActor {

@@ -39,6 +39,8 @@ pub enum SessionError {
     Crypto(#[from] CryptoError),
     #[error("peer {peer}: {message}")]
     Remote { peer: String, message: String },
+    #[error("peer {peer} is unreachable: {message}")]
+    Unreachable { peer: String, message: String },
     #[error("storage: {0}")]
     Store(String),
     #[error("{0} is unavailable")]
@@ -58,6 +60,7 @@ impl SessionError {
             SessionError::NoResult { .. } => "no_result",
             SessionError::Crypto(_) => "crypto",
             SessionError::Remote { .. } => "remote",
+            SessionError::Unreachable { .. } => "unreachable",
             SessionError::Store(_) => "store",
             SessionError::Unavailable(_) => "unavailable",
         }
@@ -74,7 +77,7 @@ impl SessionError {
             SessionError::WrongPhase { .. }
             | SessionError::Duplicate(_)
             | SessionError::NoResult { .. } => 409,
-            SessionError::Remote { .. } => 502,
+            SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
             SessionError::Store(_) => 500,
             SessionError::Unavailable(_) => 503,
         }
