@@ -905,42 +905,39 @@ impl AggregationActor {
     }
 
     fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
-        let me = self.me();
         if let Some(s) = self.coordinated.get(id) {
-            let plan = &s.plan;
-            return Ok(SessionInfo {
-                id: plan.id.clone(),
-                phase: s.phase,
-                roles: Roles {
-                    coordinator: true,
-                    committee: plan.member_index(&me).is_some(),
-                    participant: plan.is_participant(&me),
-                },
-                coordinator: plan.coordinator.clone(),
-                profile: plan.params.profile.to_string(),
-                length: plan.length,
-                result_kind: plan.result,
-                committee: plan.committee.len(),
-                participants: plan.participants.len(),
-                min_participants: plan.min_participants,
-                key_shares: s.shares.len(),
-                submissions: s.submitted.len(),
-                partial_decryptions: s.partials.len(),
-                deadline_secs: plan.deadline_secs,
-                timings: s.timings.clone(),
-                failure: s.failure.clone(),
-            });
+            let mut info = self.plan_info(&s.plan, s.phase, true);
+            info.key_shares = s.shares.len();
+            info.submissions = s.submitted.len();
+            info.partial_decryptions = s.partials.len();
+            info.timings = s.timings.clone();
+            info.failure = s.failure.clone();
+            return Ok(info);
         }
         let j = self
             .joined
             .get(id)
             .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-        let plan = &j.plan;
-        Ok(SessionInfo {
+        let mut info = self.plan_info(&j.plan, j.phase, false);
+        info.key_shares = j.shares.len();
+        info.submissions = usize::from(j.submitted.is_some());
+        info.timings = Timings {
+            created_ms: j.opened_ms,
+            opened_ms: Some(j.opened_ms),
+            finished_ms: j.finished_ms,
+            ..Default::default()
+        };
+        Ok(info)
+    }
+
+    /// What a session's plan says, with this node's roles; counts start at zero.
+    fn plan_info(&self, plan: &SessionPlan, phase: Phase, coordinator: bool) -> SessionInfo {
+        let me = self.me();
+        SessionInfo {
             id: plan.id.clone(),
-            phase: j.phase,
+            phase,
             roles: Roles {
-                coordinator: false,
+                coordinator,
                 committee: plan.member_index(&me).is_some(),
                 participant: plan.is_participant(&me),
             },
@@ -951,18 +948,13 @@ impl AggregationActor {
             committee: plan.committee.len(),
             participants: plan.participants.len(),
             min_participants: plan.min_participants,
-            key_shares: j.shares.len(),
-            submissions: usize::from(j.submitted.is_some()),
+            key_shares: 0,
+            submissions: 0,
             partial_decryptions: 0,
             deadline_secs: plan.deadline_secs,
-            timings: Timings {
-                created_ms: j.opened_ms,
-                opened_ms: Some(j.opened_ms),
-                finished_ms: j.finished_ms,
-                ..Default::default()
-            },
+            timings: Timings::default(),
             failure: None,
-        })
+        }
     }
 
     fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
