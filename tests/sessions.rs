@@ -279,6 +279,20 @@ async fn sessions_across_six_nodes() {
     let info = coordinator.aggregation.get("few").await.unwrap();
     let reason = info.failure.unwrap();
     assert!(reason.contains("only 1 of the required 2"), "{reason}");
+    // The participants hear about it too.
+    let start = std::time::Instant::now();
+    loop {
+        let seen = n[2].aggregation.get("few").await.unwrap();
+        if seen.phase == Phase::Failed {
+            assert!(seen.failure.unwrap().contains("only 1 of the required 2"));
+            break;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "participant never learned of the failure"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let no_result = coordinator.aggregation.result("few").await.unwrap_err();
     assert!(
         no_result.to_string().contains("only 1 of the required 2"),

@@ -48,6 +48,7 @@ struct Joined {
     opened_ms: u64,
     submitted: Option<String>,
     finished_ms: Option<u64>,
+    failure: Option<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
@@ -788,6 +789,25 @@ impl AggregationActor {
                     link.report(internal).await;
                 }));
             }
+            Effect::PublishFailure => {
+                let msg = AggMsg::Failed {
+                    session: session.clone(),
+                    reason: state.failure.clone().unwrap_or_default(),
+                };
+                spawn(Box::pin(async move {
+                    let me = link.me.to_string();
+                    let mut peers: Vec<&String> =
+                        plan.committee.iter().chain(&plan.participants).collect();
+                    peers.sort();
+                    peers.dedup();
+                    for peer in peers.into_iter().filter(|p| **p != me) {
+                        // Peers that never saw the session open answer `unknown_session`.
+                        if let Err(e) = link.send(peer, &msg).await {
+                            debug!(%peer, error = %e, "failure notice not delivered");
+                        }
+                    }
+                }));
+            }
             Effect::PublishResult => {
                 let Ok(Some(result)) = self
                     .store
@@ -921,6 +941,7 @@ impl AggregationActor {
         let mut info = self.plan_info(&j.plan, j.phase, false);
         info.key_shares = j.shares.len();
         info.submissions = usize::from(j.submitted.is_some());
+        info.failure = j.failure.clone();
         info.timings = Timings {
             created_ms: j.opened_ms,
             opened_ms: Some(j.opened_ms),
@@ -964,13 +985,10 @@ impl AggregationActor {
         {
             return Ok(result);
         }
-        let phase = self.info(id)?.phase;
+        let info = self.info(id)?;
+        let phase = info.phase;
         if phase == Phase::Failed {
-            let reason = self
-                .coordinated
-                .get(id)
-                .and_then(|s| s.failure.clone())
-                .unwrap_or_default();
+            let reason = info.failure.unwrap_or_default();
             return Err(SessionError::WrongPhase {
                 session: id.to_string(),
                 phase,
@@ -1167,6 +1185,13 @@ impl AggregationActor {
                 }
                 answer_later(Box::pin(async move { result }), reply);
             }
+            AggMsg::Failed { session, reason } => {
+                let r = self
+                    .receive_failure(&from, &session, reason)
+                    .await
+                    .map(|()| AggReply::Ack);
+                answer_later(Box::pin(async move { r }), reply);
+            }
             AggMsg::Result { result } => {
                 let r = self
                     .receive_result(&from, result)
@@ -1222,6 +1247,7 @@ impl AggregationActor {
                 opened_ms: now_ms(),
                 submitted: None,
                 finished_ms: None,
+                failure: None,
             };
             self.persist_joined(&joined).await?;
             self.keys_cache.insert(plan.id.clone(), Arc::new(key));
@@ -1229,6 +1255,33 @@ impl AggregationActor {
             info!(session = %plan.id, member, "session opened");
         }
         Ok(member.then_some((plan, commitments, shares)))
+    }
+
+    async fn receive_failure(
+        &mut self,
+        from: &str,
+        session: &str,
+        reason: String,
+    ) -> Result<(), SessionError> {
+        let Some(mut joined) = self.joined.get(session).cloned() else {
+            return Err(SessionError::UnknownSession(session.to_string()));
+        };
+        if from != joined.plan.coordinator {
+            return Err(SessionError::NotAllowed {
+                peer: from.to_string(),
+                role: "the coordinator",
+                session: session.to_string(),
+            });
+        }
+        if joined.phase == Phase::Done {
+            return Ok(());
+        }
+        joined.phase = Phase::Failed;
+        joined.failure = Some(reason);
+        joined.finished_ms = Some(now_ms());
+        self.persist_joined(&joined).await?;
+        self.joined.insert(session.to_string(), joined);
+        Ok(())
     }
 
     async fn receive_result(

@@ -130,6 +130,8 @@ pub enum Effect {
     Combine,
     /// Push the result to the participants.
     PublishResult,
+    /// Tell the participants and members the session failed, and why.
+    PublishFailure,
 }
 
 /// The coordinator's persisted session state.
@@ -198,7 +200,7 @@ impl Coordinated {
         self.phase = Phase::Failed;
         self.failure = Some(reason);
         self.timings.finished_ms = Some(now_ms);
-        Vec::new()
+        vec![Effect::PublishFailure]
     }
 
     fn close(&mut self, now_ms: u64) -> Vec<Effect> {
@@ -225,7 +227,8 @@ impl Coordinated {
                 commitments: self.commitments.values().cloned().collect(),
             }],
             Phase::Open => vec![Effect::DeliverKey],
-            Phase::Collecting | Phase::Failed => Vec::new(),
+            Phase::Collecting => Vec::new(),
+            Phase::Failed => vec![Effect::PublishFailure],
             Phase::Closing => vec![Effect::Accumulate {
                 contributors: self.contributors.clone(),
             }],
@@ -625,7 +628,10 @@ mod tests {
         .unwrap();
         assert!(s.handle(Event::Tick, 3 + 9_999).unwrap().is_empty());
         let mut failing = s.clone();
-        assert!(failing.handle(Event::Tick, 3 + 10_000).unwrap().is_empty());
+        assert_eq!(
+            failing.handle(Event::Tick, 3 + 10_000).unwrap(),
+            vec![Effect::PublishFailure]
+        );
         assert_eq!(failing.phase, Phase::Failed);
         assert!(failing
             .failure

@@ -47,6 +47,8 @@ pub enum AggMsg {
     },
     /// Coordinator → participants and members: the result.
     Result { result: SessionResult },
+    /// Coordinator → participants and members: the session failed.
+    Failed { session: String, reason: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,7 +70,8 @@ impl AggMsg {
             AggMsg::KeygenCommit { plan } | AggMsg::Open { plan, .. } => &plan.id,
             AggMsg::KeygenReveal { session, .. }
             | AggMsg::SubmitPiece { session, .. }
-            | AggMsg::Decrypt { session, .. } => session,
+            | AggMsg::Decrypt { session, .. }
+            | AggMsg::Failed { session, .. } => session,
             AggMsg::Result { result } => &result.session,
         }
     }
@@ -80,6 +83,7 @@ impl AggMsg {
             AggMsg::SubmitPiece { .. } => "submit_piece",
             AggMsg::Decrypt { .. } => "decrypt",
             AggMsg::Result { .. } => "result",
+            AggMsg::Failed { .. } => "failed",
         }
     }
 }
