@@ -365,7 +365,12 @@ fn centring_makes_noise_grow_as_sqrt_k() {
     );
     // Without centring the linear term takes over: the raw sum grows clearly faster. (How much
     // faster depends on the random key: 2.8–3.7 seen for ×4 contributors.)
-    assert!(r256 / r64 > c256 / c64 + 0.4, "raw growth {} vs centred {}", r256 / r64, c256 / c64);
+    assert!(
+        r256 / r64 > c256 / c64 + 0.4,
+        "raw growth {} vs centred {}",
+        r256 / r64,
+        c256 / c64
+    );
     assert!(r256 > 2.0 * c256, "raw {r256:e} vs centred {c256:e}");
     assert!(c256 <= 1.6 * model && c256 >= 0.5 * model);
 }
