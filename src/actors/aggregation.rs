@@ -315,17 +315,41 @@ pub fn spawn(
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
 
-fn piece_key(session: &str, peer: &str, digest: &[u8; 32], index: u32) -> Vec<u8> {
-    format!("piece/{session}/{peer}/{}/{index:08}", hex(digest)).into_bytes()
-}
-
+/// Where all of one participant's upload pieces live.
 fn piece_prefix(session: &str, peer: &str) -> Vec<u8> {
     format!("piece/{session}/{peer}/").into_bytes()
 }
 
-/// Where the pieces of one accepted upload live, in index order.
+/// Where the pieces of one upload (by digest) live, in index order.
 fn upload_prefix(session: &str, peer: &str, digest: &[u8; 32]) -> Vec<u8> {
-    format!("piece/{session}/{peer}/{}/", hex(digest)).into_bytes()
+    let mut key = piece_prefix(session, peer);
+    key.extend_from_slice(format!("{}/", hex(digest)).as_bytes());
+    key
+}
+
+fn piece_key(session: &str, peer: &str, digest: &[u8; 32], index: u32) -> Vec<u8> {
+    let mut key = upload_prefix(session, peer, digest);
+    key.extend_from_slice(format!("{index:08}").as_bytes());
+    key
+}
+
+/// Concatenates the stored pieces of one upload into `out` and checks them against `digest`.
+fn read_upload(
+    tree: &sled::Tree,
+    upload: &[u8],
+    digest: &[u8; 32],
+    out: &mut Vec<u8>,
+) -> Result<(), SessionError> {
+    out.clear();
+    for piece in tree.scan_prefix(upload).values() {
+        out.extend_from_slice(&piece.map_err(|e| SessionError::Store(e.to_string()))?);
+    }
+    if *blake3::hash(out).as_bytes() != *digest {
+        return Err(SessionError::BadInput(
+            "the assembled update does not match its digest".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn partial_key(session: &str, member: u32) -> Vec<u8> {
@@ -492,9 +516,8 @@ impl AggregationActor {
         self.info(&id)
     }
 
-    async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
-        let key = format!("{COORD_PREFIX}{}", state.plan.id);
-        self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
+    /// Makes every write so far durable, timing it for the flush-latency metric.
+    async fn flush(&self) -> Result<(), SessionError> {
         let start = Instant::now();
         self.store.flush_async().await?;
         self.metrics
@@ -503,11 +526,16 @@ impl AggregationActor {
         Ok(())
     }
 
+    async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
+        let key = format!("{COORD_PREFIX}{}", state.plan.id);
+        self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
+        self.flush().await
+    }
+
     async fn persist_joined(&self, joined: &Joined) -> Result<(), SessionError> {
         let key = format!("{JOINED_PREFIX}{}", joined.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
-        self.store.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Applies an event to a coordinated session: new state, persisted, then its effects.
@@ -597,54 +625,43 @@ impl AggregationActor {
         };
         match effect {
             Effect::RequestCommitments { members } => {
-                for m in members {
-                    let (link, plan, session) = (link.clone(), plan.clone(), session.clone());
-                    spawn(Box::pin(async move {
-                        let peer = plan.committee[m as usize].clone();
-                        let event = match link
-                            .send_retrying(&peer, &AggMsg::KeygenCommit { plan })
-                            .await
-                        {
-                            Ok(AggReply::Commitment(commitment)) => Event::Commitment {
-                                member: m,
-                                commitment,
-                            },
-                            Ok(other) => {
-                                fail_event(&peer, &format!("answered {other:?} to keygen"))
-                            }
-                            Err(e) => fail_event(&peer, &e.to_string()),
-                        };
-                        link.report(Internal::Event(session, event)).await;
-                    }));
-                }
+                let msg = AggMsg::KeygenCommit { plan: plan.clone() };
+                ask_members(
+                    &spawn,
+                    &link,
+                    &plan,
+                    members,
+                    msg,
+                    |session, member, reply| match reply {
+                        AggReply::Commitment(commitment) => Some(Internal::Event(
+                            session,
+                            Event::Commitment { member, commitment },
+                        )),
+                        _ => None,
+                    },
+                );
             }
             Effect::RequestShares {
                 members,
                 commitments,
             } => {
-                for m in members {
-                    let (link, plan, session, commitments) = (
-                        link.clone(),
-                        plan.clone(),
-                        session.clone(),
-                        commitments.clone(),
-                    );
-                    spawn(Box::pin(async move {
-                        let peer = plan.committee[m as usize].clone();
-                        let msg = AggMsg::KeygenReveal {
-                            session: session.clone(),
-                            commitments,
-                        };
-                        let event = match link.send_retrying(&peer, &msg).await {
-                            Ok(AggReply::Share(share)) => Event::Share { member: m, share },
-                            Ok(other) => {
-                                fail_event(&peer, &format!("answered {other:?} to reveal"))
-                            }
-                            Err(e) => fail_event(&peer, &e.to_string()),
-                        };
-                        link.report(Internal::Event(session, event)).await;
-                    }));
-                }
+                let msg = AggMsg::KeygenReveal {
+                    session: session.clone(),
+                    commitments,
+                };
+                ask_members(
+                    &spawn,
+                    &link,
+                    &plan,
+                    members,
+                    msg,
+                    |session, member, reply| match reply {
+                        AggReply::Share(share) => {
+                            Some(Internal::Event(session, Event::Share { member, share }))
+                        }
+                        _ => None,
+                    },
+                );
             }
             Effect::DeliverKey => {
                 let msg = AggMsg::Open {
@@ -653,14 +670,7 @@ impl AggregationActor {
                     shares: state.shares.values().cloned().collect(),
                 };
                 spawn(Box::pin(async move {
-                    let mut peers: Vec<String> = plan
-                        .committee
-                        .iter()
-                        .chain(&plan.participants)
-                        .cloned()
-                        .collect();
-                    peers.sort();
-                    peers.dedup();
+                    let peers = plan.peers();
                     let sends = peers.iter().map(|p| link.send_retrying(p, &msg));
                     let results = futures::future::join_all(sends).await;
                     let mut event = Event::KeyDelivered;
@@ -717,30 +727,25 @@ impl AggregationActor {
                 let Some((_, request)) = self.aggregates.get(id).cloned() else {
                     return;
                 };
-                for m in members {
-                    let (link, plan, session, request) =
-                        (link.clone(), plan.clone(), session.clone(), request.clone());
-                    spawn(Box::pin(async move {
-                        let peer = plan.committee[m as usize].clone();
-                        let msg = AggMsg::Decrypt {
-                            session: session.clone(),
-                            request,
-                        };
-                        let internal = match link.send_retrying(&peer, &msg).await {
-                            Ok(AggReply::Partial(p)) => Internal::Partial {
-                                session,
-                                member: m,
-                                partial: Box::new(p),
-                            },
-                            Ok(other) => Internal::Event(
-                                session,
-                                fail_event(&peer, &format!("answered {other:?}")),
-                            ),
-                            Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
-                        };
-                        link.report(internal).await;
-                    }));
-                }
+                let msg = AggMsg::Decrypt {
+                    session: session.clone(),
+                    request,
+                };
+                ask_members(
+                    &spawn,
+                    &link,
+                    &plan,
+                    members,
+                    msg,
+                    |session, member, reply| match reply {
+                        AggReply::Partial(p) => Some(Internal::Partial {
+                            session,
+                            member,
+                            partial: Box::new(p),
+                        }),
+                        _ => None,
+                    },
+                );
             }
             Effect::Combine => {
                 let Some((aggregate, _)) = self.aggregates.get(id).cloned() else {
@@ -796,11 +801,7 @@ impl AggregationActor {
                 };
                 spawn(Box::pin(async move {
                     let me = link.me.to_string();
-                    let mut peers: Vec<&String> =
-                        plan.committee.iter().chain(&plan.participants).collect();
-                    peers.sort();
-                    peers.dedup();
-                    for peer in peers.into_iter().filter(|p| **p != me) {
+                    for peer in plan.peers().into_iter().filter(|p| **p != me) {
                         // Peers that never saw the session open answer `unknown_session`.
                         if let Err(e) = link.send(peer, &msg).await {
                             debug!(%peer, error = %e, "failure notice not delivered");
@@ -1373,42 +1374,37 @@ impl AggregationActor {
         }
         let tree = self.store.tree(trees::SUBMISSIONS)?;
         // Pieces of an older, abandoned upload by the same participant are dropped.
-        let prefix = piece_prefix(session, from);
-        let current = format!("{}/", hex(&digest));
-        for key in tree.scan_prefix(&prefix).keys().flatten() {
-            if !key[prefix.len()..].starts_with(current.as_bytes()) {
+        let upload = upload_prefix(session, from, &digest);
+        for key in tree
+            .scan_prefix(piece_prefix(session, from))
+            .keys()
+            .flatten()
+        {
+            if !key.starts_with(&upload) {
                 tree.remove(key)
                     .map_err(|e| SessionError::Store(e.to_string()))?;
             }
         }
         tree.insert(piece_key(session, from, &digest, index), bytes)
             .map_err(|e| SessionError::Store(e.to_string()))?;
-        self.store.flush_async().await?;
-        let mut prefix_digest = prefix.clone();
-        prefix_digest.extend_from_slice(current.as_bytes());
-        let have = tree.scan_prefix(&prefix_digest).count() as u32;
+        self.flush().await?;
+        let have = tree.scan_prefix(&upload).count() as u32;
         if have < count {
             return Ok(AggReply::PieceAck {
                 index,
                 complete: false,
             });
         }
-        // All pieces are in: assemble, check, and keep the whole update.
-        let mut whole = Vec::new();
-        for item in tree.scan_prefix(&prefix_digest).values() {
-            let v = item.map_err(|e| SessionError::Store(e.to_string()))?;
-            whole.extend_from_slice(&v);
-        }
+        // All pieces are in: assemble and check; a bad upload is dropped whole.
         let drop_pieces = |tree: &sled::Tree| {
-            for key in tree.scan_prefix(&prefix_digest).keys().flatten() {
+            for key in tree.scan_prefix(&upload).keys().flatten() {
                 let _ = tree.remove(key);
             }
         };
-        if *blake3::hash(&whole).as_bytes() != digest {
+        let mut whole = Vec::new();
+        if let Err(e) = read_upload(&tree, &upload, &digest, &mut whole) {
             drop_pieces(&tree);
-            return Err(SessionError::BadInput(
-                "the assembled update does not match its digest".into(),
-            ));
+            return Err(e);
         }
         let key = self.coordinated_key(session)?;
         if let Err(e) = check_update(&whole, max, &plan, &key) {
@@ -1437,6 +1433,35 @@ impl AggregationActor {
             index,
             complete: true,
         })
+    }
+}
+
+type Spawner<'a> = dyn Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + 'a;
+
+/// Sends `msg` to each of `members` (committee indices) in its own task; `expect` turns the
+/// awaited answer into what the actor is told, and anything else fails the session.
+fn ask_members(
+    spawn: &Spawner<'_>,
+    link: &Link,
+    plan: &SessionPlan,
+    members: Vec<u32>,
+    msg: AggMsg,
+    expect: fn(String, u32, AggReply) -> Option<Internal>,
+) {
+    for member in members {
+        let (link, msg) = (link.clone(), msg.clone());
+        let session = plan.id.clone();
+        let peer = plan.committee[member as usize].clone();
+        spawn(Box::pin(async move {
+            let internal = match link.send_retrying(&peer, &msg).await {
+                Ok(reply) => expect(session.clone(), member, reply).unwrap_or_else(|| {
+                    let why = format!("gave an unexpected answer to {}", msg.kind());
+                    Internal::Event(session, fail_event(&peer, &why))
+                }),
+                Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
+            };
+            link.report(internal).await;
+        }));
     }
 }
 

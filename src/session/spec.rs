@@ -250,6 +250,13 @@ impl SessionPlan {
     pub fn is_participant(&self, peer: &str) -> bool {
         self.participants.iter().any(|p| p == peer)
     }
+    /// Every member and participant, once each, in order.
+    pub fn peers(&self) -> Vec<&String> {
+        let mut peers: Vec<&String> = self.committee.iter().chain(&self.participants).collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
 }
 
 #[cfg(test)]
