@@ -878,23 +878,14 @@ impl AggregationActor {
                 }
             }
             Internal::Combined { session, result } => {
-                let Some(state) = self.coordinated.get(&session) else {
+                if !self.coordinated.contains_key(&session) {
                     return;
-                };
-                let contributors = state.contributors.len() as u32;
-                let clipped = result.clipped;
+                }
                 if let Err(e) = self.store.put(trees::RESULTS, session.as_bytes(), &*result) {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }
-                self.apply(
-                    &session,
-                    Event::Combined {
-                        contributors,
-                        clipped,
-                    },
-                )
-                .await;
+                self.apply(&session, Event::Combined).await;
                 self.cleanup(&session);
             }
             Internal::Submitted { session, digest } => {

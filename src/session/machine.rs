@@ -101,10 +101,7 @@ pub enum Event {
         member: u32,
     },
     /// The sum is decrypted and the result stored.
-    Combined {
-        contributors: u32,
-        clipped: u64,
-    },
+    Combined,
     /// Something the protocol cannot recover from.
     Fail {
         reason: String,
@@ -414,17 +411,9 @@ impl Coordinated {
                 }
                 Ok(Vec::new())
             }
-            (
-                Phase::Decrypting,
-                Event::Combined {
-                    contributors,
-                    clipped,
-                },
-            ) => {
+            (Phase::Decrypting, Event::Combined) => {
                 self.phase = Phase::Done;
                 self.timings.finished_ms = Some(now_ms);
-                debug_assert_eq!(contributors as usize, self.contributors.len());
-                self.clipped = clipped;
                 Ok(vec![Effect::PublishResult])
             }
             (_, event) => Err(wrong(
@@ -598,14 +587,7 @@ mod tests {
             vec![Effect::Combine]
         );
         assert_eq!(
-            s.handle(
-                Event::Combined {
-                    contributors: 2,
-                    clipped: 2
-                },
-                8
-            )
-            .unwrap(),
+            s.handle(Event::Combined, 8).unwrap(),
             vec![Effect::PublishResult]
         );
         assert_eq!(s.phase, Phase::Done);
