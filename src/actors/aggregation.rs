@@ -1204,13 +1204,7 @@ impl AggregationActor {
         commitments: Vec<KeyCommitment>,
         shares: Vec<PublicKeyShare>,
     ) -> Result<Option<(SessionPlan, Vec<KeyCommitment>, Vec<PublicKeyShare>)>, SessionError> {
-        if from != plan.coordinator {
-            return Err(SessionError::NotAllowed {
-                peer: from.to_string(),
-                role: "the coordinator",
-                session: plan.id.clone(),
-            });
-        }
+        plan.check_coordinator(from)?;
         let me = self.me();
         let member = plan.member_index(&me).is_some();
         if !member && !plan.is_participant(&me) {
@@ -1249,22 +1243,23 @@ impl AggregationActor {
         Ok(member.then_some((plan, commitments, shares)))
     }
 
+    /// A joined session, for a notice only its coordinator may send.
+    fn joined_from_coordinator(&self, from: &str, session: &str) -> Result<Joined, SessionError> {
+        let joined = self
+            .joined
+            .get(session)
+            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
+        joined.plan.check_coordinator(from)?;
+        Ok(joined.clone())
+    }
+
     async fn receive_failure(
         &mut self,
         from: &str,
         session: &str,
         reason: String,
     ) -> Result<(), SessionError> {
-        let Some(mut joined) = self.joined.get(session).cloned() else {
-            return Err(SessionError::UnknownSession(session.to_string()));
-        };
-        if from != joined.plan.coordinator {
-            return Err(SessionError::NotAllowed {
-                peer: from.to_string(),
-                role: "the coordinator",
-                session: session.to_string(),
-            });
-        }
+        let mut joined = self.joined_from_coordinator(from, session)?;
         if joined.phase == Phase::Done {
             return Ok(());
         }
@@ -1281,16 +1276,7 @@ impl AggregationActor {
         from: &str,
         result: SessionResult,
     ) -> Result<(), SessionError> {
-        let Some(mut joined) = self.joined.get(&result.session).cloned() else {
-            return Err(SessionError::UnknownSession(result.session.clone()));
-        };
-        if from != joined.plan.coordinator {
-            return Err(SessionError::NotAllowed {
-                peer: from.to_string(),
-                role: "the coordinator",
-                session: result.session.clone(),
-            });
-        }
+        let mut joined = self.joined_from_coordinator(from, &result.session)?;
         if result.values.len() as u64 != joined.plan.length {
             return Err(SessionError::BadInput(
                 "the result has the wrong length".into(),

@@ -193,14 +193,6 @@ pub fn spawn(
     (KeysHandle { mailbox }, actor.run(cancel))
 }
 
-fn not_coordinator(from: &str, plan: &SessionPlan) -> SessionError {
-    SessionError::NotAllowed {
-        peer: from.to_string(),
-        role: "the coordinator",
-        session: plan.id.clone(),
-    }
-}
-
 impl KeysActor {
     async fn run(mut self, cancel: CancellationToken) {
         loop {
@@ -292,9 +284,7 @@ impl KeysActor {
         from: &str,
         plan: SessionPlan,
     ) -> Result<KeyCommitment, SessionError> {
-        if from != plan.coordinator {
-            return Err(not_coordinator(from, &plan));
-        }
+        plan.check_coordinator(from)?;
         let member = plan
             .member_index(me)
             .ok_or_else(|| SessionError::NotAllowed {
@@ -342,9 +332,7 @@ impl KeysActor {
         commitments: Vec<KeyCommitment>,
     ) -> Result<PublicKeyShare, SessionError> {
         let mut record = self.load(session)?;
-        if from != record.plan.coordinator {
-            return Err(not_coordinator(from, &record.plan));
-        }
+        record.plan.check_coordinator(from)?;
         if commitments.len() != record.plan.committee.len() {
             return Err(SessionError::BadInput(format!(
                 "{} commitments for a committee of {}",
@@ -381,8 +369,14 @@ impl KeysActor {
         shares: Vec<PublicKeyShare>,
     ) -> Result<(), SessionError> {
         let mut record = self.load(&plan.id)?;
-        if from != record.plan.coordinator || *plan != record.plan {
-            return Err(not_coordinator(from, &record.plan));
+        record.plan.check_coordinator(from)?;
+        if *plan != record.plan {
+            // Refused as before; the message could say "different plan" (noted on #4).
+            return Err(SessionError::NotAllowed {
+                peer: from.to_string(),
+                role: "the coordinator",
+                session: record.plan.id.clone(),
+            });
         }
         if record.bound {
             return Ok(());
@@ -409,9 +403,7 @@ impl KeysActor {
     ) -> Result<PartialDecryption, SessionError> {
         let mut record = self.load(session)?;
         let plan = record.plan.clone();
-        if from != plan.coordinator {
-            return Err(not_coordinator(from, &plan));
-        }
+        plan.check_coordinator(from)?;
         if !record.bound {
             return Err(SessionError::WrongPhase {
                 session: session.to_string(),

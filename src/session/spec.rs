@@ -250,6 +250,17 @@ impl SessionPlan {
     pub fn is_participant(&self, peer: &str) -> bool {
         self.participants.iter().any(|p| p == peer)
     }
+    /// Refuses a protocol message that only the coordinator may send.
+    pub fn check_coordinator(&self, from: &str) -> Result<(), SessionError> {
+        if from == self.coordinator {
+            return Ok(());
+        }
+        Err(SessionError::NotAllowed {
+            peer: from.to_string(),
+            role: "the coordinator",
+            session: self.id.clone(),
+        })
+    }
     /// Every member and participant, once each, in order.
     pub fn peers(&self) -> Vec<&String> {
         let mut peers: Vec<&String> = self.committee.iter().chain(&self.participants).collect();
