@@ -254,9 +254,8 @@ pub enum BenchError {
 /// Runs one aggregation round across `participants` in-process nodes on loopback (node 0
 /// coordinates, the first `committee` nodes hold the key), then the plaintext baseline.
 pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport, BenchError> {
-    use crate::demo::{dial_address, loopback_config, wait_phase};
+    use crate::demo::wait_phase;
     use crate::net::{Request, Response};
-    use crate::node::Node;
     use crate::session::{Phase, ResultKind, SessionSpec};
     use std::time::Duration;
 
@@ -264,14 +263,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     if cfg.participants == 0 || cfg.committee == 0 || cfg.committee > cfg.participants {
         return Err(fail("need 1..=participants committee members".into()));
     }
-    let dirs: Vec<_> = (0..cfg.participants)
-        .map(|_| tempfile::tempdir().map_err(|e| fail(e.to_string())))
-        .collect::<Result<_, _>>()?;
-    let mut nodes = vec![Node::start(loopback_config(dirs[0].path(), vec![])).await?];
-    let boot = dial_address(&nodes[0], Duration::from_secs(10)).await?;
-    for dir in &dirs[1..] {
-        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
-    }
+    let (_dirs, nodes) = crate::demo::start_local_network(cfg.participants).await?;
     // Everyone needs the coordinator; the committee needs nothing else.
     let start = Instant::now();
     while nodes[0].network.peers().await.map(|p| p.len()).unwrap_or(0) + 1 < cfg.participants {

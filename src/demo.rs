@@ -62,6 +62,26 @@ pub async fn dial_address(node: &Node, timeout: Duration) -> Result<Multiaddr, D
     }
 }
 
+/// Starts `count` nodes on loopback with temporary stores, all bootstrapping from the first.
+/// The directories are returned with the nodes: keep them until the nodes are shut down.
+pub async fn start_local_network(
+    count: usize,
+) -> Result<(Vec<tempfile::TempDir>, Vec<Node>), DemoError> {
+    let dirs: Vec<_> = (0..count)
+        .map(|_| tempfile::tempdir().map_err(fail))
+        .collect::<Result<_, _>>()?;
+    let Some((first_dir, rest)) = dirs.split_first() else {
+        return Ok((dirs, Vec::new()));
+    };
+    let first = Node::start(loopback_config(first_dir.path(), vec![])).await?;
+    let boot = dial_address(&first, Duration::from_secs(10)).await?;
+    let mut nodes = vec![first];
+    for dir in rest {
+        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
+    }
+    Ok((dirs, nodes))
+}
+
 /// Waits until every node is connected to every other one.
 pub async fn wait_for_full_mesh(nodes: &[Node], timeout: Duration) -> Result<Duration, DemoError> {
     let start = Instant::now();
@@ -131,16 +151,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
             "the demo needs at least 2 nodes and 1..=nodes committee members",
         ));
     }
-    let dirs: Vec<_> = (0..count)
-        .map(|_| tempfile::tempdir().map_err(fail))
-        .collect::<Result<_, _>>()?;
     let start = Instant::now();
-    let first = Node::start(loopback_config(dirs[0].path(), vec![])).await?;
-    let boot = dial_address(&first, Duration::from_secs(10)).await?;
-    let mut nodes = vec![first];
-    for dir in &dirs[1..] {
-        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
-    }
+    let (_dirs, nodes) = start_local_network(count).await?;
     println!(
         "[network]    started {count} nodes on loopback in {:.0?}",
         start.elapsed()

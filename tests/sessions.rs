@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fhenode::crypto::{DecryptionRequest, Profile};
-use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh, wait_phase, wait_result};
+use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_phase, wait_result};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
 use fhenode::session::messages::{self, AggMsg};
@@ -14,23 +14,6 @@ use fhenode::store::trees;
 use rand::{Rng, SeedableRng};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn network(count: usize, dirs: &[tempfile::TempDir]) -> Vec<Node> {
-    let first = Node::start(loopback_config(dirs[0].path(), vec![]))
-        .await
-        .unwrap();
-    let boot = dial_address(&first, LONG).await.unwrap();
-    let mut nodes = vec![first];
-    for dir in &dirs[1..count] {
-        nodes.push(
-            Node::start(loopback_config(dir.path(), vec![boot.clone()]))
-                .await
-                .unwrap(),
-        );
-    }
-    wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    nodes
-}
 
 fn ids(nodes: &[&Node]) -> Vec<String> {
     nodes.iter().map(|n| n.peer_id.to_string()).collect()
@@ -45,8 +28,8 @@ fn updates(count: usize, length: usize, seed: u64) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_across_six_nodes() {
-    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes = network(6, &dirs).await;
+    let (_dirs, nodes) = start_local_network(6).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
     let n: Vec<&Node> = nodes.iter().collect();
     let coordinator = n[0];
 
