@@ -197,13 +197,13 @@ impl Node {
         );
 
         let sampler = {
-            let (metrics, network, keys, aggregation, inference, store) = (
+            // Mailbox depths; the store size is read at each scrape by the API.
+            let (metrics, network, keys, aggregation, inference) = (
                 metrics.clone(),
                 network.clone(),
                 keys.clone(),
                 aggregation.clone(),
                 inference.clone(),
-                store.clone(),
             );
             let stop = actors_stop.child_token();
             sup(
@@ -226,7 +226,6 @@ impl Node {
                                 .get_or_create(&ActorLabels { actor })
                                 .set(depth as i64);
                         }
-                        metrics.store_size.set(store.size_on_disk() as i64);
                     }
                 }
                 .boxed(),

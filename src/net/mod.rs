@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::actors::Mailbox;
 use crate::config::P2pConfig;
 use crate::metrics::{NodeMetrics, OutcomeLabels, ProtocolLabels};
 pub use protocol::{Request, Response, RpcCodec};
@@ -95,7 +96,7 @@ enum Command {
 /// Cloneable handle to the network actor.
 #[derive(Clone, Debug)]
 pub struct NetworkHandle {
-    tx: mpsc::Sender<Command>,
+    mailbox: Mailbox<Command>,
     peer_id: PeerId,
     max_request_bytes: usize,
 }
@@ -119,19 +120,14 @@ impl NetworkHandle {
 
     /// Messages waiting in the actor's mailbox.
     pub fn mailbox_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.mailbox.depth()
     }
 
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NetError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)
+        self.mailbox.ask(make).await.map_err(|_| NetError::Stopped)
     }
 
     pub async fn status(&self) -> Result<NetStatus, NetError> {
@@ -253,7 +249,7 @@ pub fn spawn(
         }
     }
 
-    let (tx, rx) = mpsc::channel(256);
+    let (mailbox, rx) = Mailbox::new("network", 256);
     let actor = NetworkActor {
         swarm,
         rx,
@@ -273,7 +269,7 @@ pub fn spawn(
     );
     Ok((
         NetworkHandle {
-            tx,
+            mailbox,
             peer_id,
             max_request_bytes: cfg.max_request_bytes,
         },
