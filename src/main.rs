@@ -13,6 +13,11 @@ use fhenode::config::{self, CliOverrides, Config};
 use fhenode::crypto::Profile;
 use fhenode::session::{ResultKind, SessionSpec};
 
+// Ciphertext pieces and updates are multi-megabyte buffers allocated and freed all the time;
+// the system allocator hands each back to the kernel and page-faults it in again (zeroed).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fhenode",

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use fhenode::crypto::{DecryptionRequest, Profile};
+use fhenode::crypto::{Accumulator, Profile};
 use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_phase, wait_result};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
 use fhenode::session::messages::{self, AggMsg};
-use fhenode::session::{Phase, ResultKind, SessionError, SessionSpec};
+use fhenode::session::{Coordinated, Phase, ResultKind, SessionError, SessionSpec};
 use fhenode::store::trees;
 use rand::{Rng, SeedableRng};
 
@@ -132,12 +132,20 @@ async fn sessions_across_six_nodes() {
     assert_eq!(wait_result(n[5], "mean", LONG).await.unwrap(), result);
 
     // --- a second decryption request for the same session is refused by every member ------
-    let mut request: DecryptionRequest = coordinator
+    // A different aggregate under the same session key, as a dishonest coordinator could
+    // build from other ciphertexts with the same contributors.
+    let state: Coordinated = coordinator
         .store
-        .get(trees::ACCUMULATORS, b"request/mean")
+        .get(trees::SESSIONS, b"coord/mean")
         .unwrap()
-        .expect("the coordinator keeps the request it sent");
-    request.mask[0] ^= 1;
+        .expect("the coordinator keeps the session state");
+    let key = state.collective_key().unwrap();
+    let mut other = Accumulator::new(&key, state.plan.length).unwrap();
+    for who in &state.contributors {
+        let zeros = vec![0f32; state.plan.length as usize];
+        other.add(who, &key.encrypt(&zeros).unwrap().0).unwrap();
+    }
+    let (_, request) = other.finish().unwrap();
     for member in &n[1..4] {
         let msg = AggMsg::Decrypt {
             session: "mean".into(),

@@ -91,6 +91,15 @@ enum Internal {
     UploadFailed {
         session: String,
     },
+    /// A participant's last piece is in and its whole upload checked (coordinator).
+    UploadChecked {
+        session: String,
+        from: String,
+        index: u32,
+        meta: SubmissionMeta,
+        update: Box<EncryptedUpdate>,
+        reply: oneshot::Sender<Response>,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -167,6 +176,19 @@ impl AggregationHandle {
         {
             Ok(response) => response,
             Err(e) => error_response(&stopped(e)),
+        }
+    }
+}
+
+/// The wire answer to a peer's message.
+fn reply_response(result: Result<AggReply, SessionError>) -> Response {
+    match result {
+        Ok(r) => messages::encode(&r)
+            .map(Response::Aggregation)
+            .unwrap_or_else(|e| error_response(&e)),
+        Err(e) => {
+            debug!(error = %e, "refused");
+            error_response(&e)
         }
     }
 }
@@ -275,8 +297,77 @@ struct AggregationActor {
     /// The sum being decrypted and its request, by session (coordinator).
     aggregates: HashMap<String, (Arc<Aggregate>, DecryptionRequest)>,
     uploading: HashSet<String>,
+    /// Running sums of the updates accepted so far, by session (coordinator).
+    running: HashMap<String, RunningSum>,
+    /// Partial decryptions received, by session and member (coordinator). Not persisted: after
+    /// a restart members are asked again and answer identically.
+    partials: HashMap<String, BTreeMap<u32, PartialDecryption>>,
     phase_since: HashMap<String, Instant>,
     cancel: CancellationToken,
+}
+
+/// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
+/// its upload is checked, so closing only has to finish the sum instead of reading every
+/// update back from the store. Dropping it ends the thread.
+struct RunningSum {
+    jobs: std::sync::mpsc::Sender<SumJob>,
+    /// Who was handed to the thread, in order.
+    added: Vec<String>,
+}
+
+type SumOutcome = Result<(Aggregate, DecryptionRequest), SessionError>;
+
+enum SumJob {
+    Add(String, Box<EncryptedUpdate>),
+    Finish(oneshot::Sender<SumOutcome>),
+}
+
+impl RunningSum {
+    fn start(key: Arc<CollectivePublicKey>, length: u64) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<SumJob>();
+        tokio::task::spawn_blocking(move || {
+            let mut acc = Accumulator::new(&key, length).map_err(SessionError::from);
+            while let Ok(job) = rx.recv() {
+                match job {
+                    SumJob::Add(who, update) => {
+                        if let Ok(sum) = acc.as_mut() {
+                            if let Err(e) = sum.add(&who, &update) {
+                                acc = Err(e.into());
+                            }
+                        }
+                    }
+                    SumJob::Finish(reply) => {
+                        let _ = reply.send(acc.and_then(|sum| Ok(sum.finish()?)));
+                        return;
+                    }
+                }
+            }
+        });
+        RunningSum {
+            jobs,
+            added: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, who: &str, update: Box<EncryptedUpdate>) {
+        if self.jobs.send(SumJob::Add(who.to_string(), update)).is_ok() {
+            self.added.push(who.to_string());
+        }
+    }
+
+    /// The finished sum, if it holds exactly `contributors`.
+    async fn finish(self, contributors: &[(String, [u8; 32])]) -> Option<SumOutcome> {
+        let mut added = self.added.clone();
+        let mut wanted: Vec<String> = contributors.iter().map(|(c, _)| c.clone()).collect();
+        added.sort();
+        wanted.sort();
+        if added != wanted {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(SumJob::Finish(tx)).ok()?;
+        rx.await.ok()
+    }
 }
 
 pub struct AggregationDeps {
@@ -309,6 +400,8 @@ pub fn spawn(
         keys_cache: HashMap::new(),
         aggregates: HashMap::new(),
         uploading: HashSet::new(),
+        running: HashMap::new(),
+        partials: HashMap::new(),
         phase_since: HashMap::new(),
         cancel: cancel.clone(),
     };
@@ -350,10 +443,6 @@ fn read_upload(
         ));
     }
     Ok(())
-}
-
-fn partial_key(session: &str, member: u32) -> Vec<u8> {
-    format!("partial/{session}/{member:04}").into_bytes()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -518,12 +607,7 @@ impl AggregationActor {
 
     /// Makes every write so far durable, timing it for the flush-latency metric.
     async fn flush(&self) -> Result<(), SessionError> {
-        let start = Instant::now();
-        self.store.flush_async().await?;
-        self.metrics
-            .store_flush_duration
-            .observe(start.elapsed().as_secs_f64());
-        Ok(())
+        timed_flush(&self.store, &self.metrics).await
     }
 
     async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
@@ -577,6 +661,8 @@ impl AggregationActor {
                     })
                     .inc();
                 self.aggregates.remove(id);
+                self.running.remove(id);
+                self.partials.remove(id);
             }
         }
         self.coordinated.insert(id.to_string(), next);
@@ -710,9 +796,28 @@ impl AggregationActor {
                     }
                 };
                 let store = self.store.clone();
+                let running = self.running.remove(id);
                 spawn(Box::pin(async move {
-                    let job = move || accumulate(&store, &plan, &key, &contributors);
-                    let internal = match timed_blocking(&metrics, "accumulate", job).await {
+                    let start = Instant::now();
+                    let finished = match running {
+                        Some(sum) => sum.finish(&contributors).await,
+                        None => None,
+                    };
+                    let outcome = match finished {
+                        Some(Ok(sum)) => {
+                            metrics
+                                .crypto_duration
+                                .get_or_create(&OpLabels { op: "accumulate" })
+                                .observe(start.elapsed().as_secs_f64());
+                            Ok(sum)
+                        }
+                        // After a restart, or if the running sum went wrong: from the store.
+                        _ => {
+                            let job = move || accumulate(&store, &plan, &key, &contributors);
+                            timed_blocking(&metrics, "accumulate", job).await
+                        }
+                    };
+                    let internal = match outcome {
                         Ok((aggregate, request)) => Internal::Accumulated {
                             session,
                             aggregate: Box::new(aggregate),
@@ -751,20 +856,16 @@ impl AggregationActor {
                 let Some((aggregate, _)) = self.aggregates.get(id).cloned() else {
                     return;
                 };
-                let partials: Result<Vec<PartialDecryption>, _> = (0..plan.committee.len() as u32)
-                    .map(|m| {
-                        self.store
-                            .get::<PartialDecryption>(trees::ACCUMULATORS, &partial_key(id, m))
-                            .ok()
-                            .flatten()
-                            .ok_or(m)
-                    })
+                let received = self.partials.get(id);
+                let partials: Result<Vec<PartialDecryption>, u32> = (0..plan.committee.len()
+                    as u32)
+                    .map(|m| received.and_then(|r| r.get(&m)).cloned().ok_or(m))
                     .collect();
                 let clipped = state.clipped;
                 let contributor_ids = state.contributors.clone();
                 spawn(Box::pin(async move {
                     let Ok(partials) = partials else {
-                        let reason = "a stored partial decryption is missing".to_string();
+                        let reason = "a partial decryption is missing".to_string();
                         link.report(Internal::Event(session, Event::Fail { reason }))
                             .await;
                         return;
@@ -841,15 +942,9 @@ impl AggregationActor {
                 aggregate,
                 request,
             } => {
+                // What the committee is asked to decrypt is known by its digest (in the
+                // session state) and the contributors; the sum itself is rebuilt on restart.
                 let digest = request.digest();
-                // Kept for audit: what exactly the committee was asked to decrypt.
-                let key = format!("request/{session}");
-                if let Err(e) = self
-                    .store
-                    .put(trees::ACCUMULATORS, key.as_bytes(), &*request)
-                {
-                    warn!(%session, error = %e, "cannot store the decryption request");
-                }
                 self.aggregates
                     .insert(session.clone(), (Arc::from(aggregate), *request));
                 self.apply(
@@ -865,17 +960,14 @@ impl AggregationActor {
                 member,
                 partial,
             } => {
-                let stored = self.store.put(
-                    trees::ACCUMULATORS,
-                    &partial_key(&session, member),
-                    &*partial,
-                );
-                match stored {
-                    Ok(()) => {
-                        self.apply(&session, Event::Partial { member }).await;
-                    }
-                    Err(e) => warn!(%session, error = %e, "cannot store a partial decryption"),
+                if !self.coordinated.contains_key(&session) {
+                    return;
                 }
+                self.partials
+                    .entry(session.clone())
+                    .or_default()
+                    .insert(member, *partial);
+                self.apply(&session, Event::Partial { member }).await;
             }
             Internal::Combined { session, result } => {
                 if !self.coordinated.contains_key(&session) {
@@ -900,6 +992,20 @@ impl AggregationActor {
             Internal::UploadFailed { session } => {
                 self.uploading.remove(&session);
             }
+            Internal::UploadChecked {
+                session,
+                from,
+                index,
+                meta,
+                update,
+                reply,
+            } => {
+                let result = self
+                    .accept_upload(&session, &from, index, meta, update)
+                    .await;
+                count_submission(&self.metrics, &result);
+                let _ = reply.send(reply_response(result));
+            }
         }
     }
 
@@ -908,11 +1014,13 @@ impl AggregationActor {
         let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else {
             return;
         };
-        for prefix in [format!("piece/{session}/")] {
+        // Removing tens of blobs is file-system work: off the actor.
+        let prefix = format!("piece/{session}/");
+        tokio::task::spawn_blocking(move || {
             for key in tree.scan_prefix(prefix.as_bytes()).keys().flatten() {
                 let _ = tree.remove(key);
             }
-        }
+        });
         self.keys_cache.remove(session);
     }
 
@@ -1078,6 +1186,7 @@ impl AggregationActor {
         let from = peer.to_string();
         let me = self.me();
         let span = info_span!("inbound", %peer, kind = msg.kind(), session = %msg.session());
+        let task_span = span.clone();
         let keys = self.keys.clone();
         // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
         let answer_later = |fut: std::pin::Pin<
@@ -1086,16 +1195,7 @@ impl AggregationActor {
                             reply: oneshot::Sender<Response>| {
             tokio::spawn(
                 async move {
-                    let response = match fut.await {
-                        Ok(r) => messages::encode(&r)
-                            .map(Response::Aggregation)
-                            .unwrap_or_else(|e| error_response(&e)),
-                        Err(e) => {
-                            debug!(error = %e, "refused");
-                            error_response(&e)
-                        }
-                    };
-                    let _ = reply.send(response);
+                    let _ = reply.send(reply_response(fut.await));
                 }
                 .instrument(span),
             );
@@ -1155,27 +1255,72 @@ impl AggregationActor {
                 bytes,
             } => {
                 let len = bytes.len() as u64;
-                let result = self
-                    .piece(&from, &session, digest, index, count, clipped, bytes)
-                    .await;
-                let outcome = match &result {
-                    Ok(AggReply::PieceAck { complete: true, .. }) => "accepted",
-                    Ok(_) => "piece",
-                    Err(SessionError::Duplicate(_)) => "duplicate",
-                    Err(SessionError::NotAllowed { .. }) => "not_allowed",
-                    Err(SessionError::UnknownSession(_)) => "unknown_session",
-                    Err(_) => "refused",
-                };
-                if outcome != "piece" {
-                    self.metrics
-                        .submissions
-                        .get_or_create(&OutcomeLabels { outcome })
-                        .inc();
-                }
-                if result.is_ok() {
+                let stored =
+                    self.store_piece(&from, &session, digest, index, count, clipped, bytes);
+                if stored.is_ok() {
                     self.metrics.submission_bytes.inc_by(len);
                 }
-                answer_later(Box::pin(async move { result }), reply);
+                let (store, metrics, link) =
+                    (self.store.clone(), self.metrics.clone(), self.link.clone());
+                match stored {
+                    Err(e) => {
+                        let result = Err(e);
+                        count_submission(&self.metrics, &result);
+                        answer_later(Box::pin(async move { result }), reply);
+                    }
+                    Ok(StoredPiece::AlreadyAccepted) => answer_later(
+                        Box::pin(async move {
+                            Ok(AggReply::PieceAck {
+                                index,
+                                complete: true,
+                            })
+                        }),
+                        reply,
+                    ),
+                    // Acknowledged once durable; the actor serves others meanwhile.
+                    Ok(StoredPiece::Partial) => answer_later(
+                        Box::pin(async move {
+                            timed_flush(&store, &metrics).await?;
+                            Ok(AggReply::PieceAck {
+                                index,
+                                complete: false,
+                            })
+                        }),
+                        reply,
+                    ),
+                    // Durable, then assembled and checked off the actor, then accepted by it.
+                    Ok(StoredPiece::Last(upload)) => {
+                        tokio::spawn(
+                            async move {
+                                let checked = match timed_flush(&store, &metrics).await {
+                                    Ok(()) => tokio::task::spawn_blocking(move || upload.check())
+                                        .await
+                                        .unwrap_or(Err(SessionError::Unavailable("upload check"))),
+                                    Err(e) => Err(e),
+                                };
+                                match checked {
+                                    Ok((meta, update)) => {
+                                        link.report(Internal::UploadChecked {
+                                            session,
+                                            from,
+                                            index,
+                                            meta,
+                                            update: Box::new(update),
+                                            reply,
+                                        })
+                                        .await
+                                    }
+                                    Err(e) => {
+                                        let result = Err(e);
+                                        count_submission(&metrics, &result);
+                                        let _ = reply.send(reply_response(result));
+                                    }
+                                }
+                            }
+                            .instrument(task_span),
+                        );
+                    }
+                }
             }
             AggMsg::Failed { session, reason } => {
                 let r = self
@@ -1293,9 +1438,10 @@ impl AggregationActor {
         Ok(())
     }
 
-    /// Coordinator side of a submission piece: stored and flushed before it is acknowledged.
+    /// Coordinator side of a submission piece: checked and stored (not yet flushed: the caller
+    /// acknowledges it only after a flush, which concurrent pieces share).
     #[allow(clippy::too_many_arguments)]
-    async fn piece(
+    fn store_piece(
         &mut self,
         from: &str,
         session: &str,
@@ -1304,7 +1450,7 @@ impl AggregationActor {
         count: u32,
         clipped: u64,
         bytes: Vec<u8>,
-    ) -> Result<AggReply, SessionError> {
+    ) -> Result<StoredPiece, SessionError> {
         let state = self
             .coordinated
             .get(session)
@@ -1321,10 +1467,7 @@ impl AggregationActor {
             // A retransmission of the accepted update is harmless; anything else is a second
             // submission.
             if done.digest == digest {
-                return Ok(AggReply::PieceAck {
-                    index,
-                    complete: true,
-                });
+                return Ok(StoredPiece::AlreadyAccepted);
             }
             return Err(SessionError::Duplicate(format!(
                 "participant {from} already submitted to session `{session}`"
@@ -1364,53 +1507,132 @@ impl AggregationActor {
         }
         tree.insert(piece_key(session, from, &digest, index), bytes)
             .map_err(|e| SessionError::Store(e.to_string()))?;
-        self.flush().await?;
-        let have = tree.scan_prefix(&upload).count() as u32;
-        if have < count {
-            return Ok(AggReply::PieceAck {
-                index,
-                complete: false,
-            });
-        }
-        // All pieces are in: assemble and check; a bad upload is dropped whole.
-        let drop_pieces = |tree: &sled::Tree| {
-            for key in tree.scan_prefix(&upload).keys().flatten() {
-                let _ = tree.remove(key);
-            }
-        };
-        let mut whole = Vec::new();
-        if let Err(e) = read_upload(&tree, &upload, &digest, &mut whole) {
-            drop_pieces(&tree);
-            return Err(e);
+        if (tree.scan_prefix(&upload).count() as u32) < count {
+            return Ok(StoredPiece::Partial);
         }
         let key = self.coordinated_key(session)?;
-        if let Err(e) = check_update(&whole, max, &plan, &key) {
-            drop_pieces(&tree);
-            return Err(e);
-        }
-        // The pieces stay where they are (already durable): summing reads them in order.
-        let meta = SubmissionMeta {
-            digest,
-            clipped,
-            bytes: whole.len() as u64,
-        };
-        if let Some(e) = self
-            .apply(
-                session,
-                Event::SubmissionComplete {
-                    participant: from.to_string(),
-                    meta,
-                },
-            )
-            .await
-        {
-            return Err(e);
-        }
-        Ok(AggReply::PieceAck {
+        Ok(StoredPiece::Last(Box::new(CompleteUpload {
+            tree,
+            upload,
+            plan,
+            key,
+            meta: SubmissionMeta {
+                digest,
+                clipped,
+                bytes: 0,
+            },
+        })))
+    }
+
+    /// Accepts a checked upload: the running sum gets it first (so that a close this event
+    /// triggers finds it there), then the session records it.
+    async fn accept_upload(
+        &mut self,
+        session: &str,
+        from: &str,
+        index: u32,
+        meta: SubmissionMeta,
+        update: Box<EncryptedUpdate>,
+    ) -> Result<AggReply, SessionError> {
+        let state = self
+            .coordinated
+            .get(session)
+            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
+        let complete = AggReply::PieceAck {
             index,
             complete: true,
-        })
+        };
+        if let Some(done) = state.submitted.get(from) {
+            if done.digest == meta.digest {
+                return Ok(complete);
+            }
+        }
+        let (first, length) = (state.submitted.is_empty(), state.plan.length);
+        // A running sum is only started with the first update: after a restart mid-collection
+        // the sum is read back from the store at closing instead.
+        if !self.running.contains_key(session) && first {
+            let key = self.coordinated_key(session)?;
+            self.running
+                .insert(session.to_string(), RunningSum::start(key, length));
+        }
+        if let Some(sum) = self.running.get_mut(session) {
+            sum.add(from, update);
+        }
+        let event = Event::SubmissionComplete {
+            participant: from.to_string(),
+            meta,
+        };
+        match self.apply(session, event).await {
+            Some(e) => Err(e),
+            None => Ok(complete),
+        }
     }
+}
+
+/// What storing one piece led to.
+enum StoredPiece {
+    /// More pieces are to come.
+    Partial,
+    /// The participant's update was already accepted (a retransmission).
+    AlreadyAccepted,
+    /// This was the last piece: the whole upload is to be checked.
+    Last(Box<CompleteUpload>),
+}
+
+struct CompleteUpload {
+    tree: sled::Tree,
+    upload: Vec<u8>,
+    plan: SessionPlan,
+    key: Arc<CollectivePublicKey>,
+    meta: SubmissionMeta,
+}
+
+impl CompleteUpload {
+    /// Assembles and checks the upload (blocking); a bad upload is dropped whole.
+    fn check(mut self) -> Result<(SubmissionMeta, EncryptedUpdate), SessionError> {
+        let mut whole = Vec::new();
+        let checked = read_upload(&self.tree, &self.upload, &self.meta.digest, &mut whole)
+            .and_then(|()| check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key));
+        match checked {
+            Ok(update) => {
+                self.meta.bytes = whole.len() as u64;
+                Ok((self.meta, update))
+            }
+            Err(e) => {
+                for key in self.tree.scan_prefix(&self.upload).keys().flatten() {
+                    let _ = self.tree.remove(key);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Makes every write so far durable, timing it for the flush-latency metric.
+async fn timed_flush(store: &Store, metrics: &NodeMetrics) -> Result<(), SessionError> {
+    let start = Instant::now();
+    store.flush_async().await?;
+    metrics
+        .store_flush_duration
+        .observe(start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Counts a submission piece's outcome; pieces that are neither the last nor refused are not
+/// submissions yet.
+fn count_submission(metrics: &NodeMetrics, result: &Result<AggReply, SessionError>) {
+    let outcome = match result {
+        Ok(AggReply::PieceAck { complete: true, .. }) => "accepted",
+        Ok(_) => return,
+        Err(SessionError::Duplicate(_)) => "duplicate",
+        Err(SessionError::NotAllowed { .. }) => "not_allowed",
+        Err(SessionError::UnknownSession(_)) => "unknown_session",
+        Err(_) => "refused",
+    };
+    metrics
+        .submissions
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
 }
 
 type Spawner<'a> = dyn Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + 'a;

@@ -229,15 +229,20 @@ impl<T: ProfileTorus> SecretPoly<T> {
 
 /// A committee member's secret share of one session's key. Zeroized on drop, redacted in
 /// `Debug`, serialized only through [`Self::to_secret_bytes`] (for the key store). It answers
-/// at most one decryption request: the same request again gets the same bytes back, any other
-/// is refused ([`CryptoError::KeyAlreadyUsed`]).
+/// at most one decryption request: the same request again gets the same bytes back (its flooding
+/// noise is drawn from a PRF of a per-share secret and the request digest, so a retry reveals
+/// nothing new and nothing but the digest has to be remembered), any other is refused
+/// ([`CryptoError::KeyAlreadyUsed`]).
 pub struct SecretKeyShare {
     params: SessionParams,
     tag: SessionTag,
     member: u32,
     secret: Typed<SecretPoly<u128>, SecretPoly<u64>>,
     collective: Option<KeyId>,
-    answered: Option<PartialDecryption>,
+    /// Keys the flooding-noise PRF; as secret as the share itself.
+    flood_secret: Zeroizing<[u8; 32]>,
+    /// Digest of the one request this share answered.
+    answered: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for SecretKeyShare {
@@ -261,7 +266,8 @@ struct SecretRecord {
     tag: SessionTag,
     member: u32,
     collective: Option<KeyId>,
-    answered: Option<PartialDecryption>,
+    answered: Option<[u8; 32]>,
+    flood_secret: [u8; 32],
     #[serde(with = "serde_bytes")]
     bits: Vec<u8>,
 }
@@ -269,10 +275,12 @@ struct SecretRecord {
 impl Drop for SecretRecord {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.bits);
+        zeroize::Zeroize::zeroize(&mut self.flood_secret);
     }
 }
 
-const SECRET_RECORD_VERSION: u16 = 1;
+/// 2: flooding noise from a PRF, `answered` holds only the request digest.
+const SECRET_RECORD_VERSION: u16 = 2;
 
 impl SecretKeyShare {
     /// Draws a fresh secret share for `member` (0-based index into the committee) and its
@@ -306,6 +314,7 @@ impl SecretKeyShare {
             member,
             secret,
             collective: None,
+            flood_secret: os_seed(),
             answered: None,
         };
         let public = PublicKeyShare {
@@ -329,8 +338,9 @@ impl SecretKeyShare {
     pub fn collective(&self) -> Option<KeyId> {
         self.collective
     }
-    pub fn answered(&self) -> Option<&PartialDecryption> {
-        self.answered.as_ref()
+    /// The digest of the decryption request this share answered, if any.
+    pub fn answered(&self) -> Option<[u8; 32]> {
+        self.answered
     }
 
     /// Records which collective key this share belongs to, after checking that the key was
@@ -377,12 +387,8 @@ impl SecretKeyShare {
         min_contributors: u32,
     ) -> Result<PartialDecryption, CryptoError> {
         let digest = request.digest();
-        if let Some(prev) = &self.answered {
-            return if prev.request_digest == digest {
-                Ok(prev.clone())
-            } else {
-                Err(CryptoError::KeyAlreadyUsed)
-            };
+        if self.answered.is_some_and(|prev| prev != digest) {
+            return Err(CryptoError::KeyAlreadyUsed);
         }
         if request.tag != self.tag {
             return Err(CryptoError::WrongSession {
@@ -419,7 +425,7 @@ impl SecretKeyShare {
             )));
         }
         let budget = self.params.budget();
-        let flood_key = os_seed();
+        let flood_key = Zeroizing::new(blake3::keyed_hash(&self.flood_secret, &digest).into());
         let length = request.length as usize;
         let values = typed!(&self.secret, s => s.partial(
             &request.mask, length, &flood_key, budget.flood_log2, budget.partial_keep_bits
@@ -432,7 +438,7 @@ impl SecretKeyShare {
             keep_bits: budget.partial_keep_bits,
             values,
         };
-        self.answered = Some(partial.clone());
+        self.answered = Some(digest);
         Ok(partial)
     }
 
@@ -451,7 +457,8 @@ impl SecretKeyShare {
             tag: self.tag,
             member: self.member,
             collective: self.collective,
-            answered: self.answered.clone(),
+            answered: self.answered,
+            flood_secret: *self.flood_secret,
             bits,
         };
         Zeroizing::new(bincode::serialize(&record).expect("in-memory serialization of plain data"))
@@ -497,7 +504,8 @@ impl SecretKeyShare {
             member: record.member,
             secret,
             collective: record.collective,
-            answered: record.answered.clone(),
+            flood_secret: Zeroizing::new(record.flood_secret),
+            answered: record.answered,
         })
     }
 }

@@ -390,14 +390,12 @@ impl Coordinated {
                         now_ms,
                     ));
                 }
-                let missing: Vec<u32> = self
-                    .members()
-                    .filter(|m| !self.partials.contains(m))
-                    .collect();
-                if missing.is_empty() {
-                    return Ok(vec![Effect::Combine]);
-                }
-                Ok(vec![Effect::RequestPartials { members: missing }])
+                // Partials live only in the coordinator's memory, so after a restart every
+                // member is asked again; each answers the same request with the same bytes.
+                self.partials.clear();
+                Ok(vec![Effect::RequestPartials {
+                    members: self.members().collect(),
+                }])
             }
             (Phase::Decrypting, Event::Partial { member }) => {
                 if member as usize >= committee {
