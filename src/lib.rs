@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod inference;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -91,10 +91,19 @@ fn supervise(
     })
 }
 
+/// Tells the service manager about a state change; a no-op when NOTIFY_SOCKET is unset. A
+/// failure is logged, never fatal: the node works the same without systemd.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
 /// Hands each inbound peer request to the actor that owns its kind.
 async fn route_inbound(
     mut inbound: tokio::sync::mpsc::Receiver<net::InboundRequest>,
     aggregation: AggregationHandle,
+    inference: InferenceHandle,
     stop: CancellationToken,
 ) {
     loop {
@@ -117,10 +126,16 @@ async fn route_inbound(
                     let _ = reply.send(aggregation.inbound(peer, bytes).await);
                 });
             }
+            net::Request::Inference(bytes) => {
+                let inference = inference.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(inference.inbound(peer, bytes).await);
+                });
+            }
             other => {
                 let _ = reply.send(net::Response::Error {
                     code: "unsupported".into(),
-                    message: format!("this node does not serve {} requests yet", other.kind()),
+                    message: format!("this node does not serve {} requests", other.kind()),
                 });
             }
         }
@@ -151,11 +166,6 @@ impl Node {
         let (keys, keys_task) =
             keys::spawn(store.clone(), metrics.clone(), actors_stop.child_token());
         let keys_task = sup("keys", keys_task.instrument(info_span!("keys")).boxed());
-        let (inference, inf_task) = inference::spawn(store.clone(), actors_stop.child_token());
-        let inf_task = sup(
-            "inference",
-            inf_task.instrument(info_span!("inference")).boxed(),
-        );
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (network, net_task) = net::spawn(
             keypair,
@@ -180,9 +190,29 @@ impl Node {
             "aggregation",
             agg_task.instrument(info_span!("aggregation")).boxed(),
         );
+        let (inference, inf_task) = inference::spawn(
+            inference::InferenceDeps {
+                me: peer_id,
+                store: store.clone(),
+                network: network.clone(),
+                metrics: metrics.clone(),
+                limits: inference::InferenceLimits::default(),
+            },
+            actors_stop.child_token(),
+        );
+        let inf_task = sup(
+            "inference",
+            inf_task.instrument(info_span!("inference")).boxed(),
+        );
         let router_task = sup(
             "router",
-            route_inbound(inbound_rx, aggregation.clone(), actors_stop.child_token()).boxed(),
+            route_inbound(
+                inbound_rx,
+                aggregation.clone(),
+                inference.clone(),
+                actors_stop.child_token(),
+            )
+            .boxed(),
         );
         let net_task = sup(
             "network",
@@ -299,8 +329,12 @@ impl Node {
         self.fatal.clone()
     }
 
-    /// Runs until SIGINT/SIGTERM or an actor panic, then shuts down in order.
+    /// Runs until SIGINT/SIGTERM or an actor panic, then shuts down in order. Under systemd
+    /// (`Type=notify`, NOTIFY_SOCKET set) it reports READY=1 first, since the actors run and
+    /// the API listens once [`Node::start`] has returned, and STOPPING=1 when shutdown begins;
+    /// without NOTIFY_SOCKET both are no-ops.
     pub async fn run_until_stopped(self) -> Result<(), NodeError> {
+        notify_systemd(sd_notify::NotifyState::Ready);
         #[cfg(unix)]
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(NodeError::Signal)?;
@@ -315,6 +349,7 @@ impl Node {
             _ = terminate => info!("SIGTERM received"),
             _ = self.fatal.cancelled() => {}
         }
+        notify_systemd(sd_notify::NotifyState::Stopping);
         self.shutdown().await
     }
 

@@ -1,28 +1,156 @@
-//! The inference actor: model registry and encrypted evaluation on a bounded blocking pool
-//! (DESIGN §3.2).
+//! The inference actor (DESIGN §3.2): client contexts (the secret key never leaves this
+//! node), the model registry, evaluation keys uploaded by clients, and encrypted evaluation
+//! on a bounded blocking pool.
+//!
+//! The actor owns its maps; anything slow (key generation, encryption, evaluation, loading an
+//! evaluation key, talking to a peer) runs in a task that answers the caller directly and
+//! tells the actor what to cache through an internal message.
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{ActorError, Mailbox};
+use super::{stopped, ActorError, Mailbox};
+use crate::crypto::inference::{
+    InferenceWire, LinearCiphertext, LinearClientKey, LinearConfig, LinearModel, LinearResult, MlpCiphertext, MlpClientKey, MlpConfig, MlpEvaluationKey, MlpParams, MlpResult,
+    MlpServerKey, Model, QuantizedModel,
+};
+use crate::inference::messages::{
+    self, hex, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES,
+};
+use crate::inference::{
+    check_model_name, ContextInfo, Decrypted, InferError, InferOutcome, ModelInfo, ModelOptions,
+    ModelRecord, Scheme,
+};
+use crate::metrics::{InferenceLabels, NodeMetrics, SchemeLabels};
+use crate::net::{NetworkHandle, Request, Response};
 use crate::store::{trees, Store};
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// Largest ciphertext or result batch accepted.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Largest evaluation key accepted (m3c3 keys are ≈ 270 MiB compressed).
+pub const MAX_EVAL_KEY_BYTES: usize = 512 << 20;
+
+/// How the actor runs: pool size and memory budget.
+#[derive(Clone, Debug)]
+pub struct InferenceLimits {
+    /// Evaluations running at once (each may use several cores through rayon).
+    pub workers: usize,
+    /// Memory allowed for loaded evaluation keys; a request whose key would not fit even
+    /// after evicting every other key is refused.
+    pub memory_budget_bytes: u64,
+}
+
+impl Default for InferenceLimits {
+    fn default() -> Self {
+        InferenceLimits {
+            workers: 2,
+            memory_budget_bytes: 4 << 30,
+        }
+    }
+}
+
+pub struct InferenceDeps {
+    pub me: PeerId,
+    pub store: Store,
+    pub network: NetworkHandle,
+    pub metrics: NodeMetrics,
+    pub limits: InferenceLimits,
+}
+
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
 pub struct InferenceStatus {
     /// Models registered in the store.
     pub models: usize,
+    pub contexts: usize,
+    pub cached_eval_keys: usize,
 }
 
-#[derive(Debug)]
+type Reply<T> = oneshot::Sender<Result<T, InferError>>;
+
 enum Command {
     Status(oneshot::Sender<InferenceStatus>),
+    CreateContext(Scheme, Reply<ContextInfo>),
+    ListContexts(Reply<Vec<ContextInfo>>),
+    DeleteContext(String, Reply<()>),
+    AddModel(Box<ModelRecord>, Reply<ModelInfo>),
+    ListModels(Reply<Vec<ModelInfo>>),
+    Encrypt {
+        context: String,
+        model: String,
+        peer: Option<PeerId>,
+        rows: Vec<Vec<f32>>,
+        reply: Reply<Vec<u8>>,
+    },
+    Infer {
+        context: String,
+        model: String,
+        peer: Option<PeerId>,
+        batch: Vec<u8>,
+        reply: Reply<InferOutcome>,
+    },
+    Decrypt {
+        context: String,
+        batch: Vec<u8>,
+        reply: Reply<Decrypted>,
+    },
+    /// Encrypt, evaluate an inline (unregistered) model here, answer the encrypted result.
+    Inline {
+        context: String,
+        model: Box<Model>,
+        options: ModelOptions,
+        rows: Vec<Vec<f32>>,
+        reply: Reply<InferOutcome>,
+    },
+    Inbound {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Response>,
+    },
+    Internal(Internal),
+}
+
+enum Internal {
+    ContextReady(Box<ClientContext>),
+    EvalKeyLoaded {
+        slot: String,
+        key: Arc<MlpServerKey>,
+        bytes: u64,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Status(_) => "Status",
+            Command::CreateContext(..) => "CreateContext",
+            Command::ListContexts(_) => "ListContexts",
+            Command::DeleteContext(..) => "DeleteContext",
+            Command::AddModel(..) => "AddModel",
+            Command::ListModels(_) => "ListModels",
+            Command::Encrypt { .. } => "Encrypt",
+            Command::Infer { .. } => "Infer",
+            Command::Decrypt { .. } => "Decrypt",
+            Command::Inline { .. } => "Inline",
+            Command::Inbound { .. } => "Inbound",
+            Command::Internal(_) => "Internal",
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct InferenceHandle {
     mailbox: Mailbox<Command>,
+}
+
+fn gone(e: ActorError) -> InferError {
+    let _ = stopped(e);
+    InferError::Unavailable("the inference actor")
 }
 
 impl InferenceHandle {
@@ -35,20 +163,406 @@ impl InferenceHandle {
     pub async fn status(&self) -> Result<InferenceStatus, ActorError> {
         self.mailbox.ask(Command::Status).await
     }
+    /// A new client context: parameters and a fresh secret key, kept on this node.
+    pub async fn create_context(&self, scheme: Scheme) -> Result<ContextInfo, InferError> {
+        self.mailbox
+            .ask(|r| Command::CreateContext(scheme, r))
+            .await
+            .map_err(gone)?
+    }
+    pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>, InferError> {
+        self.mailbox
+            .ask(Command::ListContexts)
+            .await
+            .map_err(gone)?
+    }
+    pub async fn delete_context(&self, id: &str) -> Result<(), InferError> {
+        let id = id.to_string();
+        self.mailbox
+            .ask(|r| Command::DeleteContext(id, r))
+            .await
+            .map_err(gone)?
+    }
+    /// Registers (or replaces) a model under `name`; it is compiled once to check it.
+    pub async fn add_model(
+        &self,
+        name: &str,
+        model: Model,
+        options: ModelOptions,
+    ) -> Result<ModelInfo, InferError> {
+        let record = ModelRecord {
+            name: name.to_string(),
+            model,
+            options,
+            created_ms: crate::session::now_ms(),
+        };
+        self.mailbox
+            .ask(|r| Command::AddModel(Box::new(record), r))
+            .await
+            .map_err(gone)?
+    }
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, InferError> {
+        self.mailbox.ask(Command::ListModels).await.map_err(gone)?
+    }
+    /// Encrypts `rows` under `context` for `model` on `peer` (`None`: this node). Returns a
+    /// ciphertext batch.
+    pub async fn encrypt(
+        &self,
+        context: &str,
+        model: &str,
+        peer: Option<PeerId>,
+        rows: Vec<Vec<f32>>,
+    ) -> Result<Vec<u8>, InferError> {
+        let (context, model) = (context.to_string(), model.to_string());
+        self.mailbox
+            .ask(|reply| Command::Encrypt {
+                context,
+                model,
+                peer,
+                rows,
+                reply,
+            })
+            .await
+            .map_err(gone)?
+    }
+    /// Evaluates `model` on `peer` (`None`: here) on a ciphertext batch made under `context`,
+    /// uploading the context's evaluation key first when the model node lacks it.
+    pub async fn infer(
+        &self,
+        context: &str,
+        model: &str,
+        peer: Option<PeerId>,
+        batch: Vec<u8>,
+    ) -> Result<InferOutcome, InferError> {
+        let (context, model) = (context.to_string(), model.to_string());
+        self.mailbox
+            .ask(|reply| Command::Infer {
+                context,
+                model,
+                peer,
+                batch,
+                reply,
+            })
+            .await
+            .map_err(gone)?
+    }
+    /// Decrypts a result batch with `context`'s key.
+    pub async fn decrypt(&self, context: &str, batch: Vec<u8>) -> Result<Decrypted, InferError> {
+        let context = context.to_string();
+        self.mailbox
+            .ask(|reply| Command::Decrypt {
+                context,
+                batch,
+                reply,
+            })
+            .await
+            .map_err(gone)?
+    }
+    /// The original service's one-call flow: encrypt `rows` under `context`, evaluate the
+    /// inline `model` here, answer the encrypted result.
+    pub async fn infer_inline(
+        &self,
+        context: &str,
+        model: Model,
+        options: ModelOptions,
+        rows: Vec<Vec<f32>>,
+    ) -> Result<InferOutcome, InferError> {
+        let context = context.to_string();
+        self.mailbox
+            .ask(|reply| Command::Inline {
+                context,
+                model: Box::new(model),
+                options,
+                rows,
+                reply,
+            })
+            .await
+            .map_err(gone)?
+    }
+    /// A request from a peer (inside `Request::Inference`).
+    pub async fn inbound(&self, peer: PeerId, bytes: Vec<u8>) -> Response {
+        match self
+            .mailbox
+            .ask(|reply| Command::Inbound { peer, bytes, reply })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Response::Error {
+                code: "unavailable".into(),
+                message: "the inference actor is stopped".into(),
+            },
+        }
+    }
+}
+
+/// A client key of either scheme.
+#[derive(Clone)]
+enum ClientKey {
+    Linear(Arc<LinearClientKey>),
+    Mlp(Arc<MlpClientKey>),
+}
+
+#[derive(Clone)]
+struct ClientContext {
+    info: ContextInfo,
+    key: ClientKey,
+}
+
+/// What the store keeps for a context: public facts and the secret key's bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContextRecord {
+    info: ContextInfo,
+    #[serde(with = "serde_bytes")]
+    secret: Vec<u8>,
+}
+
+impl Drop for ContextRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+/// A model compiled for its scheme.
+enum Compiled {
+    Linear(LinearModel),
+    Mlp(QuantizedModel),
+}
+
+struct CompiledModel {
+    info: ModelInfo,
+    compiled: Compiled,
+}
+
+impl CompiledModel {
+    fn compile(record: &ModelRecord, rows: Option<&[Vec<f32>]>) -> Result<Self, InferError> {
+        check_model_name(&record.name)?;
+        let model = &record.model;
+        model.validate()?;
+        let has_activation = model
+            .layers
+            .iter()
+            .any(|l| l.activation != crate::crypto::inference::Activation::None);
+        let scheme = match record.options.scheme {
+            Some(s) => s,
+            None if has_activation => Scheme::Mlp,
+            None => Scheme::Linear,
+        };
+        let activations = model
+            .layers
+            .iter()
+            .map(|l| l.activation.name().to_string())
+            .collect();
+        let (compiled, pbs, error_bound) = match scheme {
+            Scheme::Linear => {
+                let config = match (record.options.input_bound, rows) {
+                    (Some(b), _) => LinearConfig::with_input_bound(b),
+                    (None, Some(rows)) => {
+                        let all: Vec<f32> = rows.iter().flatten().copied().collect();
+                        LinearConfig::for_input(&all)
+                    }
+                    (None, None) => LinearConfig::default(),
+                };
+                let m = LinearModel::compile(model, &config)?;
+                let bound = m.error_bound();
+                (Compiled::Linear(m), 0, Some(bound))
+            }
+            Scheme::Mlp => {
+                let mut config = match record.options.input_range {
+                    Some((lo, hi)) => MlpConfig::with_range(MlpParams::Message2Carry2, lo, hi),
+                    None => MlpConfig::default(),
+                };
+                config.calibration = record.options.calibration.clone();
+                if let (None, Some(rows)) = (&record.options.input_range, rows) {
+                    config.calibration.extend(rows.iter().cloned());
+                }
+                if config.input_range.is_none() && config.calibration.is_empty() {
+                    config = MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0);
+                }
+                let q = QuantizedModel::compile(model, &config)?;
+                let pbs = q.pbs_count();
+                (Compiled::Mlp(q), pbs, None)
+            }
+        };
+        Ok(CompiledModel {
+            info: ModelInfo {
+                name: record.name.clone(),
+                scheme,
+                inputs: model.inputs(),
+                outputs: model.outputs(),
+                layers: model.layers.len(),
+                activations,
+                pbs,
+                error_bound,
+                created_ms: record.created_ms,
+            },
+            compiled,
+        })
+    }
+
+    fn spec(&self) -> InputSpec {
+        match &self.compiled {
+            Compiled::Linear(m) => InputSpec::Linear(m.input_spec()),
+            Compiled::Mlp(q) => InputSpec::Mlp(q.input_spec()),
+        }
+    }
+}
+
+/// Loaded evaluation keys within a byte budget, least recently used out first.
+struct EvalKeyCache<K = Arc<MlpServerKey>> {
+    keys: HashMap<String, (K, u64)>,
+    order: VecDeque<String>,
+    bytes: u64,
+}
+
+impl<K> Default for EvalKeyCache<K> {
+    fn default() -> Self {
+        EvalKeyCache {
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<K: Clone> EvalKeyCache<K> {
+    fn get(&mut self, slot: &str) -> Option<K> {
+        let key = self.keys.get(slot)?.0.clone();
+        self.order.retain(|s| s != slot);
+        self.order.push_back(slot.to_string());
+        Some(key)
+    }
+
+    fn insert(&mut self, slot: String, key: K, bytes: u64, budget: u64) {
+        self.remove(&slot);
+        while self.bytes + bytes > budget {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, b)) = self.keys.remove(&old) {
+                self.bytes -= b;
+            }
+        }
+        self.bytes += bytes;
+        self.order.push_back(slot.clone());
+        self.keys.insert(slot, (key, bytes));
+    }
+
+    fn remove(&mut self, slot: &str) {
+        if let Some((_, b)) = self.keys.remove(slot) {
+            self.bytes -= b;
+            self.order.retain(|s| s != slot);
+        }
+    }
+}
+
+/// Memory a loaded (decompressed, Fourier-domain) server key takes: the bootstrapping key
+/// (n_lwe · (k+1)² · levels · N f64 pairs) plus the key-switching key ((k·N) · levels ·
+/// (n_lwe+1) u64).
+pub fn server_key_memory_bytes(params: MlpParams) -> u64 {
+    let p = params.shortint();
+    let n_lwe = p.lwe_dimension.0 as u64;
+    let k = p.glwe_dimension.0 as u64;
+    let n = p.polynomial_size.0 as u64;
+    let bsk = n_lwe * (k + 1) * (k + 1) * p.pbs_level.0 as u64 * n * 8;
+    let ksk = k * n * p.ks_level.0 as u64 * (n_lwe + 1) * 8;
+    bsk + ksk
 }
 
 struct InferenceActor {
+    me: PeerId,
     store: Store,
+    network: NetworkHandle,
+    metrics: NodeMetrics,
+    limits: InferenceLimits,
     rx: mpsc::Receiver<Command>,
+    mailbox: Mailbox<Command>,
+    contexts: HashMap<String, ClientContext>,
+    models: HashMap<String, Arc<CompiledModel>>,
+    eval_keys: EvalKeyCache,
+    pool: Arc<Semaphore>,
+    cancel: CancellationToken,
 }
 
 pub fn spawn(
-    store: Store,
+    deps: InferenceDeps,
     cancel: CancellationToken,
 ) -> (InferenceHandle, impl std::future::Future<Output = ()>) {
     let (mailbox, rx) = Mailbox::new("inference", 64);
-    let actor = InferenceActor { store, rx };
+    let actor = InferenceActor {
+        me: deps.me,
+        store: deps.store,
+        network: deps.network,
+        metrics: deps.metrics,
+        pool: Arc::new(Semaphore::new(deps.limits.workers.max(1))),
+        limits: deps.limits,
+        rx,
+        mailbox: mailbox.clone(),
+        contexts: HashMap::new(),
+        models: HashMap::new(),
+        eval_keys: EvalKeyCache::default(),
+        cancel: cancel.clone(),
+    };
     (InferenceHandle { mailbox }, actor.run(cancel))
+}
+
+fn ctx_key(id: &str) -> Vec<u8> {
+    format!("ctx/{id}").into_bytes()
+}
+
+/// Where an uploaded evaluation key lives on a model node: per uploading peer, so one client
+/// can never replace another's key.
+fn eval_slot(peer: &str, context: &str) -> String {
+    format!("{peer}/{context}")
+}
+
+fn eval_key_key(slot: &str) -> Vec<u8> {
+    format!("evalkey/{slot}").into_bytes()
+}
+
+fn eval_piece_prefix(slot: &str) -> Vec<u8> {
+    format!("evalpiece/{slot}/").into_bytes()
+}
+
+fn new_context_id() -> String {
+    use rand::RngCore;
+    let mut id = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    format!("ctx_{}", hex(&id))
+}
+
+/// Runs `job` on the blocking pool once one of the pool's permits is free, counting the wait
+/// in the queue-depth gauge.
+async fn on_pool<T: Send + 'static>(
+    pool: &Semaphore,
+    metrics: &NodeMetrics,
+    job: impl FnOnce() -> Result<T, InferError> + Send + 'static,
+) -> Result<T, InferError> {
+    metrics.inference_queue_depth.inc();
+    let permit = pool.acquire().await;
+    metrics.inference_queue_depth.dec();
+    let _permit = permit.map_err(|_| InferError::Unavailable("the inference pool"))?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|_| InferError::Unavailable("an inference worker (it panicked)"))?
+}
+
+fn count(metrics: &NodeMetrics, scheme: &'static str, result: &Result<impl Sized, InferError>) {
+    count_outcome(
+        metrics,
+        scheme,
+        match result {
+            Ok(_) => "ok",
+            Err(e) if e.http_status() < 500 => "refused",
+            Err(_) => "failed",
+        },
+    );
+}
+
+fn count_outcome(metrics: &NodeMetrics, scheme: &'static str, outcome: &'static str) {
+    metrics
+        .inference_requests
+        .get_or_create(&InferenceLabels { scheme, outcome })
+        .inc();
 }
 
 impl InferenceActor {
@@ -65,12 +579,936 @@ impl InferenceActor {
         info!("inference actor stopped");
     }
 
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = fut => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
                 let models = self.store.tree(trees::MODELS).map(|t| t.len()).unwrap_or(0);
-                let _ = reply.send(InferenceStatus { models });
+                let contexts = self
+                    .store
+                    .tree(trees::CONTEXTS)
+                    .map(|t| t.scan_prefix(b"ctx/").count())
+                    .unwrap_or(0);
+                let _ = reply.send(InferenceStatus {
+                    models,
+                    contexts,
+                    cached_eval_keys: self.eval_keys.keys.len(),
+                });
+            }
+            Command::CreateContext(scheme, reply) => self.create_context(scheme, reply),
+            Command::ListContexts(reply) => {
+                let list = self
+                    .store
+                    .scan_prefix::<ContextRecord>(trees::CONTEXTS, b"ctx/")
+                    .map(|all| all.into_iter().map(|(_, r)| r.info.clone()).collect())
+                    .map_err(InferError::from);
+                let _ = reply.send(list);
+            }
+            Command::DeleteContext(id, reply) => {
+                let result = self.delete_context(&id);
+                let _ = reply.send(result);
+            }
+            Command::AddModel(record, reply) => self.add_model(*record, reply),
+            Command::ListModels(reply) => {
+                let _ = reply.send(self.list_models());
+            }
+            Command::Encrypt {
+                context,
+                model,
+                peer,
+                rows,
+                reply,
+            } => self.encrypt(context, model, peer, rows, reply),
+            Command::Infer {
+                context,
+                model,
+                peer,
+                batch,
+                reply,
+            } => self.infer(context, model, peer, batch, reply),
+            Command::Decrypt {
+                context,
+                batch,
+                reply,
+            } => self.decrypt(context, batch, reply),
+            Command::Inline {
+                context,
+                model,
+                options,
+                rows,
+                reply,
+            } => self.inline(context, *model, options, rows, reply),
+            Command::Inbound { peer, bytes, reply } => self.inbound(peer, bytes, reply),
+            Command::Internal(Internal::ContextReady(ctx)) => {
+                self.contexts.insert(ctx.info.fhe_context_id.clone(), *ctx);
+            }
+            Command::Internal(Internal::EvalKeyLoaded { slot, key, bytes }) => {
+                self.eval_keys
+                    .insert(slot, key, bytes, self.limits.memory_budget_bytes);
+                self.metrics
+                    .eval_key_cache_bytes
+                    .set(self.eval_keys.bytes as i64);
             }
         }
+    }
+
+    // --- contexts (client side) ---------------------------------------------------------
+
+    fn create_context(&self, scheme: Scheme, reply: Reply<ContextInfo>) {
+        let (store, mailbox) = (self.store.clone(), self.mailbox.clone());
+        self.spawn(async move {
+            let id = new_context_id();
+            // Key generation takes seconds for mlp (the evaluation key): off the executor.
+            let made = tokio::task::spawn_blocking(move || -> Result<_, InferError> {
+                let created_ms = crate::session::now_ms();
+                let (key, params, secret, eval_key) = match scheme {
+                    Scheme::Linear => {
+                        let k = LinearClientKey::generate();
+                        let secret = k.to_secret_bytes();
+                        let params = k.params().name().to_string();
+                        (ClientKey::Linear(Arc::new(k)), params, secret, None)
+                    }
+                    Scheme::Mlp => {
+                        let k = MlpClientKey::generate(MlpParams::Message2Carry2);
+                        let secret = k.to_secret_bytes();
+                        let params = k.params().name().to_string();
+                        let eval = k.evaluation_key().to_bytes();
+                        (ClientKey::Mlp(Arc::new(k)), params, secret, Some(eval))
+                    }
+                };
+                let key_id = match &key {
+                    ClientKey::Linear(k) => k.key_id().to_hex(),
+                    ClientKey::Mlp(k) => k.key_id().to_hex(),
+                };
+                let info = ContextInfo {
+                    fhe_context_id: id.clone(),
+                    scheme,
+                    params,
+                    key_id,
+                    created_ms,
+                    evaluation_key_bytes: eval_key.as_ref().map(|e| e.len() as u64),
+                };
+                let record = ContextRecord {
+                    info: info.clone(),
+                    secret: secret.to_vec(),
+                };
+                store.put(trees::CONTEXTS, &ctx_key(&id), &record)?;
+                if let Some(eval) = eval_key {
+                    // The client's own copy, uploaded to model nodes on first use.
+                    store
+                        .tree(trees::CONTEXTS)?
+                        .insert(format!("own-evalkey/{id}").as_bytes(), eval)?;
+                }
+                store.flush()?;
+                Ok(ClientContext { info, key })
+            })
+            .await
+            .unwrap_or(Err(InferError::Unavailable("key generation (it panicked)")));
+            let answer = match made {
+                Ok(ctx) => {
+                    let info = ctx.info.clone();
+                    let _ = mailbox
+                        .send(Command::Internal(Internal::ContextReady(Box::new(ctx))))
+                        .await;
+                    Ok(info)
+                }
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn delete_context(&mut self, id: &str) -> Result<(), InferError> {
+        self.context(id)?;
+        self.contexts.remove(id);
+        let tree = self.store.tree(trees::CONTEXTS)?;
+        tree.remove(ctx_key(id))?;
+        tree.remove(format!("own-evalkey/{id}").as_bytes())?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// A context of this node, from memory or the store.
+    fn context(&mut self, id: &str) -> Result<ClientContext, InferError> {
+        if let Some(c) = self.contexts.get(id) {
+            return Ok(c.clone());
+        }
+        let record: ContextRecord = self
+            .store
+            .get(trees::CONTEXTS, &ctx_key(id))?
+            .ok_or_else(|| InferError::UnknownContext(id.to_string()))?;
+        let key = match record.info.scheme {
+            Scheme::Linear => ClientKey::Linear(Arc::new(LinearClientKey::from_secret_bytes(
+                &record.secret,
+            )?)),
+            Scheme::Mlp => {
+                ClientKey::Mlp(Arc::new(MlpClientKey::from_secret_bytes(&record.secret)?))
+            }
+        };
+        let ctx = ClientContext {
+            info: record.info.clone(),
+            key,
+        };
+        self.contexts.insert(id.to_string(), ctx.clone());
+        Ok(ctx)
+    }
+
+    // --- models (model node) -------------------------------------------------------------
+
+    fn add_model(&self, record: ModelRecord, reply: Reply<ModelInfo>) {
+        let store = self.store.clone();
+        self.spawn(async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                let compiled = CompiledModel::compile(&record, None)?;
+                store.put(trees::MODELS, record.name.as_bytes(), &record)?;
+                store.flush()?;
+                Ok(compiled.info)
+            })
+            .await
+            .unwrap_or(Err(InferError::Unavailable("model compilation (it panicked)")));
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn list_models(&mut self) -> Result<Vec<ModelInfo>, InferError> {
+        let names: Vec<String> = self
+            .store
+            .scan_prefix::<ModelRecord>(trees::MODELS, b"")?
+            .into_iter()
+            .map(|(_, r)| r.name.clone())
+            .collect();
+        names
+            .iter()
+            .map(|n| self.model(n).map(|m| m.info.clone()))
+            .collect()
+    }
+
+    /// A registered model, compiled (cached until the record changes).
+    fn model(&mut self, name: &str) -> Result<Arc<CompiledModel>, InferError> {
+        let record: ModelRecord = self
+            .store
+            .get(trees::MODELS, name.as_bytes())?
+            .ok_or_else(|| InferError::UnknownModel(name.to_string()))?;
+        if let Some(m) = self.models.get(name) {
+            if m.info.created_ms == record.created_ms {
+                return Ok(m.clone());
+            }
+        }
+        let compiled = Arc::new(CompiledModel::compile(&record, None)?);
+        self.models.insert(name.to_string(), compiled.clone());
+        Ok(compiled)
+    }
+
+    // --- client flows --------------------------------------------------------------------
+
+    fn encrypt(
+        &mut self,
+        context: String,
+        model: String,
+        peer: Option<PeerId>,
+        rows: Vec<Vec<f32>>,
+        reply: Reply<Vec<u8>>,
+    ) {
+        let ctx = match self.context(&context) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let local = self.local_spec(&model, peer);
+        let network = self.network.clone();
+        self.spawn(async move {
+            let answer = async {
+                let spec = match local {
+                    Some(spec) => spec?,
+                    None => remote_spec(&network, peer, &model).await?,
+                };
+                tokio::task::spawn_blocking(move || encrypt_rows(&ctx, &spec, &rows))
+                    .await
+                    .map_err(|_| InferError::Unavailable("encryption (it panicked)"))?
+            }
+            .await;
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// The spec of a model on this node, or `None` when it lives on a peer.
+    fn local_spec(
+        &mut self,
+        model: &str,
+        peer: Option<PeerId>,
+    ) -> Option<Result<InputSpec, InferError>> {
+        match peer {
+            Some(p) if p != self.me => None,
+            _ => Some(self.model(model).map(|m| m.spec())),
+        }
+    }
+
+    fn infer(
+        &mut self,
+        context: String,
+        model: String,
+        peer: Option<PeerId>,
+        batch: Vec<u8>,
+        reply: Reply<InferOutcome>,
+    ) {
+        let checked = (|| {
+            let ctx = self.context(&context)?;
+            let parsed = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
+            check_batch(&ctx, &parsed, "ciphertext")?;
+            Ok((ctx, parsed))
+        })();
+        let (ctx, parsed) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                count_outcome(&self.metrics, "unknown", "refused");
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match peer {
+            Some(p) if p != self.me => {
+                let (network, store) = (self.network.clone(), self.store.clone());
+                self.spawn(async move {
+                    let answer = remote_infer(&network, &store, p, &ctx, &model, batch).await;
+                    let _ = reply.send(answer);
+                });
+            }
+            _ => {
+                let me = self.me.to_string();
+                let slot = eval_slot(&me, &context);
+                // The node is its own model node: its evaluation key is its own copy.
+                if ctx.info.scheme == Scheme::Mlp && self.eval_keys.get(&slot).is_none() {
+                    let own = self
+                        .store
+                        .tree(trees::CONTEXTS)
+                        .ok()
+                        .and_then(|t| t.get(format!("own-evalkey/{context}").as_bytes()).ok())
+                        .flatten();
+                    if let Some(bytes) = own {
+                        if let Ok(tree) = self.store.tree(trees::CONTEXTS) {
+                            let _ = tree.insert(eval_key_key(&slot), bytes);
+                        }
+                    }
+                }
+                let started = self.evaluate(&me, &model, &context, parsed);
+                self.spawn(async move {
+                    let answer = match started {
+                        Ok(fut) => fut.await.map(|(batch, ms, pbs, rows, outputs)| InferOutcome {
+                            encrypted_result: batch,
+                            result_shape: [rows, outputs],
+                            computation_time_ms: ms,
+                            pbs,
+                            peer: None,
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+    }
+
+    fn decrypt(&mut self, context: String, batch: Vec<u8>, reply: Reply<Decrypted>) {
+        let checked = (|| {
+            let ctx = self.context(&context)?;
+            let parsed = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
+            check_batch(&ctx, &parsed, "encrypted result")?;
+            Ok((ctx, parsed))
+        })();
+        match checked {
+            Ok((ctx, parsed)) => self.spawn(async move {
+                let answer = tokio::task::spawn_blocking(move || decrypt_rows(&ctx, &parsed))
+                    .await
+                    .unwrap_or(Err(InferError::Unavailable("decryption (it panicked)")));
+                let _ = reply.send(answer);
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn inline(
+        &mut self,
+        context: String,
+        model: Model,
+        options: ModelOptions,
+        rows: Vec<Vec<f32>>,
+        reply: Reply<InferOutcome>,
+    ) {
+        let ctx = match self.context(&context) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        self.spawn(async move {
+            let scheme = ctx.info.scheme;
+            let started = Instant::now();
+            let answer = on_pool(&pool, &metrics, move || {
+                let record = ModelRecord {
+                    name: "inline".into(),
+                    model,
+                    options: ModelOptions {
+                        scheme: Some(ctx.info.scheme),
+                        ..options
+                    },
+                    created_ms: 0,
+                };
+                let compiled = CompiledModel::compile(&record, Some(&rows))?;
+                let cts = encrypt_rows(&ctx, &compiled.spec(), &rows)?;
+                let cts = Batch::from_bytes(&cts, MAX_BATCH_BYTES)?;
+                let server_key = match &ctx.key {
+                    ClientKey::Mlp(k) => Some(Arc::new(k.evaluation_key().into_server_key())),
+                    ClientKey::Linear(_) => None,
+                };
+                let t = Instant::now();
+                let (batch, pbs) = evaluate_rows(&compiled, server_key.as_deref(), &cts)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                Ok(InferOutcome {
+                    encrypted_result: batch,
+                    result_shape: [rows.len(), compiled.info.outputs],
+                    computation_time_ms: ms,
+                    pbs,
+                    peer: None,
+                })
+            })
+            .await;
+            metrics
+                .inference_duration
+                .get_or_create(&SchemeLabels {
+                    scheme: scheme.name(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            count(&metrics, scheme.name(), &answer);
+            let _ = reply.send(answer);
+        });
+    }
+
+    // --- model node ----------------------------------------------------------------------
+
+    /// Starts evaluating `model` for `peer`'s ciphertexts; the returned future runs it on the
+    /// pool and yields (result batch, evaluation ms, PBS count, rows, outputs).
+    #[allow(clippy::type_complexity)]
+    fn evaluate(
+        &mut self,
+        peer: &str,
+        model: &str,
+        context: &str,
+        batch: Batch,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(Vec<u8>, f64, u64, usize, usize), InferError>>,
+        InferError,
+    > {
+        let compiled = self.model(model)?;
+        let scheme = compiled.info.scheme;
+        if batch.scheme != scheme {
+            return Err(InferError::WrongContext(format!(
+                "model `{model}` is {scheme}; the ciphertext was made for {}",
+                batch.scheme
+            )));
+        }
+        let slot = eval_slot(peer, context);
+        let cached = self.eval_keys.get(&slot);
+        let mut load: Option<Vec<u8>> = None;
+        if scheme == Scheme::Mlp && cached.is_none() {
+            let need = server_key_memory_bytes(MlpParams::Message2Carry2);
+            if need > self.limits.memory_budget_bytes {
+                return Err(InferError::OverBudget(format!(
+                    "the evaluation key needs about {need} bytes loaded; the budget is {}",
+                    self.limits.memory_budget_bytes
+                )));
+            }
+            let bytes = self
+                .store
+                .tree(trees::CONTEXTS)?
+                .get(eval_key_key(&slot))?
+                .ok_or_else(|| {
+                    InferError::WrongContext(format!(
+                        "this node holds no evaluation key for context `{context}`; upload it first"
+                    ))
+                })?;
+            load = Some(bytes.to_vec());
+        }
+        let (pool, metrics, mailbox) = (
+            self.pool.clone(),
+            self.metrics.clone(),
+            self.mailbox.clone(),
+        );
+        Ok(async move {
+            let started = Instant::now();
+            let result = async {
+                let key = match (cached, load) {
+                    (Some(k), _) => Some(k),
+                    (None, Some(bytes)) => {
+                        let loaded = on_pool(&pool, &metrics, move || {
+                            Ok(Arc::new(MlpServerKey::from_bytes(
+                                &bytes,
+                                MAX_EVAL_KEY_BYTES,
+                            )?))
+                        })
+                        .await?;
+                        let _ = mailbox
+                            .send(Command::Internal(Internal::EvalKeyLoaded {
+                                slot,
+                                key: loaded.clone(),
+                                bytes: server_key_memory_bytes(loaded.params()),
+                            }))
+                            .await;
+                        Some(loaded)
+                    }
+                    (None, None) => None,
+                };
+                let rows = batch.rows.len();
+                let outputs = compiled.info.outputs;
+                let compiled = compiled.clone();
+                on_pool(&pool, &metrics, move || {
+                    let t = Instant::now();
+                    let (out, pbs) = evaluate_rows(&compiled, key.as_deref(), &batch)?;
+                    Ok((out, t.elapsed().as_secs_f64() * 1e3, pbs, rows, outputs))
+                })
+                .await
+            }
+            .await;
+            metrics
+                .inference_duration
+                .get_or_create(&SchemeLabels {
+                    scheme: scheme.name(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            if let Ok((_, _, pbs, _, _)) = &result {
+                metrics.inference_pbs.inc_by(*pbs);
+            }
+            count(&metrics, scheme.name(), &result);
+            result
+        })
+    }
+
+    fn inbound(&mut self, peer: PeerId, bytes: Vec<u8>, reply: oneshot::Sender<Response>) {
+        let span = info_span!("inference_inbound", %peer);
+        let _enter = span.enter();
+        let msg: InferMsg = match messages::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(error_response(&e));
+                return;
+            }
+        };
+        debug!(kind = msg.kind(), "inference request");
+        let from = peer.to_string();
+        let answer = |r: Result<InferReply, InferError>| match r {
+            Ok(r) => Response::Inference(messages::encode(&r)),
+            Err(e) => error_response(&e),
+        };
+        match msg {
+            InferMsg::Spec { model } => {
+                let r = self.model(&model).map(|m| InferReply::Spec(m.spec()));
+                let _ = reply.send(answer(r));
+            }
+            InferMsg::HasEvalKey { context, key_id } => {
+                let slot = eval_slot(&from, &context);
+                let r = self.stored_eval_key_id(&slot).map(|held| {
+                    InferReply::HasEvalKey(held.is_some_and(|id| id == key_id))
+                });
+                let _ = reply.send(answer(r));
+            }
+            InferMsg::EvalKeyPiece {
+                context,
+                digest,
+                index,
+                count,
+                bytes,
+            } => {
+                let slot = eval_slot(&from, &context);
+                let r = self.eval_key_piece(&slot, digest, index, count, bytes);
+                let _ = reply.send(answer(r));
+            }
+            InferMsg::Evaluate {
+                model,
+                context,
+                batch,
+            } => {
+                let started = Batch::from_bytes(&batch, MAX_BATCH_BYTES)
+                    .and_then(|b| self.evaluate(&from, &model, &context, b));
+                match started {
+                    Ok(fut) => self.spawn(
+                        async move {
+                            let r = fut.await.map(|(batch, ms, pbs, _, _)| InferReply::Evaluated {
+                                batch,
+                                computation_ms: ms,
+                                pbs,
+                            });
+                            let _ = reply.send(answer(r));
+                        }
+                        .in_current_span(),
+                    ),
+                    Err(e) => {
+                        count_outcome(&self.metrics, "unknown", "refused");
+                        let _ = reply.send(error_response(&e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The key id of the evaluation key stored in `slot`, if any.
+    fn stored_eval_key_id(&self, slot: &str) -> Result<Option<[u8; 32]>, InferError> {
+        let tree = self.store.tree(trees::CONTEXTS)?;
+        let Some(bytes) = tree.get(format!("evalkey-id/{slot}").as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(<[u8; 32]>::try_from(bytes.as_ref()).ok())
+    }
+
+    /// Stores one piece of an evaluation key; with the last one, checks the whole key and
+    /// keeps it (compressed, as uploaded) for lazy loading.
+    fn eval_key_piece(
+        &mut self,
+        slot: &str,
+        digest: [u8; 32],
+        index: u32,
+        count: u32,
+        bytes: Vec<u8>,
+    ) -> Result<InferReply, InferError> {
+        let max_pieces = MAX_EVAL_KEY_BYTES.div_ceil(KEY_PIECE_BYTES) as u32;
+        if count == 0 || count > max_pieces || index >= count || bytes.len() > KEY_PIECE_BYTES {
+            return Err(InferError::BadInput(format!(
+                "evaluation-key piece {index} of {count} ({} bytes) does not fit a key of at most {MAX_EVAL_KEY_BYTES} bytes",
+                bytes.len()
+            )));
+        }
+        let tree = self.store.tree(trees::CONTEXTS)?;
+        let mut prefix = eval_piece_prefix(slot);
+        // Pieces of an older upload to the same slot are dropped.
+        let upload = {
+            let mut p = prefix.clone();
+            p.extend_from_slice(format!("{}/", hex(&digest)).as_bytes());
+            p
+        };
+        for key in tree.scan_prefix(&prefix).keys().flatten() {
+            if !key.starts_with(&upload) {
+                tree.remove(key)?;
+            }
+        }
+        prefix = upload;
+        let mut key = prefix.clone();
+        key.extend_from_slice(format!("{index:08}").as_bytes());
+        tree.insert(key, bytes)?;
+        if (tree.scan_prefix(&prefix).count() as u32) < count {
+            return Ok(InferReply::PieceAck { complete: false });
+        }
+        let mut whole = Vec::new();
+        for piece in tree.scan_prefix(&prefix).values() {
+            whole.extend_from_slice(&piece?);
+        }
+        for k in tree.scan_prefix(&prefix).keys().flatten() {
+            tree.remove(k)?;
+        }
+        if *blake3::hash(&whole).as_bytes() != digest {
+            return Err(InferError::BadInput(
+                "the assembled evaluation key does not match its digest".into(),
+            ));
+        }
+        // Decoding checks the envelope and parameters; the key is loaded only when used.
+        let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
+        tree.insert(eval_key_key(slot), whole)?;
+        tree.insert(
+            format!("evalkey-id/{slot}").as_bytes(),
+            &key.key_id().0[..],
+        )?;
+        self.store.flush()?;
+        self.eval_keys.remove(slot);
+        self.metrics
+            .eval_key_cache_bytes
+            .set(self.eval_keys.bytes as i64);
+        info!(%slot, "evaluation key stored");
+        Ok(InferReply::PieceAck { complete: true })
+    }
+}
+
+fn error_response(e: &InferError) -> Response {
+    Response::Error {
+        code: e.code().into(),
+        message: e.to_string(),
+    }
+}
+
+fn check_batch(ctx: &ClientContext, batch: &Batch, what: &str) -> Result<(), InferError> {
+    if batch.key_id != ctx.info.key_id || batch.scheme != ctx.info.scheme {
+        return Err(InferError::WrongContext(format!(
+            "the {what} was made under another context (key {}), not `{}`",
+            batch.key_id, ctx.info.fhe_context_id
+        )));
+    }
+    Ok(())
+}
+
+fn encrypt_rows(
+    ctx: &ClientContext,
+    spec: &InputSpec,
+    rows: &[Vec<f32>],
+) -> Result<Vec<u8>, InferError> {
+    if rows.is_empty() || rows.len() > messages::MAX_BATCH_ROWS {
+        return Err(InferError::BadInput(format!(
+            "1..={} input rows, got {}",
+            messages::MAX_BATCH_ROWS,
+            rows.len()
+        )));
+    }
+    let cts = match (&ctx.key, spec) {
+        (ClientKey::Linear(k), InputSpec::Linear(s)) => rows
+            .iter()
+            .map(|r| k.encrypt(s, r).map(|c| c.to_bytes()))
+            .collect::<Result<Vec<_>, _>>()?,
+        (ClientKey::Mlp(k), InputSpec::Mlp(s)) => rows
+            .iter()
+            .map(|r| k.encrypt(s, r).map(|c| c.to_bytes()))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(InferError::WrongContext(format!(
+                "context `{}` is {}; the model is {}",
+                ctx.info.fhe_context_id,
+                ctx.info.scheme,
+                spec.scheme()
+            )))
+        }
+    };
+    Ok(Batch::new(ctx.info.scheme, ctx.info.key_id.clone(), cts).to_bytes())
+}
+
+fn decrypt_rows(ctx: &ClientContext, batch: &Batch) -> Result<Decrypted, InferError> {
+    let values = batch
+        .rows
+        .iter()
+        .map(|row| match &ctx.key {
+            ClientKey::Linear(k) => k.decrypt(&LinearResult::from_bytes(row, MAX_BATCH_BYTES)?),
+            ClientKey::Mlp(k) => k.decrypt(&MlpResult::from_bytes(row, MAX_BATCH_BYTES)?),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = values.first().map_or(0, Vec::len);
+    Ok(Decrypted {
+        result_shape: [values.len(), outputs],
+        values,
+    })
+}
+
+/// Evaluates every row (blocking); returns the result batch and the PBS count.
+fn evaluate_rows(
+    model: &CompiledModel,
+    server_key: Option<&MlpServerKey>,
+    batch: &Batch,
+) -> Result<(Vec<u8>, u64), InferError> {
+    let (rows, pbs) = match (&model.compiled, server_key) {
+        (Compiled::Linear(m), _) => {
+            let rows = batch
+                .rows
+                .iter()
+                .map(|row| {
+                    let ct = LinearCiphertext::from_bytes(row, MAX_BATCH_BYTES)?;
+                    Ok(m.evaluate(&ct)?.to_bytes())
+                })
+                .collect::<Result<Vec<_>, InferError>>()?;
+            (rows, 0)
+        }
+        (Compiled::Mlp(q), Some(key)) => {
+            let rows = batch
+                .rows
+                .iter()
+                .map(|row| {
+                    let ct = MlpCiphertext::from_bytes(row, MAX_BATCH_BYTES)?;
+                    Ok(key.evaluate(q, &ct)?.to_bytes())
+                })
+                .collect::<Result<Vec<_>, InferError>>()?;
+            let pbs = (q.pbs_count() * batch.rows.len()) as u64;
+            (rows, pbs)
+        }
+        (Compiled::Mlp(_), None) => {
+            return Err(InferError::WrongContext(
+                "no evaluation key for this context".into(),
+            ))
+        }
+    };
+    Ok((
+        Batch::new(batch.scheme, batch.key_id.clone(), rows).to_bytes(),
+        pbs,
+    ))
+}
+
+async fn ask_peer(
+    network: &NetworkHandle,
+    peer: PeerId,
+    msg: &InferMsg,
+) -> Result<InferReply, InferError> {
+    let response = network
+        .request(peer, Request::Inference(messages::encode(msg)))
+        .await
+        .map_err(|e| InferError::Unreachable {
+            peer: peer.to_string(),
+            message: e.to_string(),
+        })?;
+    match response {
+        Response::Inference(bytes) => messages::decode(&bytes),
+        Response::Error { code, message } => {
+            Err(InferError::from_remote(peer.to_string(), &code, message))
+        }
+        other => Err(InferError::Remote {
+            peer: peer.to_string(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+async fn remote_spec(
+    network: &NetworkHandle,
+    peer: Option<PeerId>,
+    model: &str,
+) -> Result<InputSpec, InferError> {
+    let peer = peer.ok_or(InferError::Unavailable("a model node"))?;
+    match ask_peer(network, peer, &InferMsg::Spec {
+        model: model.to_string(),
+    })
+    .await?
+    {
+        InferReply::Spec(spec) => Ok(spec),
+        other => Err(InferError::Remote {
+            peer: peer.to_string(),
+            message: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+/// Client side of a remote evaluation: the evaluation key first if the model node lacks it.
+async fn remote_infer(
+    network: &NetworkHandle,
+    store: &Store,
+    peer: PeerId,
+    ctx: &ClientContext,
+    model: &str,
+    batch: Vec<u8>,
+) -> Result<InferOutcome, InferError> {
+    let context = ctx.info.fhe_context_id.clone();
+    let unexpected = |r: InferReply| InferError::Remote {
+        peer: peer.to_string(),
+        message: format!("unexpected answer {r:?}"),
+    };
+    if let ClientKey::Mlp(key) = &ctx.key {
+        let key_id = key.key_id().0;
+        let has = ask_peer(network, peer, &InferMsg::HasEvalKey {
+            context: context.clone(),
+            key_id,
+        })
+        .await?;
+        if !matches!(has, InferReply::HasEvalKey(true)) {
+            let bytes = store
+                .tree(trees::CONTEXTS)?
+                .get(format!("own-evalkey/{context}").as_bytes())?
+                .ok_or_else(|| {
+                    InferError::Store(format!("the evaluation key of `{context}` is missing"))
+                })?;
+            let digest = *blake3::hash(&bytes).as_bytes();
+            let pieces: Vec<&[u8]> = bytes.chunks(KEY_PIECE_BYTES).collect();
+            let count = pieces.len() as u32;
+            let started = Instant::now();
+            for (index, piece) in pieces.iter().enumerate() {
+                let msg = InferMsg::EvalKeyPiece {
+                    context: context.clone(),
+                    digest,
+                    index: index as u32,
+                    count,
+                    bytes: piece.to_vec(),
+                };
+                match ask_peer(network, peer, &msg).await? {
+                    InferReply::PieceAck { .. } => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            info!(%peer, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "evaluation key uploaded");
+        }
+    }
+    let parsed_rows = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?.rows.len();
+    let msg = InferMsg::Evaluate {
+        model: model.to_string(),
+        context,
+        batch,
+    };
+    match ask_peer(network, peer, &msg).await? {
+        InferReply::Evaluated {
+            batch,
+            computation_ms,
+            pbs,
+        } => {
+            let result = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
+            if result.key_id != ctx.info.key_id || result.rows.len() != parsed_rows {
+                warn!(%peer, "model node answered a result that does not fit the request");
+                return Err(InferError::Remote {
+                    peer: peer.to_string(),
+                    message: "the result does not fit the request".into(),
+                });
+            }
+            let outputs = match &ctx.key {
+                ClientKey::Linear(_) => result
+                    .rows
+                    .first()
+                    .and_then(|r| LinearResult::from_bytes(r, MAX_BATCH_BYTES).ok())
+                    .map_or(0, |r| r.outputs()),
+                ClientKey::Mlp(_) => result
+                    .rows
+                    .first()
+                    .and_then(|r| MlpResult::from_bytes(r, MAX_BATCH_BYTES).ok())
+                    .map_or(0, |r| r.outputs()),
+            };
+            Ok(InferOutcome {
+                encrypted_result: batch,
+                result_shape: [parsed_rows, outputs],
+                computation_time_ms: computation_ms,
+                pbs,
+                peer: Some(peer.to_string()),
+            })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_key_cache_stays_within_budget_and_evicts_least_recently_used() {
+        let mut cache: EvalKeyCache<u32> = EvalKeyCache::default();
+        cache.insert("a".into(), 1, 40, 100);
+        cache.insert("b".into(), 2, 40, 100);
+        assert_eq!(cache.get("a"), Some(1)); // a is now the most recent
+        cache.insert("c".into(), 3, 40, 100); // evicts b
+        assert_eq!(cache.get("b"), None);
+        assert_eq!((cache.get("a"), cache.get("c")), (Some(1), Some(3)));
+        assert_eq!(cache.bytes, 80);
+        cache.insert("a".into(), 4, 60, 100); // replaces a, evicts c
+        assert_eq!(cache.get("c"), None);
+        assert_eq!((cache.get("a"), cache.bytes), (Some(4), 60));
+        cache.remove("a");
+        assert_eq!((cache.bytes, cache.order.len()), (0, 0));
+    }
+
+    #[test]
+    fn server_key_memory_is_hundreds_of_megabytes_for_2_2() {
+        let bytes = server_key_memory_bytes(MlpParams::Message2Carry2);
+        assert!(bytes > 10 << 20 && bytes < 2 << 30, "{bytes}");
     }
 }

@@ -1,5 +1,6 @@
 //! The local HTTP API (axum): health, readiness, status, peers, metrics, the OpenAPI
-//! document, and secure-aggregation sessions ([`sessions`]). Errors are JSON
+//! document, secure-aggregation sessions ([`sessions`]) and encrypted inference
+//! ([`inference`]). Errors are JSON
 //! `{"error":{"code","message"}}` with the matching status.
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::metrics::{NodeMetrics, RouteLabels, RouteOnlyLabels};
 use crate::net::NetworkHandle;
 use crate::store::Store;
 
+pub mod inference;
 pub mod sessions;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -83,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))
         .merge(sessions::routes())
+        .merge(inference::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))

@@ -14,6 +14,7 @@
 mod aggregate;
 pub mod codec;
 mod engine;
+pub mod inference;
 mod keys;
 pub mod params;
 pub mod ring;

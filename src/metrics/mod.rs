@@ -57,6 +57,19 @@ pub struct ProtocolLabels {
     pub outcome: &'static str,
 }
 
+/// An inference request's scheme (one of the implemented ones, or "unsupported") and outcome
+/// (e.g. "ok", "invalid", "unsupported_scheme", "failed").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InferenceLabels {
+    pub scheme: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SchemeLabels {
+    pub scheme: &'static str,
+}
+
 /// The node's own metric families. Cheap to clone: every field is an `Arc` inside.
 #[derive(Clone, Debug)]
 pub struct NodeMetrics {
@@ -78,6 +91,11 @@ pub struct NodeMetrics {
     pub submission_bytes: Counter,
     pub crypto_duration: Family<OpLabels, Histogram>,
     pub partial_decryptions: Family<OutcomeLabels, Counter>,
+    pub inference_requests: Family<InferenceLabels, Counter>,
+    pub inference_duration: Family<SchemeLabels, Histogram>,
+    pub inference_queue_depth: Gauge,
+    pub inference_pbs: Counter,
+    pub eval_key_cache_bytes: Gauge,
 }
 
 /// The registry plus the handles the node updates. Built once at start; the registry is
@@ -122,6 +140,11 @@ impl Metrics {
             submission_bytes: Counter::default(),
             crypto_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
             partial_decryptions: Family::default(),
+            inference_requests: Family::default(),
+            inference_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            inference_queue_depth: Gauge::default(),
+            inference_pbs: Counter::default(),
+            eval_key_cache_bytes: Gauge::default(),
         };
         let fhenode = registry.sub_registry_with_prefix("fhenode");
         // A gauge fixed at 1 rather than an OpenMetrics `info`: promtool and the classic text
@@ -235,6 +258,33 @@ impl Metrics {
             "partial_decryptions",
             "Partial decryption requests this node answered or refused as a committee member",
             node.partial_decryptions.clone(),
+        );
+        fhenode.register(
+            "inference_requests",
+            "Encrypted inference requests by scheme and outcome",
+            node.inference_requests.clone(),
+        );
+        fhenode.register_with_unit(
+            "inference_duration",
+            "Time to evaluate an encrypted inference request, by scheme",
+            Unit::Seconds,
+            node.inference_duration.clone(),
+        );
+        fhenode.register(
+            "inference_queue_depth",
+            "Inference requests waiting for or running on the evaluation pool",
+            node.inference_queue_depth.clone(),
+        );
+        fhenode.register(
+            "inference_pbs",
+            "Programmable bootstraps (activation lookups) evaluated for inference",
+            node.inference_pbs.clone(),
+        );
+        fhenode.register_with_unit(
+            "eval_key_cache",
+            "Evaluation keys held in memory for inference contexts",
+            Unit::Bytes,
+            node.eval_key_cache_bytes.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
         let now = std::time::SystemTime::now()
@@ -388,6 +438,11 @@ mod tests {
             "process_resident_memory_bytes ",
             "process_cpu_seconds_total ",
             "process_open_fds ",
+            "# TYPE fhenode_inference_requests counter\n",
+            "# TYPE fhenode_inference_duration_seconds histogram\n",
+            "fhenode_inference_queue_depth 0\n",
+            "fhenode_inference_pbs_total 0\n",
+            "fhenode_eval_key_cache_bytes 0\n",
         ] {
             assert!(text.contains(family), "missing {family} in\n{text}");
         }

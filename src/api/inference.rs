@@ -1,0 +1,1066 @@
+//! Encrypted-inference routes (DESIGN §3.2): client contexts, the model registry, the
+//! encrypt → infer → decrypt calls, and the original FHE service's one-call endpoint
+//! `POST /v1/ml-zk/fhe/inference`.
+//!
+//! Ciphertexts travel as hex strings of a [`crate::inference::messages::Batch`]. Models are
+//! registered as JSON (`{"layers":[…]}` or the original single-layer `{"weights","biases"}`)
+//! or as a safetensors file ([`parse_safetensors`], a pure function).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use libp2p::PeerId;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiState};
+use crate::crypto::inference::model::MAX_LAYERS;
+use crate::crypto::inference::{Activation, InferenceError, Layer, Model};
+use crate::inference::messages::{hex, unhex};
+use crate::inference::{map_seed_scheme, ContextInfo, InferError, ModelInfo, ModelOptions, Scheme};
+
+/// Bodies and hex strings longer than this are converted off the async workers.
+const INLINE_BYTES: usize = 1 << 20;
+
+/// Content types accepted for a safetensors model body.
+pub const SAFETENSORS_CONTENT_TYPES: [&str; 3] = [
+    "application/octet-stream",
+    "application/safetensors",
+    "application/x-safetensors",
+];
+
+/// The inference routes, all under `/v1` (the caller adds the token middleware).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/fhe/contexts", post(create_context).get(list_contexts))
+        .route(
+            "/v1/fhe/contexts/{id}",
+            get(show_context).delete(delete_context),
+        )
+        .route("/v1/models", post(add_model).get(list_models))
+        .route("/v1/models/{name}", get(show_model))
+        .route("/v1/fhe/encrypt", post(encrypt))
+        .route("/v1/fhe/infer", post(infer))
+        .route("/v1/fhe/decrypt", post(decrypt))
+        .route("/v1/ml-zk/fhe/inference", post(seed_inference))
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = e.code(), error = %e, "inference request failed");
+        }
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+// --- request and answer shapes -------------------------------------------------------------
+
+/// `POST /v1/fhe/contexts`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContextRequest {
+    /// `linear`, `mlp`, or a scheme of the original service (`ckks`, `bfv`, `concrete`).
+    pub scheme: String,
+    /// The original service's provider (`tenseal`, `concrete`); optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The original service's provider parameters (e.g. TenSEAL's `poly_modulus_degree`):
+    /// accepted and ignored, fhenode always uses its vetted parameter set (named in the
+    /// answer's `params`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}
+
+/// `POST /v1/fhe/encrypt`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptRequest {
+    pub fhe_context_id: String,
+    pub model: String,
+    /// The model node's peer id (absent: this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Input rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<Vec<Vec<f32>>>,
+    /// One input row (instead of `input_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncryptResponse {
+    pub fhe_context_id: String,
+    /// Hex of a ciphertext batch, one ciphertext per row.
+    pub ciphertext: String,
+    pub rows: usize,
+}
+
+/// `POST /v1/fhe/infer`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferRequest {
+    pub fhe_context_id: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Hex, as `/v1/fhe/encrypt` answered it.
+    pub ciphertext: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    pub fhe_context_id: String,
+    /// Hex of the result batch; only the context's node can decrypt it.
+    pub encrypted_result: String,
+    /// `[rows, outputs]`
+    pub result_shape: [usize; 2],
+    /// Evaluation time on the model node.
+    pub computation_time_ms: f64,
+    /// Programmable bootstraps run (mlp).
+    pub pbs: u64,
+    /// The model node (`null`: this node).
+    pub peer: Option<String>,
+}
+
+/// `POST /v1/fhe/decrypt`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptRequest {
+    pub fhe_context_id: String,
+    pub encrypted_result: String,
+}
+
+/// The original service's answer to `POST /v1/ml-zk/fhe/inference`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeedInferenceResponse {
+    pub fhe_context_id: String,
+    pub encrypted_result: String,
+    pub result_shape: [usize; 2],
+    pub computation_time_ms: f64,
+}
+
+/// The original service's request (extra fields are ignored, as the original did).
+#[derive(Clone, Debug, Deserialize)]
+struct SeedInferenceRequest {
+    scheme: String,
+    #[serde(default)]
+    provider: Option<String>,
+    input_data: Vec<Vec<f32>>,
+    model: SeedModel,
+    /// Reuse this context instead of creating one.
+    #[serde(default)]
+    fhe_context_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SeedModel {
+    #[serde(default)]
+    layers: Option<Vec<LayerBody>>,
+    #[serde(default)]
+    weights: Option<Vec<Vec<f32>>>,
+    #[serde(default)]
+    biases: Option<Vec<f32>>,
+    #[serde(default, deserialize_with = "de_activation")]
+    activation: Option<Activation>,
+}
+
+/// `POST /v1/models` as JSON: a model (`layers`, or one layer's `weights`/`biases`/
+/// `activation`), its name, and how it is compiled.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    layers: Option<Vec<LayerBody>>,
+    #[serde(default)]
+    weights: Option<Vec<Vec<f32>>>,
+    #[serde(default)]
+    biases: Option<Vec<f32>>,
+    #[serde(default, deserialize_with = "de_activation")]
+    activation: Option<Activation>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    input_bound: Option<f64>,
+    #[serde(default)]
+    input_range: Option<(f32, f32)>,
+    #[serde(default)]
+    calibration: Vec<Vec<f32>>,
+}
+
+/// A layer as JSON: the crypto layer's shape, with an activation also accepted by name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerBody {
+    weights: Vec<Vec<f32>>,
+    biases: Vec<f32>,
+    #[serde(default, deserialize_with = "de_activation")]
+    activation: Option<Activation>,
+}
+
+impl From<LayerBody> for Layer {
+    fn from(l: LayerBody) -> Layer {
+        Layer {
+            weights: l.weights,
+            biases: l.biases,
+            activation: l.activation.unwrap_or_default(),
+        }
+    }
+}
+
+/// An activation by name: `none` (also `identity`, `linear`), `relu`, `sigmoid`.
+pub fn activation_by_name(name: &str) -> Result<Activation, String> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "none" | "identity" | "linear" => Ok(Activation::None),
+        "relu" => Ok(Activation::Relu),
+        "sigmoid" => Ok(Activation::Sigmoid),
+        other => Err(format!(
+            "unknown activation `{other}`; use none, relu, sigmoid, or \
+             {{\"kind\":\"table\",\"min\",\"max\",\"values\"}}"
+        )),
+    }
+}
+
+/// An activation as a name (`"relu"`) or in the crypto layer's shape (`{"kind":"relu"}`).
+fn de_activation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Activation>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(name)) => {
+            activation_by_name(&name).map(Some).map_err(D::Error::custom)
+        }
+        Some(other) => serde_json::from_value(other)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("invalid activation: {e}"))),
+    }
+}
+
+/// Builds a model from `layers`, or from one layer's `weights` and `biases`.
+fn build_model(
+    layers: Option<Vec<LayerBody>>,
+    weights: Option<Vec<Vec<f32>>>,
+    biases: Option<Vec<f32>>,
+    activation: Option<Activation>,
+) -> Result<Model, ApiError> {
+    match (layers, weights, biases) {
+        (Some(layers), None, None) if activation.is_none() => Ok(Model {
+            layers: layers.into_iter().map(Layer::from).collect(),
+        }),
+        (Some(_), _, _) => Err(bad_input(
+            "give either `layers` or one layer's `weights` and `biases`, not both",
+        )),
+        (None, Some(weights), Some(biases)) => Ok(Model {
+            layers: vec![Layer {
+                weights,
+                biases,
+                activation: activation.unwrap_or_default(),
+            }],
+        }),
+        (None, _, _) => Err(bad_input(
+            "a model needs `layers`, or `weights` (outputs × inputs) and `biases`",
+        )),
+    }
+}
+
+/// A model's scheme by fhenode's or the original service's name.
+fn parse_scheme(name: &str, provider: Option<&str>) -> Result<Scheme, ApiError> {
+    Ok(map_seed_scheme(name, provider)?)
+}
+
+fn bad_input(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_input", message)
+}
+
+fn bad_json(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_json", message)
+}
+
+/// An error for a request whose body could not be read, in our JSON shape.
+fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            format!("the request body is larger than api.max_body_bytes ({max_body_bytes} bytes)"),
+        )
+    } else {
+        ApiError::new(status, "bad_request", text)
+    }
+}
+
+fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => bad_json(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => bad_json(e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(e) => body_error(e.status(), e.body_text(), max_body_bytes),
+        other => body_error(other.status(), other.body_text(), max_body_bytes),
+    }
+}
+
+fn json_body<T>(
+    body: Result<Json<T>, JsonRejection>,
+    state: &ApiState,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| json_rejection(e, state.max_body_bytes))
+}
+
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+/// A peer id from a request, `None` when absent or empty.
+pub fn parse_peer(peer: Option<&str>) -> Result<Option<PeerId>, ApiError> {
+    match peer.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(p) => PeerId::from_str(p)
+            .map(Some)
+            .map_err(|e| bad_input(format!("`{p}` is not a peer id: {e}"))),
+    }
+}
+
+/// Parses hex off the async workers when it is long.
+async fn unhex_body(text: String, what: &str) -> Result<Vec<u8>, ApiError> {
+    let parsed = if text.len() <= INLINE_BYTES {
+        unhex(&text)
+    } else {
+        tokio::task::spawn_blocking(move || unhex(&text))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+    };
+    parsed.map_err(|e| bad_input(format!("`{what}`: {e}")))
+}
+
+async fn hex_answer(bytes: Vec<u8>) -> Result<String, ApiError> {
+    if bytes.len() <= INLINE_BYTES / 2 {
+        Ok(hex(&bytes))
+    } else {
+        tokio::task::spawn_blocking(move || hex(&bytes))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    }
+}
+
+// --- contexts ------------------------------------------------------------------------------
+
+async fn create_context(
+    State(state): State<ApiState>,
+    body: Result<Json<CreateContextRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = json_body(body, &state)?;
+    let scheme = parse_scheme(&request.scheme, request.provider.as_deref())?;
+    if request.params.is_some() {
+        tracing::debug!("context parameters of the original service ignored");
+    }
+    let info = state.inference.create_context(scheme).await?;
+    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/fhe/contexts/{}", info.fhe_context_id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn list_contexts(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let contexts = state.inference.list_contexts().await?;
+    Ok(Json(json!({ "contexts": contexts })))
+}
+
+async fn find_context(state: &ApiState, id: &str) -> Result<ContextInfo, ApiError> {
+    state
+        .inference
+        .list_contexts()
+        .await?
+        .into_iter()
+        .find(|c| c.fhe_context_id == id)
+        .ok_or_else(|| InferError::UnknownContext(id.to_string()).into())
+}
+
+async fn show_context(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ContextInfo>, ApiError> {
+    let id = path_param(path)?;
+    Ok(Json(find_context(&state, &id).await?))
+}
+
+async fn delete_context(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_param(path)?;
+    state.inference.delete_context(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- models --------------------------------------------------------------------------------
+
+/// `?name=&scheme=&input_bound=` of a model upload (safetensors bodies carry no JSON).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelQuery {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub input_bound: Option<f64>,
+}
+
+/// How a model body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    Json,
+    Safetensors,
+}
+
+/// The model format named by a `Content-Type` header (parameters ignored).
+pub fn model_format(content_type: Option<&str>) -> Result<ModelFormat, ApiError> {
+    let unsupported = |message: String| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    };
+    const SUPPORTED: &str =
+        "application/json, or a safetensors file as application/octet-stream or application/safetensors";
+    let Some(content_type) = content_type else {
+        return Err(unsupported(format!("a Content-Type is required: {SUPPORTED}")));
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" {
+        Ok(ModelFormat::Json)
+    } else if SAFETENSORS_CONTENT_TYPES.contains(&essence.as_str()) {
+        Ok(ModelFormat::Safetensors)
+    } else {
+        Err(unsupported(format!(
+            "Content-Type `{content_type}` is not supported for models; use {SUPPORTED}"
+        )))
+    }
+}
+
+/// What a model upload registers: a name, the float model and its compile options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelUpload {
+    pub name: String,
+    pub model: Model,
+    pub options: ModelOptions,
+}
+
+/// Parses a model upload body (pure): JSON or safetensors, with the query's name and options.
+pub fn parse_model_upload(
+    format: ModelFormat,
+    query: &ModelQuery,
+    body: &[u8],
+) -> Result<ModelUpload, ApiError> {
+    let scheme = query
+        .scheme
+        .as_deref()
+        .map(|s| parse_scheme(s, None))
+        .transpose()?;
+    match format {
+        ModelFormat::Json => {
+            let b: ModelBody =
+                serde_json::from_slice(body).map_err(|e| bad_json(e.to_string()))?;
+            let name = match (b.name, &query.name) {
+                (Some(a), Some(q)) if &a != q => {
+                    return Err(bad_input(format!(
+                        "the body names the model `{a}`, the query `{q}`"
+                    )))
+                }
+                (Some(a), _) => a,
+                (None, Some(q)) => q.clone(),
+                (None, None) => {
+                    return Err(bad_input(
+                        "a model needs a name: `name` in the body or `?name=`",
+                    ))
+                }
+            };
+            let model = build_model(b.layers, b.weights, b.biases, b.activation)?;
+            let body_scheme = b
+                .scheme
+                .as_deref()
+                .map(|s| parse_scheme(s, None))
+                .transpose()?;
+            Ok(ModelUpload {
+                name,
+                model,
+                options: ModelOptions {
+                    scheme: scheme.or(body_scheme),
+                    input_bound: query.input_bound.or(b.input_bound),
+                    input_range: b.input_range,
+                    calibration: b.calibration,
+                },
+            })
+        }
+        ModelFormat::Safetensors => {
+            let name = query.name.clone().ok_or_else(|| {
+                bad_input("a safetensors model needs its name in `?name=`")
+            })?;
+            Ok(ModelUpload {
+                name,
+                model: parse_safetensors(body)?,
+                options: ModelOptions {
+                    scheme,
+                    input_bound: query.input_bound,
+                    ..ModelOptions::default()
+                },
+            })
+        }
+    }
+}
+
+fn invalid_layer(layer: usize, reason: String) -> ApiError {
+    InferError::Crypto(InferenceError::InvalidLayer { layer, reason }).into()
+}
+
+/// A tensor's values as `f32` (from F32, F64, F16 or BF16).
+fn tensor_values(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ApiError> {
+    let values = match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        other => {
+            return Err(bad_input(format!(
+                "tensor `{name}` is {other:?}; use F32, F64, F16 or BF16"
+            )))
+        }
+    };
+    Ok(values)
+}
+
+/// IEEE 754 half precision to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: normalise.
+            let shift = f.leading_zeros() - 21;
+            let f = (f << shift) & 0x3ff;
+            sign | ((127 - 15 + 1 - shift) << 23) | (f << 13)
+        }
+        (0x1f, f) => sign | (0xff << 23) | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Which layer and part a tensor name holds: `<i>.weight`, `<i>.bias`, or the same under
+/// `layers.`.
+fn tensor_slot(name: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix("layers.").unwrap_or(name);
+    let (index, part) = rest.split_once('.')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || index.len() > 6 {
+        return None;
+    }
+    let index: usize = index.parse().ok()?;
+    match part {
+        "weight" => Some((index, true)),
+        "bias" => Some((index, false)),
+        _ => None,
+    }
+}
+
+/// A model from a safetensors file: tensors `<i>.weight` (`[outputs, inputs]`) and
+/// `<i>.bias` (`[outputs]`, zeros when absent), also accepted under `layers.<i>.`;
+/// activations from the metadata key `activations`, a comma list with one per layer
+/// (`relu,none`; all `none` when the key is absent).
+pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad_input(format!("not a safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad_input(format!("not a safetensors file: {e}")))?;
+    // Layer index → (weight, bias) as (shape, values).
+    type Part = Option<(Vec<usize>, Vec<f32>)>;
+    let mut layers: BTreeMap<usize, (Part, Part)> = BTreeMap::new();
+    for (name, view) in tensors.iter() {
+        let (index, is_weight) = tensor_slot(name).ok_or_else(|| {
+            bad_input(format!(
+                "tensor `{name}` is not `<i>.weight` or `<i>.bias` (or `layers.<i>.weight` / `layers.<i>.bias`)"
+            ))
+        })?;
+        if index >= MAX_LAYERS {
+            return Err(bad_input(format!(
+                "tensor `{name}`: layer {index} is beyond the limit of {MAX_LAYERS} layers"
+            )));
+        }
+        let values = tensor_values(name, view.dtype(), view.data())?;
+        let entry = layers.entry(index).or_default();
+        let slot = if is_weight { &mut entry.0 } else { &mut entry.1 };
+        if slot.is_some() {
+            return Err(invalid_layer(
+                index,
+                format!("tensor `{name}` duplicates another name for the same tensor"),
+            ));
+        }
+        *slot = Some((view.shape().to_vec(), values));
+    }
+    if layers.is_empty() {
+        return Err(InferError::Crypto(InferenceError::InvalidModel(
+            "the safetensors file holds no `<i>.weight` tensor".into(),
+        ))
+        .into());
+    }
+    let count = layers.len();
+    let activations: Vec<Activation> = match metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("activations"))
+    {
+        None => vec![Activation::None; count],
+        Some(list) => {
+            let parsed = list
+                .split(',')
+                .map(activation_by_name)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad_input(format!("metadata `activations`: {e}")))?;
+            if parsed.len() != count {
+                return Err(bad_input(format!(
+                    "metadata `activations` names {} activation(s) for {count} layer(s)",
+                    parsed.len()
+                )));
+            }
+            parsed
+        }
+    };
+    let mut model = Model { layers: Vec::new() };
+    for ((index, (weight, bias)), activation) in layers.into_iter().zip(activations) {
+        let expected = model.layers.len();
+        if index != expected {
+            return Err(invalid_layer(
+                expected,
+                format!("no `{expected}.weight` tensor (the next layer found is {index})"),
+            ));
+        }
+        let Some((shape, values)) = weight else {
+            return Err(invalid_layer(index, format!("no `{index}.weight` tensor")));
+        };
+        let [outputs, inputs] = shape[..] else {
+            return Err(invalid_layer(
+                index,
+                format!("weight has shape {shape:?}; expected [outputs, inputs]"),
+            ));
+        };
+        if outputs == 0 || inputs == 0 {
+            return Err(invalid_layer(
+                index,
+                format!("weight has shape {shape:?}; both dimensions must be positive"),
+            ));
+        }
+        let weights: Vec<Vec<f32>> = values.chunks_exact(inputs).map(<[f32]>::to_vec).collect();
+        let biases = match bias {
+            None => vec![0.0; outputs],
+            Some((shape, values)) => {
+                if shape.len() != 1 {
+                    return Err(invalid_layer(
+                        index,
+                        format!("bias has shape {shape:?}; expected [{outputs}]"),
+                    ));
+                }
+                values
+            }
+        };
+        model.layers.push(Layer {
+            weights,
+            biases,
+            activation,
+        });
+    }
+    model.validate().map_err(InferError::from)?;
+    Ok(model)
+}
+
+async fn add_model(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ModelQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the Content-Type header is not valid text",
+            )
+        })?),
+    };
+    let format = model_format(content_type)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let body = body.map_err(|e| body_error(e.status(), e.body_text(), state.max_body_bytes))?;
+    let upload = if body.len() <= INLINE_BYTES {
+        parse_model_upload(format, &query, &body)?
+    } else {
+        tokio::task::spawn_blocking(move || parse_model_upload(format, &query, &body))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
+    };
+    let info = state
+        .inference
+        .add_model(&upload.name, upload.model, upload.options)
+        .await?;
+    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/models/{}", info.name)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn list_models(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let models = state.inference.list_models().await?;
+    Ok(Json(json!({ "models": models })))
+}
+
+async fn show_model(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let name = path_param(path)?;
+    state
+        .inference
+        .list_models()
+        .await?
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(Json)
+        .ok_or_else(|| InferError::UnknownModel(name).into())
+}
+
+// --- encrypted calls -----------------------------------------------------------------------
+
+/// The input rows of a request: `input_data` (rows) or `input` (one row), not both.
+fn input_rows(
+    input_data: Option<Vec<Vec<f32>>>,
+    input: Option<Vec<f32>>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    match (input_data, input) {
+        (Some(rows), None) => Ok(rows),
+        (None, Some(row)) => Ok(vec![row]),
+        (Some(_), Some(_)) => Err(bad_input("give `input_data` (rows) or `input` (one row), not both")),
+        (None, None) => Err(bad_input("`input_data` (rows) or `input` (one row) is required")),
+    }
+}
+
+async fn encrypt(
+    State(state): State<ApiState>,
+    body: Result<Json<EncryptRequest>, JsonRejection>,
+) -> Result<Json<EncryptResponse>, ApiError> {
+    let request = json_body(body, &state)?;
+    let peer = parse_peer(request.peer.as_deref())?;
+    let rows = input_rows(request.input_data, request.input)?;
+    let count = rows.len();
+    let batch = state
+        .inference
+        .encrypt(&request.fhe_context_id, &request.model, peer, rows)
+        .await?;
+    Ok(Json(EncryptResponse {
+        fhe_context_id: request.fhe_context_id,
+        ciphertext: hex_answer(batch).await?,
+        rows: count,
+    }))
+}
+
+async fn infer(
+    State(state): State<ApiState>,
+    body: Result<Json<InferRequest>, JsonRejection>,
+) -> Result<Json<InferResponse>, ApiError> {
+    let request = json_body(body, &state)?;
+    let peer = parse_peer(request.peer.as_deref())?;
+    let batch = unhex_body(request.ciphertext, "ciphertext").await?;
+    let outcome = state
+        .inference
+        .infer(&request.fhe_context_id, &request.model, peer, batch)
+        .await?;
+    Ok(Json(InferResponse {
+        fhe_context_id: request.fhe_context_id,
+        encrypted_result: hex_answer(outcome.encrypted_result).await?,
+        result_shape: outcome.result_shape,
+        computation_time_ms: outcome.computation_time_ms,
+        pbs: outcome.pbs,
+        peer: outcome.peer,
+    }))
+}
+
+async fn decrypt(
+    State(state): State<ApiState>,
+    body: Result<Json<DecryptRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = json_body(body, &state)?;
+    let batch = unhex_body(request.encrypted_result, "encrypted_result").await?;
+    let decrypted = state
+        .inference
+        .decrypt(&request.fhe_context_id, batch)
+        .await?;
+    Ok(Json(decrypted).into_response())
+}
+
+/// `POST /v1/ml-zk/fhe/inference`: the original service's one call. Creates a context of the
+/// mapped scheme (or reuses `fhe_context_id`), encrypts `input_data` under it, evaluates the
+/// inline model on this node, and answers the encrypted result; `/v1/fhe/decrypt` with the
+/// context id opens it.
+async fn seed_inference(
+    State(state): State<ApiState>,
+    body: Result<Json<SeedInferenceRequest>, JsonRejection>,
+) -> Result<Json<SeedInferenceResponse>, ApiError> {
+    let request = json_body(body, &state)?;
+    let scheme = parse_scheme(&request.scheme, request.provider.as_deref())?;
+    let m = request.model;
+    let model = build_model(m.layers, m.weights, m.biases, m.activation)?;
+    // Refuse what cannot work before making a context for it.
+    model.validate().map_err(InferError::from)?;
+    let rows = request.input_data;
+    if rows.is_empty() {
+        return Err(bad_input("`input_data` holds no rows"));
+    }
+    if let Some((i, row)) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() != model.inputs())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "wrong_shape",
+            format!(
+                "input row {i} has {} values, the model expects {}",
+                row.len(),
+                model.inputs()
+            ),
+        ));
+    }
+    let (context, created) = match request.fhe_context_id {
+        Some(id) => {
+            let info = find_context(&state, &id).await?;
+            if info.scheme != scheme {
+                return Err(InferError::WrongContext(format!(
+                    "context `{id}` is {}; scheme `{}` maps to {scheme}",
+                    info.scheme, request.scheme
+                ))
+                .into());
+            }
+            (id, false)
+        }
+        None => (
+            state.inference.create_context(scheme).await?.fhe_context_id,
+            true,
+        ),
+    };
+    let outcome = match state
+        .inference
+        .infer_inline(&context, model, ModelOptions::default(), rows)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            if created {
+                // Nobody can use a context whose id was never handed out.
+                let _ = state.inference.delete_context(&context).await;
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(Json(SeedInferenceResponse {
+        fhe_context_id: context,
+        encrypted_result: hex_answer(outcome.encrypted_result).await?,
+        result_shape: outcome.result_shape,
+        computation_time_ms: outcome.computation_time_ms,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn st(tensors: &[(&str, Vec<usize>, Vec<f32>)], activations: Option<&str>) -> Vec<u8> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let meta = activations.map(|a| HashMap::from([("activations".to_string(), a.to_string())]));
+        safetensors::serialize(views, meta).unwrap()
+    }
+
+    fn message(r: Result<Model, ApiError>) -> (u16, &'static str, String) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.code, e.message)
+    }
+
+    #[test]
+    fn safetensors_models_parse() {
+        let body = st(
+            &[
+                ("0.weight", vec![2, 3], vec![1., 2., 3., 4., 5., 6.]),
+                ("0.bias", vec![2], vec![0.5, -0.5]),
+                ("layers.1.weight", vec![1, 2], vec![1., -1.]),
+            ],
+            Some("relu, none"),
+        );
+        let m = parse_safetensors(&body).unwrap();
+        assert_eq!(m.layers.len(), 2);
+        assert_eq!(m.layers[0].weights, vec![vec![1., 2., 3.], vec![4., 5., 6.]]);
+        assert_eq!(m.layers[0].activation, Activation::Relu);
+        assert_eq!(m.layers[1].biases, vec![0.0]);
+        assert_eq!(m.layers[1].activation, Activation::None);
+    }
+
+    #[test]
+    fn bad_safetensors_name_the_layer() {
+        let body = st(
+            &[
+                ("0.weight", vec![2, 3], vec![0.; 6]),
+                ("0.bias", vec![2], vec![0.; 2]),
+                ("1.weight", vec![1, 4], vec![0.; 4]),
+            ],
+            None,
+        );
+        let (status, code, msg) = message(parse_safetensors(&body));
+        assert_eq!((status, code), (400, "invalid_model"));
+        assert!(msg.contains("layer 1"), "{msg}");
+        let body = st(&[("0.weight", vec![6], vec![0.; 6])], None);
+        let (_, _, msg) = message(parse_safetensors(&body));
+        assert!(msg.contains("layer 0") && msg.contains("[6]"), "{msg}");
+        let body = st(&[("1.weight", vec![1, 1], vec![0.])], None);
+        let (_, _, msg) = message(parse_safetensors(&body));
+        assert!(msg.contains("layer 0"), "{msg}");
+        let body = st(&[("fc.weight", vec![1, 1], vec![0.])], None);
+        assert!(message(parse_safetensors(&body)).2.contains("fc.weight"));
+        let body = st(&[("0.weight", vec![1, 1], vec![0.])], Some("relu,relu"));
+        assert!(message(parse_safetensors(&body)).2.contains("2 activation"));
+        let body = st(&[("0.weight", vec![1, 1], vec![0.])], Some("tanh"));
+        assert!(message(parse_safetensors(&body)).2.contains("tanh"));
+        assert_eq!(message(parse_safetensors(b"garbage")).1, "bad_input");
+        assert_eq!(message(parse_safetensors(&[])).1, "bad_input");
+    }
+
+    #[test]
+    fn half_precision_converts() {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x0001, 5.960_464_5e-8),
+            (0x7bff, 65504.0),
+            (0x0000, 0.0),
+        ] {
+            assert_eq!(f16_to_f32(h), f, "{h:#x}");
+        }
+        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn json_models_in_both_shapes() {
+        let q = ModelQuery::default();
+        let seed = br#"{"name":"m","weights":[[0.1,0.2]],"biases":[0.5],"activation":"relu"}"#;
+        let up = parse_model_upload(ModelFormat::Json, &q, seed).unwrap();
+        assert_eq!(up.name, "m");
+        assert_eq!(up.model.layers[0].activation, Activation::Relu);
+        let layers = br#"{"name":"n","scheme":"ckks","input_range":[-1,1],
+            "layers":[{"weights":[[1,2]],"biases":[0],"activation":{"kind":"sigmoid"}}]}"#;
+        let up = parse_model_upload(ModelFormat::Json, &q, layers).unwrap();
+        assert_eq!(up.options.scheme, Some(Scheme::Linear));
+        assert_eq!(up.options.input_range, Some((-1.0, 1.0)));
+        assert_eq!(up.model.layers[0].activation, Activation::Sigmoid);
+        for bad in [
+            &br#"{"weights":[[1]],"biases":[0]}"#[..],
+            br#"{"name":"x","weights":[[1]]}"#,
+            br#"{"name":"x","layers":[],"weights":[[1]],"biases":[0]}"#,
+            br#"{"name":"x","weights":[[1]],"biases":[0],"extra":1}"#,
+            br#"{"name":"x","weights":[[1]],"biases":[0],"activation":"tanh"}"#,
+            br#"{"name":"x","weights":[[1]],"biases":[0],"scheme":"bgv"}"#,
+        ] {
+            let e = parse_model_upload(ModelFormat::Json, &q, bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn peers_and_formats() {
+        assert_eq!(parse_peer(None).unwrap(), None);
+        assert_eq!(parse_peer(Some("")).unwrap(), None);
+        let id = PeerId::random();
+        assert_eq!(parse_peer(Some(&id.to_string())).unwrap(), Some(id));
+        let e = parse_peer(Some("not-a-peer")).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "bad_input"));
+        assert_eq!(model_format(Some("application/json; charset=utf-8")).unwrap(), ModelFormat::Json);
+        assert_eq!(
+            model_format(Some("application/safetensors")).unwrap(),
+            ModelFormat::Safetensors
+        );
+        assert_eq!(model_format(Some("text/csv")).unwrap_err().status.as_u16(), 415);
+        assert_eq!(model_format(None).unwrap_err().status.as_u16(), 415);
+    }
+
+    #[test]
+    fn inference_errors_keep_code_and_status() {
+        let e: ApiError = InferError::UnknownModel("m".into()).into();
+        assert_eq!((e.status.as_u16(), e.code), (404, "unknown_model"));
+        let e: ApiError = InferError::OverBudget("x".into()).into();
+        assert_eq!((e.status.as_u16(), e.code), (413, "over_budget"));
+        let e: ApiError = InferError::Unavailable("the inference actor").into();
+        assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
+    }
+}

@@ -1,0 +1,199 @@
+//! Encrypted inference across two real nodes in one process on loopback: a client node
+//! encrypts under its own context, a model node evaluates over libp2p, the client decrypts.
+//! Linear and mlp (with the evaluation key uploaded in pieces), plus refusals that leave both
+//! nodes serving.
+
+use std::time::Duration;
+
+use fhenode::crypto::inference::{
+    Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel,
+};
+use fhenode::demo::{start_local_network, wait_for_full_mesh};
+use fhenode::inference::{InferError, ModelOptions, Scheme};
+use rand::{Rng, SeedableRng};
+
+fn random_layer(rng: &mut impl Rng, inputs: usize, outputs: usize, act: Activation) -> Layer {
+    Layer {
+        weights: (0..outputs)
+            .map(|_| (0..inputs).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+            .collect(),
+        biases: (0..outputs).map(|_| rng.gen_range(-0.5f32..0.5)).collect(),
+        activation: act,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_inference_across_two_nodes() {
+    let (_dirs, nodes) = start_local_network(2).await.unwrap();
+    wait_for_full_mesh(&nodes, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (client, server) = (&nodes[0], &nodes[1]);
+    let model_node = Some(server.peer_id);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+
+    // --- linear: a 20→3 affine layer, evaluated on the model node ---------------------------
+    let linear = Model {
+        layers: vec![random_layer(&mut rng, 20, 3, Activation::None)],
+    };
+    let info = server
+        .inference
+        .add_model(
+            "affine",
+            linear.clone(),
+            ModelOptions {
+                input_bound: Some(4.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((info.scheme, info.inputs, info.outputs), (Scheme::Linear, 20, 3));
+    let bound = info.error_bound.unwrap();
+    let ctx = client
+        .inference
+        .create_context(Scheme::Linear)
+        .await
+        .unwrap();
+    let rows: Vec<Vec<f32>> = (0..2)
+        .map(|_| (0..20).map(|_| rng.gen_range(-4.0f32..4.0)).collect())
+        .collect();
+    let cts = client
+        .inference
+        .encrypt(&ctx.fhe_context_id, "affine", model_node, rows.clone())
+        .await
+        .unwrap();
+    let out = client
+        .inference
+        .infer(&ctx.fhe_context_id, "affine", model_node, cts.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.result_shape, [2, 3]);
+    assert_eq!(out.peer, Some(server.peer_id.to_string()));
+    let plain = client
+        .inference
+        .decrypt(&ctx.fhe_context_id, out.encrypted_result.clone())
+        .await
+        .unwrap();
+    for (row, got) in rows.iter().zip(&plain.values) {
+        let want = linear.eval_plain(row).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - *w as f64).abs() <= bound, "{g} vs {w} (bound {bound})");
+        }
+    }
+
+    // --- refusals: each a clear error, nothing changes -------------------------------------
+    let unknown = client
+        .inference
+        .encrypt(&ctx.fhe_context_id, "nope", model_node, rows.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, InferError::UnknownModel(_)), "{unknown}");
+    assert_eq!(unknown.http_status(), 404);
+    let short = client
+        .inference
+        .encrypt(&ctx.fhe_context_id, "affine", model_node, vec![vec![1.0; 7]])
+        .await
+        .unwrap_err();
+    assert_eq!(short.http_status(), 400, "{short}");
+    let other = client
+        .inference
+        .create_context(Scheme::Linear)
+        .await
+        .unwrap();
+    let foreign = client
+        .inference
+        .infer(&other.fhe_context_id, "affine", model_node, cts.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(foreign, InferError::WrongContext(_)), "{foreign}");
+    let foreign = client
+        .inference
+        .decrypt(&other.fhe_context_id, out.encrypted_result.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(foreign, InferError::WrongContext(_)), "{foreign}");
+    let garbage = client
+        .inference
+        .infer(&ctx.fhe_context_id, "affine", model_node, vec![1, 2, 3])
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.http_status(), 400, "{garbage}");
+    let missing = client
+        .inference
+        .decrypt("ctx_missing", out.encrypted_result.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, InferError::UnknownContext(_)), "{missing}");
+    let bad_model = Model {
+        layers: vec![
+            random_layer(&mut rng, 4, 3, Activation::Relu),
+            random_layer(&mut rng, 5, 2, Activation::None),
+        ],
+    };
+    let refused = server
+        .inference
+        .add_model("bad", bad_model, ModelOptions::default())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("layer 1"), "{refused}");
+    // The same ciphertexts still evaluate: nothing was harmed.
+    let again = client
+        .inference
+        .infer(&ctx.fhe_context_id, "affine", model_node, cts)
+        .await
+        .unwrap();
+    assert_eq!(again.result_shape, [2, 3]);
+
+    // --- mlp: 4-8-2 ReLU, activations by PBS on the model node ------------------------------
+    let mlp = Model {
+        layers: vec![
+            random_layer(&mut rng, 4, 8, Activation::Relu),
+            random_layer(&mut rng, 8, 2, Activation::None),
+        ],
+    };
+    let options = ModelOptions {
+        input_range: Some((-1.0, 1.0)),
+        ..Default::default()
+    };
+    let info = server
+        .inference
+        .add_model("mlp", mlp.clone(), options)
+        .await
+        .unwrap();
+    assert_eq!(info.scheme, Scheme::Mlp);
+    assert!(info.pbs > 0);
+    let ctx = client.inference.create_context(Scheme::Mlp).await.unwrap();
+    let sample: Vec<Vec<f32>> = vec![vec![0.5, -0.25, 0.75, -1.0], vec![-0.5, 0.9, 0.1, 0.3]];
+    let cts = client
+        .inference
+        .encrypt(&ctx.fhe_context_id, "mlp", model_node, sample.clone())
+        .await
+        .unwrap();
+    let out = client
+        .inference
+        .infer(&ctx.fhe_context_id, "mlp", model_node, cts)
+        .await
+        .unwrap();
+    assert_eq!(out.result_shape, [2, 2]);
+    assert_eq!(out.pbs, 2 * info.pbs as u64);
+    let got = client
+        .inference
+        .decrypt(&ctx.fhe_context_id, out.encrypted_result)
+        .await
+        .unwrap();
+    // The node quantises with the declared range; the same quantised model in the clear.
+    let quantised = QuantizedModel::compile(
+        &mlp,
+        &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0),
+    )
+    .unwrap();
+    for (row, values) in sample.iter().zip(&got.values) {
+        let want = quantised.eval_plain(row).unwrap();
+        assert_eq!(values, &want, "encrypted result must equal the quantised model");
+    }
+
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
