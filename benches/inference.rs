@@ -53,8 +53,8 @@ fn linear(c: &mut Criterion) {
         b.iter(|| black_box(key.decrypt(black_box(&result)).unwrap()))
     });
 
-    let big = LinearModel::compile(&bench_784x10_model(), &LinearConfig::with_input_bound(1.0))
-        .unwrap();
+    let big =
+        LinearModel::compile(&bench_784x10_model(), &LinearConfig::with_input_bound(1.0)).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let xb: Vec<f32> = (0..784).map(|_| rng.gen_range(0.0f32..=1.0)).collect();
     let ctb = key.encrypt(&big.input_spec(), &xb).unwrap();
@@ -72,8 +72,11 @@ fn mlp(c: &mut Criterion) {
     let client = MlpClientKey::generate(params);
     let bytes = client.evaluation_key().to_bytes();
     let server = MlpServerKey::from_bytes(&bytes, MlpEvaluationKey::DEFAULT_MAX_LEN).unwrap();
-    let q = QuantizedModel::compile(&bench_mlp_model(), &MlpConfig::with_range(params, -1.0, 1.0))
-        .unwrap();
+    let q = QuantizedModel::compile(
+        &bench_mlp_model(),
+        &MlpConfig::with_range(params, -1.0, 1.0),
+    )
+    .unwrap();
     let x = [0.3f32, -0.2, 0.9, -0.7];
     let ct = client.encrypt(&q.input_spec(), &x).unwrap();
 
@@ -91,6 +94,9 @@ fn mlp(c: &mut Criterion) {
 }
 
 fn summary(_: &mut Criterion) {
+    for (name, us) in fhenode::crypto::inference::bench::bench_linear_internals() {
+        println!("  {name}: {us:.2} µs");
+    }
     match bench_inference(false) {
         Ok(report) => println!(
             "\ninference summary: {}",

@@ -1,11 +1,17 @@
-//! A small client for a node's local HTTP API, used by the `fhenode session` commands.
+//! A small client for a node's local HTTP API, used by the `fhenode session`, `fhenode model`
+//! and `fhenode infer` commands.
 
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::api::inference::{
+    CreateContextRequest, DecryptRequest, EncryptRequest, EncryptResponse, InferRequest,
+    InferResponse, SeedInferenceResponse,
+};
 use crate::api::sessions::{HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND};
+use crate::inference::{ContextInfo, Decrypted, ModelInfo};
 use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
 
 pub use crate::api::sessions::UpdateFormat;
@@ -71,6 +77,16 @@ struct ErrorDetail {
 #[derive(Deserialize)]
 struct SessionList {
     sessions: Vec<SessionInfo>,
+}
+
+#[derive(Deserialize)]
+struct ContextList {
+    contexts: Vec<ContextInfo>,
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    models: Vec<ModelInfo>,
 }
 
 /// A client for one node's API.
@@ -218,6 +234,149 @@ impl ApiClient {
             error_bound: parse_header(&headers, HEADER_ERROR_BOUND).map_err(unexpected)?,
             kind: parse_header(&headers, HEADER_KIND).map_err(unexpected)?,
         })
+    }
+
+    /// `POST /v1/fhe/contexts`: a new client context on the node (its secret key stays there).
+    pub async fn create_context(
+        &self,
+        scheme: &str,
+        provider: Option<&str>,
+    ) -> Result<ContextInfo, ClientError> {
+        let url = self.url(&["v1", "fhe", "contexts"])?;
+        let body = CreateContextRequest {
+            scheme: scheme.to_string(),
+            provider: provider.map(str::to_string),
+            params: None,
+        };
+        self.send_json(self.request(Method::POST, &url).json(&body), &url)
+            .await
+    }
+
+    /// `GET /v1/fhe/contexts`
+    pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>, ClientError> {
+        let url = self.url(&["v1", "fhe", "contexts"])?;
+        let list: ContextList = self
+            .send_json(self.request(Method::GET, &url), &url)
+            .await?;
+        Ok(list.contexts)
+    }
+
+    /// `DELETE /v1/fhe/contexts/{id}`
+    pub async fn delete_context(&self, id: &str) -> Result<(), ClientError> {
+        let url = self.url(&["v1", "fhe", "contexts", id])?;
+        self.send(self.request(Method::DELETE, &url), &url).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/models` with a JSON model (`{"name", "layers"|"weights"+"biases", …}`).
+    pub async fn add_model_json(
+        &self,
+        model: &serde_json::Value,
+    ) -> Result<ModelInfo, ClientError> {
+        let url = self.url(&["v1", "models"])?;
+        self.send_json(self.request(Method::POST, &url).json(model), &url)
+            .await
+    }
+
+    /// `POST /v1/models?name=…` with a safetensors file (`<i>.weight`, `<i>.bias`, metadata
+    /// `activations`).
+    pub async fn add_model_safetensors(
+        &self,
+        name: &str,
+        scheme: Option<&str>,
+        input_bound: Option<f64>,
+        bytes: Vec<u8>,
+    ) -> Result<ModelInfo, ClientError> {
+        let mut url = self.url(&["v1", "models"])?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("name", name);
+            if let Some(s) = scheme {
+                q.append_pair("scheme", s);
+            }
+            if let Some(b) = input_bound {
+                q.append_pair("input_bound", &b.to_string());
+            }
+        }
+        let request = self
+            .request(Method::POST, &url)
+            .header(CONTENT_TYPE, "application/safetensors")
+            .body(bytes);
+        self.send_json(request, &url).await
+    }
+
+    /// `GET /v1/models`
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, ClientError> {
+        let url = self.url(&["v1", "models"])?;
+        let list: ModelList = self
+            .send_json(self.request(Method::GET, &url), &url)
+            .await?;
+        Ok(list.models)
+    }
+
+    /// `POST /v1/fhe/encrypt`: encrypts `rows` on the node under `context` for `model` (on
+    /// `peer`, or on the node itself).
+    pub async fn encrypt(
+        &self,
+        context: &str,
+        model: &str,
+        peer: Option<&str>,
+        rows: Vec<Vec<f32>>,
+    ) -> Result<EncryptResponse, ClientError> {
+        let url = self.url(&["v1", "fhe", "encrypt"])?;
+        let body = EncryptRequest {
+            fhe_context_id: context.to_string(),
+            model: model.to_string(),
+            peer: peer.map(str::to_string),
+            input_data: Some(rows),
+            input: None,
+        };
+        self.send_json(self.request(Method::POST, &url).json(&body), &url)
+            .await
+    }
+
+    /// `POST /v1/fhe/infer`: evaluates `model` (on `peer`, or on the node) on a ciphertext.
+    pub async fn infer(
+        &self,
+        context: &str,
+        model: &str,
+        peer: Option<&str>,
+        ciphertext: String,
+    ) -> Result<InferResponse, ClientError> {
+        let url = self.url(&["v1", "fhe", "infer"])?;
+        let body = InferRequest {
+            fhe_context_id: context.to_string(),
+            model: model.to_string(),
+            peer: peer.map(str::to_string),
+            ciphertext,
+        };
+        self.send_json(self.request(Method::POST, &url).json(&body), &url)
+            .await
+    }
+
+    /// `POST /v1/fhe/decrypt`
+    pub async fn decrypt(
+        &self,
+        context: &str,
+        encrypted_result: String,
+    ) -> Result<Decrypted, ClientError> {
+        let url = self.url(&["v1", "fhe", "decrypt"])?;
+        let body = DecryptRequest {
+            fhe_context_id: context.to_string(),
+            encrypted_result,
+        };
+        self.send_json(self.request(Method::POST, &url).json(&body), &url)
+            .await
+    }
+
+    /// `POST /v1/ml-zk/fhe/inference`: the original service's request, as JSON.
+    pub async fn seed_inference(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<SeedInferenceResponse, ClientError> {
+        let url = self.url(&["v1", "ml-zk", "fhe", "inference"])?;
+        self.send_json(self.request(Method::POST, &url).json(request), &url)
+            .await
     }
 
     /// The URL of `segments` under the base, each segment percent-encoded.

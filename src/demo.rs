@@ -285,11 +285,13 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     if pushed != result {
         return Err(fail("a participant received a different result"));
     }
+    let inference_error = demo_inference(&nodes[0], &nodes[1]).await?;
     let report = DemoReport {
         max_error,
         error_bound: result.error_bound,
         contributors: result.contributors,
         bytes_moved,
+        inference_max_error: inference_error,
     };
     for node in nodes {
         node.shutdown().await?;
@@ -310,6 +312,96 @@ pub struct DemoReport {
     pub error_bound: f64,
     pub contributors: u32,
     pub bytes_moved: u64,
+    /// Largest |decrypted − float model| of the encrypted inference.
+    pub inference_max_error: f64,
+}
+
+/// One encrypted inference across two nodes: `server` registers a 784→10 linear model (an
+/// MNIST-sized logistic regression), `client` encrypts an input under its own context, the
+/// server evaluates it over libp2p, the client decrypts and checks against the float model.
+/// Returns the largest error; fails if it exceeds the model's bound.
+async fn demo_inference(client: &Node, server: &Node) -> Result<f64, DemoError> {
+    use crate::crypto::inference::Model;
+    use crate::inference::{ModelOptions, Scheme};
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(784);
+    let weights: Vec<Vec<f32>> = (0..10)
+        .map(|_| (0..784).map(|_| rng.gen_range(-0.1f32..0.1)).collect())
+        .collect();
+    let biases: Vec<f32> = (0..10).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let model = Model::linear(weights, biases);
+    let input: Vec<f32> = (0..784).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+    let options = ModelOptions {
+        input_bound: Some(1.0),
+        ..Default::default()
+    };
+    let info = server
+        .inference
+        .add_model("demo-logreg", model.clone(), options)
+        .await
+        .map_err(fail)?;
+    let start = Instant::now();
+    let ctx = client
+        .inference
+        .create_context(Scheme::Linear)
+        .await
+        .map_err(fail)?;
+    let keygen = start.elapsed();
+    let t = Instant::now();
+    let cts = client
+        .inference
+        .encrypt(
+            &ctx.fhe_context_id,
+            &info.name,
+            Some(server.peer_id),
+            vec![input.clone()],
+        )
+        .await
+        .map_err(fail)?;
+    let encrypt = t.elapsed();
+    let t = Instant::now();
+    let out = client
+        .inference
+        .infer(
+            &ctx.fhe_context_id,
+            &info.name,
+            Some(server.peer_id),
+            cts.clone(),
+        )
+        .await
+        .map_err(fail)?;
+    let round_trip = t.elapsed();
+    let t = Instant::now();
+    let plain = client
+        .inference
+        .decrypt(&ctx.fhe_context_id, out.encrypted_result.clone())
+        .await
+        .map_err(fail)?;
+    let decrypt = t.elapsed();
+    let want = model.eval_plain(&input).map_err(fail)?;
+    let got = plain.values.first().cloned().unwrap_or_default();
+    let max_error = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - *w as f64).abs())
+        .fold(0f64, f64::max);
+    let bound = info.error_bound.unwrap_or(0.0);
+    println!(
+        "[inference]  784→10 linear model on {}: key {keygen:.0?}, encrypt {encrypt:.1?} ({} B), evaluate {:.2} ms on the model node, round trip {round_trip:.1?} ({} B back), decrypt {decrypt:.1?}",
+        server.peer_id,
+        cts.len(),
+        out.computation_time_ms,
+        out.encrypted_result.len(),
+    );
+    println!("[inference]  max |error| vs the float model = {max_error:.3e} (bound {bound:.3e})");
+    if got.len() != want.len() || max_error > bound {
+        return Err(fail(format!(
+            "inference check failed: {} outputs, max error {max_error:e} > bound {bound:e}",
+            got.len()
+        )));
+    }
+    Ok(max_error)
 }
 
 fn received_bytes(nodes: &[Node]) -> u64 {

@@ -96,6 +96,11 @@ enum Command {
     Bench(BenchCommand),
     /// Secure-aggregation sessions, through a running node's API.
     Session(Box<SessionArgs>),
+    /// Models for encrypted inference, registered on a running node.
+    Model(Box<ModelArgs>),
+    /// Encrypted inference through the local node: encrypt locally, evaluate on the node or on
+    /// a peer, decrypt locally; prints the result and the timings of each step.
+    Infer(Box<InferArgs>),
 }
 
 #[derive(Subcommand)]
@@ -118,6 +123,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         committee: u32,
         /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encrypted inference: the seed example end to end, a 784→10 linear layer, and a 4-8-2
+    /// MLP next to one programmable bootstrap measured in the same run.
+    Inference {
+        /// Skip the MLP (its evaluation key takes seconds to make).
+        #[arg(long)]
+        quick: bool,
         #[arg(long)]
         json: bool,
     },
@@ -189,6 +203,11 @@ fn main() -> anyhow::Result<()> {
             committee,
             json,
         }) => bench_crypto(profile, params, participants, committee, json)?,
+        Command::Bench(BenchCommand::Inference { quick, json }) => {
+            let report = fhenode::crypto::inference::bench::bench_inference(quick)
+                .context("inference benchmark failed")?;
+            print_report(&report, json)?;
+        }
         Command::Bench(BenchCommand::Round {
             profile,
             params,
@@ -216,6 +235,18 @@ fn main() -> anyhow::Result<()> {
             let outcome = runtime()?.block_on(session(*args));
             if let Err(e) = outcome {
                 // One line, `code: message` for API errors; no backtrace.
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Model(args) => {
+            if let Err(e) = runtime()?.block_on(model(*args)) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Infer(args) => {
+            if let Err(e) = runtime()?.block_on(infer(*args)) {
                 eprintln!("error: {e:#}");
                 std::process::exit(1);
             }
@@ -373,27 +404,37 @@ impl SessionArgs {
     /// The API client: `--api`, else `api.listen` from the configuration; `--token`, else
     /// $FHENODE_API_TOKEN, else `api.token` from the configuration.
     fn client(&self) -> anyhow::Result<ApiClient> {
-        let env_token = std::env::var("FHENODE_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let token = self.token.clone().or(env_token);
-        let config = match (&self.api, &token) {
+        api_client(&self.config, self.api.as_deref(), self.token.as_deref())
+    }
+}
+
+/// The API client: `api`, else `api.listen` from the configuration; `token`, else
+/// $FHENODE_API_TOKEN, else `api.token` from the configuration.
+fn api_client(
+    config_args: &ConfigArgs,
+    api: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<ApiClient> {
+    let env_token = std::env::var("FHENODE_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let token = token.map(str::to_string).or(env_token);
+    let config =
+        match (api, &token) {
             (Some(_), Some(_)) => None,
             // Only the token is missing: use the configuration's if it loads.
-            (Some(_), None) => self.config.load().ok(),
-            (None, _) => Some(self.config.load().context(
+            (Some(_), None) => config_args.load().ok(),
+            (None, _) => Some(config_args.load().context(
                 "cannot read the configuration to find the node's API (or pass --api URL)",
             )?),
         };
-        let api = match (&self.api, &config) {
-            (Some(api), _) => api.clone(),
-            (None, Some(config)) => api_url(config.api.listen),
-            (None, None) => DEFAULT_API_URL.to_string(),
-        };
-        let token =
-            token.or_else(|| config.and_then(|c| c.api.token.map(|t| t.expose().to_string())));
-        Ok(ApiClient::new(&api, token.as_deref())?)
-    }
+    let api = match (api, &config) {
+        (Some(api), _) => api.to_string(),
+        (None, Some(config)) => api_url(config.api.listen),
+        (None, None) => DEFAULT_API_URL.to_string(),
+    };
+    let token = token.or_else(|| config.and_then(|c| c.api.token.map(|t| t.expose().to_string())));
+    Ok(ApiClient::new(&api, token.as_deref())?)
 }
 
 /// Where to reach an API listening on `listen` (a wildcard address means this machine).
@@ -464,6 +505,230 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where the node's API is, for the commands that talk to it.
+#[derive(Args)]
+struct NodeApiArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The node's API, e.g. http://127.0.0.1:8470 (default: from `api.listen` in the
+    /// configuration).
+    #[arg(long, global = true, value_name = "URL")]
+    api: Option<String>,
+    /// API bearer token (default: $FHENODE_API_TOKEN, then `api.token` from the configuration).
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+impl NodeApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        api_client(&self.config, self.api.as_deref(), self.token.as_deref())
+    }
+}
+
+/// `fhenode model …`: talks to a running node's API.
+#[derive(Args)]
+struct ModelArgs {
+    #[command(flatten)]
+    node: NodeApiArgs,
+    #[command(subcommand)]
+    command: ModelCommand,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Register (or replace) a model on the node.
+    Add {
+        /// The model's name (1–128 of A-Z a-z 0-9 - _ .).
+        name: String,
+        /// `.safetensors` (tensors `<i>.weight` [out, in] and `<i>.bias` [out], metadata
+        /// `activations` such as "relu,none"), or JSON: {"layers":[{"weights","biases",
+        /// "activation"}]} or one layer's {"weights","biases"}.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// `linear` or `mlp` (default: mlp when a layer has an activation, else linear).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// linear: every input satisfies |x| ≤ BOUND (default 256).
+        #[arg(long, value_name = "BOUND")]
+        input_bound: Option<f64>,
+    },
+    /// List the models registered on the node.
+    List,
+}
+
+async fn model(args: ModelArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    match args.command {
+        ModelCommand::Add {
+            name,
+            file,
+            scheme,
+            input_bound,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let is_safetensors = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+            let info = if is_safetensors {
+                client
+                    .add_model_safetensors(&name, scheme.as_deref(), input_bound, bytes)
+                    .await?
+            } else {
+                let mut body: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                let object = body
+                    .as_object_mut()
+                    .with_context(|| format!("{} must hold a JSON object", file.display()))?;
+                object.insert("name".into(), name.into());
+                if let Some(s) = scheme {
+                    object.insert("scheme".into(), s.into());
+                }
+                if let Some(b) = input_bound {
+                    object.insert("input_bound".into(), b.into());
+                }
+                client.add_model_json(&body).await?
+            };
+            print_json(&info)
+        }
+        ModelCommand::List => {
+            print_json(&serde_json::json!({ "models": client.list_models().await? }))
+        }
+    }
+}
+
+/// `fhenode infer …`
+#[derive(Args)]
+struct InferArgs {
+    #[command(flatten)]
+    node: NodeApiArgs,
+    /// The registered model to evaluate.
+    #[arg(long)]
+    model: String,
+    /// The model node's peer id (default: the local node).
+    #[arg(long, value_name = "PEER_ID")]
+    peer: Option<String>,
+    /// The input: inline JSON or a JSON file, one row `[1, 2]`, rows `[[1, 2], [3, 4]]`, or
+    /// {"input_data": rows}.
+    #[arg(long, value_name = "FILE|JSON")]
+    input: String,
+    /// Reuse this context (default: create one and print its id).
+    #[arg(long, value_name = "ID")]
+    context: Option<String>,
+    /// The scheme of a new context: linear or mlp (default: the local model's, else linear).
+    #[arg(long)]
+    scheme: Option<String>,
+}
+
+/// Input rows from inline JSON or a JSON file.
+fn input_rows(input: &str) -> anyhow::Result<Vec<Vec<f32>>> {
+    let trimmed = input.trim_start();
+    let text = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        input.to_string()
+    } else {
+        std::fs::read_to_string(input).with_context(|| format!("cannot read {input}"))?
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).context("the input is not valid JSON")?;
+    let value = match value {
+        serde_json::Value::Object(mut o) => o
+            .remove("input_data")
+            .or_else(|| o.remove("input"))
+            .context("a JSON object input needs `input_data` (rows) or `input` (one row)")?,
+        other => other,
+    };
+    let one_row = value
+        .as_array()
+        .is_some_and(|a| a.iter().all(serde_json::Value::is_number));
+    if one_row {
+        Ok(vec![serde_json::from_value(value)?])
+    } else {
+        serde_json::from_value(value)
+            .context("the input must be a row of numbers or an array of rows")
+    }
+}
+
+fn ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+async fn infer(args: InferArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    let rows = input_rows(&args.input)?;
+    let peer = args.peer.as_deref();
+    let started = std::time::Instant::now();
+    let (context, context_ms) = match &args.context {
+        Some(id) => (id.clone(), None),
+        None => {
+            let scheme = match (&args.scheme, peer) {
+                (Some(s), _) => s.clone(),
+                (None, None) => client
+                    .list_models()
+                    .await?
+                    .into_iter()
+                    .find(|m| m.name == args.model)
+                    .map(|m| m.scheme.to_string())
+                    .with_context(|| format!("no model `{}` on this node", args.model))?,
+                // The model node's scheme is not known here: linear unless told.
+                (None, Some(_)) => "linear".to_string(),
+            };
+            let t = std::time::Instant::now();
+            let info = client.create_context(&scheme, None).await?;
+            let took = ms(t);
+            eprintln!(
+                "context  {} ({}, {}) created in {took:.1} ms",
+                info.fhe_context_id, info.scheme, info.params
+            );
+            (info.fhe_context_id, Some(took))
+        }
+    };
+    let t = std::time::Instant::now();
+    let encrypted = client.encrypt(&context, &args.model, peer, rows).await?;
+    let encrypt_ms = ms(t);
+    let ciphertext_bytes = encrypted.ciphertext.len() / 2;
+    eprintln!(
+        "encrypt  {} row(s) -> {ciphertext_bytes} bytes in {encrypt_ms:.2} ms",
+        encrypted.rows
+    );
+    let t = std::time::Instant::now();
+    let evaluated = client
+        .infer(&context, &args.model, peer, encrypted.ciphertext)
+        .await?;
+    let infer_ms = ms(t);
+    let result_bytes = evaluated.encrypted_result.len() / 2;
+    eprintln!(
+        "infer    on {}: {infer_ms:.2} ms (evaluation {:.2} ms, {} PBS) -> {result_bytes} bytes",
+        evaluated.peer.as_deref().unwrap_or("this node"),
+        evaluated.computation_time_ms,
+        evaluated.pbs
+    );
+    let t = std::time::Instant::now();
+    let decrypted = client.decrypt(&context, evaluated.encrypted_result).await?;
+    let decrypt_ms = ms(t);
+    eprintln!("decrypt  {decrypt_ms:.2} ms");
+    print_json(&serde_json::json!({
+        "model": args.model,
+        "peer": evaluated.peer,
+        "fhe_context_id": context,
+        "values": decrypted.values,
+        "result_shape": decrypted.result_shape,
+        "pbs": evaluated.pbs,
+        "bytes": {
+            "ciphertext": ciphertext_bytes,
+            "encrypted_result": result_bytes,
+        },
+        "timings_ms": {
+            "context": context_ms,
+            "encrypt": encrypt_ms,
+            "infer": infer_ms,
+            "evaluation": evaluated.computation_time_ms,
+            "decrypt": decrypt_ms,
+            "total": ms(started),
+        },
+    }))
 }
 
 fn print_report(report: &impl serde::Serialize, json: bool) -> anyhow::Result<()> {

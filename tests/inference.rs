@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use fhenode::crypto::inference::{
-    Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel,
-};
+use fhenode::crypto::inference::{Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel};
 use fhenode::demo::{start_local_network, wait_for_full_mesh};
 use fhenode::inference::{InferError, ModelOptions, Scheme};
 use rand::{Rng, SeedableRng};
@@ -48,7 +46,10 @@ async fn encrypted_inference_across_two_nodes() {
         )
         .await
         .unwrap();
-    assert_eq!((info.scheme, info.inputs, info.outputs), (Scheme::Linear, 20, 3));
+    assert_eq!(
+        (info.scheme, info.inputs, info.outputs),
+        (Scheme::Linear, 20, 3)
+    );
     let bound = info.error_bound.unwrap();
     let ctx = client
         .inference
@@ -92,7 +93,12 @@ async fn encrypted_inference_across_two_nodes() {
     assert_eq!(unknown.http_status(), 404);
     let short = client
         .inference
-        .encrypt(&ctx.fhe_context_id, "affine", model_node, vec![vec![1.0; 7]])
+        .encrypt(
+            &ctx.fhe_context_id,
+            "affine",
+            model_node,
+            vec![vec![1.0; 7]],
+        )
         .await
         .unwrap_err();
     assert_eq!(short.http_status(), 400, "{short}");
@@ -124,7 +130,10 @@ async fn encrypted_inference_across_two_nodes() {
         .decrypt("ctx_missing", out.encrypted_result.clone())
         .await
         .unwrap_err();
-    assert!(matches!(missing, InferError::UnknownContext(_)), "{missing}");
+    assert!(
+        matches!(missing, InferError::UnknownContext(_)),
+        "{missing}"
+    );
     let bad_model = Model {
         layers: vec![
             random_layer(&mut rng, 4, 3, Activation::Relu),
@@ -190,7 +199,10 @@ async fn encrypted_inference_across_two_nodes() {
     .unwrap();
     for (row, values) in sample.iter().zip(&got.values) {
         let want = quantised.eval_plain(row).unwrap();
-        assert_eq!(values, &want, "encrypted result must equal the quantised model");
+        assert_eq!(
+            values, &want,
+            "encrypted result must equal the quantised model"
+        );
     }
 
     for node in nodes {

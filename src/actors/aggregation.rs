@@ -1592,7 +1592,9 @@ impl CompleteUpload {
     fn check(mut self) -> Result<(SubmissionMeta, EncryptedUpdate), SessionError> {
         let mut whole = Vec::new();
         let checked = read_upload(&self.tree, &self.upload, &self.meta.digest, &mut whole)
-            .and_then(|()| check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key));
+            .and_then(|()| {
+                check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key)
+            });
         match checked {
             Ok(update) => {
                 self.meta.bytes = whole.len() as u64;

@@ -17,8 +17,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{stopped, ActorError, Mailbox};
 use crate::crypto::inference::{
-    InferenceWire, LinearCiphertext, LinearClientKey, LinearConfig, LinearModel, LinearResult, MlpCiphertext, MlpClientKey, MlpConfig, MlpEvaluationKey, MlpParams, MlpResult,
-    MlpServerKey, Model, QuantizedModel,
+    InferenceWire, LinearCiphertext, LinearClientKey, LinearConfig, LinearModel, LinearResult,
+    MlpCiphertext, MlpClientKey, MlpConfig, MlpEvaluationKey, MlpParams, MlpResult, MlpServerKey,
+    Model, QuantizedModel,
 };
 use crate::inference::messages::{
     self, hex, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES,
@@ -777,7 +778,9 @@ impl InferenceActor {
                 Ok(compiled.info)
             })
             .await
-            .unwrap_or(Err(InferError::Unavailable("model compilation (it panicked)")));
+            .unwrap_or(Err(InferError::Unavailable(
+                "model compilation (it panicked)",
+            )));
             let _ = reply.send(answer);
         });
     }
@@ -907,13 +910,15 @@ impl InferenceActor {
                 let started = self.evaluate(&me, &model, &context, parsed);
                 self.spawn(async move {
                     let answer = match started {
-                        Ok(fut) => fut.await.map(|(batch, ms, pbs, rows, outputs)| InferOutcome {
-                            encrypted_result: batch,
-                            result_shape: [rows, outputs],
-                            computation_time_ms: ms,
-                            pbs,
-                            peer: None,
-                        }),
+                        Ok(fut) => fut
+                            .await
+                            .map(|(batch, ms, pbs, rows, outputs)| InferOutcome {
+                                encrypted_result: batch,
+                                result_shape: [rows, outputs],
+                                computation_time_ms: ms,
+                                pbs,
+                                peer: None,
+                            }),
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(answer);
@@ -1123,9 +1128,9 @@ impl InferenceActor {
             }
             InferMsg::HasEvalKey { context, key_id } => {
                 let slot = eval_slot(&from, &context);
-                let r = self.stored_eval_key_id(&slot).map(|held| {
-                    InferReply::HasEvalKey(held.is_some_and(|id| id == key_id))
-                });
+                let r = self
+                    .stored_eval_key_id(&slot)
+                    .map(|held| InferReply::HasEvalKey(held.is_some_and(|id| id == key_id)));
                 let _ = reply.send(answer(r));
             }
             InferMsg::EvalKeyPiece {
@@ -1149,11 +1154,13 @@ impl InferenceActor {
                 match started {
                     Ok(fut) => self.spawn(
                         async move {
-                            let r = fut.await.map(|(batch, ms, pbs, _, _)| InferReply::Evaluated {
-                                batch,
-                                computation_ms: ms,
-                                pbs,
-                            });
+                            let r = fut
+                                .await
+                                .map(|(batch, ms, pbs, _, _)| InferReply::Evaluated {
+                                    batch,
+                                    computation_ms: ms,
+                                    pbs,
+                                });
                             let _ = reply.send(answer(r));
                         }
                         .in_current_span(),
@@ -1228,10 +1235,7 @@ impl InferenceActor {
         // Decoding checks the envelope and parameters; the key is loaded only when used.
         let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
         tree.insert(eval_key_key(slot), whole)?;
-        tree.insert(
-            format!("evalkey-id/{slot}").as_bytes(),
-            &key.key_id().0[..],
-        )?;
+        tree.insert(format!("evalkey-id/{slot}").as_bytes(), &key.key_id().0[..])?;
         self.store.flush()?;
         self.eval_keys.remove(slot);
         self.metrics
@@ -1380,9 +1384,13 @@ async fn remote_spec(
     model: &str,
 ) -> Result<InputSpec, InferError> {
     let peer = peer.ok_or(InferError::Unavailable("a model node"))?;
-    match ask_peer(network, peer, &InferMsg::Spec {
-        model: model.to_string(),
-    })
+    match ask_peer(
+        network,
+        peer,
+        &InferMsg::Spec {
+            model: model.to_string(),
+        },
+    )
     .await?
     {
         InferReply::Spec(spec) => Ok(spec),
@@ -1409,10 +1417,14 @@ async fn remote_infer(
     };
     if let ClientKey::Mlp(key) = &ctx.key {
         let key_id = key.key_id().0;
-        let has = ask_peer(network, peer, &InferMsg::HasEvalKey {
-            context: context.clone(),
-            key_id,
-        })
+        let has = ask_peer(
+            network,
+            peer,
+            &InferMsg::HasEvalKey {
+                context: context.clone(),
+                key_id,
+            },
+        )
         .await?;
         if !matches!(has, InferReply::HasEvalKey(true)) {
             let bytes = store

@@ -239,9 +239,9 @@ fn de_activation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Activation>, 
     use serde::de::Error;
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(name)) => {
-            activation_by_name(&name).map(Some).map_err(D::Error::custom)
-        }
+        Some(serde_json::Value::String(name)) => activation_by_name(&name)
+            .map(Some)
+            .map_err(D::Error::custom),
         Some(other) => serde_json::from_value(other)
             .map(Some)
             .map_err(|e| D::Error::custom(format!("invalid activation: {e}"))),
@@ -315,10 +315,7 @@ fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
     }
 }
 
-fn json_body<T>(
-    body: Result<Json<T>, JsonRejection>,
-    state: &ApiState,
-) -> Result<T, ApiError> {
+fn json_body<T>(body: Result<Json<T>, JsonRejection>, state: &ApiState) -> Result<T, ApiError> {
     body.map(|Json(v)| v)
         .map_err(|e| json_rejection(e, state.max_body_bytes))
 }
@@ -358,7 +355,9 @@ async fn hex_answer(bytes: Vec<u8>) -> Result<String, ApiError> {
     } else {
         tokio::task::spawn_blocking(move || hex(&bytes))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })
     }
 }
 
@@ -375,7 +374,8 @@ async fn create_context(
     }
     let info = state.inference.create_context(scheme).await?;
     let mut response = (StatusCode::CREATED, Json(&info)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/fhe/contexts/{}", info.fhe_context_id))
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/v1/fhe/contexts/{}", info.fhe_context_id))
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -447,7 +447,9 @@ pub fn model_format(content_type: Option<&str>) -> Result<ModelFormat, ApiError>
     const SUPPORTED: &str =
         "application/json, or a safetensors file as application/octet-stream or application/safetensors";
     let Some(content_type) = content_type else {
-        return Err(unsupported(format!("a Content-Type is required: {SUPPORTED}")));
+        return Err(unsupported(format!(
+            "a Content-Type is required: {SUPPORTED}"
+        )));
     };
     let essence = content_type
         .split(';')
@@ -487,8 +489,7 @@ pub fn parse_model_upload(
         .transpose()?;
     match format {
         ModelFormat::Json => {
-            let b: ModelBody =
-                serde_json::from_slice(body).map_err(|e| bad_json(e.to_string()))?;
+            let b: ModelBody = serde_json::from_slice(body).map_err(|e| bad_json(e.to_string()))?;
             let name = match (b.name, &query.name) {
                 (Some(a), Some(q)) if &a != q => {
                     return Err(bad_input(format!(
@@ -521,9 +522,10 @@ pub fn parse_model_upload(
             })
         }
         ModelFormat::Safetensors => {
-            let name = query.name.clone().ok_or_else(|| {
-                bad_input("a safetensors model needs its name in `?name=`")
-            })?;
+            let name = query
+                .name
+                .clone()
+                .ok_or_else(|| bad_input("a safetensors model needs its name in `?name=`"))?;
             Ok(ModelUpload {
                 name,
                 model: parse_safetensors(body)?,
@@ -629,7 +631,11 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
         }
         let values = tensor_values(name, view.dtype(), view.data())?;
         let entry = layers.entry(index).or_default();
-        let slot = if is_weight { &mut entry.0 } else { &mut entry.1 };
+        let slot = if is_weight {
+            &mut entry.0
+        } else {
+            &mut entry.1
+        };
         if slot.is_some() {
             return Err(invalid_layer(
                 index,
@@ -783,8 +789,12 @@ fn input_rows(
     match (input_data, input) {
         (Some(rows), None) => Ok(rows),
         (None, Some(row)) => Ok(vec![row]),
-        (Some(_), Some(_)) => Err(bad_input("give `input_data` (rows) or `input` (one row), not both")),
-        (None, None) => Err(bad_input("`input_data` (rows) or `input` (one row) is required")),
+        (Some(_), Some(_)) => Err(bad_input(
+            "give `input_data` (rows) or `input` (one row), not both",
+        )),
+        (None, None) => Err(bad_input(
+            "`input_data` (rows) or `input` (one row) is required",
+        )),
     }
 }
 
@@ -960,7 +970,10 @@ mod tests {
         );
         let m = parse_safetensors(&body).unwrap();
         assert_eq!(m.layers.len(), 2);
-        assert_eq!(m.layers[0].weights, vec![vec![1., 2., 3.], vec![4., 5., 6.]]);
+        assert_eq!(
+            m.layers[0].weights,
+            vec![vec![1., 2., 3.], vec![4., 5., 6.]]
+        );
         assert_eq!(m.layers[0].activation, Activation::Relu);
         assert_eq!(m.layers[1].biases, vec![0.0]);
         assert_eq!(m.layers[1].activation, Activation::None);
@@ -1033,7 +1046,12 @@ mod tests {
             br#"{"name":"x","weights":[[1]],"biases":[0],"scheme":"bgv"}"#,
         ] {
             let e = parse_model_upload(ModelFormat::Json, &q, bad).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                e.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -1045,12 +1063,18 @@ mod tests {
         assert_eq!(parse_peer(Some(&id.to_string())).unwrap(), Some(id));
         let e = parse_peer(Some("not-a-peer")).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "bad_input"));
-        assert_eq!(model_format(Some("application/json; charset=utf-8")).unwrap(), ModelFormat::Json);
+        assert_eq!(
+            model_format(Some("application/json; charset=utf-8")).unwrap(),
+            ModelFormat::Json
+        );
         assert_eq!(
             model_format(Some("application/safetensors")).unwrap(),
             ModelFormat::Safetensors
         );
-        assert_eq!(model_format(Some("text/csv")).unwrap_err().status.as_u16(), 415);
+        assert_eq!(
+            model_format(Some("text/csv")).unwrap_err().status.as_u16(),
+            415
+        );
         assert_eq!(model_format(None).unwrap_err().status.as_u16(), 415);
     }
 

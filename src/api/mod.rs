@@ -1,7 +1,6 @@
 //! The local HTTP API (axum): health, readiness, status, peers, metrics, the OpenAPI
 //! document, secure-aggregation sessions ([`sessions`]) and encrypted inference
-//! ([`inference`]). Errors are JSON
-//! `{"error":{"code","message"}}` with the matching status.
+//! ([`inference`]). Errors are JSON `{"error":{"code","message"}}` with the matching status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -161,7 +161,9 @@ pub fn unhex(text: &str) -> Result<Vec<u8>, InferError> {
     let t = text.trim();
     let t = t.strip_prefix("0x").unwrap_or(t);
     if t.len() % 2 != 0 {
-        return Err(InferError::BadInput("hex has an odd number of digits".into()));
+        return Err(InferError::BadInput(
+            "hex has an odd number of digits".into(),
+        ));
     }
     (0..t.len())
         .step_by(2)

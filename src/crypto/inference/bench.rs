@@ -76,10 +76,7 @@ pub fn bench_mlp_model() -> Model {
         activation,
     };
     Model {
-        layers: vec![
-            dense(4, 8, Activation::Relu),
-            dense(8, 2, Activation::None),
-        ],
+        layers: vec![dense(4, 8, Activation::Relu), dense(8, 2, Activation::None)],
     }
 }
 
@@ -137,7 +134,11 @@ pub fn bench_inference(quick: bool) -> Result<InferenceBenchReport, InferenceErr
         evals.push(d);
     }
 
-    let mlp = if quick { None } else { Some(bench_mlp(MlpParams::Message2Carry2)?) };
+    let mlp = if quick {
+        None
+    } else {
+        Some(bench_mlp(MlpParams::Message2Carry2)?)
+    };
 
     Ok(InferenceBenchReport {
         seed_end_to_end_ms: median(e2e),
@@ -199,4 +200,67 @@ pub fn bench_mlp(params: MlpParams) -> Result<MlpBench, InferenceError> {
         ciphertext_bytes: ct.to_bytes().len(),
         result_bytes,
     })
+}
+
+/// Timings of the linear scheme's building blocks, microseconds (median): for profiling.
+pub fn bench_linear_internals() -> Vec<(&'static str, f64)> {
+    use super::rlwe;
+    let n = super::linear::LINEAR_N;
+    let mut out = Vec::new();
+    let mut run = |name: &'static str, f: &mut dyn FnMut()| {
+        let mut v = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            f();
+            v.push(t.elapsed());
+        }
+        out.push((name, median(v) * 1e3));
+    };
+    let mut a = vec![0u64; n];
+    run("expand_mask (2048 u64)", &mut || {
+        rlwe::expand_mask(&[1; 16], 0, &mut a)
+    });
+    let mut bytes = vec![0u8; n * 8];
+    run("blake3 xof 16 KiB", &mut || {
+        blake3::Hasher::new()
+            .update(b"x")
+            .finalize_xof()
+            .fill(&mut bytes)
+    });
+    run("fresh_seed (OsRng)", &mut || {
+        std::hint::black_box(rlwe::fresh_seed());
+    });
+    run("noise_generator", &mut || {
+        std::hint::black_box(rlwe::noise_generator());
+    });
+    let sk = rlwe::RlweSecret::generate(n);
+    let mut g = rlwe::noise_generator();
+    let pts = [1u64 << 40, 2 << 40, 3 << 40, 4 << 40];
+    run("encrypt_chunk (4 values)", &mut || {
+        std::hint::black_box(sk.encrypt_chunk(
+            &[1; 16],
+            0,
+            &pts,
+            tfhe::core_crypto::prelude::DynamicDistribution::new_t_uniform(17),
+            &mut g,
+        ));
+    });
+    let w = [3i64, -5, 7, 11];
+    let mut acc = vec![0u64; n];
+    run("weight_product (4 weights)", &mut || {
+        rlwe::weight_product(&w, &a, &mut acc)
+    });
+    let mut packed = Vec::new();
+    run("pack 2048 → 40 bits", &mut || {
+        packed.clear();
+        rlwe::pack(&acc, 40, &mut packed);
+    });
+    let mut un = vec![0u64; n];
+    run("unpack 2048 ← 40 bits", &mut || {
+        rlwe::unpack(&packed, 40, &mut un)
+    });
+    run("dot_binary 2048", &mut || {
+        std::hint::black_box(rlwe::dot_binary(&un, sk.bits()));
+    });
+    out
 }

@@ -769,14 +769,17 @@ impl LinearModel {
         let d = self.spec.delta_log2;
         let width = (self.result_bits / 8) as usize;
         // Expand each chunk's mask once (and its NTT form if any chunk is long).
-        let masks: Vec<Vec<u64>> = (0..chunks)
-            .into_par_iter()
-            .map(|c| {
-                let mut a = vec![0u64; n];
-                rlwe::expand_mask(&ct.seed, c as u32, &mut a);
-                a
-            })
-            .collect();
+        let expand = |c: usize| {
+            let mut a = vec![0u64; n];
+            rlwe::expand_mask(&ct.seed, c as u32, &mut a);
+            a
+        };
+        // (rayon's wake-up costs more than one 16 KiB expansion)
+        let masks: Vec<Vec<u64>> = if chunks > 1 {
+            (0..chunks).into_par_iter().map(expand).collect()
+        } else {
+            (0..chunks).map(expand).collect()
+        };
         let long = (0..chunks).any(|c| chunk_len(n_in, c) > DIRECT_MAX);
         let (plan, mask_ntt) = if long {
             let plan = plan()?;
@@ -952,7 +955,12 @@ fn weight_poly_ntt(plan: &Plan32, row: &Row, n_in: usize, c: usize) -> [Vec<u32>
     r
 }
 
-fn mul_accumulate(plan: &Plan32, acc: &mut [Vec<u32>; 5], lhs: &[Vec<u32>; 5], rhs: &[Vec<u32>; 5]) {
+fn mul_accumulate(
+    plan: &Plan32,
+    acc: &mut [Vec<u32>; 5],
+    lhs: &[Vec<u32>; 5],
+    rhs: &[Vec<u32>; 5],
+) {
     plan.ntt_0().mul_accumulate(&mut acc[0], &lhs[0], &rhs[0]);
     plan.ntt_1().mul_accumulate(&mut acc[1], &lhs[1], &rhs[1]);
     plan.ntt_2().mul_accumulate(&mut acc[2], &lhs[2], &rhs[2]);

@@ -15,13 +15,15 @@ use std::fmt;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::prelude::LweCiphertext;
 use tfhe::conformance::ParameterSetConformant;
-use tfhe::{Unversionize, Versionize};
+use tfhe::core_crypto::prelude::LweCiphertext;
 use tfhe::shortint::ciphertext::{Degree, MaxDegree, NoiseLevel};
-use tfhe::shortint::parameters::{AtomicPatternKind, AtomicPatternParameters, CarryModulus, MessageModulus};
 use tfhe::shortint::client_key::atomic_pattern::AtomicPatternClientKey;
+use tfhe::shortint::parameters::{
+    AtomicPatternKind, AtomicPatternParameters, CarryModulus, MessageModulus,
+};
 use tfhe::shortint::{Ciphertext, ClientKey, CompressedServerKey, PBSOrder, ServerKey};
+use tfhe::{Unversionize, Versionize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::keyid::InferenceKeyId;
@@ -46,11 +48,8 @@ fn from_versioned_bytes<T: Unversionize>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, InferenceError> {
-    let versioned: T::VersionedOwned =
-        wire::deserialize_with_limit(bytes).map_err(|reason| InferenceError::Malformed {
-            what,
-            reason,
-        })?;
+    let versioned: T::VersionedOwned = wire::deserialize_with_limit(bytes)
+        .map_err(|reason| InferenceError::Malformed { what, reason })?;
     T::unversionize(versioned).map_err(|e| InferenceError::Malformed {
         what,
         reason: e.to_string(),
@@ -119,7 +118,9 @@ impl MlpClientKey {
 
     fn key(&self) -> &ClientKey {
         // Only `drop` takes the key out.
-        self.key.as_ref().unwrap_or_else(|| unreachable!("client key used after drop"))
+        self.key
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("client key used after drop"))
     }
 
     pub fn key_id(&self) -> InferenceKeyId {
@@ -172,7 +173,10 @@ impl MlpClientKey {
         let mut gen = rlwe::noise_generator();
         let mut bodies = Vec::with_capacity(levels.len());
         for (c, chunk) in plaintexts.chunks(n).enumerate() {
-            bodies.extend(self.secret.encrypt_chunk(&seed, c as u32, chunk, noise, &mut gen));
+            bodies.extend(
+                self.secret
+                    .encrypt_chunk(&seed, c as u32, chunk, noise, &mut gen),
+            );
         }
         MlpCiphertext {
             params: self.params,
@@ -363,8 +367,9 @@ impl MlpServerKey {
     /// One programmable bootstrap of a fresh encryption (for benchmarks: the unit cost).
     pub fn bench_single_pbs(&self) -> std::time::Duration {
         let n = self.params.lwe_dimension();
+        // A random mask (an all-zero one would take tfhe's trivial shortcut).
         let mut lwe = vec![0u64; n + 1];
-        lwe[n] = 1u64 << self.params.delta_log2();
+        rlwe::expand_mask(&rlwe::fresh_seed(), 0, &mut lwe[..n]);
         let ct = self.ciphertext(lwe);
         let lut = self.key.generate_lookup_table(|x| x);
         let t = std::time::Instant::now();
@@ -454,9 +459,9 @@ impl MlpServerKey {
                     .into_par_iter()
                     .zip(tables.par_iter())
                     .map(|(lwe, table)| {
-                        let lut = self.key.generate_lookup_table(|a| {
-                            table.get(a as usize).copied().unwrap_or(0)
-                        });
+                        let lut = self
+                            .key
+                            .generate_lookup_table(|a| table.get(a as usize).copied().unwrap_or(0));
                         self.key.apply_lookup_table(&self.ciphertext(lwe), &lut)
                     })
                     .collect(),
@@ -652,7 +657,11 @@ pub(crate) fn encrypt_levels_for_tests(
 }
 
 #[cfg(test)]
-pub(crate) fn shortint_decrypt_for_tests(key: &MlpClientKey, sk: &MlpServerKey, levels: &[u64]) -> Vec<u64> {
+pub(crate) fn shortint_decrypt_for_tests(
+    key: &MlpClientKey,
+    sk: &MlpServerKey,
+    levels: &[u64],
+) -> Vec<u64> {
     // Builds shortint ciphertexts from our seeded RLWE encryption and decrypts them with
     // tfhe's own decryption: checks the extraction convention against tfhe.
     let n = key.params.lwe_dimension();

@@ -35,6 +35,7 @@ mod keyid;
 pub mod linear;
 pub mod mlp;
 pub mod model;
+mod prg;
 pub mod quant;
 mod rlwe;
 pub mod wire;
@@ -73,7 +74,11 @@ pub enum InferenceError {
     #[error("input value at index {index} is not finite")]
     NonFinite { index: usize },
     #[error("input value at index {index} = {value} is outside the declared bound ±{bound}")]
-    OutOfRange { index: usize, value: f64, bound: f64 },
+    OutOfRange {
+        index: usize,
+        value: f64,
+        bound: f64,
+    },
     #[error("{what} belongs to another key (key id {got}, expected {expected})")]
     WrongKey {
         what: &'static str,

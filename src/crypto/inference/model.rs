@@ -27,7 +27,11 @@ pub enum Activation {
     /// `values.len()` evenly spaced points (`min` → `values[0]`, `max` → `values[last]`), and
     /// the value stored there is returned. Encrypted evaluation quantises `z` first and reads
     /// the same table, so any function of one variable can be expressed this way.
-    Table { min: f32, max: f32, values: Vec<f32> },
+    Table {
+        min: f32,
+        max: f32,
+        values: Vec<f32>,
+    },
 }
 
 impl Activation {
@@ -131,7 +135,9 @@ impl Model {
     /// Refuses any shape the schemes cannot evaluate, naming the layer and what is wrong.
     pub fn validate(&self) -> Result<(), InferenceError> {
         if self.layers.is_empty() {
-            return Err(InferenceError::InvalidModel("the model has no layers".into()));
+            return Err(InferenceError::InvalidModel(
+                "the model has no layers".into(),
+            ));
         }
         if self.layers.len() > MAX_LAYERS {
             return Err(InferenceError::InvalidModel(format!(
@@ -141,7 +147,12 @@ impl Model {
         }
         let mut previous: Option<usize> = None;
         for (index, layer) in self.layers.iter().enumerate() {
-            let bad = |reason: String| Err(InferenceError::InvalidLayer { layer: index, reason });
+            let bad = |reason: String| {
+                Err(InferenceError::InvalidLayer {
+                    layer: index,
+                    reason,
+                })
+            };
             let outputs = layer.weights.len();
             if outputs == 0 {
                 return bad("weights are empty (no output rows)".into());
@@ -188,10 +199,7 @@ impl Model {
             if let Some(r) = layer.biases.iter().position(|b| !b.is_finite()) {
                 return bad(format!("bias {r} is not finite"));
             }
-            layer
-                .activation
-                .validate()
-                .or_else(|reason| bad(reason))?;
+            layer.activation.validate().or_else(|reason| bad(reason))?;
             previous = Some(outputs);
         }
         Ok(())
@@ -233,11 +241,7 @@ impl Model {
     /// [`Activation::None`] (composed layer by layer); `None` otherwise.
     pub fn compose_affine(&self) -> Option<(Vec<Vec<f64>>, Vec<f64>)> {
         let first = self.layers.first()?;
-        if self
-            .layers
-            .iter()
-            .any(|l| l.activation != Activation::None)
-        {
+        if self.layers.iter().any(|l| l.activation != Activation::None) {
             return None;
         }
         let mut w: Vec<Vec<f64>> = first
@@ -317,35 +321,53 @@ mod tests {
         let cases: Vec<(Model, usize, &str)> = vec![
             (
                 Model {
-                    layers: vec![ok.clone(), layer(vec![vec![1.0, 2.0]], vec![0.0], Activation::None)],
+                    layers: vec![
+                        ok.clone(),
+                        layer(vec![vec![1.0, 2.0]], vec![0.0], Activation::None),
+                    ],
                 },
                 1,
                 "layer 0 produces 3",
             ),
             (
                 Model {
-                    layers: vec![layer(vec![vec![1.0, 2.0], vec![1.0]], vec![0.0; 2], Activation::None)],
+                    layers: vec![layer(
+                        vec![vec![1.0, 2.0], vec![1.0]],
+                        vec![0.0; 2],
+                        Activation::None,
+                    )],
                 },
                 0,
                 "ragged",
             ),
             (
                 Model {
-                    layers: vec![ok.clone(), layer(vec![vec![1.0; 3]], vec![0.0; 2], Activation::None)],
+                    layers: vec![
+                        ok.clone(),
+                        layer(vec![vec![1.0; 3]], vec![0.0; 2], Activation::None),
+                    ],
                 },
                 1,
                 "2 biases for 1 weight rows",
             ),
             (
                 Model {
-                    layers: vec![layer(vec![vec![1.0, f32::NAN]], vec![0.0], Activation::None)],
+                    layers: vec![layer(
+                        vec![vec![1.0, f32::NAN]],
+                        vec![0.0],
+                        Activation::None,
+                    )],
                 },
                 0,
                 "weight [0][1] is not finite",
             ),
             (
                 Model {
-                    layers: vec![layer(vec![vec![1.0]], vec![f32::INFINITY], Activation::None)],
+                    layers: vec![layer(
+                        vec![vec![1.0]],
+                        vec![f32::INFINITY],
+                        Activation::None,
+                    )],
                 },
                 0,
                 "bias 0",
@@ -393,7 +415,11 @@ mod tests {
     fn composition_matches_layer_by_layer() {
         let m = Model {
             layers: vec![
-                layer(vec![vec![1.0, -2.0], vec![0.5, 0.25], vec![3.0, 1.0]], vec![0.1, 0.2, 0.3], Activation::None),
+                layer(
+                    vec![vec![1.0, -2.0], vec![0.5, 0.25], vec![3.0, 1.0]],
+                    vec![0.1, 0.2, 0.3],
+                    Activation::None,
+                ),
                 layer(vec![vec![1.0, 1.0, -1.0]], vec![-0.5], Activation::None),
             ],
         };
@@ -421,7 +447,10 @@ mod tests {
         let m = Model::linear(vec![vec![1.0, 1.0]], vec![0.0]);
         assert!(matches!(
             m.eval_plain(&[1.0]),
-            Err(InferenceError::InputLength { expected: 2, got: 1 })
+            Err(InferenceError::InputLength {
+                expected: 2,
+                got: 1
+            })
         ));
         assert!(matches!(
             m.eval_plain(&[1.0, f32::NAN]),

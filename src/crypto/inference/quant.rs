@@ -326,10 +326,12 @@ impl QuantizedModel {
             }
             None => (0..n_in)
                 .map(|i| {
-                    let (lo, hi) = config.calibration.iter().fold(
-                        (f64::INFINITY, f64::NEG_INFINITY),
-                        |(lo, hi), s| (lo.min(s[i] as f64), hi.max(s[i] as f64)),
-                    );
+                    let (lo, hi) = config
+                        .calibration
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| {
+                            (lo.min(s[i] as f64), hi.max(s[i] as f64))
+                        });
                     if hi > lo {
                         (lo, hi)
                     } else {
@@ -386,11 +388,17 @@ impl QuantizedModel {
                 for (j, nrn) in neurons.iter().enumerate() {
                     let reach = reach(nrn, q_max);
                     let ys: Vec<f64> = (0..=reach)
-                        .map(|a| layer.activation.apply(nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift))
+                        .map(|a| {
+                            layer
+                                .activation
+                                .apply(nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift)
+                        })
                         .collect();
                     let (mut lo, mut hi) = ys
                         .iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| (l.min(y), h.max(y)));
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| {
+                            (l.min(y), h.max(y))
+                        });
                     if let Some(&(clo, chi)) = calib.get(index).and_then(|r| r.get(j)) {
                         if clo.max(lo) < chi.min(hi) {
                             lo = clo.max(lo);
@@ -400,9 +408,11 @@ impl QuantizedModel {
                     let q = Quantizer::over(lo, hi, levels);
                     let table = (0..p)
                         .map(|a| {
-                            q.quantize(layer.activation.apply(
-                                nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift,
-                            ))
+                            q.quantize(
+                                layer
+                                    .activation
+                                    .apply(nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift),
+                            )
                         })
                         .collect();
                     tables.push(table);
@@ -624,7 +634,8 @@ mod tests {
             ],
         };
         for params in MlpParams::ALL {
-            let q = QuantizedModel::compile(&model, &MlpConfig::with_range(params, -1.0, 1.0)).unwrap();
+            let q =
+                QuantizedModel::compile(&model, &MlpConfig::with_range(params, -1.0, 1.0)).unwrap();
             assert_eq!(q.pbs_count(), 2);
             let p = params.modulus();
             for layer in &q.layers {

@@ -48,16 +48,16 @@ pub(crate) fn fresh_seed() -> [u8; SEED_BYTES] {
     s
 }
 
-/// Mask polynomial `chunk` of the ciphertext with `seed`: tfhe's AES-CTR generator keyed by
-/// a BLAKE3 derivation of (seed, chunk), so chunks expand independently (and in parallel).
+/// Mask polynomial `chunk` of the ciphertext with `seed`: tfhe's AES-128-CTR generator
+/// stream keyed by a BLAKE3 derivation of (seed, chunk), so chunks expand independently (and
+/// in parallel); generated in bulk by [`super::prg`].
 pub(crate) fn expand_mask(seed: &[u8; SEED_BYTES], chunk: u32, out: &mut [u64]) {
     let mut h = blake3::Hasher::new_derive_key("fhenode 2026 inference mask v1");
     h.update(seed);
     h.update(&chunk.to_le_bytes());
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    let mut generator = RandomGenerator::<DefaultRandomGenerator>::new(Seed(u128::from_le_bytes(s)));
-    generator.fill_slice_with_random_uniform(out);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    super::prg::fill_u64(&key, out);
 }
 
 /// A binary secret polynomial of dimension N, with the NTT form used for long chunks.
@@ -109,8 +109,8 @@ impl RlweSecret {
                 // both sums run over contiguous memory (and branch-free in the secret).
                 let rev: Vec<u64> = a.iter().rev().copied().collect();
                 for (i, o) in out[..count].iter_mut().enumerate() {
-                    let pos = dot(&s[..=i], &rev[n - 1 - i..]);
-                    let neg = dot(&s[i + 1..], &rev[..n - 1 - i]);
+                    let pos = dot_binary(&rev[n - 1 - i..], &s[..=i]);
+                    let neg = dot_binary(&rev[..n - 1 - i], &s[i + 1..]);
                     *o = pos.wrapping_sub(neg);
                 }
             }
@@ -145,7 +145,7 @@ impl RlweSecret {
 
     /// The phase `b − ⟨mask, s⟩` of an LWE ciphertext under the flattened key.
     pub(crate) fn phase(&self, mask: &[u64], body: u64) -> u64 {
-        body.wrapping_sub(dot(mask, &self.bits))
+        body.wrapping_sub(dot_binary(mask, &self.bits))
     }
 }
 
@@ -154,13 +154,6 @@ pub(crate) fn noise_generator() -> RandomGenerator<DefaultRandomGenerator> {
     let mut s = Zeroizing::new([0u8; 16]);
     rand::rngs::OsRng.fill_bytes(&mut s[..]);
     RandomGenerator::new(Seed(u128::from_le_bytes(*s)))
-}
-
-#[inline]
-pub(crate) fn dot(a: &[u64], b: &[u64]) -> u64 {
-    a.iter()
-        .zip(b)
-        .fold(0u64, |acc, (x, y)| acc.wrapping_add(x.wrapping_mul(*y)))
 }
 
 /// `out += (Σ_i w_i X^(N−1−i)) · a` in Z_{2^64}[X]/(X^N + 1), directly: X^(N−1−i)·a has
@@ -186,9 +179,18 @@ pub(crate) fn weight_product(w: &[i64], a: &[u64], out: &mut [u64]) {
 /// `Σ_i w_i·b_i` (wrapping) with signed weights.
 #[inline]
 pub(crate) fn dot_signed(w: &[i64], b: &[u64]) -> u64 {
-    w.iter()
-        .zip(b)
-        .fold(0u64, |acc, (&x, &y)| acc.wrapping_add((x as u64).wrapping_mul(y)))
+    w.iter().zip(b).fold(0u64, |acc, (&x, &y)| {
+        acc.wrapping_add((x as u64).wrapping_mul(y))
+    })
+}
+
+/// `Σ_i a_i·s_i` for a binary `s`, as masked additions: branch-free in `s` (constant time)
+/// and vectorisable (x86 has no 64-bit vector multiply before AVX-512).
+#[inline]
+pub(crate) fn dot_binary(a: &[u64], s: &[u64]) -> u64 {
+    a.iter()
+        .zip(s)
+        .fold(0u64, |acc, (x, b)| acc.wrapping_add(x & b.wrapping_neg()))
 }
 
 /// `acc += k · src` (wrapping), the LWE linear-algebra primitive.

@@ -30,7 +30,10 @@ fn check_linear(model: &Model, config: &LinearConfig, key: &LinearClientKey, x: 
     let result = compiled.evaluate(&ct).unwrap();
     let got = key.decrypt(&result).unwrap();
     let exact = compiled.eval_quantized(x).unwrap();
-    assert_eq!(got, exact, "decryption differs from the fixed-point reference");
+    assert_eq!(
+        got, exact,
+        "decryption differs from the fixed-point reference"
+    );
     let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let float = model.eval_plain_f64(&xf).unwrap();
     let per_input = compiled.error_bound_for(x).unwrap();
@@ -85,7 +88,12 @@ fn linear_multilayer_models_are_composed() {
         layers: vec![a.layers[0].clone(), b.layers[0].clone()],
     };
     let x: Vec<f32> = (0..6).map(|_| rng.gen_range(-8.0f32..8.0)).collect();
-    check_linear(&model, &LinearConfig::with_input_bound(8.0), linear_key(), &x);
+    check_linear(
+        &model,
+        &LinearConfig::with_input_bound(8.0),
+        linear_key(),
+        &x,
+    );
 }
 
 #[test]
@@ -93,7 +101,12 @@ fn linear_784_by_10() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(784);
     let model = random_affine(&mut rng, 784, 10, 0.5);
     let x: Vec<f32> = (0..784).map(|_| rng.gen_range(0.0f32..=1.0)).collect();
-    check_linear(&model, &LinearConfig::with_input_bound(1.0), linear_key(), &x);
+    check_linear(
+        &model,
+        &LinearConfig::with_input_bound(1.0),
+        linear_key(),
+        &x,
+    );
 }
 
 #[test]
@@ -103,7 +116,12 @@ fn linear_several_chunks() {
     for n_in in [2058usize, 3000] {
         let model = random_affine(&mut rng, n_in, 2, 0.25);
         let x: Vec<f32> = (0..n_in).map(|_| rng.gen_range(-1.0f32..=1.0)).collect();
-        check_linear(&model, &LinearConfig::with_input_bound(1.0), linear_key(), &x);
+        check_linear(
+            &model,
+            &LinearConfig::with_input_bound(1.0),
+            linear_key(),
+            &x,
+        );
     }
 }
 
@@ -191,7 +209,10 @@ fn linear_refuses_activations_naming_the_layer() {
         ],
     };
     let e = LinearModel::compile(&model, &LinearConfig::default()).unwrap_err();
-    assert!(e.to_string().contains("layer 1") && e.to_string().contains("mlp"), "{e}");
+    assert!(
+        e.to_string().contains("layer 1") && e.to_string().contains("mlp"),
+        "{e}"
+    );
     let bad = LinearConfig {
         input_bound: f64::NAN,
         ..LinearConfig::default()
@@ -214,7 +235,9 @@ fn linear_infeasible_models_are_refused() {
 fn linear_wire_round_trips() {
     let key = linear_key();
     let compiled = LinearModel::compile(&seed_model(), &LinearConfig::default()).unwrap();
-    let ct = key.encrypt(&compiled.input_spec(), &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let ct = key
+        .encrypt(&compiled.input_spec(), &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
     let bytes = ct.to_bytes();
     let back = LinearCiphertext::from_bytes(&bytes, LinearCiphertext::DEFAULT_MAX_LEN).unwrap();
     assert_eq!(back, ct);
@@ -226,7 +249,10 @@ fn linear_wire_round_trips() {
     let secret = key.to_secret_bytes();
     let loaded = LinearClientKey::from_secret_bytes(&secret).unwrap();
     assert_eq!(loaded.key_id(), key.key_id());
-    assert_eq!(loaded.decrypt(&rback).unwrap(), key.decrypt(&result).unwrap());
+    assert_eq!(
+        loaded.decrypt(&rback).unwrap(),
+        key.decrypt(&result).unwrap()
+    );
     assert!(format!("{loaded:?}").contains("redacted"));
     // Tampering, truncation, wrong kind and oversize are refused with a clear message.
     let mut tampered = bytes.clone();
@@ -394,7 +420,10 @@ fn check_mlp(model: &Model, config: &MlpConfig, inputs: &[Vec<f32>]) -> Quantize
 fn mlp_extraction_matches_tfhe_decryption() {
     let f = mlp_fixture();
     let levels: Vec<u64> = (0..16).collect();
-    assert_eq!(shortint_decrypt_for_tests(&f.client, &f.server, &levels), levels);
+    assert_eq!(
+        shortint_decrypt_for_tests(&f.client, &f.server, &levels),
+        levels
+    );
     eprintln!("m2c2 evaluation key: {} bytes", f.eval_key_bytes);
 }
 
@@ -471,7 +500,10 @@ fn mlp_refuses_other_keys_and_models() {
     // Wrong input length.
     assert!(matches!(
         f.client.encrypt(&q.input_spec(), &[0.0; 3]),
-        Err(InferenceError::InputLength { expected: 4, got: 3 })
+        Err(InferenceError::InputLength {
+            expected: 4,
+            got: 3
+        })
     ));
     // A result for another key.
     let ct = encrypt_levels_for_tests(&f.client, &q, &[0, 1, 2, 3]);
@@ -523,7 +555,12 @@ fn mlp_quantised_accuracy_is_reported() {
             let agree = test
                 .iter()
                 .filter(|x| {
-                    let f: Vec<f64> = model.eval_plain(x).unwrap().iter().map(|&v| v as f64).collect();
+                    let f: Vec<f64> = model
+                        .eval_plain(x)
+                        .unwrap()
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect();
                     argmax(&f) == argmax(&q.eval_plain(x).unwrap())
                 })
                 .count();

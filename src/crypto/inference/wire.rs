@@ -84,7 +84,7 @@ pub(crate) fn unframe(kind: Kind, bytes: &[u8], max_len: usize) -> Result<&[u8],
     let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
     if blake3::hash(body).as_bytes() != digest {
         return Err(err(
-            "digest mismatch: the message was truncated or altered".into(),
+            "digest mismatch: the message was truncated or altered".into()
         ));
     }
     Ok(&body[HEADER..])
