@@ -96,7 +96,7 @@ fn refused(answer: (u16, Value), status: u16, code: &str, needles: &[&str]) {
 }
 
 fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn seed_request() -> Value {

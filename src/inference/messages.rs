@@ -160,7 +160,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn unhex(text: &str) -> Result<Vec<u8>, InferError> {
     let t = text.trim();
     let t = t.strip_prefix("0x").unwrap_or(t);
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(InferError::BadInput(
             "hex has an odd number of digits".into(),
         ));

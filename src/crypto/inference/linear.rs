@@ -142,7 +142,7 @@ impl LinearConfig {
                 self.input_bound
             )));
         }
-        if !(16..=64).contains(&self.result_bits) || self.result_bits % 8 != 0 {
+        if !(16..=64).contains(&self.result_bits) || !self.result_bits.is_multiple_of(8) {
             return Err(InferenceError::InvalidConfig(format!(
                 "result_bits = {} must be a multiple of 8 in 16..=64",
                 self.result_bits
@@ -420,7 +420,7 @@ impl LinearResult {
         if outputs == 0 || outputs > MAX_LINEAR_OUTPUTS {
             return bad(format!("{outputs} outputs"));
         }
-        if !(16..=64).contains(&self.result_bits) || self.result_bits % 8 != 0 {
+        if !(16..=64).contains(&self.result_bits) || !self.result_bits.is_multiple_of(8) {
             return bad(format!("result_bits {}", self.result_bits));
         }
         if !(1..=63).contains(&self.delta_log2) {

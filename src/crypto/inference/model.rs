@@ -199,7 +199,7 @@ impl Model {
             if let Some(r) = layer.biases.iter().position(|b| !b.is_finite()) {
                 return bad(format!("bias {r} is not finite"));
             }
-            layer.activation.validate().or_else(|reason| bad(reason))?;
+            layer.activation.validate().or_else(bad)?;
             previous = Some(outputs);
         }
         Ok(())
