@@ -726,3 +726,191 @@ async fn inference_routes_need_the_token() {
         .unwrap()
         .unwrap();
 }
+
+/// Runs the `fhenode` binary with `args`; returns (success, stdout, stderr).
+async fn fhenode(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhenode"))
+            .args(&args)
+            .env_remove("FHENODE_API_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// `fhenode model add|list` and `fhenode infer` against a node's API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_model_and_infer_commands() {
+    let (node, dir) = start(None).await;
+    let api_url = format!("http://{}", node.api_addr);
+    let args = |list: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        v.extend(["--api".to_string(), api_url.clone()]);
+        v
+    };
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let json_file = dir.path().join("seed.json");
+        std::fs::write(
+            &json_file,
+            r#"{"weights": [[0.1, 0.2, 0.3, 0.4]], "biases": [0.5]}"#,
+        )
+        .unwrap();
+        let st_file = dir.path().join("double.safetensors");
+        std::fs::write(
+            &st_file,
+            safetensors_file(&[("0.weight", vec![2, 2], vec![2.0, 0.0, 0.0, -2.0])], None),
+        )
+        .unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+        let (ok, out, err) = fhenode(args(&[
+            "model",
+            "add",
+            "cli-seed",
+            "--file",
+            &path(&json_file),
+        ]))
+        .await;
+        assert!(ok, "{err}");
+        let info: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (&info["name"], &info["inputs"]),
+            (&json!("cli-seed"), &json!(4))
+        );
+        let (ok, out, err) = fhenode(args(&[
+            "model",
+            "add",
+            "cli-double",
+            "--file",
+            &path(&st_file),
+            "--scheme",
+            "linear",
+            "--input-bound",
+            "8",
+        ]))
+        .await;
+        assert!(ok, "{err}");
+        let info: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (&info["name"], &info["outputs"]),
+            (&json!("cli-double"), &json!(2))
+        );
+        let (ok, out, err) = fhenode(args(&["model", "list"])).await;
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("cli-seed") && out.contains("cli-double"),
+            "{out}"
+        );
+
+        // A new context, then the seed example end to end, with timings and sizes.
+        let (ok, out, err) = fhenode(args(&[
+            "infer",
+            "--model",
+            "cli-seed",
+            "--input",
+            "[[1, 2, 3, 4]]",
+        ]))
+        .await;
+        assert!(ok, "{err}");
+        for step in ["context ", "encrypt ", "infer ", "decrypt "] {
+            assert!(err.contains(step), "`{step}` missing: {err}");
+        }
+        let result: Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            (result["values"][0][0].as_f64().unwrap() - 3.5).abs() <= 0.03,
+            "{result}"
+        );
+        assert!(
+            result["bytes"]["ciphertext"].as_u64().unwrap() > 0,
+            "{result}"
+        );
+        for t in [
+            "context",
+            "encrypt",
+            "infer",
+            "evaluation",
+            "decrypt",
+            "total",
+        ] {
+            assert!(result["timings_ms"][t].as_f64().is_some(), "{t}: {result}");
+        }
+        let ctx = result["fhe_context_id"].as_str().unwrap().to_string();
+
+        // The same context again, input from a file.
+        let input = dir.path().join("input.json");
+        std::fs::write(&input, r#"{"input_data": [[1.5, -3.0], [0.25, 4.0]]}"#).unwrap();
+        let (ok, out, err) = fhenode(args(&[
+            "infer",
+            "--model",
+            "cli-double",
+            "--input",
+            &path(&input),
+            "--context",
+            &ctx,
+        ]))
+        .await;
+        assert!(ok, "{err}");
+        assert!(!err.contains("context "), "no new context expected: {err}");
+        let result: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(result["fhe_context_id"], json!(ctx));
+        let values: Vec<Vec<f64>> = serde_json::from_value(result["values"].clone()).unwrap();
+        for (got, want) in values.iter().flatten().zip([3.0, 6.0, 0.5, -8.0]) {
+            assert!((got - want).abs() <= 1e-2, "{values:?}");
+        }
+
+        // Failures: one line on stderr, exit status 1.
+        for (list, needle) in [
+            (vec!["infer", "--model", "nope", "--input", "[1]"], "nope"),
+            (
+                vec![
+                    "infer",
+                    "--model",
+                    "cli-seed",
+                    "--input",
+                    "[1, 2]",
+                    "--context",
+                    &ctx,
+                ],
+                "wrong_shape",
+            ),
+            (
+                vec![
+                    "infer",
+                    "--model",
+                    "cli-seed",
+                    "--input",
+                    "[1]",
+                    "--context",
+                    &ctx,
+                    "--peer",
+                    "not-a-peer",
+                ],
+                "not-a-peer",
+            ),
+            (
+                vec!["model", "add", "bad", "--file", "/nonexistent/model.json"],
+                "cannot read",
+            ),
+        ] {
+            let (ok, _, err) = fhenode(args(&list)).await;
+            assert!(!ok, "{list:?} succeeded");
+            assert!(
+                err.starts_with("error: ") && err.contains(needle),
+                "{list:?}: {err}"
+            );
+        }
+    })
+    .await
+    .expect("the CLI test took over 300 s");
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}

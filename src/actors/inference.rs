@@ -1511,9 +1511,11 @@ mod tests {
         assert_eq!(cache.get("b"), None);
         assert_eq!((cache.get("a"), cache.get("c")), (Some(1), Some(3)));
         assert_eq!(cache.bytes, 80);
-        cache.insert("a".into(), 4, 60, 100); // replaces a, evicts c
+        cache.insert("a".into(), 4, 60, 100); // replaces a: 40 + 60 fits exactly
+        assert_eq!((cache.get("c"), cache.bytes), (Some(3), 100));
+        cache.insert("a".into(), 5, 61, 100); // one byte more: c goes
         assert_eq!(cache.get("c"), None);
-        assert_eq!((cache.get("a"), cache.bytes), (Some(4), 60));
+        assert_eq!((cache.get("a"), cache.bytes), (Some(5), 61));
         cache.remove("a");
         assert_eq!((cache.bytes, cache.order.len()), (0, 0));
     }

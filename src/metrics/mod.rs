@@ -57,8 +57,8 @@ pub struct ProtocolLabels {
     pub outcome: &'static str,
 }
 
-/// An inference request's scheme (one of the implemented ones, or "unsupported") and outcome
-/// (e.g. "ok", "invalid", "unsupported_scheme", "failed").
+/// An inference request's scheme (an implemented one, or "unknown" when the request names none
+/// that fhenode implements) and outcome ("ok", "refused" for client errors, "failed").
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InferenceLabels {
     pub scheme: &'static str,
@@ -272,7 +272,7 @@ impl Metrics {
         );
         fhenode.register(
             "inference_queue_depth",
-            "Inference requests waiting for or running on the evaluation pool",
+            "Inference requests waiting for a free worker of the evaluation pool",
             node.inference_queue_depth.clone(),
         );
         fhenode.register(

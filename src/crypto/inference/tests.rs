@@ -74,6 +74,7 @@ fn linear_seed_example() {
     let tight = LinearModel::compile(&model, &LinearConfig::for_input(&x)).unwrap();
     assert!(tight.error_bound() < compiled.error_bound());
     assert!(tight.error_bound() <= 1e-3, "{}", tight.error_bound());
+    eprintln!("default: {compiled:?}\nfor_input: {tight:?}");
     // Sizes: seed + 8 bytes per value in; one LWE (N coefficients) out.
     let ct_bytes = ct.to_bytes().len();
     assert!(ct_bytes < 200, "{ct_bytes}");
@@ -107,6 +108,33 @@ fn linear_784_by_10() {
         linear_key(),
         &x,
     );
+}
+
+#[test]
+fn linear_784_by_10_precision() {
+    let model = super::bench::bench_784x10_model();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for bound in [1.0f64, 255.0] {
+        let c = LinearModel::compile(&model, &LinearConfig::with_input_bound(bound)).unwrap();
+        // Typical error (fixed point vs float, which encryption reproduces exactly).
+        let mut typical = 0f64;
+        for _ in 0..20 {
+            let x: Vec<f32> = (0..784)
+                .map(|_| rng.gen_range(0.0..=bound as f32))
+                .collect();
+            let q = c.eval_quantized(&x).unwrap();
+            let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let f = model.eval_plain_f64(&xf).unwrap();
+            for (a, b) in q.iter().zip(&f) {
+                typical = typical.max((a - b).abs());
+            }
+        }
+        eprintln!(
+            "784x10, |x| <= {bound}: {c:?}; largest error on 20 random inputs {typical:.2e}"
+        );
+        assert!(typical <= c.error_bound());
+        assert!(c.error_bound() < 0.5 * bound, "{c:?}");
+    }
 }
 
 #[test]
@@ -567,5 +595,30 @@ fn mlp_quantised_accuracy_is_reported() {
             eprintln!("{name} {params}: argmax agreement with float {agree}/500");
             assert!(agree >= 300, "{name} {params}: {agree}/500");
         }
+    }
+}
+
+#[test]
+#[ignore = "m3c3 keys take ~40 s to generate and ~10 s to load; run with --ignored"]
+fn mlp_m3c3_end_to_end() {
+    let params = MlpParams::Message3Carry3;
+    let client = MlpClientKey::generate(params);
+    let bytes = client.evaluation_key().to_bytes();
+    eprintln!("m3c3 evaluation key: {} bytes", bytes.len());
+    let server = MlpServerKey::from_bytes(&bytes, MlpEvaluationKey::DEFAULT_MAX_LEN).unwrap();
+    let model = network(42, Activation::Relu);
+    let q = QuantizedModel::compile(&model, &MlpConfig::with_range(params, -1.0, 1.0)).unwrap();
+    let levels: Vec<u64> = (0..64).collect();
+    assert_eq!(
+        shortint_decrypt_for_tests(&client, &server, &levels),
+        levels
+    );
+    for x in samples(4, 2) {
+        let ct = client.encrypt(&q.input_spec(), &x).unwrap();
+        let r = server.evaluate(&q, &ct).unwrap();
+        assert_eq!(
+            client.decrypt_levels(&r).unwrap(),
+            q.eval_levels(&x).unwrap()
+        );
     }
 }
