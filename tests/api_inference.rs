@@ -617,6 +617,22 @@ async fn inference_api_on_one_node() {
             &[],
         );
 
+        // --- the OpenAPI document describes every inference route -------------------------
+        let (status, doc) = api.get("/v1/openapi.json").await;
+        assert_eq!(status, 200);
+        for path in [
+            "/v1/fhe/contexts",
+            "/v1/fhe/contexts/{id}",
+            "/v1/models",
+            "/v1/models/{name}",
+            "/v1/fhe/encrypt",
+            "/v1/fhe/infer",
+            "/v1/fhe/decrypt",
+            "/v1/ml-zk/fhe/inference",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+        }
+
         // --- the node is unharmed ---------------------------------------------------------
         let (status, health) = api.get("/healthz").await;
         assert_eq!((status, &health["status"]), (200, &json!("ok")));

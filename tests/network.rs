@@ -73,14 +73,14 @@ async fn three_nodes_discover_each_other_and_enforce_size_limits() {
         other => panic!("unexpected answer {other:?}"),
     }
 
-    // Requests meant for actors that do not serve them are answered with a clear error.
+    // Malformed requests for an actor are answered with a clear error.
     match a
         .network
         .request(c.peer_id, Request::Inference(vec![1, 2, 3]))
         .await
         .unwrap()
     {
-        Response::Error { code, .. } => assert_eq!(code, "unsupported"),
+        Response::Error { code, .. } => assert_eq!(code, "bad_input"),
         other => panic!("unexpected answer {other:?}"),
     }
 

@@ -22,7 +22,8 @@
 //! `2^18·‖w_q‖₂·sqrt((f+1)·ln2/2)` except with probability 2^-f, f = [`FAILURE_LOG2`] = 64
 //! (≈ 13 standard deviations of the actual noise). Rounding each of the N result-mask
 //! coefficients to `result_bits` adds at most `2^(64−result_bits)·sqrt(N)·sqrt((f+1)ln2/2)`
-//! (+ N for the rounding bias), same probability. [`LinearModel::compile`] picks
+//! (+ N for the rounding bias), same probability (so a decoded output is wrong with probability
+//! below 2^-63). [`LinearModel::compile`] picks
 //! (fx, fw_j, d) so that the sum stays below Δ/2 and every possible result
 //! `|Σ w_q x_q + b_q| ≤ ‖w_q‖₁·⌊B·2^fx⌉ + |b_q|` stays below 2^(63−d), then minimises the
 //! fixed-point error over the declared input box; the decoded value is then exact in fixed
@@ -463,6 +464,7 @@ struct Affine {
 
 /// A model compiled for the linear scheme: quantised rows, the input spec to publish, and the
 /// weight polynomials in NTT form. Deterministic in (model, config).
+#[derive(Clone)]
 pub struct LinearModel {
     spec: LinearInputSpec,
     result_bits: u32,

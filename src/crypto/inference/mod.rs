@@ -24,6 +24,14 @@
 //!      (floats) or [`MlpClientKey::decrypt_levels`] (the exact integers
 //!      [`QuantizedModel::eval_levels`] computes).
 //!
+//! Security: the client's key never leaves it (both schemes use tfhe-vetted 128-bit
+//! parameters, see [`linear`] and [`MlpParams`]); the evaluating node learns nothing about
+//! inputs or outputs. The schemes do **not** hide the model from the client: result masks
+//! are deterministic functions of the weights and of masks the client knows, so a client can
+//! recover the weights (fine for the seed API, which sends the model in the request; a model
+//! owner who needs weight privacy would have to re-randomise results, which needs a public
+//! key and noise flooding, not implemented).
+//!
 //! Every ciphertext, result and evaluation key carries the [`InferenceKeyId`] of its client
 //! key and its parameter set; anything mixed across contexts is refused with
 //! [`InferenceError::WrongKey`] / [`InferenceError::ParamsMismatch`]. Wire forms:
@@ -57,7 +65,7 @@ pub use wire::InferenceWire;
 pub const SCHEMES: [&str; 2] = ["linear", "mlp"];
 
 /// Everything that can go wrong in encrypted inference; every variant says what was wrong.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum InferenceError {
     #[error("invalid model: {0}")]
     InvalidModel(String),

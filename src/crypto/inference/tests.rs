@@ -129,9 +129,7 @@ fn linear_784_by_10_precision() {
                 typical = typical.max((a - b).abs());
             }
         }
-        eprintln!(
-            "784x10, |x| <= {bound}: {c:?}; largest error on 20 random inputs {typical:.2e}"
-        );
+        eprintln!("784x10, |x| <= {bound}: {c:?}; largest error on 20 random inputs {typical:.2e}");
         assert!(typical <= c.error_bound());
         assert!(c.error_bound() < 0.5 * bound, "{c:?}");
     }
