@@ -6,10 +6,10 @@
 //! and 8 bytes a value, encrypted with the parameter set's own GLWE noise, i.e. exactly what
 //! `ClientKey::encrypt` would draw); the evaluator extracts coefficient `i` as the LWE
 //! ciphertext of input `i` under the big key, which is what a KS-PBS bootstrap takes.
-//! Results are LWE ciphertexts whose masks are rounded to [`MLP_RESULT_BITS`] bits (the
-//! rounding noise, ≤ 2^41, is far below the modulus-switch noise the parameter set already
-//! budgets for every bootstrap input, so the decryption failure probability stays below the
-//! set's 2^-128).
+//! Results are LWE ciphertexts whose masks are rounded to [`MLP_RESULT_BITS`] bits (rounding
+//! noise ≤ 2^41 for m2c2, ≤ 2^42 for m3c3 at 2^-128, counted in the decryption budget of
+//! [`super::quant`]; at the parameter set's own Δ it is also far below the modulus-switch
+//! noise the set budgets for every bootstrap input).
 
 use std::fmt;
 
@@ -22,6 +22,7 @@ use tfhe::shortint::client_key::atomic_pattern::AtomicPatternClientKey;
 use tfhe::shortint::parameters::{
     AtomicPatternKind, AtomicPatternParameters, CarryModulus, MessageModulus,
 };
+use tfhe::shortint::server_key::LookupTableOwned;
 use tfhe::shortint::{Ciphertext, ClientKey, CompressedServerKey, PBSOrder, ServerKey};
 use tfhe::{Unversionize, Versionize};
 use zeroize::{Zeroize, Zeroizing};
@@ -35,6 +36,8 @@ use super::InferenceError;
 
 /// Bits kept of each result-mask coefficient.
 pub const MLP_RESULT_BITS: u32 = 32;
+/// Results may encode outputs at most 2^MAX_OUTPUT_WIDEN below the parameter set's Δ.
+const MAX_OUTPUT_WIDEN: u32 = 8;
 /// Largest number of outputs of an mlp result.
 pub const MAX_MLP_OUTPUTS: usize = 1 << 12;
 
@@ -206,8 +209,9 @@ impl MlpClientKey {
         }
         result.validate()?;
         let n = self.params.lwe_dimension();
-        let d = self.params.delta_log2();
-        let p = self.params.modulus();
+        let d = result.delta_log2;
+        // Levels run over [0, 2^(63 − d)): the padding bit above them must be clear.
+        let levels = 1u64 << (63 - d);
         let width = (MLP_RESULT_BITS / 8) as usize;
         let mut mask = vec![0u64; n];
         result
@@ -221,8 +225,8 @@ impl MlpClientKey {
                     &mut mask,
                 );
                 let phase = self.secret.phase(&mask, body);
-                let level = (phase.wrapping_add(1u64 << (d - 1)) >> d) % (2 * p);
-                if level >= p {
+                let level = phase.wrapping_add(1u64 << (d - 1)) >> d;
+                if level >= levels {
                     Err(InferenceError::Decryption(format!(
                         "output {j} decrypted outside the message space (padding bit set)"
                     )))
@@ -364,6 +368,31 @@ impl MlpServerKey {
         )
     }
 
+    /// The bootstrap accumulator for `table` (one entry per accumulator value 0..p), with the
+    /// outputs encoded at Δ = 2^out_delta_log2. At the parameter set's own Δ this is tfhe's
+    /// `generate_lookup_table`; below it (outputs that are only decrypted) the same box
+    /// layout is filled by hand: p boxes of N/p coefficients, the first half box negated and
+    /// rotated to the end (tfhe's `fill_accumulator_with_encoding`).
+    fn lookup_table(&self, table: &[u64], out_delta_log2: u32) -> LookupTableOwned {
+        let value = |a: u64| table.get(a as usize).copied().unwrap_or(0);
+        let mut lut = self.key.generate_lookup_table(value);
+        if out_delta_log2 != self.params.delta_log2() {
+            let p = self.params.modulus() as usize;
+            let mut body = lut.acc.get_mut_body();
+            let coefficients = body.as_mut();
+            let box_size = coefficients.len() / p;
+            for (a, chunk) in coefficients.chunks_mut(box_size).enumerate() {
+                chunk.fill(value(a as u64).wrapping_shl(out_delta_log2));
+            }
+            let half = box_size / 2;
+            for c in coefficients[..half].iter_mut() {
+                *c = c.wrapping_neg();
+            }
+            coefficients.rotate_left(half);
+        }
+        lut
+    }
+
     /// One programmable bootstrap of a fresh encryption (for benchmarks: the unit cost).
     pub fn bench_single_pbs(&self) -> std::time::Duration {
         let n = self.params.lwe_dimension();
@@ -414,7 +443,6 @@ impl MlpServerKey {
             });
         }
         let n = self.params.lwe_dimension();
-        let d = self.params.delta_log2();
         let n_in = model.inputs();
         let chunks = n_in.div_ceil(n);
         let masks: Vec<Vec<u64>> = (0..chunks)
@@ -450,7 +478,7 @@ impl MlpServerKey {
                             }
                         }
                     }
-                    lwe[n] = lwe[n].wrapping_add(nrn.offset << d);
+                    lwe[n] = lwe[n].wrapping_add(nrn.offset << layer.in_delta_log2);
                     lwe
                 })
                 .collect();
@@ -459,9 +487,7 @@ impl MlpServerKey {
                     .into_par_iter()
                     .zip(tables.par_iter())
                     .map(|(lwe, table)| {
-                        let lut = self
-                            .key
-                            .generate_lookup_table(|a| table.get(a as usize).copied().unwrap_or(0));
+                        let lut = self.lookup_table(table, layer.out_delta_log2);
                         self.key.apply_lookup_table(&self.ciphertext(lwe), &lut)
                     })
                     .collect(),
@@ -479,6 +505,7 @@ impl MlpServerKey {
         Ok(MlpResult {
             params: self.params,
             key_id: ct.key_id,
+            delta_log2: model.output_delta_log2(),
             decode: model.output_decode(),
             masks: masks_out,
             bodies,
@@ -529,6 +556,8 @@ impl MlpCiphertext {
 pub struct MlpResult {
     pub params: MlpParams,
     pub key_id: InferenceKeyId,
+    /// log2 of the Δ the outputs are encoded at (levels run up to 2^(63 − delta_log2)).
+    pub delta_log2: u32,
     pub decode: Vec<OutputDecode>,
     #[serde(with = "serde_bytes")]
     pub masks: Vec<u8>,
@@ -570,6 +599,10 @@ impl MlpResult {
                 "{} decoders for {outputs} outputs",
                 self.decode.len()
             ));
+        }
+        let top = self.params.delta_log2();
+        if !(top.saturating_sub(MAX_OUTPUT_WIDEN)..=top).contains(&self.delta_log2) {
+            return bad(format!("delta_log2 {}", self.delta_log2));
         }
         if let Some(e) = self.decode.iter().find_map(|d| d.validate().err()) {
             return bad(e);
@@ -676,6 +709,34 @@ pub(crate) fn shortint_decrypt_for_tests(
             rlwe::extract_mask(&a, i, &mut lwe[..n]);
             lwe[n] = b;
             key.key().decrypt_message_and_carry(&sk.ciphertext(lwe))
+        })
+        .collect()
+}
+
+/// Noise (phase − message, signed) of `count` bootstrap outputs: checks tfhe's noise formula,
+/// which the wide outputs rely on, against the real thing.
+#[cfg(test)]
+pub(crate) fn pbs_noise_for_tests(key: &MlpClientKey, sk: &MlpServerKey, count: usize) -> Vec<i64> {
+    let n = key.params.lwe_dimension();
+    let d = key.params.delta_log2();
+    let levels: Vec<u64> = (0..count as u64)
+        .map(|i| i % key.params.modulus())
+        .collect();
+    let ct = key.encrypt_levels([0; 32], &levels);
+    let mut a = vec![0u64; n];
+    rlwe::expand_mask(&ct.seed, 0, &mut a);
+    let lut = sk.key.generate_lookup_table(|x| x);
+    ct.bodies
+        .par_iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let mut lwe = vec![0u64; n + 1];
+            rlwe::extract_mask(&a, i, &mut lwe[..n]);
+            lwe[n] = b;
+            let out = sk.key.apply_lookup_table(&sk.ciphertext(lwe), &lut);
+            let data = out.ct.as_ref();
+            let phase = key.secret.phase(&data[..n], data[n]);
+            phase.wrapping_sub(levels[i] << d) as i64
         })
         .collect()
 }

@@ -10,10 +10,16 @@
 //! modulus) and `‖k_j‖₂` is at most the 2-norm the tfhe parameter set was designed for; the
 //! ciphertext then holds `acc_j = Σ_i k_ji q_i + offset_j ∈ [0, p)` where `offset_j` lifts the
 //! most negative possible sum to 0. One programmable bootstrap per neuron reads a table over
-//! those p values: activation, then requantisation to the next layer's `2^b` levels. The
-//! last layer returns either its accumulators (no activation: no bootstrap) or its table
-//! outputs at the full p levels. [`QuantizedModel::eval_levels`] is the exact integer model
-//! the encrypted evaluation reproduces.
+//! those p values: activation, then requantisation to the next layer's `2^b` levels.
+//!
+//! The last layer is only decrypted, never bootstrapped, so only the decryption noise bounds
+//! it: without activation it returns its accumulators, and when its inputs are bootstrap
+//! outputs the previous tables encode them at Δ/2^r so that the accumulator may span
+//! p·2^r levels (with ‖k‖₂ held below what decrypts at Δ/2^r: 13.4 σ of tfhe's own
+//! bootstrap-noise formula with 25 % head-room, plus the result rounding); r is chosen for the
+//! finest weights. With an activation its table outputs use p·2^r levels the same way.
+//! [`QuantizedModel::eval_levels`] is the exact integer model the encrypted evaluation
+//! reproduces.
 
 use std::fmt;
 
@@ -74,6 +80,35 @@ impl MlpParams {
     pub fn lwe_dimension(self) -> usize {
         let p = self.shortint();
         p.glwe_dimension.0 * p.polynomial_size.0
+    }
+
+    /// Bytes of the compressed (seeded) evaluation key a client uploads: the bootstrapping
+    /// key's bodies (n·(k+1)·l·N words) and key-switching key's bodies (k·N·l_ks words).
+    /// m2c2: ≈ 30 MB; m3c3: ≈ 283 MB.
+    pub fn evaluation_key_bytes(self) -> u64 {
+        let p = self.shortint();
+        let (n, k, big_n) = (
+            p.lwe_dimension.0 as u64,
+            p.glwe_dimension.0 as u64,
+            p.polynomial_size.0 as u64,
+        );
+        let bsk = n * (k + 1) * p.pbs_level.0 as u64 * big_n;
+        let ksk = k * big_n * p.ks_level.0 as u64;
+        8 * (bsk + ksk)
+    }
+
+    /// Memory of the decompressed server key (Fourier bootstrapping key + full key-switching
+    /// key), what a node must budget per cached context. m2c2: ≈ 120 MB; m3c3: ≈ 1.06 GB.
+    pub fn server_key_bytes(self) -> u64 {
+        let p = self.shortint();
+        let (n, k, big_n) = (
+            p.lwe_dimension.0 as u64,
+            p.glwe_dimension.0 as u64,
+            p.polynomial_size.0 as u64,
+        );
+        let fourier_bsk = n * (k + 1) * p.pbs_level.0 as u64 * (k + 1) * (big_n / 2) * 16;
+        let ksk = k * big_n * p.ks_level.0 as u64 * (n + 1) * 8;
+        fourier_bsk + ksk
     }
 
     /// Δ: where a value sits on the torus (one padding bit above the p levels).
@@ -271,6 +306,11 @@ pub(crate) struct QLayer {
     pub(crate) tables: Option<Vec<Vec<u64>>>,
     /// Quantizers of the table outputs (the next layer's inputs, or the model's outputs).
     pub(crate) out_quant: Vec<Quantizer>,
+    /// log2 of the Δ the layer's inputs are encoded at.
+    pub(crate) in_delta_log2: u32,
+    /// log2 of the Δ its outputs are encoded at (the tables' encoding when it bootstraps;
+    /// below the parameter set's Δ when the output is only decrypted, never bootstrapped).
+    pub(crate) out_delta_log2: u32,
 }
 
 /// What a client needs to encrypt an input for a quantised model (public).
@@ -348,55 +388,105 @@ impl QuantizedModel {
         // Float activations of the calibration samples, per layer and neuron: (min, max).
         let calib: Vec<Vec<(f64, f64)>> = calibration_ranges(model, &config.calibration);
 
-        let mut layers = Vec::with_capacity(model.layers.len());
+        let params = config.params;
+        let delta = params.delta_log2();
+        let mut layers: Vec<QLayer> = Vec::with_capacity(model.layers.len());
         let mut current = input_quant.clone();
         for (index, layer) in model.layers.iter().enumerate() {
             let last = index + 1 == model.layers.len();
             let q_max = current[0].levels - 1;
-            let budget = (p - 1) / q_max;
-            let mut neurons = Vec::with_capacity(layer.outputs());
-            for (row, &bias) in layer.weights.iter().zip(&layer.biases) {
-                let u: Vec<f64> = row
-                    .iter()
-                    .zip(&current)
-                    .map(|(&w, q)| w as f64 * q.step)
-                    .collect();
-                let c = bias as f64
-                    + row
+            let bootstraps = !last || layer.activation != Activation::None;
+            let rows: Vec<(Vec<f64>, f64)> = layer
+                .weights
+                .iter()
+                .zip(&layer.biases)
+                .map(|(row, &bias)| {
+                    let u = row
                         .iter()
                         .zip(&current)
-                        .map(|(&w, q)| w as f64 * q.lo)
-                        .sum::<f64>();
-                let (k, t) = quantize_row(&u, budget, config.params.max_norm2());
-                let offset = k
-                    .iter()
-                    .filter(|&&v| v < 0)
-                    .map(|&v| v.unsigned_abs() * q_max)
-                    .sum::<u64>();
-                neurons.push(QNeuron {
-                    weights: k,
-                    offset,
-                    scale: t,
-                    shift: c,
-                });
+                        .map(|(&w, q)| w as f64 * q.step)
+                        .collect();
+                    let c = bias as f64
+                        + row
+                            .iter()
+                            .zip(&current)
+                            .map(|(&w, q)| w as f64 * q.lo)
+                            .sum::<f64>();
+                    (u, c)
+                })
+                .collect();
+            // A last layer without activation is only decrypted: when its inputs come out of
+            // bootstraps it may use 2^r times the accumulator range with the previous tables
+            // encoding at Δ/2^r, as long as the decryption noise allows (pick the r that gives
+            // the finest weights). Every other layer feeds a bootstrap: p levels, tfhe's 2-norm.
+            let widen = if !bootstraps && index > 0 {
+                (0..=MAX_WIDEN)
+                    .filter(|&r| decrypt_norm_limit(params, r) >= 1.0)
+                    .map(|r| {
+                        let budget = ((p << r) - 1) / q_max;
+                        let limit = decrypt_norm_limit(params, r);
+                        let worst = rows
+                            .iter()
+                            .map(|(u, _)| quantize_row(u, budget, limit).1)
+                            .fold(0f64, f64::max);
+                        (r, worst)
+                    })
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(r, _)| r)
+            } else {
+                0
+            };
+            let (budget, norm_limit) = if widen > 0 || (!bootstraps && index > 0) {
+                (
+                    ((p << widen) - 1) / q_max,
+                    decrypt_norm_limit(params, widen),
+                )
+            } else {
+                ((p - 1) / q_max, params.max_norm2())
+            };
+            if widen > 0 {
+                if let Some(prev) = layers.last_mut() {
+                    prev.out_delta_log2 = delta - widen;
+                }
             }
-            let bootstraps = !last || layer.activation != Activation::None;
+            let in_delta_log2 = layers.last().map_or(delta, |l| l.out_delta_log2);
+            let neurons: Vec<QNeuron> = rows
+                .iter()
+                .map(|(u, c)| {
+                    let (k, t) = quantize_row(u, budget, norm_limit);
+                    let offset = k
+                        .iter()
+                        .filter(|&&v| v < 0)
+                        .map(|&v| v.unsigned_abs() * q_max)
+                        .sum::<u64>();
+                    QNeuron {
+                        weights: k,
+                        offset,
+                        scale: t,
+                        shift: *c,
+                    }
+                })
+                .collect();
+            // A bootstrapped last layer is decrypted too: its table outputs may use
+            // p·2^r levels at Δ/2^r.
+            let out_widen = if bootstraps && last {
+                (0..=MAX_WIDEN)
+                    .filter(|&r| decrypt_norm_limit(params, r) >= 1.0)
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             let (tables, out_quant) = if bootstraps {
-                let levels = if last { p } else { act_levels };
+                let levels = if last { p << out_widen } else { act_levels };
                 let mut tables = Vec::with_capacity(neurons.len());
                 let mut quants = Vec::with_capacity(neurons.len());
                 for (j, nrn) in neurons.iter().enumerate() {
                     let reach = reach(nrn, q_max);
-                    let ys: Vec<f64> = (0..=reach)
-                        .map(|a| {
-                            layer
-                                .activation
-                                .apply(nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift)
-                        })
-                        .collect();
-                    let (mut lo, mut hi) = ys
-                        .iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| {
+                    let z = |a: u64| nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift;
+                    let (mut lo, mut hi) = (0..=reach)
+                        .map(|a| layer.activation.apply(z(a)))
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), y| {
                             (l.min(y), h.max(y))
                         });
                     if let Some(&(clo, chi)) = calib.get(index).and_then(|r| r.get(j)) {
@@ -406,16 +496,11 @@ impl QuantizedModel {
                         }
                     }
                     let q = Quantizer::over(lo, hi, levels);
-                    let table = (0..p)
-                        .map(|a| {
-                            q.quantize(
-                                layer
-                                    .activation
-                                    .apply(nrn.scale * (a as f64 - nrn.offset as f64) + nrn.shift),
-                            )
-                        })
-                        .collect();
-                    tables.push(table);
+                    tables.push(
+                        (0..p)
+                            .map(|a| q.quantize(layer.activation.apply(z(a))))
+                            .collect(),
+                    );
                     quants.push(q);
                 }
                 (Some(tables), quants)
@@ -429,6 +514,12 @@ impl QuantizedModel {
                 neurons,
                 tables,
                 out_quant,
+                in_delta_log2,
+                out_delta_log2: if bootstraps {
+                    delta - out_widen
+                } else {
+                    in_delta_log2
+                },
             });
         }
         Ok(QuantizedModel {
@@ -499,6 +590,13 @@ impl QuantizedModel {
         }
     }
 
+    /// log2 of the Δ the model's outputs are encoded at.
+    pub(crate) fn output_delta_log2(&self) -> u32 {
+        self.layers
+            .last()
+            .map_or(self.params.delta_log2(), |l| l.out_delta_log2)
+    }
+
     /// The input levels a client encrypts.
     pub fn quantize_input(&self, input: &[f32]) -> Result<Vec<u64>, InferenceError> {
         check_input(input, self.inputs())?;
@@ -522,7 +620,7 @@ impl QuantizedModel {
                         .iter()
                         .zip(&q)
                         .fold(n.offset as i64, |a, (&k, &x)| a + k * x as i64);
-                    debug_assert!((0..self.params.modulus() as i64).contains(&s));
+                    debug_assert!((0..1i64 << (63 - layer.in_delta_log2)).contains(&s));
                     s as u64
                 })
                 .collect();
@@ -543,6 +641,47 @@ impl QuantizedModel {
             .map(|(&l, d)| d.decode(l))
             .collect())
     }
+}
+
+/// The most a last layer's range is widened (2^MAX_WIDEN × p levels).
+const MAX_WIDEN: u32 = 6;
+
+/// Decryption failure target for outputs that are decrypted but never bootstrapped: tfhe's
+/// own 2^-128 criterion (13.4 σ of a Gaussian is beyond 2^-130).
+const DECRYPT_SIGMAS: f64 = 13.4;
+
+/// Head-room on tfhe's formula for the bootstrap output noise (measured within ~10% of it,
+/// see `mlp_bootstrap_noise_matches_tfhe_formula`).
+const FORMULA_MARGIN: f64 = 1.25;
+
+/// Standard deviation (absolute, on the 2^64 torus) of the noise of a bootstrap's output,
+/// from tfhe's own noise formula for its TUniform parameter sets (FFT error included).
+pub(crate) fn pbs_output_std(params: MlpParams) -> f64 {
+    use tfhe::core_crypto::commons::noise_formulas::lwe_programmable_bootstrap::pbs_variance_132_bits_security_tuniform_fft_mul;
+    let p = params.shortint();
+    let v = pbs_variance_132_bits_security_tuniform_fft_mul(
+        p.lwe_dimension,
+        p.glwe_dimension,
+        p.polynomial_size,
+        p.pbs_base_log,
+        p.pbs_level,
+        53.0,
+        2f64.powi(64),
+    );
+    v.0.sqrt() * 2f64.powi(64)
+}
+
+/// Largest ‖k‖₂ of a combination of bootstrap outputs encoded at Δ/2^r that still decrypts
+/// (noise and the result-mask rounding below Δ/2^(r+1), at [`DECRYPT_SIGMAS`]).
+pub(crate) fn decrypt_norm_limit(params: MlpParams, r: u32) -> f64 {
+    let n = params.lwe_dimension() as f64;
+    let half = 2f64.powi(params.delta_log2() as i32 - r as i32 - 1);
+    let rounding = super::rlwe::hoeffding(
+        2f64.powi(64 - super::mlp::MLP_RESULT_BITS as i32),
+        n.sqrt(),
+        128.0,
+    ) + n;
+    ((half - rounding) / (DECRYPT_SIGMAS * FORMULA_MARGIN * pbs_output_std(params))).max(0.0)
 }
 
 /// Largest accumulator a neuron can reach: Σ|k|·q_max.
@@ -641,9 +780,24 @@ mod tests {
             for layer in &q.layers {
                 for n in &layer.neurons {
                     let q_max = 3;
-                    assert!(reach(n, q_max) < p);
+                    assert!(reach(n, q_max) < 1 << (63 - layer.in_delta_log2));
+                    if layer.tables.is_some() {
+                        assert!(reach(n, q_max) < p);
+                    }
                 }
             }
+            for r in 0..=MAX_WIDEN {
+                eprintln!(
+                    "{params}: σ_pbs = 2^{:.2}, decryptable ‖k‖₂ at Δ/2^{r}: {:.2}",
+                    pbs_output_std(params).log2(),
+                    decrypt_norm_limit(params, r)
+                );
+            }
+            eprintln!(
+                "{params}: output Δ = 2^{} (parameter set Δ = 2^{})",
+                q.output_delta_log2(),
+                params.delta_log2()
+            );
             // Quantised output tracks the float one.
             for x in [[0.0f32, 0.0, 0.0], [1.0, -1.0, 0.5], [-0.7, 0.3, 0.9]] {
                 let f = model.eval_plain(&x).unwrap()[0] as f64;

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
-use super::mlp::{encrypt_levels_for_tests, shortint_decrypt_for_tests};
+use super::mlp::{encrypt_levels_for_tests, pbs_noise_for_tests, shortint_decrypt_for_tests};
 use super::wire::{self, InferenceWire};
 use super::*;
 
@@ -454,6 +454,23 @@ fn mlp_extraction_matches_tfhe_decryption() {
 }
 
 #[test]
+fn mlp_bootstrap_noise_matches_tfhe_formula() {
+    // The widened outputs trust tfhe's formula for the bootstrap output noise: check it.
+    let f = mlp_fixture();
+    let sigma = super::quant::pbs_output_std(MlpParams::Message2Carry2);
+    let noise = pbs_noise_for_tests(&f.client, &f.server, 16);
+    let std = (noise.iter().map(|&e| (e as f64).powi(2)).sum::<f64>() / noise.len() as f64).sqrt();
+    let max = noise.iter().map(|e| e.unsigned_abs()).max().unwrap_or(0) as f64;
+    eprintln!(
+        "bootstrap output noise: std 2^{:.2}, max 2^{:.2}, formula σ 2^{:.2}",
+        std.log2(),
+        max.log2(),
+        sigma.log2()
+    );
+    assert!(std < 2.0 * sigma && max < 6.0 * sigma);
+}
+
+#[test]
 fn mlp_relu_4_8_2_matches_quantised_model() {
     let model = network(42, Activation::Relu);
     let config = MlpConfig {
@@ -537,6 +554,7 @@ fn mlp_refuses_other_keys_and_models() {
     let fake = MlpResult {
         params: MlpParams::Message2Carry2,
         key_id: other.key_id(),
+        delta_log2: MlpParams::Message2Carry2.delta_log2(),
         decode: q.output_decode(),
         masks: vec![0; 2 * MlpParams::Message2Carry2.lwe_dimension() * 4],
         bodies: vec![0, 0],
@@ -618,5 +636,44 @@ fn mlp_m3c3_end_to_end() {
             client.decrypt_levels(&r).unwrap(),
             q.eval_levels(&x).unwrap()
         );
+    }
+}
+
+#[test]
+#[ignore = "exploration"]
+fn mlp_bits_exploration() {
+    for (name, hidden) in [("relu", Activation::Relu), ("sigmoid", Activation::Sigmoid)] {
+        for seed in [42u64, 7, 99] {
+            let model = network(seed, hidden.clone());
+            for params in MlpParams::ALL {
+                let pb = params.modulus().trailing_zeros();
+                for ib in 1..pb {
+                    for ab in 1..pb {
+                        let config = MlpConfig {
+                            params,
+                            input_bits: ib,
+                            activation_bits: ab,
+                            calibration: samples(1, 256),
+                            ..MlpConfig::default()
+                        };
+                        let q = QuantizedModel::compile(&model, &config).unwrap();
+                        let test = samples(9, 500);
+                        let agree = test
+                            .iter()
+                            .filter(|x| {
+                                let f: Vec<f64> = model
+                                    .eval_plain(x)
+                                    .unwrap()
+                                    .iter()
+                                    .map(|&v| v as f64)
+                                    .collect();
+                                argmax(&f) == argmax(&q.eval_plain(x).unwrap())
+                            })
+                            .count();
+                        eprintln!("{name} seed {seed} {params} in {ib} act {ab}: {agree}/500");
+                    }
+                }
+            }
+        }
     }
 }
