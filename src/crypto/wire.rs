@@ -60,57 +60,74 @@ pub trait Wire: Sized {
         let payload = options()
             .serialize(repr.as_ref())
             .expect("in-memory serialization of plain data");
-        let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(Self::KIND as u8);
-        out.extend_from_slice(&payload);
-        let digest = blake3::hash(&out);
-        out.extend_from_slice(digest.as_bytes());
-        out
+        frame(MAGIC, VERSION, Self::KIND as u8, &payload)
     }
 
     /// Decodes and checks a message of at most `max_len` bytes.
     fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, CryptoError> {
         let err = |m: String| CryptoError::Wire(format!("{:?}: {m}", Self::KIND));
-        if bytes.len() > max_len {
-            return Err(err(format!(
-                "{} bytes exceeds the limit of {max_len}",
-                bytes.len()
-            )));
-        }
-        if bytes.len() < HEADER + DIGEST {
-            return Err(err(format!("truncated: {} bytes", bytes.len())));
-        }
-        if bytes[..4] != MAGIC {
-            return Err(err("not an fhenode message (bad magic)".into()));
-        }
-        if bytes[4] != VERSION {
-            return Err(err(format!(
-                "unsupported version {} (this node speaks {VERSION})",
-                bytes[4]
-            )));
-        }
-        if bytes[5] != Self::KIND as u8 {
-            return Err(err(format!(
-                "message kind {} where {} was expected",
-                bytes[5],
-                Self::KIND as u8
-            )));
-        }
-        let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
-        if blake3::hash(body).as_bytes() != digest {
-            return Err(err(
-                "digest mismatch: the message was truncated or altered".into()
-            ));
-        }
-        let payload = &body[HEADER..];
+        let payload =
+            unframe(MAGIC, VERSION, "fhenode", Self::KIND as u8, bytes, max_len).map_err(err)?;
         let repr: Self::Repr = options()
             .with_limit(payload.len() as u64)
             .deserialize(payload)
             .map_err(|e| err(format!("payload: {e}")))?;
         Self::from_repr(repr)
     }
+}
+
+/// Frames an already serialised `payload` in the envelope. Shared by both message families
+/// (this one and [`crate::crypto::inference::wire`]); the magic keeps them apart.
+pub(crate) fn frame(magic: [u8; 4], version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
+    out.extend_from_slice(&magic);
+    out.push(version);
+    out.push(kind);
+    out.extend_from_slice(payload);
+    let digest = blake3::hash(&out);
+    out.extend_from_slice(digest.as_bytes());
+    out
+}
+
+/// Checks an envelope of at most `max_len` bytes (size, magic, version, kind, digest, in that
+/// order) and returns its payload; `family` names the message family in errors.
+pub(crate) fn unframe<'a>(
+    magic: [u8; 4],
+    version: u8,
+    family: &str,
+    kind: u8,
+    bytes: &'a [u8],
+    max_len: usize,
+) -> Result<&'a [u8], String> {
+    if bytes.len() > max_len {
+        return Err(format!(
+            "{} bytes exceeds the limit of {max_len}",
+            bytes.len()
+        ));
+    }
+    if bytes.len() < HEADER + DIGEST {
+        return Err(format!("truncated: {} bytes", bytes.len()));
+    }
+    if bytes[..4] != magic {
+        return Err(format!("not an {family} message (bad magic)"));
+    }
+    if bytes[4] != version {
+        return Err(format!(
+            "unsupported version {} (this node speaks {version})",
+            bytes[4]
+        ));
+    }
+    if bytes[5] != kind {
+        return Err(format!(
+            "message kind {} where {kind} was expected",
+            bytes[5]
+        ));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
+    if blake3::hash(body).as_bytes() != digest {
+        return Err("digest mismatch: the message was truncated or altered".into());
+    }
+    Ok(&body[HEADER..])
 }
 
 /// BLAKE3 digest of a message's wire bytes (e.g. to acknowledge a submission).

@@ -20,8 +20,6 @@ use super::InferenceError;
 
 pub const MAGIC: [u8; 4] = *b"FHEI";
 pub const VERSION: u8 = 1;
-const HEADER: usize = 6;
-const DIGEST: usize = 32;
 
 /// What a message is; a message of one kind never decodes as another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,52 +40,23 @@ fn options() -> impl Options {
         .reject_trailing_bytes()
 }
 
-/// Frames `payload` (already serialised) as a message of `kind`.
+/// Frames `payload` (already serialised) as a message of `kind`, in the envelope the crypto
+/// layer's own messages use ([`crate::crypto::wire::frame`]) under this family's magic.
 pub(crate) fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(payload);
-    let digest = blake3::hash(&out);
-    out.extend_from_slice(digest.as_bytes());
-    out
+    crate::crypto::wire::frame(MAGIC, VERSION, kind as u8, payload)
 }
 
 /// Checks the envelope of a message of `kind` (≤ `max_len` bytes) and returns its payload.
 pub(crate) fn unframe(kind: Kind, bytes: &[u8], max_len: usize) -> Result<&[u8], InferenceError> {
-    let err = |m: String| InferenceError::Wire(format!("{kind:?}: {m}"));
-    if bytes.len() > max_len {
-        return Err(err(format!(
-            "{} bytes exceeds the limit of {max_len}",
-            bytes.len()
-        )));
-    }
-    if bytes.len() < HEADER + DIGEST {
-        return Err(err(format!("truncated: {} bytes", bytes.len())));
-    }
-    if bytes[..4] != MAGIC {
-        return Err(err("not an fhenode inference message (bad magic)".into()));
-    }
-    if bytes[4] != VERSION {
-        return Err(err(format!(
-            "unsupported version {} (this node speaks {VERSION})",
-            bytes[4]
-        )));
-    }
-    if bytes[5] != kind as u8 {
-        return Err(err(format!(
-            "message kind {} where {} was expected",
-            bytes[5], kind as u8
-        )));
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
-    if blake3::hash(body).as_bytes() != digest {
-        return Err(err(
-            "digest mismatch: the message was truncated or altered".into()
-        ));
-    }
-    Ok(&body[HEADER..])
+    crate::crypto::wire::unframe(
+        MAGIC,
+        VERSION,
+        "fhenode inference",
+        kind as u8,
+        bytes,
+        max_len,
+    )
+    .map_err(|m| InferenceError::Wire(format!("{kind:?}: {m}")))
 }
 
 pub(crate) fn serialize<T: Serialize>(value: &T) -> Result<Vec<u8>, InferenceError> {
