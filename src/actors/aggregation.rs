@@ -32,6 +32,7 @@ use crate::session::{
     now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo,
     SessionPlan, SessionResult, SessionSpec, SubmitReceipt, Timings,
 };
+use crate::store::pieces::Upload;
 use crate::store::{trees, Store};
 
 const COORD_PREFIX: &str = "coord/";
@@ -409,44 +410,8 @@ pub fn spawn(
 }
 
 /// Where all of one participant's upload pieces live.
-fn piece_prefix(session: &str, peer: &str) -> Vec<u8> {
+fn piece_owner(session: &str, peer: &str) -> Vec<u8> {
     format!("piece/{session}/{peer}/").into_bytes()
-}
-
-/// Where the pieces of one upload (by digest) live, in index order.
-fn upload_prefix(session: &str, peer: &str, digest: &[u8; 32]) -> Vec<u8> {
-    let mut key = piece_prefix(session, peer);
-    key.extend_from_slice(format!("{}/", hex(digest)).as_bytes());
-    key
-}
-
-fn piece_key(session: &str, peer: &str, digest: &[u8; 32], index: u32) -> Vec<u8> {
-    let mut key = upload_prefix(session, peer, digest);
-    key.extend_from_slice(format!("{index:08}").as_bytes());
-    key
-}
-
-/// Concatenates the stored pieces of one upload into `out` and checks them against `digest`.
-fn read_upload(
-    tree: &sled::Tree,
-    upload: &[u8],
-    digest: &[u8; 32],
-    out: &mut Vec<u8>,
-) -> Result<(), SessionError> {
-    out.clear();
-    for piece in tree.scan_prefix(upload).values() {
-        out.extend_from_slice(&piece.map_err(|e| SessionError::Store(e.to_string()))?);
-    }
-    if *blake3::hash(out).as_bytes() != *digest {
-        return Err(SessionError::BadInput(
-            "the assembled update does not match its digest".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The largest wire size an update of this plan can have: anything bigger is refused before
@@ -1493,21 +1458,8 @@ impl AggregationActor {
             )));
         }
         let tree = self.store.tree(trees::SUBMISSIONS)?;
-        // Pieces of an older, abandoned upload by the same participant are dropped.
-        let upload = upload_prefix(session, from, &digest);
-        for key in tree
-            .scan_prefix(piece_prefix(session, from))
-            .keys()
-            .flatten()
-        {
-            if !key.starts_with(&upload) {
-                tree.remove(key)
-                    .map_err(|e| SessionError::Store(e.to_string()))?;
-            }
-        }
-        tree.insert(piece_key(session, from, &digest, index), bytes)
-            .map_err(|e| SessionError::Store(e.to_string()))?;
-        if (tree.scan_prefix(&upload).count() as u32) < count {
+        let upload = Upload::new(piece_owner(session, from), digest);
+        if upload.put(&tree, index, bytes)? < count {
             return Ok(StoredPiece::Partial);
         }
         let key = self.coordinated_key(session)?;
@@ -1581,7 +1533,7 @@ enum StoredPiece {
 
 struct CompleteUpload {
     tree: sled::Tree,
-    upload: Vec<u8>,
+    upload: Upload,
     plan: SessionPlan,
     key: Arc<CollectivePublicKey>,
     meta: SubmissionMeta,
@@ -1591,19 +1543,20 @@ impl CompleteUpload {
     /// Assembles and checks the upload (blocking); a bad upload is dropped whole.
     fn check(mut self) -> Result<(SubmissionMeta, EncryptedUpdate), SessionError> {
         let mut whole = Vec::new();
-        let checked = read_upload(&self.tree, &self.upload, &self.meta.digest, &mut whole)
-            .and_then(|()| {
-                check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key)
-            });
+        let checked = match self.upload.assemble(&self.tree, &mut whole) {
+            Ok(true) => check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key),
+            Ok(false) => Err(SessionError::BadInput(
+                "the assembled update does not match its digest".into(),
+            )),
+            Err(e) => Err(e.into()),
+        };
         match checked {
             Ok(update) => {
                 self.meta.bytes = whole.len() as u64;
                 Ok((self.meta, update))
             }
             Err(e) => {
-                for key in self.tree.scan_prefix(&self.upload).keys().flatten() {
-                    let _ = self.tree.remove(key);
-                }
+                let _ = self.upload.remove(&self.tree);
                 Err(e)
             }
         }
@@ -1741,14 +1694,7 @@ fn accumulate(
     let mut acc = Accumulator::new(key, plan.length)?;
     let mut bytes = Vec::new();
     for (who, digest) in contributors {
-        bytes.clear();
-        for piece in tree
-            .scan_prefix(upload_prefix(&plan.id, who, digest))
-            .values()
-        {
-            bytes.extend_from_slice(&piece.map_err(|e| SessionError::Store(e.to_string()))?);
-        }
-        if *blake3::hash(&bytes).as_bytes() != *digest {
+        if !Upload::new(piece_owner(&plan.id, who), *digest).assemble(&tree, &mut bytes)? {
             return Err(SessionError::Store(format!(
                 "the stored update of {who} is missing or damaged"
             )));
@@ -1811,7 +1757,7 @@ async fn upload(
         clipped,
         bytes_sent: bytes.len() as u64,
         pieces: count,
-        digest: hex(&digest),
+        digest: hex::encode(digest),
         encrypt_ms: encrypt.as_secs_f64() * 1e3,
         upload_ms: start.elapsed().as_secs_f64() * 1e3,
     })

@@ -21,15 +21,14 @@ use crate::crypto::inference::{
     MlpCiphertext, MlpClientKey, MlpConfig, MlpEvaluationKey, MlpParams, MlpResult, MlpServerKey,
     Model, QuantizedModel,
 };
-use crate::inference::messages::{
-    self, hex, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES,
-};
+use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::{
     check_model_name, ContextInfo, Decrypted, InferError, InferOutcome, ModelInfo, ModelOptions,
     ModelRecord, Scheme,
 };
 use crate::metrics::{InferenceLabels, NodeMetrics, SchemeLabels};
 use crate::net::{NetworkHandle, Request, Response};
+use crate::store::pieces::Upload;
 use crate::store::{trees, Store};
 
 /// Largest ciphertext or result batch accepted.
@@ -520,7 +519,7 @@ fn eval_key_key(slot: &str) -> Vec<u8> {
     format!("evalkey/{slot}").into_bytes()
 }
 
-fn eval_piece_prefix(slot: &str) -> Vec<u8> {
+fn eval_piece_owner(slot: &str) -> Vec<u8> {
     format!("evalpiece/{slot}/").into_bytes()
 }
 
@@ -528,7 +527,7 @@ fn new_context_id() -> String {
     use rand::RngCore;
     let mut id = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut id);
-    format!("ctx_{}", hex(&id))
+    format!("ctx_{}", hex::encode(id))
 }
 
 /// Runs `job` on the blocking pool once one of the pool's permits is free, counting the wait
@@ -1201,33 +1200,14 @@ impl InferenceActor {
             )));
         }
         let tree = self.store.tree(trees::CONTEXTS)?;
-        let mut prefix = eval_piece_prefix(slot);
-        // Pieces of an older upload to the same slot are dropped.
-        let upload = {
-            let mut p = prefix.clone();
-            p.extend_from_slice(format!("{}/", hex(&digest)).as_bytes());
-            p
-        };
-        for key in tree.scan_prefix(&prefix).keys().flatten() {
-            if !key.starts_with(&upload) {
-                tree.remove(key)?;
-            }
-        }
-        prefix = upload;
-        let mut key = prefix.clone();
-        key.extend_from_slice(format!("{index:08}").as_bytes());
-        tree.insert(key, bytes)?;
-        if (tree.scan_prefix(&prefix).count() as u32) < count {
+        let upload = Upload::new(eval_piece_owner(slot), digest);
+        if upload.put(&tree, index, bytes)? < count {
             return Ok(InferReply::PieceAck { complete: false });
         }
         let mut whole = Vec::new();
-        for piece in tree.scan_prefix(&prefix).values() {
-            whole.extend_from_slice(&piece?);
-        }
-        for k in tree.scan_prefix(&prefix).keys().flatten() {
-            tree.remove(k)?;
-        }
-        if *blake3::hash(&whole).as_bytes() != digest {
+        let intact = upload.assemble(&tree, &mut whole)?;
+        upload.remove(&tree)?;
+        if !intact {
             return Err(InferError::BadInput(
                 "the assembled evaluation key does not match its digest".into(),
             ));

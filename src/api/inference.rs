@@ -24,7 +24,7 @@ use serde_json::json;
 use super::{ApiError, ApiState};
 use crate::crypto::inference::model::MAX_LAYERS;
 use crate::crypto::inference::{Activation, InferenceError, Layer, Model};
-use crate::inference::messages::{hex, unhex};
+use crate::inference::messages::unhex;
 use crate::inference::{map_seed_scheme, ContextInfo, InferError, ModelInfo, ModelOptions, Scheme};
 
 /// Bodies and hex strings longer than this are converted off the async workers.
@@ -351,9 +351,9 @@ async fn unhex_body(text: String, what: &str) -> Result<Vec<u8>, ApiError> {
 
 async fn hex_answer(bytes: Vec<u8>) -> Result<String, ApiError> {
     if bytes.len() <= INLINE_BYTES / 2 {
-        Ok(hex(&bytes))
+        Ok(hex::encode(&bytes))
     } else {
-        tokio::task::spawn_blocking(move || hex(&bytes))
+        tokio::task::spawn_blocking(move || hex::encode(&bytes))
             .await
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -23,7 +23,7 @@ use super::rng::{derived_generator, os_seed, FloodingStream};
 use super::{typed, CryptoError, Typed};
 
 fn hex8(bytes: &[u8]) -> String {
-    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&bytes[..8])
 }
 
 /// Binds keys and ciphertexts to one session: BLAKE3 of the session id.

@@ -152,27 +152,18 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, InferErro
         .map_err(|e| InferError::BadInput(format!("malformed inference message: {e}")))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses hex (either case, optional `0x`), refusing anything else.
 pub fn unhex(text: &str) -> Result<Vec<u8>, InferError> {
     let t = text.trim();
-    let t = t.strip_prefix("0x").unwrap_or(t);
-    if !t.len().is_multiple_of(2) {
-        return Err(InferError::BadInput(
-            "hex has an odd number of digits".into(),
-        ));
-    }
-    (0..t.len())
-        .step_by(2)
-        .map(|i| {
-            t.get(i..i + 2)
-                .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or_else(|| InferError::BadInput(format!("invalid hex at offset {i}")))
+    hex::decode(t.strip_prefix("0x").unwrap_or(t)).map_err(|e| {
+        InferError::BadInput(match e {
+            hex::FromHexError::OddLength => "hex has an odd number of digits".into(),
+            hex::FromHexError::InvalidHexCharacter { index, .. } => {
+                format!("invalid hex at offset {index}")
+            }
+            other => other.to_string(),
         })
-        .collect()
+    })
 }
 
 #[cfg(test)]
@@ -194,7 +185,7 @@ mod tests {
     proptest! {
         #[test]
         fn hex_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            prop_assert_eq!(unhex(&hex(&bytes)).unwrap(), bytes);
+            prop_assert_eq!(unhex(&hex::encode(&bytes)).unwrap(), bytes);
         }
 
         #[test]

@@ -84,6 +84,12 @@ impl SessionError {
     }
 }
 
+impl From<sled::Error> for SessionError {
+    fn from(e: sled::Error) -> Self {
+        SessionError::Store(e.to_string())
+    }
+}
+
 impl From<crate::store::StoreError> for SessionError {
     fn from(e: crate::store::StoreError) -> Self {
         SessionError::Store(e.to_string())

@@ -2,6 +2,8 @@
 //! tagged with its encoding version. sled flushes on its own only every 500 ms, so callers
 //! flush explicitly at protocol checkpoints (an acknowledged submission must be durable).
 
+pub mod pieces;
+
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;

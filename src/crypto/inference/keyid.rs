@@ -25,7 +25,7 @@ impl InferenceKeyId {
 
     /// Full lowercase hex (64 characters), e.g. for a context id.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 }
 
