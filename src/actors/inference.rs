@@ -455,19 +455,6 @@ impl<K: Clone> EvalKeyCache<K> {
     }
 }
 
-/// Memory a loaded (decompressed, Fourier-domain) server key takes: the bootstrapping key
-/// (n_lwe · (k+1)² · levels · N f64 pairs) plus the key-switching key ((k·N) · levels ·
-/// (n_lwe+1) u64).
-pub fn server_key_memory_bytes(params: MlpParams) -> u64 {
-    let p = params.shortint();
-    let n_lwe = p.lwe_dimension.0 as u64;
-    let k = p.glwe_dimension.0 as u64;
-    let n = p.polynomial_size.0 as u64;
-    let bsk = n_lwe * (k + 1) * (k + 1) * p.pbs_level.0 as u64 * n * 8;
-    let ksk = k * n * p.ks_level.0 as u64 * (n_lwe + 1) * 8;
-    bsk + ksk
-}
-
 struct InferenceActor {
     me: PeerId,
     store: Store,
@@ -838,9 +825,11 @@ impl InferenceActor {
                     Some(spec) => spec?,
                     None => remote_spec(&network, peer, &model).await?,
                 };
-                tokio::task::spawn_blocking(move || encrypt_rows(&ctx, &spec, &rows))
-                    .await
-                    .map_err(|_| InferError::Unavailable("encryption (it panicked)"))?
+                tokio::task::spawn_blocking(move || {
+                    encrypt_rows(&ctx, &spec, &rows).map(|b| b.to_bytes())
+                })
+                .await
+                .map_err(|_| InferError::Unavailable("encryption (it panicked)"))?
             }
             .await;
             let _ = reply.send(answer);
@@ -885,27 +874,13 @@ impl InferenceActor {
             Some(p) if p != self.me => {
                 let (network, store) = (self.network.clone(), self.store.clone());
                 self.spawn(async move {
-                    let answer = remote_infer(&network, &store, p, &ctx, &model, batch).await;
+                    let rows = parsed.rows.len();
+                    let answer = remote_infer(&network, &store, p, &ctx, &model, batch, rows).await;
                     let _ = reply.send(answer);
                 });
             }
             _ => {
                 let me = self.me.to_string();
-                let slot = eval_slot(&me, &context);
-                // The node is its own model node: its evaluation key is its own copy.
-                if ctx.info.scheme == Scheme::Mlp && self.eval_keys.get(&slot).is_none() {
-                    let own = self
-                        .store
-                        .tree(trees::CONTEXTS)
-                        .ok()
-                        .and_then(|t| t.get(format!("own-evalkey/{context}").as_bytes()).ok())
-                        .flatten();
-                    if let Some(bytes) = own {
-                        if let Ok(tree) = self.store.tree(trees::CONTEXTS) {
-                            let _ = tree.insert(eval_key_key(&slot), bytes);
-                        }
-                    }
-                }
                 let started = self.evaluate(&me, &model, &context, parsed);
                 self.spawn(async move {
                     let answer = match started {
@@ -977,7 +952,6 @@ impl InferenceActor {
                 };
                 let compiled = CompiledModel::compile(&record, Some(&rows))?;
                 let cts = encrypt_rows(&ctx, &compiled.spec(), &rows)?;
-                let cts = Batch::from_bytes(&cts, MAX_BATCH_BYTES)?;
                 let server_key = match &ctx.key {
                     ClientKey::Mlp(k) => Some(Arc::new(k.evaluation_key().into_server_key())),
                     ClientKey::Linear(_) => None,
@@ -1031,18 +1005,24 @@ impl InferenceActor {
         let slot = eval_slot(peer, context);
         let cached = self.eval_keys.get(&slot);
         let mut load: Option<Vec<u8>> = None;
-        if scheme == Scheme::Mlp && cached.is_none() {
-            let need = server_key_memory_bytes(MlpParams::Message2Carry2);
+        if let (Compiled::Mlp(q), None) = (&compiled.compiled, &cached) {
+            let need = q.params().server_key_bytes();
             if need > self.limits.memory_budget_bytes {
                 return Err(InferError::OverBudget(format!(
                     "the evaluation key needs about {need} bytes loaded; the budget is {}",
                     self.limits.memory_budget_bytes
                 )));
             }
+            // A node that is its own model node uses its context's own copy of the key.
+            let stored = if peer == self.me.to_string() {
+                format!("own-evalkey/{context}").into_bytes()
+            } else {
+                eval_key_key(&slot)
+            };
             let bytes = self
                 .store
                 .tree(trees::CONTEXTS)?
-                .get(eval_key_key(&slot))?
+                .get(stored)?
                 .ok_or_else(|| {
                     InferError::WrongContext(format!(
                         "this node holds no evaluation key for context `{context}`; upload it first"
@@ -1072,7 +1052,7 @@ impl InferenceActor {
                             .send(Command::Internal(Internal::EvalKeyLoaded {
                                 slot,
                                 key: loaded.clone(),
-                                bytes: server_key_memory_bytes(loaded.params()),
+                                bytes: loaded.params().server_key_bytes(),
                             }))
                             .await;
                         Some(loaded)
@@ -1247,7 +1227,7 @@ fn encrypt_rows(
     ctx: &ClientContext,
     spec: &InputSpec,
     rows: &[Vec<f32>],
-) -> Result<Vec<u8>, InferError> {
+) -> Result<Batch, InferError> {
     if rows.is_empty() || rows.len() > messages::MAX_BATCH_ROWS {
         return Err(InferError::BadInput(format!(
             "1..={} input rows, got {}",
@@ -1273,7 +1253,7 @@ fn encrypt_rows(
             )))
         }
     };
-    Ok(Batch::new(ctx.info.scheme, ctx.info.key_id.clone(), cts).to_bytes())
+    Ok(Batch::new(ctx.info.scheme, ctx.info.key_id.clone(), cts))
 }
 
 fn decrypt_rows(ctx: &ClientContext, batch: &Batch) -> Result<Decrypted, InferError> {
@@ -1389,6 +1369,7 @@ async fn remote_infer(
     ctx: &ClientContext,
     model: &str,
     batch: Vec<u8>,
+    rows: usize,
 ) -> Result<InferOutcome, InferError> {
     let context = ctx.info.fhe_context_id.clone();
     let unexpected = |r: InferReply| InferError::Remote {
@@ -1433,7 +1414,6 @@ async fn remote_infer(
             info!(%peer, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "evaluation key uploaded");
         }
     }
-    let parsed_rows = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?.rows.len();
     let msg = InferMsg::Evaluate {
         model: model.to_string(),
         context,
@@ -1446,7 +1426,7 @@ async fn remote_infer(
             pbs,
         } => {
             let result = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
-            if result.key_id != ctx.info.key_id || result.rows.len() != parsed_rows {
+            if result.key_id != ctx.info.key_id || result.rows.len() != rows {
                 warn!(%peer, "model node answered a result that does not fit the request");
                 return Err(InferError::Remote {
                     peer: peer.to_string(),
@@ -1467,7 +1447,7 @@ async fn remote_infer(
             };
             Ok(InferOutcome {
                 encrypted_result: batch,
-                result_shape: [parsed_rows, outputs],
+                result_shape: [rows, outputs],
                 computation_time_ms: computation_ms,
                 pbs,
                 peer: Some(peer.to_string()),
@@ -1502,7 +1482,7 @@ mod tests {
 
     #[test]
     fn server_key_memory_is_hundreds_of_megabytes_for_2_2() {
-        let bytes = server_key_memory_bytes(MlpParams::Message2Carry2);
+        let bytes = MlpParams::Message2Carry2.server_key_bytes();
         assert!(bytes > 10 << 20 && bytes < 2 << 30, "{bytes}");
     }
 }
