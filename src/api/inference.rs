@@ -12,7 +12,7 @@ use std::str::FromStr;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -373,13 +373,10 @@ async fn create_context(
         tracing::debug!("context parameters of the original service ignored");
     }
     let info = state.inference.create_context(scheme).await?;
-    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
-    if let Ok(location) =
-        HeaderValue::from_str(&format!("/v1/fhe/contexts/{}", info.fhe_context_id))
-    {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(super::created(
+        &info,
+        &format!("/v1/fhe/contexts/{}", info.fhe_context_id),
+    ))
 }
 
 async fn list_contexts(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -752,11 +749,7 @@ async fn add_model(
         .inference
         .add_model(&upload.name, upload.model, upload.options)
         .await?;
-    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/models/{}", info.name)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(super::created(&info, &format!("/v1/models/{}", info.name)))
 }
 
 async fn list_models(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -78,6 +78,15 @@ pub struct ApiState {
     pub max_body_bytes: usize,
 }
 
+/// `201 Created` with `body` and a `Location` header naming the new resource.
+pub(crate) fn created(body: &impl Serialize, location: &str) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(location) = header::HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/status", get(status))

@@ -112,11 +112,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let Json(spec) = body.map_err(|e| json_rejection(e, state.max_body_bytes))?;
     let info = state.aggregation.create(spec).await?;
-    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", info.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(super::created(&info, &format!("/v1/sessions/{}", info.id)))
 }
 
 async fn list(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
