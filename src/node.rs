@@ -196,7 +196,7 @@ impl Node {
                 store: store.clone(),
                 network: network.clone(),
                 metrics: metrics.clone(),
-                limits: inference::InferenceLimits::default(),
+                limits: inference::InferenceLimits::from(&config.inference),
             },
             actors_stop.child_token(),
         );

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{stopped, ActorError, Mailbox};
+use crate::config::InferenceConfig;
 use crate::crypto::inference::{
     InferenceWire, LinearCiphertext, LinearClientKey, LinearConfig, LinearModel, LinearResult,
     MlpCiphertext, MlpClientKey, MlpConfig, MlpEvaluationKey, MlpParams, MlpResult, MlpServerKey,
@@ -36,7 +37,7 @@ pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Largest evaluation key accepted (m3c3 keys are ≈ 270 MiB compressed).
 pub const MAX_EVAL_KEY_BYTES: usize = 512 << 20;
 
-/// How the actor runs: pool size and memory budget.
+/// How the actor runs: pool size and memory budget (the `[inference]` configuration section).
 #[derive(Clone, Debug)]
 pub struct InferenceLimits {
     /// Evaluations running at once (each may use several cores through rayon).
@@ -46,12 +47,19 @@ pub struct InferenceLimits {
     pub memory_budget_bytes: u64,
 }
 
+impl From<&InferenceConfig> for InferenceLimits {
+    fn from(config: &InferenceConfig) -> Self {
+        InferenceLimits {
+            workers: config.workers,
+            memory_budget_bytes: config.memory_budget_bytes,
+        }
+    }
+}
+
+/// The configuration's defaults: 2 workers, 4 GiB.
 impl Default for InferenceLimits {
     fn default() -> Self {
-        InferenceLimits {
-            workers: 2,
-            memory_budget_bytes: 4 << 30,
-        }
+        InferenceLimits::from(&InferenceConfig::default())
     }
 }
 
@@ -475,6 +483,14 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (InferenceHandle, impl std::future::Future<Output = ()>) {
     let (mailbox, rx) = Mailbox::new("inference", 64);
+    let smallest_key = MlpParams::Message2Carry2.server_key_bytes();
+    if deps.limits.memory_budget_bytes < smallest_key {
+        warn!(
+            budget = deps.limits.memory_budget_bytes,
+            key_bytes = smallest_key,
+            "inference.memory_budget_bytes is below an mlp evaluation key: every mlp evaluation on this node will be refused"
+        );
+    }
     let actor = InferenceActor {
         me: deps.me,
         store: deps.store,
@@ -1478,6 +1494,20 @@ mod tests {
         assert_eq!((cache.get("a"), cache.bytes), (Some(5), 61));
         cache.remove("a");
         assert_eq!((cache.bytes, cache.order.len()), (0, 0));
+    }
+
+    #[test]
+    fn limits_come_from_the_inference_section() {
+        let defaults = InferenceLimits::default();
+        assert_eq!(
+            (defaults.workers, defaults.memory_budget_bytes),
+            (2, 4 << 30)
+        );
+        let limits = InferenceLimits::from(&InferenceConfig {
+            workers: 5,
+            memory_budget_bytes: 1 << 20,
+        });
+        assert_eq!((limits.workers, limits.memory_budget_bytes), (5, 1 << 20));
     }
 
     #[test]

@@ -55,13 +55,18 @@ pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// Shortest accepted `api.token`.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Upper bound of `inference.workers`.
+pub const MAX_INFERENCE_WORKERS: u64 = 1024;
 
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: [&str; 2] = ["p2p.listen", "p2p.bootstrap"];
 
 /// Every key, by section ("" is the top level); used to refuse unknown keys by name.
-const SCHEMA: [(&str, &[&str]); 4] = [
-    ("", &["data_dir", "profile", "p2p", "api", "log"]),
+const SCHEMA: [(&str, &[&str]); 5] = [
+    (
+        "",
+        &["data_dir", "profile", "p2p", "api", "inference", "log"],
+    ),
     (
         "p2p",
         &[
@@ -78,6 +83,7 @@ const SCHEMA: [(&str, &[&str]); 4] = [
         ],
     ),
     ("api", &["listen", "token", "max_body_bytes"]),
+    ("inference", &["workers", "memory_budget_bytes"]),
     ("log", &["format", "level"]),
 ];
 
@@ -99,6 +105,7 @@ pub struct Config {
     pub profile: Profile,
     pub p2p: P2pConfig,
     pub api: ApiConfig,
+    pub inference: InferenceConfig,
     pub log: LogConfig,
 }
 
@@ -153,6 +160,17 @@ impl ApiConfig {
     pub fn is_loopback(&self) -> bool {
         self.listen.ip().to_canonical().is_loopback()
     }
+}
+
+/// Encrypted inference (DESIGN §3.2): the evaluation pool and the memory budget of loaded
+/// evaluation keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferenceConfig {
+    /// Evaluations running at once (each may use several cores).
+    pub workers: usize,
+    /// Memory allowed for the evaluation keys loaded on this node, in bytes; a request whose
+    /// key would not fit even after evicting every other key is refused up front.
+    pub memory_budget_bytes: u64,
 }
 
 /// The API bearer token. Its `Debug` and `Serialize` print `"<redacted>"`, it has no `Display`,
@@ -287,6 +305,7 @@ impl Default for Config {
             profile: Profile::default(),
             p2p: P2pConfig::default(),
             api: ApiConfig::default(),
+            inference: InferenceConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -323,6 +342,15 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             token: None,
             max_body_bytes: 256 * MIB,
+        }
+    }
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            workers: 2,
+            memory_budget_bytes: 4 * GIB,
         }
     }
 }
@@ -512,6 +540,21 @@ impl Config {
             MAX_BODY_BYTES_LIMIT,
         )?;
 
+        let inference = &self.inference;
+        check_range(
+            "inference.workers",
+            inference.workers as u64,
+            1,
+            MAX_INFERENCE_WORKERS,
+        )?;
+        if inference.memory_budget_bytes == 0 {
+            return Err(invalid(
+                "inference.memory_budget_bytes",
+                "must be at least 1 byte (a budget below the evaluation key's size refuses \
+                 every mlp evaluation, linear ones need none)",
+            ));
+        }
+
         check_log_level(&self.log.level)?;
         EnvFilter::try_new(&self.log.level).map_err(|e| {
             invalid(
@@ -573,6 +616,10 @@ impl Config {
                 listen: api_listen,
                 token: raw.api.token.map(ApiToken),
                 max_body_bytes: raw.api.max_body_bytes,
+            },
+            inference: InferenceConfig {
+                workers: raw.inference.workers,
+                memory_budget_bytes: raw.inference.memory_budget_bytes,
             },
             log: LogConfig {
                 format,
@@ -700,6 +747,7 @@ struct RawConfig {
     profile: String,
     p2p: RawP2p,
     api: RawApi,
+    inference: RawInference,
     log: RawLog,
 }
 
@@ -729,6 +777,13 @@ struct RawApi {
 
 #[derive(Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+struct RawInference {
+    workers: usize,
+    memory_budget_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawLog {
     format: String,
     level: String,
@@ -742,6 +797,7 @@ impl From<Config> for RawConfig {
             profile,
             p2p,
             api,
+            inference,
             log,
         } = config;
         let strings = |addrs: Vec<Multiaddr>| addrs.iter().map(|a| a.to_string()).collect();
@@ -764,6 +820,10 @@ impl From<Config> for RawConfig {
                 listen: api.listen.to_string(),
                 token: api.token.map(|_| Zeroizing::new(REDACTED.to_owned())),
                 max_body_bytes: api.max_body_bytes,
+            },
+            inference: RawInference {
+                workers: inference.workers,
+                memory_budget_bytes: inference.memory_budget_bytes,
             },
             log: RawLog {
                 format: log.format.to_string(),
@@ -797,6 +857,12 @@ impl Default for RawP2p {
 impl Default for RawApi {
     fn default() -> Self {
         RawConfig::default().api
+    }
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawConfig::default().inference
     }
 }
 
@@ -959,6 +1025,7 @@ fn from_config_error(error: ::config::ConfigError) -> ConfigError {
             "struct RawConfig",
             "struct RawP2p",
             "struct RawApi",
+            "struct RawInference",
             "struct RawLog",
         ]
         .iter()

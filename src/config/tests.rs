@@ -124,6 +124,8 @@ fn defaults_are_as_documented() {
     assert_eq!(c.api.listen, "127.0.0.1:8470".parse().unwrap());
     assert!(c.api.token.is_none());
     assert_eq!(c.api.max_body_bytes, 256 << 20);
+    assert_eq!(c.inference.workers, 2);
+    assert_eq!(c.inference.memory_budget_bytes, 4 << 30);
     assert_eq!(c.log.format, LogFormat::Pretty);
     assert_eq!(c.log.level, "info");
     c.validate().unwrap();
@@ -427,6 +429,97 @@ fn api_values_checked() {
         load_toml("[api]\nmax_body_bytes = 0\n"),
         "api.max_body_bytes",
         &["out of range"],
+    );
+}
+
+#[test]
+fn inference_section_from_file_and_environment() {
+    let file = toml_file("[inference]\nworkers = 3\nmemory_budget_bytes = 1048576\n");
+    let c = load(Some(file.path()), no_env(), &CliOverrides::default()).unwrap();
+    assert_eq!(
+        c.inference,
+        InferenceConfig {
+            workers: 3,
+            memory_budget_bytes: 1 << 20
+        }
+    );
+    assert_eq!(
+        c.api,
+        ApiConfig::default(),
+        "other sections keep their defaults"
+    );
+
+    // The environment over the file, key by key.
+    let c = load(
+        Some(file.path()),
+        env(&[("FHENODE__INFERENCE__MEMORY_BUDGET_BYTES", "17179869184")]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.inference.memory_budget_bytes, 16 << 30);
+    assert_eq!(
+        c.inference.workers, 3,
+        "file value kept where env is silent"
+    );
+    let c = load_env(&[("FHENODE__INFERENCE__WORKERS", "8")]).unwrap();
+    assert_eq!(c.inference.workers, 8);
+    assert_eq!(c.inference.memory_budget_bytes, 4 << 30);
+
+    // The effective configuration dump carries the section and loads back.
+    let dump = c.to_redacted_toml();
+    assert!(
+        dump.contains("[inference]") && dump.contains("workers = 8"),
+        "{dump}"
+    );
+    assert_eq!(toml::from_str::<Config>(&dump).unwrap(), c);
+}
+
+#[test]
+fn inference_values_checked() {
+    assert_invalid(
+        load_toml("[inference]\nworkers = 0\n"),
+        "inference.workers",
+        &["0 is out of range", "1 to 1024"],
+    );
+    assert_invalid(
+        load_toml("[inference]\nworkers = 1025\n"),
+        "inference.workers",
+        &["1025 is out of range"],
+    );
+    assert_invalid(
+        load_env(&[("FHENODE__INFERENCE__WORKERS", "0")]),
+        "inference.workers",
+        &["out of range", "FHENODE__INFERENCE__WORKERS"],
+    );
+    assert_invalid(
+        load_toml("[inference]\nmemory_budget_bytes = 0\n"),
+        "inference.memory_budget_bytes",
+        &["at least 1 byte"],
+    );
+    assert_invalid(
+        load_env(&[("FHENODE__INFERENCE__MEMORY_BUDGET_BYTES", "4GiB")]),
+        "inference.memory_budget_bytes",
+        &["4GiB", "FHENODE__INFERENCE__MEMORY_BUDGET_BYTES"],
+    );
+    assert_invalid(
+        load_toml("[inference]\nmemory_budget_bytes = -1\n"),
+        "inference.memory_budget_bytes",
+        &[],
+    );
+    assert_invalid(
+        load_toml("[inference]\nworker = 2\n"),
+        "inference.worker",
+        &["unknown key", "[inference]", "workers, memory_budget_bytes"],
+    );
+    assert_invalid(
+        load_env(&[("FHENODE__INFERENCE__BUDGET", "1")]),
+        "inference.budget",
+        &["FHENODE__INFERENCE__BUDGET"],
+    );
+    let c = load_toml("[inference]\nworkers = 1024\nmemory_budget_bytes = 1\n").unwrap();
+    assert_eq!(
+        (c.inference.workers, c.inference.memory_budget_bytes),
+        (1024, 1)
     );
 }
 
