@@ -1,13 +1,14 @@
 //! Encrypted inference across two real nodes in one process on loopback: a client node
 //! encrypts under its own context, a model node evaluates over libp2p, the client decrypts.
 //! Linear and mlp (with the evaluation key uploaded in pieces), plus refusals that leave both
-//! nodes serving.
+//! nodes serving, among them an evaluation key over a node's memory budget.
 
 use std::time::Duration;
 
 use fhenode::crypto::inference::{Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel};
-use fhenode::demo::{start_local_network, wait_for_full_mesh};
+use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh};
 use fhenode::inference::{InferError, ModelOptions, Scheme};
+use fhenode::node::Node;
 use rand::{Rng, SeedableRng};
 
 fn random_layer(rng: &mut impl Rng, inputs: usize, outputs: usize, act: Activation) -> Layer {
@@ -20,9 +21,24 @@ fn random_layer(rng: &mut impl Rng, inputs: usize, outputs: usize, act: Activati
     }
 }
 
+/// The client node's `inference.memory_budget_bytes`: far below one loaded mlp evaluation key
+/// (≈ 120 MB), so any mlp evaluation on the client node itself is refused up front. It never
+/// matters for evaluations on the model node, which has the default budget.
+const TINY_BUDGET: u64 = 1 << 20;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_inference_across_two_nodes() {
-    let (_dirs, nodes) = start_local_network(2).await.unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let server = Node::start(loopback_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
+    let boot = dial_address(&server, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut config = loopback_config(dirs[1].path(), vec![boot]);
+    config.inference.memory_budget_bytes = TINY_BUDGET;
+    let client = Node::start(config).await.unwrap();
+    let nodes = [client, server];
     wait_for_full_mesh(&nodes, Duration::from_secs(30))
         .await
         .unwrap();
@@ -167,7 +183,7 @@ async fn encrypted_inference_across_two_nodes() {
     };
     let info = server
         .inference
-        .add_model("mlp", mlp.clone(), options)
+        .add_model("mlp", mlp.clone(), options.clone())
         .await
         .unwrap();
     assert_eq!(info.scheme, Scheme::Mlp);
@@ -179,6 +195,30 @@ async fn encrypted_inference_across_two_nodes() {
         .encrypt(&ctx.fhe_context_id, "mlp", model_node, sample.clone())
         .await
         .unwrap();
+
+    // --- over the memory budget: refused up front, the node unharmed -----------------------
+    // The same model on the client node, whose budget cannot hold the context's evaluation
+    // key: evaluating there is refused before the key is even read from the store.
+    client
+        .inference
+        .add_model("mlp", mlp.clone(), options)
+        .await
+        .unwrap();
+    let over = client
+        .inference
+        .infer(&ctx.fhe_context_id, "mlp", None, cts.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(over, InferError::OverBudget(_)), "{over}");
+    assert_eq!((over.code(), over.http_status()), ("over_budget", 413));
+    assert!(
+        over.to_string()
+            .contains(&format!("the budget is {TINY_BUDGET}")),
+        "{over}"
+    );
+    let status = client.inference.status().await.unwrap();
+    assert_eq!(status.cached_eval_keys, 0, "no key was loaded");
+    // The client node still serves: the same ciphertexts evaluate on the model node below.
     let out = client
         .inference
         .infer(&ctx.fhe_context_id, "mlp", model_node, cts)
