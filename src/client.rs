@@ -11,7 +11,7 @@ use crate::api::inference::{
     InferResponse, SeedInferenceResponse,
 };
 use crate::api::sessions::{HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND};
-use crate::inference::{ContextInfo, Decrypted, ModelInfo};
+use crate::inference::{ContextInfo, Decrypted, ModelInfo, ModelSpec};
 use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
 
 pub use crate::api::sessions::UpdateFormat;
@@ -312,6 +312,20 @@ impl ApiClient {
             .send_json(self.request(Method::GET, &url), &url)
             .await?;
         Ok(list.models)
+    }
+
+    /// `GET /v1/models/{name}/spec[?peer=]`: the scheme, parameter set and inputs of `name` on
+    /// `peer` (or on the node), as the model node tells them.
+    pub async fn model_spec(
+        &self,
+        name: &str,
+        peer: Option<&str>,
+    ) -> Result<ModelSpec, ClientError> {
+        let mut url = self.url(&["v1", "models", name, "spec"])?;
+        if let Some(p) = peer {
+            url.query_pairs_mut().append_pair("peer", p);
+        }
+        self.send_json(self.request(Method::GET, &url), &url).await
     }
 
     /// `POST /v1/fhe/encrypt`: encrypts `rows` on the node under `context` for `model` (on

@@ -618,7 +618,8 @@ struct InferArgs {
     /// Reuse this context (default: create one and print its id).
     #[arg(long, value_name = "ID")]
     context: Option<String>,
-    /// The scheme of a new context: linear or mlp (default: the local model's, else linear).
+    /// The scheme of a new context: linear or mlp (default: the model's, as its model node
+    /// tells it).
     #[arg(long)]
     scheme: Option<String>,
 }
@@ -663,17 +664,14 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     let (context, context_ms) = match &args.context {
         Some(id) => (id.clone(), None),
         None => {
-            let scheme = match (&args.scheme, peer) {
-                (Some(s), _) => s.clone(),
-                (None, None) => client
-                    .list_models()
+            let scheme = match &args.scheme {
+                Some(s) => s.clone(),
+                // The model node (the local one, or --peer asked over libp2p) tells it.
+                None => client
+                    .model_spec(&args.model, peer)
                     .await?
-                    .into_iter()
-                    .find(|m| m.name == args.model)
-                    .map(|m| m.scheme.to_string())
-                    .with_context(|| format!("no model `{}` on this node", args.model))?,
-                // The model node's scheme is not known here: linear unless told.
-                (None, Some(_)) => "linear".to_string(),
+                    .scheme
+                    .to_string(),
             };
             let t = std::time::Instant::now();
             let info = client.create_context(&scheme, None).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fhenode::config::ApiToken;
 use fhenode::crypto::inference::{MlpConfig, MlpParams, Model, QuantizedModel};
-use fhenode::demo::loopback_config;
+use fhenode::demo::{loopback_config, start_local_network, wait_for_full_mesh};
 use fhenode::node::Node;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -625,6 +625,7 @@ async fn inference_api_on_one_node() {
             "/v1/fhe/contexts/{id}",
             "/v1/models",
             "/v1/models/{name}",
+            "/v1/models/{name}/spec",
             "/v1/fhe/encrypt",
             "/v1/fhe/infer",
             "/v1/fhe/decrypt",
@@ -929,4 +930,135 @@ async fn cli_model_and_infer_commands() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A model on another node: `GET /v1/models/{name}/spec?peer=` asks that node over libp2p, and
+/// `fhenode infer --peer` uses it to make a context of the model's scheme, so a remote mlp
+/// model needs neither `--context` nor `--scheme`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_model_spec_and_cli_infer_across_two_nodes() {
+    let (_dirs, nodes) = start_local_network(2).await.unwrap();
+    wait_for_full_mesh(&nodes, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (client, server) = (&nodes[0], &nodes[1]);
+    let (client_api, server_api) = (Api::new(client, None), Api::new(server, None));
+    let server_id = server.peer_id.to_string();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let layers = json!([
+            {"weights": [[1.0, -0.5], [0.25, 1.0], [-1.0, 0.75]], "biases": [0.1, -0.2, 0.0], "activation": "relu"},
+            {"weights": [[1.0, -1.0, 0.5]], "biases": [0.0]}
+        ]);
+        let (status, info) = server_api
+            .post("/v1/models", &json!({"name": "remote-mlp", "layers": layers, "input_range": [-1.0, 1.0]}))
+            .await;
+        assert_eq!(status, 201, "{info}");
+        let pbs_per_row = info["pbs"].as_u64().unwrap();
+        let (status, info) = server_api
+            .post(
+                "/v1/models",
+                &json!({"name": "remote-affine", "weights": [[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]],
+                        "biases": [0.25, -0.5], "input_bound": 8.0}),
+            )
+            .await;
+        assert_eq!(status, 201, "{info}");
+
+        // --- the spec: a remote linear model, the same mlp model remote and local ----------
+        let (status, spec) = client_api
+            .get(&format!("/v1/models/remote-affine/spec?peer={server_id}"))
+            .await;
+        assert_eq!(status, 200, "{spec}");
+        assert_eq!(spec["name"], "remote-affine");
+        assert_eq!((&spec["scheme"], &spec["inputs"]), (&json!("linear"), &json!(3)));
+        assert_eq!((&spec["input_bound"], &spec["peer"]), (&json!(8.0), &json!(server_id)));
+        assert!(spec["input_ranges"].is_null(), "{spec}");
+        let (status, remote) = client_api
+            .get(&format!("/v1/models/remote-mlp/spec?peer={server_id}"))
+            .await;
+        assert_eq!(status, 200, "{remote}");
+        assert_eq!((&remote["scheme"], &remote["inputs"]), (&json!("mlp"), &json!(2)));
+        assert_eq!(remote["peer"], json!(server_id));
+        assert!(remote["input_bound"].is_null(), "{remote}");
+        let ranges: Vec<[f64; 2]> = serde_json::from_value(remote["input_ranges"].clone()).unwrap();
+        assert_eq!(ranges.len(), 2);
+        for [lo, hi] in ranges {
+            assert!((lo + 1.0).abs() < 1e-9 && (hi - 1.0).abs() < 1e-9, "{remote}");
+        }
+        let (status, local) = server_api.get("/v1/models/remote-mlp/spec").await;
+        assert_eq!(status, 200, "{local}");
+        assert_eq!(local["peer"], Value::Null);
+        for field in ["name", "scheme", "params", "inputs", "input_ranges"] {
+            assert_eq!(local[field], remote[field], "{field}");
+        }
+        // The parameter set is the one a linear context of the client's node uses.
+        let (_, ctx) = client_api.post("/v1/fhe/contexts", &json!({"scheme": "linear"})).await;
+        assert_eq!(ctx["params"], spec["params"], "{ctx}");
+        // Refusals: a model on neither node, a bad peer id, an unknown parameter.
+        refused(client_api.get("/v1/models/remote-mlp/spec").await, 404, "unknown_model", &["remote-mlp"]);
+        refused(
+            client_api.get(&format!("/v1/models/nope/spec?peer={server_id}")).await,
+            404,
+            "unknown_model",
+            &["nope"],
+        );
+        refused(
+            client_api.get("/v1/models/remote-mlp/spec?peer=not-a-peer").await,
+            400,
+            "bad_input",
+            &["not-a-peer"],
+        );
+        refused(client_api.get("/v1/models/remote-mlp/spec?node=x").await, 400, "bad_request", &[]);
+
+        // --- the CLI: remote models with neither --context nor --scheme --------------------
+        let infer = |model: &str, input: &str| -> Vec<String> {
+            ["infer", "--api", &format!("http://{}", client.api_addr), "--peer", &server_id, "--model", model, "--input", input]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let rows = json!([[0.5, -0.5], [-1.0, 1.0]]);
+        let (ok, out, err) = fhenode(infer("remote-mlp", &rows.to_string())).await;
+        assert!(ok, "{err}");
+        assert!(err.contains("(mlp, "), "an mlp context expected: {err}");
+        let result: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(result["peer"], json!(server_id));
+        assert_eq!(result["pbs"].as_u64().unwrap(), 2 * pbs_per_row);
+        let values: Vec<Vec<f64>> = serde_json::from_value(result["values"].clone()).unwrap();
+        let model: Model = serde_json::from_value(json!({
+            "layers": [
+                {"weights": layers[0]["weights"], "biases": layers[0]["biases"], "activation": {"kind": "relu"}},
+                layers[1]
+            ]
+        }))
+        .unwrap();
+        let q = QuantizedModel::compile(&model, &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0)).unwrap();
+        assert_eq!(values.len(), 2);
+        for (row, got) in rows.as_array().unwrap().iter().zip(&values) {
+            let x: Vec<f32> = serde_json::from_value(row.clone()).unwrap();
+            let want = q.eval_plain(&x).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6, "{g} vs quantised {w}");
+            }
+        }
+        let (ok, out, err) = fhenode(infer("remote-affine", "[1, 2, 3]")).await;
+        assert!(ok, "{err}");
+        assert!(err.contains("(linear, "), "a linear context expected: {err}");
+        let result: Value = serde_json::from_str(&out).unwrap();
+        let values: Vec<Vec<f64>> = serde_json::from_value(result["values"].clone()).unwrap();
+        for (got, want) in values[0].iter().zip([4.75, 5.5]) {
+            assert!((got - want).abs() <= 1e-2, "{values:?}");
+        }
+        // An unknown remote model: one line on stderr, exit status 1, no context made.
+        let (ok, _, err) = fhenode(infer("nope", "[1]")).await;
+        assert!(!ok && err.starts_with("error: ") && err.contains("nope"), "{err}");
+        assert!(!err.contains("context "), "{err}");
+    })
+    .await
+    .expect("the two-node spec test took over 300 s");
+    for node in nodes {
+        tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -25,7 +25,7 @@ use crate::crypto::inference::{
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::{
     check_model_name, ContextInfo, Decrypted, InferError, InferOutcome, ModelInfo, ModelOptions,
-    ModelRecord, Scheme,
+    ModelRecord, ModelSpec, Scheme,
 };
 use crate::metrics::{InferenceLabels, NodeMetrics, SchemeLabels};
 use crate::net::{NetworkHandle, Request, Response};
@@ -88,6 +88,11 @@ enum Command {
     DeleteContext(String, Reply<()>),
     AddModel(Box<ModelRecord>, Reply<ModelInfo>),
     ListModels(Reply<Vec<ModelInfo>>),
+    Spec {
+        model: String,
+        peer: Option<PeerId>,
+        reply: Reply<ModelSpec>,
+    },
     Encrypt {
         context: String,
         model: String,
@@ -141,6 +146,7 @@ impl std::fmt::Debug for Command {
             Command::DeleteContext(..) => "DeleteContext",
             Command::AddModel(..) => "AddModel",
             Command::ListModels(_) => "ListModels",
+            Command::Spec { .. } => "Spec",
             Command::Encrypt { .. } => "Encrypt",
             Command::Infer { .. } => "Infer",
             Command::Decrypt { .. } => "Decrypt",
@@ -211,6 +217,19 @@ impl InferenceHandle {
     }
     pub async fn list_models(&self) -> Result<Vec<ModelInfo>, InferError> {
         self.mailbox.ask(Command::ListModels).await.map_err(gone)?
+    }
+    /// The scheme, parameter set and inputs of `model` on `peer` (`None`: this node), which a
+    /// client needs to make a context for it; a peer is asked over libp2p.
+    pub async fn model_spec(
+        &self,
+        model: &str,
+        peer: Option<PeerId>,
+    ) -> Result<ModelSpec, InferError> {
+        let model = model.to_string();
+        self.mailbox
+            .ask(|reply| Command::Spec { model, peer, reply })
+            .await
+            .map_err(gone)?
     }
     /// Encrypts `rows` under `context` for `model` on `peer` (`None`: this node). Returns a
     /// ciphertext batch.
@@ -627,6 +646,7 @@ impl InferenceActor {
             Command::ListModels(reply) => {
                 let _ = reply.send(self.list_models());
             }
+            Command::Spec { model, peer, reply } => self.model_spec(model, peer, reply),
             Command::Encrypt {
                 context,
                 model,
@@ -814,6 +834,23 @@ impl InferenceActor {
         let compiled = Arc::new(CompiledModel::compile(&record, None)?);
         self.models.insert(name.to_string(), compiled.clone());
         Ok(compiled)
+    }
+
+    fn model_spec(&mut self, model: String, peer: Option<PeerId>, reply: Reply<ModelSpec>) {
+        match self.local_spec(&model, peer) {
+            Some(spec) => {
+                let _ = reply.send(spec.map(|s| ModelSpec::new(&model, &s, None)));
+            }
+            None => {
+                let network = self.network.clone();
+                self.spawn(async move {
+                    let answer = remote_spec(&network, peer, &model)
+                        .await
+                        .map(|s| ModelSpec::new(&model, &s, peer.map(|p| p.to_string())));
+                    let _ = reply.send(answer);
+                });
+            }
+        }
     }
 
     // --- client flows --------------------------------------------------------------------

@@ -25,7 +25,9 @@ use super::{ApiError, ApiState};
 use crate::crypto::inference::model::MAX_LAYERS;
 use crate::crypto::inference::{Activation, InferenceError, Layer, Model};
 use crate::inference::messages::unhex;
-use crate::inference::{map_seed_scheme, ContextInfo, InferError, ModelInfo, ModelOptions, Scheme};
+use crate::inference::{
+    map_seed_scheme, ContextInfo, InferError, ModelInfo, ModelOptions, ModelSpec, Scheme,
+};
 
 /// Bodies and hex strings longer than this are converted off the async workers.
 const INLINE_BYTES: usize = 1 << 20;
@@ -47,6 +49,7 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/v1/models", post(add_model).get(list_models))
         .route("/v1/models/{name}", get(show_model))
+        .route("/v1/models/{name}/spec", get(model_spec))
         .route("/v1/fhe/encrypt", post(encrypt))
         .route("/v1/fhe/infer", post(infer))
         .route("/v1/fhe/decrypt", post(decrypt))
@@ -770,6 +773,30 @@ async fn show_model(
         .find(|m| m.name == name)
         .map(Json)
         .ok_or_else(|| InferError::UnknownModel(name).into())
+}
+
+/// `?peer=` of `GET /v1/models/{name}/spec`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecQuery {
+    /// The model node's peer id (absent: this node).
+    #[serde(default)]
+    pub peer: Option<String>,
+}
+
+/// `GET /v1/models/{name}/spec[?peer=PEER_ID]`: the scheme, parameter set and inputs of a model
+/// on this node or, with `peer`, as that node tells them over libp2p: what a client needs to
+/// make a context for a model it cannot list.
+async fn model_spec(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<SpecQuery>, QueryRejection>,
+) -> Result<Json<ModelSpec>, ApiError> {
+    let name = path_param(path)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let peer = parse_peer(query.peer.as_deref())?;
+    Ok(Json(state.inference.model_spec(&name, peer).await?))
 }
 
 // --- encrypted calls -----------------------------------------------------------------------

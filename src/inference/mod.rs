@@ -159,6 +159,54 @@ pub struct ModelInfo {
     pub created_ms: u64,
 }
 
+/// What a client's node learns of a model from its model node (this node, or a peer over
+/// libp2p): enough to choose the scheme of a context for it and to encrypt for it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub scheme: Scheme,
+    /// The parameter set of the model's ciphertexts (a context's `params` names the same).
+    pub params: String,
+    pub inputs: usize,
+    /// linear: every input satisfies |x| ≤ input_bound.
+    pub input_bound: Option<f64>,
+    /// mlp: the [min, max] each input is quantised over (values outside are clamped).
+    pub input_ranges: Option<Vec<[f64; 2]>>,
+    /// The model node (`None`: this node).
+    pub peer: Option<String>,
+}
+
+impl ModelSpec {
+    /// The public facts of `spec`, the input encoding of model `name` on `peer`.
+    pub fn new(name: &str, spec: &messages::InputSpec, peer: Option<String>) -> ModelSpec {
+        let (params, inputs, input_bound, input_ranges) = match spec {
+            messages::InputSpec::Linear(s) => {
+                (s.params.name(), s.inputs as usize, Some(s.bound), None)
+            }
+            messages::InputSpec::Mlp(s) => (
+                s.params.name(),
+                s.quantizers.len(),
+                None,
+                Some(
+                    s.quantizers
+                        .iter()
+                        .map(|q| [q.lo, q.dequantize(q.levels.saturating_sub(1))])
+                        .collect(),
+                ),
+            ),
+        };
+        ModelSpec {
+            name: name.to_string(),
+            scheme: spec.scheme(),
+            params: params.to_string(),
+            inputs,
+            input_bound,
+            input_ranges,
+            peer,
+        }
+    }
+}
+
 /// One encrypted evaluation, as the client's node reports it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InferOutcome {
