@@ -1,12 +1,14 @@
 //! Encrypted inference across two real nodes in one process on loopback: a client node
 //! encrypts under its own context, a model node evaluates over libp2p, the client decrypts.
 //! Linear and mlp (with the evaluation key uploaded in pieces), plus refusals that leave both
-//! nodes serving, among them an evaluation key over a node's memory budget.
+//! nodes serving, among them an evaluation key over a node's memory budget. A second mlp
+//! model, with sigmoid (lookup-table) activations, reuses the context and its uploaded key.
 
 use std::time::Duration;
 
 use fhenode::crypto::inference::{Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel};
 use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh};
+use fhenode::inference::messages::KEY_PIECE_BYTES;
 use fhenode::inference::{InferError, ModelOptions, Scheme};
 use fhenode::node::Node;
 use rand::{Rng, SeedableRng};
@@ -244,6 +246,88 @@ async fn encrypted_inference_across_two_nodes() {
             "encrypted result must equal the quantised model"
         );
     }
+
+    // --- sigmoid: lookup-table activations, the same context and uploaded key ---------------
+    // A 4-8-2 network whose hidden units are sigmoids, each one programmable bootstrap through
+    // a lookup table, on the same model node: the context made above serves this model too,
+    // and its evaluation key is already there, so nothing is uploaded again.
+    let sigmoid = Model {
+        layers: vec![
+            random_layer(&mut rng, 4, 8, Activation::Sigmoid),
+            random_layer(&mut rng, 8, 2, Activation::None),
+        ],
+    };
+    let info = server
+        .inference
+        .add_model(
+            "sigmoid",
+            sigmoid.clone(),
+            ModelOptions {
+                input_range: Some((-1.0, 1.0)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((info.scheme, info.pbs), (Scheme::Mlp, 8));
+    assert_eq!(info.activations, ["sigmoid", "none"]);
+    let sample: Vec<Vec<f32>> = vec![
+        vec![0.9, -0.8, 0.1, 0.4],
+        vec![-0.3, 0.6, -0.7, 0.2],
+        vec![0.0, 0.0, 0.0, 0.0],
+        vec![-1.0, 1.0, 0.5, -0.5],
+    ];
+    let received = server.metrics.rpc_bytes_received.get();
+    let cts = client
+        .inference
+        .encrypt(&ctx.fhe_context_id, "sigmoid", model_node, sample.clone())
+        .await
+        .unwrap();
+    let out = client
+        .inference
+        .infer(&ctx.fhe_context_id, "sigmoid", model_node, cts)
+        .await
+        .unwrap();
+    assert_eq!(out.result_shape, [4, 2]);
+    assert_eq!(out.pbs, 4 * 8);
+    let uploaded = server.metrics.rpc_bytes_received.get() - received;
+    assert!(
+        uploaded < KEY_PIECE_BYTES as u64,
+        "{uploaded} bytes reached the model node: the evaluation key was uploaded again"
+    );
+    let got = client
+        .inference
+        .decrypt(&ctx.fhe_context_id, out.encrypted_result)
+        .await
+        .unwrap();
+    let quantised = QuantizedModel::compile(
+        &sigmoid,
+        &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0),
+    )
+    .unwrap();
+    let argmax = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    let mut agree_float = 0;
+    for (row, values) in sample.iter().zip(&got.values) {
+        let want = quantised.eval_plain(row).unwrap();
+        assert_eq!(argmax(values), argmax(&want), "argmax for {row:?}");
+        assert_eq!(values, &want, "the quantised sigmoid model, exactly");
+        let float: Vec<f64> = sigmoid
+            .eval_plain(row)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        agree_float += usize::from(argmax(&float) == argmax(values));
+    }
+    eprintln!(
+        "sigmoid 4-8-2 across two nodes: argmax agrees with the float model on {agree_float}/{}",
+        sample.len()
+    );
 
     for node in nodes {
         node.shutdown().await.unwrap();
