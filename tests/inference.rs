@@ -107,8 +107,14 @@ async fn encrypted_inference_across_two_nodes() {
         .encrypt(&ctx.fhe_context_id, "nope", model_node, rows.clone())
         .await
         .unwrap_err();
-    assert!(matches!(unknown, InferError::UnknownModel(_)), "{unknown}");
+    assert_eq!(unknown.code(), "unknown_model", "{unknown}");
     assert_eq!(unknown.http_status(), 404);
+    // The peer's own words, not wrapped twice.
+    assert_eq!(
+        unknown.to_string().matches("unknown model").count(),
+        1,
+        "{unknown}"
+    );
     let short = client
         .inference
         .encrypt(
@@ -130,7 +136,7 @@ async fn encrypted_inference_across_two_nodes() {
         .infer(&other.fhe_context_id, "affine", model_node, cts.clone())
         .await
         .unwrap_err();
-    assert!(matches!(foreign, InferError::WrongContext(_)), "{foreign}");
+    assert_eq!(foreign.code(), "wrong_context", "{foreign}");
     let foreign = client
         .inference
         .decrypt(&other.fhe_context_id, out.encrypted_result.clone())

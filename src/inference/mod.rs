@@ -246,6 +246,14 @@ pub enum InferError {
     OverBudget(String),
     #[error("peer {peer}: {message}")]
     Remote { peer: String, message: String },
+    /// A peer refused the request; `code` is one of this enum's codes, `message` the peer's
+    /// own description.
+    #[error("peer {peer}: {message}")]
+    Refused {
+        peer: String,
+        code: &'static str,
+        message: String,
+    },
     #[error("peer {peer} is unreachable: {message}")]
     Unreachable { peer: String, message: String },
     #[error("storage: {0}")]
@@ -270,6 +278,7 @@ impl InferError {
             InferError::Crypto(_) => "crypto",
             InferError::OverBudget(_) => "over_budget",
             InferError::Remote { .. } => "remote",
+            InferError::Refused { code, .. } => code,
             InferError::Unreachable { .. } => "unreachable",
             InferError::Store(_) => "store",
             InferError::Unavailable(_) => "unavailable",
@@ -279,6 +288,11 @@ impl InferError {
     /// The HTTP status that fits.
     pub fn http_status(&self) -> u16 {
         match self {
+            InferError::Refused { code, .. } => match *code {
+                "unknown_model" | "unknown_context" => 404,
+                "over_budget" => 413,
+                _ => 400,
+            },
             InferError::UnsupportedScheme(_)
             | InferError::BadInput(_)
             | InferError::WrongContext(_)
@@ -291,16 +305,24 @@ impl InferError {
         }
     }
 
-    /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404).
+    /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404),
+    /// keeping the peer's message as it is.
     pub fn from_remote(peer: String, code: &str, message: String) -> InferError {
-        match code {
-            "unknown_model" => InferError::UnknownModel(message),
-            "unknown_context" | "wrong_context" => InferError::WrongContext(message),
-            "bad_input" | "wrong_shape" | "crypto" | "invalid_model" => {
-                InferError::BadInput(format!("peer {peer}: {message}"))
-            }
-            "over_budget" => InferError::OverBudget(format!("peer {peer}: {message}")),
-            _ => InferError::Remote { peer, message },
+        let code = match code {
+            "unknown_model" => "unknown_model",
+            "unknown_context" => "unknown_context",
+            "wrong_context" => "wrong_context",
+            "bad_input" => "bad_input",
+            "wrong_shape" => "wrong_shape",
+            "crypto" => "crypto",
+            "invalid_model" => "invalid_model",
+            "over_budget" => "over_budget",
+            _ => return InferError::Remote { peer, message },
+        };
+        InferError::Refused {
+            peer,
+            code,
+            message,
         }
     }
 }
