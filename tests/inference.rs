@@ -226,6 +226,18 @@ async fn encrypted_inference_across_two_nodes() {
     );
     let status = client.inference.status().await.unwrap();
     assert_eq!(status.cached_eval_keys, 0, "no key was loaded");
+    // Asked over libp2p, the client node refuses at the first step (the spec a peer asks for
+    // before it uploads an evaluation key), so no key crosses the network to be refused.
+    let over = server
+        .inference
+        .model_spec("mlp", Some(client.peer_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (over.code(), over.http_status()),
+        ("over_budget", 413),
+        "{over}"
+    );
     // The client node still serves: the same ciphertexts evaluate on the model node below.
     let out = client
         .inference

@@ -890,6 +890,18 @@ impl InferenceActor {
     }
 
     /// The spec of a model on this node, or `None` when it lives on a peer.
+    /// Refuses up front a model whose evaluation key would not fit the memory budget.
+    fn check_budget(&self, params: MlpParams) -> Result<(), InferError> {
+        let need = params.server_key_bytes();
+        if need > self.limits.memory_budget_bytes {
+            return Err(InferError::OverBudget(format!(
+                "the evaluation key needs about {need} bytes loaded; the budget is {}",
+                self.limits.memory_budget_bytes
+            )));
+        }
+        Ok(())
+    }
+
     fn local_spec(
         &mut self,
         model: &str,
@@ -1059,13 +1071,7 @@ impl InferenceActor {
         let cached = self.eval_keys.get(&slot);
         let mut load: Option<Vec<u8>> = None;
         if let (Compiled::Mlp(q), None) = (&compiled.compiled, &cached) {
-            let need = q.params().server_key_bytes();
-            if need > self.limits.memory_budget_bytes {
-                return Err(InferError::OverBudget(format!(
-                    "the evaluation key needs about {need} bytes loaded; the budget is {}",
-                    self.limits.memory_budget_bytes
-                )));
-            }
+            self.check_budget(q.params())?;
             // A node that is its own model node uses its context's own copy of the key.
             let stored = if peer == self.me.to_string() {
                 format!("own-evalkey/{context}").into_bytes()
@@ -1154,8 +1160,15 @@ impl InferenceActor {
             Err(e) => error_response(&e),
         };
         match msg {
+            // A peer asks before it uploads an evaluation key: refuse there what the budget
+            // cannot hold, not after tens of megabytes have crossed the network.
             InferMsg::Spec { model } => {
-                let r = self.model(&model).map(|m| InferReply::Spec(m.spec()));
+                let r = self.model(&model).and_then(|m| {
+                    if let Compiled::Mlp(q) = &m.compiled {
+                        self.check_budget(q.params())?;
+                    }
+                    Ok(InferReply::Spec(m.spec()))
+                });
                 let _ = reply.send(answer(r));
             }
             InferMsg::HasEvalKey { context, key_id } => {
