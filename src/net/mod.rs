@@ -304,6 +304,9 @@ fn build_behaviour(
         .max_transmit_size(cfg.max_gossip_bytes)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .heartbeat_interval(Duration::from_secs(1))
+        // Announcements are small and rare; the default (5000) preallocates a queue of about
+        // a megabyte per connection, gigabytes on a fully meshed network of 50 nodes.
+        .connection_handler_queue_len(128)
         .build()?;
     let gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),

@@ -166,8 +166,16 @@ impl Store {
         Ok(self.db.flush()?)
     }
 
+    /// [`flush`](Store::flush) on the blocking pool. Not sled's own `flush_async`: in sled
+    /// 0.34 concurrent `flush_async` calls on several databases in one process can wait for
+    /// each other forever (spacejam/sled#1241, fixed only on an unreleased branch), and a
+    /// node's demo and benchmark networks keep dozens of databases in one process.
     pub async fn flush_async(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush_async().await?)
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(StoreError::from)
     }
 
     /// Size of the database on disk, in bytes.
