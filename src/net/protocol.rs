@@ -81,10 +81,84 @@ pub fn encoded_len<T: Serialize>(value: &T) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// A message whose byte-carrying variants are read and written without an intermediate copy.
+/// The wire format stays bincode (fixint): a variant carrying only bytes is its `u32` variant
+/// index, a `u64` length and the bytes, so the header is written and read by hand and the
+/// bytes go straight between the stream and their own buffer. Ciphertexts are megabytes:
+/// serialising them into a frame buffer and deserialising them out of one were two of the
+/// largest copies on a submission's path.
+pub trait Frame: Serialize + for<'de> Deserialize<'de> {
+    /// The variant index and bytes of a variant that carries only bytes.
+    fn bytes_variant(&self) -> Option<(u32, &[u8])>;
+    /// Rebuilds a bytes-only variant from its index; `Err` gives the bytes back otherwise.
+    fn from_bytes_variant(variant: u32, bytes: Vec<u8>) -> Result<Self, Vec<u8>>;
+}
+
+impl Frame for Request {
+    fn bytes_variant(&self) -> Option<(u32, &[u8])> {
+        Some(match self {
+            Request::Echo(b) => (0, b),
+            Request::Aggregation(b) => (1, b),
+            Request::Inference(b) => (2, b),
+            Request::Sink(b) => (3, b),
+        })
+    }
+    fn from_bytes_variant(variant: u32, bytes: Vec<u8>) -> Result<Self, Vec<u8>> {
+        match variant {
+            0 => Ok(Request::Echo(bytes)),
+            1 => Ok(Request::Aggregation(bytes)),
+            2 => Ok(Request::Inference(bytes)),
+            3 => Ok(Request::Sink(bytes)),
+            _ => Err(bytes),
+        }
+    }
+}
+
+impl Frame for Response {
+    fn bytes_variant(&self) -> Option<(u32, &[u8])> {
+        match self {
+            Response::Echo(b) => Some((0, b)),
+            Response::Aggregation(b) => Some((1, b)),
+            Response::Inference(b) => Some((2, b)),
+            Response::Sunk(_) | Response::Error { .. } => None,
+        }
+    }
+    fn from_bytes_variant(variant: u32, bytes: Vec<u8>) -> Result<Self, Vec<u8>> {
+        match variant {
+            0 => Ok(Response::Echo(bytes)),
+            1 => Ok(Response::Aggregation(bytes)),
+            2 => Ok(Response::Inference(bytes)),
+            _ => Err(bytes),
+        }
+    }
+}
+
+/// Variant index and byte length: the bincode header of a bytes-only variant.
+const BYTES_HEADER: usize = 12;
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("malformed {what}: {e}"))
+}
+
+async fn read_exact_vec<T: AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    what: &str,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            io::Error::new(io::ErrorKind::UnexpectedEof, format!("truncated {what}"))
+        }
+        _ => e,
+    })?;
+    Ok(buf)
+}
+
 async fn read_frame<T, M>(io: &mut T, limit: usize, what: &str) -> io::Result<M>
 where
     T: AsyncRead + Unpin + Send,
-    M: for<'de> Deserialize<'de>,
+    M: Frame,
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -92,28 +166,64 @@ where
     if len > limit {
         return Err(too_large(what, len, limit));
     }
-    let mut buf = Vec::with_capacity(len);
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("truncated {what}"),
-        ));
+    let mut header = [0u8; BYTES_HEADER];
+    let head = len.min(BYTES_HEADER);
+    io.read_exact(&mut header[..head])
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(io::ErrorKind::UnexpectedEof, format!("truncated {what}"))
+            }
+            _ => e,
+        })?;
+    let rest = read_exact_vec(io, len - head, what).await?;
+    if head == BYTES_HEADER {
+        let variant = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut declared = [0u8; 8];
+        declared.copy_from_slice(&header[4..]);
+        if u64::from_le_bytes(declared) == rest.len() as u64 {
+            match M::from_bytes_variant(variant, rest) {
+                Ok(message) => return Ok(message),
+                Err(rest) => return decode_frame(&header, &rest, what),
+            }
+        }
+        return decode_frame(&header, &rest, what);
     }
+    decode_frame(&header[..head], &rest, what)
+}
+
+/// The general path: bincode over the whole frame (small messages, and anything malformed).
+fn decode_frame<M: Frame>(head: &[u8], rest: &[u8], what: &str) -> io::Result<M> {
     use bincode::Options;
+    let mut whole = Vec::with_capacity(head.len() + rest.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(rest);
     bincode::options()
         .with_fixint_encoding()
-        .with_limit(len as u64)
+        .with_limit(whole.len() as u64)
         .reject_trailing_bytes()
-        .deserialize(&buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed {what}: {e}")))
+        .deserialize(&whole)
+        .map_err(|e| malformed(what, e))
 }
 
 async fn write_frame<T, M>(io: &mut T, value: &M, limit: usize, what: &str) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
-    M: Serialize,
+    M: Frame,
 {
+    if let Some((variant, bytes)) = value.bytes_variant() {
+        let len = BYTES_HEADER + bytes.len();
+        if len > limit || len > u32::MAX as usize {
+            return Err(too_large(what, len, limit));
+        }
+        let mut header = [0u8; 4 + BYTES_HEADER];
+        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&variant.to_le_bytes());
+        header[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        io.write_all(&header).await?;
+        io.write_all(bytes).await?;
+        return io.close().await;
+    }
     let bytes = bincode::serialize(value)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     if bytes.len() > limit || bytes.len() > u32::MAX as usize {
@@ -229,6 +339,34 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The hand-written header path and bincode agree in both directions, for every
+        /// variant, so peers on either path understand each other.
+        #[test]
+        fn frames_are_bincode(kind in 0u32..4, bytes in proptest::collection::vec(any::<u8>(), 0..300), n in any::<u64>()) {
+            futures::executor::block_on(async {
+                let mut codec = RpcCodec::new(1 << 20, 1 << 20);
+                let req = Request::from_bytes_variant(kind, bytes.clone()).unwrap();
+                let mut buf = Cursor::new(Vec::new());
+                codec.write_request(&RPC_PROTOCOL, &mut buf, req.clone()).await.unwrap();
+                prop_assert_eq!(buf.get_ref().clone(), frame(&bincode::serialize(&req).unwrap()));
+                let back = codec.read_request(&RPC_PROTOCOL, &mut Cursor::new(buf.into_inner())).await.unwrap();
+                prop_assert_eq!(back, req);
+                let responses = [
+                    Response::from_bytes_variant(kind % 3, bytes.clone()).unwrap(),
+                    Response::Sunk(n),
+                    Response::Error { code: "c".into(), message: format!("{n}") },
+                ];
+                for res in responses {
+                    let mut buf = Cursor::new(Vec::new());
+                    codec.write_response(&RPC_PROTOCOL, &mut buf, res.clone()).await.unwrap();
+                    prop_assert_eq!(buf.get_ref().clone(), frame(&bincode::serialize(&res).unwrap()));
+                    let back = codec.read_response(&RPC_PROTOCOL, &mut Cursor::new(buf.into_inner())).await.unwrap();
+                    prop_assert_eq!(back, res);
+                }
+                Ok(())
+            })?;
+        }
+
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             futures::executor::block_on(async {
