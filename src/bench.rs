@@ -239,6 +239,11 @@ pub struct RoundBenchReport {
     /// The same participants sending their f32 updates in the clear and the sum computed.
     pub plaintext_round_s: f64,
     pub round_slowdown_vs_plaintext: f64,
+    /// CPU time (all threads, user + system) the process spent on each round: steadier than
+    /// wall time on a shared machine, where other load stretches the wall clock.
+    pub round_cpu_s: f64,
+    pub plaintext_round_cpu_s: f64,
+    pub round_cpu_vs_plaintext: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +313,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
 
     // --- the encrypted round -------------------------------------------------------------
     let round = Instant::now();
+    let round_cpu = cpu_time::ProcessTime::now();
     let spec = SessionSpec {
         id: Some("bench".into()),
         length: Some(cfg.params as u64),
@@ -355,6 +361,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     .await?;
     let after_last_submission_s = last_ack.elapsed().as_secs_f64();
     let round_s = round.elapsed().as_secs_f64();
+    let round_cpu_s = round_cpu.elapsed().as_secs_f64();
     let info = coordinator
         .aggregation
         .get("bench")
@@ -383,6 +390,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
 
     // --- the plaintext baseline: the same updates, in the clear, summed -------------------
     let plain = Instant::now();
+    let plain_cpu = cpu_time::ProcessTime::now();
     let uploads = nodes[1..].iter().zip(&updates[1..]).map(|(node, u)| {
         let network = node.network.clone();
         let to = nodes[0].peer_id;
@@ -408,6 +416,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     }
     std::hint::black_box(&sum);
     let plaintext_round_s = plain.elapsed().as_secs_f64();
+    let plaintext_round_cpu_s = plain_cpu.elapsed().as_secs_f64();
 
     let encrypt: Vec<f64> = receipts.iter().map(|r| r.encrypt_ms / 1e3).collect();
     let report = RoundBenchReport {
@@ -429,6 +438,9 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         error_bound: result.error_bound,
         plaintext_round_s,
         round_slowdown_vs_plaintext: round_s / plaintext_round_s,
+        round_cpu_s,
+        plaintext_round_cpu_s,
+        round_cpu_vs_plaintext: round_cpu_s / plaintext_round_cpu_s,
     };
     for node in nodes {
         node.shutdown().await?;
