@@ -140,19 +140,18 @@ fn malformed(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("malformed {what}: {e}"))
 }
 
-async fn read_exact_vec<T: AsyncRead + Unpin>(
+/// Fills `buf`; a stream that ends inside a frame is named as a truncated `what`.
+async fn read_exact_or_truncated<T: AsyncRead + Unpin>(
     io: &mut T,
-    len: usize,
+    buf: &mut [u8],
     what: &str,
-) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+) -> io::Result<()> {
+    io.read_exact(buf).await.map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => {
             io::Error::new(io::ErrorKind::UnexpectedEof, format!("truncated {what}"))
         }
         _ => e,
-    })?;
-    Ok(buf)
+    })
 }
 
 async fn read_frame<T, M>(io: &mut T, limit: usize, what: &str) -> io::Result<M>
@@ -168,15 +167,9 @@ where
     }
     let mut header = [0u8; BYTES_HEADER];
     let head = len.min(BYTES_HEADER);
-    io.read_exact(&mut header[..head])
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                io::Error::new(io::ErrorKind::UnexpectedEof, format!("truncated {what}"))
-            }
-            _ => e,
-        })?;
-    let rest = read_exact_vec(io, len - head, what).await?;
+    read_exact_or_truncated(io, &mut header[..head], what).await?;
+    let mut rest = vec![0u8; len - head];
+    read_exact_or_truncated(io, &mut rest, what).await?;
     if head == BYTES_HEADER {
         let variant = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let mut declared = [0u8; 8];
