@@ -19,7 +19,7 @@ use super::codec::{self, pack_rounded};
 use super::engine::ProfileTorus;
 use super::params::{Profile, SessionParams};
 use super::ring::{NttPoly, Torus};
-use super::rng::{derived_generator, os_seed, FloodingStream};
+use super::rng::{os_seed, ChunkRandomness, FloodingStream};
 use super::{typed, CryptoError, Typed};
 
 fn hex8(bytes: &[u8]) -> String {
@@ -726,24 +726,21 @@ impl<T: ProfileTorus> PkCore<T> {
         let ring = T::ring();
         let n = ring.n();
         let p = T::PROFILE.params();
-        let noise = TUniform::<T>::new(p.noise_log2);
-        let mut generator = derived_generator(gen_seed, "encrypt", index as u64);
+        let mut randomness = ChunkRandomness::new(gen_seed, "encrypt", index as u64);
         let mut r = vec![T::ZERO; n];
-        generator.fill_slice_with_random_uniform_binary_bits(&mut r);
+        randomness.fill_binary(&mut r);
         let r_ntt = ring.forward_binary(&r);
         let mut scratch = ring.scratch();
         let mut mask = vec![T::ZERO; n];
         ring.product(&self.a_ntt, &r_ntt, &mut mask, &mut scratch);
-        generator
-            .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut mask, noise);
+        randomness.add_t_uniform(&mut mask, p.noise_log2);
         let mut br = vec![T::ZERO; n];
         ring.product(&self.b_ntt, &r_ntt, &mut br, &mut scratch);
         let count = plaintexts.len();
         let mut body: Vec<T> = (0..count)
             .map(|j| br[n - 1 - j].wrapping_add(plaintexts[j]))
             .collect();
-        generator
-            .unsigned_integer_slice_wrapping_add_random_from_distribution_assign(&mut body, noise);
+        randomness.add_t_uniform(&mut body, p.noise_log2);
         out.index = index;
         out.count = count as u32;
         out.mask.clear();
@@ -764,10 +761,9 @@ impl<T: ProfileTorus> PkCore<T> {
             .enumerate()
             .map(|(c, chunk)| {
                 let mut pt = vec![T::ZERO; chunk.len()];
-                let mut stochastic = derived_generator(&seed, "rounding", c as u64);
-                let clipped = codec::encode_into(params, chunk, &mut pt, c * n, || {
-                    (stochastic.random_uniform::<u64>() >> 11) as f64 / (1u64 << 53) as f64
-                })?;
+                let mut stochastic = ChunkRandomness::new(&seed, "rounding", c as u64);
+                let clipped =
+                    codec::encode_into(params, chunk, &mut pt, c * n, || stochastic.unit())?;
                 let mut out = EncryptedChunk::default();
                 self.encrypt_chunk(&pt, &seed, c as u32, &mut out);
                 Ok((out, clipped))

@@ -1,8 +1,8 @@
-//! Randomness: OS-seeded, per-chunk derived seeds for tfhe's AES-CTR generator (so chunks can
-//! be encrypted in parallel), and the flooding-noise stream for partial decryptions.
+//! Randomness: OS-seeded, per-chunk derived ChaCha20 streams (so chunks can be encrypted in
+//! parallel), and the flooding-noise stream for partial decryptions.
 
-use rand::RngCore;
-use tfhe::core_crypto::commons::math::random::{DefaultRandomGenerator, RandomGenerator, Seed};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
 use super::ring::Torus;
@@ -14,20 +14,61 @@ pub(crate) fn os_seed() -> Zeroizing<[u8; 32]> {
     seed
 }
 
-/// A tfhe generator for one unit of parallel work, derived from a master seed: BLAKE3 in
-/// keyed mode is a PRF, so derived seeds are independent and uniformly distributed.
-pub(crate) fn derived_generator(
-    master: &[u8; 32],
-    label: &str,
-    index: u64,
-) -> RandomGenerator<DefaultRandomGenerator> {
-    let mut h = blake3::Hasher::new_keyed(master);
-    h.update(label.as_bytes());
-    h.update(&index.to_le_bytes());
-    let out = Zeroizing::new(*h.finalize().as_bytes());
-    let mut seed = [0u8; 16];
-    seed.copy_from_slice(&out[..16]);
-    RandomGenerator::new(Seed(u128::from_le_bytes(seed)))
+/// The randomness of one chunk's encryption (and of its stochastic rounding): ChaCha20 keyed by a
+/// seed derived from the master seed with BLAKE3 in keyed mode, a PRF, so the chunks' seeds are
+/// independent and uniform and chunks can be encrypted in parallel. It hands out bytes in bulk; tfhe's generator hands out one
+/// byte per call, which made sampling the largest single cost of encrypting a chunk.
+pub(crate) struct ChunkRandomness {
+    rng: ChaCha20Rng,
+    words: Vec<u64>,
+}
+
+impl ChunkRandomness {
+    pub(crate) fn new(master: &[u8; 32], label: &str, index: u64) -> Self {
+        let mut h = blake3::Hasher::new_keyed(master);
+        h.update(label.as_bytes());
+        h.update(&index.to_le_bytes());
+        let seed = Zeroizing::new(*h.finalize().as_bytes());
+        ChunkRandomness {
+            rng: ChaCha20Rng::from_seed(*seed),
+            words: Vec::new(),
+        }
+    }
+
+    fn fill_words(&mut self, n: usize) {
+        self.words.clear();
+        self.words.resize(n, 0);
+        for w in self.words.iter_mut() {
+            *w = self.rng.next_u64();
+        }
+    }
+
+    /// Uniform binary coefficients.
+    pub(crate) fn fill_binary<T: Torus>(&mut self, out: &mut [T]) {
+        self.fill_words(out.len().div_ceil(64));
+        for (j, x) in out.iter_mut().enumerate() {
+            *x = T::from_u128(((self.words[j / 64] >> (j % 64)) & 1) as u128);
+        }
+    }
+
+    /// Adds TUniform(bound_log2) noise to each value (bound_log2 ≤ 61): b+2 bits u, then
+    /// (u >> 1) + (u & 1) − 2^b, which is uniform on [−2^b, 2^b] with half weight at the ends.
+    pub(crate) fn add_t_uniform<T: Torus>(&mut self, values: &mut [T], bound_log2: u32) {
+        debug_assert!(bound_log2 <= 61);
+        self.fill_words(values.len());
+        let mask = (1u64 << (bound_log2 + 2)) - 1;
+        for (x, &w) in values.iter_mut().zip(&self.words) {
+            let u = w & mask;
+            let e = ((u >> 1) + (u & 1)) as u128;
+            *x = x.wrapping_add(T::from_u128(e.wrapping_sub(1u128 << bound_log2)));
+        }
+        self.words.fill(0);
+    }
+
+    /// A uniform sample on [0, 1) with 53 bits of precision.
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// Flooding noise TUniform(bound_log2), drawn from a keyed BLAKE3 output stream. The stream
@@ -100,6 +141,38 @@ mod tests {
             };
             assert!((c as f64 - e).abs() < 0.08 * e, "bucket {i}: {c} vs {e}");
         }
+    }
+
+    #[test]
+    fn chunk_noise_is_t_uniform_and_bits_are_binary() {
+        let mut r = ChunkRandomness::new(&[3u8; 32], "encrypt", 0);
+        let mut values = vec![0u128; 170_000];
+        r.add_t_uniform(&mut values, 3);
+        let mut counts = [0u32; 17];
+        for v in &values {
+            let v = *v as i128;
+            assert!((-8..=8).contains(&v), "{v}");
+            counts[(v + 8) as usize] += 1;
+        }
+        let expect_inner = values.len() as f64 / 16.0;
+        for (i, &c) in counts.iter().enumerate() {
+            let e = if i == 0 || i == 16 {
+                expect_inner / 2.0
+            } else {
+                expect_inner
+            };
+            assert!((c as f64 - e).abs() < 0.08 * e, "bucket {i}: {c} vs {e}");
+        }
+        let mut bits = vec![7u64; 10_000];
+        r.fill_binary(&mut bits);
+        let ones = bits.iter().filter(|&&b| b == 1).count();
+        assert!(bits.iter().all(|&b| b <= 1));
+        assert!((4_700..5_300).contains(&ones), "{ones}");
+        let u = r.unit();
+        assert!((0.0..1.0).contains(&u));
+        let mut other = ChunkRandomness::new(&[3u8; 32], "encrypt", 1);
+        let mut again = ChunkRandomness::new(&[3u8; 32], "encrypt", 0);
+        assert_ne!(other.unit(), again.unit(), "chunks get independent streams");
     }
 
     #[test]
