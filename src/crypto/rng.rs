@@ -14,13 +14,14 @@ pub(crate) fn os_seed() -> Zeroizing<[u8; 32]> {
     seed
 }
 
-/// The randomness of one chunk's encryption (and of its stochastic rounding): ChaCha20 keyed by a
-/// seed derived from the master seed with BLAKE3 in keyed mode, a PRF, so the chunks' seeds are
-/// independent and uniform and chunks can be encrypted in parallel. It hands out bytes in bulk; tfhe's generator hands out one
-/// byte per call, which made sampling the largest single cost of encrypting a chunk.
+/// The randomness of one chunk's encryption (and of its stochastic rounding): ChaCha20 keyed by
+/// a seed derived from the master seed with BLAKE3 in keyed mode, a PRF, so the chunks' seeds
+/// are independent and uniform and chunks can be encrypted in parallel. It hands out words in
+/// bulk; tfhe's generator hands out one byte per call, which made sampling the largest single
+/// cost of encrypting a chunk. Drawn words are zeroized (they are the encryption's secrets).
 pub(crate) struct ChunkRandomness {
     rng: ChaCha20Rng,
-    words: Vec<u64>,
+    words: Zeroizing<Vec<u64>>,
 }
 
 impl ChunkRandomness {
@@ -31,7 +32,7 @@ impl ChunkRandomness {
         let seed = Zeroizing::new(*h.finalize().as_bytes());
         ChunkRandomness {
             rng: ChaCha20Rng::from_seed(*seed),
-            words: Vec::new(),
+            words: Zeroizing::new(Vec::new()),
         }
     }
 
@@ -54,10 +55,13 @@ impl ChunkRandomness {
     /// Adds TUniform(bound_log2) noise to each value (bound_log2 ≤ 61): b+2 bits u, then
     /// (u >> 1) + (u & 1) − 2^b, which is uniform on [−2^b, 2^b] with half weight at the ends.
     pub(crate) fn add_t_uniform<T: Torus>(&mut self, values: &mut [T], bound_log2: u32) {
-        debug_assert!(bound_log2 <= 61);
+        assert!(
+            bound_log2 <= 61,
+            "TUniform bound 2^{bound_log2} is too wide"
+        );
         self.fill_words(values.len());
         let mask = (1u64 << (bound_log2 + 2)) - 1;
-        for (x, &w) in values.iter_mut().zip(&self.words) {
+        for (x, &w) in values.iter_mut().zip(self.words.iter()) {
             let u = w & mask;
             let e = ((u >> 1) + (u & 1)) as u128;
             *x = x.wrapping_add(T::from_u128(e.wrapping_sub(1u128 << bound_log2)));
