@@ -52,8 +52,7 @@ impl ChunkRandomness {
         }
     }
 
-    /// Adds TUniform(bound_log2) noise to each value (bound_log2 ≤ 61): b+2 bits u, then
-    /// (u >> 1) + (u & 1) − 2^b, which is uniform on [−2^b, 2^b] with half weight at the ends.
+    /// Adds TUniform(bound_log2) noise to each value (bound_log2 ≤ 61).
     pub(crate) fn add_t_uniform<T: Torus>(&mut self, values: &mut [T], bound_log2: u32) {
         assert!(
             bound_log2 <= 61,
@@ -62,9 +61,7 @@ impl ChunkRandomness {
         self.fill_words(values.len());
         let mask = (1u64 << (bound_log2 + 2)) - 1;
         for (x, &w) in values.iter_mut().zip(self.words.iter()) {
-            let u = w & mask;
-            let e = ((u >> 1) + (u & 1)) as u128;
-            *x = x.wrapping_add(T::from_u128(e.wrapping_sub(1u128 << bound_log2)));
+            *x = x.wrapping_add(t_uniform((w & mask) as u128, bound_log2));
         }
         self.words.fill(0);
     }
@@ -111,31 +108,33 @@ impl FloodingStream {
         v
     }
 
-    /// One sample of TUniform(b): draw b+2 bits u; (u >> 1) + (u & 1) is on [0, 2^(b+1)]
-    /// with half weight at both ends; subtract 2^b.
+    /// One sample of TUniform(b).
     pub(crate) fn sample<T: Torus>(&mut self) -> T {
         let b = self.bound_log2;
-        let u = self.next_u128() & ((1u128 << (b + 2)) - 1);
-        let v = (u >> 1) + (u & 1);
-        T::from_u128(v.wrapping_sub(1u128 << b))
+        t_uniform(self.next_u128() & ((1u128 << (b + 2)) - 1), b)
     }
+}
+
+/// TUniform(b) from b+2 uniform bits u: (u >> 1) + (u & 1) is on [0, 2^(b+1)] with half weight
+/// at both ends; subtracting 2^b centres it on [−2^b, 2^b].
+fn t_uniform<T: Torus>(u: u128, b: u32) -> T {
+    T::from_u128(((u >> 1) + (u & 1)).wrapping_sub(1u128 << b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn flooding_is_t_uniform() {
-        let mut s = FloodingStream::new(&[7u8; 32], 0, 3);
+    /// Checks samples of TUniform(3): all on [−8, 8], the ends with half the weight of the 15
+    /// inner values (1/32 vs 1/16).
+    fn assert_t_uniform_3(samples: impl Iterator<Item = i128>) {
         let mut counts = [0u32; 17];
-        let n = 160_000;
-        for _ in 0..n {
-            let v = s.sample::<u64>() as i64;
-            assert!((-8..=8).contains(&v));
+        let mut n = 0;
+        for v in samples {
+            assert!((-8..=8).contains(&v), "{v}");
             counts[(v + 8) as usize] += 1;
+            n += 1;
         }
-        // Ends have half the weight of the 15 inner values: 1/32 vs 1/16.
         let expect_inner = n as f64 / 16.0;
         for (i, &c) in counts.iter().enumerate() {
             let e = if i == 0 || i == 16 {
@@ -148,25 +147,17 @@ mod tests {
     }
 
     #[test]
+    fn flooding_is_t_uniform() {
+        let mut s = FloodingStream::new(&[7u8; 32], 0, 3);
+        assert_t_uniform_3((0..160_000).map(|_| s.sample::<u64>() as i64 as i128));
+    }
+
+    #[test]
     fn chunk_noise_is_t_uniform_and_bits_are_binary() {
         let mut r = ChunkRandomness::new(&[3u8; 32], "encrypt", 0);
         let mut values = vec![0u128; 170_000];
         r.add_t_uniform(&mut values, 3);
-        let mut counts = [0u32; 17];
-        for v in &values {
-            let v = *v as i128;
-            assert!((-8..=8).contains(&v), "{v}");
-            counts[(v + 8) as usize] += 1;
-        }
-        let expect_inner = values.len() as f64 / 16.0;
-        for (i, &c) in counts.iter().enumerate() {
-            let e = if i == 0 || i == 16 {
-                expect_inner / 2.0
-            } else {
-                expect_inner
-            };
-            assert!((c as f64 - e).abs() < 0.08 * e, "bucket {i}: {c} vs {e}");
-        }
+        assert_t_uniform_3(values.iter().map(|&v| v as i128));
         let mut bits = vec![7u64; 10_000];
         r.fill_binary(&mut bits);
         let ones = bits.iter().filter(|&&b| b == 1).count();
