@@ -284,14 +284,7 @@ fn bench_crypto(
 #[derive(Args)]
 struct SessionArgs {
     #[command(flatten)]
-    config: ConfigArgs,
-    /// The node's API, e.g. http://127.0.0.1:8470 (default: from `api.listen` in the
-    /// configuration).
-    #[arg(long, global = true, value_name = "URL")]
-    api: Option<String>,
-    /// API bearer token (default: $FHENODE_API_TOKEN, then `api.token` from the configuration).
-    #[arg(long, global = true, value_name = "TOKEN")]
-    token: Option<String>,
+    node: NodeApiArgs,
     #[command(subcommand)]
     command: SessionCommand,
 }
@@ -400,14 +393,6 @@ impl CreateArgs {
     }
 }
 
-impl SessionArgs {
-    /// The API client: `--api`, else `api.listen` from the configuration; `--token`, else
-    /// $FHENODE_API_TOKEN, else `api.token` from the configuration.
-    fn client(&self) -> anyhow::Result<ApiClient> {
-        api_client(&self.config, self.api.as_deref(), self.token.as_deref())
-    }
-}
-
 /// The API client: `api`, else `api.listen` from the configuration; `token`, else
 /// $FHENODE_API_TOKEN, else `api.token` from the configuration.
 fn api_client(
@@ -458,7 +443,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 async fn session(args: SessionArgs) -> anyhow::Result<()> {
-    let client = args.client()?;
+    let client = args.node.client()?;
     match args.command {
         SessionCommand::Create(create) => {
             print_json(&client.create_session(&create.spec()?).await?)
