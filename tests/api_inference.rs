@@ -190,6 +190,14 @@ async fn round_trip(
     (values, inferred, ciphertext)
 }
 
+/// Stops a node, within 10 s.
+async fn stop(node: Node) {
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_api_on_one_node() {
     let (node, _dir) = start(None).await;
@@ -651,10 +659,7 @@ async fn inference_api_on_one_node() {
     })
     .await
     .expect("the API test took over 300 s");
-    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(node).await;
 }
 
 /// One small network with a ReLU through the `mlp` scheme: the decrypted result equals the
@@ -709,10 +714,7 @@ async fn mlp_model_through_the_api() {
     })
     .await
     .expect("the mlp API test took over 300 s");
-    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(node).await;
 }
 
 /// The inference routes sit behind the API token like the session routes.
@@ -738,10 +740,7 @@ async fn inference_routes_need_the_token() {
     let api = Api::new(&node, Some(TOKEN));
     let (status, seed) = api.post("/v1/ml-zk/fhe/inference", &seed_request()).await;
     assert_eq!(status, 200, "{seed}");
-    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(node).await;
 }
 
 /// Runs the `fhenode` binary with `args`; returns (success, stdout, stderr).
@@ -926,10 +925,7 @@ async fn cli_model_and_infer_commands() {
     })
     .await
     .expect("the CLI test took over 300 s");
-    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(node).await;
 }
 
 /// A model on another node: `GET /v1/models/{name}/spec?peer=` asks that node over libp2p, and
@@ -1056,9 +1052,6 @@ async fn remote_model_spec_and_cli_infer_across_two_nodes() {
     .await
     .expect("the two-node spec test took over 300 s");
     for node in nodes {
-        tokio::time::timeout(Duration::from_secs(10), node.shutdown())
-            .await
-            .unwrap()
-            .unwrap();
+        stop(node).await;
     }
 }
