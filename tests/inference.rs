@@ -23,6 +23,19 @@ fn random_layer(rng: &mut impl Rng, inputs: usize, outputs: usize, act: Activati
     }
 }
 
+/// What the model node computes for `model` on inputs quantised over [-1, 1], in the clear.
+fn quantised_outputs(model: &Model, sample: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    let quantised = QuantizedModel::compile(
+        model,
+        &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0),
+    )
+    .unwrap();
+    sample
+        .iter()
+        .map(|row| quantised.eval_plain(row).unwrap())
+        .collect()
+}
+
 /// The client node's `inference.memory_budget_bytes`: far below one loaded mlp evaluation key
 /// (≈ 120 MB), so any mlp evaluation on the client node itself is refused up front. It never
 /// matters for evaluations on the model node, which has the default budget.
@@ -252,18 +265,11 @@ async fn encrypted_inference_across_two_nodes() {
         .await
         .unwrap();
     // The node quantises with the declared range; the same quantised model in the clear.
-    let quantised = QuantizedModel::compile(
-        &mlp,
-        &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0),
-    )
-    .unwrap();
-    for (row, values) in sample.iter().zip(&got.values) {
-        let want = quantised.eval_plain(row).unwrap();
-        assert_eq!(
-            values, &want,
-            "encrypted result must equal the quantised model"
-        );
-    }
+    assert_eq!(
+        got.values,
+        quantised_outputs(&mlp, &sample),
+        "encrypted result must equal the quantised model"
+    );
 
     // --- sigmoid: lookup-table activations, the same context and uploaded key ---------------
     // A 4-8-2 network whose hidden units are sigmoids, each one programmable bootstrap through
@@ -318,11 +324,7 @@ async fn encrypted_inference_across_two_nodes() {
         .decrypt(&ctx.fhe_context_id, out.encrypted_result)
         .await
         .unwrap();
-    let quantised = QuantizedModel::compile(
-        &sigmoid,
-        &MlpConfig::with_range(MlpParams::Message2Carry2, -1.0, 1.0),
-    )
-    .unwrap();
+    let quantised = quantised_outputs(&sigmoid, &sample);
     let argmax = |v: &[f64]| {
         v.iter()
             .enumerate()
@@ -330,10 +332,9 @@ async fn encrypted_inference_across_two_nodes() {
             .map(|(i, _)| i)
     };
     let mut agree_float = 0;
-    for (row, values) in sample.iter().zip(&got.values) {
-        let want = quantised.eval_plain(row).unwrap();
-        assert_eq!(argmax(values), argmax(&want), "argmax for {row:?}");
-        assert_eq!(values, &want, "the quantised sigmoid model, exactly");
+    for ((row, values), want) in sample.iter().zip(&got.values).zip(&quantised) {
+        assert_eq!(argmax(values), argmax(want), "argmax for {row:?}");
+        assert_eq!(values, want, "the quantised sigmoid model, exactly");
         let float: Vec<f64> = sigmoid
             .eval_plain(row)
             .unwrap()
