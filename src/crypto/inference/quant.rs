@@ -82,16 +82,22 @@ impl MlpParams {
         p.glwe_dimension.0 * p.polynomial_size.0
     }
 
+    /// LWE dimension n, GLWE dimension k and polynomial size N, as key-size factors.
+    fn key_dimensions(self) -> (u64, u64, u64) {
+        let p = self.shortint();
+        (
+            p.lwe_dimension.0 as u64,
+            p.glwe_dimension.0 as u64,
+            p.polynomial_size.0 as u64,
+        )
+    }
+
     /// Bytes of the compressed (seeded) evaluation key a client uploads: the bootstrapping
     /// key's bodies (n·(k+1)·l·N words) and key-switching key's bodies (k·N·l_ks words).
     /// m2c2: ≈ 30 MB; m3c3: ≈ 283 MB.
     pub fn evaluation_key_bytes(self) -> u64 {
         let p = self.shortint();
-        let (n, k, big_n) = (
-            p.lwe_dimension.0 as u64,
-            p.glwe_dimension.0 as u64,
-            p.polynomial_size.0 as u64,
-        );
+        let (n, k, big_n) = self.key_dimensions();
         let bsk = n * (k + 1) * p.pbs_level.0 as u64 * big_n;
         let ksk = k * big_n * p.ks_level.0 as u64;
         8 * (bsk + ksk)
@@ -101,11 +107,7 @@ impl MlpParams {
     /// key), what a node must budget per cached context. m2c2: ≈ 120 MB; m3c3: ≈ 1.06 GB.
     pub fn server_key_bytes(self) -> u64 {
         let p = self.shortint();
-        let (n, k, big_n) = (
-            p.lwe_dimension.0 as u64,
-            p.glwe_dimension.0 as u64,
-            p.polynomial_size.0 as u64,
-        );
+        let (n, k, big_n) = self.key_dimensions();
         let fourier_bsk = n * (k + 1) * p.pbs_level.0 as u64 * (k + 1) * (big_n / 2) * 16;
         let ksk = k * big_n * p.ks_level.0 as u64 * (n + 1) * 8;
         fourier_bsk + ksk
