@@ -417,10 +417,10 @@ fn piece_owner(session: &str, peer: &str) -> Vec<u8> {
 /// The largest wire size an update of this plan can have: anything bigger is refused before
 /// it is stored.
 fn max_update_bytes(plan: &SessionPlan) -> u64 {
-    let n = plan.params.profile.params().ring_dim as u64;
-    let chunks = plan.length.div_ceil(n);
+    let p = plan.params.profile.params();
+    let chunks = p.chunks(plan.length);
     // ≤ 16 bytes per mask and body coefficient, plus framing.
-    chunks * n * 32 + 4096 + chunks * 64
+    (chunks * p.ring_dim as u64 + plan.length) * 16 + 4096 + chunks * 64
 }
 
 impl AggregationActor {

@@ -23,19 +23,18 @@ struct Sums<T> {
 
 impl<T: ProfileTorus> Sums<T> {
     fn new(length: usize) -> Self {
-        let n = T::ring().n();
+        let p = T::PROFILE.params();
         Sums {
-            masks: vec![T::ZERO; length.div_ceil(n) * n],
+            masks: vec![T::ZERO; p.chunks(length as u64) as usize * p.ring_dim],
             bodies: vec![T::ZERO; length],
         }
     }
 
     fn add(&mut self, update: &EncryptedUpdate) {
         let p = T::PROFILE.params();
-        let n = p.ring_dim;
         self.masks
-            .par_chunks_mut(n)
-            .zip(self.bodies.par_chunks_mut(n))
+            .par_chunks_mut(p.ring_dim)
+            .zip(self.bodies.par_chunks_mut(p.chunk_values()))
             .zip(update.chunks.par_iter())
             .for_each(|((mask, body), chunk)| {
                 codec::unpack_add_assign(&chunk.mask, p.mask_keep_bits, mask);
@@ -47,13 +46,12 @@ impl<T: ProfileTorus> Sums<T> {
     /// mean 1/2, so without this the e·r noise term of a sum grows linearly in K, not as √K.
     fn centre(&mut self, pk: &PkCore<T>, contributors: usize) {
         let h = T::from_u128((contributors / 2) as u128);
-        let n = pk.ones_mask.len();
-        self.masks.par_chunks_mut(n).for_each(|m| {
+        self.masks.par_chunks_mut(pk.ones_mask.len()).for_each(|m| {
             for (x, &o) in m.iter_mut().zip(&pk.ones_mask) {
                 *x = x.wrapping_sub(o.wrapping_mul(h));
             }
         });
-        self.bodies.par_chunks_mut(n).for_each(|b| {
+        self.bodies.par_chunks_mut(pk.ones_body_rev.len()).for_each(|b| {
             for (x, &o) in b.iter_mut().zip(&pk.ones_body_rev) {
                 *x = x.wrapping_sub(o.wrapping_mul(h));
             }
@@ -234,7 +232,7 @@ impl DecryptionRequest {
 
     pub fn validate(&self) -> Result<(), CryptoError> {
         let p = self.profile.params();
-        let chunks = self.length.div_ceil(p.ring_dim as u64) as usize;
+        let chunks = p.chunks(self.length) as usize;
         let expected = chunks * p.ring_dim * codec::packed_width(p.mask_keep_bits);
         if self.length == 0 || self.mask.len() != expected {
             return Err(CryptoError::Malformed {

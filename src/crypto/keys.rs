@@ -104,7 +104,8 @@ pub struct KeyCommitment {
     pub digest: [u8; 32],
 }
 
-/// A member's public-key share `b_i = a·s_i + e_i` (full width, little-endian).
+/// A member's public-key share: the bodies `b_{i,l} = a·s_{i,l} + e_{i,l}`, one per body slot
+/// `l` of a chunk, all under the CRS mask `a` (full width, little-endian, one after the other).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyShare {
     pub profile: Profile,
@@ -139,24 +140,29 @@ impl PublicKeyShare {
         }
     }
 
-    fn expected_len(profile: Profile) -> usize {
+    pub(crate) fn expected_len(profile: Profile) -> usize {
         let p = profile.params();
-        p.ring_dim * (p.torus_bits / 8) as usize
+        p.chunk_values() * (p.torus_bits / 8) as usize
     }
 }
 
 struct SecretPoly<T: Torus> {
-    /// Binary coefficients of s_i.
+    /// Binary coefficients of the secrets s_{i,l}, one polynomial per body slot, in order.
     bits: Zeroizing<Vec<T>>,
-    /// NTT form of reverse(s_i), the operand of every partial decryption.
-    rev_ntt: Zeroizing<NttPoly>,
+    /// NTT form of reverse(s_{i,l}) per slot, the operands of every partial decryption.
+    rev_ntt: Vec<Zeroizing<NttPoly>>,
 }
 
 impl<T: ProfileTorus> SecretPoly<T> {
     fn from_bits(bits: Zeroizing<Vec<T>>) -> Self {
-        let mut rev = Zeroizing::new(bits.to_vec());
-        rev.reverse();
-        let rev_ntt = Zeroizing::new(T::ring().forward_binary(&rev));
+        let rev_ntt = bits
+            .chunks(T::ring().n())
+            .map(|s| {
+                let mut rev = Zeroizing::new(s.to_vec());
+                rev.reverse();
+                Zeroizing::new(T::ring().forward_binary(&rev))
+            })
+            .collect();
         SecretPoly { bits, rev_ntt }
     }
 
@@ -164,31 +170,36 @@ impl<T: ProfileTorus> SecretPoly<T> {
         let p = params.profile.params();
         let n = p.ring_dim;
         let mut seeder = new_seeder();
-        let mut bits = Zeroizing::new(vec![T::ZERO; n]);
+        let mut bits = Zeroizing::new(vec![T::ZERO; p.chunk_values()]);
         {
             let mut secret_gen =
                 SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
             let mut key = LweSecretKey::from_container(&mut bits[..]);
             generate_binary_lwe_secret_key(&mut key, &mut secret_gen);
         }
-        // tfhe's seeded compact public key: mask from the CRS seed, body a·rev(s_i) + e_i.
-        let mut seeded = SeededLweCompactPublicKey::new(
-            T::ZERO,
-            LweDimension(n),
-            CompressionSeed::from(crs_seed(params, tag)),
-            CiphertextModulus::new_native(),
-        );
-        generate_seeded_lwe_compact_public_key(
-            &LweSecretKey::from_container(&bits[..]),
-            &mut seeded,
-            TUniform::<T>::new(p.noise_log2),
-            seeder.as_mut(),
-        );
-        let body = seeded.into_container();
+        // tfhe's seeded compact public key, once per slot: every slot's mask is the same `a`
+        // (from the CRS seed), its body a·rev(s_{i,l}) + e_{i,l}.
+        let mut body = Vec::with_capacity(p.chunk_values());
+        for secret in bits.chunks(n) {
+            let mut seeded = SeededLweCompactPublicKey::new(
+                T::ZERO,
+                LweDimension(n),
+                CompressionSeed::from(crs_seed(params, tag)),
+                CiphertextModulus::new_native(),
+            );
+            generate_seeded_lwe_compact_public_key(
+                &LweSecretKey::from_container(secret),
+                &mut seeded,
+                TUniform::<T>::new(p.noise_log2),
+                seeder.as_mut(),
+            );
+            body.extend_from_slice(seeded.as_ref());
+        }
         (Self::from_bits(bits), body)
     }
 
-    /// d_j = (M · rev(s_i))[N−1−j] + flooding_j for every value j of every chunk.
+    /// d_j = (M · rev(s_{i,l}))[N−1−j'] + flooding_j for every value j of every chunk, where
+    /// value j sits in body slot l at position j' of its chunk's mask.
     fn partial(
         &self,
         mask: &[u8],
@@ -199,25 +210,27 @@ impl<T: ProfileTorus> SecretPoly<T> {
     ) -> Vec<u8> {
         let ring = T::ring();
         let n = ring.n();
-        let mask_keep = T::PROFILE.params().mask_keep_bits;
-        let mask_width = codec::packed_width(mask_keep);
+        let p = T::PROFILE.params();
+        let chunk_values = p.chunk_values();
+        let mask_width = codec::packed_width(p.mask_keep_bits);
         let chunks: Vec<Vec<u8>> = mask
             .par_chunks(n * mask_width)
             .enumerate()
             .map(|(c, mask_bytes)| {
-                let count = (length - c * n).min(n);
+                let count = (length - c * chunk_values).min(chunk_values);
                 let mut m = vec![T::ZERO; n];
-                codec::unpack_into(mask_bytes, mask_keep, &mut m);
-                // The unflooded product d_i − f_i must not outlive this call: zeroizing buffers.
+                codec::unpack_into(mask_bytes, p.mask_keep_bits, &mut m);
+                let m_ntt = ring.forward(&m);
+                // The unflooded products d_i − f_i must not outlive this call: zeroizing buffers.
                 let mut prod = Zeroizing::new(vec![T::ZERO; n]);
                 let mut scratch = Zeroizing::new(ring.scratch());
-                ring.product(&ring.forward(&m), &self.rev_ntt, &mut prod, &mut scratch);
+                let mut d: Zeroizing<Vec<T>> = Zeroizing::new(Vec::with_capacity(count));
                 let mut flood = FloodingStream::new(flood_key, c as u64, flood_log2);
-                let d: Zeroizing<Vec<T>> = Zeroizing::new(
-                    (0..count)
-                        .map(|j| prod[n - 1 - j].wrapping_add(flood.sample::<T>()))
-                        .collect(),
-                );
+                for (l, secret) in self.rev_ntt.iter().enumerate().take(count.div_ceil(n)) {
+                    ring.product(&m_ntt, secret, &mut prod, &mut scratch);
+                    let here = (count - l * n).min(n);
+                    d.extend((0..here).map(|j| prod[n - 1 - j].wrapping_add(flood.sample::<T>())));
+                }
                 let mut out = Vec::new();
                 pack_rounded(&d, keep, &mut out);
                 out
@@ -280,7 +293,8 @@ impl Drop for SecretRecord {
 }
 
 /// 2: flooding noise from a PRF, `answered` holds only the request digest.
-const SECRET_RECORD_VERSION: u16 = 2;
+/// 3: one secret polynomial per body slot.
+const SECRET_RECORD_VERSION: u16 = 3;
 
 impl SecretKeyShare {
     /// Draws a fresh secret share for `member` (0-based index into the committee) and its
@@ -482,11 +496,11 @@ impl SecretKeyShare {
             });
         }
         record.params.validate()?;
-        let n = record.params.profile.params().ring_dim;
-        if record.bits.len() != n || record.bits.iter().any(|&b| b > 1) {
+        let len = record.params.profile.params().chunk_values();
+        if record.bits.len() != len || record.bits.iter().any(|&b| b > 1) {
             return Err(CryptoError::Malformed {
                 what: "secret key share",
-                reason: "secret is not a binary polynomial of the profile's dimension".into(),
+                reason: "secret is not the profile's number of binary polynomials".into(),
             });
         }
         fn lift<T: ProfileTorus>(bits: &[u8]) -> SecretPoly<T> {
@@ -673,8 +687,10 @@ fn sum_bodies<T: Torus>(shares: &[&PublicKeyShare]) -> Result<Vec<u8>, CryptoErr
 /// The public key material every encryption and the centring correction needs, in NTT form.
 pub(crate) struct PkCore<T: Torus> {
     a_ntt: NttPoly,
-    b_ntt: NttPoly,
-    /// Encryption of zero with all-ones randomness and no noise: (a·1, reverse(b·1)).
+    /// One body per slot.
+    b_ntt: Vec<NttPoly>,
+    /// Encryption of zero with all-ones randomness and no noise: a·1, and reverse(b_l·1) for
+    /// every slot, one after the other.
     pub(crate) ones_mask: Vec<T>,
     pub(crate) ones_body_rev: Vec<T>,
 }
@@ -682,40 +698,44 @@ pub(crate) struct PkCore<T: Torus> {
 impl<T: ProfileTorus> PkCore<T> {
     fn new(params: &SessionParams, tag: &SessionTag, body: &[u8]) -> Result<Self, CryptoError> {
         let b = torus_from_bytes::<T>(body, "collective key")?;
-        let n = T::ring().n();
-        if b.len() != n {
+        let ring = T::ring();
+        let n = ring.n();
+        let expected = T::PROFILE.params().chunk_values();
+        if b.len() != expected {
             return Err(CryptoError::Malformed {
                 what: "collective key",
-                reason: format!("{} coefficients, expected {n}", b.len()),
+                reason: format!("{} coefficients, expected {expected}", b.len()),
             });
         }
+        // The mask `a` is the same for every slot: expand it once, from the first.
         let seeded = SeededLweCompactPublicKey::from_container(
-            b,
+            b[..n].to_vec(),
             CompressionSeed::from(crs_seed(params, tag)),
             CiphertextModulus::new_native(),
         );
         let pk = seeded.decompress_into_lwe_compact_public_key();
-        let (mask, body) = pk.get_mask_and_body();
-        let ring = T::ring();
-        let a_ntt = ring.forward(mask.as_ref());
-        let b_ntt = ring.forward(body.as_ref());
+        let a_ntt = ring.forward(pk.get_mask().as_ref());
+        let b_ntt: Vec<NttPoly> = b.chunks(n).map(|body| ring.forward(body)).collect();
         let ones = ring.forward_binary(&vec![T::ONE; n]);
         let mut scratch = ring.scratch();
         let mut ones_mask = vec![T::ZERO; n];
         ring.product(&a_ntt, &ones, &mut ones_mask, &mut scratch);
-        let mut ones_body = vec![T::ZERO; n];
-        ring.product(&b_ntt, &ones, &mut ones_body, &mut scratch);
-        ones_body.reverse();
+        let mut ones_body_rev = vec![T::ZERO; expected];
+        for (out, body) in ones_body_rev.chunks_mut(n).zip(&b_ntt) {
+            ring.product(body, &ones, out, &mut scratch);
+            out.reverse();
+        }
         Ok(PkCore {
             a_ntt,
             b_ntt,
             ones_mask,
-            ones_body_rev: ones_body,
+            ones_body_rev,
         })
     }
 
-    /// Encrypts one chunk (≤ N plaintexts): mask = a·r + e1, body_j = (b·r)[N−1−j] + e2_j + m_j,
-    /// then rounds both for the wire.
+    /// Encrypts one chunk (≤ L·N plaintexts) under one binary randomness r: mask = a·r + e1 and,
+    /// for value j at position j' of slot l, body_j = (b_l·r)[N−1−j'] + e2_j + m_j; then rounds
+    /// both for the wire. Only the slots the chunk fills are computed.
     fn encrypt_chunk(
         &self,
         plaintexts: &[T],
@@ -734,12 +754,18 @@ impl<T: ProfileTorus> PkCore<T> {
         let mut mask = vec![T::ZERO; n];
         ring.product(&self.a_ntt, &r_ntt, &mut mask, &mut scratch);
         randomness.add_t_uniform(&mut mask, p.noise_log2);
-        let mut br = vec![T::ZERO; n];
-        ring.product(&self.b_ntt, &r_ntt, &mut br, &mut scratch);
         let count = plaintexts.len();
-        let mut body: Vec<T> = (0..count)
-            .map(|j| br[n - 1 - j].wrapping_add(plaintexts[j]))
-            .collect();
+        let mut br = vec![T::ZERO; n];
+        let mut body: Vec<T> = Vec::with_capacity(count);
+        for (slot, values) in self.b_ntt.iter().zip(plaintexts.chunks(n)) {
+            ring.product(slot, &r_ntt, &mut br, &mut scratch);
+            body.extend(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &m)| br[n - 1 - j].wrapping_add(m)),
+            );
+        }
         randomness.add_t_uniform(&mut body, p.noise_log2);
         out.index = index;
         out.count = count as u32;
@@ -754,7 +780,7 @@ impl<T: ProfileTorus> PkCore<T> {
         params: &SessionParams,
         values: &[f32],
     ) -> Result<(Vec<EncryptedChunk>, u64), CryptoError> {
-        let n = T::ring().n();
+        let n = T::PROFILE.params().chunk_values();
         let seed = os_seed();
         let results: Vec<Result<(EncryptedChunk, u64), CryptoError>> = values
             .par_chunks(n)
@@ -871,7 +897,9 @@ impl CollectivePublicKey {
     pub(crate) fn tfhe_public_key_for_tests_u64(
         &self,
     ) -> tfhe::core_crypto::prelude::LweCompactPublicKeyOwned<u64> {
-        let body = torus_from_bytes::<u64>(&self.body, "collective key").unwrap();
+        // Slot 0 alone is an ordinary tfhe compact public key.
+        let mut body = torus_from_bytes::<u64>(&self.body, "collective key").unwrap();
+        body.truncate(Profile::Fast.params().ring_dim);
         SeededLweCompactPublicKey::from_container(
             body,
             CompressionSeed::from(crs_seed(&self.params, &self.tag)),
@@ -913,7 +941,7 @@ impl CollectivePublicKey {
     }
 }
 
-/// One ciphertext chunk: up to N values sharing one mask polynomial, rounded for the wire.
+/// One ciphertext chunk: up to L·N values sharing one mask polynomial, rounded for the wire.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptedChunk {
     pub index: u32,
@@ -934,7 +962,7 @@ impl EncryptedChunk {
     /// Checks the chunk's shape for `profile`, as chunk `index` of an update of `length`.
     pub fn validate(&self, profile: Profile, index: usize, length: u64) -> Result<(), CryptoError> {
         let p = profile.params();
-        let n = p.ring_dim as u64;
+        let n = p.chunk_values() as u64;
         let expected_count = (length - index as u64 * n).min(n);
         let bad = |reason: String| {
             Err(CryptoError::Malformed {
@@ -993,8 +1021,7 @@ impl fmt::Debug for EncryptedUpdate {
 impl EncryptedUpdate {
     /// Checks every chunk's shape; says which is wrong.
     pub fn validate(&self) -> Result<(), CryptoError> {
-        let n = self.profile.params().ring_dim as u64;
-        let expected_chunks = self.length.div_ceil(n);
+        let expected_chunks = self.profile.params().chunks(self.length);
         if self.length == 0 || self.chunks.len() as u64 != expected_chunks {
             return Err(CryptoError::Malformed {
                 what: "encrypted update",

@@ -62,8 +62,11 @@ pub struct ProfileParams {
     pub name: &'static str,
     /// Bits of the torus (ciphertext modulus q = 2^torus_bits).
     pub torus_bits: u32,
-    /// Ring / LWE dimension N: also the number of values per ciphertext chunk.
+    /// Ring / LWE dimension N.
     pub ring_dim: usize,
+    /// Bodies sharing one mask: a chunk holds `bodies_per_mask · N` values, under one
+    /// encryption randomness r and as many independent key polynomials (docs/CRYPTO.md §1).
+    pub bodies_per_mask: usize,
     /// Public-key and encryption noise: TUniform(noise_log2), uniform on [-2^b, 2^b].
     pub noise_log2: u32,
     /// Bits kept of each mask coefficient on the wire (the rest are rounded away).
@@ -78,10 +81,23 @@ pub struct ProfileParams {
     pub flood_margin_bits: u32,
 }
 
+impl ProfileParams {
+    /// Values per ciphertext chunk: one mask polynomial and `bodies_per_mask` bodies.
+    pub fn chunk_values(&self) -> usize {
+        self.ring_dim * self.bodies_per_mask
+    }
+
+    /// Chunks an update of `length` values takes.
+    pub fn chunks(&self, length: u64) -> u64 {
+        length.div_ceil(self.chunk_values() as u64)
+    }
+}
+
 pub static SECURE: ProfileParams = ProfileParams {
     name: "secure",
     torus_bits: 128,
     ring_dim: 4096,
+    bodies_per_mask: 8,
     noise_log2: 30,
     mask_keep_bits: 96,
     body_keep_bits: 88,
@@ -94,6 +110,7 @@ pub static FAST: ProfileParams = ProfileParams {
     name: "fast",
     torus_bits: 64,
     ring_dim: 2048,
+    bodies_per_mask: 8,
     noise_log2: 17,
     mask_keep_bits: 48,
     body_keep_bits: 40,

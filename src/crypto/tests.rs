@@ -97,8 +97,9 @@ fn check_sum_and_mean(result: &DecryptedSum, exact: &[f64]) -> Result<(), TestCa
 }
 
 fn case_strategy(profile: Profile) -> impl Strategy<Value = (usize, u32, usize, u64)> {
-    let n = profile.params().ring_dim;
-    (1..3 * n, 1u32..=7, 1usize..=50, any::<u64>())
+    // Up to a second chunk: partly filled slots and chunks both occur.
+    let p = profile.params();
+    (1..p.chunk_values() + 2 * p.ring_dim, 1u32..=7, 1usize..=50, any::<u64>())
 }
 
 proptest! {
@@ -159,20 +160,19 @@ fn aggregate_noise<T: ProfileTorus>(
     codec::unpack_into(&request.mask, p.mask_keep_bits, &mut mask);
     let mut scratch = ring.scratch();
     let mut noise = Vec::new();
-    for (chunk, body) in mask.chunks(n).zip(bodies.chunks(n)) {
+    for (chunk, body) in mask.chunks(n).zip(bodies.chunks(p.chunk_values())) {
         let m_ntt = ring.forward(chunk);
         let mut phase: Vec<T> = body.to_vec();
         for share in &c.shares {
-            let mut s: Vec<T> = share
-                .secret_bits_for_tests()
-                .iter()
-                .map(|&b| T::from_u128(b))
-                .collect();
-            s.reverse();
-            let mut prod = vec![T::ZERO; n];
-            ring.product(&m_ntt, &ring.forward_binary(&s), &mut prod, &mut scratch);
-            for (j, ph) in phase.iter_mut().enumerate() {
-                *ph = ph.wrapping_sub(prod[n - 1 - j]);
+            let bits = share.secret_bits_for_tests();
+            for (ph_slot, bits) in phase.chunks_mut(n).zip(bits.chunks(n)) {
+                let mut s: Vec<T> = bits.iter().map(|&b| T::from_u128(b)).collect();
+                s.reverse();
+                let mut prod = vec![T::ZERO; n];
+                ring.product(&m_ntt, &ring.forward_binary(&s), &mut prod, &mut scratch);
+                for (j, ph) in ph_slot.iter_mut().enumerate() {
+                    *ph = ph.wrapping_sub(prod[n - 1 - j]);
+                }
             }
         }
         noise.extend(phase);
@@ -317,23 +317,19 @@ fn centring_makes_noise_grow_as_sqrt_k() {
         unreachable!()
     };
     let ring = u64::ring();
-    let mut s: Vec<u64> = c.shares[0]
-        .secret_bits_for_tests()
-        .iter()
-        .map(|&b| b as u64)
-        .collect();
-    s.reverse();
-    let mut prod = vec![0u64; ring.n()];
-    ring.product(
-        &ring.forward(&pk.ones_mask),
-        &ring.forward_binary(&s),
-        &mut prod,
-        &mut ring.scratch(),
-    );
-    // Noise of the all-ones encryption: E·1.
-    let ones_noise: Vec<f64> = (0..ring.n())
-        .map(|j| pk.ones_body_rev[j].wrapping_sub(prod[ring.n() - 1 - j]) as i64 as f64)
-        .collect();
+    let ones_mask = ring.forward(&pk.ones_mask);
+    // Noise of the all-ones encryption, slot by slot: E_l·1.
+    let mut ones_noise = Vec::new();
+    for (slot, bits) in c.shares[0].secret_bits_for_tests().chunks(ring.n()).enumerate() {
+        let mut s: Vec<u64> = bits.iter().map(|&b| b as u64).collect();
+        s.reverse();
+        let mut prod = vec![0u64; ring.n()];
+        ring.product(&ones_mask, &ring.forward_binary(&s), &mut prod, &mut ring.scratch());
+        let body = &pk.ones_body_rev[slot * ring.n()..(slot + 1) * ring.n()];
+        ones_noise.extend(
+            (0..ring.n()).map(|j| body[j].wrapping_sub(prod[ring.n() - 1 - j]) as i64 as f64),
+        );
+    }
     let measure = |k: usize| -> (f64, f64) {
         let mut acc = Accumulator::new(&c.key, n as u64).unwrap();
         for (i, ct) in cts[..k].iter().enumerate() {
@@ -349,7 +345,7 @@ fn centring_makes_noise_grow_as_sqrt_k() {
         let raw: Vec<f64> = centred
             .iter()
             .enumerate()
-            .map(|(j, e)| e + h * ones_noise[j % ring.n()])
+            .map(|(j, e)| e + h * ones_noise[j % ones_noise.len()])
             .collect();
         (std_and_max(&centred).0, std_and_max(&raw).0)
     };
@@ -382,8 +378,9 @@ fn tfhe_decrypts_our_ciphertexts_and_we_decrypt_tfhes() {
     let mut c = committee(&params, "tfhe-compat");
     let n = Profile::Fast.params().ring_dim;
     let values: Vec<f32> = (0..n).map(|i| (i as f32 / 300.0) - 3.0).collect();
-    let s: Vec<u64> = c.shares[0]
-        .secret_bits_for_tests()
+    // N values fill slot 0 only: mask and slot-0 bodies are an ordinary tfhe compact list
+    // under the slot-0 secret.
+    let s: Vec<u64> = c.shares[0].secret_bits_for_tests()[..n]
         .iter()
         .map(|&b| b as u64)
         .collect();
@@ -812,7 +809,8 @@ proptest! {
 
 #[test]
 fn bytes_per_parameter_meet_targets() {
-    for (profile, target) in [(Profile::Secure, 24.0), (Profile::Fast, 12.0)] {
+    // The targets are 24 and 12; sharing each mask among 8 bodies reaches about half.
+    for (profile, target) in [(Profile::Secure, 13.0), (Profile::Fast, 6.0)] {
         let params = SessionParams::recommended(profile, 10, 3, 8.0).unwrap();
         let c = committee(&params, "bytes");
         let n = 100 * profile.params().ring_dim;

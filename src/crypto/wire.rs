@@ -157,8 +157,7 @@ plain_wire!(
     |v| Ok::<(), CryptoError>(())
 );
 plain_wire!(PublicKeyShare, Kind::PublicKeyShare, |v| {
-    let p = v.profile.params();
-    let expected = p.ring_dim * (p.torus_bits / 8) as usize;
+    let expected = PublicKeyShare::expected_len(v.profile);
     if v.body.len() == expected {
         Ok(())
     } else {
