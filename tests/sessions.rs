@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fhenode::crypto::{Accumulator, Profile};
+use fhenode::crypto::{Accumulator, Profile, PublicKeyShare};
 use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_phase, wait_result};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
@@ -134,11 +134,18 @@ async fn sessions_across_six_nodes() {
     // --- a second decryption request for the same session is refused by every member ------
     // A different aggregate under the same session key, as a dishonest coordinator could
     // build from other ciphertexts with the same contributors.
-    let state: Coordinated = coordinator
+    let mut state: Coordinated = coordinator
         .store
         .get(trees::SESSIONS, b"coord/mean")
         .unwrap()
         .expect("the coordinator keeps the session state");
+    // The shares are stored beside the state, once.
+    let shares: Vec<PublicKeyShare> = coordinator
+        .store
+        .get(trees::SESSIONS, b"coord-shares/mean")
+        .unwrap()
+        .expect("the coordinator keeps the key shares");
+    state.shares = shares.into_iter().map(|s| (s.member, s)).collect();
     let key = state.collective_key().unwrap();
     let mut other = Accumulator::new(&key, state.plan.length).unwrap();
     for who in &state.contributors {

@@ -27,7 +27,7 @@ use crate::crypto::{
 use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
 use crate::net::{NetError, NetworkHandle, Request, Response};
 use crate::session::machine::{collective_key, SubmissionMeta};
-use crate::session::messages::{self, AggMsg, AggReply, PIECE_BYTES};
+use crate::session::messages::{self, AggMsg, AggReply, Piece, PIECE_BYTES};
 use crate::session::{
     now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo,
     SessionPlan, SessionResult, SessionSpec, SubmitReceipt, Timings,
@@ -37,6 +37,10 @@ use crate::store::{trees, Store};
 
 const COORD_PREFIX: &str = "coord/";
 const JOINED_PREFIX: &str = "joined/";
+/// The public key shares of a session, kept apart from the state records above: they are
+/// large and written once, the states small and written at every step.
+const COORD_SHARES_PREFIX: &str = "coord-shares/";
+const JOINED_SHARES_PREFIX: &str = "joined-shares/";
 const SEND_ATTEMPTS: u32 = 8;
 
 /// A session as a participant or member sees it.
@@ -44,6 +48,8 @@ const SEND_ATTEMPTS: u32 = 8;
 struct Joined {
     plan: SessionPlan,
     commitments: Vec<KeyCommitment>,
+    /// Persisted apart (`JOINED_SHARES_PREFIX`), once, when the session opens.
+    #[serde(skip)]
     shares: Vec<PublicKeyShare>,
     phase: Phase,
     opened_ms: u64,
@@ -182,6 +188,19 @@ impl AggregationHandle {
 }
 
 /// The wire answer to a peer's message.
+type BoxedAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>;
+
+/// Answers a request when `answer` is ready, from a task, so the actor serves others meanwhile.
+fn answer_in_task(answer: BoxedAnswer, reply: oneshot::Sender<Response>, span: tracing::Span) {
+    tokio::spawn(
+        async move {
+            let _ = reply.send(reply_response(answer.await));
+        }
+        .instrument(span),
+    );
+}
+
 fn reply_response(result: Result<AggReply, SessionError>) -> Response {
     match result {
         Ok(r) => messages::encode(&r)
@@ -213,10 +232,14 @@ impl Link {
     /// Sends a session message and waits for the answer; messages to this node itself go
     /// through the actor's own mailbox.
     async fn send(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        self.send_encoded(peer, messages::encode(msg)?).await
+    }
+
+    /// [`Link::send`] for a message already encoded.
+    async fn send_encoded(&self, peer: &str, bytes: Vec<u8>) -> Result<AggReply, SessionError> {
         let peer_id: PeerId = peer
             .parse()
             .map_err(|_| SessionError::BadInput(format!("`{peer}` is not a peer id")))?;
-        let bytes = messages::encode(msg)?;
         let response = if peer_id == self.me {
             let me = self.me;
             self.mailbox
@@ -264,11 +287,22 @@ impl Link {
 
     /// [`Link::send`], retried with backoff while the failure is a transport one.
     async fn send_retrying(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        self.send_retrying_with(peer, || messages::encode(msg))
+            .await
+    }
+
+    /// Sends what `encode` makes, encoding it again for each retry (the network consumes
+    /// the bytes, and copying them ahead of a retry that rarely comes would cost as much).
+    async fn send_retrying_with(
+        &self,
+        peer: &str,
+        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+    ) -> Result<AggReply, SessionError> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.send(peer, msg).await {
+            match self.send_encoded(peer, encode()?).await {
                 Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
                     debug!(%peer, %message, attempt, "retrying");
                     tokio::time::sleep(delay).await;
@@ -409,9 +443,10 @@ pub fn spawn(
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
 
-/// Where all of one participant's upload pieces live.
-fn piece_owner(session: &str, peer: &str) -> Vec<u8> {
-    format!("piece/{session}/{peer}/").into_bytes()
+/// Whose upload pieces these are: one participant in one session (session ids and peer ids
+/// hold no `/`, so a session's owners share the prefix `{session}/`).
+fn piece_owner(session: &str, peer: &str) -> String {
+    format!("{session}/{peer}")
 }
 
 /// The largest wire size an update of this plan can have: anything bigger is refused before
@@ -444,17 +479,23 @@ impl AggregationActor {
 
     /// Loads every session and resumes the coordinated ones where they stopped.
     fn load(&mut self) -> Result<(), SessionError> {
-        for (key, state) in self
+        for (key, mut state) in self
             .store
             .scan_prefix::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())?
         {
             debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
+            state.shares = self
+                .load_shares(COORD_SHARES_PREFIX, &state.plan.id)?
+                .into_iter()
+                .map(|share| (share.member, share))
+                .collect();
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for (_, joined) in self
+        for (_, mut joined) in self
             .store
             .scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
         {
+            joined.shares = self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id)?;
             self.joined.insert(joined.plan.id.clone(), joined);
         }
         let resume: Vec<(String, Vec<Effect>)> = self
@@ -553,7 +594,7 @@ impl AggregationActor {
             )
         });
         let state = Coordinated::new(plan, now_ms());
-        self.persist_coordinated(&state).await?;
+        self.persist_coordinated(&state, false).await?;
         self.coordinated.insert(id.clone(), state);
         self.phase_since.insert(id.clone(), Instant::now());
         self.apply(&id, Event::Start).await;
@@ -575,7 +616,16 @@ impl AggregationActor {
         timed_flush(&self.store, &self.metrics).await
     }
 
-    async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
+    /// Persists a coordinated session; its shares too when `shares_changed`.
+    async fn persist_coordinated(
+        &self,
+        state: &Coordinated,
+        shares_changed: bool,
+    ) -> Result<(), SessionError> {
+        if shares_changed {
+            let shares: Vec<&PublicKeyShare> = state.shares.values().collect();
+            self.store_shares(COORD_SHARES_PREFIX, &state.plan.id, &shares)?;
+        }
         let key = format!("{COORD_PREFIX}{}", state.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
         self.flush().await
@@ -585,6 +635,28 @@ impl AggregationActor {
         let key = format!("{JOINED_PREFIX}{}", joined.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
         self.flush().await
+    }
+
+    fn store_shares(
+        &self,
+        prefix: &str,
+        session: &str,
+        shares: &[&PublicKeyShare],
+    ) -> Result<(), SessionError> {
+        let key = format!("{prefix}{session}");
+        Ok(self.store.put(trees::SESSIONS, key.as_bytes(), &shares)?)
+    }
+
+    fn load_shares(
+        &self,
+        prefix: &str,
+        session: &str,
+    ) -> Result<Vec<PublicKeyShare>, SessionError> {
+        let key = format!("{prefix}{session}");
+        Ok(self
+            .store
+            .get::<Vec<PublicKeyShare>>(trees::SESSIONS, key.as_bytes())?
+            .unwrap_or_default())
     }
 
     /// Applies an event to a coordinated session: new state, persisted, then its effects.
@@ -599,7 +671,9 @@ impl AggregationActor {
         if next == *state {
             return None;
         }
-        if let Err(e) = self.persist_coordinated(&next).await {
+        // Shares are only ever added (each is bound by its member's commitment).
+        let shares_changed = next.shares.len() != state.shares.len();
+        if let Err(e) = self.persist_coordinated(&next, shares_changed).await {
             warn!(session = %id, error = %e, "cannot persist session; the event is dropped");
             return Some(e);
         }
@@ -976,14 +1050,11 @@ impl AggregationActor {
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
     fn cleanup(&mut self, session: &str) {
-        let Ok(tree) = self.store.tree(trees::SUBMISSIONS) else {
-            return;
-        };
         // Removing tens of blobs is file-system work: off the actor.
-        let prefix = format!("piece/{session}/");
+        let (store, owners) = (self.store.clone(), format!("{session}/"));
         tokio::task::spawn_blocking(move || {
-            for key in tree.scan_prefix(prefix.as_bytes()).keys().flatten() {
-                let _ = tree.remove(key);
+            if let Err(e) = store.drop_uploads(trees::SUBMISSIONS, &owners) {
+                warn!(error = %e, "could not drop a finished session's submissions");
             }
         });
         self.keys_cache.remove(session);
@@ -1141,6 +1212,20 @@ impl AggregationActor {
     }
 
     async fn inbound(&mut self, peer: PeerId, bytes: Vec<u8>, reply: oneshot::Sender<Response>) {
+        // Pieces carry megabytes: read in place rather than copied into an owned message.
+        match Piece::decode(&bytes) {
+            Some(Ok(piece)) => {
+                let span =
+                    info_span!("inbound", %peer, kind = "submit_piece", session = %piece.session);
+                self.inbound_piece(peer.to_string(), piece, reply, span);
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = reply.send(error_response(&e));
+                return;
+            }
+            None => {}
+        }
         let msg: AggMsg = match messages::decode(&bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -1154,17 +1239,7 @@ impl AggregationActor {
         let task_span = span.clone();
         let keys = self.keys.clone();
         // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
-        let answer_later = |fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>,
-        >,
-                            reply: oneshot::Sender<Response>| {
-            tokio::spawn(
-                async move {
-                    let _ = reply.send(reply_response(fut.await));
-                }
-                .instrument(span),
-            );
-        };
+        let answer_later = |fut: BoxedAnswer, reply| answer_in_task(fut, reply, span);
         match msg {
             AggMsg::KeygenCommit { plan } => answer_later(
                 Box::pin(
@@ -1211,6 +1286,7 @@ impl AggregationActor {
                     Err(e) => answer_later(Box::pin(async move { Err(e) }), reply),
                 }
             }
+            // Pieces are decoded borrowed before this match; this arm only keeps it total.
             AggMsg::SubmitPiece {
                 session,
                 digest,
@@ -1219,73 +1295,15 @@ impl AggregationActor {
                 clipped,
                 bytes,
             } => {
-                let len = bytes.len() as u64;
-                let stored =
-                    self.store_piece(&from, &session, digest, index, count, clipped, bytes);
-                if stored.is_ok() {
-                    self.metrics.submission_bytes.inc_by(len);
-                }
-                let (store, metrics, link) =
-                    (self.store.clone(), self.metrics.clone(), self.link.clone());
-                match stored {
-                    Err(e) => {
-                        let result = Err(e);
-                        count_submission(&self.metrics, &result);
-                        answer_later(Box::pin(async move { result }), reply);
-                    }
-                    Ok(StoredPiece::AlreadyAccepted) => answer_later(
-                        Box::pin(async move {
-                            Ok(AggReply::PieceAck {
-                                index,
-                                complete: true,
-                            })
-                        }),
-                        reply,
-                    ),
-                    // Acknowledged once durable; the actor serves others meanwhile.
-                    Ok(StoredPiece::Partial) => answer_later(
-                        Box::pin(async move {
-                            timed_flush(&store, &metrics).await?;
-                            Ok(AggReply::PieceAck {
-                                index,
-                                complete: false,
-                            })
-                        }),
-                        reply,
-                    ),
-                    // Durable, then assembled and checked off the actor, then accepted by it.
-                    Ok(StoredPiece::Last(upload)) => {
-                        tokio::spawn(
-                            async move {
-                                let checked = match timed_flush(&store, &metrics).await {
-                                    Ok(()) => tokio::task::spawn_blocking(move || upload.check())
-                                        .await
-                                        .unwrap_or(Err(SessionError::Unavailable("upload check"))),
-                                    Err(e) => Err(e),
-                                };
-                                match checked {
-                                    Ok((meta, update)) => {
-                                        link.report(Internal::UploadChecked {
-                                            session,
-                                            from,
-                                            index,
-                                            meta,
-                                            update: Box::new(update),
-                                            reply,
-                                        })
-                                        .await
-                                    }
-                                    Err(e) => {
-                                        let result = Err(e);
-                                        count_submission(&metrics, &result);
-                                        let _ = reply.send(reply_response(result));
-                                    }
-                                }
-                            }
-                            .instrument(task_span),
-                        );
-                    }
-                }
+                let piece = Piece {
+                    session: &session,
+                    digest,
+                    index,
+                    count,
+                    clipped,
+                    bytes: &bytes,
+                };
+                self.inbound_piece(from, piece, reply, task_span);
             }
             AggMsg::Failed { session, reason } => {
                 let r = self
@@ -1300,6 +1318,92 @@ impl AggregationActor {
                     .await
                     .map(|()| AggReply::Ack);
                 answer_later(Box::pin(async move { r }), reply);
+            }
+        }
+    }
+
+    /// A submission piece: stored, then acknowledged once durable; the last one is checked
+    /// with the whole upload first.
+    fn inbound_piece(
+        &mut self,
+        from: String,
+        piece: Piece<'_>,
+        reply: oneshot::Sender<Response>,
+        task_span: tracing::Span,
+    ) {
+        let answer_later = |fut: BoxedAnswer, reply| answer_in_task(fut, reply, task_span.clone());
+        let Piece {
+            session,
+            digest,
+            index,
+            count,
+            clipped,
+            bytes,
+        } = piece;
+        let session = session.to_string();
+        let len = bytes.len() as u64;
+        let stored = self.store_piece(&from, &session, digest, index, count, clipped, bytes);
+        if stored.is_ok() {
+            self.metrics.submission_bytes.inc_by(len);
+        }
+        let (store, metrics, link) = (self.store.clone(), self.metrics.clone(), self.link.clone());
+        match stored {
+            Err(e) => {
+                let result = Err(e);
+                count_submission(&self.metrics, &result);
+                answer_later(Box::pin(async move { result }), reply);
+            }
+            Ok(StoredPiece::AlreadyAccepted) => answer_later(
+                Box::pin(async move {
+                    Ok(AggReply::PieceAck {
+                        index,
+                        complete: true,
+                    })
+                }),
+                reply,
+            ),
+            // Acknowledged once durable; the actor serves others meanwhile.
+            Ok(StoredPiece::Partial) => answer_later(
+                Box::pin(async move {
+                    timed_flush(&store, &metrics).await?;
+                    Ok(AggReply::PieceAck {
+                        index,
+                        complete: false,
+                    })
+                }),
+                reply,
+            ),
+            // Durable, then assembled and checked off the actor, then accepted by it.
+            Ok(StoredPiece::Last(upload)) => {
+                tokio::spawn(
+                    async move {
+                        let checked = match timed_flush(&store, &metrics).await {
+                            Ok(()) => tokio::task::spawn_blocking(move || upload.check())
+                                .await
+                                .unwrap_or(Err(SessionError::Unavailable("upload check"))),
+                            Err(e) => Err(e),
+                        };
+                        match checked {
+                            Ok((meta, update)) => {
+                                link.report(Internal::UploadChecked {
+                                    session,
+                                    from,
+                                    index,
+                                    meta,
+                                    update: Box::new(update),
+                                    reply,
+                                })
+                                .await
+                            }
+                            Err(e) => {
+                                let result = Err(e);
+                                count_submission(&metrics, &result);
+                                let _ = reply.send(reply_response(result));
+                            }
+                        }
+                    }
+                    .instrument(task_span),
+                );
             }
         }
     }
@@ -1345,6 +1449,8 @@ impl AggregationActor {
                 finished_ms: None,
                 failure: None,
             };
+            let shares_ref: Vec<&PublicKeyShare> = joined.shares.iter().collect();
+            self.store_shares(JOINED_SHARES_PREFIX, &plan.id, &shares_ref)?;
             self.persist_joined(&joined).await?;
             self.keys_cache.insert(plan.id.clone(), Arc::new(key));
             self.joined.insert(plan.id.clone(), joined);
@@ -1414,7 +1520,7 @@ impl AggregationActor {
         index: u32,
         count: u32,
         clipped: u64,
-        bytes: Vec<u8>,
+        bytes: &[u8],
     ) -> Result<StoredPiece, SessionError> {
         let state = self
             .coordinated
@@ -1457,14 +1563,17 @@ impl AggregationActor {
                 bytes.len()
             )));
         }
-        let tree = self.store.tree(trees::SUBMISSIONS)?;
-        let upload = Upload::new(piece_owner(session, from), digest);
-        if upload.put(&tree, index, bytes)? < count {
+        let upload = Upload::open(
+            &self.store,
+            trees::SUBMISSIONS,
+            &piece_owner(session, from),
+            digest,
+        )?;
+        if upload.put(index, bytes)? < count {
             return Ok(StoredPiece::Partial);
         }
         let key = self.coordinated_key(session)?;
         Ok(StoredPiece::Last(Box::new(CompleteUpload {
-            tree,
             upload,
             plan,
             key,
@@ -1532,7 +1641,6 @@ enum StoredPiece {
 }
 
 struct CompleteUpload {
-    tree: sled::Tree,
     upload: Upload,
     plan: SessionPlan,
     key: Arc<CollectivePublicKey>,
@@ -1543,7 +1651,7 @@ impl CompleteUpload {
     /// Assembles and checks the upload (blocking); a bad upload is dropped whole.
     fn check(mut self) -> Result<(SubmissionMeta, EncryptedUpdate), SessionError> {
         let mut whole = Vec::new();
-        let checked = match self.upload.assemble(&self.tree, &mut whole) {
+        let checked = match self.upload.assemble(&mut whole) {
             Ok(true) => check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key),
             Ok(false) => Err(SessionError::BadInput(
                 "the assembled update does not match its digest".into(),
@@ -1556,7 +1664,7 @@ impl CompleteUpload {
                 Ok((self.meta, update))
             }
             Err(e) => {
-                let _ = self.upload.remove(&self.tree);
+                let _ = self.upload.remove();
                 Err(e)
             }
         }
@@ -1690,11 +1798,16 @@ fn accumulate(
     contributors: &[(String, [u8; 32])],
 ) -> Result<(Aggregate, DecryptionRequest), SessionError> {
     let max = max_update_bytes(plan);
-    let tree = store.tree(trees::SUBMISSIONS)?;
     let mut acc = Accumulator::new(key, plan.length)?;
     let mut bytes = Vec::new();
     for (who, digest) in contributors {
-        if !Upload::new(piece_owner(&plan.id, who), *digest).assemble(&tree, &mut bytes)? {
+        let upload = Upload::open(
+            store,
+            trees::SUBMISSIONS,
+            &piece_owner(&plan.id, who),
+            *digest,
+        )?;
+        if !upload.assemble(&mut bytes)? {
             return Err(SessionError::Store(format!(
                 "the stored update of {who} is missing or damaged"
             )));
@@ -1732,15 +1845,18 @@ async fn upload(
     let count = pieces.len() as u32;
     let start = Instant::now();
     for (index, piece) in pieces.iter().enumerate() {
-        let msg = AggMsg::SubmitPiece {
-            session: plan.id.clone(),
+        let piece = Piece {
+            session: &plan.id,
             digest,
             index: index as u32,
             count,
             clipped,
-            bytes: piece.to_vec(),
+            bytes: piece,
         };
-        match link.send_retrying(&plan.coordinator, &msg).await? {
+        match link
+            .send_retrying_with(&plan.coordinator, || piece.encode())
+            .await?
+        {
             AggReply::PieceAck { complete: true, .. } => break,
             AggReply::PieceAck { .. } => {}
             other => {

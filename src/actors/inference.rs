@@ -541,9 +541,8 @@ fn eval_key_key(slot: &str) -> Vec<u8> {
     format!("evalkey/{slot}").into_bytes()
 }
 
-fn eval_piece_owner(slot: &str) -> Vec<u8> {
-    format!("evalpiece/{slot}/").into_bytes()
-}
+/// Kind of the upload trees that hold evaluation-key pieces while they arrive.
+const EVAL_PIECES: &str = "contexts/evalpiece";
 
 fn new_context_id() -> String {
     use rand::RngCore;
@@ -1245,14 +1244,14 @@ impl InferenceActor {
                 bytes.len()
             )));
         }
-        let tree = self.store.tree(trees::CONTEXTS)?;
-        let upload = Upload::new(eval_piece_owner(slot), digest);
-        if upload.put(&tree, index, bytes)? < count {
+        let upload = Upload::open(&self.store, EVAL_PIECES, slot, digest)?;
+        if upload.put(index, &bytes)? < count {
             return Ok(InferReply::PieceAck { complete: false });
         }
         let mut whole = Vec::new();
-        let intact = upload.assemble(&tree, &mut whole)?;
-        upload.remove(&tree)?;
+        let intact = upload.assemble(&mut whole)?;
+        upload.discard()?;
+        let tree = self.store.tree(trees::CONTEXTS)?;
         if !intact {
             return Err(InferError::BadInput(
                 "the assembled evaluation key does not match its digest".into(),

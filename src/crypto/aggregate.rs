@@ -51,11 +51,13 @@ impl<T: ProfileTorus> Sums<T> {
                 *x = x.wrapping_sub(o.wrapping_mul(h));
             }
         });
-        self.bodies.par_chunks_mut(pk.ones_body_rev.len()).for_each(|b| {
-            for (x, &o) in b.iter_mut().zip(&pk.ones_body_rev) {
-                *x = x.wrapping_sub(o.wrapping_mul(h));
-            }
-        });
+        self.bodies
+            .par_chunks_mut(pk.ones_body_rev.len())
+            .for_each(|b| {
+                for (x, &o) in b.iter_mut().zip(&pk.ones_body_rev) {
+                    *x = x.wrapping_sub(o.wrapping_mul(h));
+                }
+            });
     }
 }
 

@@ -99,7 +99,12 @@ fn check_sum_and_mean(result: &DecryptedSum, exact: &[f64]) -> Result<(), TestCa
 fn case_strategy(profile: Profile) -> impl Strategy<Value = (usize, u32, usize, u64)> {
     // Up to a second chunk: partly filled slots and chunks both occur.
     let p = profile.params();
-    (1..p.chunk_values() + 2 * p.ring_dim, 1u32..=7, 1usize..=50, any::<u64>())
+    (
+        1..p.chunk_values() + 2 * p.ring_dim,
+        1u32..=7,
+        1usize..=50,
+        any::<u64>(),
+    )
 }
 
 proptest! {
@@ -320,11 +325,20 @@ fn centring_makes_noise_grow_as_sqrt_k() {
     let ones_mask = ring.forward(&pk.ones_mask);
     // Noise of the all-ones encryption, slot by slot: E_l·1.
     let mut ones_noise = Vec::new();
-    for (slot, bits) in c.shares[0].secret_bits_for_tests().chunks(ring.n()).enumerate() {
+    for (slot, bits) in c.shares[0]
+        .secret_bits_for_tests()
+        .chunks(ring.n())
+        .enumerate()
+    {
         let mut s: Vec<u64> = bits.iter().map(|&b| b as u64).collect();
         s.reverse();
         let mut prod = vec![0u64; ring.n()];
-        ring.product(&ones_mask, &ring.forward_binary(&s), &mut prod, &mut ring.scratch());
+        ring.product(
+            &ones_mask,
+            &ring.forward_binary(&s),
+            &mut prod,
+            &mut ring.scratch(),
+        );
         let body = &pk.ones_body_rev[slot * ring.n()..(slot + 1) * ring.n()];
         ones_noise.extend(
             (0..ring.n()).map(|j| body[j].wrapping_sub(prod[ring.n() - 1 - j]) as i64 as f64),

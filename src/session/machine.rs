@@ -137,6 +137,9 @@ pub struct Coordinated {
     pub plan: SessionPlan,
     pub phase: Phase,
     pub commitments: BTreeMap<u32, KeyCommitment>,
+    /// Persisted apart from the rest (by the aggregation actor, when they change): they are
+    /// the bulk of the state (512 KiB per member `secure`) and change only during keygen.
+    #[serde(skip)]
     pub shares: BTreeMap<u32, PublicKeyShare>,
     pub submitted: BTreeMap<String, SubmissionMeta>,
     pub contributors: Vec<String>,

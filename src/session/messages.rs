@@ -28,7 +28,8 @@ pub enum AggMsg {
         commitments: Vec<KeyCommitment>,
         shares: Vec<PublicKeyShare>,
     },
-    /// Participant → coordinator: one piece of an encrypted update's wire bytes.
+    /// Participant → coordinator: one piece of an encrypted update's wire bytes. Encoded
+    /// and decoded without copying the piece through [`Piece`], which must stay in step.
     SubmitPiece {
         session: String,
         /// BLAKE3 of the whole update's wire bytes.
@@ -92,14 +93,56 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
     bincode::serialize(value).map_err(|e| SessionError::BadInput(e.to_string()))
 }
 
-/// Decodes a message, refusing trailing bytes and any length field larger than the input.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SessionError> {
+fn options() -> impl Options {
     bincode::options()
         .with_fixint_encoding()
-        .with_limit(bytes.len() as u64)
         .reject_trailing_bytes()
+}
+
+/// Decodes a message, refusing trailing bytes and any length field larger than the input.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, SessionError> {
+    options()
+        .with_limit(bytes.len() as u64)
         .deserialize(bytes)
         .map_err(|e| SessionError::BadInput(format!("malformed session message: {e}")))
+}
+
+/// [`AggMsg::SubmitPiece`] with borrowed fields: the same bytes on the wire (bincode writes
+/// an enum as its u32 variant index, then the variant's fields), without copying megabytes
+/// of piece into and out of an owned message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece<'a> {
+    pub session: &'a str,
+    pub digest: [u8; 32],
+    pub index: u32,
+    pub count: u32,
+    pub clipped: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: &'a [u8],
+}
+
+/// `SubmitPiece`'s position in [`AggMsg`].
+const SUBMIT_PIECE: u32 = 3;
+
+impl Piece<'_> {
+    /// The message's bytes, exactly as `encode(&AggMsg::SubmitPiece { .. })` would write them.
+    pub fn encode(&self) -> Result<Vec<u8>, SessionError> {
+        let size = options()
+            .serialized_size(self)
+            .map_err(|e| SessionError::BadInput(e.to_string()))?;
+        let mut out = Vec::with_capacity(4 + size as usize);
+        out.extend_from_slice(&SUBMIT_PIECE.to_le_bytes());
+        options()
+            .serialize_into(&mut out, self)
+            .map_err(|e| SessionError::BadInput(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// `None` when `bytes` is another message; else the piece, borrowing from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Option<Result<Piece<'_>, SessionError>> {
+        let (tag, rest) = bytes.split_first_chunk::<4>()?;
+        (u32::from_le_bytes(*tag) == SUBMIT_PIECE).then(|| decode(rest))
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +170,27 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<AggMsg>(&bytes);
             let _ = decode::<AggReply>(&bytes);
+            let _ = Piece::decode(&bytes);
+        }
+
+        /// The borrowed piece is the owned message, byte for byte, both ways.
+        #[test]
+        fn piece_is_submit_piece_on_the_wire(
+            session in "[a-z0-9-]{0,12}",
+            digest in any::<[u8; 32]>(),
+            index in any::<u32>(),
+            count in any::<u32>(),
+            clipped in any::<u64>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let owned = encode(&AggMsg::SubmitPiece {
+                session: session.clone(), digest, index, count, clipped, bytes: bytes.clone(),
+            }).unwrap();
+            let piece = Piece { session: &session, digest, index, count, clipped, bytes: &bytes };
+            prop_assert_eq!(&piece.encode().unwrap(), &owned);
+            prop_assert_eq!(Piece::decode(&owned).unwrap().unwrap(), piece);
+            let other = encode(&AggMsg::Failed { session, reason: "x".into() }).unwrap();
+            prop_assert!(Piece::decode(&other).is_none());
         }
     }
 }
