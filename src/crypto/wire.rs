@@ -57,10 +57,15 @@ pub trait Wire: Sized {
         Self::Repr: Clone,
     {
         let repr = self.to_repr();
-        let payload = options()
-            .serialize(repr.as_ref())
-            .expect("in-memory serialization of plain data");
-        frame(MAGIC, VERSION, Self::KIND as u8, &payload)
+        let size = options()
+            .serialized_size(repr.as_ref())
+            .expect("in-memory serialization of plain data") as usize;
+        // Serialised straight into the envelope: one pass over megabytes of ciphertext.
+        frame_with(MAGIC, VERSION, Self::KIND as u8, size, |out| {
+            options()
+                .serialize_into(out, repr.as_ref())
+                .expect("in-memory serialization of plain data")
+        })
     }
 
     /// Decodes and checks a message of at most `max_len` bytes.
@@ -79,11 +84,24 @@ pub trait Wire: Sized {
 /// Frames an already serialised `payload` in the envelope. Shared by both message families
 /// (this one and [`crate::crypto::inference::wire`]); the magic keeps them apart.
 pub(crate) fn frame(magic: [u8; 4], version: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
+    frame_with(magic, version, kind, payload.len(), |out| {
+        out.extend_from_slice(payload)
+    })
+}
+
+/// [`frame`] for a payload of `payload_len` bytes that `write` appends.
+fn frame_with(
+    magic: [u8; 4],
+    version: u8,
+    kind: u8,
+    payload_len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload_len + DIGEST);
     out.extend_from_slice(&magic);
     out.push(version);
     out.push(kind);
-    out.extend_from_slice(payload);
+    write(&mut out);
     let digest = blake3::hash(&out);
     out.extend_from_slice(digest.as_bytes());
     out
