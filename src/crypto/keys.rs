@@ -213,26 +213,33 @@ impl<T: ProfileTorus> SecretPoly<T> {
         let p = T::PROFILE.params();
         let chunk_values = p.chunk_values();
         let mask_width = codec::packed_width(p.mask_keep_bits);
+        // Buffers reused from chunk to chunk by each worker (as in encryption). The unflooded
+        // products d_i − f_i must not outlive this call: those buffers are zeroizing.
+        let work = || {
+            (
+                vec![T::ZERO; n],
+                ring.scratch(),
+                Zeroizing::new(vec![T::ZERO; n]),
+                Zeroizing::new(ring.scratch()),
+                Zeroizing::new(Vec::<T>::with_capacity(chunk_values)),
+            )
+        };
         let chunks: Vec<Vec<u8>> = mask
             .par_chunks(n * mask_width)
             .enumerate()
-            .map(|(c, mask_bytes)| {
+            .map_init(work, |(m, m_ntt, prod, scratch, d), (c, mask_bytes)| {
                 let count = (length - c * chunk_values).min(chunk_values);
-                let mut m = vec![T::ZERO; n];
-                codec::unpack_into(mask_bytes, p.mask_keep_bits, &mut m);
-                let m_ntt = ring.forward(&m);
-                // The unflooded products d_i − f_i must not outlive this call: zeroizing buffers.
-                let mut prod = Zeroizing::new(vec![T::ZERO; n]);
-                let mut scratch = Zeroizing::new(ring.scratch());
-                let mut d: Zeroizing<Vec<T>> = Zeroizing::new(Vec::with_capacity(count));
+                codec::unpack_into(mask_bytes, p.mask_keep_bits, m);
+                ring.forward_into(m, m_ntt);
+                d.clear();
                 let mut flood = FloodingStream::new(flood_key, c as u64, flood_log2);
                 for (l, secret) in self.rev_ntt.iter().enumerate().take(count.div_ceil(n)) {
-                    ring.product(&m_ntt, secret, &mut prod, &mut scratch);
+                    ring.product(m_ntt, secret, prod, scratch);
                     let here = (count - l * n).min(n);
                     d.extend((0..here).map(|j| prod[n - 1 - j].wrapping_add(flood.sample::<T>())));
                 }
                 let mut out = Vec::new();
-                pack_rounded(&d, keep, &mut out);
+                pack_rounded(d, keep, &mut out);
                 out
             })
             .collect();
@@ -741,38 +748,35 @@ impl<T: ProfileTorus> PkCore<T> {
         plaintexts: &[T],
         gen_seed: &[u8; 32],
         index: u32,
+        work: &mut EncryptWork<T>,
         out: &mut EncryptedChunk,
     ) {
         let ring = T::ring();
         let n = ring.n();
         let p = T::PROFILE.params();
         let mut randomness = ChunkRandomness::new(gen_seed, "encrypt", index as u64);
-        let mut r = vec![T::ZERO; n];
-        randomness.fill_binary(&mut r);
-        let r_ntt = ring.forward_binary(&r);
-        let mut scratch = ring.scratch();
-        let mut mask = vec![T::ZERO; n];
-        ring.product(&self.a_ntt, &r_ntt, &mut mask, &mut scratch);
-        randomness.add_t_uniform(&mut mask, p.noise_log2);
-        let count = plaintexts.len();
-        let mut br = vec![T::ZERO; n];
-        let mut body: Vec<T> = Vec::with_capacity(count);
+        randomness.fill_binary(&mut work.r);
+        ring.forward_binary_into(&work.r, &mut work.r_ntt);
+        ring.product(&self.a_ntt, &work.r_ntt, &mut work.mask, &mut work.ntt);
+        randomness.add_t_uniform(&mut work.mask, p.noise_log2);
+        work.body.clear();
         for (slot, values) in self.b_ntt.iter().zip(plaintexts.chunks(n)) {
-            ring.product(slot, &r_ntt, &mut br, &mut scratch);
-            body.extend(
+            ring.product(slot, &work.r_ntt, &mut work.product, &mut work.ntt);
+            let br = &work.product;
+            work.body.extend(
                 values
                     .iter()
                     .enumerate()
                     .map(|(j, &m)| br[n - 1 - j].wrapping_add(m)),
             );
         }
-        randomness.add_t_uniform(&mut body, p.noise_log2);
+        randomness.add_t_uniform(&mut work.body, p.noise_log2);
         out.index = index;
-        out.count = count as u32;
+        out.count = plaintexts.len() as u32;
         out.mask.clear();
         out.body.clear();
-        pack_rounded(&mask, p.mask_keep_bits, &mut out.mask);
-        pack_rounded(&body, p.body_keep_bits, &mut out.body);
+        pack_rounded(&work.mask, p.mask_keep_bits, &mut out.mask);
+        pack_rounded(&work.body, p.body_keep_bits, &mut out.body);
     }
 
     fn encrypt(
@@ -785,14 +789,18 @@ impl<T: ProfileTorus> PkCore<T> {
         let results: Vec<Result<(EncryptedChunk, u64), CryptoError>> = values
             .par_chunks(n)
             .enumerate()
-            .map(|(c, chunk)| {
-                let mut pt = vec![T::ZERO; chunk.len()];
+            .map_init(EncryptWork::new, |work, (c, chunk)| {
+                let mut pt = std::mem::take(&mut work.plaintexts);
+                pt.resize(chunk.len(), T::ZERO);
                 let mut stochastic = ChunkRandomness::new(&seed, "rounding", c as u64);
                 let clipped =
-                    codec::encode_into(params, chunk, &mut pt, c * n, || stochastic.unit())?;
+                    codec::encode_into(params, chunk, &mut pt, c * n, || stochastic.unit());
                 let mut out = EncryptedChunk::default();
-                self.encrypt_chunk(&pt, &seed, c as u32, &mut out);
-                Ok((out, clipped))
+                if clipped.is_ok() {
+                    self.encrypt_chunk(&pt, &seed, c as u32, work, &mut out);
+                }
+                work.plaintexts = pt;
+                Ok((out, clipped?))
             })
             .collect();
         let mut chunks = Vec::with_capacity(results.len());
@@ -803,6 +811,35 @@ impl<T: ProfileTorus> PkCore<T> {
             clipped += k;
         }
         Ok((chunks, clipped))
+    }
+}
+
+/// Buffers an encryption worker reuses from chunk to chunk: fresh buffers of hundreds of KiB
+/// per chunk cost a page fault (and the kernel's zeroing) per 4 KiB. The randomness r and its
+/// transform are wiped when the work is dropped.
+struct EncryptWork<T: Torus> {
+    plaintexts: Vec<T>,
+    r: Zeroizing<Vec<T>>,
+    r_ntt: Zeroizing<NttPoly>,
+    ntt: Zeroizing<NttPoly>,
+    mask: Vec<T>,
+    product: Zeroizing<Vec<T>>,
+    body: Vec<T>,
+}
+
+impl<T: ProfileTorus> EncryptWork<T> {
+    fn new() -> Self {
+        let ring = T::ring();
+        let p = T::PROFILE.params();
+        EncryptWork {
+            plaintexts: Vec::with_capacity(p.chunk_values()),
+            r: Zeroizing::new(vec![T::ZERO; ring.n()]),
+            r_ntt: Zeroizing::new(ring.scratch()),
+            ntt: Zeroizing::new(ring.scratch()),
+            mask: vec![T::ZERO; ring.n()],
+            product: Zeroizing::new(vec![T::ZERO; ring.n()]),
+            body: Vec::with_capacity(p.chunk_values()),
+        }
     }
 }
 

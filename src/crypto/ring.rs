@@ -172,25 +172,35 @@ impl<T: Torus> BinaryRing<T> {
 
     /// NTT form of an arbitrary torus polynomial.
     pub fn forward(&self, poly: &[T]) -> NttPoly {
-        assert_eq!(poly.len(), self.n);
         let mut out = self.empty();
-        T::residues(poly, &mut out.residues);
-        self.transform(&mut out);
+        self.forward_into(poly, &mut out);
         out
+    }
+
+    /// [`Self::forward`] into `out` (one from [`Self::scratch`]), without allocating.
+    pub fn forward_into(&self, poly: &[T], out: &mut NttPoly) {
+        assert_eq!(poly.len(), self.n);
+        T::residues(poly, &mut out.residues);
+        self.transform(out);
     }
 
     /// NTT form of a polynomial with coefficients in {0, 1}.
     pub fn forward_binary(&self, poly: &[T]) -> NttPoly {
+        let mut out = self.empty();
+        self.forward_binary_into(poly, &mut out);
+        out
+    }
+
+    /// [`Self::forward_binary`] into `out` (one from [`Self::scratch`]), without allocating.
+    pub fn forward_binary_into(&self, poly: &[T], out: &mut NttPoly) {
         assert_eq!(poly.len(), self.n);
         debug_assert!(poly.iter().all(|&c| c <= T::ONE));
-        let mut out = self.empty();
         for r in &mut out.residues {
             for (dst, &c) in r.iter_mut().zip(poly) {
                 *dst = (c == T::ONE) as u32;
             }
         }
-        self.transform(&mut out);
-        out
+        self.transform(out);
     }
 
     /// `out = lhs · rhs mod (X^N + 1, 2^BITS)`, exact when one factor is binary.
