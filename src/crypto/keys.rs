@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, TUniform};
+use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
 use tfhe::core_crypto::prelude::{
-    generate_binary_lwe_secret_key, generate_seeded_lwe_compact_public_key, new_seeder,
-    CiphertextModulus, DefaultRandomGenerator, LweDimension, LweSecretKey, SecretRandomGenerator,
-    SeededLweCompactPublicKey,
+    generate_binary_lwe_secret_key, new_seeder, CiphertextModulus, DefaultRandomGenerator,
+    LweDimension, LweSecretKey, SecretRandomGenerator, SeededLweCompactPublicKey,
 };
 use zeroize::Zeroizing;
 
@@ -58,6 +57,19 @@ impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex8(&self.0))
     }
+}
+
+/// The public mask `a` every member derives from the session's CRS seed, expanded by tfhe's
+/// CSPRNG exactly as tfhe's seeded compact public keys are.
+fn crs_mask<T: ProfileTorus>(params: &SessionParams, tag: &SessionTag) -> Vec<T> {
+    let seeded = SeededLweCompactPublicKey::new(
+        T::ZERO,
+        LweDimension(T::ring().n()),
+        CompressionSeed::from(crs_seed(params, tag)),
+        CiphertextModulus::new_native(),
+    );
+    let pk = seeded.decompress_into_lwe_compact_public_key();
+    pk.get_mask().as_ref().to_vec()
 }
 
 /// The common reference string seed: every member derives the same public mask `a` from it.
@@ -177,25 +189,20 @@ impl<T: ProfileTorus> SecretPoly<T> {
             let mut key = LweSecretKey::from_container(&mut bits[..]);
             generate_binary_lwe_secret_key(&mut key, &mut secret_gen);
         }
-        // tfhe's seeded compact public key, once per slot: every slot's mask is the same `a`
-        // (from the CRS seed), its body a·rev(s_{i,l}) + e_{i,l}.
-        let mut body = Vec::with_capacity(p.chunk_values());
-        for secret in bits.chunks(n) {
-            let mut seeded = SeededLweCompactPublicKey::new(
-                T::ZERO,
-                LweDimension(n),
-                CompressionSeed::from(crs_seed(params, tag)),
-                CiphertextModulus::new_native(),
-            );
-            generate_seeded_lwe_compact_public_key(
-                &LweSecretKey::from_container(secret),
-                &mut seeded,
-                TUniform::<T>::new(p.noise_log2),
-                seeder.as_mut(),
-            );
-            body.extend_from_slice(seeded.as_ref());
+        let secret = Self::from_bits(bits);
+        // What tfhe's seeded compact public key generation computes, once per slot, with the
+        // same `a` for every slot: a·rev(s_{i,l}) + e_{i,l}. The product runs on our exact NTT
+        // (tfhe falls back to Karatsuba for u128, 8 times slower at eight slots per member).
+        let ring = T::ring();
+        let a_ntt = ring.forward(&crs_mask::<T>(params, tag));
+        let mut body = vec![T::ZERO; p.chunk_values()];
+        // Holds a·rev(s) before its noise: as secret as s.
+        let mut scratch = Zeroizing::new(ring.scratch());
+        for (out, s) in body.chunks_mut(n).zip(&secret.rev_ntt) {
+            ring.product(&a_ntt, s, out, &mut scratch);
         }
-        (Self::from_bits(bits), body)
+        ChunkRandomness::new(&os_seed(), "keygen", 0).add_t_uniform(&mut body, p.noise_log2);
+        (secret, body)
     }
 
     /// d_j = (M · rev(s_{i,l}))[N−1−j'] + flooding_j for every value j of every chunk, where
@@ -714,14 +721,7 @@ impl<T: ProfileTorus> PkCore<T> {
                 reason: format!("{} coefficients, expected {expected}", b.len()),
             });
         }
-        // The mask `a` is the same for every slot: expand it once, from the first.
-        let seeded = SeededLweCompactPublicKey::from_container(
-            b[..n].to_vec(),
-            CompressionSeed::from(crs_seed(params, tag)),
-            CiphertextModulus::new_native(),
-        );
-        let pk = seeded.decompress_into_lwe_compact_public_key();
-        let a_ntt = ring.forward(pk.get_mask().as_ref());
+        let a_ntt = ring.forward(&crs_mask::<T>(params, tag));
         let b_ntt: Vec<NttPoly> = b.chunks(n).map(|body| ring.forward(body)).collect();
         let ones = ring.forward_binary(&vec![T::ONE; n]);
         let mut scratch = ring.scratch();
@@ -1081,5 +1081,50 @@ impl EncryptedUpdate {
             .iter()
             .map(|c| c.mask.len() + c.body.len())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tfhe::core_crypto::algorithms::slice_algorithms::slice_semi_reverse_negacyclic_convolution;
+
+    /// Each slot's public body is what tfhe's seeded compact public-key generation computes,
+    /// `a ⊛ s_l` (tfhe's semi-reverse convolution) plus noise within TUniform's support.
+    fn shares_are_tfhe_public_keys<T: ProfileTorus>(slots: &[usize]) {
+        let params = SessionParams::recommended(T::PROFILE, 4, 2, 8.0).unwrap();
+        let tag = SessionTag::derive("keygen-check");
+        let (share, public) = SecretKeyShare::generate(&params, tag, 1).unwrap();
+        let n = T::ring().n();
+        let body = torus_from_bytes::<T>(&public.body, "test").unwrap();
+        let bits = share.secret_bits_for_tests();
+        let a = crs_mask::<T>(&params, &tag);
+        let bound = 1u128 << T::PROFILE.params().noise_log2;
+        for &l in slots {
+            let s: Vec<T> = bits[l * n..(l + 1) * n]
+                .iter()
+                .map(|&b| T::from_u128(b))
+                .collect();
+            let mut exact = vec![T::ZERO; n];
+            slice_semi_reverse_negacyclic_convolution(&mut exact, &a, &s);
+            for (j, (&b, &e)) in body[l * n..(l + 1) * n].iter().zip(&exact).enumerate() {
+                let noise = b.wrapping_sub(e);
+                let magnitude = noise.to_u128().min(noise.wrapping_neg().to_u128());
+                assert!(
+                    magnitude <= bound,
+                    "slot {l}, coefficient {j}: noise {magnitude}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_shares_are_tfhe_public_keys() {
+        shares_are_tfhe_public_keys::<u64>(&[0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn secure_shares_are_tfhe_public_keys() {
+        shares_are_tfhe_public_keys::<u128>(&[0, 7]);
     }
 }
