@@ -1,5 +1,5 @@
-//! Persistence: one sled database under `data_dir`, one tree per record kind, every record
-//! tagged with its encoding version. sled flushes on its own only every 500 ms, so callers
+//! Persistence: one sled database under `data_dir`, one tree per record kind (plus one per
+//! upload owner for bulk pieces, see [`pieces`]), every record tagged with its encoding version. sled flushes on its own only every 500 ms, so callers
 //! flush explicitly at protocol checkpoints (an acknowledged submission must be durable).
 
 pub mod pieces;
