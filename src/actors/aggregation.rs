@@ -187,7 +187,6 @@ impl AggregationHandle {
     }
 }
 
-/// The wire answer to a peer's message.
 type BoxedAnswer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>;
 
@@ -201,6 +200,7 @@ fn answer_in_task(answer: BoxedAnswer, reply: oneshot::Sender<Response>, span: t
     );
 }
 
+/// The wire answer to a peer's message.
 fn reply_response(result: Result<AggReply, SessionError>) -> Response {
     match result {
         Ok(r) => messages::encode(&r)

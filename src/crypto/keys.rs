@@ -116,7 +116,7 @@ pub struct KeyCommitment {
     pub digest: [u8; 32],
 }
 
-/// A member's public-key share: the bodies `b_{i,l} = a·s_{i,l} + e_{i,l}`, one per body slot
+/// A member's public-key share: the bodies `b_{i,l} = a·rev(s_{i,l}) + e_{i,l}`, one per body slot
 /// `l` of a chunk, all under the CRS mask `a` (full width, little-endian, one after the other).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyShare {
