@@ -32,8 +32,17 @@ pub mod trees {
     ];
 }
 
-/// Encoding version written in front of every record; bumped when a record's layout changes.
-pub const RECORD_VERSION: u8 = 1;
+/// Encoding version written in front of every record of `tree`; bumped when the layout of
+/// that tree's records changes, so that a record of an older build is refused by name rather
+/// than misread.
+///
+/// `sessions` 2: key shares moved out of the session states into records of their own.
+pub fn record_version(tree: &str) -> u8 {
+    match tree {
+        trees::SESSIONS => 2,
+        _ => 1,
+    }
+}
 const IDENTITY_KEY: &[u8] = b"ed25519";
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +107,8 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Writes `value` under `key`, tagged with [`RECORD_VERSION`]. Not durable until [`flush`].
+    /// Writes `value` under `key`, tagged with its [`record_version`]. Not durable until
+    /// [`flush`].
     ///
     /// [`flush`]: Store::flush
     pub fn put<V: Serialize>(
@@ -107,7 +117,7 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        let bytes = encode_record(value)?;
+        let bytes = encode_record(tree, value)?;
         self.tree(tree)?.insert(key, bytes)?;
         Ok(())
     }
@@ -119,13 +129,15 @@ impl Store {
     ) -> Result<Option<V>, StoreError> {
         match self.tree(tree)?.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode_record(&bytes)
-                .map(Some)
-                .map_err(|reason| StoreError::Corrupt {
-                    tree,
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    reason,
-                }),
+            Some(bytes) => {
+                decode_record(tree, &bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        tree,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        reason,
+                    })
+            }
         }
     }
 
@@ -151,7 +163,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(tree)?.scan_prefix(prefix) {
             let (k, v) = item?;
-            let value = decode_record(&v).map_err(|reason| StoreError::Corrupt {
+            let value = decode_record(tree, &v).map_err(|reason| StoreError::Corrupt {
                 tree,
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason,
@@ -189,7 +201,7 @@ impl Store {
         let tree = self.tree(trees::IDENTITY)?;
         if let Some(bytes) = tree.get(IDENTITY_KEY)? {
             let encoded: Zeroizing<Vec<u8>> = Zeroizing::new(
-                decode_record::<serde_bytes::ByteBuf>(&bytes)
+                decode_record::<serde_bytes::ByteBuf>(trees::IDENTITY, &bytes)
                     .map_err(|reason| StoreError::Corrupt {
                         tree: trees::IDENTITY,
                         key: "ed25519".into(),
@@ -209,7 +221,10 @@ impl Store {
                 .to_protobuf_encoding()
                 .map_err(|e| StoreError::Encode(e.to_string()))?,
         );
-        let record = Zeroizing::new(encode_record(&serde_bytes::Bytes::new(&encoded))?);
+        let record = Zeroizing::new(encode_record(
+            trees::IDENTITY,
+            &serde_bytes::Bytes::new(&encoded),
+        )?);
         tree.insert(IDENTITY_KEY, record.as_slice())?;
         self.flush()?;
         restrict_tree(&self.path)?;
@@ -217,17 +232,18 @@ impl Store {
     }
 }
 
-fn encode_record<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
+fn encode_record<V: Serialize + ?Sized>(tree: &str, value: &V) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![record_version(tree)];
     bincode::serialize_into(&mut out, value).map_err(|e| StoreError::Encode(e.to_string()))?;
     Ok(out)
 }
 
-fn decode_record<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, String> {
+fn decode_record<V: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<V, String> {
+    let version = record_version(tree);
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => bincode::deserialize(body).map_err(|e| e.to_string()),
+        Some((&v, body)) if v == version => bincode::deserialize(body).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!(
-            "unknown record version {v} (this build reads {RECORD_VERSION})"
+            "unknown record version {v} (this build reads {version})"
         )),
         None => Err("empty record".into()),
     }
@@ -308,8 +324,24 @@ mod tests {
         store
             .tree(trees::SESSIONS)
             .unwrap()
-            .insert(b"c", vec![RECORD_VERSION, 1])
+            .insert(b"c", vec![record_version(trees::SESSIONS), 1])
             .unwrap();
         assert!(store.get::<(u32, String)>(trees::SESSIONS, b"c").is_err());
+        // A session record of the earlier layout is refused by name, not misread.
+        let mut old = vec![1u8];
+        old.extend(bincode::serialize(&(1u32, "x".to_string())).unwrap());
+        store
+            .tree(trees::SESSIONS)
+            .unwrap()
+            .insert(b"d", old)
+            .unwrap();
+        let e = store
+            .get::<(u32, String)>(trees::SESSIONS, b"d")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown record version 1 (this build reads 2)"),
+            "{e}"
+        );
     }
 }
