@@ -1332,19 +1332,10 @@ impl AggregationActor {
         task_span: tracing::Span,
     ) {
         let answer_later = |fut: BoxedAnswer, reply| answer_in_task(fut, reply, task_span.clone());
-        let Piece {
-            session,
-            digest,
-            index,
-            count,
-            clipped,
-            bytes,
-        } = piece;
-        let session = session.to_string();
-        let len = bytes.len() as u64;
-        let stored = self.store_piece(&from, &session, digest, index, count, clipped, bytes);
+        let (session, index, len) = (piece.session.to_string(), piece.index, piece.bytes.len());
+        let stored = self.store_piece(&from, &piece);
         if stored.is_ok() {
-            self.metrics.submission_bytes.inc_by(len);
+            self.metrics.submission_bytes.inc_by(len as u64);
         }
         let (store, metrics, link) = (self.store.clone(), self.metrics.clone(), self.link.clone());
         match stored {
@@ -1511,17 +1502,15 @@ impl AggregationActor {
 
     /// Coordinator side of a submission piece: checked and stored (not yet flushed: the caller
     /// acknowledges it only after a flush, which concurrent pieces share).
-    #[allow(clippy::too_many_arguments)]
-    fn store_piece(
-        &mut self,
-        from: &str,
-        session: &str,
-        digest: [u8; 32],
-        index: u32,
-        count: u32,
-        clipped: u64,
-        bytes: &[u8],
-    ) -> Result<StoredPiece, SessionError> {
+    fn store_piece(&mut self, from: &str, piece: &Piece<'_>) -> Result<StoredPiece, SessionError> {
+        let &Piece {
+            session,
+            digest,
+            index,
+            count,
+            clipped,
+            bytes,
+        } = piece;
         let state = self
             .coordinated
             .get(session)
