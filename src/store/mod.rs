@@ -1,6 +1,7 @@
 //! Persistence: one sled database under `data_dir`, one tree per record kind (plus one per
-//! upload owner for bulk pieces, see [`pieces`]), every record tagged with its encoding version. sled flushes on its own only every 500 ms, so callers
-//! flush explicitly at protocol checkpoints (an acknowledged submission must be durable).
+//! upload owner for bulk pieces, see [`pieces`]), every record tagged with its encoding
+//! version. sled flushes on its own only every 500 ms, so callers flush explicitly at protocol
+//! checkpoints (an acknowledged submission must be durable).
 
 pub mod pieces;
 
@@ -129,15 +130,7 @@ impl Store {
     ) -> Result<Option<V>, StoreError> {
         match self.tree(tree)?.get(key)? {
             None => Ok(None),
-            Some(bytes) => {
-                decode_record(tree, &bytes)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        tree,
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        reason,
-                    })
-            }
+            Some(bytes) => decode_record(tree, key, &bytes).map(Some),
         }
     }
 
@@ -163,11 +156,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(tree)?.scan_prefix(prefix) {
             let (k, v) = item?;
-            let value = decode_record(tree, &v).map_err(|reason| StoreError::Corrupt {
-                tree,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason,
-            })?;
+            let value = decode_record(tree, &k, &v)?;
             out.push((k.to_vec(), value));
         }
         Ok(out)
@@ -201,12 +190,7 @@ impl Store {
         let tree = self.tree(trees::IDENTITY)?;
         if let Some(bytes) = tree.get(IDENTITY_KEY)? {
             let encoded: Zeroizing<Vec<u8>> = Zeroizing::new(
-                decode_record::<serde_bytes::ByteBuf>(trees::IDENTITY, &bytes)
-                    .map_err(|reason| StoreError::Corrupt {
-                        tree: trees::IDENTITY,
-                        key: "ed25519".into(),
-                        reason,
-                    })?
+                decode_record::<serde_bytes::ByteBuf>(trees::IDENTITY, IDENTITY_KEY, &bytes)?
                     .into_vec(),
             );
             return Keypair::from_protobuf_encoding(&encoded).map_err(|e| StoreError::Corrupt {
@@ -238,15 +222,26 @@ fn encode_record<V: Serialize + ?Sized>(tree: &str, value: &V) -> Result<Vec<u8>
     Ok(out)
 }
 
-fn decode_record<V: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<V, String> {
+/// Decodes the record under `key` in `tree`; anything unreadable is [`StoreError::Corrupt`],
+/// naming the record.
+fn decode_record<V: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<V, StoreError> {
     let version = record_version(tree);
-    match bytes.split_first() {
+    let decoded = match bytes.split_first() {
         Some((&v, body)) if v == version => bincode::deserialize(body).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!(
             "unknown record version {v} (this build reads {version})"
         )),
         None => Err("empty record".into()),
-    }
+    };
+    decoded.map_err(|reason| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    })
 }
 
 #[cfg(unix)]
