@@ -19,10 +19,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
 use super::{stopped, Mailbox};
-use crate::crypto::wire::Wire;
 use crate::crypto::{
-    Accumulator, Aggregate, CollectivePublicKey, CryptoError, DecryptionRequest, EncryptedUpdate,
-    KeyCommitment, PartialDecryption, Profile, PublicKeyShare, SessionTag,
+    Accumulator, Aggregate, CheckedUpdate, CollectivePublicKey, DecryptionRequest, KeyCommitment,
+    PartialDecryption, Profile, PublicKeyShare,
 };
 use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
 use crate::net::{NetError, NetworkHandle, Request, Response};
@@ -104,7 +103,7 @@ enum Internal {
         from: String,
         index: u32,
         meta: SubmissionMeta,
-        update: Box<EncryptedUpdate>,
+        update: CheckedUpdate,
         reply: oneshot::Sender<Response>,
     },
 }
@@ -353,7 +352,7 @@ struct RunningSum {
 type SumOutcome = Result<(Aggregate, DecryptionRequest), SessionError>;
 
 enum SumJob {
-    Add(String, Box<EncryptedUpdate>),
+    Add(String, CheckedUpdate),
     Finish(oneshot::Sender<SumOutcome>),
 }
 
@@ -366,7 +365,7 @@ impl RunningSum {
                 match job {
                     SumJob::Add(who, update) => {
                         if let Ok(sum) = acc.as_mut() {
-                            if let Err(e) = sum.add(&who, &update) {
+                            if let Err(e) = sum.add_checked(&who, &update) {
                                 acc = Err(e.into());
                             }
                         }
@@ -384,7 +383,7 @@ impl RunningSum {
         }
     }
 
-    fn add(&mut self, who: &str, update: Box<EncryptedUpdate>) {
+    fn add(&mut self, who: &str, update: CheckedUpdate) {
         if self.jobs.send(SumJob::Add(who.to_string(), update)).is_ok() {
             self.added.push(who.to_string());
         }
@@ -1381,7 +1380,7 @@ impl AggregationActor {
                                     from,
                                     index,
                                     meta,
-                                    update: Box::new(update),
+                                    update,
                                     reply,
                                 })
                                 .await
@@ -1582,7 +1581,7 @@ impl AggregationActor {
         from: &str,
         index: u32,
         meta: SubmissionMeta,
-        update: Box<EncryptedUpdate>,
+        update: CheckedUpdate,
     ) -> Result<AggReply, SessionError> {
         let state = self
             .coordinated
@@ -1638,18 +1637,15 @@ struct CompleteUpload {
 
 impl CompleteUpload {
     /// Assembles and checks the upload (blocking); a bad upload is dropped whole.
-    fn check(mut self) -> Result<(SubmissionMeta, EncryptedUpdate), SessionError> {
+    fn check(mut self) -> Result<(SubmissionMeta, CheckedUpdate), SessionError> {
         let mut whole = Vec::new();
-        let checked = match self.upload.assemble(&mut whole) {
-            Ok(true) => check_update(&whole, max_update_bytes(&self.plan), &self.plan, &self.key),
-            Ok(false) => Err(SessionError::BadInput(
-                "the assembled update does not match its digest".into(),
-            )),
+        let checked = match self.upload.concat(&mut whole) {
+            Ok(()) => check_update(whole, self.meta.digest, &self.plan, &self.key),
             Err(e) => Err(e.into()),
         };
         match checked {
             Ok(update) => {
-                self.meta.bytes = whole.len() as u64;
+                self.meta.bytes = update.wire_len() as u64;
                 Ok((self.meta, update))
             }
             Err(e) => {
@@ -1741,42 +1737,21 @@ fn fail_event(peer: &str, why: &str) -> Event {
     }
 }
 
-/// Decodes an update and checks it belongs to this session and key.
+/// Checks an assembled upload: its envelope's digest is the one the participant announced
+/// (and matches its bytes), and it is an update of this session under its key.
 fn check_update(
-    bytes: &[u8],
-    max: u64,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
     plan: &SessionPlan,
     key: &CollectivePublicKey,
-) -> Result<EncryptedUpdate, SessionError> {
-    let update = EncryptedUpdate::from_bytes(bytes, max as usize)?;
-    if update.profile != plan.params.profile {
-        return Err(CryptoError::ProfileMismatch {
-            expected: plan.params.profile,
-            got: update.profile,
-        }
-        .into());
+) -> Result<CheckedUpdate, SessionError> {
+    if crate::crypto::wire::envelope_digest(&bytes) != Some(digest) {
+        return Err(SessionError::BadInput(
+            "the assembled update does not match its digest".into(),
+        ));
     }
-    if update.tag != SessionTag::derive(&plan.id) {
-        return Err(CryptoError::WrongSession {
-            what: "encrypted update",
-        }
-        .into());
-    }
-    if update.key_id != key.key_id() {
-        return Err(CryptoError::WrongKey {
-            what: "encrypted update",
-        }
-        .into());
-    }
-    if update.length != plan.length {
-        return Err(CryptoError::LengthMismatch {
-            expected: plan.length,
-            got: update.length,
-        }
-        .into());
-    }
-    update.validate()?;
-    Ok(update)
+    let max = max_update_bytes(plan) as usize;
+    Ok(CheckedUpdate::check(bytes, max, key, plan.length)?)
 }
 
 /// Sums the stored updates of `contributors` (blocking: runs on the blocking pool).
@@ -1786,9 +1761,7 @@ fn accumulate(
     key: &CollectivePublicKey,
     contributors: &[(String, [u8; 32])],
 ) -> Result<(Aggregate, DecryptionRequest), SessionError> {
-    let max = max_update_bytes(plan);
     let mut acc = Accumulator::new(key, plan.length)?;
-    let mut bytes = Vec::new();
     for (who, digest) in contributors {
         let upload = Upload::open(
             store,
@@ -1796,13 +1769,14 @@ fn accumulate(
             &piece_owner(&plan.id, who),
             *digest,
         )?;
-        if !upload.assemble(&mut bytes)? {
-            return Err(SessionError::Store(format!(
-                "the stored update of {who} is missing or damaged"
-            )));
-        }
-        let update = check_update(&bytes, max, plan, key)?;
-        acc.add(who, &update)?;
+        let mut bytes = Vec::new();
+        upload.concat(&mut bytes)?;
+        let update = check_update(bytes, *digest, plan, key).map_err(|e| {
+            SessionError::Store(format!(
+                "the stored update of {who} is missing or damaged: {e}"
+            ))
+        })?;
+        acc.add_checked(who, &update)?;
     }
     Ok(acc.finish()?)
 }
@@ -1818,18 +1792,17 @@ async fn upload(
 ) -> Result<SubmitReceipt, SessionError> {
     let start = Instant::now();
     let n = values.len() as u64;
-    let (bytes, clipped) = tokio::task::spawn_blocking(move || {
-        key.encrypt(&values)
-            .map(|(update, clipped)| (update.to_bytes(), clipped))
-    })
-    .await
-    .map_err(|_| SessionError::Unavailable("encryption"))??;
+    let (bytes, clipped) = tokio::task::spawn_blocking(move || key.encrypt_to_bytes(&values))
+        .await
+        .map_err(|_| SessionError::Unavailable("encryption"))??;
     let encrypt = start.elapsed();
     metrics
         .crypto_duration
         .get_or_create(&OpLabels { op: "encrypt" })
         .observe(encrypt.as_secs_f64());
-    let digest = *blake3::hash(&bytes).as_bytes();
+    // The envelope's own digest names the whole update: no second pass over it.
+    let digest = crate::crypto::wire::envelope_digest(&bytes)
+        .ok_or(SessionError::Unavailable("encryption"))?;
     let pieces: Vec<&[u8]> = bytes.chunks(PIECE_BYTES).collect();
     let count = pieces.len() as u32;
     let start = Instant::now();

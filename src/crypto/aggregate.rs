@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, decode_fixed, fixed_to_f64, pack_rounded};
 use super::engine::ProfileTorus;
-use super::keys::{CollectivePublicKey, EncryptedUpdate, KeyId, PkCore, SessionTag};
+use super::keys::{
+    CollectivePublicKey, EncryptedUpdate, EncryptedUpdateRef, KeyId, PkCore, SessionTag,
+};
 use super::params::{Profile, SessionParams};
 use super::{typed, CryptoError, Typed};
 
@@ -30,15 +32,15 @@ impl<T: ProfileTorus> Sums<T> {
         }
     }
 
-    fn add(&mut self, update: &EncryptedUpdate) {
+    fn add(&mut self, update: &EncryptedUpdateRef<'_>) {
         let p = T::PROFILE.params();
         self.masks
             .par_chunks_mut(p.ring_dim)
             .zip(self.bodies.par_chunks_mut(p.chunk_values()))
             .zip(update.chunks.par_iter())
             .for_each(|((mask, body), chunk)| {
-                codec::unpack_add_assign(&chunk.mask, p.mask_keep_bits, mask);
-                codec::unpack_add_assign(&chunk.body, p.body_keep_bits, body);
+                codec::unpack_add_assign(chunk.mask, p.mask_keep_bits, mask);
+                codec::unpack_add_assign(chunk.body, p.body_keep_bits, body);
             });
     }
 
@@ -106,18 +108,18 @@ impl Accumulator {
     /// contributors than the session declared, and anything for another session, key, profile
     /// or length.
     pub fn add(&mut self, contributor: &str, update: &EncryptedUpdate) -> Result<(), CryptoError> {
-        let params = self.key.params();
-        if update.profile != params.profile {
-            return Err(CryptoError::ProfileMismatch {
-                expected: params.profile,
-                got: update.profile,
-            });
-        }
-        if update.tag != self.key.tag() {
-            return Err(CryptoError::WrongSession {
-                what: "encrypted update",
-            });
-        }
+        let update = update.view();
+        check_belongs(&self.key, self.length, &update)?;
+        update.validate()?;
+        self.add_view(contributor, &update)
+    }
+
+    /// [`Self::add`] for an update checked on arrival, read in place from its wire bytes.
+    pub fn add_checked(
+        &mut self,
+        contributor: &str,
+        update: &CheckedUpdate,
+    ) -> Result<(), CryptoError> {
         if update.key_id != self.key.key_id() {
             return Err(CryptoError::WrongKey {
                 what: "encrypted update",
@@ -129,10 +131,19 @@ impl Accumulator {
                 got: update.length,
             });
         }
-        update.validate()?;
+        let view = EncryptedUpdateRef::from_checked_bytes(&update.bytes)?;
+        self.add_view(contributor, &view)
+    }
+
+    fn add_view(
+        &mut self,
+        contributor: &str,
+        update: &EncryptedUpdateRef<'_>,
+    ) -> Result<(), CryptoError> {
         if self.seen.contains(contributor) {
             return Err(CryptoError::DuplicateContributor(contributor.to_string()));
         }
+        let params = self.key.params();
         if self.contributors.len() as u32 >= params.participants {
             return Err(CryptoError::InvalidParams(format!(
                 "the session declared {} participants; no more updates fit its noise budget",
@@ -189,6 +200,83 @@ impl Accumulator {
             bodies,
         };
         Ok((aggregate, request))
+    }
+}
+
+/// Refuses an update made for another session, key, profile or length.
+fn check_belongs(
+    key: &CollectivePublicKey,
+    length: u64,
+    update: &EncryptedUpdateRef<'_>,
+) -> Result<(), CryptoError> {
+    let profile = key.params().profile;
+    if update.profile != profile {
+        return Err(CryptoError::ProfileMismatch {
+            expected: profile,
+            got: update.profile,
+        });
+    }
+    if update.tag != key.tag() {
+        return Err(CryptoError::WrongSession {
+            what: "encrypted update",
+        });
+    }
+    if update.key_id != key.key_id() {
+        return Err(CryptoError::WrongKey {
+            what: "encrypted update",
+        });
+    }
+    if update.length != length {
+        return Err(CryptoError::LengthMismatch {
+            expected: length,
+            got: update.length,
+        });
+    }
+    Ok(())
+}
+
+/// An encrypted update's wire bytes, checked whole on arrival (envelope digest, session, key,
+/// length, every chunk's shape). The coordinator keeps these rather than a decoded copy, and
+/// [`Accumulator::add_checked`] reads them in place.
+pub struct CheckedUpdate {
+    bytes: Vec<u8>,
+    key_id: KeyId,
+    length: u64,
+}
+
+impl fmt::Debug for CheckedUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckedUpdate")
+            .field("key_id", &self.key_id)
+            .field("length", &self.length)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl CheckedUpdate {
+    /// Checks `bytes` (at most `max_len`) as an update of `length` values under `key`.
+    pub fn check(
+        bytes: Vec<u8>,
+        max_len: usize,
+        key: &CollectivePublicKey,
+        length: u64,
+    ) -> Result<Self, CryptoError> {
+        check_belongs(
+            key,
+            length,
+            &EncryptedUpdateRef::from_bytes(&bytes, max_len)?,
+        )?;
+        Ok(CheckedUpdate {
+            bytes,
+            key_id: key.key_id(),
+            length,
+        })
+    }
+
+    /// Size of the wire form.
+    pub fn wire_len(&self) -> usize {
+        self.bytes.len()
     }
 }
 

@@ -75,39 +75,6 @@ pub const fn packed_width(keep_bits: u32) -> usize {
     (keep_bits / 8) as usize
 }
 
-/// Appends each value rounded to its top `keep_bits` bits (round to nearest), little-endian.
-pub fn pack_rounded<T: Torus>(values: &[T], keep_bits: u32, out: &mut Vec<u8>) {
-    let width = packed_width(keep_bits);
-    let drop = T::BITS - keep_bits as usize;
-    let half = if drop == 0 {
-        T::ZERO
-    } else {
-        T::ONE << (drop - 1)
-    };
-    out.reserve(values.len() * width);
-    for &v in values {
-        let top = if drop == 0 {
-            v
-        } else {
-            v.wrapping_add(half) >> drop
-        };
-        out.extend_from_slice(&top.to_u128().to_le_bytes()[..width]);
-    }
-}
-
-#[inline(always)]
-fn read_top<T: Torus, const W: usize>(chunk: &[u8], drop: usize) -> T {
-    let mut buf = [0u8; 16];
-    // A fixed-width copy: compiles to a couple of moves instead of a memcpy call.
-    buf[..W].copy_from_slice(&chunk[..W]);
-    let v = T::from_u128(u128::from_le_bytes(buf));
-    if drop == 0 {
-        v
-    } else {
-        v << drop
-    }
-}
-
 /// Runs `$body` with `$w` bound to the packed width as a constant (1..=16 bytes).
 macro_rules! with_width {
     ($width:expr, $w:ident => $body:expr) => {
@@ -178,6 +145,45 @@ macro_rules! with_width {
             }
         }
     };
+}
+
+/// Appends each value rounded to its top `keep_bits` bits (round to nearest), little-endian.
+pub fn pack_rounded<T: Torus>(values: &[T], keep_bits: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + values.len() * packed_width(keep_bits), 0);
+    pack_rounded_into(values, keep_bits, &mut out[start..]);
+}
+
+/// [`pack_rounded`] into a slice of exactly `values.len() · packed_width(keep_bits)` bytes:
+/// encryption writes straight into its wire message with it.
+pub fn pack_rounded_into<T: Torus>(values: &[T], keep_bits: u32, out: &mut [u8]) {
+    let width = packed_width(keep_bits);
+    debug_assert_eq!(out.len(), values.len() * width);
+    let drop = T::BITS - keep_bits as usize;
+    let half = if drop == 0 {
+        T::ZERO
+    } else {
+        T::ONE << (drop - 1)
+    };
+    with_width!(width, W => {
+        for (&v, o) in values.iter().zip(out.chunks_exact_mut(W)) {
+            let top = if drop == 0 { v } else { v.wrapping_add(half) >> drop };
+            o.copy_from_slice(&top.to_u128().to_le_bytes()[..W]);
+        }
+    })
+}
+
+#[inline(always)]
+fn read_top<T: Torus, const W: usize>(chunk: &[u8], drop: usize) -> T {
+    let mut buf = [0u8; 16];
+    // A fixed-width copy: compiles to a couple of moves instead of a memcpy call.
+    buf[..W].copy_from_slice(&chunk[..W]);
+    let v = T::from_u128(u128::from_le_bytes(buf));
+    if drop == 0 {
+        v
+    } else {
+        v << drop
+    }
 }
 
 /// Inverse of [`pack_rounded`]: `out[i] = value_i · 2^(BITS − keep_bits)`.

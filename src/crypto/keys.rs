@@ -14,11 +14,12 @@ use tfhe::core_crypto::prelude::{
 use zeroize::Zeroizing;
 
 use super::aggregate::{DecryptionRequest, PartialDecryption};
-use super::codec::{self, pack_rounded};
+use super::codec::{self, pack_rounded, pack_rounded_into};
 use super::engine::ProfileTorus;
-use super::params::{Profile, SessionParams};
+use super::params::{Profile, ProfileParams, SessionParams};
 use super::ring::{NttPoly, Torus};
 use super::rng::{os_seed, ChunkRandomness, FloodingStream};
+use super::wire::{self, Kind, Wire};
 use super::{typed, CryptoError, Typed};
 
 fn hex8(bytes: &[u8]) -> String {
@@ -742,14 +743,15 @@ impl<T: ProfileTorus> PkCore<T> {
 
     /// Encrypts one chunk (≤ L·N plaintexts) under one binary randomness r: mask = a·r + e1 and,
     /// for value j at position j' of slot l, body_j = (b_l·r)[N−1−j'] + e2_j + m_j; then rounds
-    /// both for the wire. Only the slots the chunk fills are computed.
+    /// both straight into `out`, the chunk's place in the wire message. Only the slots the chunk
+    /// fills are computed.
     fn encrypt_chunk(
         &self,
         plaintexts: &[T],
         gen_seed: &[u8; 32],
         index: u32,
         work: &mut EncryptWork<T>,
-        out: &mut EncryptedChunk,
+        out: &mut [u8],
     ) {
         let ring = T::ring();
         let n = ring.n();
@@ -771,46 +773,69 @@ impl<T: ProfileTorus> PkCore<T> {
             );
         }
         randomness.add_t_uniform(&mut work.body, p.noise_log2);
-        out.index = index;
-        out.count = plaintexts.len() as u32;
-        out.mask.clear();
-        out.body.clear();
-        pack_rounded(&work.mask, p.mask_keep_bits, &mut out.mask);
-        pack_rounded(&work.body, p.body_keep_bits, &mut out.body);
+        let layout = ChunkLayout::new(p, plaintexts.len());
+        debug_assert_eq!(out.len(), layout.len());
+        let (head, rest) = out.split_at_mut(CHUNK_HEAD);
+        head[..4].copy_from_slice(&index.to_le_bytes());
+        head[4..8].copy_from_slice(&(plaintexts.len() as u32).to_le_bytes());
+        head[8..].copy_from_slice(&(layout.mask as u64).to_le_bytes());
+        let (mask, rest) = rest.split_at_mut(layout.mask);
+        pack_rounded_into(&work.mask, p.mask_keep_bits, mask);
+        let (body_len, body) = rest.split_at_mut(8);
+        body_len.copy_from_slice(&(layout.body as u64).to_le_bytes());
+        pack_rounded_into(&work.body, p.body_keep_bits, body);
     }
 
-    fn encrypt(
+    /// Encrypts `values` chunk by chunk in parallel, each into its own region of `out` (the
+    /// update's chunks in their wire form). Returns how many values were clipped.
+    fn encrypt_into(
         &self,
         params: &SessionParams,
         values: &[f32],
-    ) -> Result<(Vec<EncryptedChunk>, u64), CryptoError> {
-        let n = T::PROFILE.params().chunk_values();
+        out: &mut [u8],
+    ) -> Result<u64, CryptoError> {
+        let p = T::PROFILE.params();
+        let n = p.chunk_values();
         let seed = os_seed();
-        let results: Vec<Result<(EncryptedChunk, u64), CryptoError>> = values
-            .par_chunks(n)
+        out.par_chunks_mut(ChunkLayout::new(p, n).len())
+            .zip(values.par_chunks(n))
             .enumerate()
-            .map_init(EncryptWork::new, |work, (c, chunk)| {
+            .map_init(EncryptWork::new, |work, (c, (region, chunk))| {
                 let mut pt = std::mem::take(&mut work.plaintexts);
                 pt.resize(chunk.len(), T::ZERO);
                 let mut stochastic = ChunkRandomness::new(&seed, "rounding", c as u64);
                 let clipped =
                     codec::encode_into(params, chunk, &mut pt, c * n, || stochastic.unit());
-                let mut out = EncryptedChunk::default();
                 if clipped.is_ok() {
-                    self.encrypt_chunk(&pt, &seed, c as u32, work, &mut out);
+                    self.encrypt_chunk(&pt, &seed, c as u32, work, region);
                 }
                 work.plaintexts = pt;
-                Ok((out, clipped?))
+                clipped
             })
-            .collect();
-        let mut chunks = Vec::with_capacity(results.len());
-        let mut clipped = 0;
-        for r in results {
-            let (c, k) = r?;
-            chunks.push(c);
-            clipped += k;
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+    }
+}
+
+/// Index, count and the mask's length prefix: the fixed head of a chunk's wire form.
+const CHUNK_HEAD: usize = 4 + 4 + 8;
+
+/// Where a chunk of `count` values lies in its wire form, bincode's layout of
+/// [`EncryptedChunk`]: the head, the packed mask, the body's u64 length, the packed body.
+struct ChunkLayout {
+    mask: usize,
+    body: usize,
+}
+
+impl ChunkLayout {
+    fn new(p: &ProfileParams, count: usize) -> Self {
+        ChunkLayout {
+            mask: p.ring_dim * codec::packed_width(p.mask_keep_bits),
+            body: count * codec::packed_width(p.body_keep_bits),
         }
-        Ok((chunks, clipped))
+    }
+
+    fn len(&self) -> usize {
+        CHUNK_HEAD + self.mask + 8 + self.body
     }
 }
 
@@ -955,26 +980,38 @@ impl CollectivePublicKey {
         self.key_id
     }
 
-    /// Encrypts an update of any length (split into chunks of N values, in parallel).
-    /// Returns the ciphertext and how many values were clipped to ±clip.
-    pub fn encrypt(&self, values: &[f32]) -> Result<(EncryptedUpdate, u64), CryptoError> {
+    /// Encrypts an update of any length (split into chunks of L·N values, in parallel) straight
+    /// into its wire form, the bytes of [`EncryptedUpdate::to_bytes`]. Returns them and how many
+    /// values were clipped to ±clip.
+    pub fn encrypt_to_bytes(&self, values: &[f32]) -> Result<(Vec<u8>, u64), CryptoError> {
         if values.is_empty() {
             return Err(CryptoError::LengthMismatch {
                 expected: 1,
                 got: 0,
             });
         }
-        let (chunks, clipped) = typed!(&self.core, core => core.encrypt(&self.params, values))?;
-        Ok((
-            EncryptedUpdate {
-                profile: self.params.profile,
-                tag: self.tag,
-                key_id: self.key_id,
-                length: values.len() as u64,
-                chunks,
-            },
-            clipped,
-        ))
+        let p = self.params.profile.params();
+        let length = values.len() as u64;
+        let chunks = p.chunks(length);
+        // The update's fields before its chunks, as bincode writes them (a struct is its
+        // fields in order; the chunk vector's length is a u64).
+        let head =
+            wire::payload_bytes(&(self.params.profile, self.tag, self.key_id, length, chunks));
+        let full = ChunkLayout::new(p, p.chunk_values()).len();
+        let last = values.len() - (chunks as usize - 1) * p.chunk_values();
+        let payload = head.len() + (chunks as usize - 1) * full + ChunkLayout::new(p, last).len();
+        let (bytes, clipped) = wire::frame_in_place(Kind::EncryptedUpdate, payload, |out| {
+            let (fields, chunks) = out.split_at_mut(head.len());
+            fields.copy_from_slice(&head);
+            typed!(&self.core, core => core.encrypt_into(&self.params, values, chunks))
+        });
+        Ok((bytes, clipped?))
+    }
+
+    /// [`Self::encrypt_to_bytes`], decoded.
+    pub fn encrypt(&self, values: &[f32]) -> Result<(EncryptedUpdate, u64), CryptoError> {
+        let (bytes, clipped) = self.encrypt_to_bytes(values)?;
+        Ok((EncryptedUpdate::from_bytes(&bytes, bytes.len())?, clipped))
     }
 }
 
@@ -996,6 +1033,22 @@ impl fmt::Debug for EncryptedChunk {
 }
 
 impl EncryptedChunk {
+    /// Checks the chunk's shape for `profile`, as chunk `index` of an update of `length`.
+    pub fn validate(&self, profile: Profile, index: usize, length: u64) -> Result<(), CryptoError> {
+        self.view().validate(profile, index, length)
+    }
+
+    fn view(&self) -> EncryptedChunkRef<'_> {
+        EncryptedChunkRef {
+            index: self.index,
+            count: self.count,
+            mask: &self.mask,
+            body: &self.body,
+        }
+    }
+}
+
+impl EncryptedChunkRef<'_> {
     /// Checks the chunk's shape for `profile`, as chunk `index` of an update of `length`.
     pub fn validate(&self, profile: Profile, index: usize, length: u64) -> Result<(), CryptoError> {
         let p = profile.params();
@@ -1058,6 +1111,69 @@ impl fmt::Debug for EncryptedUpdate {
 impl EncryptedUpdate {
     /// Checks every chunk's shape; says which is wrong.
     pub fn validate(&self) -> Result<(), CryptoError> {
+        self.view().validate()
+    }
+
+    /// The update as borrowed slices, the form the accumulator reads.
+    pub fn view(&self) -> EncryptedUpdateRef<'_> {
+        EncryptedUpdateRef {
+            profile: self.profile,
+            tag: self.tag,
+            key_id: self.key_id,
+            length: self.length,
+            chunks: self.chunks.iter().map(EncryptedChunk::view).collect(),
+        }
+    }
+
+    /// Payload bytes (masks and bodies), the figure behind "bytes per parameter".
+    pub fn payload_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| c.mask.len() + c.body.len())
+            .sum()
+    }
+}
+
+/// An encrypted update read in place from its wire form (`serde` borrows the masks and bodies
+/// from the message): the coordinator checks and sums megabytes of ciphertext without copying
+/// them out. Same encoding as [`EncryptedUpdate`].
+#[derive(Deserialize)]
+pub struct EncryptedUpdateRef<'a> {
+    pub profile: Profile,
+    pub tag: SessionTag,
+    pub key_id: KeyId,
+    pub length: u64,
+    #[serde(borrow)]
+    pub chunks: Vec<EncryptedChunkRef<'a>>,
+}
+
+/// One chunk of an [`EncryptedUpdateRef`].
+#[derive(Deserialize)]
+pub struct EncryptedChunkRef<'a> {
+    pub index: u32,
+    pub count: u32,
+    pub mask: &'a [u8],
+    pub body: &'a [u8],
+}
+
+impl<'a> EncryptedUpdateRef<'a> {
+    /// Decodes and shape-checks an update of at most `max_len` bytes, borrowing from `bytes`.
+    pub fn from_bytes(bytes: &'a [u8], max_len: usize) -> Result<Self, CryptoError> {
+        let update: Self = wire::decode_borrowed(Kind::EncryptedUpdate, bytes, max_len, true)?;
+        update.validate()?;
+        Ok(update)
+    }
+
+    /// [`Self::from_bytes`] without checking the envelope's digest again: for bytes that
+    /// passed it already and have been held in memory since.
+    pub(crate) fn from_checked_bytes(bytes: &'a [u8]) -> Result<Self, CryptoError> {
+        let update: Self = wire::decode_borrowed(Kind::EncryptedUpdate, bytes, bytes.len(), false)?;
+        update.validate()?;
+        Ok(update)
+    }
+
+    /// Checks every chunk's shape; says which is wrong.
+    pub fn validate(&self) -> Result<(), CryptoError> {
         let expected_chunks = self.profile.params().chunks(self.length);
         if self.length == 0 || self.chunks.len() as u64 != expected_chunks {
             return Err(CryptoError::Malformed {
@@ -1073,14 +1189,6 @@ impl EncryptedUpdate {
             c.validate(self.profile, i, self.length)?;
         }
         Ok(())
-    }
-
-    /// Payload bytes (masks and bodies), the figure behind "bytes per parameter".
-    pub fn payload_bytes(&self) -> usize {
-        self.chunks
-            .iter()
-            .map(|c| c.mask.len() + c.body.len())
-            .sum()
     }
 }
 

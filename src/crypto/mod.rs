@@ -24,10 +24,13 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{Accumulator, Aggregate, DecryptedSum, DecryptionRequest, PartialDecryption};
+pub use aggregate::{
+    Accumulator, Aggregate, CheckedUpdate, DecryptedSum, DecryptionRequest, PartialDecryption,
+};
 pub use keys::{
-    local_ceremony, CollectivePublicKey, EncryptedChunk, EncryptedUpdate, KeyCeremony,
-    KeyCommitment, KeyId, PublicKeyShare, SecretKeyShare, SessionTag,
+    local_ceremony, CollectivePublicKey, EncryptedChunk, EncryptedChunkRef, EncryptedUpdate,
+    EncryptedUpdateRef, KeyCeremony, KeyCommitment, KeyId, PublicKeyShare, SecretKeyShare,
+    SessionTag,
 };
 pub use params::{NoiseBudget, Profile, ProfileParams, Rounding, SessionParams};
 

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 
 use super::codec::{self, decode_fixed};
 use super::engine::ProfileTorus;
-use super::wire::Wire;
+use super::wire::{self, Wire};
 use super::*;
 
 pub(crate) struct Committee {
@@ -706,6 +706,86 @@ fn accumulator_refuses_bad_updates_and_changes_nothing() {
 }
 
 // ---------------------------------------------------------------- wire format
+
+/// Encryption writes the wire form in place: it must be exactly what serialising the decoded
+/// update gives, for partly filled last chunks and slots too.
+#[test]
+fn in_place_encryption_is_the_serialised_update() {
+    for profile in Profile::ALL {
+        let params = SessionParams::recommended(profile, 4, 2, 8.0).unwrap();
+        let c = committee(&params, "in-place");
+        let n = profile.params().chunk_values();
+        for len in [1, n - 1, n, n + 1, 2 * n + 5] {
+            let values: Vec<f32> = (0..len).map(|i| (i % 17) as f32 - 8.0).collect();
+            let (bytes, clipped) = c.key.encrypt_to_bytes(&values).unwrap();
+            assert_eq!(clipped, 0);
+            let update = EncryptedUpdate::from_bytes(&bytes, bytes.len()).unwrap();
+            assert_eq!(update.to_bytes(), bytes, "{profile} {len}");
+            assert_eq!(
+                wire::envelope_digest(&bytes).unwrap(),
+                bytes[bytes.len() - 32..]
+            );
+        }
+    }
+}
+
+/// The aggregator's path (checked wire bytes read in place) sums exactly like decoded updates,
+/// and refuses what does not belong to its session.
+#[test]
+fn checked_updates_sum_like_decoded_ones() {
+    let params = SessionParams::recommended(Profile::Fast, 5, 3, 8.0).unwrap();
+    let c = committee(&params, "checked");
+    let other = committee(&params, "checked-other");
+    let updates: Vec<Vec<u8>> = [[1.0f32, 2.0, 3.0], [0.5, -4.0, 7.0]]
+        .iter()
+        .map(|u| c.key.encrypt_to_bytes(u).unwrap().0)
+        .collect();
+    let mut decoded = Accumulator::new(&c.key, 3).unwrap();
+    let mut checked = Accumulator::new(&c.key, 3).unwrap();
+    for (i, bytes) in updates.iter().enumerate() {
+        let who = format!("p{i}");
+        decoded
+            .add(&who, &EncryptedUpdate::from_bytes(bytes, 1 << 20).unwrap())
+            .unwrap();
+        let update = CheckedUpdate::check(bytes.clone(), 1 << 20, &c.key, 3).unwrap();
+        checked.add_checked(&who, &update).unwrap();
+        assert!(matches!(
+            checked.add_checked(&who, &update),
+            Err(CryptoError::DuplicateContributor(_))
+        ));
+    }
+    let (a, ra) = decoded.finish().unwrap();
+    let (b, rb) = checked.finish().unwrap();
+    assert_eq!(ra, rb);
+    assert_eq!(a.request_digest(), b.request_digest());
+
+    let bytes = &updates[0];
+    assert!(matches!(
+        CheckedUpdate::check(bytes.clone(), 1 << 20, &other.key, 3),
+        Err(CryptoError::WrongSession { .. })
+    ));
+    assert!(matches!(
+        CheckedUpdate::check(bytes.clone(), 1 << 20, &c.key, 4),
+        Err(CryptoError::LengthMismatch { .. })
+    ));
+    let mut tampered = bytes.clone();
+    tampered[40] ^= 1;
+    assert!(CheckedUpdate::check(tampered, 1 << 20, &c.key, 3)
+        .unwrap_err()
+        .to_string()
+        .contains("digest"));
+    assert!(CheckedUpdate::check(bytes.clone(), 100, &c.key, 3)
+        .unwrap_err()
+        .to_string()
+        .contains("limit"));
+    // Checked against one session's key, refused by another session's accumulator.
+    let update = CheckedUpdate::check(bytes.clone(), 1 << 20, &c.key, 3).unwrap();
+    let mut foreign = Accumulator::new(&other.key, 3).unwrap();
+    assert!(matches!(
+        foreign.add_checked("p0", &update),
+        Err(CryptoError::WrongKey { .. })
+    ));
+}
 
 #[test]
 fn wire_round_trips_and_detects_damage() {

@@ -32,7 +32,7 @@ pub enum AggMsg {
     /// and decoded without copying the piece through [`Piece`], which must stay in step.
     SubmitPiece {
         session: String,
-        /// BLAKE3 of the whole update's wire bytes.
+        /// The update's envelope digest (its last 32 bytes: BLAKE3 of all before them).
         digest: [u8; 32],
         index: u32,
         count: u32,
