@@ -38,9 +38,11 @@ pub mod trees {
 /// than misread.
 ///
 /// `sessions` 2: key shares moved out of the session states into records of their own.
+/// `sessions` 3: a submission's digest is its update's envelope digest, not a hash of all of
+/// its bytes.
 pub fn record_version(tree: &str) -> u8 {
     match tree {
-        trees::SESSIONS => 2,
+        trees::SESSIONS => 3,
         _ => 1,
     }
 }
@@ -335,7 +337,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown record version 1 (this build reads 2)"),
+            e.contains("unknown record version 1 (this build reads 3)"),
             "{e}"
         );
     }
