@@ -219,7 +219,10 @@ impl Store {
 }
 
 fn encode_record<V: Serialize + ?Sized>(tree: &str, value: &V) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![record_version(tree)];
+    let size = bincode::serialized_size(value).map_err(|e| StoreError::Encode(e.to_string()))?;
+    // Sized up front: a result of a million values grew by doubling, through fresh pages.
+    let mut out = Vec::with_capacity(1 + size as usize);
+    out.push(record_version(tree));
     bincode::serialize_into(&mut out, value).map_err(|e| StoreError::Encode(e.to_string()))?;
     Ok(out)
 }
