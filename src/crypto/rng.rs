@@ -72,10 +72,13 @@ impl ChunkRandomness {
     }
 }
 
-/// Flooding noise TUniform(bound_log2), drawn from a keyed BLAKE3 output stream. The stream
-/// state and buffers are zeroized on drop: a leaked flooding sample would un-flood a share.
+/// Flooding noise TUniform(bound_log2), drawn from a ChaCha20 keystream whose key is derived
+/// with keyed BLAKE3 (a PRF) from the caller's key and the stream index. ChaCha20 rather than
+/// BLAKE3's own output stream: it is several times faster on AVX2, and a partial decryption
+/// draws 16 bytes per value. The cipher state (zeroized by the crate on drop) and the buffer are
+/// wiped: a leaked flooding sample would un-flood a share.
 pub(crate) struct FloodingStream {
-    reader: Zeroizing<blake3::OutputReader>,
+    keystream: chacha20::ChaCha20,
     buffer: Zeroizing<[u8; 1024]>,
     pos: usize,
     bound_log2: u32,
@@ -83,12 +86,13 @@ pub(crate) struct FloodingStream {
 
 impl FloodingStream {
     pub(crate) fn new(key: &[u8; 32], stream_index: u64, bound_log2: u32) -> Self {
+        use chacha20::cipher::KeyIvInit;
         let mut h = blake3::Hasher::new_keyed(key);
-        h.update(b"fhenode/flooding/v1");
+        h.update(b"fhenode/flooding/v2");
         h.update(&stream_index.to_le_bytes());
-        let reader = Zeroizing::new(h.finalize_xof());
+        let stream_key = Zeroizing::new(*h.finalize().as_bytes());
         Self {
-            reader,
+            keystream: chacha20::ChaCha20::new(stream_key.as_ref().into(), &[0u8; 12].into()),
             buffer: Zeroizing::new([0u8; 1024]),
             pos: 1024,
             bound_log2,
@@ -96,8 +100,10 @@ impl FloodingStream {
     }
 
     fn next_u128(&mut self) -> u128 {
+        use chacha20::cipher::StreamCipher;
         if self.pos == self.buffer.len() {
-            self.reader.fill(&mut self.buffer[..]);
+            self.buffer.fill(0);
+            self.keystream.apply_keystream(&mut self.buffer[..]);
             self.pos = 0;
         }
         let mut b = [0u8; 16];
