@@ -5,7 +5,9 @@
 
 pub mod pieces;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use libp2p::identity::Keypair;
 use serde::{de::DeserializeOwned, Serialize};
@@ -72,6 +74,8 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// The blob files already synced, and their length then (see [`sync_blobs`]).
+    synced_blobs: Arc<Mutex<BTreeMap<i64, u64>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -99,7 +103,11 @@ impl Store {
         }
         // The identity key lives in these files: owner-only, like an ssh key.
         restrict_tree(&path)?;
-        Ok(Store { db, path })
+        Ok(Store {
+            db,
+            path,
+            synced_blobs: Arc::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -166,7 +174,9 @@ impl Store {
 
     /// Makes every write so far durable. Returns the bytes written.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush()?)
+        let written = self.db.flush()?;
+        sync_blobs(&self.path, &self.synced_blobs)?;
+        Ok(written)
     }
 
     /// [`flush`](Store::flush) on the blocking pool. Not sled's own `flush_async`: in sled
@@ -174,11 +184,10 @@ impl Store {
     /// each other forever (spacejam/sled#1241, fixed only on an unreleased branch), and a
     /// node's demo and benchmark networks keep dozens of databases in one process.
     pub async fn flush_async(&self) -> Result<usize, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
-            .map_err(StoreError::from)
     }
 
     /// Size of the database on disk, in bytes.
@@ -216,6 +225,57 @@ impl Store {
         restrict_tree(&self.path)?;
         Ok(keypair)
     }
+}
+
+/// sled 0.34 writes each value over its blob threshold (an upload piece, a key) to a file of
+/// its own, `blobs/{lsn}`, and never syncs it: its flush syncs only the log that points at the
+/// file, so after a power loss an acknowledged piece could be a dangling pointer. Every blob
+/// file not yet synced at its present length is synced here, then the directory. Kept by name
+/// and length, not as the highest number synced: concurrent writers can create a blob with a
+/// lower number after a higher one, or be caught halfway through writing one.
+fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Result<()> {
+    let dir = db_path.join("blobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut synced = synced
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut present = BTreeMap::new();
+    let mut fresh = false;
+    for entry in entries {
+        let entry = entry?;
+        let Some(lsn) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        // Removed meanwhile (sled dropped the value it held): nothing to sync.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let len = match entry.metadata() {
+            Ok(meta) => meta.len(),
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        if synced.get(&lsn) != Some(&len) {
+            match std::fs::File::open(entry.path()) {
+                Ok(file) => file.sync_all()?,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            }
+            fresh = true;
+        }
+        present.insert(lsn, len);
+    }
+    if fresh {
+        std::fs::File::open(&dir)?.sync_all()?;
+    }
+    *synced = present;
+    Ok(())
 }
 
 fn encode_record<V: Serialize + ?Sized>(tree: &str, value: &V) -> Result<Vec<u8>, StoreError> {
@@ -300,6 +360,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Values sled keeps in files of their own are synced by `flush`, each once, and
+    /// forgotten when sled removes them.
+    #[test]
+    fn flush_syncs_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree(trees::SESSIONS).unwrap();
+        tree.insert(b"big", vec![7u8; 1 << 20]).unwrap();
+        store.flush().unwrap();
+        let blobs: Vec<(i64, u64)> = std::fs::read_dir(store.path.join("blobs"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let lsn = e.file_name().to_str().unwrap().parse().unwrap();
+                (lsn, e.metadata().unwrap().len())
+            })
+            .collect();
+        assert_eq!(blobs.len(), 1, "a 1 MiB value is a blob file: {blobs:?}");
+        let synced = || store.synced_blobs.lock().unwrap().clone();
+        assert_eq!(synced().into_iter().collect::<Vec<_>>(), blobs);
+        tree.remove(b"big").unwrap();
+        tree.insert(b"small", vec![1u8; 16]).unwrap();
+        store.flush().unwrap();
+        store.flush().unwrap();
+        let left = std::fs::read_dir(store.path.join("blobs")).unwrap().count();
+        assert_eq!(synced().len(), left);
     }
 
     #[test]
