@@ -212,15 +212,21 @@ pub struct RoundBenchConfig {
     pub params: usize,
     pub participants: usize,
     pub committee: usize,
+    /// Encrypted rounds, each followed by a plaintext round on the same network; the report
+    /// gives medians (the machine is shared: single rounds vary by tens of percent).
+    pub rounds: usize,
 }
 
-/// One full round on a local network, next to a plaintext FedAvg round on the same network.
+/// Encrypted rounds on a local network, each next to a plaintext FedAvg round on the same
+/// network. Timings are medians over the rounds; the ratios are medians of each round's ratio
+/// to the plaintext round run right after it.
 #[derive(Clone, Debug, Serialize)]
 pub struct RoundBenchReport {
     pub profile: String,
     pub params: usize,
     pub participants: usize,
     pub committee: usize,
+    pub rounds: usize,
     /// Time for the local network to settle (before anything is timed).
     pub mesh_s: f64,
     /// Key ceremony: create → collecting.
@@ -234,9 +240,13 @@ pub struct RoundBenchReport {
     pub after_last_submission_s: f64,
     pub accumulate_s: f64,
     pub decrypt_and_combine_s: f64,
-    /// Create → result.
+    /// Create → result, at the coordinator.
     pub round_s: f64,
+    /// Create → every participant holds the result (pushed after the round; waited for so that
+    /// it does not run into the plaintext round measured next).
+    pub result_delivered_s: f64,
     pub bytes_per_param: f64,
+    /// Largest error over all rounds.
     pub max_abs_error: f64,
     pub error_bound: f64,
     /// The same participants sending their f32 updates in the clear and the sum computed.
@@ -247,6 +257,9 @@ pub struct RoundBenchReport {
     pub round_cpu_s: f64,
     pub plaintext_round_cpu_s: f64,
     pub round_cpu_vs_plaintext: f64,
+    /// Every round's wall time, encrypted and plaintext, in order.
+    pub round_s_each: Vec<f64>,
+    pub plaintext_round_s_each: Vec<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,35 +303,41 @@ async fn settle(nodes: &[crate::node::Node]) -> Result<std::time::Duration, Benc
     }
 }
 
-/// Runs one aggregation round across `participants` in-process nodes on loopback (node 0
-/// coordinates, the first `committee` nodes hold the key), then the plaintext baseline.
-pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport, BenchError> {
+/// What one encrypted round measured.
+struct SecureRound {
+    keygen_s: f64,
+    encrypt_max_s: f64,
+    encrypt_mean_s: f64,
+    submit_s: f64,
+    after_last_submission_s: f64,
+    accumulate_s: f64,
+    decrypt_and_combine_s: f64,
+    round_s: f64,
+    result_delivered_s: f64,
+    cpu_s: f64,
+    bytes_per_param: f64,
+    max_abs_error: f64,
+    error_bound: f64,
+}
+
+/// One encrypted round as session `id`: node 0 coordinates, the first `committee` nodes hold
+/// the key, every node submits its update.
+async fn secure_round(
+    cfg: &RoundBenchConfig,
+    nodes: &[crate::node::Node],
+    updates: &[Vec<f32>],
+    id: &str,
+) -> Result<SecureRound, BenchError> {
     use crate::demo::wait_phase;
-    use crate::net::{Request, Response};
     use crate::session::{Phase, ResultKind, SessionSpec};
     use std::time::Duration;
 
     let fail = |m: String| BenchError::Failed(m);
-    if cfg.participants == 0 || cfg.committee == 0 || cfg.committee > cfg.participants {
-        return Err(fail("need 1..=participants committee members".into()));
-    }
-    let (_dirs, nodes) = crate::demo::start_local_network(cfg.participants).await?;
-    let mesh_s = settle(&nodes).await?.as_secs_f64();
     let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let updates: Vec<Vec<f32>> = (0..cfg.participants)
-        .map(|_| {
-            (0..cfg.params)
-                .map(|_| rng.gen_range(-1.0f32..1.0))
-                .collect()
-        })
-        .collect();
-
-    // --- the encrypted round -------------------------------------------------------------
     let round = Instant::now();
     let round_cpu = cpu_time::ProcessTime::now();
     let spec = SessionSpec {
-        id: Some("bench".into()),
+        id: Some(id.into()),
         length: Some(cfg.params as u64),
         profile: Some(cfg.profile),
         committee: ids[..cfg.committee].to_vec(),
@@ -335,7 +354,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         .map_err(|e| fail(e.to_string()))?;
     wait_phase(
         coordinator,
-        "bench",
+        id,
         |p| p >= Phase::Collecting,
         Duration::from_secs(120),
     )
@@ -345,8 +364,8 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let receipts = futures::future::join_all(
         nodes
             .iter()
-            .zip(&updates)
-            .map(|(node, u)| node.aggregation.submit("bench", u.clone())),
+            .zip(updates)
+            .map(|(node, u)| node.aggregation.submit(id, u.clone())),
     )
     .await;
     let submit_s = submit_start.elapsed().as_secs_f64();
@@ -357,17 +376,21 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let last_ack = Instant::now();
     wait_phase(
         coordinator,
-        "bench",
+        id,
         Phase::is_terminal,
         Duration::from_secs(600),
     )
     .await?;
     let after_last_submission_s = last_ack.elapsed().as_secs_f64();
     let round_s = round.elapsed().as_secs_f64();
-    let round_cpu_s = round_cpu.elapsed().as_secs_f64();
+    let cpu_s = round_cpu.elapsed().as_secs_f64();
+    for node in &nodes[1..] {
+        wait_phase(node, id, Phase::is_terminal, Duration::from_secs(120)).await?;
+    }
+    let result_delivered_s = round.elapsed().as_secs_f64();
     let info = coordinator
         .aggregation
-        .get("bench")
+        .get(id)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if info.phase != Phase::Done {
@@ -375,7 +398,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     }
     let result = coordinator
         .aggregation
-        .result("bench")
+        .result(id)
         .await
         .map_err(|e| fail(e.to_string()))?;
     let k = updates.len() as f64;
@@ -390,8 +413,31 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         _ => f64::NAN,
     };
     let t = &info.timings;
+    let encrypt: Vec<f64> = receipts.iter().map(|r| r.encrypt_ms / 1e3).collect();
+    Ok(SecureRound {
+        keygen_s,
+        encrypt_max_s: encrypt.iter().cloned().fold(0.0, f64::max),
+        encrypt_mean_s: encrypt.iter().sum::<f64>() / encrypt.len() as f64,
+        submit_s,
+        after_last_submission_s,
+        accumulate_s: ms(t.closed_ms, t.decrypting_ms),
+        decrypt_and_combine_s: ms(t.decrypting_ms, t.finished_ms),
+        round_s,
+        result_delivered_s,
+        cpu_s,
+        bytes_per_param: receipts[0].bytes_sent as f64 / cfg.params as f64,
+        max_abs_error,
+        error_bound: result.error_bound,
+    })
+}
 
-    // --- the plaintext baseline: the same updates, in the clear, summed -------------------
+/// The plaintext baseline: every participant but the coordinator sends its f32 update to it in
+/// the clear, in pieces of the submissions' size, and the sum is computed. Wall and CPU time.
+async fn plaintext_round(
+    nodes: &[crate::node::Node],
+    updates: &[Vec<f32>],
+) -> Result<(f64, f64), BenchError> {
+    use crate::net::{Request, Response};
     let plain = Instant::now();
     let plain_cpu = cpu_time::ProcessTime::now();
     let uploads = nodes[1..].iter().zip(&updates[1..]).map(|(node, u)| {
@@ -409,44 +455,98 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         }
     });
     for r in futures::future::join_all(uploads).await {
-        r.map_err(fail)?;
+        r.map_err(BenchError::Failed)?;
     }
-    let mut sum = vec![0f32; cfg.params];
-    for u in &updates {
+    let mut sum = vec![0f32; updates[0].len()];
+    for u in updates {
         for (s, v) in sum.iter_mut().zip(u) {
             *s += *v;
         }
     }
-    std::hint::black_box(&sum);
-    let plaintext_round_s = plain.elapsed().as_secs_f64();
-    let plaintext_round_cpu_s = plain_cpu.elapsed().as_secs_f64();
+    black_box(&sum);
+    Ok((
+        plain.elapsed().as_secs_f64(),
+        plain_cpu.elapsed().as_secs_f64(),
+    ))
+}
 
-    let encrypt: Vec<f64> = receipts.iter().map(|r| r.encrypt_ms / 1e3).collect();
-    let report = RoundBenchReport {
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `cfg.rounds` encrypted rounds across `participants` in-process nodes on loopback, each
+/// followed by the plaintext baseline on the same network.
+pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport, BenchError> {
+    if cfg.participants == 0 || cfg.committee == 0 || cfg.committee > cfg.participants {
+        return Err(BenchError::Failed(
+            "need 1..=participants committee members".into(),
+        ));
+    }
+    if cfg.params == 0 || cfg.rounds == 0 {
+        return Err(BenchError::Failed(
+            "need at least one parameter and one round".into(),
+        ));
+    }
+    let (_dirs, nodes) = crate::demo::start_local_network(cfg.participants).await?;
+    let mesh_s = settle(&nodes).await?.as_secs_f64();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let updates: Vec<Vec<f32>> = (0..cfg.participants)
+        .map(|_| {
+            (0..cfg.params)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect()
+        })
+        .collect();
+
+    let mut secure = Vec::with_capacity(cfg.rounds);
+    let mut plain = Vec::with_capacity(cfg.rounds);
+    for r in 0..cfg.rounds {
+        secure.push(secure_round(cfg, &nodes, &updates, &format!("bench-{r}")).await?);
+        plain.push(plaintext_round(&nodes, &updates).await?);
+    }
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    let med = |f: fn(&SecureRound) -> f64| median(secure.iter().map(f).collect());
+    let ratio = |f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
+        median(
+            secure
+                .iter()
+                .zip(&plain)
+                .map(|(s, p)| f(s) / g(p))
+                .collect(),
+        )
+    };
+    Ok(RoundBenchReport {
         profile: cfg.profile.to_string(),
         params: cfg.params,
         participants: cfg.participants,
         committee: cfg.committee,
+        rounds: cfg.rounds,
         mesh_s,
-        keygen_s,
-        encrypt_max_s: encrypt.iter().cloned().fold(0.0, f64::max),
-        encrypt_mean_s: encrypt.iter().sum::<f64>() / encrypt.len() as f64,
-        submit_s,
-        after_last_submission_s,
-        accumulate_s: ms(t.closed_ms, t.decrypting_ms),
-        decrypt_and_combine_s: ms(t.decrypting_ms, t.finished_ms),
-        round_s,
-        bytes_per_param: receipts[0].bytes_sent as f64 / cfg.params as f64,
-        max_abs_error,
-        error_bound: result.error_bound,
-        plaintext_round_s,
-        round_slowdown_vs_plaintext: round_s / plaintext_round_s,
-        round_cpu_s,
-        plaintext_round_cpu_s,
-        round_cpu_vs_plaintext: round_cpu_s / plaintext_round_cpu_s,
-    };
-    for node in nodes {
-        node.shutdown().await?;
-    }
-    Ok(report)
+        keygen_s: med(|s| s.keygen_s),
+        encrypt_max_s: med(|s| s.encrypt_max_s),
+        encrypt_mean_s: med(|s| s.encrypt_mean_s),
+        submit_s: med(|s| s.submit_s),
+        after_last_submission_s: med(|s| s.after_last_submission_s),
+        accumulate_s: med(|s| s.accumulate_s),
+        decrypt_and_combine_s: med(|s| s.decrypt_and_combine_s),
+        round_s: med(|s| s.round_s),
+        result_delivered_s: med(|s| s.result_delivered_s),
+        bytes_per_param: secure[0].bytes_per_param,
+        max_abs_error: secure.iter().map(|s| s.max_abs_error).fold(0.0, f64::max),
+        error_bound: secure[0].error_bound,
+        plaintext_round_s: median(plain.iter().map(|p| p.0).collect()),
+        round_slowdown_vs_plaintext: ratio(|s| s.round_s, |p| p.0),
+        round_cpu_s: med(|s| s.cpu_s),
+        plaintext_round_cpu_s: median(plain.iter().map(|p| p.1).collect()),
+        round_cpu_vs_plaintext: ratio(|s| s.cpu_s, |p| p.1),
+        round_s_each: secure.iter().map(|s| s.round_s).collect(),
+        plaintext_round_s_each: plain.iter().map(|p| p.0).collect(),
+    })
 }

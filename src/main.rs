@@ -146,6 +146,9 @@ enum BenchCommand {
         participants: usize,
         #[arg(long, default_value_t = 3)]
         committee: usize,
+        /// Encrypted rounds, each followed by a plaintext one; the report gives medians
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -213,6 +216,7 @@ fn main() -> anyhow::Result<()> {
             params,
             participants,
             committee,
+            rounds,
             json,
         }) => {
             quiet_logs();
@@ -221,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                 params,
                 participants,
                 committee,
+                rounds,
             };
             let report = runtime()?.block_on(fhenode::bench::run_round_bench(&cfg))?;
             print_report(&report, json)?;

@@ -91,3 +91,31 @@ async fn three_nodes_discover_each_other_and_enforce_size_limits() {
             .unwrap();
     }
 }
+
+/// `fhenode bench round` at a small size: every round decrypts within its bound, and the
+/// report's medians and per-round figures hold together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_benchmark_reports_medians_of_its_rounds() {
+    use fhenode::bench::{run_round_bench, RoundBenchConfig};
+    let report = run_round_bench(&RoundBenchConfig {
+        profile: fhenode::crypto::Profile::Fast,
+        params: 3000,
+        participants: 3,
+        committee: 2,
+        rounds: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.rounds, 2);
+    assert_eq!(report.round_s_each.len(), 2);
+    assert_eq!(report.plaintext_round_s_each.len(), 2);
+    assert!(report.max_abs_error <= report.error_bound, "{report:?}");
+    assert!(report.result_delivered_s >= report.round_s, "{report:?}");
+    let (lo, hi) = (
+        report.round_s_each[0].min(report.round_s_each[1]),
+        report.round_s_each[0].max(report.round_s_each[1]),
+    );
+    assert!((lo..=hi).contains(&report.round_s), "{report:?}");
+    assert!(report.round_slowdown_vs_plaintext > 0.0);
+    assert!(report.bytes_per_param > 4.0, "{report:?}");
+}

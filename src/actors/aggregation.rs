@@ -40,6 +40,8 @@ const JOINED_PREFIX: &str = "joined/";
 /// large and written once, the states small and written at every step.
 const COORD_SHARES_PREFIX: &str = "coord-shares/";
 const JOINED_SHARES_PREFIX: &str = "joined-shares/";
+/// Participants a result is pushed to concurrently.
+const RESULT_SENDS_AT_ONCE: usize = 8;
 const SEND_ATTEMPTS: u32 = 8;
 
 /// A session as a participant or member sees it.
@@ -956,13 +958,26 @@ impl AggregationActor {
                     return;
                 };
                 spawn(Box::pin(async move {
-                    let msg = AggMsg::Result { result };
-                    let me = link.me.to_string();
-                    for peer in plan.participants.iter().filter(|p| **p != me) {
-                        if let Err(e) = link.send_retrying(peer, &msg).await {
-                            warn!(%peer, error = %e, "could not deliver the result");
+                    // Encoded once, then sent to a few participants at a time: one by one, a
+                    // million-value result took longer to deliver than the round to compute.
+                    let msg = match messages::encode(&AggMsg::Result { result }) {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            warn!(error = %e, "could not encode the result");
+                            return;
                         }
-                    }
+                    };
+                    let me = link.me.to_string();
+                    let (link, msg) = (&link, &msg);
+                    use futures::StreamExt;
+                    futures::stream::iter(plan.participants.iter().filter(|p| **p != me))
+                        .for_each_concurrent(RESULT_SENDS_AT_ONCE, |peer| async move {
+                            if let Err(e) = link.send_retrying_with(peer, || Ok(msg.clone())).await
+                            {
+                                warn!(%peer, error = %e, "could not deliver the result");
+                            }
+                        })
+                        .await;
                 }));
             }
         }
