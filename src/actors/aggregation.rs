@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -969,7 +970,6 @@ impl AggregationActor {
                     };
                     let me = link.me.to_string();
                     let (link, msg) = (&link, &msg);
-                    use futures::StreamExt;
                     futures::stream::iter(plan.participants.iter().filter(|p| **p != me))
                         .for_each_concurrent(RESULT_SENDS_AT_ONCE, |peer| async move {
                             if let Err(e) = link.send_retrying_with(peer, || Ok(msg.clone())).await
