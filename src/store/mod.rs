@@ -240,41 +240,48 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut synced = synced
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Removed meanwhile (sled dropped the value it held): nothing to sync.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut present = BTreeMap::new();
-    let mut fresh = false;
     for entry in entries {
         let entry = entry?;
-        let Some(lsn) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i64>().ok())
-        else {
+        let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
             continue;
         };
-        // Removed meanwhile (sled dropped the value it held): nothing to sync.
-        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-        let len = match entry.metadata() {
-            Ok(meta) => meta.len(),
+        match entry.metadata() {
+            Ok(meta) => present.insert(lsn, meta.len()),
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(e),
         };
-        if synced.get(&lsn) != Some(&len) {
-            match std::fs::File::open(entry.path()) {
-                Ok(file) => file.sync_all()?,
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e),
-            }
-            fresh = true;
-        }
-        present.insert(lsn, len);
     }
-    if fresh {
+    let lock = || synced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let due: Vec<i64> = {
+        let synced = lock();
+        present
+            .iter()
+            .filter(|(lsn, len)| synced.get(lsn) != Some(len))
+            .map(|(lsn, _)| *lsn)
+            .collect()
+    };
+    // Synced without the lock, so that concurrent flushes overlap their disk waits; two of
+    // them may sync the same file, which costs little the second time.
+    for lsn in &due {
+        match std::fs::File::open(dir.join(lsn.to_string())) {
+            Ok(file) => file.sync_all()?,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    if !due.is_empty() {
         std::fs::File::open(&dir)?.sync_all()?;
     }
-    *synced = present;
+    let mut synced = lock();
+    synced.retain(|lsn, _| present.contains_key(lsn));
+    for lsn in due {
+        if let Some(&len) = present.get(&lsn) {
+            synced.insert(lsn, len);
+        }
+    }
     Ok(())
 }
 
