@@ -1063,6 +1063,14 @@ impl AggregationActor {
     }
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
+    /// Drops a finished session's cached collective key (about 2 MB in transform form) unless
+    /// this node also coordinates it and still needs it.
+    fn forget_key(&mut self, session: &str) {
+        if !self.coordinated.contains_key(session) {
+            self.keys_cache.remove(session);
+        }
+    }
+
     fn cleanup(&mut self, session: &str) {
         // Removing tens of blobs is file-system work: off the actor.
         let (store, owners) = (self.store.clone(), format!("{session}/"));
@@ -1489,6 +1497,7 @@ impl AggregationActor {
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
         self.joined.insert(session.to_string(), joined);
+        self.forget_key(session);
         Ok(())
     }
 
@@ -1511,6 +1520,7 @@ impl AggregationActor {
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
         self.joined.insert(result.session.clone(), joined);
+        self.forget_key(&result.session);
         Ok(())
     }
 

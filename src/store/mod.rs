@@ -245,7 +245,11 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
     let mut present = BTreeMap::new();
     for entry in entries {
         let entry = entry?;
-        let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
+        let Some(lsn) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
             continue;
         };
         match entry.metadata() {
@@ -254,7 +258,11 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
             Err(e) => return Err(e),
         };
     }
-    let lock = || synced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = || {
+        synced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
     let due: Vec<i64> = {
         let synced = lock();
         present
