@@ -309,7 +309,10 @@ impl Drop for SecretRecord {
 
 /// 2: flooding noise from a PRF, `answered` holds only the request digest.
 /// 3: one secret polynomial per body slot.
-const SECRET_RECORD_VERSION: u16 = 3;
+/// 4: flooding from a ChaCha20 keystream. A share that may have answered with the earlier
+///    stream is refused rather than answer the same request again with different flooding
+///    (two floodings of one value could be averaged).
+const SECRET_RECORD_VERSION: u16 = 4;
 
 impl SecretKeyShare {
     /// Draws a fresh secret share for `member` (0-based index into the committee) and its
