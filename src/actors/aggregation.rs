@@ -1062,7 +1062,6 @@ impl AggregationActor {
         }
     }
 
-    /// Drops a finished session's ciphertexts; the result and the state stay.
     /// Drops a finished session's cached collective key (about 2 MB in transform form) unless
     /// this node also coordinates it and still needs it.
     fn forget_key(&mut self, session: &str) {
@@ -1071,6 +1070,7 @@ impl AggregationActor {
         }
     }
 
+    /// Drops a finished session's ciphertexts; the result and the state stay.
     fn cleanup(&mut self, session: &str) {
         // Removing tens of blobs is file-system work: off the actor.
         let (store, owners) = (self.store.clone(), format!("{session}/"));

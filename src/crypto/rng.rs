@@ -24,12 +24,18 @@ pub(crate) struct ChunkRandomness {
     words: Zeroizing<Vec<u64>>,
 }
 
+/// The seed of stream `index` under `key` for `label`: keyed BLAKE3, a PRF, so the streams'
+/// seeds are independent and uniform.
+fn stream_seed(key: &[u8; 32], label: &[u8], index: u64) -> Zeroizing<[u8; 32]> {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(label);
+    h.update(&index.to_le_bytes());
+    Zeroizing::new(*h.finalize().as_bytes())
+}
+
 impl ChunkRandomness {
     pub(crate) fn new(master: &[u8; 32], label: &str, index: u64) -> Self {
-        let mut h = blake3::Hasher::new_keyed(master);
-        h.update(label.as_bytes());
-        h.update(&index.to_le_bytes());
-        let seed = Zeroizing::new(*h.finalize().as_bytes());
+        let seed = stream_seed(master, label.as_bytes(), index);
         ChunkRandomness {
             rng: ChaCha20Rng::from_seed(*seed),
             words: Zeroizing::new(Vec::new()),
@@ -87,10 +93,7 @@ pub(crate) struct FloodingStream {
 impl FloodingStream {
     pub(crate) fn new(key: &[u8; 32], stream_index: u64, bound_log2: u32) -> Self {
         use chacha20::cipher::KeyIvInit;
-        let mut h = blake3::Hasher::new_keyed(key);
-        h.update(b"fhenode/flooding/v2");
-        h.update(&stream_index.to_le_bytes());
-        let stream_key = Zeroizing::new(*h.finalize().as_bytes());
+        let stream_key = stream_seed(key, b"fhenode/flooding/v2", stream_index);
         Self {
             keystream: chacha20::ChaCha20::new(stream_key.as_ref().into(), &[0u8; 12].into()),
             buffer: Zeroizing::new([0u8; 1024]),
