@@ -265,6 +265,20 @@ pub struct RoundBenchReport {
     /// Every round's wall time, encrypted and plaintext, in order.
     pub round_s_each: Vec<f64>,
     pub plaintext_round_s_each: Vec<f64>,
+    /// The steady state of DESIGN §4: a further encrypted round per round above whose session
+    /// is created, keyed and opened, and whose participants' encryptions are prepared, before
+    /// the updates exist (while the participants train). Timed from the updates handed to
+    /// their nodes to the result at the coordinator: sealing, upload, sum, partial decryptions
+    /// and combine. The ratios use the same plaintext round as the round above.
+    pub steady_round_s: f64,
+    pub steady_round_slowdown_vs_plaintext: f64,
+    pub steady_round_cpu_s: f64,
+    pub steady_round_cpu_vs_plaintext: f64,
+    /// Slowest participant's sealing of its update into its prepared encryption.
+    pub steady_seal_max_s: f64,
+    /// Off the critical path: session open at the coordinator → every participant prepared.
+    pub steady_prepare_s: f64,
+    pub steady_round_s_each: Vec<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +324,11 @@ async fn settle(nodes: &[crate::node::Node]) -> Result<std::time::Duration, Benc
 
 /// What one encrypted round measured.
 struct SecureRound {
+    /// Open → every participant's encryption prepared (steady rounds; NaN otherwise).
+    prepare_s: f64,
+    /// Updates handed in → result at the coordinator, wall and CPU.
+    online_s: f64,
+    online_cpu_s: f64,
     keygen_s: f64,
     encrypt_max_s: f64,
     encrypt_mean_s: f64,
@@ -325,13 +344,39 @@ struct SecureRound {
     error_bound: f64,
 }
 
+/// Waits until every node holds its prepared encryption for session `id`.
+async fn wait_prepared(nodes: &[crate::node::Node], id: &str) -> Result<(), BenchError> {
+    use std::time::Duration;
+    let start = Instant::now();
+    for node in nodes {
+        while !node
+            .aggregation
+            .get(id)
+            .await
+            .map_err(|e| BenchError::Failed(e.to_string()))?
+            .prepared
+        {
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(BenchError::Failed(format!(
+                    "{} prepared no encryption for `{id}` within 120 s",
+                    node.peer_id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
 /// One encrypted round as session `id`: node 0 coordinates, the first `committee` nodes hold
-/// the key, every node submits its update.
+/// the key, every node submits its update: at once when the session opens, or (`steady`) once
+/// every participant has prepared its encryption.
 async fn secure_round(
     cfg: &RoundBenchConfig,
     nodes: &[crate::node::Node],
     updates: &[Vec<f32>],
     id: &str,
+    steady: bool,
 ) -> Result<SecureRound, BenchError> {
     use crate::demo::wait_phase;
     use crate::session::{Phase, ResultKind, SessionSpec};
@@ -365,6 +410,13 @@ async fn secure_round(
     )
     .await?;
     let keygen_s = round.elapsed().as_secs_f64();
+    let prepare_s = if steady {
+        wait_prepared(nodes, id).await?;
+        round.elapsed().as_secs_f64() - keygen_s
+    } else {
+        f64::NAN
+    };
+    let online_cpu = cpu_time::ProcessTime::now();
     let submit_start = Instant::now();
     let receipts = futures::future::join_all(
         nodes
@@ -389,6 +441,13 @@ async fn secure_round(
     let after_last_submission_s = last_ack.elapsed().as_secs_f64();
     let round_s = round.elapsed().as_secs_f64();
     let cpu_s = round_cpu.elapsed().as_secs_f64();
+    let online_s = submit_start.elapsed().as_secs_f64();
+    let online_cpu_s = online_cpu.elapsed().as_secs_f64();
+    if steady && !receipts.iter().all(|r| r.prepared) {
+        return Err(fail(
+            "a steady round's update was not sealed into a prepared encryption".into(),
+        ));
+    }
     for node in &nodes[1..] {
         wait_phase(node, id, Phase::is_terminal, Duration::from_secs(120)).await?;
     }
@@ -420,6 +479,9 @@ async fn secure_round(
     let t = &info.timings;
     let encrypt: Vec<f64> = receipts.iter().map(|r| r.encrypt_ms / 1e3).collect();
     Ok(SecureRound {
+        prepare_s,
+        online_s,
+        online_cpu_s,
         keygen_s,
         encrypt_max_s: encrypt.iter().cloned().fold(0.0, f64::max),
         encrypt_mean_s: encrypt.iter().sum::<f64>() / encrypt.len() as f64,
@@ -509,24 +571,29 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         .collect();
 
     let mut secure = Vec::with_capacity(cfg.rounds);
+    let mut steady = Vec::with_capacity(cfg.rounds);
     let mut plain = Vec::with_capacity(cfg.rounds);
     for r in 0..cfg.rounds {
-        secure.push(secure_round(cfg, &nodes, &updates, &format!("bench-{r}")).await?);
+        secure.push(secure_round(cfg, &nodes, &updates, &format!("bench-{r}"), false).await?);
+        let id = format!("bench-steady-{r}");
+        steady.push(secure_round(cfg, &nodes, &updates, &id, true).await?);
         plain.push(plaintext_round(&nodes, &updates).await?);
     }
     for node in nodes {
         node.shutdown().await?;
     }
     let med = |f: fn(&SecureRound) -> f64| median(secure.iter().map(f).collect());
-    let ratio = |f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
+    let steady_med = |f: fn(&SecureRound) -> f64| median(steady.iter().map(f).collect());
+    let ratio_of = |rounds: &[SecureRound], f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
         median(
-            secure
+            rounds
                 .iter()
                 .zip(&plain)
                 .map(|(s, p)| f(s) / g(p))
                 .collect(),
         )
     };
+    let ratio = |f, g| ratio_of(&secure, f, g);
     Ok(RoundBenchReport {
         profile: cfg.profile.to_string(),
         params: cfg.params,
@@ -544,7 +611,11 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         round_s: med(|s| s.round_s),
         result_delivered_s: med(|s| s.result_delivered_s),
         bytes_per_param: secure[0].bytes_per_param,
-        max_abs_error: secure.iter().map(|s| s.max_abs_error).fold(0.0, f64::max),
+        max_abs_error: secure
+            .iter()
+            .chain(&steady)
+            .map(|s| s.max_abs_error)
+            .fold(0.0, f64::max),
         error_bound: secure[0].error_bound,
         plaintext_round_s: median(plain.iter().map(|p| p.0).collect()),
         round_slowdown_vs_plaintext: ratio(|s| s.round_s, |p| p.0),
@@ -553,5 +624,12 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         round_cpu_vs_plaintext: ratio(|s| s.cpu_s, |p| p.1),
         round_s_each: secure.iter().map(|s| s.round_s).collect(),
         plaintext_round_s_each: plain.iter().map(|p| p.0).collect(),
+        steady_round_s: steady_med(|s| s.online_s),
+        steady_round_slowdown_vs_plaintext: ratio_of(&steady, |s| s.online_s, |p| p.0),
+        steady_round_cpu_s: steady_med(|s| s.online_cpu_s),
+        steady_round_cpu_vs_plaintext: ratio_of(&steady, |s| s.online_cpu_s, |p| p.1),
+        steady_seal_max_s: steady_med(|s| s.encrypt_max_s),
+        steady_prepare_s: steady_med(|s| s.prepare_s),
+        steady_round_s_each: steady.iter().map(|s| s.online_s).collect(),
     })
 }

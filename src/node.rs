@@ -183,6 +183,7 @@ impl Node {
                 keys: keys.clone(),
                 metrics: metrics.clone(),
                 default_profile: config.profile,
+                prepare_budget_bytes: config.aggregation.prepare_budget_bytes,
             },
             actors_stop.child_token(),
         );

@@ -122,6 +122,7 @@ async fn stand_in() -> String {
                         digest: format!("{:?}", values),
                         encrypt_ms: 0.0,
                         upload_ms: 0.0,
+                        prepared: false,
                     })
                     .into_response()
                 },

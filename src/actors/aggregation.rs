@@ -21,8 +21,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::keys::KeysHandle;
 use super::{stopped, Mailbox};
 use crate::crypto::{
-    Accumulator, Aggregate, CheckedUpdate, CollectivePublicKey, DecryptionRequest, KeyCommitment,
-    PartialDecryption, Profile, PublicKeyShare,
+    Accumulator, Aggregate, CheckedUpdate, CollectivePublicKey, CryptoError, DecryptionRequest,
+    KeyCommitment, PartialDecryption, PreparedEncryption, Profile, PublicKeyShare,
 };
 use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
 use crate::net::{NetError, NetworkHandle, Request, Response};
@@ -50,9 +50,10 @@ const SEND_ATTEMPTS: u32 = 8;
 struct Joined {
     plan: SessionPlan,
     commitments: Vec<KeyCommitment>,
-    /// Persisted apart (`JOINED_SHARES_PREFIX`), once, when the session opens.
+    /// Persisted apart (`JOINED_SHARES_PREFIX`), once, when the session opens; dropped, in
+    /// memory and in the store, once it is over. Shared: a joined state is copied per step.
     #[serde(skip)]
-    shares: Vec<PublicKeyShare>,
+    shares: Arc<Vec<PublicKeyShare>>,
     phase: Phase,
     opened_ms: u64,
     submitted: Option<String>,
@@ -340,7 +341,22 @@ struct AggregationActor {
     /// a restart members are asked again and answer identically.
     partials: HashMap<String, BTreeMap<u32, PartialDecryption>>,
     phase_since: HashMap<String, Instant>,
+    /// Encryptions of zero drawn ahead for the sessions this node submits to, by session.
+    prepared: HashMap<String, Preparation>,
+    /// Bytes the preparations above hold, within `prepare_budget`.
+    prepared_bytes: u64,
+    prepare_budget: u64,
     cancel: CancellationToken,
+}
+
+/// A participant's encryption of zero for one session, drawn on a blocking thread as soon as
+/// the session opens, while the update is still being trained; the submission takes it and
+/// only adds the values. A preparation dropped while still running finishes its work and
+/// drops the result (a blocking thread cannot be stopped midway); the result is wiped.
+struct Preparation {
+    /// What it counts against the budget, released when it is taken or dropped.
+    bytes: u64,
+    task: tokio::task::JoinHandle<Result<PreparedEncryption, CryptoError>>,
 }
 
 /// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
@@ -414,6 +430,8 @@ pub struct AggregationDeps {
     pub keys: KeysHandle,
     pub metrics: NodeMetrics,
     pub default_profile: Profile,
+    /// `aggregation.prepare_budget_bytes`: memory for encryptions prepared ahead (0: none).
+    pub prepare_budget_bytes: u64,
 }
 
 pub fn spawn(
@@ -440,6 +458,9 @@ pub fn spawn(
         running: HashMap::new(),
         partials: HashMap::new(),
         phase_since: HashMap::new(),
+        prepared: HashMap::new(),
+        prepared_bytes: 0,
+        prepare_budget: deps.prepare_budget_bytes,
         cancel: cancel.clone(),
     };
     (AggregationHandle { mailbox }, actor.run(cancel))
@@ -489,7 +510,7 @@ impl AggregationActor {
             state.shares = self
                 .load_shares(COORD_SHARES_PREFIX, &state.plan.id)?
                 .into_iter()
-                .map(|share| (share.member, share))
+                .map(|share| (share.member, Arc::new(share)))
                 .collect();
             self.coordinated.insert(state.plan.id.clone(), state);
         }
@@ -497,8 +518,31 @@ impl AggregationActor {
             .store
             .scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
         {
-            joined.shares = self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id)?;
+            if !joined.phase.is_terminal() {
+                joined.shares = Arc::new(self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id)?);
+            }
             self.joined.insert(joined.plan.id.clone(), joined);
+        }
+        // Sessions still waiting for this node's update get their preparation drawn again
+        // (it lives in memory only).
+        let me = self.me();
+        let waiting: Vec<Joined> = self
+            .joined
+            .values()
+            .filter(|j| {
+                j.phase == Phase::Open && j.submitted.is_none() && j.plan.is_participant(&me)
+            })
+            .cloned()
+            .collect();
+        for joined in waiting {
+            match collective_key(&joined.plan, &joined.commitments, joined.shares.iter()) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    self.keys_cache.insert(joined.plan.id.clone(), key.clone());
+                    self.start_preparing(&joined.plan, key);
+                }
+                Err(e) => warn!(session = %joined.plan.id, error = %e, "cannot rebuild the key"),
+            }
         }
         let resume: Vec<(String, Vec<Effect>)> = self
             .coordinated
@@ -625,7 +669,7 @@ impl AggregationActor {
         shares_changed: bool,
     ) -> Result<(), SessionError> {
         if shares_changed {
-            let shares: Vec<&PublicKeyShare> = state.shares.values().collect();
+            let shares: Vec<&PublicKeyShare> = state.shares.values().map(|s| &**s).collect();
             self.store_shares(COORD_SHARES_PREFIX, &state.plan.id, &shares)?;
         }
         let key = format!("{COORD_PREFIX}{}", state.plan.id);
@@ -672,6 +716,11 @@ impl AggregationActor {
         };
         if next == *state {
             return None;
+        }
+        if next.phase.is_terminal() && next.timings.opened_ms.is_some() {
+            // Over, and the key was complete: nothing needs the shares any more (512 KiB per
+            // member; `info` reports the committee as the count). Stored empty below.
+            next.shares.clear();
         }
         // Shares are only ever added (each is bound by its member's commitment).
         let shares_changed = next.shares.len() != state.shares.len();
@@ -794,7 +843,7 @@ impl AggregationActor {
                 let msg = AggMsg::Open {
                     plan: plan.clone(),
                     commitments: state.commitments.values().cloned().collect(),
-                    shares: state.shares.values().cloned().collect(),
+                    shares: state.shares.values().map(|s| (**s).clone()).collect(),
                 };
                 spawn(Box::pin(async move {
                     let peers = plan.peers();
@@ -1062,12 +1111,54 @@ impl AggregationActor {
         }
     }
 
-    /// Drops a finished session's cached collective key (about 2 MB in transform form) unless
-    /// this node also coordinates it and still needs it.
-    fn forget_key(&mut self, session: &str) {
+    /// A joined session is over (its result or failure is in): drops what only served it. The
+    /// cached collective key (about 2 MB in transform form) unless this node also coordinates
+    /// the session, an encryption prepared and never used, and the stored key shares.
+    fn leave(&mut self, session: &str) {
         if !self.coordinated.contains_key(session) {
             self.keys_cache.remove(session);
         }
+        self.take_preparation(session);
+        if let Some(joined) = self.joined.get_mut(session) {
+            joined.shares = Arc::default();
+        }
+        let key = format!("{JOINED_SHARES_PREFIX}{session}");
+        if let Err(e) = self.store.remove(trees::SESSIONS, key.as_bytes()) {
+            warn!(%session, error = %e, "could not drop a finished session's key shares");
+        }
+    }
+
+    /// Starts drawing this participant's encryption of zero for a session that just opened,
+    /// if the budget has room for it.
+    fn start_preparing(&mut self, plan: &SessionPlan, key: Arc<CollectivePublicKey>) {
+        let bytes = plan.params.profile.params().ciphertext_bytes(plan.length);
+        if self.prepared.contains_key(&plan.id) {
+            return;
+        }
+        if self.prepared_bytes + bytes > self.prepare_budget {
+            debug!(session = %plan.id, bytes, budget = self.prepare_budget,
+                "not preparing the encryption ahead: over the budget");
+            return;
+        }
+        let (length, metrics) = (plan.length, self.metrics.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let prepared = key.prepare(length);
+            metrics
+                .crypto_duration
+                .get_or_create(&OpLabels { op: "prepare" })
+                .observe(start.elapsed().as_secs_f64());
+            prepared
+        });
+        self.prepared_bytes += bytes;
+        self.prepared.insert(plan.id.clone(), Preparation { bytes, task });
+    }
+
+    /// Takes a session's preparation (done or still running), releasing its budget.
+    fn take_preparation(&mut self, session: &str) -> Option<Preparation> {
+        let preparation = self.prepared.remove(session)?;
+        self.prepared_bytes -= preparation.bytes;
+        Some(preparation)
     }
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
@@ -1085,7 +1176,11 @@ impl AggregationActor {
     fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
         if let Some(s) = self.coordinated.get(id) {
             let mut info = self.plan_info(&s.plan, s.phase, true);
-            info.key_shares = s.shares.len();
+            info.key_shares = if s.phase.is_terminal() && s.timings.opened_ms.is_some() {
+                s.plan.committee.len()
+            } else {
+                s.shares.len()
+            };
             info.submissions = s.submitted.len();
             info.partial_decryptions = s.partials.len();
             info.timings = s.timings.clone();
@@ -1097,7 +1192,12 @@ impl AggregationActor {
             .get(id)
             .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
         let mut info = self.plan_info(&j.plan, j.phase, false);
-        info.key_shares = j.shares.len();
+        // A session is joined only with every member's share.
+        info.key_shares = j.commitments.len();
+        info.prepared = self
+            .prepared
+            .get(id)
+            .is_some_and(|p| p.task.is_finished());
         info.submissions = usize::from(j.submitted.is_some());
         info.failure = j.failure.clone();
         info.timings = Timings {
@@ -1133,6 +1233,7 @@ impl AggregationActor {
             deadline_secs: plan.deadline_secs,
             timings: Timings::default(),
             failure: None,
+            prepared: false,
         }
     }
 
@@ -1193,10 +1294,18 @@ impl AggregationActor {
                     values.len()
                 )));
             }
+            // Refused here, before the preparation is taken: sealing consumes it.
+            if let Some(index) = values.iter().position(|v| v.is_nan()) {
+                return Err(CryptoError::NonFinite { index }.into());
+            }
             let key = match self.keys_cache.get(&id) {
                 Some(k) => k.clone(),
                 None => {
-                    let k = Arc::new(collective_key(&plan, &joined.commitments, &joined.shares)?);
+                    let k = Arc::new(collective_key(
+                        &plan,
+                        &joined.commitments,
+                        joined.shares.iter(),
+                    )?);
                     self.keys_cache.insert(id.clone(), k.clone());
                     k
                 }
@@ -1211,12 +1320,13 @@ impl AggregationActor {
             }
         };
         self.uploading.insert(id.clone());
+        let preparation = self.take_preparation(&id).map(|p| p.task);
         let link = self.link.clone();
         let metrics = self.metrics.clone();
         let span = info_span!("submit", session = %id);
         tokio::spawn(
             async move {
-                let result = upload(&link, &metrics, &plan, key, values).await;
+                let result = upload(&link, &metrics, &plan, key, preparation, values).await;
                 let internal = match &result {
                     Ok(receipt) => Internal::Submitted {
                         session: id.clone(),
@@ -1455,7 +1565,7 @@ impl AggregationActor {
             let joined = Joined {
                 plan: plan.clone(),
                 commitments: commitments.clone(),
-                shares: shares.clone(),
+                shares: Arc::new(shares.clone()),
                 phase: Phase::Open,
                 opened_ms: now_ms(),
                 submitted: None,
@@ -1465,9 +1575,13 @@ impl AggregationActor {
             let shares_ref: Vec<&PublicKeyShare> = joined.shares.iter().collect();
             self.store_shares(JOINED_SHARES_PREFIX, &plan.id, &shares_ref)?;
             self.persist_joined(&joined).await?;
-            self.keys_cache.insert(plan.id.clone(), Arc::new(key));
+            let key = Arc::new(key);
+            self.keys_cache.insert(plan.id.clone(), key.clone());
             self.joined.insert(plan.id.clone(), joined);
             info!(session = %plan.id, member, "session opened");
+            if plan.is_participant(&me) {
+                self.start_preparing(&plan, key);
+            }
         }
         Ok(member.then_some((plan, commitments, shares)))
     }
@@ -1497,7 +1611,7 @@ impl AggregationActor {
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
         self.joined.insert(session.to_string(), joined);
-        self.forget_key(session);
+        self.leave(session);
         Ok(())
     }
 
@@ -1520,7 +1634,7 @@ impl AggregationActor {
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
         self.joined.insert(result.session.clone(), joined);
-        self.forget_key(&result.session);
+        self.leave(&result.session);
         Ok(())
     }
 
@@ -1813,13 +1927,31 @@ async fn upload(
     metrics: &NodeMetrics,
     plan: &SessionPlan,
     key: Arc<CollectivePublicKey>,
+    preparation: Option<tokio::task::JoinHandle<Result<PreparedEncryption, CryptoError>>>,
     values: Vec<f32>,
 ) -> Result<SubmitReceipt, SessionError> {
     let start = Instant::now();
     let n = values.len() as u64;
-    let (bytes, clipped) = tokio::task::spawn_blocking(move || key.encrypt_to_bytes(&values))
-        .await
-        .map_err(|_| SessionError::Unavailable("encryption"))??;
+    let prepared = match preparation {
+        // A preparation that failed (it cannot, for a valid plan) is replaced by a whole
+        // encryption rather than failing the submission.
+        Some(task) => match task.await {
+            Ok(Ok(p)) if p.key_id() == key.key_id() && p.length() == n => Some(p),
+            Ok(Err(e)) => {
+                warn!(error = %e, "the prepared encryption failed; encrypting in full");
+                None
+            }
+            _ => None,
+        },
+        None => None,
+    };
+    let was_prepared = prepared.is_some();
+    let (bytes, clipped) = tokio::task::spawn_blocking(move || match prepared {
+        Some(p) => p.seal(&values),
+        None => key.encrypt_to_bytes(&values),
+    })
+    .await
+    .map_err(|_| SessionError::Unavailable("encryption"))??;
     let encrypt = start.elapsed();
     metrics
         .crypto_duration
@@ -1863,5 +1995,6 @@ async fn upload(
         digest: hex::encode(digest),
         encrypt_ms: encrypt.as_secs_f64() * 1e3,
         upload_ms: start.elapsed().as_secs_f64() * 1e3,
+        prepared: was_prepared,
     })
 }

@@ -62,10 +62,18 @@ pub const MAX_INFERENCE_WORKERS: u64 = 1024;
 const LIST_KEYS: [&str; 2] = ["p2p.listen", "p2p.bootstrap"];
 
 /// Every key, by section ("" is the top level); used to refuse unknown keys by name.
-const SCHEMA: [(&str, &[&str]); 5] = [
+const SCHEMA: [(&str, &[&str]); 6] = [
     (
         "",
-        &["data_dir", "profile", "p2p", "api", "inference", "log"],
+        &[
+            "data_dir",
+            "profile",
+            "p2p",
+            "api",
+            "aggregation",
+            "inference",
+            "log",
+        ],
     ),
     (
         "p2p",
@@ -83,6 +91,7 @@ const SCHEMA: [(&str, &[&str]); 5] = [
         ],
     ),
     ("api", &["listen", "token", "max_body_bytes"]),
+    ("aggregation", &["prepare_budget_bytes"]),
     ("inference", &["workers", "memory_budget_bytes"]),
     ("log", &["format", "level"]),
 ];
@@ -105,6 +114,7 @@ pub struct Config {
     pub profile: Profile,
     pub p2p: P2pConfig,
     pub api: ApiConfig,
+    pub aggregation: AggregationConfig,
     pub inference: InferenceConfig,
     pub log: LogConfig,
 }
@@ -160,6 +170,15 @@ impl ApiConfig {
     pub fn is_loopback(&self) -> bool {
         self.listen.ip().to_canonical().is_loopback()
     }
+}
+
+/// Secure aggregation sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregationConfig {
+    /// Memory allowed for encryptions a participant prepares ahead, in bytes (0: none). When a
+    /// session opens, the node draws its encryption of zero (12.5 bytes per parameter
+    /// `secure`) while the update is still training, so that submitting only adds the values.
+    pub prepare_budget_bytes: u64,
 }
 
 /// Encrypted inference (DESIGN §3.2): the evaluation pool and the memory budget of loaded
@@ -305,6 +324,7 @@ impl Default for Config {
             profile: Profile::default(),
             p2p: P2pConfig::default(),
             api: ApiConfig::default(),
+            aggregation: AggregationConfig::default(),
             inference: InferenceConfig::default(),
             log: LogConfig::default(),
         }
@@ -342,6 +362,14 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             token: None,
             max_body_bytes: 256 * MIB,
+        }
+    }
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        AggregationConfig {
+            prepare_budget_bytes: GIB,
         }
     }
 }
@@ -617,6 +645,9 @@ impl Config {
                 token: raw.api.token.map(ApiToken),
                 max_body_bytes: raw.api.max_body_bytes,
             },
+            aggregation: AggregationConfig {
+                prepare_budget_bytes: raw.aggregation.prepare_budget_bytes,
+            },
             inference: InferenceConfig {
                 workers: raw.inference.workers,
                 memory_budget_bytes: raw.inference.memory_budget_bytes,
@@ -747,6 +778,7 @@ struct RawConfig {
     profile: String,
     p2p: RawP2p,
     api: RawApi,
+    aggregation: RawAggregation,
     inference: RawInference,
     log: RawLog,
 }
@@ -777,6 +809,12 @@ struct RawApi {
 
 #[derive(Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+struct RawAggregation {
+    prepare_budget_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawInference {
     workers: usize,
     memory_budget_bytes: u64,
@@ -797,6 +835,7 @@ impl From<Config> for RawConfig {
             profile,
             p2p,
             api,
+            aggregation,
             inference,
             log,
         } = config;
@@ -820,6 +859,9 @@ impl From<Config> for RawConfig {
                 listen: api.listen.to_string(),
                 token: api.token.map(|_| Zeroizing::new(REDACTED.to_owned())),
                 max_body_bytes: api.max_body_bytes,
+            },
+            aggregation: RawAggregation {
+                prepare_budget_bytes: aggregation.prepare_budget_bytes,
             },
             inference: RawInference {
                 workers: inference.workers,
@@ -857,6 +899,12 @@ impl Default for RawP2p {
 impl Default for RawApi {
     fn default() -> Self {
         RawConfig::default().api
+    }
+}
+
+impl Default for RawAggregation {
+    fn default() -> Self {
+        RawConfig::default().aggregation
     }
 }
 
@@ -1025,6 +1073,7 @@ fn from_config_error(error: ::config::ConfigError) -> ConfigError {
             "struct RawConfig",
             "struct RawP2p",
             "struct RawApi",
+            "struct RawAggregation",
             "struct RawInference",
             "struct RawLog",
         ]

@@ -124,6 +124,7 @@ fn defaults_are_as_documented() {
     assert_eq!(c.api.listen, "127.0.0.1:8470".parse().unwrap());
     assert!(c.api.token.is_none());
     assert_eq!(c.api.max_body_bytes, 256 << 20);
+    assert_eq!(c.aggregation.prepare_budget_bytes, 1 << 30);
     assert_eq!(c.inference.workers, 2);
     assert_eq!(c.inference.memory_budget_bytes, 4 << 30);
     assert_eq!(c.log.format, LogFormat::Pretty);
@@ -472,6 +473,39 @@ fn inference_section_from_file_and_environment() {
         "{dump}"
     );
     assert_eq!(toml::from_str::<Config>(&dump).unwrap(), c);
+}
+
+#[test]
+fn aggregation_section_from_file_and_environment() {
+    let file = toml_file("[aggregation]\nprepare_budget_bytes = 0\n");
+    let c = load(Some(file.path()), no_env(), &CliOverrides::default()).unwrap();
+    assert_eq!(
+        c.aggregation,
+        AggregationConfig {
+            prepare_budget_bytes: 0
+        },
+        "0 turns preparing off"
+    );
+    let c = load(
+        Some(file.path()),
+        env(&[("FHENODE__AGGREGATION__PREPARE_BUDGET_BYTES", "1048576")]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.aggregation.prepare_budget_bytes, 1 << 20);
+    let dump = c.to_redacted_toml();
+    assert!(dump.contains("[aggregation]"), "{dump}");
+    assert_eq!(toml::from_str::<Config>(&dump).unwrap(), c);
+    assert_invalid(
+        load_toml("[aggregation]\nprepare_budget_bytes = -1\n"),
+        "aggregation.prepare_budget_bytes",
+        &[],
+    );
+    assert_invalid(
+        load_toml("[aggregation]\nprepare = 1\n"),
+        "aggregation.prepare",
+        &["unknown key", "prepare_budget_bytes"],
+    );
 }
 
 #[test]

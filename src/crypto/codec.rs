@@ -220,6 +220,26 @@ pub fn unpack_add_assign<T: Torus>(bytes: &[u8], keep_bits: u32, acc: &mut [T]) 
     })
 }
 
+/// `packed_i = (packed_i + value_i / 2^(BITS − keep_bits)) mod 2^keep_bits`, in place. For
+/// values whose low `BITS − keep_bits` bits are zero (plaintexts, when w ≤ keep_bits) this turns
+/// the packing of x into exactly the packing of x + value: rounding looks only at bits the value
+/// does not touch. Sealing a prepared encryption of zero adds the message this way.
+pub fn add_to_packed<T: Torus>(values: &[T], keep_bits: u32, packed: &mut [u8]) {
+    let width = packed_width(keep_bits);
+    debug_assert_eq!(packed.len(), values.len() * width);
+    let drop = T::BITS - keep_bits as usize;
+    let keep_mask = u128::MAX >> (128 - keep_bits);
+    with_width!(width, W => {
+        for (&v, c) in values.iter().zip(packed.chunks_exact_mut(W)) {
+            let mut buf = [0u8; 16];
+            buf[..W].copy_from_slice(c);
+            let add = if drop == 0 { v } else { v >> drop };
+            let sum = u128::from_le_bytes(buf).wrapping_add(add.to_u128()) & keep_mask;
+            c.copy_from_slice(&sum.to_le_bytes()[..W]);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +270,28 @@ mod tests {
             let err = out[0].wrapping_sub(v) as i128;
             let half = if keep == 128 { 0 } else { 1i128 << (127 - keep) };
             prop_assert!(err.unsigned_abs() <= half as u128, "err {} half {}", err, half);
+        }
+
+        #[test]
+        fn adding_to_packed_values_packs_the_sum(
+            x in any::<u128>(),
+            top in any::<u128>(),
+            w in 1u32..=40,
+            keep in prop::sample::select(vec![44u32, 88, 96, 128]),
+        ) {
+            // A plaintext: w top bits, the rest zero (w ≤ keep, as every profile has).
+            let m = top & !(u128::MAX >> w);
+            let (mut packed, mut direct) = (Vec::new(), Vec::new());
+            pack_rounded(&[x], keep, &mut packed);
+            add_to_packed(&[m], keep, &mut packed);
+            pack_rounded(&[x.wrapping_add(m)], keep, &mut direct);
+            prop_assert_eq!(&packed, &direct);
+            let (x64, m64) = (x as u64, (m >> 64) as u64 & !(u64::MAX >> w.min(40)));
+            let (mut packed, mut direct) = (Vec::new(), Vec::new());
+            pack_rounded(&[x64], 40, &mut packed);
+            add_to_packed(&[m64], 40, &mut packed);
+            pack_rounded(&[x64.wrapping_add(m64)], 40, &mut direct);
+            prop_assert_eq!(packed, direct);
         }
 
         #[test]

@@ -744,13 +744,13 @@ impl<T: ProfileTorus> PkCore<T> {
         })
     }
 
-    /// Encrypts one chunk (≤ L·N plaintexts) under one binary randomness r: mask = a·r + e1 and,
-    /// for value j at position j' of slot l, body_j = (b_l·r)[N−1−j'] + e2_j + m_j; then rounds
-    /// both straight into `out`, the chunk's place in the wire message. Only the slots the chunk
-    /// fills are computed.
-    fn encrypt_chunk(
+    /// Encrypts zero into one chunk of `count` ≤ L·N values under one binary randomness r:
+    /// mask = a·r + e1 and, for value j at position j' of slot l, body_j = (b_l·r)[N−1−j'] + e2_j;
+    /// then rounds both straight into `out`, the chunk's place in the wire message. Only the slots
+    /// the chunk fills are computed. [`seal_chunks`] adds the message m_j to the rounded bodies.
+    fn encrypt_zero_chunk(
         &self,
-        plaintexts: &[T],
+        count: usize,
         gen_seed: &[u8; 32],
         index: u32,
         work: &mut EncryptWork<T>,
@@ -765,22 +765,18 @@ impl<T: ProfileTorus> PkCore<T> {
         ring.product(&self.a_ntt, &work.r_ntt, &mut work.mask, &mut work.ntt);
         randomness.add_t_uniform(&mut work.mask, p.noise_log2);
         work.body.clear();
-        for (slot, values) in self.b_ntt.iter().zip(plaintexts.chunks(n)) {
+        for (slot, start) in self.b_ntt.iter().zip((0..count).step_by(n)) {
             ring.product(slot, &work.r_ntt, &mut work.product, &mut work.ntt);
             let br = &work.product;
-            work.body.extend(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &m)| br[n - 1 - j].wrapping_add(m)),
-            );
+            work.body
+                .extend((0..(count - start).min(n)).map(|j| br[n - 1 - j]));
         }
         randomness.add_t_uniform(&mut work.body, p.noise_log2);
-        let layout = ChunkLayout::new(p, plaintexts.len());
+        let layout = ChunkLayout::new(p, count);
         debug_assert_eq!(out.len(), layout.len());
         let (head, rest) = out.split_at_mut(CHUNK_HEAD);
         head[..4].copy_from_slice(&index.to_le_bytes());
-        head[4..8].copy_from_slice(&(plaintexts.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(count as u32).to_le_bytes());
         head[8..].copy_from_slice(&(layout.mask as u64).to_le_bytes());
         let (mask, rest) = rest.split_at_mut(layout.mask);
         pack_rounded_into(&work.mask, p.mask_keep_bits, mask);
@@ -789,34 +785,48 @@ impl<T: ProfileTorus> PkCore<T> {
         pack_rounded_into(&work.body, p.body_keep_bits, body);
     }
 
-    /// Encrypts `values` chunk by chunk in parallel, each into its own region of `out` (the
-    /// update's chunks in their wire form). Returns how many values were clipped.
-    fn encrypt_into(
-        &self,
-        params: &SessionParams,
-        values: &[f32],
-        out: &mut [u8],
-    ) -> Result<u64, CryptoError> {
+    /// Encrypts zero for an update of `length` values, chunk by chunk in parallel, each into
+    /// its own region of `out` (the update's chunks in their wire form).
+    fn encrypt_zero_into(&self, length: usize, seed: &[u8; 32], out: &mut [u8]) {
         let p = T::PROFILE.params();
         let n = p.chunk_values();
-        let seed = os_seed();
         out.par_chunks_mut(ChunkLayout::new(p, n).len())
-            .zip(values.par_chunks(n))
             .enumerate()
-            .map_init(EncryptWork::new, |work, (c, (region, chunk))| {
-                let mut pt = std::mem::take(&mut work.plaintexts);
-                pt.resize(chunk.len(), T::ZERO);
-                let mut stochastic = ChunkRandomness::new(&seed, "rounding", c as u64);
-                let clipped =
-                    codec::encode_into(params, chunk, &mut pt, c * n, || stochastic.unit());
-                if clipped.is_ok() {
-                    self.encrypt_chunk(&pt, &seed, c as u32, work, region);
-                }
-                work.plaintexts = pt;
-                clipped
-            })
-            .try_reduce(|| 0, |a, b| Ok(a + b))
+            .for_each_init(EncryptWork::new, |work, (c, region)| {
+                let count = (length - c * n).min(n);
+                self.encrypt_zero_chunk(count, seed, c as u32, work, region);
+            });
     }
+}
+
+/// Adds the encoded `values` to the rounded bodies of prepared chunks (`out`, the update's
+/// chunks in their wire form), chunk by chunk in parallel. Returns how many values were
+/// clipped. Exact because Δ = 2^(B−w) is a multiple of the body's rounding step (w ≤ keep bits):
+/// the result is the rounding of body + m, byte for byte (`codec::add_to_packed`).
+fn seal_chunks<T: ProfileTorus>(
+    params: &SessionParams,
+    values: &[f32],
+    seed: &[u8; 32],
+    out: &mut [u8],
+) -> Result<u64, CryptoError> {
+    let p = T::PROFILE.params();
+    let n = p.chunk_values();
+    out.par_chunks_mut(ChunkLayout::new(p, n).len())
+        .zip(values.par_chunks(n))
+        .enumerate()
+        .map_init(
+            || Vec::<T>::with_capacity(n),
+            |plaintexts, (c, (region, chunk))| {
+                plaintexts.resize(chunk.len(), T::ZERO);
+                let mut stochastic = ChunkRandomness::new(seed, "rounding", c as u64);
+                let clipped =
+                    codec::encode_into(params, chunk, plaintexts, c * n, || stochastic.unit())?;
+                let body = ChunkLayout::new(p, chunk.len()).body_offset();
+                codec::add_to_packed(plaintexts, p.body_keep_bits, &mut region[body..]);
+                Ok(clipped)
+            },
+        )
+        .try_reduce(|| 0, |a, b| Ok(a + b))
 }
 
 /// Index, count and the mask's length prefix: the fixed head of a chunk's wire form.
@@ -838,7 +848,12 @@ impl ChunkLayout {
     }
 
     fn len(&self) -> usize {
-        CHUNK_HEAD + self.mask + 8 + self.body
+        self.body_offset() + self.body
+    }
+
+    /// Where the packed body starts.
+    fn body_offset(&self) -> usize {
+        CHUNK_HEAD + self.mask + 8
     }
 }
 
@@ -846,13 +861,13 @@ impl ChunkLayout {
 /// per chunk cost a page fault (and the kernel's zeroing) per 4 KiB. The randomness r and its
 /// transform are wiped when the work is dropped.
 struct EncryptWork<T: Torus> {
-    plaintexts: Vec<T>,
     r: Zeroizing<Vec<T>>,
     r_ntt: Zeroizing<NttPoly>,
     ntt: Zeroizing<NttPoly>,
     mask: Vec<T>,
     product: Zeroizing<Vec<T>>,
-    body: Vec<T>,
+    /// b·r + e2 before the message is added: the pad that hides it.
+    body: Zeroizing<Vec<T>>,
 }
 
 impl<T: ProfileTorus> EncryptWork<T> {
@@ -860,13 +875,12 @@ impl<T: ProfileTorus> EncryptWork<T> {
         let ring = T::ring();
         let p = T::PROFILE.params();
         EncryptWork {
-            plaintexts: Vec::with_capacity(p.chunk_values()),
             r: Zeroizing::new(vec![T::ZERO; ring.n()]),
             r_ntt: Zeroizing::new(ring.scratch()),
             ntt: Zeroizing::new(ring.scratch()),
             mask: vec![T::ZERO; ring.n()],
             product: Zeroizing::new(vec![T::ZERO; ring.n()]),
-            body: Vec::with_capacity(p.chunk_values()),
+            body: Zeroizing::new(Vec::with_capacity(p.chunk_values())),
         }
     }
 }
@@ -985,36 +999,124 @@ impl CollectivePublicKey {
 
     /// Encrypts an update of any length (split into chunks of L·N values, in parallel) straight
     /// into its wire form, the bytes of [`EncryptedUpdate::to_bytes`]. Returns them and how many
-    /// values were clipped to ±clip.
+    /// values were clipped to ±clip. The same as [`Self::prepare`] then
+    /// [`PreparedEncryption::seal`].
     pub fn encrypt_to_bytes(&self, values: &[f32]) -> Result<(Vec<u8>, u64), CryptoError> {
-        if values.is_empty() {
-            return Err(CryptoError::LengthMismatch {
-                expected: 1,
-                got: 0,
-            });
-        }
-        let p = self.params.profile.params();
-        let length = values.len() as u64;
-        let chunks = p.chunks(length);
-        // The update's fields before its chunks, as bincode writes them (a struct is its
-        // fields in order; the chunk vector's length is a u64).
-        let head =
-            wire::payload_bytes(&(self.params.profile, self.tag, self.key_id, length, chunks));
-        let full = ChunkLayout::new(p, p.chunk_values()).len();
-        let last = values.len() - (chunks as usize - 1) * p.chunk_values();
-        let payload = head.len() + (chunks as usize - 1) * full + ChunkLayout::new(p, last).len();
-        let (bytes, clipped) = wire::frame_in_place(Kind::EncryptedUpdate, payload, |out| {
-            let (fields, chunks) = out.split_at_mut(head.len());
-            fields.copy_from_slice(&head);
-            typed!(&self.core, core => core.encrypt_into(&self.params, values, chunks))
-        });
-        Ok((bytes, clipped?))
+        self.prepare(values.len() as u64)?.seal(values)
     }
 
     /// [`Self::encrypt_to_bytes`], decoded.
     pub fn encrypt(&self, values: &[f32]) -> Result<(EncryptedUpdate, u64), CryptoError> {
         let (bytes, clipped) = self.encrypt_to_bytes(values)?;
         Ok((EncryptedUpdate::from_bytes(&bytes, bytes.len())?, clipped))
+    }
+
+    /// Draws the encryption of zero for an update of `length` values: every ring product and
+    /// all the noise, which is nearly all of encryption's work. A participant does this while
+    /// its update is still being trained; sealing it with the values is then a pass of
+    /// additions and one hash.
+    pub fn prepare(&self, length: u64) -> Result<PreparedEncryption, CryptoError> {
+        self.prepare_with_seed(length, os_seed())
+    }
+
+    fn prepare_with_seed(
+        &self,
+        length: u64,
+        seed: Zeroizing<[u8; 32]>,
+    ) -> Result<PreparedEncryption, CryptoError> {
+        if length == 0 {
+            return Err(CryptoError::LengthMismatch {
+                expected: 1,
+                got: 0,
+            });
+        }
+        let p = self.params.profile.params();
+        // Sealing adds m_j to the rounded body, exact only while Δ is a multiple of the
+        // rounding step; `SessionParams` never breaks this, a hand-made one is refused.
+        if self.params.plaintext_bits > p.body_keep_bits {
+            return Err(CryptoError::InvalidParams(format!(
+                "{} plaintext bits do not fit the {} body bits kept on the wire",
+                self.params.plaintext_bits, p.body_keep_bits
+            )));
+        }
+        let values = usize::try_from(length)
+            .map_err(|_| CryptoError::InvalidParams(format!("{length} values do not fit")))?;
+        let chunks = p.chunks(length);
+        // The update's fields before its chunks, as bincode writes them (a struct is its
+        // fields in order; the chunk vector's length is a u64).
+        let head = wire::payload_bytes(&(self.params.profile, self.tag, self.key_id, length, chunks));
+        let full = ChunkLayout::new(p, p.chunk_values()).len();
+        let last = values - (chunks as usize - 1) * p.chunk_values();
+        let payload = head.len() + (chunks as usize - 1) * full + ChunkLayout::new(p, last).len();
+        let (frame, ()) = wire::frame_unsealed(Kind::EncryptedUpdate, payload, |out| {
+            let (fields, chunks) = out.split_at_mut(head.len());
+            fields.copy_from_slice(&head);
+            typed!(&self.core, core => core.encrypt_zero_into(values, &seed, chunks))
+        });
+        Ok(PreparedEncryption {
+            params: self.params.clone(),
+            key_id: self.key_id,
+            length,
+            head: head.len(),
+            seed,
+            frame: Zeroizing::new(frame),
+        })
+    }
+}
+
+/// An update's encryption of zero under a collective key, drawn before the update exists
+/// ([`CollectivePublicKey::prepare`]). Secret until sealed: its bodies minus the sent
+/// ciphertext's would give the message away, so it is wiped when dropped, never cloned, and
+/// [`Self::seal`] consumes it (its randomness serves exactly one update).
+pub struct PreparedEncryption {
+    params: SessionParams,
+    key_id: KeyId,
+    length: u64,
+    /// Bytes of the update's fields before its chunks, in the payload.
+    head: usize,
+    /// Also keys the stochastic rounding of the values.
+    seed: Zeroizing<[u8; 32]>,
+    /// The wire message with m = 0 and no digest yet.
+    frame: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for PreparedEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedEncryption")
+            .field("profile", &self.params.profile)
+            .field("key_id", &self.key_id)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedEncryption {
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// Adds the encoded `values` and writes the digest: the update's wire form, exactly what
+    /// [`CollectivePublicKey::encrypt_to_bytes`] makes from the same randomness. Returns it and
+    /// how many values were clipped to ±clip.
+    pub fn seal(mut self, values: &[f32]) -> Result<(Vec<u8>, u64), CryptoError> {
+        if values.len() as u64 != self.length {
+            return Err(CryptoError::LengthMismatch {
+                expected: self.length,
+                got: values.len() as u64,
+            });
+        }
+        let chunks = &mut wire::frame_payload_mut(&mut self.frame)[self.head..];
+        let clipped = match self.params.profile {
+            Profile::Secure => seal_chunks::<u128>(&self.params, values, &self.seed, chunks),
+            Profile::Fast => seal_chunks::<u64>(&self.params, values, &self.seed, chunks),
+        }?;
+        wire::seal_frame(&mut self.frame);
+        // Sealed, it is the public ciphertext: no longer wiped.
+        Ok((std::mem::take(&mut *self.frame), clipped))
     }
 }
 

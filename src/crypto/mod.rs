@@ -29,7 +29,8 @@ pub use aggregate::{
 };
 pub use keys::{
     local_ceremony, CollectivePublicKey, EncryptedChunk, EncryptedChunkRef, EncryptedUpdate,
-    EncryptedUpdateRef, KeyCeremony, KeyCommitment, KeyId, PublicKeyShare, SecretKeyShare,
+    EncryptedUpdateRef, KeyCeremony, KeyCommitment, KeyId, PreparedEncryption, PublicKeyShare,
+    SecretKeyShare,
     SessionTag,
 };
 pub use params::{NoiseBudget, Profile, ProfileParams, Rounding, SessionParams};

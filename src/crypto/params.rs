@@ -91,6 +91,14 @@ impl ProfileParams {
     pub fn chunks(&self, length: u64) -> u64 {
         length.div_ceil(self.chunk_values() as u64)
     }
+
+    /// Masks and bodies of an encrypted update of `length` values, in bytes: all of its wire
+    /// form but a few hundred bytes of framing.
+    pub fn ciphertext_bytes(&self, length: u64) -> u64 {
+        let mask = (self.ring_dim * super::codec::packed_width(self.mask_keep_bits)) as u64;
+        let body = super::codec::packed_width(self.body_keep_bits) as u64;
+        self.chunks(length) * mask + length * body
+    }
 }
 
 pub static SECURE: ProfileParams = ProfileParams {

@@ -729,6 +729,56 @@ fn in_place_encryption_is_the_serialised_update() {
     }
 }
 
+/// A participant prepares its encryption of zero before its update exists and seals the update
+/// into it later: sealed updates sum and decrypt exactly; each preparation draws fresh
+/// randomness; a preparation for another length is refused.
+#[test]
+fn prepared_encryptions_seal_into_updates_that_decrypt() {
+    for profile in Profile::ALL {
+        let params = SessionParams::recommended(profile, 4, 2, 8.0).unwrap();
+        let mut c = committee(&params, "prepared");
+        let len = profile.params().chunk_values() + 3;
+        let updates: Vec<Vec<f32>> = (0..3)
+            .map(|p| (0..len).map(|i| ((i * 7 + p) % 17) as f32 - 8.0).collect())
+            .collect();
+        let prepared: Vec<PreparedEncryption> = (0..updates.len())
+            .map(|_| c.key.prepare(len as u64).unwrap())
+            .collect();
+        assert_eq!(prepared[0].length(), len as u64);
+        assert_eq!(prepared[0].key_id(), c.key.key_id());
+        assert!(!format!("{:?}", prepared[0]).contains("frame"));
+        let short = c.key.prepare(len as u64 - 1).unwrap();
+        assert!(matches!(
+            short.seal(&updates[0]),
+            Err(CryptoError::LengthMismatch { .. })
+        ));
+        let zeros = vec![0f32; 5];
+        let (z1, _) = c.key.prepare(5).unwrap().seal(&zeros).unwrap();
+        let (z2, _) = c.key.prepare(5).unwrap().seal(&zeros).unwrap();
+        assert_ne!(z1, z2, "two preparations drew the same randomness");
+
+        let mut acc = Accumulator::new(&c.key, len as u64).unwrap();
+        for (i, (pad, u)) in prepared.into_iter().zip(&updates).enumerate() {
+            let (bytes, clipped) = pad.seal(u).unwrap();
+            assert_eq!(clipped, 0);
+            let update = EncryptedUpdate::from_bytes(&bytes, bytes.len()).unwrap();
+            assert_eq!(update.to_bytes(), bytes, "{profile}: the sealed wire form decodes");
+            acc.add(&format!("p{i}"), &update).unwrap();
+        }
+        let (aggregate, request) = acc.finish().unwrap();
+        let partials: Vec<_> = c
+            .shares
+            .iter_mut()
+            .map(|s| s.partial_decrypt(&request, 1).unwrap())
+            .collect();
+        let result = aggregate.combine(&partials).unwrap();
+        for (j, got) in result.sum.iter().enumerate() {
+            let want: f64 = updates.iter().map(|u| u[j] as f64).sum();
+            assert_eq!(*got, want, "{profile}: value {j}");
+        }
+    }
+}
+
 /// The aggregator's path (checked wire bytes read in place) sums exactly like decoded updates,
 /// and refuses what does not belong to its session.
 #[test]
@@ -911,5 +961,9 @@ fn bytes_per_parameter_meet_targets() {
         let (ct, _) = c.key.encrypt(&vec![0.5f32; n]).unwrap();
         let per_param = ct.to_bytes().len() as f64 / n as f64;
         assert!(per_param <= target, "{profile}: {per_param} bytes/param");
+        assert_eq!(
+            profile.params().ciphertext_bytes(n as u64),
+            ct.payload_bytes() as u64
+        );
     }
 }

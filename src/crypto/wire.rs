@@ -126,8 +126,10 @@ fn frame_with(
 }
 
 /// Frames a payload of exactly `payload_len` bytes that `fill` writes in place, into zeroed
-/// memory: megabyte messages built in parallel (encrypted updates) skip a serialisation copy.
-pub(crate) fn frame_in_place<R>(
+/// memory, without the digest: megabyte messages built in parallel (encrypted updates) skip a
+/// serialisation copy, and the payload may still change in place (a prepared encryption gets its
+/// message later). [`seal_frame`] writes the digest once it is final.
+pub(crate) fn frame_unsealed<R>(
     kind: Kind,
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]) -> R,
@@ -138,9 +140,20 @@ pub(crate) fn frame_in_place<R>(
     out[4] = VERSION;
     out[5] = kind as u8;
     let filled = fill(&mut out[HEADER..end]);
-    let digest = blake3::hash(&out[..end]);
-    out[end..].copy_from_slice(digest.as_bytes());
     (out, filled)
+}
+
+/// Writes the digest of a frame made by [`frame_unsealed`] over everything before it.
+pub(crate) fn seal_frame(frame: &mut [u8]) {
+    let end = frame.len() - DIGEST;
+    let digest = blake3::hash(&frame[..end]);
+    frame[end..].copy_from_slice(digest.as_bytes());
+}
+
+/// The payload region of a frame made by [`frame_unsealed`].
+pub(crate) fn frame_payload_mut(frame: &mut [u8]) -> &mut [u8] {
+    let end = frame.len() - DIGEST;
+    &mut frame[HEADER..end]
 }
 
 /// The payload encoding of every message, for writing part of a payload by hand.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -139,8 +140,9 @@ pub struct Coordinated {
     pub commitments: BTreeMap<u32, KeyCommitment>,
     /// Persisted apart from the rest (by the aggregation actor, when they change): they are
     /// the bulk of the state (512 KiB per member `secure`) and change only during keygen.
+    /// Shared, so that the copy each transition makes of the state does not copy them.
     #[serde(skip)]
-    pub shares: BTreeMap<u32, PublicKeyShare>,
+    pub shares: BTreeMap<u32, Arc<PublicKeyShare>>,
     pub submitted: BTreeMap<String, SubmissionMeta>,
     pub contributors: Vec<String>,
     pub request_digest: Option<[u8; 32]>,
@@ -193,7 +195,11 @@ impl Coordinated {
 
     /// The collective key, rebuilt from the revealed shares (checked against commitments).
     pub fn collective_key(&self) -> Result<CollectivePublicKey, SessionError> {
-        collective_key(&self.plan, self.commitments.values(), self.shares.values())
+        collective_key(
+            &self.plan,
+            self.commitments.values(),
+            self.shares.values().map(|s| &**s),
+        )
     }
 
     fn fail(&mut self, reason: String, now_ms: u64) -> Vec<Effect> {
@@ -298,7 +304,7 @@ impl Coordinated {
                     );
                     return Ok(self.fail(reason, now_ms));
                 }
-                self.shares.insert(member, share);
+                self.shares.insert(member, Arc::new(share));
                 if self.shares.len() == committee {
                     if let Err(e) = self.collective_key() {
                         return Ok(self.fail(format!("key ceremony failed: {e}"), now_ms));

@@ -135,6 +135,10 @@ pub struct SessionInfo {
     pub deadline_secs: u64,
     pub timings: Timings,
     pub failure: Option<String>,
+    /// This participant's encryption of zero is drawn and waits for its update: submitting
+    /// will only add the values (`aggregation.prepare_budget_bytes`).
+    #[serde(default)]
+    pub prepared: bool,
 }
 
 /// The answer to a local participant's submission: the coordinator has it durably.
@@ -146,8 +150,13 @@ pub struct SubmitReceipt {
     pub bytes_sent: u64,
     pub pieces: u32,
     pub digest: String,
+    /// The update's encryption: sealing the encryption prepared when the session opened
+    /// (waiting for it if it was still being drawn), or all of it.
     pub encrypt_ms: f64,
     pub upload_ms: f64,
+    /// Whether the update was sealed into a prepared encryption.
+    #[serde(default)]
+    pub prepared: bool,
 }
 
 /// A finished session's result.
