@@ -584,15 +584,16 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     }
     let med = |f: fn(&SecureRound) -> f64| median(secure.iter().map(f).collect());
     let steady_med = |f: fn(&SecureRound) -> f64| median(steady.iter().map(f).collect());
-    let ratio_of = |rounds: &[SecureRound], f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
-        median(
-            rounds
-                .iter()
-                .zip(&plain)
-                .map(|(s, p)| f(s) / g(p))
-                .collect(),
-        )
-    };
+    let ratio_of =
+        |rounds: &[SecureRound], f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
+            median(
+                rounds
+                    .iter()
+                    .zip(&plain)
+                    .map(|(s, p)| f(s) / g(p))
+                    .collect(),
+            )
+        };
     let ratio = |f, g| ratio_of(&secure, f, g);
     Ok(RoundBenchReport {
         profile: cfg.profile.to_string(),

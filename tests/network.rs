@@ -118,4 +118,12 @@ async fn round_benchmark_reports_medians_of_its_rounds() {
     assert!((lo..=hi).contains(&report.round_s), "{report:?}");
     assert!(report.round_slowdown_vs_plaintext > 0.0);
     assert!(report.bytes_per_param > 4.0, "{report:?}");
+    // The steady rounds ran on prepared encryptions (the bench refuses one that did not).
+    assert_eq!(report.steady_round_s_each.len(), 2);
+    assert!(report.steady_prepare_s.is_finite(), "{report:?}");
+    assert!(report.steady_round_slowdown_vs_plaintext > 0.0);
+    assert!(
+        report.steady_seal_max_s <= report.steady_round_s,
+        "{report:?}"
+    );
 }

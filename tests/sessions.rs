@@ -2,6 +2,7 @@
 //! the plaintext, a silent participant, too few participants, refused submissions, and a
 //! committee that decrypts only once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fhenode::crypto::{Accumulator, Profile, PublicKeyShare};
@@ -51,8 +52,37 @@ async fn sessions_across_six_nodes() {
     wait_phase(coordinator, "mean", |p| p >= Phase::Collecting, LONG)
         .await
         .unwrap();
+    // What a dishonest coordinator holds, for the second decryption request below: the
+    // session state and the key shares stored beside it (dropped once the session is over).
+    let mut state: Coordinated = coordinator
+        .store
+        .get(trees::SESSIONS, b"coord/mean")
+        .unwrap()
+        .expect("the coordinator keeps the session state");
+    let shares: Vec<PublicKeyShare> = coordinator
+        .store
+        .get(trees::SESSIONS, b"coord-shares/mean")
+        .unwrap()
+        .expect("the coordinator keeps the key shares");
+    state.shares = shares
+        .into_iter()
+        .map(|s| (s.member, Arc::new(s)))
+        .collect();
+    let key = state.collective_key().unwrap();
+
     let data = updates(4, length, 1);
-    for (node, update) in n[1..5].iter().zip(&data) {
+    // A NaN is refused before the participant's prepared encryption is used up: the next
+    // submission is sealed into it.
+    let mut with_nan = data[0].clone();
+    with_nan[17] = f32::NAN;
+    let nan = n[1].aggregation.submit("mean", with_nan).await.unwrap_err();
+    assert!(nan.to_string().contains("index 17"), "{nan}");
+    let start = std::time::Instant::now();
+    while !n[1].aggregation.get("mean").await.unwrap().prepared {
+        assert!(start.elapsed() < LONG, "no encryption prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, (node, update)) in n[1..5].iter().zip(&data).enumerate() {
         let receipt = node
             .aggregation
             .submit("mean", update.clone())
@@ -62,7 +92,11 @@ async fn sessions_across_six_nodes() {
             receipt.clipped > 0,
             "values beyond ±8 must be counted as clipped"
         );
+        if i == 0 {
+            assert!(receipt.prepared, "{receipt:?}");
+        }
     }
+    assert!(!n[1].aggregation.get("mean").await.unwrap().prepared);
     // A second submission from the same participant is refused, locally and by the coordinator.
     let dup = n[1]
         .aggregation
@@ -128,25 +162,40 @@ async fn sessions_across_six_nodes() {
             "value {j}: {value} vs {exact}"
         );
     }
-    // Pushed to the participants, including the silent one.
+    // Pushed to the participants, including the silent one, whose unused preparation and
+    // key shares are dropped; the coordinator's shares too.
     assert_eq!(wait_result(n[5], "mean", LONG).await.unwrap(), result);
+    let silent = n[5].aggregation.get("mean").await.unwrap();
+    assert!(!silent.prepared && silent.key_shares == 3, "{silent:?}");
+    assert!(n[5]
+        .store
+        .get::<Vec<PublicKeyShare>>(trees::SESSIONS, b"joined-shares/mean")
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        coordinator
+            .aggregation
+            .get("mean")
+            .await
+            .unwrap()
+            .key_shares,
+        3
+    );
+    let stored: Vec<PublicKeyShare> = coordinator
+        .store
+        .get(trees::SESSIONS, b"coord-shares/mean")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "a finished session keeps its key shares");
 
     // --- a second decryption request for the same session is refused by every member ------
     // A different aggregate under the same session key, as a dishonest coordinator could
     // build from other ciphertexts with the same contributors.
-    let mut state: Coordinated = coordinator
+    let state: Coordinated = coordinator
         .store
         .get(trees::SESSIONS, b"coord/mean")
         .unwrap()
         .expect("the coordinator keeps the session state");
-    // The shares are stored beside the state, once.
-    let shares: Vec<PublicKeyShare> = coordinator
-        .store
-        .get(trees::SESSIONS, b"coord-shares/mean")
-        .unwrap()
-        .expect("the coordinator keeps the key shares");
-    state.shares = shares.into_iter().map(|s| (s.member, s)).collect();
-    let key = state.collective_key().unwrap();
     let mut other = Accumulator::new(&key, state.plan.length).unwrap();
     for who in &state.contributors {
         let zeros = vec![0f32; state.plan.length as usize];

@@ -1151,7 +1151,8 @@ impl AggregationActor {
             prepared
         });
         self.prepared_bytes += bytes;
-        self.prepared.insert(plan.id.clone(), Preparation { bytes, task });
+        self.prepared
+            .insert(plan.id.clone(), Preparation { bytes, task });
     }
 
     /// Takes a session's preparation (done or still running), releasing its budget.
@@ -1194,10 +1195,6 @@ impl AggregationActor {
         let mut info = self.plan_info(&j.plan, j.phase, false);
         // A session is joined only with every member's share.
         info.key_shares = j.commitments.len();
-        info.prepared = self
-            .prepared
-            .get(id)
-            .is_some_and(|p| p.task.is_finished());
         info.submissions = usize::from(j.submitted.is_some());
         info.failure = j.failure.clone();
         info.timings = Timings {
@@ -1233,7 +1230,10 @@ impl AggregationActor {
             deadline_secs: plan.deadline_secs,
             timings: Timings::default(),
             failure: None,
-            prepared: false,
+            prepared: self
+                .prepared
+                .get(&plan.id)
+                .is_some_and(|p| p.task.is_finished()),
         }
     }
 

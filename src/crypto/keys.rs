@@ -1044,7 +1044,8 @@ impl CollectivePublicKey {
         let chunks = p.chunks(length);
         // The update's fields before its chunks, as bincode writes them (a struct is its
         // fields in order; the chunk vector's length is a u64).
-        let head = wire::payload_bytes(&(self.params.profile, self.tag, self.key_id, length, chunks));
+        let head =
+            wire::payload_bytes(&(self.params.profile, self.tag, self.key_id, length, chunks));
         let full = ChunkLayout::new(p, p.chunk_values()).len();
         let last = values - (chunks as usize - 1) * p.chunk_values();
         let payload = head.len() + (chunks as usize - 1) * full + ChunkLayout::new(p, last).len();

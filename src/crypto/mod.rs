@@ -30,8 +30,7 @@ pub use aggregate::{
 pub use keys::{
     local_ceremony, CollectivePublicKey, EncryptedChunk, EncryptedChunkRef, EncryptedUpdate,
     EncryptedUpdateRef, KeyCeremony, KeyCommitment, KeyId, PreparedEncryption, PublicKeyShare,
-    SecretKeyShare,
-    SessionTag,
+    SecretKeyShare, SessionTag,
 };
 pub use params::{NoiseBudget, Profile, ProfileParams, Rounding, SessionParams};
 

@@ -762,7 +762,11 @@ fn prepared_encryptions_seal_into_updates_that_decrypt() {
             let (bytes, clipped) = pad.seal(u).unwrap();
             assert_eq!(clipped, 0);
             let update = EncryptedUpdate::from_bytes(&bytes, bytes.len()).unwrap();
-            assert_eq!(update.to_bytes(), bytes, "{profile}: the sealed wire form decodes");
+            assert_eq!(
+                update.to_bytes(),
+                bytes,
+                "{profile}: the sealed wire form decodes"
+            );
             acc.add(&format!("p{i}"), &update).unwrap();
         }
         let (aggregate, request) = acc.finish().unwrap();
