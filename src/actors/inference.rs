@@ -729,9 +729,11 @@ impl InferenceActor {
                 store.put(trees::CONTEXTS, &ctx_key(&id), &record)?;
                 if let Some(eval) = eval_key {
                     // The client's own copy, uploaded to model nodes on first use.
-                    store
-                        .tree(trees::CONTEXTS)?
-                        .insert(format!("own-evalkey/{id}").as_bytes(), eval)?;
+                    store.put_bytes(
+                        trees::CONTEXTS,
+                        format!("own-evalkey/{id}").as_bytes(),
+                        &eval,
+                    )?;
                 }
                 store.flush()?;
                 Ok(ClientContext { info, key })
@@ -755,9 +757,9 @@ impl InferenceActor {
     fn delete_context(&mut self, id: &str) -> Result<(), InferError> {
         self.context(id)?;
         self.contexts.remove(id);
-        let tree = self.store.tree(trees::CONTEXTS)?;
-        tree.remove(ctx_key(id))?;
-        tree.remove(format!("own-evalkey/{id}").as_bytes())?;
+        self.store.remove(trees::CONTEXTS, &ctx_key(id))?;
+        self.store
+            .remove(trees::CONTEXTS, format!("own-evalkey/{id}").as_bytes())?;
         self.store.flush()?;
         Ok(())
     }
@@ -1079,14 +1081,13 @@ impl InferenceActor {
             };
             let bytes = self
                 .store
-                .tree(trees::CONTEXTS)?
-                .get(stored)?
+                .get_bytes(trees::CONTEXTS, &stored)?
                 .ok_or_else(|| {
                     InferError::WrongContext(format!(
                         "this node holds no evaluation key for context `{context}`; upload it first"
                     ))
                 })?;
-            load = Some(bytes.to_vec());
+            load = Some(bytes);
         }
         let (pool, metrics, mailbox) = (
             self.pool.clone(),
@@ -1259,7 +1260,8 @@ impl InferenceActor {
         }
         // Decoding checks the envelope and parameters; the key is loaded only when used.
         let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
-        tree.insert(eval_key_key(slot), whole)?;
+        self.store
+            .put_bytes(trees::CONTEXTS, &eval_key_key(slot), &whole)?;
         tree.insert(format!("evalkey-id/{slot}").as_bytes(), &key.key_id().0[..])?;
         self.store.flush()?;
         self.eval_keys.remove(slot);
@@ -1454,8 +1456,7 @@ async fn remote_infer(
         .await?;
         if !matches!(has, InferReply::HasEvalKey(true)) {
             let bytes = store
-                .tree(trees::CONTEXTS)?
-                .get(format!("own-evalkey/{context}").as_bytes())?
+                .get_bytes(trees::CONTEXTS, format!("own-evalkey/{context}").as_bytes())?
                 .ok_or_else(|| {
                     InferError::Store(format!("the evaluation key of `{context}` is missing"))
                 })?;

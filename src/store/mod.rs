@@ -50,6 +50,22 @@ pub fn record_version(tree: &str) -> u8 {
 }
 const IDENTITY_KEY: &[u8] = b"ed25519";
 
+/// Values above this are stored in parts. sled keeps a page above its blob threshold (a quarter
+/// of a 512 KiB segment) in a file of its own *and* in memory for as long as it lives, charged to
+/// its cache at the size of the file's pointer: such records were never paged out (8 MB per
+/// session result, tens of MB per evaluation key). A leaf page holds up to 17 entries before it
+/// splits, so parts this small keep every page of the parts trees below the threshold, in sled's
+/// log, where its cache counts them and pages them out like any other page.
+const PART_BYTES: usize = 6 << 10;
+/// How a value stored in parts begins (its manifest; then the parts' generation as u64 LE, their
+/// count as u32 LE and the total length as u64 LE). Records begin with a small version number
+/// and raw values with their own envelope's magic, so this prefix is free.
+const PARTS_MAGIC: &[u8; 8] = b"\xffPARTS\x00\x01";
+const MANIFEST_LEN: usize = PARTS_MAGIC.len() + 8 + 4 + 8;
+/// sled's page cache, per database. Its default (1 GiB) is sized for a database that owns the
+/// machine; a node's working set is its open sessions' records.
+const CACHE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store at {path}: {source}")]
@@ -93,6 +109,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -128,9 +145,7 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        let bytes = encode_record(tree, value)?;
-        self.tree(tree)?.insert(key, bytes)?;
-        Ok(())
+        self.put_bytes(tree, key, &encode_record(tree, value)?)
     }
 
     pub fn get<V: DeserializeOwned>(
@@ -138,14 +153,109 @@ impl Store {
         tree: &'static str,
         key: &[u8],
     ) -> Result<Option<V>, StoreError> {
-        match self.tree(tree)?.get(key)? {
+        match self.get_bytes(tree, key)? {
             None => Ok(None),
             Some(bytes) => decode_record(tree, key, &bytes).map(Some),
         }
     }
 
+    /// Stores raw bytes under `key`; a value above [`PART_BYTES`] in parts, written before its
+    /// manifest, so that a crash leaves either the old value or the new one whole. The old
+    /// value's parts go once the new one is in.
+    pub fn put_bytes(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let main = self.tree(tree)?;
+        let old = if bytes.len() <= PART_BYTES {
+            main.insert(key, bytes)?
+        } else {
+            let parts = self.parts(tree)?;
+            let generation = self.db.generate_id()?;
+            let mut count = 0u32;
+            for (index, part) in bytes.chunks(PART_BYTES).enumerate() {
+                parts.insert(part_key(key, generation, index as u32), part)?;
+                count += 1;
+            }
+            let manifest = Manifest {
+                generation,
+                count,
+                len: bytes.len() as u64,
+            };
+            main.insert(key, &manifest.to_bytes()[..])?
+        };
+        self.drop_parts(tree, key, old.as_deref())
+    }
+
+    /// The raw bytes under `key`, reassembled if stored in parts.
+    pub fn get_bytes(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.tree(tree)?.get(key)? {
+            None => Ok(None),
+            Some(value) => self.whole(tree, key, value).map(Some),
+        }
+    }
+
     pub fn remove(&self, tree: &'static str, key: &[u8]) -> Result<(), StoreError> {
-        self.tree(tree)?.remove(key)?;
+        let old = self.tree(tree)?.remove(key)?;
+        self.drop_parts(tree, key, old.as_deref())
+    }
+
+    /// The tree holding the parts of `tree`'s large values.
+    fn parts(&self, tree: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(format!("{tree}.parts"))?)
+    }
+
+    /// A stored value, whole: itself, or the parts its manifest names.
+    fn whole(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        value: sled::IVec,
+    ) -> Result<Vec<u8>, StoreError> {
+        let Some(manifest) = Manifest::parse(&value) else {
+            return Ok(value.to_vec());
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            tree,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        };
+        let len = usize::try_from(manifest.len)
+            .ok()
+            .filter(|&len| len.div_ceil(PART_BYTES) == manifest.count as usize)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "a manifest of {} parts for {} bytes",
+                    manifest.count, manifest.len
+                ))
+            })?;
+        let parts = self.parts(tree)?;
+        let mut out = Vec::with_capacity(len);
+        for index in 0..manifest.count {
+            let part = parts
+                .get(part_key(key, manifest.generation, index))?
+                .ok_or_else(|| corrupt(format!("part {index} of {} is missing", manifest.count)))?;
+            out.extend_from_slice(&part);
+        }
+        if out.len() != len {
+            return Err(corrupt(format!(
+                "{} bytes in parts, {len} expected",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Removes the parts of a value that was replaced or removed, if it had any.
+    fn drop_parts(&self, tree: &str, key: &[u8], old: Option<&[u8]>) -> Result<(), StoreError> {
+        if let Some(manifest) = old.and_then(Manifest::parse) {
+            let parts = self.parts(tree)?;
+            for index in 0..manifest.count {
+                parts.remove(part_key(key, manifest.generation, index))?;
+            }
+        }
         Ok(())
     }
 
@@ -166,7 +276,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(tree)?.scan_prefix(prefix) {
             let (k, v) = item?;
-            let value = decode_record(tree, &k, &v)?;
+            let value = decode_record(tree, &k, &self.whole(tree, &k, v)?)?;
             out.push((k.to_vec(), value));
         }
         Ok(out)
@@ -293,6 +403,46 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
     Ok(())
 }
 
+/// Where a large value's parts are: its key, the generation of the write, the part's index
+/// (big-endian, so that a value's parts sort in order).
+fn part_key(key: &[u8], generation: u64, index: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 12);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+/// What a large value's key holds in place of the value.
+#[derive(Debug, PartialEq)]
+struct Manifest {
+    generation: u64,
+    count: u32,
+    len: u64,
+}
+
+impl Manifest {
+    fn to_bytes(&self) -> [u8; MANIFEST_LEN] {
+        let mut out = [0u8; MANIFEST_LEN];
+        out[..8].copy_from_slice(PARTS_MAGIC);
+        out[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        out[16..20].copy_from_slice(&self.count.to_le_bytes());
+        out[20..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != MANIFEST_LEN || !bytes.starts_with(PARTS_MAGIC) {
+            return None;
+        }
+        Some(Manifest {
+            generation: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            count: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
+            len: u64::from_le_bytes(bytes[20..].try_into().ok()?),
+        })
+    }
+}
+
 fn encode_record<V: Serialize + ?Sized>(tree: &str, value: &V) -> Result<Vec<u8>, StoreError> {
     let size = bincode::serialized_size(value).map_err(|e| StoreError::Encode(e.to_string()))?;
     // Sized up front: a result of a million values grew by doubling, through fresh pages.
@@ -403,6 +553,71 @@ mod tests {
         store.flush().unwrap();
         let left = std::fs::read_dir(store.path.join("blobs")).unwrap().count();
         assert_eq!(synced().len(), left);
+    }
+
+    /// Large values go in parts below sled's blob threshold (no blob files), read back whole,
+    /// across a reopen, in scans, and when replaced or removed their parts go too.
+    #[test]
+    fn large_values_are_stored_in_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u64> = (0..100_000).collect();
+        let raw: Vec<u8> = (0..(3 * PART_BYTES + 5)).map(|i| (i % 251) as u8).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put(trees::RESULTS, b"r/1", &big).unwrap();
+            store.put(trees::RESULTS, b"r/2", &vec![1u64, 2]).unwrap();
+            store.put_bytes(trees::CONTEXTS, b"key", &raw).unwrap();
+            store.flush().unwrap();
+            let blobs = store.path.join("blobs");
+            let files = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(files, 0, "a value in parts makes no blob file");
+            // The record: a version byte, bincode's u64 length, 100,000 u64s.
+            let record = 1 + 8 + 8 * big.len();
+            let parts = store.parts(trees::RESULTS).unwrap().len();
+            assert_eq!(parts, record.div_ceil(PART_BYTES));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get::<Vec<u64>>(trees::RESULTS, b"r/1").unwrap(),
+            Some(big.clone())
+        );
+        assert_eq!(store.get_bytes(trees::CONTEXTS, b"key").unwrap(), Some(raw));
+        let all: Vec<(Vec<u8>, Vec<u64>)> = store.scan(trees::RESULTS).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].1, big);
+
+        // Replaced by a smaller large value, then a small one, then removed: no part is left.
+        store
+            .put(trees::RESULTS, b"r/1", &big[..20_000].to_vec())
+            .unwrap();
+        assert_eq!(
+            store
+                .get::<Vec<u64>>(trees::RESULTS, b"r/1")
+                .unwrap()
+                .unwrap()
+                .len(),
+            20_000
+        );
+        assert_eq!(
+            store.parts(trees::RESULTS).unwrap().len(),
+            (1 + 8 + 8 * 20_000usize).div_ceil(PART_BYTES)
+        );
+        store.put(trees::RESULTS, b"r/1", &vec![5u64]).unwrap();
+        assert_eq!(store.parts(trees::RESULTS).unwrap().len(), 0);
+        store.remove(trees::CONTEXTS, b"key").unwrap();
+        assert!(store.parts(trees::CONTEXTS).unwrap().is_empty());
+        assert_eq!(store.get_bytes(trees::CONTEXTS, b"key").unwrap(), None);
+
+        // A missing part is reported by name, not read as a short value.
+        store.put(trees::RESULTS, b"r/3", &big).unwrap();
+        let parts = store.parts(trees::RESULTS).unwrap();
+        let (first, _) = parts.iter().next().unwrap().unwrap();
+        parts.remove(first).unwrap();
+        let e = store.get::<Vec<u64>>(trees::RESULTS, b"r/3").unwrap_err();
+        assert!(
+            e.to_string().contains("r/3") && e.to_string().contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]
