@@ -466,6 +466,18 @@ pub fn spawn(
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
 
+/// Stores a session's result off the executor: megabytes, written to a file of its own and
+/// synced on the spot (`Store::put_bytes`).
+async fn put_result(store: &Store, result: SessionResult) -> Result<(), SessionError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.put(trees::RESULTS, result.session.as_bytes(), &result)
+    })
+    .await
+    .map_err(|_| SessionError::Unavailable("the store"))??;
+    Ok(())
+}
+
 /// Whose upload pieces these are: one participant in one session (session ids and peer ids
 /// hold no `/`, so a session's owners share the prefix `{session}/`).
 fn piece_owner(session: &str, peer: &str) -> String {
@@ -1075,7 +1087,7 @@ impl AggregationActor {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
-                if let Err(e) = self.store.put(trees::RESULTS, session.as_bytes(), &*result) {
+                if let Err(e) = put_result(&self.store, *result).await {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }
@@ -1626,15 +1638,15 @@ impl AggregationActor {
                 "the result has the wrong length".into(),
             ));
         }
-        if !self.coordinated.contains_key(&result.session) {
-            self.store
-                .put(trees::RESULTS, result.session.as_bytes(), &result)?;
+        let session = result.session.clone();
+        if !self.coordinated.contains_key(&session) {
+            put_result(&self.store, result).await?;
         }
         joined.phase = Phase::Done;
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
-        self.joined.insert(result.session.clone(), joined);
-        self.leave(&result.session);
+        self.joined.insert(session.clone(), joined);
+        self.leave(&session);
         Ok(())
     }
 

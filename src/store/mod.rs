@@ -50,18 +50,18 @@ pub fn record_version(tree: &str) -> u8 {
 }
 const IDENTITY_KEY: &[u8] = b"ed25519";
 
-/// Values above this are stored in parts. sled keeps a page above its blob threshold (a quarter
-/// of a 512 KiB segment) in a file of its own *and* in memory for as long as it lives, charged to
-/// its cache at the size of the file's pointer: such records were never paged out (8 MB per
-/// session result, tens of MB per evaluation key). A leaf page holds up to 17 entries before it
-/// splits, so parts this small keep every page of the parts trees below the threshold, in sled's
-/// log, where its cache counts them and pages them out like any other page.
-const PART_BYTES: usize = 6 << 10;
-/// How a value stored in parts begins (its manifest; then the parts' generation as u64 LE, their
-/// count as u32 LE and the total length as u64 LE). Records begin with a small version number
-/// and raw values with their own envelope's magic, so this prefix is free.
-const PARTS_MAGIC: &[u8; 8] = b"\xffPARTS\x00\x01";
-const MANIFEST_LEN: usize = PARTS_MAGIC.len() + 8 + 4 + 8;
+/// Values above this, in the trees of [`kept_for_good`], are stored in files of their own beside
+/// the database, with a manifest in their place. sled keeps a value above its blob threshold (a
+/// quarter of a 512 KiB segment) in a file too, but also in memory for as long as the value
+/// lives, charged to its cache at the size of the file's pointer: such records never left memory
+/// (8 MB per session result at every node, tens of MB per evaluation key). Splitting them into
+/// pages small enough for sled's log made an 8 MB write take most of a second.
+const FILE_ABOVE: usize = 64 << 10;
+/// How a manifest begins; then the file's generation as u64 LE, the value's length as u64 LE and
+/// its BLAKE3 digest. Records begin with a small version number and raw values with their own
+/// envelope's magic, so this prefix is free.
+const MANIFEST_MAGIC: &[u8; 8] = b"\xffFILE\x00\x00\x01";
+const MANIFEST_LEN: usize = MANIFEST_MAGIC.len() + 8 + 8 + 32;
 /// sled's page cache, per database. Its default (1 GiB) is sized for a database that owns the
 /// machine; a node's working set is its open sessions' records.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -90,6 +90,8 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// Large values kept for good, one file each (see [`FILE_ABOVE`]).
+    files: PathBuf,
     /// The blob files already synced, and their length then (see [`sync_blobs`]).
     synced_blobs: Arc<Mutex<BTreeMap<i64, u64>>>,
 }
@@ -123,6 +125,7 @@ impl Store {
         Ok(Store {
             db,
             path,
+            files: data_dir.join("files"),
             synced_blobs: Arc::default(),
         })
     }
@@ -159,9 +162,10 @@ impl Store {
         }
     }
 
-    /// Stores raw bytes under `key`; a value above [`PART_BYTES`] in parts, written before its
-    /// manifest, so that a crash leaves either the old value or the new one whole. The old
-    /// value's parts go once the new one is in.
+    /// Stores raw bytes under `key`. A large value of a tree in [`kept_for_good`] goes to a file
+    /// of its own, written and synced before its manifest takes the key, so that a crash leaves
+    /// either the old value or the new one whole; the old value's file goes once the new one is
+    /// in.
     pub fn put_bytes(
         &self,
         tree: &'static str,
@@ -169,27 +173,30 @@ impl Store {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         let main = self.tree(tree)?;
-        let old = if bytes.len() <= PART_BYTES {
+        let old = if bytes.len() <= FILE_ABOVE || !kept_for_good(tree) {
             main.insert(key, bytes)?
         } else {
-            let parts = self.parts(tree)?;
-            let generation = self.db.generate_id()?;
-            let mut count = 0u32;
-            for (index, part) in bytes.chunks(PART_BYTES).enumerate() {
-                parts.insert(part_key(key, generation, index as u32), part)?;
-                count += 1;
-            }
             let manifest = Manifest {
-                generation,
-                count,
+                generation: self.db.generate_id()?,
                 len: bytes.len() as u64,
+                digest: *blake3::hash(bytes).as_bytes(),
             };
+            let dir = self.files_dir(tree)?;
+            let path = dir.join(manifest.file_name());
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            restrict_to_owner(&path, false)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()?;
+            std::fs::File::open(&dir)?.sync_all()?;
             main.insert(key, &manifest.to_bytes()[..])?
         };
-        self.drop_parts(tree, key, old.as_deref())
+        self.drop_file(tree, old.as_deref())
     }
 
-    /// The raw bytes under `key`, reassembled if stored in parts.
+    /// The raw bytes under `key`, read from its file if it has one.
     pub fn get_bytes(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.tree(tree)?.get(key)? {
             None => Ok(None),
@@ -199,15 +206,21 @@ impl Store {
 
     pub fn remove(&self, tree: &'static str, key: &[u8]) -> Result<(), StoreError> {
         let old = self.tree(tree)?.remove(key)?;
-        self.drop_parts(tree, key, old.as_deref())
+        self.drop_file(tree, old.as_deref())
     }
 
-    /// The tree holding the parts of `tree`'s large values.
-    fn parts(&self, tree: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(format!("{tree}.parts"))?)
+    /// The directory of `tree`'s large values, created (owner only) if missing.
+    fn files_dir(&self, tree: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.files.join(tree);
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            restrict_to_owner(&dir, true)?;
+            restrict_to_owner(&self.files, true)?;
+        }
+        Ok(dir)
     }
 
-    /// A stored value, whole: itself, or the parts its manifest names.
+    /// A stored value, whole: itself, or the file its manifest names, checked against it.
     fn whole(
         &self,
         tree: &'static str,
@@ -222,38 +235,26 @@ impl Store {
             key: String::from_utf8_lossy(key).into_owned(),
             reason,
         };
-        let len = usize::try_from(manifest.len)
-            .ok()
-            .filter(|&len| len.div_ceil(PART_BYTES) == manifest.count as usize)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "a manifest of {} parts for {} bytes",
-                    manifest.count, manifest.len
-                ))
-            })?;
-        let parts = self.parts(tree)?;
-        let mut out = Vec::with_capacity(len);
-        for index in 0..manifest.count {
-            let part = parts
-                .get(part_key(key, manifest.generation, index))?
-                .ok_or_else(|| corrupt(format!("part {index} of {} is missing", manifest.count)))?;
-            out.extend_from_slice(&part);
-        }
-        if out.len() != len {
+        let path = self.files.join(tree).join(manifest.file_name());
+        let bytes = std::fs::read(&path)
+            .map_err(|e| corrupt(format!("its file {}: {e}", path.display())))?;
+        if bytes.len() as u64 != manifest.len || *blake3::hash(&bytes).as_bytes() != manifest.digest
+        {
             return Err(corrupt(format!(
-                "{} bytes in parts, {len} expected",
-                out.len()
+                "its file {} does not match its digest",
+                path.display()
             )));
         }
-        Ok(out)
+        Ok(bytes)
     }
 
-    /// Removes the parts of a value that was replaced or removed, if it had any.
-    fn drop_parts(&self, tree: &str, key: &[u8], old: Option<&[u8]>) -> Result<(), StoreError> {
+    /// Removes the file of a value that was replaced or removed, if it had one.
+    fn drop_file(&self, tree: &str, old: Option<&[u8]>) -> Result<(), StoreError> {
         if let Some(manifest) = old.and_then(Manifest::parse) {
-            let parts = self.parts(tree)?;
-            for index in 0..manifest.count {
-                parts.remove(part_key(key, manifest.generation, index))?;
+            let path = self.files.join(tree).join(manifest.file_name());
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
         }
         Ok(())
@@ -403,42 +404,45 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
     Ok(())
 }
 
-/// Where a large value's parts are: its key, the generation of the write, the part's index
-/// (big-endian, so that a value's parts sort in order).
-fn part_key(key: &[u8], generation: u64, index: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 12);
-    out.extend_from_slice(key);
-    out.extend_from_slice(&generation.to_be_bytes());
-    out.extend_from_slice(&index.to_be_bytes());
-    out
+/// Trees whose large values stay for good (results, evaluation keys): those go to files of
+/// their own. Elsewhere large values live for one session (key shares, upload pieces) and are
+/// removed with it.
+fn kept_for_good(tree: &str) -> bool {
+    matches!(tree, trees::RESULTS | trees::CONTEXTS | trees::MODELS)
 }
 
 /// What a large value's key holds in place of the value.
 #[derive(Debug, PartialEq)]
 struct Manifest {
+    /// Names the file: unique per write (sled's id generator), so a new value never
+    /// overwrites the file of the value it replaces.
     generation: u64,
-    count: u32,
     len: u64,
+    digest: [u8; 32],
 }
 
 impl Manifest {
+    fn file_name(&self) -> String {
+        format!("{:016x}", self.generation)
+    }
+
     fn to_bytes(&self) -> [u8; MANIFEST_LEN] {
         let mut out = [0u8; MANIFEST_LEN];
-        out[..8].copy_from_slice(PARTS_MAGIC);
+        out[..8].copy_from_slice(MANIFEST_MAGIC);
         out[8..16].copy_from_slice(&self.generation.to_le_bytes());
-        out[16..20].copy_from_slice(&self.count.to_le_bytes());
-        out[20..].copy_from_slice(&self.len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.len.to_le_bytes());
+        out[24..].copy_from_slice(&self.digest);
         out
     }
 
     fn parse(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != MANIFEST_LEN || !bytes.starts_with(PARTS_MAGIC) {
+        if bytes.len() != MANIFEST_LEN || !bytes.starts_with(MANIFEST_MAGIC) {
             return None;
         }
         Some(Manifest {
             generation: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
-            count: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
-            len: u64::from_le_bytes(bytes[20..].try_into().ok()?),
+            len: u64::from_le_bytes(bytes[16..24].try_into().ok()?),
+            digest: bytes[24..].try_into().ok()?,
         })
     }
 }
@@ -555,26 +559,30 @@ mod tests {
         assert_eq!(synced().len(), left);
     }
 
-    /// Large values go in parts below sled's blob threshold (no blob files), read back whole,
-    /// across a reopen, in scans, and when replaced or removed their parts go too.
+    /// Large values kept for good go to files of their own (not sled blobs, which sled keeps
+    /// in memory), read back whole, across a reopen and in scans; replaced or removed, their
+    /// files go too; a damaged file is reported by name.
     #[test]
-    fn large_values_are_stored_in_parts() {
+    fn large_values_are_kept_in_files() {
         let dir = tempfile::tempdir().unwrap();
         let big: Vec<u64> = (0..100_000).collect();
-        let raw: Vec<u8> = (0..(3 * PART_BYTES + 5)).map(|i| (i % 251) as u8).collect();
+        let raw: Vec<u8> = (0..(3 * FILE_ABOVE + 5)).map(|i| (i % 251) as u8).collect();
+        let files = |tree: &str| {
+            std::fs::read_dir(dir.path().join("files").join(tree))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
         {
             let store = Store::open(dir.path()).unwrap();
             store.put(trees::RESULTS, b"r/1", &big).unwrap();
             store.put(trees::RESULTS, b"r/2", &vec![1u64, 2]).unwrap();
             store.put_bytes(trees::CONTEXTS, b"key", &raw).unwrap();
             store.flush().unwrap();
-            let blobs = store.path.join("blobs");
-            let files = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
-            assert_eq!(files, 0, "a value in parts makes no blob file");
-            // The record: a version byte, bincode's u64 length, 100,000 u64s.
-            let record = 1 + 8 + 8 * big.len();
-            let parts = store.parts(trees::RESULTS).unwrap().len();
-            assert_eq!(parts, record.div_ceil(PART_BYTES));
+            let blobs = std::fs::read_dir(store.path.join("blobs"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(blobs, 0, "a large value kept for good is no sled blob");
+            assert_eq!((files(trees::RESULTS), files(trees::CONTEXTS)), (1, 1));
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
@@ -586,38 +594,42 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].1, big);
 
-        // Replaced by a smaller large value, then a small one, then removed: no part is left.
+        // Replaced by another large value, then a small one, then removed: no file is left.
         store
             .put(trees::RESULTS, b"r/1", &big[..20_000].to_vec())
             .unwrap();
-        assert_eq!(
-            store
-                .get::<Vec<u64>>(trees::RESULTS, b"r/1")
-                .unwrap()
-                .unwrap()
-                .len(),
-            20_000
-        );
-        assert_eq!(
-            store.parts(trees::RESULTS).unwrap().len(),
-            (1 + 8 + 8 * 20_000usize).div_ceil(PART_BYTES)
-        );
+        assert_eq!(files(trees::RESULTS), 1);
+        let back: Vec<u64> = store.get(trees::RESULTS, b"r/1").unwrap().unwrap();
+        assert_eq!(back.len(), 20_000);
         store.put(trees::RESULTS, b"r/1", &vec![5u64]).unwrap();
-        assert_eq!(store.parts(trees::RESULTS).unwrap().len(), 0);
+        assert_eq!(files(trees::RESULTS), 0);
         store.remove(trees::CONTEXTS, b"key").unwrap();
-        assert!(store.parts(trees::CONTEXTS).unwrap().is_empty());
+        assert_eq!(files(trees::CONTEXTS), 0);
         assert_eq!(store.get_bytes(trees::CONTEXTS, b"key").unwrap(), None);
 
-        // A missing part is reported by name, not read as a short value.
+        // Large values of session trees stay in sled (they are removed with their session).
+        store.put(trees::SESSIONS, b"s", &big).unwrap();
+        assert_eq!(files(trees::SESSIONS), 0);
+
+        // A damaged or missing file is reported, naming the record.
         store.put(trees::RESULTS, b"r/3", &big).unwrap();
-        let parts = store.parts(trees::RESULTS).unwrap();
-        let (first, _) = parts.iter().next().unwrap().unwrap();
-        parts.remove(first).unwrap();
+        let file = std::fs::read_dir(dir.path().join("files").join(trees::RESULTS))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
         let e = store.get::<Vec<u64>>(trees::RESULTS, b"r/3").unwrap_err();
         assert!(
-            e.to_string().contains("r/3") && e.to_string().contains("missing"),
+            e.to_string().contains("r/3") && e.to_string().contains("digest"),
             "{e}"
         );
+        std::fs::remove_file(&file).unwrap();
+        let e = store.get::<Vec<u64>>(trees::RESULTS, b"r/3").unwrap_err();
+        assert!(e.to_string().contains("r/3"), "{e}");
     }
 
     #[test]
