@@ -122,12 +122,41 @@ impl Store {
         }
         // The identity key lives in these files: owner-only, like an ssh key.
         restrict_tree(&path)?;
-        Ok(Store {
+        let store = Store {
             db,
             path,
             files: data_dir.join("files"),
             synced_blobs: Arc::default(),
-        })
+        };
+        store.sweep_files()?;
+        Ok(store)
+    }
+
+    /// Removes the files no manifest names: a crash between writing a value's file and
+    /// recording its manifest, or between replacing a value and removing its old file, leaves
+    /// one behind.
+    fn sweep_files(&self) -> Result<(), StoreError> {
+        for tree in [trees::RESULTS, trees::CONTEXTS, trees::MODELS] {
+            let dir = self.files.join(tree);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut named = std::collections::BTreeSet::new();
+            for item in self.tree(tree)?.iter() {
+                if let Some(manifest) = Manifest::parse(&item?.1) {
+                    named.insert(manifest.file_name());
+                }
+            }
+            for entry in entries {
+                let entry = entry?;
+                if !named.contains(entry.file_name().to_string_lossy().as_ref()) {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -301,9 +330,19 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
     }
 
-    /// Size of the database on disk, in bytes.
+    /// Size of the store on disk, in bytes: the database and the large values beside it.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let files: u64 = std::fs::read_dir(&self.files)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|tree| std::fs::read_dir(tree.path()).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|file| file.metadata().ok())
+            .map(|meta| meta.len())
+            .sum();
+        self.db.size_on_disk().unwrap_or(0) + files
     }
 
     /// The node's libp2p identity: loaded if present, otherwise generated, stored and flushed,
@@ -606,6 +645,17 @@ mod tests {
         store.remove(trees::CONTEXTS, b"key").unwrap();
         assert_eq!(files(trees::CONTEXTS), 0);
         assert_eq!(store.get_bytes(trees::CONTEXTS, b"key").unwrap(), None);
+
+        // A file no manifest names (a crash between writing it and recording it) goes at the
+        // next open.
+        std::fs::write(
+            dir.path().join("files").join(trees::RESULTS).join("00ff"),
+            b"x",
+        )
+        .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(files(trees::RESULTS), 0);
 
         // Large values of session trees stay in sled (they are removed with their session).
         store.put(trees::SESSIONS, b"s", &big).unwrap();
