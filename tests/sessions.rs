@@ -230,7 +230,8 @@ async fn sessions_across_six_nodes() {
         length: Some(3000),
         profile: Some(Profile::Fast),
         committee: ids(&[n[2]]),
-        participants: ids(&[n[3], n[4]]),
+        // The coordinator takes part too.
+        participants: ids(&[n[0], n[3], n[4]]),
         deadline_secs: Some(600),
         result: ResultKind::Sum,
         ..Default::default()
@@ -239,6 +240,16 @@ async fn sessions_across_six_nodes() {
     wait_phase(coordinator, "sum", |p| p >= Phase::Collecting, LONG)
         .await
         .unwrap();
+    let own_shares = || {
+        coordinator
+            .store
+            .get::<Vec<PublicKeyShare>>(trees::SESSIONS, b"joined-shares/sum")
+            .unwrap()
+    };
+    assert!(
+        own_shares().is_some(),
+        "the coordinator joined its own session"
+    );
     // Not a participant of this session: refused by the coordinator.
     let stranger = AggMsg::SubmitPiece {
         session: "sum".into(),
@@ -275,8 +286,8 @@ async fn sessions_across_six_nodes() {
         matches!(wrong_length, SessionError::BadInput(_)),
         "{wrong_length}"
     );
-    let data = updates(2, 3000, 2);
-    for (node, update) in [n[3], n[4]].iter().zip(&data) {
+    let data = updates(3, 3000, 2);
+    for (node, update) in [n[0], n[3], n[4]].iter().zip(&data) {
         node.aggregation
             .submit("sum", update.clone())
             .await
@@ -290,6 +301,10 @@ async fn sessions_across_six_nodes() {
     );
     let result = coordinator.aggregation.result("sum").await.unwrap();
     assert_eq!(result.kind, ResultKind::Sum);
+    assert_eq!(result.contributors, 3);
+    // The coordinator gets no result notice from itself; its own participant side is closed
+    // when the session ends, and its key shares go.
+    assert!(own_shares().is_none());
     for (j, value) in result.values.iter().enumerate() {
         let exact: f64 = data.iter().map(|u| (u[j] as f64).clamp(-8.0, 8.0)).sum();
         assert!(

@@ -8,6 +8,7 @@
 //! - As committee member it relays key-share requests to the key actor.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -343,8 +344,9 @@ struct AggregationActor {
     phase_since: HashMap<String, Instant>,
     /// Encryptions of zero drawn ahead for the sessions this node submits to, by session.
     prepared: HashMap<String, Preparation>,
-    /// Bytes the preparations above hold, within `prepare_budget`.
-    prepared_bytes: u64,
+    /// Bytes prepared encryptions hold, within `prepare_budget`: counted from the start of
+    /// their drawing until they are sealed or dropped, wherever they are by then.
+    prepared_bytes: Arc<AtomicU64>,
     prepare_budget: u64,
     cancel: CancellationToken,
 }
@@ -352,11 +354,27 @@ struct AggregationActor {
 /// A participant's encryption of zero for one session, drawn on a blocking thread as soon as
 /// the session opens, while the update is still being trained; the submission takes it and
 /// only adds the values. A preparation dropped while still running finishes its work and
-/// drops the result (a blocking thread cannot be stopped midway); the result is wiped.
+/// drops the result (a blocking thread cannot be stopped midway); the result is wiped, and
+/// its budget is released only then.
 struct Preparation {
-    /// What it counts against the budget, released when it is taken or dropped.
+    task: tokio::task::JoinHandle<Result<Budgeted, CryptoError>>,
+}
+
+/// A prepared encryption with its share of the budget, given back when it is dropped.
+struct Budgeted {
+    prepared: PreparedEncryption,
+    _reservation: Reservation,
+}
+
+struct Reservation {
     bytes: u64,
-    task: tokio::task::JoinHandle<Result<PreparedEncryption, CryptoError>>,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
@@ -459,7 +477,7 @@ pub fn spawn(
         partials: HashMap::new(),
         phase_since: HashMap::new(),
         prepared: HashMap::new(),
-        prepared_bytes: 0,
+        prepared_bytes: Arc::default(),
         prepare_budget: deps.prepare_budget_bytes,
         cancel: cancel.clone(),
     };
@@ -542,7 +560,13 @@ impl AggregationActor {
             .joined
             .values()
             .filter(|j| {
-                j.phase == Phase::Open && j.submitted.is_none() && j.plan.is_participant(&me)
+                j.phase == Phase::Open
+                    && j.submitted.is_none()
+                    && j.plan.is_participant(&me)
+                    && !self
+                        .coordinated
+                        .get(&j.plan.id)
+                        .is_some_and(|c| c.phase.is_terminal())
             })
             .cloned()
             .collect();
@@ -622,7 +646,16 @@ impl AggregationActor {
             }
             Command::Submit(id, values, reply) => self.submit(id, values, reply),
             Command::Result(id, reply) => {
-                let _ = reply.send(self.result(&id));
+                // A result is megabytes read from its file and checked: off the actor.
+                let (store, missing) = (self.store.clone(), self.no_result(&id));
+                tokio::task::spawn_blocking(move || {
+                    let result = match store.get::<SessionResult>(trees::RESULTS, id.as_bytes()) {
+                        Ok(Some(result)) => Ok(result),
+                        Ok(None) => Err(missing),
+                        Err(e) => Err(e.into()),
+                    };
+                    let _ = reply.send(result);
+                });
             }
             Command::Inbound { peer, bytes, reply } => self.inbound(peer, bytes, reply).await,
             Command::Internal(internal) => self.internal(internal).await,
@@ -734,7 +767,8 @@ impl AggregationActor {
             // member; `info` reports the committee as the count). Stored empty below.
             next.shares.clear();
         }
-        // Shares are only ever added (each is bound by its member's commitment).
+        // Shares are added during keygen (each bound by its member's commitment) and cleared
+        // once the session is over.
         let shares_changed = next.shares.len() != state.shares.len();
         if let Err(e) = self.persist_coordinated(&next, shares_changed).await {
             warn!(session = %id, error = %e, "cannot persist session; the event is dropped");
@@ -767,12 +801,34 @@ impl AggregationActor {
                 self.partials.remove(id);
             }
         }
+        let ended = (after != before && after.is_terminal()).then(|| next.failure.clone());
         self.coordinated.insert(id.to_string(), next);
         self.update_phase_gauge();
         for effect in effects {
             self.perform(id, effect);
         }
+        if let Some(failure) = ended {
+            self.close_own_joined(id, after, failure).await;
+        }
         None
+    }
+
+    /// A coordinator that also takes part gets no result or failure notice from itself: its
+    /// own joined record is closed here, when the session it coordinates ends.
+    async fn close_own_joined(&mut self, id: &str, phase: Phase, failure: Option<String>) {
+        let Some(mut joined) = self.joined.get(id).cloned() else {
+            return;
+        };
+        if !joined.phase.is_terminal() {
+            joined.phase = phase;
+            joined.failure = failure;
+            joined.finished_ms = Some(now_ms());
+            if let Err(e) = self.persist_joined(&joined).await {
+                warn!(session = %id, error = %e, "could not record the end of the session");
+            }
+            self.joined.insert(id.to_string(), joined);
+        }
+        self.leave(id);
     }
 
     fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
@@ -1013,13 +1069,19 @@ impl AggregationActor {
                 }));
             }
             Effect::PublishResult => {
-                let Ok(Some(result)) = self
-                    .store
-                    .get::<SessionResult>(trees::RESULTS, id.as_bytes())
-                else {
-                    return;
-                };
+                let (store, id) = (self.store.clone(), id.to_string());
                 spawn(Box::pin(async move {
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.get::<SessionResult>(trees::RESULTS, id.as_bytes())
+                    });
+                    let result = match read.await {
+                        Ok(Ok(Some(result))) => result,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "could not read the result to publish");
+                            return;
+                        }
+                        _ => return,
+                    };
                     // Encoded once, then sent to a few participants at a time: one by one, a
                     // million-value result took longer to deliver than the round to compute.
                     let msg = match messages::encode(&AggMsg::Result { result }) {
@@ -1123,13 +1185,11 @@ impl AggregationActor {
         }
     }
 
-    /// A joined session is over (its result or failure is in): drops what only served it. The
-    /// cached collective key (about 2 MB in transform form) unless this node also coordinates
-    /// the session, an encryption prepared and never used, and the stored key shares.
+    /// A joined session is over (its result or failure is in, or, on its coordinator, it
+    /// ended): drops what only served it. The cached collective key (about 2 MB in transform
+    /// form), an encryption prepared and never used, and the stored key shares.
     fn leave(&mut self, session: &str) {
-        if !self.coordinated.contains_key(session) {
-            self.keys_cache.remove(session);
-        }
+        self.keys_cache.remove(session);
         self.take_preparation(session);
         if let Some(joined) = self.joined.get_mut(session) {
             joined.shares = Arc::default();
@@ -1147,11 +1207,18 @@ impl AggregationActor {
         if self.prepared.contains_key(&plan.id) {
             return;
         }
-        if self.prepared_bytes + bytes > self.prepare_budget {
-            debug!(session = %plan.id, bytes, budget = self.prepare_budget,
+        let held = self.prepared_bytes.load(Ordering::Acquire);
+        if held.saturating_add(bytes) > self.prepare_budget {
+            debug!(session = %plan.id, bytes, held, budget = self.prepare_budget,
                 "not preparing the encryption ahead: over the budget");
             return;
         }
+        // Only this actor adds to the count: the check above stays true until here.
+        self.prepared_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let reservation = Reservation {
+            bytes,
+            held: self.prepared_bytes.clone(),
+        };
         let (length, metrics) = (plan.length, self.metrics.clone());
         let task = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
@@ -1160,18 +1227,18 @@ impl AggregationActor {
                 .crypto_duration
                 .get_or_create(&OpLabels { op: "prepare" })
                 .observe(start.elapsed().as_secs_f64());
-            prepared
+            prepared.map(|prepared| Budgeted {
+                prepared,
+                _reservation: reservation,
+            })
         });
-        self.prepared_bytes += bytes;
-        self.prepared
-            .insert(plan.id.clone(), Preparation { bytes, task });
+        self.prepared.insert(plan.id.clone(), Preparation { task });
     }
 
-    /// Takes a session's preparation (done or still running), releasing its budget.
+    /// Takes a session's preparation (done or still running); its budget goes back when the
+    /// encryption is sealed or dropped.
     fn take_preparation(&mut self, session: &str) -> Option<Preparation> {
-        let preparation = self.prepared.remove(session)?;
-        self.prepared_bytes -= preparation.bytes;
-        Some(preparation)
+        self.prepared.remove(session)
     }
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
@@ -1249,27 +1316,25 @@ impl AggregationActor {
         }
     }
 
-    fn result(&self, id: &str) -> Result<SessionResult, SessionError> {
-        if let Some(result) = self
-            .store
-            .get::<SessionResult>(trees::RESULTS, id.as_bytes())?
-        {
-            return Ok(result);
-        }
-        let info = self.info(id)?;
+    /// Why a session has no result to give, when none is stored.
+    fn no_result(&self, id: &str) -> SessionError {
+        let info = match self.info(id) {
+            Ok(info) => info,
+            Err(e) => return e,
+        };
         let phase = info.phase;
         if phase == Phase::Failed {
             let reason = info.failure.unwrap_or_default();
-            return Err(SessionError::WrongPhase {
+            return SessionError::WrongPhase {
                 session: id.to_string(),
                 phase,
                 what: format!("no result: {reason}"),
-            });
+            };
         }
-        Err(SessionError::NoResult {
+        SessionError::NoResult {
             session: id.to_string(),
             phase,
-        })
+        }
     }
 
     /// Participant side of a submission: checks, then encrypts and uploads in a task.
@@ -1554,6 +1619,13 @@ impl AggregationActor {
         shares: Vec<PublicKeyShare>,
     ) -> Result<Option<(SessionPlan, Vec<KeyCommitment>, Vec<PublicKeyShare>)>, SessionError> {
         plan.check_coordinator(from)?;
+        if plan.length == 0 || plan.length > crate::session::spec::MAX_LENGTH {
+            return Err(SessionError::BadInput(format!(
+                "a session of {} values; at most {} are allowed",
+                plan.length,
+                crate::session::spec::MAX_LENGTH
+            )));
+        }
         let me = self.me();
         let member = plan.member_index(&me).is_some();
         if !member && !plan.is_participant(&me) {
@@ -1939,7 +2011,7 @@ async fn upload(
     metrics: &NodeMetrics,
     plan: &SessionPlan,
     key: Arc<CollectivePublicKey>,
-    preparation: Option<tokio::task::JoinHandle<Result<PreparedEncryption, CryptoError>>>,
+    preparation: Option<tokio::task::JoinHandle<Result<Budgeted, CryptoError>>>,
     values: Vec<f32>,
 ) -> Result<SubmitReceipt, SessionError> {
     let start = Instant::now();
@@ -1948,7 +2020,7 @@ async fn upload(
         // A preparation that failed (it cannot, for a valid plan) is replaced by a whole
         // encryption rather than failing the submission.
         Some(task) => match task.await {
-            Ok(Ok(p)) if p.key_id() == key.key_id() && p.length() == n => Some(p),
+            Ok(Ok(p)) if p.prepared.key_id() == key.key_id() && p.prepared.length() == n => Some(p),
             Ok(Err(e)) => {
                 warn!(error = %e, "the prepared encryption failed; encrypting in full");
                 None
@@ -1959,7 +2031,7 @@ async fn upload(
     };
     let was_prepared = prepared.is_some();
     let (bytes, clipped) = tokio::task::spawn_blocking(move || match prepared {
-        Some(p) => p.seal(&values),
+        Some(p) => p.prepared.seal(&values),
         None => key.encrypt_to_bytes(&values),
     })
     .await

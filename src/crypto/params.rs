@@ -97,7 +97,9 @@ impl ProfileParams {
     pub fn ciphertext_bytes(&self, length: u64) -> u64 {
         let mask = (self.ring_dim * super::codec::packed_width(self.mask_keep_bits)) as u64;
         let body = super::codec::packed_width(self.body_keep_bits) as u64;
-        self.chunks(length) * mask + length * body
+        self.chunks(length)
+            .saturating_mul(mask)
+            .saturating_add(length.saturating_mul(body))
     }
 }
 

@@ -149,10 +149,13 @@ impl Store {
                     named.insert(manifest.file_name());
                 }
             }
-            for entry in entries {
-                let entry = entry?;
-                if !named.contains(entry.file_name().to_string_lossy().as_ref()) {
-                    std::fs::remove_file(entry.path())?;
+            for entry in entries.flatten() {
+                let unnamed = !named.contains(entry.file_name().to_string_lossy().as_ref());
+                if unnamed && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    if let Err(e) = std::fs::remove_file(entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), error = %e,
+                            "could not remove a file no record names");
+                    }
                 }
             }
         }
@@ -192,15 +195,20 @@ impl Store {
     }
 
     /// Stores raw bytes under `key`. A large value of a tree in [`kept_for_good`] goes to a file
-    /// of its own, written and synced before its manifest takes the key, so that a crash leaves
-    /// either the old value or the new one whole; the old value's file goes once the new one is
-    /// in.
+    /// of its own, written and synced before its manifest takes the key; a replaced value's file
+    /// is removed only once the new manifest is durable. A crash leaves the old value or the new
+    /// one whole (and at worst a file no manifest names, which the next open removes).
     pub fn put_bytes(
         &self,
         tree: &'static str,
         key: &[u8],
         bytes: &[u8],
     ) -> Result<(), StoreError> {
+        if Manifest::parse(bytes).is_some() {
+            return Err(StoreError::Encode(
+                "a value that reads as a file manifest".into(),
+            ));
+        }
         let main = self.tree(tree)?;
         let old = if bytes.len() <= FILE_ABOVE || !kept_for_good(tree) {
             main.insert(key, bytes)?
@@ -212,14 +220,20 @@ impl Store {
             };
             let dir = self.files_dir(tree)?;
             let path = dir.join(manifest.file_name());
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            restrict_to_owner(&path, false)?;
-            std::io::Write::write_all(&mut file, bytes)?;
-            file.sync_all()?;
-            std::fs::File::open(&dir)?.sync_all()?;
+            let written = (|| {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                restrict_to_owner(&path, false)?;
+                std::io::Write::write_all(&mut file, bytes)?;
+                file.sync_all()?;
+                std::fs::File::open(&dir)?.sync_all()
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
             main.insert(key, &manifest.to_bytes()[..])?
         };
         self.drop_file(tree, old.as_deref())
@@ -245,6 +259,12 @@ impl Store {
             std::fs::create_dir_all(&dir)?;
             restrict_to_owner(&dir, true)?;
             restrict_to_owner(&self.files, true)?;
+            // The new directories' entries, durable like the files they will hold.
+            for created in [&self.files, &dir] {
+                if let Some(parent) = created.parent() {
+                    std::fs::File::open(parent)?.sync_all()?;
+                }
+            }
         }
         Ok(dir)
     }
@@ -277,9 +297,11 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Removes the file of a value that was replaced or removed, if it had one.
+    /// Removes the file of a value that was replaced or removed, if it had one, once the
+    /// change is durable (until then a crash would bring back the manifest naming it).
     fn drop_file(&self, tree: &str, old: Option<&[u8]>) -> Result<(), StoreError> {
         if let Some(manifest) = old.and_then(Manifest::parse) {
+            self.db.flush()?;
             let path = self.files.join(tree).join(manifest.file_name());
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -656,6 +678,16 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(files(trees::RESULTS), 0);
+
+        // A raw value that would read as a manifest is refused rather than misread later.
+        let lookalike = Manifest {
+            generation: 1,
+            len: 2,
+            digest: [3; 32],
+        };
+        assert!(store
+            .put_bytes(trees::CONTEXTS, b"odd", &lookalike.to_bytes())
+            .is_err());
 
         // Large values of session trees stay in sled (they are removed with their session).
         store.put(trees::SESSIONS, b"s", &big).unwrap();
