@@ -212,8 +212,14 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         let r = r.map_err(|e| fail(format!("participant {i}: {e}")))?;
         sent += r.bytes_sent;
         if i == 0 {
+            // Prepared when the session opened: only the values were added at submission.
+            let how = if r.prepared {
+                "sealed its prepared encryption of"
+            } else {
+                "encrypted"
+            };
             println!(
-                "[collecting] participant 0 encrypted {} values in {:.1} ms and uploaded {:.2} MB ({:.1} B/param) in {:.1} ms",
+                "[collecting] participant 0 {how} {} values in {:.1} ms and uploaded {:.2} MB ({:.1} B/param) in {:.1} ms",
                 r.values,
                 r.encrypt_ms,
                 r.bytes_sent as f64 / 1e6,
