@@ -346,24 +346,9 @@ struct SecureRound {
 
 /// Waits until every node holds its prepared encryption for session `id`.
 async fn wait_prepared(nodes: &[crate::node::Node], id: &str) -> Result<(), BenchError> {
-    use std::time::Duration;
-    let start = Instant::now();
+    let timeout = std::time::Duration::from_secs(120);
     for node in nodes {
-        while !node
-            .aggregation
-            .get(id)
-            .await
-            .map_err(|e| BenchError::Failed(e.to_string()))?
-            .prepared
-        {
-            if start.elapsed() > Duration::from_secs(120) {
-                return Err(BenchError::Failed(format!(
-                    "{} prepared no encryption for `{id}` within 120 s",
-                    node.peer_id
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::demo::wait_info(node, id, |info| info.prepared, timeout).await?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::crypto::Profile;
 use crate::node::{Node, NodeError};
-use crate::session::{Phase, ResultKind, SessionResult, SessionSpec};
+use crate::session::{Phase, ResultKind, SessionInfo, SessionResult, SessionSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -424,16 +424,28 @@ pub async fn wait_phase(
     done: impl Fn(Phase) -> bool,
     timeout: Duration,
 ) -> Result<Phase, DemoError> {
+    wait_info(node, id, |info| done(info.phase), timeout)
+        .await
+        .map(|info| info.phase)
+}
+
+/// Polls a node until its view of session `id` satisfies `done`, and returns that view.
+pub async fn wait_info(
+    node: &Node,
+    id: &str,
+    done: impl Fn(&SessionInfo) -> bool,
+    timeout: Duration,
+) -> Result<SessionInfo, DemoError> {
     let start = Instant::now();
     loop {
         let info = node.aggregation.get(id).await.map_err(fail)?;
-        if done(info.phase) {
-            return Ok(info.phase);
+        if done(&info) {
+            return Ok(info);
         }
         if start.elapsed() > timeout {
             return Err(fail(format!(
-                "session `{id}` stuck in {} ({:?})",
-                info.phase, info.failure
+                "session `{id}` stuck in {} ({:?}, prepared: {})",
+                info.phase, info.failure, info.prepared
             )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

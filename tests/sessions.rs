@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fhenode::crypto::{Accumulator, Profile, PublicKeyShare};
-use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_phase, wait_result};
+use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_info, wait_phase, wait_result};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
 use fhenode::session::messages::{self, AggMsg};
@@ -77,11 +77,9 @@ async fn sessions_across_six_nodes() {
     with_nan[17] = f32::NAN;
     let nan = n[1].aggregation.submit("mean", with_nan).await.unwrap_err();
     assert!(nan.to_string().contains("index 17"), "{nan}");
-    let start = std::time::Instant::now();
-    while !n[1].aggregation.get("mean").await.unwrap().prepared {
-        assert!(start.elapsed() < LONG, "no encryption prepared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_info(n[1], "mean", |info| info.prepared, LONG)
+        .await
+        .unwrap();
     for (i, (node, update)) in n[1..5].iter().zip(&data).enumerate() {
         let receipt = node
             .aggregation

@@ -556,7 +556,7 @@ impl AggregationActor {
         // Sessions still waiting for this node's update get their preparation drawn again
         // (it lives in memory only).
         let me = self.me();
-        let waiting: Vec<Joined> = self
+        let waiting: Vec<SessionPlan> = self
             .joined
             .values()
             .filter(|j| {
@@ -568,16 +568,12 @@ impl AggregationActor {
                         .get(&j.plan.id)
                         .is_some_and(|c| c.phase.is_terminal())
             })
-            .cloned()
+            .map(|j| j.plan.clone())
             .collect();
-        for joined in waiting {
-            match collective_key(&joined.plan, &joined.commitments, joined.shares.iter()) {
-                Ok(key) => {
-                    let key = Arc::new(key);
-                    self.keys_cache.insert(joined.plan.id.clone(), key.clone());
-                    self.start_preparing(&joined.plan, key);
-                }
-                Err(e) => warn!(session = %joined.plan.id, error = %e, "cannot rebuild the key"),
+        for plan in waiting {
+            match self.joined_key(&plan.id) {
+                Ok(key) => self.start_preparing(&plan, key),
+                Err(e) => warn!(session = %plan.id, error = %e, "cannot rebuild the key"),
             }
         }
         let resume: Vec<(String, Vec<Effect>)> = self
@@ -831,15 +827,38 @@ impl AggregationActor {
         self.leave(id);
     }
 
+    /// The collective key of a session this node coordinates: cached, or rebuilt from its shares.
     fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
+        self.cached_key(id, |actor| {
+            let state = actor
+                .coordinated
+                .get(id)
+                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+            state.collective_key()
+        })
+    }
+
+    /// The collective key of a session this node joined: cached, or rebuilt from its shares.
+    fn joined_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
+        self.cached_key(id, |actor| {
+            let joined = actor
+                .joined
+                .get(id)
+                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+            collective_key(&joined.plan, &joined.commitments, joined.shares.iter())
+        })
+    }
+
+    /// A session's key from the cache, else built by `build` and cached.
+    fn cached_key(
+        &mut self,
+        id: &str,
+        build: impl FnOnce(&Self) -> Result<CollectivePublicKey, SessionError>,
+    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
         if let Some(k) = self.keys_cache.get(id) {
             return Ok(k.clone());
         }
-        let state = self
-            .coordinated
-            .get(id)
-            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-        let key = Arc::new(state.collective_key()?);
+        let key = Arc::new(build(self)?);
         self.keys_cache.insert(id.to_string(), key.clone());
         Ok(key)
     }
@@ -1190,7 +1209,7 @@ impl AggregationActor {
     /// form), an encryption prepared and never used, and the stored key shares.
     fn leave(&mut self, session: &str) {
         self.keys_cache.remove(session);
-        self.take_preparation(session);
+        self.prepared.remove(session);
         if let Some(joined) = self.joined.get_mut(session) {
             joined.shares = Arc::default();
         }
@@ -1233,12 +1252,6 @@ impl AggregationActor {
             })
         });
         self.prepared.insert(plan.id.clone(), Preparation { task });
-    }
-
-    /// Takes a session's preparation (done or still running); its budget goes back when the
-    /// encryption is sealed or dropped.
-    fn take_preparation(&mut self, session: &str) -> Option<Preparation> {
-        self.prepared.remove(session)
     }
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
@@ -1375,18 +1388,7 @@ impl AggregationActor {
             if let Some(index) = values.iter().position(|v| v.is_nan()) {
                 return Err(CryptoError::NonFinite { index }.into());
             }
-            let key = match self.keys_cache.get(&id) {
-                Some(k) => k.clone(),
-                None => {
-                    let k = Arc::new(collective_key(
-                        &plan,
-                        &joined.commitments,
-                        joined.shares.iter(),
-                    )?);
-                    self.keys_cache.insert(id.clone(), k.clone());
-                    k
-                }
-            };
+            let key = self.joined_key(&id)?;
             Ok((plan, key))
         })();
         let (plan, key) = match checked {
@@ -1397,7 +1399,7 @@ impl AggregationActor {
             }
         };
         self.uploading.insert(id.clone());
-        let preparation = self.take_preparation(&id).map(|p| p.task);
+        let preparation = self.prepared.remove(&id).map(|p| p.task);
         let link = self.link.clone();
         let metrics = self.metrics.clone();
         let span = info_span!("submit", session = %id);

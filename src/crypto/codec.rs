@@ -231,10 +231,9 @@ pub fn add_to_packed<T: Torus>(values: &[T], keep_bits: u32, packed: &mut [u8]) 
     let keep_mask = u128::MAX >> (128 - keep_bits);
     with_width!(width, W => {
         for (&v, c) in values.iter().zip(packed.chunks_exact_mut(W)) {
-            let mut buf = [0u8; 16];
-            buf[..W].copy_from_slice(c);
+            let top = read_top::<T, W>(c, 0).to_u128();
             let add = if drop == 0 { v } else { v >> drop };
-            let sum = u128::from_le_bytes(buf).wrapping_add(add.to_u128()) & keep_mask;
+            let sum = top.wrapping_add(add.to_u128()) & keep_mask;
             c.copy_from_slice(&sum.to_le_bytes()[..W]);
         }
     })

@@ -1016,14 +1016,6 @@ impl CollectivePublicKey {
     /// its update is still being trained; sealing it with the values is then a pass of
     /// additions and one hash.
     pub fn prepare(&self, length: u64) -> Result<PreparedEncryption, CryptoError> {
-        self.prepare_with_seed(length, os_seed())
-    }
-
-    fn prepare_with_seed(
-        &self,
-        length: u64,
-        seed: Zeroizing<[u8; 32]>,
-    ) -> Result<PreparedEncryption, CryptoError> {
         if length == 0 {
             return Err(CryptoError::LengthMismatch {
                 expected: 1,
@@ -1049,11 +1041,11 @@ impl CollectivePublicKey {
         let full = ChunkLayout::new(p, p.chunk_values()).len();
         let last = values - (chunks as usize - 1) * p.chunk_values();
         let payload = head.len() + (chunks as usize - 1) * full + ChunkLayout::new(p, last).len();
-        let (frame, ()) = wire::frame_unsealed(Kind::EncryptedUpdate, payload, |out| {
-            let (fields, chunks) = out.split_at_mut(head.len());
-            fields.copy_from_slice(&head);
-            typed!(&self.core, core => core.encrypt_zero_into(values, &seed, chunks))
-        });
+        let seed = os_seed();
+        let mut frame = wire::frame_unsealed(Kind::EncryptedUpdate, payload);
+        let (fields, chunks) = wire::frame_payload_mut(&mut frame).split_at_mut(head.len());
+        fields.copy_from_slice(&head);
+        typed!(&self.core, core => core.encrypt_zero_into(values, &seed, chunks));
         Ok(PreparedEncryption {
             params: self.params.clone(),
             key_id: self.key_id,

@@ -50,6 +50,20 @@ fn random_updates(
         .collect()
 }
 
+/// Every member's partial decryption of `request`.
+fn partials(c: &mut Committee, request: &DecryptionRequest) -> Vec<PartialDecryption> {
+    c.shares
+        .iter_mut()
+        .map(|s| s.partial_decrypt(request, 1).unwrap())
+        .collect()
+}
+
+/// Finishes the sum, has every member decrypt it, and combines.
+fn decrypt(c: &mut Committee, acc: Accumulator) -> DecryptedSum {
+    let (aggregate, request) = acc.finish().unwrap();
+    aggregate.combine(&partials(c, &request)).unwrap()
+}
+
 /// Encrypts, aggregates, decrypts; returns the decrypted sum and the exact f64 sum of the
 /// clipped inputs.
 fn round(c: &mut Committee, updates: &[Vec<f32>]) -> (DecryptedSum, Vec<f64>) {
@@ -59,13 +73,7 @@ fn round(c: &mut Committee, updates: &[Vec<f32>]) -> (DecryptedSum, Vec<f64>) {
         let (ct, _) = c.key.encrypt(u).unwrap();
         acc.add(&format!("p{i}"), &ct).unwrap();
     }
-    let (aggregate, request) = acc.finish().unwrap();
-    let partials: Vec<_> = c
-        .shares
-        .iter_mut()
-        .map(|s| s.partial_decrypt(&request, 1).unwrap())
-        .collect();
-    let result = aggregate.combine(&partials).unwrap();
+    let result = decrypt(c, acc);
     let clip = c.params.clip;
     let exact = (0..length)
         .map(|j| {
@@ -248,11 +256,7 @@ fn noise_at_limits(profile: Profile, participants: u32, committee_size: u32, chu
     );
 
     // Now through the real partial decryptions, flooding included.
-    let partials: Vec<_> = c
-        .shares
-        .iter_mut()
-        .map(|s| s.partial_decrypt(&request, 1).unwrap())
-        .collect();
+    let partials = partials(&mut c, &request);
     let total = typed!(aggregate.bodies_for_tests(), b => {
         let mut phase = b.clone();
         let keep = budget.partial_keep_bits;
@@ -512,11 +516,7 @@ fn missing_or_foreign_partials_are_refused() {
     let mut acc = Accumulator::new(&c.key, 3).unwrap();
     acc.add("a", &ct).unwrap();
     let (aggregate, request) = acc.finish().unwrap();
-    let partials: Vec<_> = c
-        .shares
-        .iter_mut()
-        .map(|s| s.partial_decrypt(&request, 1).unwrap())
-        .collect();
+    let partials = partials(&mut c, &request);
 
     let e = aggregate.combine(&partials[..2]).unwrap_err();
     assert!(e.to_string().contains("missing from members [2]"), "{e}");
@@ -769,13 +769,7 @@ fn prepared_encryptions_seal_into_updates_that_decrypt() {
             );
             acc.add(&format!("p{i}"), &update).unwrap();
         }
-        let (aggregate, request) = acc.finish().unwrap();
-        let partials: Vec<_> = c
-            .shares
-            .iter_mut()
-            .map(|s| s.partial_decrypt(&request, 1).unwrap())
-            .collect();
-        let result = aggregate.combine(&partials).unwrap();
+        let result = decrypt(&mut c, acc);
         for (j, got) in result.sum.iter().enumerate() {
             let want: f64 = updates.iter().map(|u| u[j] as f64).sum();
             assert_eq!(*got, want, "{profile}: value {j}");

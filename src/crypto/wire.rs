@@ -125,22 +125,16 @@ fn frame_with(
     out
 }
 
-/// Frames a payload of exactly `payload_len` bytes that `fill` writes in place, into zeroed
-/// memory, without the digest: megabyte messages built in parallel (encrypted updates) skip a
-/// serialisation copy, and the payload may still change in place (a prepared encryption gets its
-/// message later). [`seal_frame`] writes the digest once it is final.
-pub(crate) fn frame_unsealed<R>(
-    kind: Kind,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]) -> R,
-) -> (Vec<u8>, R) {
-    let end = HEADER + payload_len;
-    let mut out = vec![0u8; end + DIGEST];
+/// A frame for a payload of exactly `payload_len` zero bytes, without the digest: megabyte
+/// messages built in parallel (encrypted updates) are written in place through
+/// [`frame_payload_mut`], skipping a serialisation copy, and may still change there (a prepared
+/// encryption gets its message later). [`seal_frame`] writes the digest once it is final.
+pub(crate) fn frame_unsealed(kind: Kind, payload_len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER + payload_len + DIGEST];
     out[..4].copy_from_slice(&MAGIC);
     out[4] = VERSION;
     out[5] = kind as u8;
-    let filled = fill(&mut out[HEADER..end]);
-    (out, filled)
+    out
 }
 
 /// Writes the digest of a frame made by [`frame_unsealed`] over everything before it.

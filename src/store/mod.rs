@@ -5,6 +5,7 @@
 
 pub mod pieces;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -188,9 +189,9 @@ impl Store {
         tree: &'static str,
         key: &[u8],
     ) -> Result<Option<V>, StoreError> {
-        match self.get_bytes(tree, key)? {
+        match self.tree(tree)?.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode_record(tree, key, &bytes).map(Some),
+            Some(value) => decode_record(tree, key, &self.whole(tree, key, &value)?).map(Some),
         }
     }
 
@@ -243,7 +244,7 @@ impl Store {
     pub fn get_bytes(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.tree(tree)?.get(key)? {
             None => Ok(None),
-            Some(value) => self.whole(tree, key, value).map(Some),
+            Some(value) => Ok(Some(self.whole(tree, key, &value)?.into_owned())),
         }
     }
 
@@ -270,14 +271,14 @@ impl Store {
     }
 
     /// A stored value, whole: itself, or the file its manifest names, checked against it.
-    fn whole(
+    fn whole<'v>(
         &self,
         tree: &'static str,
         key: &[u8],
-        value: sled::IVec,
-    ) -> Result<Vec<u8>, StoreError> {
-        let Some(manifest) = Manifest::parse(&value) else {
-            return Ok(value.to_vec());
+        value: &'v [u8],
+    ) -> Result<Cow<'v, [u8]>, StoreError> {
+        let Some(manifest) = Manifest::parse(value) else {
+            return Ok(Cow::Borrowed(value));
         };
         let corrupt = |reason: String| StoreError::Corrupt {
             tree,
@@ -294,7 +295,7 @@ impl Store {
                 path.display()
             )));
         }
-        Ok(bytes)
+        Ok(Cow::Owned(bytes))
     }
 
     /// Removes the file of a value that was replaced or removed, if it had one, once the
@@ -328,7 +329,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(tree)?.scan_prefix(prefix) {
             let (k, v) = item?;
-            let value = decode_record(tree, &k, &self.whole(tree, &k, v)?)?;
+            let value = decode_record(tree, &k, &self.whole(tree, &k, &v)?)?;
             out.push((k.to_vec(), value));
         }
         Ok(out)
