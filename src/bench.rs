@@ -66,6 +66,9 @@ pub struct CryptoBenchReport {
     pub accumulate_slowdown_vs_u128_add: f64,
     /// plaintext f32 sum rate ÷ encryption rate.
     pub encrypt_slowdown_vs_f32_sum: f64,
+    /// CPU time (all threads) of the round's cryptography: every participant's encryption,
+    /// the checks and the sum, every member's partial decryption, and the combine.
+    pub crypto_cpu_s: f64,
 }
 
 fn rate(values: usize, start: Instant) -> f64 {
@@ -119,6 +122,7 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
     drop((acc, words));
 
     // Participants encrypt into the wire form; the aggregator checks and sums it in place.
+    let crypto_cpu = cpu_time::ProcessTime::now();
     let start = Instant::now();
     let mut encrypted = Vec::with_capacity(updates.len());
     for update in &updates {
@@ -152,6 +156,7 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
     let start = Instant::now();
     let decrypted = aggregate.combine(&partials)?;
     let combine_values_per_s = rate(cfg.params, start);
+    let crypto_cpu_s = crypto_cpu.elapsed().as_secs_f64();
 
     let k = cfg.participants as f64;
     let mut exact = vec![0f64; cfg.params];
@@ -186,6 +191,7 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
         plaintext_u128_add_values_per_s,
         accumulate_slowdown_vs_u128_add: plaintext_u128_add_values_per_s / accumulate_values_per_s,
         encrypt_slowdown_vs_f32_sum: plaintext_sum_values_per_s / encrypt_values_per_s,
+        crypto_cpu_s,
     })
 }
 
@@ -279,6 +285,23 @@ pub struct RoundBenchReport {
     /// Off the critical path: session open at the coordinator → every participant prepared.
     pub steady_prepare_s: f64,
     pub steady_round_s_each: Vec<f64>,
+    /// The plaintext round with payloads of the encrypted update's size (`bytes_per_param`
+    /// per parameter): what the bytes alone cost on this network, the part of the encrypted
+    /// round's ratio that no faster encryption, storage or decryption can remove. Measured
+    /// right after each plaintext round; the ratios are to it.
+    pub wire_floor_round_s: f64,
+    pub wire_floor_slowdown_vs_plaintext: f64,
+    pub wire_floor_round_cpu_s: f64,
+    pub wire_floor_cpu_vs_plaintext: f64,
+    /// CPU time of the round's cryptography alone, measured in this run after the rounds
+    /// with no network (`bench crypto` at the same shape): every participant encrypting in
+    /// full, the sum, every member's partial decryption, and the combine.
+    pub crypto_cpu_s: f64,
+    /// `wire_floor_round_cpu_s + crypto_cpu_s`: the CPU no encrypted round of this shape can
+    /// go below on this network, before storage and the key ceremony, and its ratio to the
+    /// plaintext round's CPU. On two cores, the wall time cannot go below about half of it.
+    pub cpu_floor_s: f64,
+    pub cpu_floor_vs_plaintext: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +362,8 @@ struct SecureRound {
     round_s: f64,
     result_delivered_s: f64,
     cpu_s: f64,
+    /// One participant's encrypted update on the wire.
+    bytes_sent: usize,
     bytes_per_param: f64,
     max_abs_error: f64,
     error_bound: f64,
@@ -477,6 +502,7 @@ async fn secure_round(
         round_s,
         result_delivered_s,
         cpu_s,
+        bytes_sent: receipts[0].bytes_sent as usize,
         bytes_per_param: receipts[0].bytes_sent as f64 / cfg.params as f64,
         max_abs_error,
         error_bound: result.error_bound,
@@ -489,18 +515,50 @@ async fn plaintext_round(
     nodes: &[crate::node::Node],
     updates: &[Vec<f32>],
 ) -> Result<(f64, f64), BenchError> {
+    let payloads: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| u.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    clear_round(nodes, &payloads, updates).await
+}
+
+/// The plaintext round again with payloads of an encrypted update's size: what the bytes on
+/// the wire alone cost on this network, before any encryption, storage or decryption.
+async fn wire_floor_round(
+    nodes: &[crate::node::Node],
+    updates: &[Vec<f32>],
+    ciphertext_bytes: usize,
+) -> Result<(f64, f64), BenchError> {
+    let payloads: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| {
+            let plain: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut payload = plain.repeat(ciphertext_bytes.div_ceil(plain.len().max(1)));
+            payload.truncate(ciphertext_bytes);
+            payload
+        })
+        .collect();
+    clear_round(nodes, &payloads, updates).await
+}
+
+/// Every node but the coordinator sends its payload to it in the clear, in pieces of the
+/// submissions' size; then the updates' sum is computed. Wall and CPU time.
+async fn clear_round(
+    nodes: &[crate::node::Node],
+    payloads: &[Vec<u8>],
+    updates: &[Vec<f32>],
+) -> Result<(f64, f64), BenchError> {
     use crate::net::{Request, Response};
     let plain = Instant::now();
     let plain_cpu = cpu_time::ProcessTime::now();
-    let uploads = nodes[1..].iter().zip(&updates[1..]).map(|(node, u)| {
+    let uploads = nodes[1..].iter().zip(&payloads[1..]).map(|(node, bytes)| {
         let network = node.network.clone();
         let to = nodes[0].peer_id;
-        let bytes: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
         async move {
             for piece in bytes.chunks(crate::session::messages::PIECE_BYTES) {
                 match network.request(to, Request::Sink(piece.to_vec())).await {
                     Ok(Response::Sunk(_)) => {}
-                    other => return Err(format!("plaintext upload failed: {other:?}")),
+                    other => return Err(format!("clear upload failed: {other:?}")),
                 }
             }
             Ok(())
@@ -558,15 +616,32 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let mut secure = Vec::with_capacity(cfg.rounds);
     let mut steady = Vec::with_capacity(cfg.rounds);
     let mut plain = Vec::with_capacity(cfg.rounds);
+    let mut wire = Vec::with_capacity(cfg.rounds);
     for r in 0..cfg.rounds {
         secure.push(secure_round(cfg, &nodes, &updates, &format!("bench-{r}"), false).await?);
         let id = format!("bench-steady-{r}");
         steady.push(secure_round(cfg, &nodes, &updates, &id, true).await?);
         plain.push(plaintext_round(&nodes, &updates).await?);
+        let ciphertext_bytes = secure[r].bytes_sent;
+        wire.push(wire_floor_round(&nodes, &updates, ciphertext_bytes).await?);
     }
     for node in nodes {
         node.shutdown().await?;
     }
+    // The cryptography alone, on the now idle process.
+    let crypto_cfg = CryptoBenchConfig {
+        profile: cfg.profile,
+        params: cfg.params,
+        participants: cfg.participants as u32,
+        committee: cfg.committee as u32,
+        ..CryptoBenchConfig::default()
+    };
+    let crypto = tokio::task::spawn_blocking(move || run_crypto_bench(&crypto_cfg))
+        .await
+        .map_err(|e| BenchError::Failed(format!("the crypto benchmark stopped: {e}")))??;
+    let wire_floor_round_cpu_s = median(wire.iter().map(|w| w.1).collect());
+    let plaintext_round_cpu_s = median(plain.iter().map(|p| p.1).collect());
+    let cpu_floor_s = wire_floor_round_cpu_s + crypto.crypto_cpu_s;
     let med = |f: fn(&SecureRound) -> f64| median(secure.iter().map(f).collect());
     let steady_med = |f: fn(&SecureRound) -> f64| median(steady.iter().map(f).collect());
     let ratio_of =
@@ -606,7 +681,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         plaintext_round_s: median(plain.iter().map(|p| p.0).collect()),
         round_slowdown_vs_plaintext: ratio(|s| s.round_s, |p| p.0),
         round_cpu_s: med(|s| s.cpu_s),
-        plaintext_round_cpu_s: median(plain.iter().map(|p| p.1).collect()),
+        plaintext_round_cpu_s,
         round_cpu_vs_plaintext: ratio(|s| s.cpu_s, |p| p.1),
         round_s_each: secure.iter().map(|s| s.round_s).collect(),
         plaintext_round_s_each: plain.iter().map(|p| p.0).collect(),
@@ -617,5 +692,16 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         steady_seal_max_s: steady_med(|s| s.encrypt_max_s),
         steady_prepare_s: steady_med(|s| s.prepare_s),
         steady_round_s_each: steady.iter().map(|s| s.online_s).collect(),
+        wire_floor_round_s: median(wire.iter().map(|w| w.0).collect()),
+        wire_floor_slowdown_vs_plaintext: median(
+            wire.iter().zip(&plain).map(|(w, p)| w.0 / p.0).collect(),
+        ),
+        wire_floor_round_cpu_s,
+        wire_floor_cpu_vs_plaintext: median(
+            wire.iter().zip(&plain).map(|(w, p)| w.1 / p.1).collect(),
+        ),
+        crypto_cpu_s: crypto.crypto_cpu_s,
+        cpu_floor_s,
+        cpu_floor_vs_plaintext: cpu_floor_s / plaintext_round_cpu_s,
     })
 }

@@ -126,4 +126,6 @@ async fn round_benchmark_reports_medians_of_its_rounds() {
         report.steady_seal_max_s <= report.steady_round_s,
         "{report:?}"
     );
+    assert!(report.wire_floor_round_s > 0.0, "{report:?}");
+    assert!(report.wire_floor_cpu_vs_plaintext.is_finite(), "{report:?}");
 }
