@@ -8,7 +8,7 @@
 //! - As committee member it relays key-share requests to the key actor.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -358,6 +358,9 @@ struct AggregationActor {
 /// its budget is released only then.
 struct Preparation {
     task: tokio::task::JoinHandle<Result<Budgeted, CryptoError>>,
+    /// Set once the drawing succeeded: what `prepared` reports (a failed drawing leaves the
+    /// submission to encrypt in full).
+    ready: Arc<AtomicBool>,
 }
 
 /// A prepared encryption with its share of the budget, given back when it is dropped.
@@ -758,9 +761,9 @@ impl AggregationActor {
         if next == *state {
             return None;
         }
-        if next.phase.is_terminal() && next.timings.opened_ms.is_some() {
-            // Over, and the key was complete: nothing needs the shares any more (512 KiB per
-            // member; `info` reports the committee as the count). Stored empty below.
+        if next.phase.is_terminal() {
+            // Over, however far the key got: nothing needs the shares any more (512 KiB per
+            // member; `info` reports how many arrived). Stored empty below.
             next.shares.clear();
         }
         // Shares are added during keygen (each bound by its member's commitment) and cleared
@@ -1239,6 +1242,8 @@ impl AggregationActor {
             held: self.prepared_bytes.clone(),
         };
         let (length, metrics) = (plan.length, self.metrics.clone());
+        let ready = Arc::new(AtomicBool::new(false));
+        let set_ready = ready.clone();
         let task = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let prepared = key.prepare(length);
@@ -1246,12 +1251,14 @@ impl AggregationActor {
                 .crypto_duration
                 .get_or_create(&OpLabels { op: "prepare" })
                 .observe(start.elapsed().as_secs_f64());
+            set_ready.store(prepared.is_ok(), Ordering::Release);
             prepared.map(|prepared| Budgeted {
                 prepared,
                 _reservation: reservation,
             })
         });
-        self.prepared.insert(plan.id.clone(), Preparation { task });
+        self.prepared
+            .insert(plan.id.clone(), Preparation { task, ready });
     }
 
     /// Drops a finished session's ciphertexts; the result and the state stay.
@@ -1269,11 +1276,7 @@ impl AggregationActor {
     fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
         if let Some(s) = self.coordinated.get(id) {
             let mut info = self.plan_info(&s.plan, s.phase, true);
-            info.key_shares = if s.phase.is_terminal() && s.timings.opened_ms.is_some() {
-                s.plan.committee.len()
-            } else {
-                s.shares.len()
-            };
+            info.key_shares = s.shares_received;
             info.submissions = s.submitted.len();
             info.partial_decryptions = s.partials.len();
             info.timings = s.timings.clone();
@@ -1325,7 +1328,7 @@ impl AggregationActor {
             prepared: self
                 .prepared
                 .get(&plan.id)
-                .is_some_and(|p| p.task.is_finished()),
+                .is_some_and(|p| p.ready.load(Ordering::Acquire)),
         }
     }
 

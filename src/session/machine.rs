@@ -143,6 +143,9 @@ pub struct Coordinated {
     /// Shared, so that the copy each transition makes of the state does not copy them.
     #[serde(skip)]
     pub shares: BTreeMap<u32, Arc<PublicKeyShare>>,
+    /// How many shares arrived: still known once the shares are dropped at the session's end.
+    #[serde(default)]
+    pub shares_received: usize,
     pub submitted: BTreeMap<String, SubmissionMeta>,
     pub contributors: Vec<String>,
     pub request_digest: Option<[u8; 32]>,
@@ -159,6 +162,7 @@ impl Coordinated {
             phase: Phase::Proposed,
             commitments: BTreeMap::new(),
             shares: BTreeMap::new(),
+            shares_received: 0,
             submitted: BTreeMap::new(),
             contributors: Vec::new(),
             request_digest: None,
@@ -305,6 +309,7 @@ impl Coordinated {
                     return Ok(self.fail(reason, now_ms));
                 }
                 self.shares.insert(member, Arc::new(share));
+                self.shares_received = self.shares.len();
                 if self.shares.len() == committee {
                     if let Err(e) = self.collective_key() {
                         return Ok(self.fail(format!("key ceremony failed: {e}"), now_ms));
@@ -530,6 +535,7 @@ mod tests {
             .unwrap();
         }
         assert_eq!(s.phase, Phase::Open);
+        assert_eq!(s.shares_received, 2);
         s.handle(Event::KeyDelivered, 3).unwrap();
         assert_eq!(s.phase, Phase::Collecting);
         s
@@ -676,6 +682,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(s.shares_received, 0, "a rogue share is not counted");
         assert!(s.failure.unwrap().contains("does not match its commitment"));
     }
 

@@ -669,15 +669,25 @@ mod tests {
         assert_eq!(files(trees::CONTEXTS), 0);
         assert_eq!(store.get_bytes(trees::CONTEXTS, b"key").unwrap(), None);
 
-        // A file no manifest names (a crash between writing it and recording it) goes at the
-        // next open.
+        // A crash while replacing a large value, after the new file was written and before its
+        // manifest was durable: the old value is whole at the next open, and the new file,
+        // which no manifest names, is swept.
+        store.put(trees::RESULTS, b"r/4", &big).unwrap();
+        store.flush().unwrap();
         std::fs::write(
             dir.path().join("files").join(trees::RESULTS).join("00ff"),
             b"x",
         )
         .unwrap();
+        assert_eq!(files(trees::RESULTS), 2);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
+        assert_eq!(files(trees::RESULTS), 1);
+        assert_eq!(
+            store.get::<Vec<u64>>(trees::RESULTS, b"r/4").unwrap(),
+            Some(big.clone())
+        );
+        store.remove(trees::RESULTS, b"r/4").unwrap();
         assert_eq!(files(trees::RESULTS), 0);
 
         // A raw value that would read as a manifest is refused rather than misread later.
