@@ -733,8 +733,7 @@ impl AggregationActor {
         session: &str,
         shares: &[&PublicKeyShare],
     ) -> Result<(), SessionError> {
-        let key = format!("{prefix}{session}");
-        Ok(self.store.put(trees::SESSIONS, key.as_bytes(), &shares)?)
+        put_shares(&self.store, prefix, session, shares)
     }
 
     fn load_shares(
@@ -1641,6 +1640,7 @@ impl AggregationActor {
             });
         }
         plan.params.validate()?;
+        let shares = Arc::new(shares);
         if let Some(existing) = self.joined.get(&plan.id) {
             if existing.plan != plan {
                 return Err(SessionError::Duplicate(format!(
@@ -1649,20 +1649,31 @@ impl AggregationActor {
                 )));
             }
         } else {
-            // Check the shares against their commitments before accepting the key.
-            let key = collective_key(&plan, &commitments, &shares)?;
+            // The shares are checked against their commitments before the key is accepted,
+            // and stored, off the executor (milliseconds of hashing and transforms, and a
+            // 1.5 MB write, at every participant).
+            let key = {
+                let (plan, commitments) = (plan.clone(), commitments.clone());
+                let (shares, store) = (shares.clone(), self.store.clone());
+                tokio::task::spawn_blocking(move || {
+                    let key = collective_key(&plan, &commitments, shares.iter())?;
+                    let refs: Vec<&PublicKeyShare> = shares.iter().collect();
+                    put_shares(&store, JOINED_SHARES_PREFIX, &plan.id, &refs)?;
+                    Ok::<_, SessionError>(key)
+                })
+                .await
+                .map_err(|_| SessionError::Unavailable("the key check"))??
+            };
             let joined = Joined {
                 plan: plan.clone(),
                 commitments: commitments.clone(),
-                shares: Arc::new(shares.clone()),
+                shares: shares.clone(),
                 phase: Phase::Open,
                 opened_ms: now_ms(),
                 submitted: None,
                 finished_ms: None,
                 failure: None,
             };
-            let shares_ref: Vec<&PublicKeyShare> = joined.shares.iter().collect();
-            self.store_shares(JOINED_SHARES_PREFIX, &plan.id, &shares_ref)?;
             self.persist_joined(&joined).await?;
             let key = Arc::new(key);
             self.keys_cache.insert(plan.id.clone(), key.clone());
@@ -1672,7 +1683,7 @@ impl AggregationActor {
                 self.start_preparing(&plan, key);
             }
         }
-        Ok(member.then_some((plan, commitments, shares)))
+        Ok(member.then(|| (plan, commitments, Arc::unwrap_or_clone(shares))))
     }
 
     /// A joined session, for a notice only its coordinator may send.
@@ -1882,6 +1893,17 @@ impl CompleteUpload {
             }
         }
     }
+}
+
+/// Stores a session's public key shares under `{prefix}{session}`.
+fn put_shares(
+    store: &Store,
+    prefix: &str,
+    session: &str,
+    shares: &[&PublicKeyShare],
+) -> Result<(), SessionError> {
+    let key = format!("{prefix}{session}");
+    Ok(store.put(trees::SESSIONS, key.as_bytes(), &shares)?)
 }
 
 /// Makes every write so far durable, timing it for the flush-latency metric.

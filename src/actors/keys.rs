@@ -386,12 +386,19 @@ impl KeysActor {
                 "the key does not use the commitments this member revealed against".into(),
             ));
         }
-        let key = collective_key(plan, &commitments, &shares)?;
-        let mut share = SecretKeyShare::from_secret_bytes(&record.secret)?;
-        share.bind(&key, &record.public)?;
-        record.secret.zeroize();
-        record.secret = share.to_secret_bytes().to_vec();
-        record.bound = true;
+        // Milliseconds of hashing and transforms: off the executor.
+        let plan = plan.clone();
+        let record = tokio::task::spawn_blocking(move || {
+            let key = collective_key(&plan, &commitments, &shares)?;
+            let mut share = SecretKeyShare::from_secret_bytes(&record.secret)?;
+            share.bind(&key, &record.public)?;
+            record.secret.zeroize();
+            record.secret = share.to_secret_bytes().to_vec();
+            record.bound = true;
+            Ok::<_, SessionError>(record)
+        })
+        .await
+        .map_err(|_| SessionError::Unavailable("the key binding"))??;
         self.save(&record).await
     }
 
