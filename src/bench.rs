@@ -509,40 +509,22 @@ async fn secure_round(
     })
 }
 
-/// The plaintext baseline: every participant but the coordinator sends its f32 update to it in
-/// the clear, in pieces of the submissions' size, and the sum is computed. Wall and CPU time.
-async fn plaintext_round(
-    nodes: &[crate::node::Node],
-    updates: &[Vec<f32>],
-) -> Result<(f64, f64), BenchError> {
-    let payloads: Vec<Vec<u8>> = updates
+/// Each update's f32 bytes repeated to `len` bytes: the payloads of the wire floor, the
+/// plaintext round at an encrypted update's size (what its bytes are does not matter to Noise).
+fn repeated_to(payloads: &[Vec<u8>], len: usize) -> Vec<Vec<u8>> {
+    payloads
         .iter()
-        .map(|u| u.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    clear_round(nodes, &payloads, updates).await
-}
-
-/// The plaintext round again with payloads of an encrypted update's size: what the bytes on
-/// the wire alone cost on this network, before any encryption, storage or decryption.
-async fn wire_floor_round(
-    nodes: &[crate::node::Node],
-    updates: &[Vec<f32>],
-    ciphertext_bytes: usize,
-) -> Result<(f64, f64), BenchError> {
-    let payloads: Vec<Vec<u8>> = updates
-        .iter()
-        .map(|u| {
-            let plain: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let mut payload = plain.repeat(ciphertext_bytes.div_ceil(plain.len().max(1)));
-            payload.truncate(ciphertext_bytes);
+        .map(|plain| {
+            let mut payload = plain.repeat(len.div_ceil(plain.len().max(1)));
+            payload.truncate(len);
             payload
         })
-        .collect();
-    clear_round(nodes, &payloads, updates).await
+        .collect()
 }
 
 /// Every node but the coordinator sends its payload to it in the clear, in pieces of the
-/// submissions' size; then the updates' sum is computed. Wall and CPU time.
+/// submissions' size; then the updates' sum is computed. Wall and CPU time. With the updates'
+/// f32 bytes as payloads, this is the plaintext FedAvg baseline.
 async fn clear_round(
     nodes: &[crate::node::Node],
     payloads: &[Vec<u8>],
@@ -617,13 +599,17 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let mut steady = Vec::with_capacity(cfg.rounds);
     let mut plain = Vec::with_capacity(cfg.rounds);
     let mut wire = Vec::with_capacity(cfg.rounds);
+    let plain_payloads: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| u.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     for r in 0..cfg.rounds {
         secure.push(secure_round(cfg, &nodes, &updates, &format!("bench-{r}"), false).await?);
         let id = format!("bench-steady-{r}");
         steady.push(secure_round(cfg, &nodes, &updates, &id, true).await?);
-        plain.push(plaintext_round(&nodes, &updates).await?);
-        let ciphertext_bytes = secure[r].bytes_sent;
-        wire.push(wire_floor_round(&nodes, &updates, ciphertext_bytes).await?);
+        plain.push(clear_round(&nodes, &plain_payloads, &updates).await?);
+        let wire_payloads = repeated_to(&plain_payloads, secure[r].bytes_sent);
+        wire.push(clear_round(&nodes, &wire_payloads, &updates).await?);
     }
     for node in nodes {
         node.shutdown().await?;
@@ -644,17 +630,12 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
     let cpu_floor_s = wire_floor_round_cpu_s + crypto.crypto_cpu_s;
     let med = |f: fn(&SecureRound) -> f64| median(secure.iter().map(f).collect());
     let steady_med = |f: fn(&SecureRound) -> f64| median(steady.iter().map(f).collect());
-    let ratio_of =
-        |rounds: &[SecureRound], f: fn(&SecureRound) -> f64, g: fn(&(f64, f64)) -> f64| {
-            median(
-                rounds
-                    .iter()
-                    .zip(&plain)
-                    .map(|(s, p)| f(s) / g(p))
-                    .collect(),
-            )
-        };
-    let ratio = |f, g| ratio_of(&secure, f, g);
+    // Each round's figure over the plaintext round run beside it, then the median.
+    let ratio_of = |rounds: Vec<f64>, g: fn(&(f64, f64)) -> f64| {
+        median(rounds.iter().zip(&plain).map(|(s, p)| s / g(p)).collect())
+    };
+    let ratio = |f: fn(&SecureRound) -> f64, g| ratio_of(secure.iter().map(f).collect(), g);
+    let steady_ratio = |f: fn(&SecureRound) -> f64, g| ratio_of(steady.iter().map(f).collect(), g);
     Ok(RoundBenchReport {
         profile: cfg.profile.to_string(),
         params: cfg.params,
@@ -686,20 +667,16 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         round_s_each: secure.iter().map(|s| s.round_s).collect(),
         plaintext_round_s_each: plain.iter().map(|p| p.0).collect(),
         steady_round_s: steady_med(|s| s.online_s),
-        steady_round_slowdown_vs_plaintext: ratio_of(&steady, |s| s.online_s, |p| p.0),
+        steady_round_slowdown_vs_plaintext: steady_ratio(|s| s.online_s, |p| p.0),
         steady_round_cpu_s: steady_med(|s| s.online_cpu_s),
-        steady_round_cpu_vs_plaintext: ratio_of(&steady, |s| s.online_cpu_s, |p| p.1),
+        steady_round_cpu_vs_plaintext: steady_ratio(|s| s.online_cpu_s, |p| p.1),
         steady_seal_max_s: steady_med(|s| s.encrypt_max_s),
         steady_prepare_s: steady_med(|s| s.prepare_s),
         steady_round_s_each: steady.iter().map(|s| s.online_s).collect(),
         wire_floor_round_s: median(wire.iter().map(|w| w.0).collect()),
-        wire_floor_slowdown_vs_plaintext: median(
-            wire.iter().zip(&plain).map(|(w, p)| w.0 / p.0).collect(),
-        ),
+        wire_floor_slowdown_vs_plaintext: ratio_of(wire.iter().map(|w| w.0).collect(), |p| p.0),
         wire_floor_round_cpu_s,
-        wire_floor_cpu_vs_plaintext: median(
-            wire.iter().zip(&plain).map(|(w, p)| w.1 / p.1).collect(),
-        ),
+        wire_floor_cpu_vs_plaintext: ratio_of(wire.iter().map(|w| w.1).collect(), |p| p.1),
         crypto_cpu_s: crypto.crypto_cpu_s,
         cpu_floor_s,
         cpu_floor_vs_plaintext: cpu_floor_s / plaintext_round_cpu_s,

@@ -714,7 +714,7 @@ impl AggregationActor {
     ) -> Result<(), SessionError> {
         if shares_changed {
             let shares: Vec<&PublicKeyShare> = state.shares.values().map(|s| &**s).collect();
-            self.store_shares(COORD_SHARES_PREFIX, &state.plan.id, &shares)?;
+            put_shares(&self.store, COORD_SHARES_PREFIX, &state.plan.id, &shares)?;
         }
         let key = format!("{COORD_PREFIX}{}", state.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
@@ -725,15 +725,6 @@ impl AggregationActor {
         let key = format!("{JOINED_PREFIX}{}", joined.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
         self.flush().await
-    }
-
-    fn store_shares(
-        &self,
-        prefix: &str,
-        session: &str,
-        shares: &[&PublicKeyShare],
-    ) -> Result<(), SessionError> {
-        put_shares(&self.store, prefix, session, shares)
     }
 
     fn load_shares(
