@@ -335,19 +335,29 @@ impl Node {
     /// the API listens once [`Node::start`] has returned, and STOPPING=1 when shutdown begins;
     /// without NOTIFY_SOCKET both are no-ops.
     pub async fn run_until_stopped(self) -> Result<(), NodeError> {
-        notify_systemd(sd_notify::NotifyState::Ready);
+        // The handlers are installed before READY=1: a service manager may send SIGTERM the
+        // moment it reads READY, and a signal with no handler yet kills the process outright.
         #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(NodeError::Signal)?;
-        #[cfg(unix)]
-        let terminate = async move {
-            term.recv().await;
+        let stop_signal = {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
+            let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
+            async move {
+                tokio::select! {
+                    _ = int.recv() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
         };
         #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
+        let stop_signal = async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                info!("Ctrl-C received");
+            }
+        };
+        notify_systemd(sd_notify::NotifyState::Ready);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-            _ = terminate => info!("SIGTERM received"),
+            _ = stop_signal => {}
             _ = self.fatal.cancelled() => {}
         }
         notify_systemd(sd_notify::NotifyState::Stopping);

@@ -313,13 +313,46 @@ fn the_daemon_notifies_ready_once_serving_and_stopping_on_sigterm() {
     std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
+    terminate_and_expect_clean_stop(&mut daemon, &socket, &dir.path().join("node.log"));
+}
+
+/// A service manager may stop a unit the instant it reads READY=1: the handler must already
+/// be in place then, or SIGTERM's default action kills the node without STOPPING=1 or a flush.
+#[test]
+fn a_sigterm_right_after_ready_still_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let mut daemon = start_notifying(&dir.path().join("node"), common::free_port(), &path);
+    let ready = notification(&socket, Duration::from_secs(60));
+    assert_eq!(ready.trim(), "READY=1");
+    terminate_and_expect_clean_stop(&mut daemon, &socket, &dir.path().join("node.log"));
+}
+
+/// Sends SIGTERM; the node must report STOPPING=1 and exit 0 within 10 s.
+fn terminate_and_expect_clean_stop(
+    daemon: &mut common::Daemon,
+    socket: &std::os::unix::net::UnixDatagram,
+    log: &Path,
+) {
     let pid = daemon.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let stopping = notification(&socket, Duration::from_secs(10));
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let stopping = match socket.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => panic!(
+            "no STOPPING=1 within 10 s of SIGTERM ({e}); the node's state: {:?}; its log:\n{}",
+            daemon.child.try_wait(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    };
     assert_eq!(stopping.trim(), "STOPPING=1");
     let start = Instant::now();
     let status = loop {
