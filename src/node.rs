@@ -158,6 +158,10 @@ impl Node {
         } = Metrics::new();
         let api_stop = CancellationToken::new();
         let actors_stop = CancellationToken::new();
+        // Until the node is whole, an early return (a taken API port, a bad listen address)
+        // stops every actor already spawned: they would otherwise run on, holding the store's
+        // lock and the p2p ports, with nothing left to stop them.
+        let stop_on_error = actors_stop.clone().drop_guard();
         let fatal = CancellationToken::new();
         let panicked = std::sync::Arc::new(std::sync::Mutex::new(None));
         let sup =
@@ -300,6 +304,7 @@ impl Node {
             .boxed(),
         );
         info!(%api_addr, "node started");
+        stop_on_error.disarm();
         Ok(Node {
             peer_id,
             api_addr,

@@ -129,3 +129,31 @@ async fn round_benchmark_reports_medians_of_its_rounds() {
     assert!(report.wire_floor_round_s > 0.0, "{report:?}");
     assert!(report.wire_floor_cpu_vs_plaintext.is_finite(), "{report:?}");
 }
+
+/// A node that fails to start (its API port is taken) leaves nothing running: the actors it
+/// had spawned let go of the store, so the same data directory starts cleanly right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_stops_what_it_had_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = loopback_config(dir.path(), vec![]);
+    config.api.listen = taken.local_addr().unwrap();
+    let failed = Node::start(config).await;
+    assert!(
+        matches!(failed, Err(fhenode::node::NodeError::ApiBind { .. })),
+        "{:?}",
+        failed.err()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let node = loop {
+        match Node::start(loopback_config(dir.path(), vec![])).await {
+            Ok(node) => break node,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the store is still held");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the failed start still holds the data directory: {e}"),
+        }
+    };
+    node.shutdown().await.unwrap();
+}

@@ -69,6 +69,31 @@ async fn sessions_across_six_nodes() {
         .map(|s| (s.member, Arc::new(s)))
         .collect();
     let key = state.collective_key().unwrap();
+    // Another peer opens a session under the same id, naming the coordinator as a participant:
+    // refused, so it can never stand in for the key the coordinator checks uploads against.
+    let mut squatted = state.plan.clone();
+    squatted.coordinator = n[5].peer_id.to_string();
+    squatted.participants.push(coordinator.peer_id.to_string());
+    let squat = AggMsg::Open {
+        plan: squatted,
+        commitments: state.commitments.values().cloned().collect(),
+        shares: state.shares.values().map(|s| (**s).clone()).collect(),
+    };
+    match n[5]
+        .network
+        .request(
+            coordinator.peer_id,
+            Request::Aggregation(messages::encode(&squat).unwrap()),
+        )
+        .await
+        .unwrap()
+    {
+        Response::Error { code, message } => {
+            assert_eq!(code, "duplicate", "{message}");
+            assert!(message.contains("coordinates"), "{message}");
+        }
+        other => panic!("another peer opened the coordinator's session id: {other:?}"),
+    }
 
     let data = updates(4, length, 1);
     // A NaN is refused before the participant's prepared encryption is used up: the next

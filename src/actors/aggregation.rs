@@ -331,8 +331,12 @@ struct AggregationActor {
     rx: mpsc::Receiver<Command>,
     coordinated: BTreeMap<String, Coordinated>,
     joined: BTreeMap<String, Joined>,
-    /// Collective keys rebuilt from shares, by session.
-    keys_cache: HashMap<String, Arc<CollectivePublicKey>>,
+    /// Collective keys of the sessions this node coordinates, by session. Kept apart from
+    /// the joined sessions' keys: an Open from another peer must never replace the key this
+    /// node checks its own session's uploads against.
+    coordinated_keys: HashMap<String, Arc<CollectivePublicKey>>,
+    /// Collective keys of the sessions this node joined, by session.
+    joined_keys: HashMap<String, Arc<CollectivePublicKey>>,
     /// The sum being decrypted and its request, by session (coordinator).
     aggregates: HashMap<String, (Arc<Aggregate>, DecryptionRequest)>,
     uploading: HashSet<String>,
@@ -473,7 +477,8 @@ pub fn spawn(
         rx,
         coordinated: BTreeMap::new(),
         joined: BTreeMap::new(),
-        keys_cache: HashMap::new(),
+        coordinated_keys: HashMap::new(),
+        joined_keys: HashMap::new(),
         aggregates: HashMap::new(),
         uploading: HashSet::new(),
         running: HashMap::new(),
@@ -822,37 +827,33 @@ impl AggregationActor {
 
     /// The collective key of a session this node coordinates: cached, or rebuilt from its shares.
     fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        self.cached_key(id, |actor| {
-            let state = actor
-                .coordinated
-                .get(id)
-                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-            state.collective_key()
-        })
+        if let Some(key) = self.coordinated_keys.get(id) {
+            return Ok(key.clone());
+        }
+        let state = self
+            .coordinated
+            .get(id)
+            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+        let key = Arc::new(state.collective_key()?);
+        self.coordinated_keys.insert(id.to_string(), key.clone());
+        Ok(key)
     }
 
     /// The collective key of a session this node joined: cached, or rebuilt from its shares.
     fn joined_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        self.cached_key(id, |actor| {
-            let joined = actor
-                .joined
-                .get(id)
-                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-            collective_key(&joined.plan, &joined.commitments, joined.shares.iter())
-        })
-    }
-
-    /// A session's key from the cache, else built by `build` and cached.
-    fn cached_key(
-        &mut self,
-        id: &str,
-        build: impl FnOnce(&Self) -> Result<CollectivePublicKey, SessionError>,
-    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        if let Some(k) = self.keys_cache.get(id) {
-            return Ok(k.clone());
+        if let Some(key) = self.joined_keys.get(id) {
+            return Ok(key.clone());
         }
-        let key = Arc::new(build(self)?);
-        self.keys_cache.insert(id.to_string(), key.clone());
+        let joined = self
+            .joined
+            .get(id)
+            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+        let key = Arc::new(collective_key(
+            &joined.plan,
+            &joined.commitments,
+            joined.shares.iter(),
+        )?);
+        self.joined_keys.insert(id.to_string(), key.clone());
         Ok(key)
     }
 
@@ -1201,7 +1202,7 @@ impl AggregationActor {
     /// ended): drops what only served it. The cached collective key (about 2 MB in transform
     /// form), an encryption prepared and never used, and the stored key shares.
     fn leave(&mut self, session: &str) {
-        self.keys_cache.remove(session);
+        self.joined_keys.remove(session);
         self.prepared.remove(session);
         if let Some(joined) = self.joined.get_mut(session) {
             joined.shares = Arc::default();
@@ -1260,7 +1261,7 @@ impl AggregationActor {
                 warn!(error = %e, "could not drop a finished session's submissions");
             }
         });
-        self.keys_cache.remove(session);
+        self.coordinated_keys.remove(session);
     }
 
     fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
@@ -1622,6 +1623,12 @@ impl AggregationActor {
             )));
         }
         let me = self.me();
+        if plan.coordinator != me && self.coordinated.contains_key(&plan.id) {
+            return Err(SessionError::Duplicate(format!(
+                "session id `{}` is taken on this node by a session it coordinates",
+                plan.id
+            )));
+        }
         let member = plan.member_index(&me).is_some();
         if !member && !plan.is_participant(&me) {
             return Err(SessionError::NotAllowed {
@@ -1667,7 +1674,7 @@ impl AggregationActor {
             };
             self.persist_joined(&joined).await?;
             let key = Arc::new(key);
-            self.keys_cache.insert(plan.id.clone(), key.clone());
+            self.joined_keys.insert(plan.id.clone(), key.clone());
             self.joined.insert(plan.id.clone(), joined);
             info!(session = %plan.id, member, "session opened");
             if plan.is_participant(&me) {
