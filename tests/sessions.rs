@@ -404,3 +404,72 @@ async fn sessions_across_six_nodes() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A coordinator restarts over a store with an unreadable session record and a session whose
+/// key shares are damaged: the damaged session fails with the reason, the record is skipped,
+/// and every other session loads and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_damaged_session_in_the_store_does_not_hide_the_others() {
+    let (dirs, mut nodes) = start_local_network(2).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    let spec = |id: &str| SessionSpec {
+        id: Some(id.into()),
+        length: Some(1000),
+        profile: Some(Profile::Fast),
+        committee: ids(&[&nodes[1]]),
+        participants: ids(&[&nodes[0], &nodes[1]]),
+        deadline_secs: Some(600),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    for id in ["kept", "broken"] {
+        nodes[0].aggregation.create(spec(id)).await.unwrap();
+        wait_phase(&nodes[0], id, |p| p >= Phase::Collecting, LONG)
+            .await
+            .unwrap();
+    }
+    let coordinator = nodes.remove(0);
+    coordinator.shutdown().await.unwrap();
+    {
+        let store = fhenode::store::Store::open(dirs[0].path()).unwrap();
+        let sessions = store.tree(trees::SESSIONS).unwrap();
+        // Scanned first: it used to end the load before any session was read.
+        sessions
+            .insert(b"coord/aaa", &b"not a session"[..])
+            .unwrap();
+        sessions
+            .insert(b"coord-shares/broken", &b"not key shares"[..])
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let boot = fhenode::demo::dial_address(&nodes[0], LONG).await.unwrap();
+    let coordinator = Node::start(fhenode::demo::loopback_config(dirs[0].path(), vec![boot]))
+        .await
+        .unwrap();
+    let broken = wait_info(&coordinator, "broken", |i| i.phase == Phase::Failed, LONG)
+        .await
+        .unwrap();
+    let failure = broken.failure.unwrap_or_default();
+    assert!(failure.contains("key shares cannot be read"), "{failure}");
+    let unknown = coordinator.aggregation.get("aaa").await.unwrap_err();
+    assert!(
+        matches!(unknown, SessionError::UnknownSession(_)),
+        "{unknown}"
+    );
+
+    nodes.insert(0, coordinator);
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    for (node, value) in nodes.iter().zip([1.5f32, -0.25]) {
+        node.aggregation
+            .submit("kept", vec![value; 1000])
+            .await
+            .unwrap();
+    }
+    let result = wait_result(&nodes[0], "kept", LONG).await.unwrap();
+    assert_eq!(result.contributors, 2);
+    assert!(
+        result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),
+        "{:?}",
+        &result.values[..4]
+    );
+}

@@ -17,7 +17,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
 use super::{stopped, Mailbox};
@@ -521,8 +521,13 @@ fn max_update_bytes(plan: &SessionPlan) -> u64 {
 
 impl AggregationActor {
     async fn run(mut self, cancel: CancellationToken) {
-        if let Err(e) = self.load() {
-            warn!(error = %e, "could not load sessions from the store");
+        match self.load() {
+            Ok(broken) => {
+                for (id, reason) in broken {
+                    self.apply(&id, Event::Fail { reason }).await;
+                }
+            }
+            Err(e) => error!(error = %e, "could not load sessions from the store"),
         }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -538,26 +543,66 @@ impl AggregationActor {
         info!("aggregation actor stopped");
     }
 
-    /// Loads every session and resumes the coordinated ones where they stopped.
-    fn load(&mut self) -> Result<(), SessionError> {
-        for (key, mut state) in self
+    /// Loads every session and resumes the coordinated ones where they stopped. A record that
+    /// cannot be read is logged and left in the store, and the others load; a session whose
+    /// key shares cannot be read fails with the reason (coordinated ones are returned, to fail
+    /// through the state machine once loading is done).
+    fn load(&mut self) -> Result<Vec<(String, String)>, SessionError> {
+        let mut broken = Vec::new();
+        let unreadable = |key: &[u8], e: &dyn std::fmt::Display| {
+            error!(key = %String::from_utf8_lossy(key), error = %e, "cannot read a stored session; it is skipped");
+        };
+        for (key, state) in self
             .store
-            .scan_prefix::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())?
+            .scan_prefix_each::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())?
         {
+            let mut state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    unreadable(&key, &e);
+                    continue;
+                }
+            };
             debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
-            state.shares = self
-                .load_shares(COORD_SHARES_PREFIX, &state.plan.id)?
-                .into_iter()
-                .map(|share| (share.member, Arc::new(share)))
-                .collect();
+            match self.load_shares(COORD_SHARES_PREFIX, &state.plan.id) {
+                Ok(shares) => {
+                    state.shares = shares
+                        .into_iter()
+                        .map(|share| (share.member, Arc::new(share)))
+                        .collect()
+                }
+                Err(e) if !state.phase.is_terminal() => {
+                    broken.push((
+                        state.plan.id.clone(),
+                        format!("its key shares cannot be read: {e}"),
+                    ));
+                }
+                Err(e) => unreadable(key.as_slice(), &e),
+            }
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for (_, mut joined) in self
+        for (key, joined) in self
             .store
-            .scan_prefix::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
+            .scan_prefix_each::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
         {
+            let mut joined = match joined {
+                Ok(joined) => joined,
+                Err(e) => {
+                    unreadable(&key, &e);
+                    continue;
+                }
+            };
             if !joined.phase.is_terminal() {
-                joined.shares = Arc::new(self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id)?);
+                match self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id) {
+                    Ok(shares) => joined.shares = Arc::new(shares),
+                    Err(e) => {
+                        let reason = format!("its key shares cannot be read: {e}");
+                        warn!(session = %joined.plan.id, %reason, "joined session failed");
+                        joined.phase = Phase::Failed;
+                        joined.failure = Some(reason);
+                        joined.finished_ms = Some(now_ms());
+                    }
+                }
             }
             self.joined.insert(joined.plan.id.clone(), joined);
         }
@@ -587,6 +632,7 @@ impl AggregationActor {
         let resume: Vec<(String, Vec<Effect>)> = self
             .coordinated
             .values()
+            .filter(|s| !broken.iter().any(|(id, _)| *id == s.plan.id))
             .map(|s| (s.plan.id.clone(), s.resume()))
             .filter(|(_, e)| !e.is_empty())
             .collect();
@@ -598,7 +644,7 @@ impl AggregationActor {
             }
         }
         self.update_phase_gauge();
-        Ok(())
+        Ok(broken)
     }
 
     fn update_phase_gauge(&self) {

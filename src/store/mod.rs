@@ -326,10 +326,27 @@ impl Store {
         tree: &'static str,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        self.scan_prefix_each(tree, prefix)?
+            .into_iter()
+            .map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Like [`scan_prefix`](Store::scan_prefix), but a record that cannot be read (it does
+    /// not decode, or its file is missing or fails its digest) comes back as its own error
+    /// beside the others instead of ending the scan: one bad record must not hide the rest.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_prefix_each<V: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Result<V, StoreError>)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(tree)?.scan_prefix(prefix) {
             let (k, v) = item?;
-            let value = decode_record(tree, &k, &self.whole(tree, &k, &v)?)?;
+            let value = self
+                .whole(tree, &k, &v)
+                .and_then(|bytes| decode_record(tree, &k, &bytes));
             out.push((k.to_vec(), value));
         }
         Ok(out)
