@@ -1443,9 +1443,15 @@ impl AggregationActor {
         let link = self.link.clone();
         let metrics = self.metrics.clone();
         let span = info_span!("submit", session = %id);
+        let cancel = self.cancel.clone();
         tokio::spawn(
             async move {
-                let result = upload(&link, &metrics, &plan, key, preparation, values).await;
+                // Dies with the actor: an upload retries for seconds, and must not encrypt
+                // and send on after the node has stopped.
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    result = upload(&link, &metrics, &plan, key, preparation, values) => result,
+                };
                 let internal = match &result {
                     Ok(receipt) => Internal::Submitted {
                         session: id.clone(),

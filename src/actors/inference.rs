@@ -135,6 +135,10 @@ enum Internal {
         key: Arc<MlpServerKey>,
         bytes: u64,
     },
+    /// A new evaluation key is stored in `slot`: the copy in memory is stale.
+    EvalKeyStored {
+        slot: String,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -683,6 +687,12 @@ impl InferenceActor {
                     .eval_key_cache_bytes
                     .set(self.eval_keys.bytes as i64);
             }
+            Command::Internal(Internal::EvalKeyStored { slot }) => {
+                self.eval_keys.remove(&slot);
+                self.metrics
+                    .eval_key_cache_bytes
+                    .set(self.eval_keys.bytes as i64);
+            }
         }
     }
 
@@ -1070,37 +1080,36 @@ impl InferenceActor {
         }
         let slot = eval_slot(peer, context);
         let cached = self.eval_keys.get(&slot);
+        // Where the key to load is stored: read (hundreds of MB, digest-checked) on the pool.
         let mut load: Option<Vec<u8>> = None;
         if let (Compiled::Mlp(q), None) = (&compiled.compiled, &cached) {
             self.check_budget(q.params())?;
             // A node that is its own model node uses its context's own copy of the key.
-            let stored = if peer == self.me.to_string() {
+            load = Some(if peer == self.me.to_string() {
                 format!("own-evalkey/{context}").into_bytes()
             } else {
                 eval_key_key(&slot)
-            };
-            let bytes = self
-                .store
-                .get_bytes(trees::CONTEXTS, &stored)?
-                .ok_or_else(|| {
-                    InferError::WrongContext(format!(
-                        "this node holds no evaluation key for context `{context}`; upload it first"
-                    ))
-                })?;
-            load = Some(bytes);
+            });
         }
-        let (pool, metrics, mailbox) = (
+        let (pool, metrics, mailbox, store) = (
             self.pool.clone(),
             self.metrics.clone(),
             self.mailbox.clone(),
+            self.store.clone(),
         );
+        let context = context.to_string();
         Ok(async move {
             let started = Instant::now();
             let result = async {
                 let key = match (cached, load) {
                     (Some(k), _) => Some(k),
-                    (None, Some(bytes)) => {
+                    (None, Some(stored)) => {
                         let loaded = on_pool(&pool, &metrics, move || {
+                            let bytes = store.get_bytes(trees::CONTEXTS, &stored)?.ok_or_else(|| {
+                                InferError::WrongContext(format!(
+                                    "this node holds no evaluation key for context `{context}`; upload it first"
+                                ))
+                            })?;
                             Ok(Arc::new(MlpServerKey::from_bytes(
                                 &bytes,
                                 MAX_EVAL_KEY_BYTES,
@@ -1186,8 +1195,42 @@ impl InferenceActor {
                 bytes,
             } => {
                 let slot = eval_slot(&from, &context);
-                let r = self.eval_key_piece(&slot, digest, index, count, bytes);
-                let _ = reply.send(answer(r));
+                match self.eval_key_piece(&slot, digest, index, count, bytes) {
+                    Ok(None) => {
+                        let _ = reply.send(answer(Ok(InferReply::PieceAck { complete: false })));
+                    }
+                    Ok(Some(upload)) => {
+                        // The whole key (up to 512 MB) is assembled, checked and stored on the
+                        // blocking pool; the cached copy is dropped before the sender hears.
+                        let (store, mailbox) = (self.store.clone(), self.mailbox.clone());
+                        self.spawn(
+                            async move {
+                                let stored = {
+                                    let slot = slot.clone();
+                                    tokio::task::spawn_blocking(move || {
+                                        store_eval_key(&store, &slot, upload)
+                                    })
+                                    .await
+                                    .unwrap_or(Err(
+                                        InferError::Unavailable("storing the evaluation key"),
+                                    ))
+                                };
+                                if stored.is_ok() {
+                                    let _ = mailbox
+                                        .send(Command::Internal(Internal::EvalKeyStored { slot }))
+                                        .await;
+                                }
+                                let _ = reply.send(answer(
+                                    stored.map(|()| InferReply::PieceAck { complete: true }),
+                                ));
+                            }
+                            .in_current_span(),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(answer(Err(e)));
+                    }
+                }
             }
             InferMsg::Evaluate {
                 model,
@@ -1228,8 +1271,8 @@ impl InferenceActor {
         Ok(<[u8; 32]>::try_from(bytes.as_ref()).ok())
     }
 
-    /// Stores one piece of an evaluation key; with the last one, checks the whole key and
-    /// keeps it (compressed, as uploaded) for lazy loading.
+    /// Stores one piece of an evaluation key. Returns the upload once every piece is in, for
+    /// [`store_eval_key`] to check and keep.
     fn eval_key_piece(
         &mut self,
         slot: &str,
@@ -1237,7 +1280,7 @@ impl InferenceActor {
         index: u32,
         count: u32,
         bytes: Vec<u8>,
-    ) -> Result<InferReply, InferError> {
+    ) -> Result<Option<Upload>, InferError> {
         let max_pieces = MAX_EVAL_KEY_BYTES.div_ceil(KEY_PIECE_BYTES) as u32;
         if count == 0 || count > max_pieces || index >= count || bytes.len() > KEY_PIECE_BYTES {
             return Err(InferError::BadInput(format!(
@@ -1247,30 +1290,31 @@ impl InferenceActor {
         }
         let upload = Upload::open(&self.store, EVAL_PIECES, slot, digest)?;
         if upload.put(index, &bytes)? < count {
-            return Ok(InferReply::PieceAck { complete: false });
+            return Ok(None);
         }
-        let mut whole = Vec::new();
-        let intact = upload.assemble(&mut whole)?;
-        upload.discard()?;
-        let tree = self.store.tree(trees::CONTEXTS)?;
-        if !intact {
-            return Err(InferError::BadInput(
-                "the assembled evaluation key does not match its digest".into(),
-            ));
-        }
-        // Decoding checks the envelope and parameters; the key is loaded only when used.
-        let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
-        self.store
-            .put_bytes(trees::CONTEXTS, &eval_key_key(slot), &whole)?;
-        tree.insert(format!("evalkey-id/{slot}").as_bytes(), &key.key_id().0[..])?;
-        self.store.flush()?;
-        self.eval_keys.remove(slot);
-        self.metrics
-            .eval_key_cache_bytes
-            .set(self.eval_keys.bytes as i64);
-        info!(%slot, "evaluation key stored");
-        Ok(InferReply::PieceAck { complete: true })
+        Ok(Some(upload))
     }
+}
+
+/// Assembles a complete evaluation-key upload, checks it against its digest and decodes its
+/// envelope and parameters, and keeps it (compressed, as uploaded) for lazy loading.
+fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), InferError> {
+    let mut whole = Vec::new();
+    let intact = upload.assemble(&mut whole)?;
+    upload.discard()?;
+    if !intact {
+        return Err(InferError::BadInput(
+            "the assembled evaluation key does not match its digest".into(),
+        ));
+    }
+    let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
+    store.put_bytes(trees::CONTEXTS, &eval_key_key(slot), &whole)?;
+    store
+        .tree(trees::CONTEXTS)?
+        .insert(format!("evalkey-id/{slot}").as_bytes(), &key.key_id().0[..])?;
+    store.flush()?;
+    info!(%slot, "evaluation key stored");
+    Ok(())
 }
 
 fn error_response(e: &InferError) -> Response {
@@ -1455,12 +1499,19 @@ async fn remote_infer(
         )
         .await?;
         if !matches!(has, InferReply::HasEvalKey(true)) {
-            let bytes = store
-                .get_bytes(trees::CONTEXTS, format!("own-evalkey/{context}").as_bytes())?
-                .ok_or_else(|| {
-                    InferError::Store(format!("the evaluation key of `{context}` is missing"))
-                })?;
-            let digest = *blake3::hash(&bytes).as_bytes();
+            // Hundreds of MB read, digest-checked and hashed: on the blocking pool.
+            let (store, own) = (store.clone(), context.clone());
+            let (bytes, digest) = tokio::task::spawn_blocking(move || {
+                let bytes = store
+                    .get_bytes(trees::CONTEXTS, format!("own-evalkey/{own}").as_bytes())?
+                    .ok_or_else(|| {
+                        InferError::Store(format!("the evaluation key of `{own}` is missing"))
+                    })?;
+                let digest = *blake3::hash(&bytes).as_bytes();
+                Ok::<_, InferError>((bytes, digest))
+            })
+            .await
+            .map_err(|_| InferError::Unavailable("reading the evaluation key"))??;
             let pieces: Vec<&[u8]> = bytes.chunks(KEY_PIECE_BYTES).collect();
             let count = pieces.len() as u32;
             let started = Instant::now();
