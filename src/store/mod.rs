@@ -181,7 +181,10 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        self.put_bytes(tree, key, &encode_record(tree, value)?)
+        // Wiped once written: some records hold secrets (a member's key share, a client
+        // context's keys), and this serialised copy would otherwise linger in freed memory.
+        let encoded = Zeroizing::new(encode_record(tree, value)?);
+        self.put_bytes(tree, key, &encoded)
     }
 
     pub fn get<V: DeserializeOwned>(
