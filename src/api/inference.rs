@@ -343,11 +343,7 @@ async fn unhex_body(text: String, what: &str) -> Result<Vec<u8>, ApiError> {
     let parsed = if text.len() <= INLINE_BYTES {
         unhex(&text)
     } else {
-        tokio::task::spawn_blocking(move || unhex(&text))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?
+        super::off_executor(move || unhex(&text)).await?
     };
     parsed.map_err(|e| bad_input(format!("`{what}`: {e}")))
 }
@@ -356,11 +352,7 @@ async fn hex_answer(bytes: Vec<u8>) -> Result<String, ApiError> {
     if bytes.len() <= INLINE_BYTES / 2 {
         Ok(hex::encode(&bytes))
     } else {
-        tokio::task::spawn_blocking(move || hex::encode(&bytes))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })
+        super::off_executor(move || hex::encode(&bytes)).await
     }
 }
 
@@ -742,11 +734,7 @@ async fn add_model(
     let upload = if body.len() <= INLINE_BYTES {
         parse_model_upload(format, &query, &body)?
     } else {
-        tokio::task::spawn_blocking(move || parse_model_upload(format, &query, &body))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??
+        super::off_executor(move || parse_model_upload(format, &query, &body)).await??
     };
     let info = state
         .inference

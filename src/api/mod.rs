@@ -234,6 +234,16 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
     }))
 }
 
+/// Runs `job` on the blocking pool: parsing or formatting megabytes must not hold an executor
+/// thread that serves every other request.
+pub(crate) async fn off_executor<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
 async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     let peers = state
         .network

@@ -152,11 +152,7 @@ async fn submit(
         parse_update(content_type, &body)?
     } else {
         let content_type = content_type.map(str::to_owned);
-        tokio::task::spawn_blocking(move || parse_update(content_type.as_deref(), &body))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??
+        super::off_executor(move || parse_update(content_type.as_deref(), &body)).await??
     };
     Ok(Json(state.aggregation.submit(&id, values).await?).into_response())
 }
@@ -169,11 +165,16 @@ async fn result(
     let id = session_id(path)?;
     let result = state.aggregation.result(&id).await?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if accepts_octet_stream(accept) {
-        Ok(raw_result(&result))
-    } else {
-        Ok(Json(result).into_response())
-    }
+    let octet_stream = accepts_octet_stream(accept);
+    // Up to 2^26 values to format: on the blocking pool, not an executor thread.
+    super::off_executor(move || {
+        if octet_stream {
+            raw_result(&result)
+        } else {
+            Json(result).into_response()
+        }
+    })
+    .await
 }
 
 /// The result's values as little-endian `f64`, its facts in `x-fhenode-*` headers.
