@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{stopped, ActorError, Mailbox};
 use crate::crypto::{
@@ -436,14 +436,16 @@ impl KeysActor {
                 plan.min_participants
             )));
         }
-        let mut share = SecretKeyShare::from_secret_bytes(&record.secret)?;
         let min = plan.min_participants;
+        // Rebuilding the share (a transform per slot) and decrypting: off the executor.
+        let secret = Zeroizing::new(std::mem::take(&mut record.secret));
         let (share, result) = tokio::task::spawn_blocking(move || {
+            let mut share = SecretKeyShare::from_secret_bytes(&secret)?;
             let result = share.partial_decrypt(&request, min);
-            (share, result)
+            Ok::<_, SessionError>((share, result))
         })
         .await
-        .map_err(|_| SessionError::Unavailable("partial decryption"))?;
+        .map_err(|_| SessionError::Unavailable("partial decryption"))??;
         let partial = result.map_err(|e| match e {
             crate::crypto::CryptoError::KeyAlreadyUsed => SessionError::Duplicate(format!(
                 "this member already decrypted a different aggregate for session `{session}`; it answers once"
@@ -451,7 +453,6 @@ impl KeysActor {
             other => other.into(),
         })?;
         // Durable before it leaves: after a crash the share must still know it answered.
-        record.secret.zeroize();
         record.secret = share.to_secret_bytes().to_vec();
         self.save(&record).await?;
         Ok(partial)
