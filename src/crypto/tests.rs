@@ -245,10 +245,22 @@ fn noise_at_limits(profile: Profile, participants: u32, committee_size: u32, chu
         "{profile}: K={participants} k={committee_size}: measured std 2^{:.2} (model 2^{:.2}), max 2^{:.2} (bound 2^{:.2})",
         std.log2(), budget.aggregate_std_log2, max.log2(), budget.aggregate_bound_log2
     );
-    assert!(std <= 1.6 * model_std, "noise std above the model");
+    // The model is an expectation over keys; each run draws a fresh committee, and the
+    // measured deviation moves with it: log2(measured/model) had a spread of 0.33–0.43 over 30–40
+    // runs of each test (max +1.06, min −1.0), hardly less with 4× the chunks. The old 1.6×/0.5×
+    // band failed about one run in twenty; this one sits about 4 spreads out. It still catches a
+    // model off by a factor of k or of √K; the max against the bound below is the hard check.
     assert!(
-        std >= 0.5 * model_std,
-        "model far above the measured noise: it is wrong"
+        std <= 3.0 * model_std,
+        "noise std far above the model: 2^{:.2} against 2^{:.2}",
+        std.log2(),
+        budget.aggregate_std_log2
+    );
+    assert!(
+        std >= 0.35 * model_std,
+        "model far above the measured noise, it is wrong: 2^{:.2} against 2^{:.2}",
+        std.log2(),
+        budget.aggregate_std_log2
     );
     assert!(
         max.log2() < budget.aggregate_bound_log2,
