@@ -69,31 +69,6 @@ async fn sessions_across_six_nodes() {
         .map(|s| (s.member, Arc::new(s)))
         .collect();
     let key = state.collective_key().unwrap();
-    // Another peer opens a session under the same id, naming the coordinator as a participant:
-    // refused, so it can never stand in for the key the coordinator checks uploads against.
-    let mut squatted = state.plan.clone();
-    squatted.coordinator = n[5].peer_id.to_string();
-    squatted.participants.push(coordinator.peer_id.to_string());
-    let squat = AggMsg::Open {
-        plan: squatted,
-        commitments: state.commitments.values().cloned().collect(),
-        shares: state.shares.values().map(|s| (**s).clone()).collect(),
-    };
-    match n[5]
-        .network
-        .request(
-            coordinator.peer_id,
-            Request::Aggregation(messages::encode(&squat).unwrap()),
-        )
-        .await
-        .unwrap()
-    {
-        Response::Error { code, message } => {
-            assert_eq!(code, "duplicate", "{message}");
-            assert!(message.contains("coordinates"), "{message}");
-        }
-        other => panic!("another peer opened the coordinator's session id: {other:?}"),
-    }
 
     let data = updates(4, length, 1);
     // A NaN is refused before the participant's prepared encryption is used up: the next
@@ -210,6 +185,32 @@ async fn sessions_across_six_nodes() {
         .unwrap()
         .unwrap_or_default();
     assert!(stored.is_empty(), "a finished session keeps its key shares");
+    // Another peer opens a session under the same id, naming the coordinator as a participant:
+    // refused, so it can never stand in for the key the coordinator checks uploads against. (Sent
+    // once the session is over, to keep it out of the 3 s deadline; ended sessions are kept.)
+    let mut squatted = state.plan.clone();
+    squatted.coordinator = n[5].peer_id.to_string();
+    squatted.participants.push(coordinator.peer_id.to_string());
+    let squat = AggMsg::Open {
+        plan: squatted,
+        commitments: state.commitments.values().cloned().collect(),
+        shares: state.shares.values().map(|s| (**s).clone()).collect(),
+    };
+    match n[5]
+        .network
+        .request(
+            coordinator.peer_id,
+            Request::Aggregation(messages::encode(&squat).unwrap()),
+        )
+        .await
+        .unwrap()
+    {
+        Response::Error { code, message } => {
+            assert_eq!(code, "duplicate", "{message}");
+            assert!(message.contains("coordinates"), "{message}");
+        }
+        other => panic!("another peer opened the coordinator's session id: {other:?}"),
+    }
 
     // --- a second decryption request for the same session is refused by every member ------
     // A different aggregate under the same session key, as a dishonest coordinator could
@@ -466,6 +467,13 @@ async fn one_damaged_session_in_the_store_does_not_hide_the_others() {
             .unwrap();
     }
     let result = wait_result(&nodes[0], "kept", LONG).await.unwrap();
+    let damaged = nodes[0]
+        .store
+        .tree(trees::SESSIONS)
+        .unwrap()
+        .get(b"coord-shares/broken")
+        .unwrap();
+    assert!(damaged.is_none(), "the unreadable shares record is dropped");
     assert_eq!(result.contributors, 2);
     assert!(
         result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),

@@ -522,9 +522,23 @@ fn max_update_bytes(plan: &SessionPlan) -> u64 {
 impl AggregationActor {
     async fn run(mut self, cancel: CancellationToken) {
         match self.load() {
-            Ok(broken) => {
+            Ok((broken, broken_joined)) => {
+                // Failed for good: the unreadable shares record goes, so the next start does
+                // not meet it again.
                 for (id, reason) in broken {
                     self.apply(&id, Event::Fail { reason }).await;
+                    let shares = format!("{COORD_SHARES_PREFIX}{id}");
+                    if let Err(e) = self.store.remove(trees::SESSIONS, shares.as_bytes()) {
+                        warn!(session = %id, error = %e, "cannot drop the unreadable key shares");
+                    }
+                }
+                for id in broken_joined {
+                    if let Some(joined) = self.joined.get(&id).cloned() {
+                        if let Err(e) = self.persist_joined(&joined).await {
+                            warn!(session = %id, error = %e, "cannot record the failure");
+                        }
+                    }
+                    self.leave(&id);
                 }
             }
             Err(e) => error!(error = %e, "could not load sessions from the store"),
@@ -547,8 +561,10 @@ impl AggregationActor {
     /// cannot be read is logged and left in the store, and the others load; a session whose
     /// key shares cannot be read fails with the reason (coordinated ones are returned, to fail
     /// through the state machine once loading is done).
-    fn load(&mut self) -> Result<Vec<(String, String)>, SessionError> {
+    #[allow(clippy::type_complexity)]
+    fn load(&mut self) -> Result<(Vec<(String, String)>, Vec<String>), SessionError> {
         let mut broken = Vec::new();
+        let mut broken_joined = Vec::new();
         let unreadable = |key: &[u8], e: &dyn std::fmt::Display| {
             error!(key = %String::from_utf8_lossy(key), error = %e, "cannot read a stored session; it is skipped");
         };
@@ -564,20 +580,20 @@ impl AggregationActor {
                 }
             };
             debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
-            match self.load_shares(COORD_SHARES_PREFIX, &state.plan.id) {
-                Ok(shares) => {
-                    state.shares = shares
-                        .into_iter()
-                        .map(|share| (share.member, Arc::new(share)))
-                        .collect()
-                }
-                Err(e) if !state.phase.is_terminal() => {
-                    broken.push((
+            // An ended session's shares were dropped; only a live one needs them.
+            if !state.phase.is_terminal() {
+                match self.load_shares(COORD_SHARES_PREFIX, &state.plan.id) {
+                    Ok(shares) => {
+                        state.shares = shares
+                            .into_iter()
+                            .map(|share| (share.member, Arc::new(share)))
+                            .collect()
+                    }
+                    Err(e) => broken.push((
                         state.plan.id.clone(),
                         format!("its key shares cannot be read: {e}"),
-                    ));
+                    )),
                 }
-                Err(e) => unreadable(key.as_slice(), &e),
             }
             self.coordinated.insert(state.plan.id.clone(), state);
         }
@@ -601,6 +617,7 @@ impl AggregationActor {
                         joined.phase = Phase::Failed;
                         joined.failure = Some(reason);
                         joined.finished_ms = Some(now_ms());
+                        broken_joined.push(joined.plan.id.clone());
                     }
                 }
             }
@@ -616,6 +633,7 @@ impl AggregationActor {
                 j.phase == Phase::Open
                     && j.submitted.is_none()
                     && j.plan.is_participant(&me)
+                    && !broken.iter().any(|(id, _)| *id == j.plan.id)
                     && !self
                         .coordinated
                         .get(&j.plan.id)
@@ -644,7 +662,7 @@ impl AggregationActor {
             }
         }
         self.update_phase_gauge();
-        Ok(broken)
+        Ok((broken, broken_joined))
     }
 
     fn update_phase_gauge(&self) {

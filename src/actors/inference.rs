@@ -135,9 +135,11 @@ enum Internal {
         key: Arc<MlpServerKey>,
         bytes: u64,
     },
-    /// A new evaluation key is stored in `slot`: the copy in memory is stale.
+    /// The upload of an evaluation key into `slot` is over: stored (the copy in memory is
+    /// stale), or refused.
     EvalKeyStored {
         slot: String,
+        outcome: Result<(), InferError>,
     },
 }
 
@@ -497,8 +499,17 @@ struct InferenceActor {
     contexts: HashMap<String, ClientContext>,
     models: HashMap<String, Arc<CompiledModel>>,
     eval_keys: EvalKeyCache,
+    /// Evaluation keys being assembled and stored, by slot: the upload's digest and the
+    /// senders waiting for the outcome. One at a time per slot, so two uploads can neither
+    /// assemble the same pieces twice nor discard each other's.
+    storing: HashMap<String, StoringKey>,
     pool: Arc<Semaphore>,
     cancel: CancellationToken,
+}
+
+struct StoringKey {
+    digest: [u8; 32],
+    waiting: Vec<oneshot::Sender<Response>>,
 }
 
 pub fn spawn(
@@ -526,6 +537,7 @@ pub fn spawn(
         contexts: HashMap::new(),
         models: HashMap::new(),
         eval_keys: EvalKeyCache::default(),
+        storing: HashMap::new(),
         cancel: cancel.clone(),
     };
     (InferenceHandle { mailbox }, actor.run(cancel))
@@ -687,11 +699,27 @@ impl InferenceActor {
                     .eval_key_cache_bytes
                     .set(self.eval_keys.bytes as i64);
             }
-            Command::Internal(Internal::EvalKeyStored { slot }) => {
-                self.eval_keys.remove(&slot);
-                self.metrics
-                    .eval_key_cache_bytes
-                    .set(self.eval_keys.bytes as i64);
+            Command::Internal(Internal::EvalKeyStored { slot, outcome }) => {
+                if outcome.is_ok() {
+                    self.eval_keys.remove(&slot);
+                    self.metrics
+                        .eval_key_cache_bytes
+                        .set(self.eval_keys.bytes as i64);
+                }
+                let response = match &outcome {
+                    Ok(()) => Response::Inference(messages::encode(&InferReply::PieceAck {
+                        complete: true,
+                    })),
+                    Err(e) => error_response(e),
+                };
+                for reply in self
+                    .storing
+                    .remove(&slot)
+                    .map(|s| s.waiting)
+                    .unwrap_or_default()
+                {
+                    let _ = reply.send(response.clone());
+                }
             }
         }
     }
@@ -1195,34 +1223,49 @@ impl InferenceActor {
                 bytes,
             } => {
                 let slot = eval_slot(&from, &context);
+                if let Some(storing) = self.storing.get_mut(&slot) {
+                    // The same key sent again while it is being stored hears how that ends;
+                    // another key waits until it has.
+                    if storing.digest == digest {
+                        storing.waiting.push(reply);
+                    } else {
+                        let _ = reply.send(answer(Err(InferError::Unavailable(
+                            "another evaluation key for this context is being stored",
+                        ))));
+                    }
+                    return;
+                }
                 match self.eval_key_piece(&slot, digest, index, count, bytes) {
                     Ok(None) => {
                         let _ = reply.send(answer(Ok(InferReply::PieceAck { complete: false })));
                     }
                     Ok(Some(upload)) => {
                         // The whole key (up to 512 MB) is assembled, checked and stored on the
-                        // blocking pool; the cached copy is dropped before the sender hears.
+                        // pool; the actor drops the cached copy, then answers the sender.
+                        self.storing.insert(
+                            slot.clone(),
+                            StoringKey {
+                                digest,
+                                waiting: vec![reply],
+                            },
+                        );
                         let (store, mailbox) = (self.store.clone(), self.mailbox.clone());
+                        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
                         self.spawn(
                             async move {
-                                let stored = {
+                                let outcome = {
                                     let slot = slot.clone();
-                                    tokio::task::spawn_blocking(move || {
+                                    on_pool(&pool, &metrics, move || {
                                         store_eval_key(&store, &slot, upload)
                                     })
                                     .await
-                                    .unwrap_or(Err(
-                                        InferError::Unavailable("storing the evaluation key"),
-                                    ))
                                 };
-                                if stored.is_ok() {
-                                    let _ = mailbox
-                                        .send(Command::Internal(Internal::EvalKeyStored { slot }))
-                                        .await;
-                                }
-                                let _ = reply.send(answer(
-                                    stored.map(|()| InferReply::PieceAck { complete: true }),
-                                ));
+                                let _ = mailbox
+                                    .send(Command::Internal(Internal::EvalKeyStored {
+                                        slot,
+                                        outcome,
+                                    }))
+                                    .await;
                             }
                             .in_current_span(),
                         );
