@@ -340,8 +340,9 @@ impl Node {
     /// the API listens once [`Node::start`] has returned, and STOPPING=1 when shutdown begins;
     /// without NOTIFY_SOCKET both are no-ops.
     pub async fn run_until_stopped(self) -> Result<(), NodeError> {
-        // The handlers are installed before READY=1: a service manager may send SIGTERM the
-        // moment it reads READY, and a signal with no handler yet kills the process outright.
+        // On Unix the handlers are installed before READY=1: a service manager may send
+        // SIGTERM the moment it reads READY, and a signal with no handler yet kills the
+        // process outright. (Elsewhere Ctrl-C is watched from the first poll, after READY.)
         #[cfg(unix)]
         let stop_signal = {
             use tokio::signal::unix::{signal, SignalKind};

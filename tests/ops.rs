@@ -281,13 +281,20 @@ fn start_notifying(data_dir: &Path, api_port: u16, socket: &Path) -> common::Dae
 }
 
 /// The next datagram on the notify socket, within `timeout`.
-fn notification(socket: &std::os::unix::net::UnixDatagram, timeout: Duration) -> String {
-    socket.set_read_timeout(Some(timeout)).unwrap();
+fn notification(
+    socket: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 4096];
-    let n = socket
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no sd_notify message within {timeout:?}: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The READY=1 a starting node sends.
+fn ready(socket: &std::os::unix::net::UnixDatagram) -> String {
+    notification(socket, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("no READY=1 within 60 s: {e}"))
 }
 
 #[test]
@@ -298,7 +305,7 @@ fn the_daemon_notifies_ready_once_serving_and_stopping_on_sigterm() {
     let port = common::free_port();
     let mut daemon = start_notifying(&dir.path().join("node"), port, &path);
 
-    let ready = notification(&socket, Duration::from_secs(60));
+    let ready = ready(&socket);
     assert_eq!(ready.lines().collect::<Vec<_>>(), ["READY=1"], "{ready:?}");
     // READY=1 means the API is already listening: the very first request is answered.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -324,8 +331,7 @@ fn a_sigterm_right_after_ready_still_stops_cleanly() {
     let path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     let mut daemon = start_notifying(&dir.path().join("node"), common::free_port(), &path);
-    let ready = notification(&socket, Duration::from_secs(60));
-    assert_eq!(ready.trim(), "READY=1");
+    assert_eq!(ready(&socket).trim(), "READY=1");
     terminate_and_expect_clean_stop(&mut daemon, &socket, &dir.path().join("node.log"));
 }
 
@@ -341,12 +347,8 @@ fn terminate_and_expect_clean_stop(
         .status()
         .unwrap()
         .success());
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let stopping = match socket.recv(&mut buf) {
-        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+    let stopping = match notification(socket, Duration::from_secs(10)) {
+        Ok(stopping) => stopping,
         Err(e) => panic!(
             "no STOPPING=1 within 10 s of SIGTERM ({e}); the node's state: {:?}; its log:\n{}",
             daemon.child.try_wait(),

@@ -22,14 +22,44 @@ pub(crate) fn os_seed() -> Zeroizing<[u8; 32]> {
 /// keystream and the drawn words are all wiped: they are the encryption's (and, at key
 /// generation, the key share's) secrets.
 pub(crate) struct ChunkRandomness {
-    keystream: chacha20::ChaCha20,
-    buffer: Zeroizing<[u8; KEYSTREAM_BUFFER]>,
-    pos: usize,
+    keystream: Keystream,
     words: Zeroizing<Vec<u64>>,
 }
 
 /// Keystream drawn at a time: 16 ChaCha blocks, what the AVX2 backend makes in four passes.
 const KEYSTREAM_BUFFER: usize = 1024;
+
+/// A ChaCha20 keystream handed out a few bytes at a time through a wiped buffer. The cipher
+/// state is zeroized by the crate on drop.
+struct Keystream {
+    cipher: chacha20::ChaCha20,
+    buffer: Zeroizing<[u8; KEYSTREAM_BUFFER]>,
+    pos: usize,
+}
+
+impl Keystream {
+    fn new(key: &[u8; 32]) -> Self {
+        Keystream {
+            cipher: chacha20::ChaCha20::new(key.into(), &[0u8; 12].into()),
+            buffer: Zeroizing::new([0u8; KEYSTREAM_BUFFER]),
+            pos: KEYSTREAM_BUFFER,
+        }
+    }
+
+    /// The next N bytes (N divides the buffer's size).
+    fn next<const N: usize>(&mut self) -> [u8; N] {
+        const { assert!(N > 0 && KEYSTREAM_BUFFER.is_multiple_of(N)) };
+        if self.pos == KEYSTREAM_BUFFER {
+            self.buffer.fill(0);
+            self.cipher.apply_keystream(&mut self.buffer[..]);
+            self.pos = 0;
+        }
+        let mut b = [0u8; N];
+        b.copy_from_slice(&self.buffer[self.pos..self.pos + N]);
+        self.pos += N;
+        b
+    }
+}
 
 /// The seed of stream `index` under `key` for `label`: keyed BLAKE3, a PRF, so the streams'
 /// seeds are independent and uniform.
@@ -44,23 +74,13 @@ impl ChunkRandomness {
     pub(crate) fn new(master: &[u8; 32], label: &str, index: u64) -> Self {
         let seed = stream_seed(master, label.as_bytes(), index);
         ChunkRandomness {
-            keystream: chacha20::ChaCha20::new(seed.as_ref().into(), &[0u8; 12].into()),
-            buffer: Zeroizing::new([0u8; KEYSTREAM_BUFFER]),
-            pos: KEYSTREAM_BUFFER,
+            keystream: Keystream::new(&seed),
             words: Zeroizing::new(Vec::new()),
         }
     }
 
     fn next_u64(&mut self) -> u64 {
-        if self.pos == KEYSTREAM_BUFFER {
-            self.buffer.fill(0);
-            self.keystream.apply_keystream(&mut self.buffer[..]);
-            self.pos = 0;
-        }
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.buffer[self.pos..self.pos + 8]);
-        self.pos += 8;
-        u64::from_le_bytes(b)
+        u64::from_le_bytes(self.keystream.next())
     }
 
     fn fill_words(&mut self, n: usize) {
@@ -105,37 +125,21 @@ impl ChunkRandomness {
 /// draws 16 bytes per value. The cipher state (zeroized by the crate on drop) and the buffer are
 /// wiped: a leaked flooding sample would un-flood a share.
 pub(crate) struct FloodingStream {
-    keystream: chacha20::ChaCha20,
-    buffer: Zeroizing<[u8; 1024]>,
-    pos: usize,
+    keystream: Keystream,
     bound_log2: u32,
 }
 
 impl FloodingStream {
     pub(crate) fn new(key: &[u8; 32], stream_index: u64, bound_log2: u32) -> Self {
-        use chacha20::cipher::KeyIvInit;
         let stream_key = stream_seed(key, b"fhenode/flooding/v2", stream_index);
         Self {
-            keystream: chacha20::ChaCha20::new(stream_key.as_ref().into(), &[0u8; 12].into()),
-            buffer: Zeroizing::new([0u8; 1024]),
-            pos: 1024,
+            keystream: Keystream::new(&stream_key),
             bound_log2,
         }
     }
 
     fn next_u128(&mut self) -> u128 {
-        use chacha20::cipher::StreamCipher;
-        if self.pos == self.buffer.len() {
-            self.buffer.fill(0);
-            self.keystream.apply_keystream(&mut self.buffer[..]);
-            self.pos = 0;
-        }
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&self.buffer[self.pos..self.pos + 16]);
-        self.pos += 16;
-        let v = u128::from_le_bytes(b);
-        b.fill(0);
-        v
+        u128::from_le_bytes(self.keystream.next())
     }
 
     /// One sample of TUniform(b).
