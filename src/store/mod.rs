@@ -109,15 +109,32 @@ impl Store {
         std::fs::create_dir_all(data_dir)?;
         restrict_to_owner(data_dir, true)?;
         let path = data_dir.join("db");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .cache_capacity(CACHE_BYTES);
+        // sled lets go of its file lock from its flusher thread, a moment after the last
+        // handle drops: a store reopened in the same process right after it was closed (a node
+        // restarted in place) can find the lock still held. Such an open is retried for a
+        // while; one held by another process still fails, two seconds later.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempts < 40 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        };
         for tree in trees::ALL {
             db.open_tree(tree)?;
         }
@@ -639,6 +656,21 @@ mod tests {
         store.flush().unwrap();
         let left = std::fs::read_dir(store.path.join("blobs")).unwrap().count();
         assert_eq!(synced().len(), left);
+    }
+
+    /// A store is opened by one holder at a time: a second open waits a while for the lock,
+    /// then fails naming the database; once the first holder is gone it opens.
+    #[test]
+    fn a_store_in_use_is_refused_then_opens_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&second, StoreError::Open { .. }) && second.to_string().contains("db"),
+            "{second}"
+        );
+        drop(first);
+        Store::open(dir.path()).unwrap();
     }
 
     /// Large values kept for good go to files of their own (not sled blobs, which sled keeps
