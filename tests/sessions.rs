@@ -20,6 +20,15 @@ fn ids(nodes: &[&Node]) -> Vec<String> {
     nodes.iter().map(|n| n.peer_id.to_string()).collect()
 }
 
+/// The refusal `to` answers `msg` from `from` with: (code, message). Any other answer fails.
+async fn refusal(from: &Node, to: &Node, msg: &AggMsg) -> (String, String) {
+    let request = Request::Aggregation(messages::encode(msg).unwrap());
+    match from.network.request(to.peer_id, request).await.unwrap() {
+        Response::Error { code, message } => (code, message),
+        other => panic!("`{}` was answered: {other:?}", msg.kind()),
+    }
+}
+
 fn updates(count: usize, length: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..count)
@@ -110,18 +119,7 @@ async fn sessions_across_six_nodes() {
         clipped: 0,
         bytes: vec![1, 2, 3],
     };
-    match n[1]
-        .network
-        .request(
-            coordinator.peer_id,
-            Request::Aggregation(messages::encode(&raw_dup).unwrap()),
-        )
-        .await
-        .unwrap()
-    {
-        Response::Error { code, .. } => assert_eq!(code, "duplicate"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(refusal(n[1], coordinator, &raw_dup).await.0, "duplicate");
     // Malformed session bytes are refused and change nothing.
     match coordinator
         .network
@@ -196,21 +194,9 @@ async fn sessions_across_six_nodes() {
         commitments: state.commitments.values().cloned().collect(),
         shares: state.shares.values().map(|s| (**s).clone()).collect(),
     };
-    match n[5]
-        .network
-        .request(
-            coordinator.peer_id,
-            Request::Aggregation(messages::encode(&squat).unwrap()),
-        )
-        .await
-        .unwrap()
-    {
-        Response::Error { code, message } => {
-            assert_eq!(code, "duplicate", "{message}");
-            assert!(message.contains("coordinates"), "{message}");
-        }
-        other => panic!("another peer opened the coordinator's session id: {other:?}"),
-    }
+    let (code, message) = refusal(n[5], coordinator, &squat).await;
+    assert_eq!(code, "duplicate", "{message}");
+    assert!(message.contains("coordinates"), "{message}");
 
     // --- a second decryption request for the same session is refused by every member ------
     // A different aggregate under the same session key, as a dishonest coordinator could
@@ -231,21 +217,9 @@ async fn sessions_across_six_nodes() {
             session: "mean".into(),
             request: request.clone(),
         };
-        match coordinator
-            .network
-            .request(
-                member.peer_id,
-                Request::Aggregation(messages::encode(&msg).unwrap()),
-            )
-            .await
-            .unwrap()
-        {
-            Response::Error { code, message } => {
-                assert_eq!(code, "duplicate", "{message}");
-                assert!(message.contains("answers once"), "{message}");
-            }
-            other => panic!("member answered a second request: {other:?}"),
-        }
+        let (code, message) = refusal(coordinator, member, &msg).await;
+        assert_eq!(code, "duplicate", "{message}");
+        assert!(message.contains("answers once"), "{message}");
     }
 
     // --- sum, fast profile, everybody submits: completes without waiting -------------------
@@ -283,18 +257,7 @@ async fn sessions_across_six_nodes() {
         clipped: 0,
         bytes: vec![0; 16],
     };
-    match n[5]
-        .network
-        .request(
-            coordinator.peer_id,
-            Request::Aggregation(messages::encode(&stranger).unwrap()),
-        )
-        .await
-        .unwrap()
-    {
-        Response::Error { code, .. } => assert_eq!(code, "not_allowed"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(refusal(n[5], coordinator, &stranger).await.0, "not_allowed");
     let local = n[5]
         .aggregation
         .submit("sum", vec![0.0; 3000])

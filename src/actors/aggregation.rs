@@ -504,6 +504,20 @@ async fn put_result(store: &Store, result: SessionResult) -> Result<(), SessionE
     Ok(())
 }
 
+/// A session's key from `cache`, else built by `build` and cached.
+fn cached_key(
+    cache: &mut HashMap<String, Arc<CollectivePublicKey>>,
+    id: &str,
+    build: impl FnOnce() -> Result<CollectivePublicKey, SessionError>,
+) -> Result<Arc<CollectivePublicKey>, SessionError> {
+    if let Some(key) = cache.get(id) {
+        return Ok(key.clone());
+    }
+    let key = Arc::new(build()?);
+    cache.insert(id.to_string(), key.clone());
+    Ok(key)
+}
+
 /// Whose upload pieces these are: one participant in one session (session ids and peer ids
 /// hold no `/`, so a session's owners share the prefix `{session}/`).
 fn piece_owner(session: &str, peer: &str) -> String {
@@ -557,29 +571,37 @@ impl AggregationActor {
         info!("aggregation actor stopped");
     }
 
-    /// Loads every session and resumes the coordinated ones where they stopped. A record that
-    /// cannot be read is logged and left in the store, and the others load; a session whose
-    /// key shares cannot be read fails with the reason (coordinated ones are returned, to fail
-    /// through the state machine once loading is done).
+    /// The session records under `prefix` that can be read. One that cannot is logged and left
+    /// in the store: it must not keep the others from loading.
+    fn readable_sessions<V: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<V>, SessionError> {
+        Ok(self
+            .store
+            .scan_prefix_each::<V>(trees::SESSIONS, prefix.as_bytes())?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                value
+                    .map_err(|e| {
+                        error!(key = %String::from_utf8_lossy(&key), error = %e,
+                            "cannot read a stored session; it is skipped");
+                    })
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// Loads every readable session and resumes the coordinated ones where they stopped. A
+    /// session whose key shares cannot be read fails with the reason: returned (coordinated
+    /// ones with the reason, joined ones by id) for `run` to fail them for good once loading
+    /// is done.
     #[allow(clippy::type_complexity)]
     fn load(&mut self) -> Result<(Vec<(String, String)>, Vec<String>), SessionError> {
         let mut broken = Vec::new();
         let mut broken_joined = Vec::new();
-        let unreadable = |key: &[u8], e: &dyn std::fmt::Display| {
-            error!(key = %String::from_utf8_lossy(key), error = %e, "cannot read a stored session; it is skipped");
-        };
-        for (key, state) in self
-            .store
-            .scan_prefix_each::<Coordinated>(trees::SESSIONS, COORD_PREFIX.as_bytes())?
-        {
-            let mut state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    unreadable(&key, &e);
-                    continue;
-                }
-            };
-            debug!(key = %String::from_utf8_lossy(&key), phase = %state.phase, "loaded session");
+        for mut state in self.readable_sessions::<Coordinated>(COORD_PREFIX)? {
+            debug!(session = %state.plan.id, phase = %state.phase, "loaded session");
             // An ended session's shares were dropped; only a live one needs them.
             if !state.phase.is_terminal() {
                 match self.load_shares(COORD_SHARES_PREFIX, &state.plan.id) {
@@ -597,17 +619,7 @@ impl AggregationActor {
             }
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for (key, joined) in self
-            .store
-            .scan_prefix_each::<Joined>(trees::SESSIONS, JOINED_PREFIX.as_bytes())?
-        {
-            let mut joined = match joined {
-                Ok(joined) => joined,
-                Err(e) => {
-                    unreadable(&key, &e);
-                    continue;
-                }
-            };
+        for mut joined in self.readable_sessions::<Joined>(JOINED_PREFIX)? {
             if !joined.phase.is_terminal() {
                 match self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id) {
                     Ok(shares) => joined.shares = Arc::new(shares),
@@ -891,34 +903,24 @@ impl AggregationActor {
 
     /// The collective key of a session this node coordinates: cached, or rebuilt from its shares.
     fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        if let Some(key) = self.coordinated_keys.get(id) {
-            return Ok(key.clone());
-        }
-        let state = self
-            .coordinated
-            .get(id)
-            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-        let key = Arc::new(state.collective_key()?);
-        self.coordinated_keys.insert(id.to_string(), key.clone());
-        Ok(key)
+        let coordinated = &self.coordinated;
+        cached_key(&mut self.coordinated_keys, id, || {
+            coordinated
+                .get(id)
+                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?
+                .collective_key()
+        })
     }
 
     /// The collective key of a session this node joined: cached, or rebuilt from its shares.
     fn joined_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        if let Some(key) = self.joined_keys.get(id) {
-            return Ok(key.clone());
-        }
-        let joined = self
-            .joined
-            .get(id)
-            .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-        let key = Arc::new(collective_key(
-            &joined.plan,
-            &joined.commitments,
-            joined.shares.iter(),
-        )?);
-        self.joined_keys.insert(id.to_string(), key.clone());
-        Ok(key)
+        let joined = &self.joined;
+        cached_key(&mut self.joined_keys, id, || {
+            let joined = joined
+                .get(id)
+                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+            collective_key(&joined.plan, &joined.commitments, joined.shares.iter())
+        })
     }
 
     /// Starts an effect's work in a task; its outcome comes back as an [`Internal`] message.
