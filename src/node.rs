@@ -146,7 +146,11 @@ impl Node {
     /// Starts a node from a validated configuration.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let started = Instant::now();
-        let store = Store::open(&config.data_dir)?;
+        // Opening reads the database and may wait for its lock: off the executor.
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         let keypair = store.identity()?;
         let peer_id = keypair.public().to_peer_id();
         let span = info_span!("node", %peer_id);
