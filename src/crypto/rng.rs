@@ -86,8 +86,8 @@ impl ChunkRandomness {
     fn fill_words(&mut self, n: usize) {
         self.words.clear();
         self.words.resize(n, 0);
-        for i in 0..n {
-            self.words[i] = self.next_u64();
+        for w in self.words.iter_mut() {
+            *w = u64::from_le_bytes(self.keystream.next());
         }
     }
 
