@@ -15,6 +15,7 @@ mod aggregate;
 pub mod codec;
 mod engine;
 pub mod inference;
+pub mod kahe;
 mod keys;
 pub mod params;
 pub mod ring;

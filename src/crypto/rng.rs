@@ -79,8 +79,14 @@ impl ChunkRandomness {
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         u64::from_le_bytes(self.keystream.next())
+    }
+
+    /// One TUniform(b) sample as a signed integer (b ≤ 61).
+    pub(crate) fn t_uniform_i64(&mut self, b: u32) -> i64 {
+        let u = self.next_u64() & ((1u64 << (b + 2)) - 1);
+        ((u >> 1) + (u & 1)) as i64 - (1i64 << b)
     }
 
     fn fill_words(&mut self, n: usize) {

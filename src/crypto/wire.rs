@@ -35,6 +35,10 @@ pub enum Kind {
     EncryptedChunk = 5,
     DecryptionRequest = 6,
     PartialDecryption = 7,
+    /// A key-additive encrypted update (`crypto::kahe`).
+    Update = 8,
+    /// A committee member's key release (`crypto::kahe`).
+    KeyRelease = 9,
 }
 
 fn options() -> impl Options {
@@ -142,6 +146,18 @@ pub(crate) fn seal_frame(frame: &mut [u8]) {
     let end = frame.len() - DIGEST;
     let digest = blake3::hash(&frame[..end]);
     frame[end..].copy_from_slice(digest.as_bytes());
+}
+
+/// Size of a frame around a payload of `payload_len` bytes.
+pub(crate) const fn framed_len(payload_len: usize) -> usize {
+    HEADER + payload_len + DIGEST
+}
+
+/// Checks an envelope of `kind` and at most `max_len` bytes and returns its raw payload, for
+/// messages laid out by hand.
+pub(crate) fn unframe_kind(kind: Kind, bytes: &[u8], max_len: usize) -> Result<&[u8], CryptoError> {
+    unframe_with(MAGIC, VERSION, "fhenode", kind as u8, bytes, max_len, true)
+        .map_err(|m| CryptoError::Wire(format!("{kind:?}: {m}")))
 }
 
 /// The payload region of a frame made by [`frame_unsealed`].

@@ -1,0 +1,311 @@
+//! A participant's one-time key (one OS seed per maximal unqualified set), the seeds each
+//! member receives, and encryption in two steps: the pad `a·r + e` prepared when the session
+//! opens, the update added when it is ready.
+
+use std::fmt;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::super::rng::{os_seed, ChunkRandomness};
+use super::super::wire::{envelope_digest, seal_frame};
+use super::super::CryptoError;
+use super::codec::{encode_fixed, field_of, read_field, with_field_width, write_field};
+use super::committee::Committee;
+use super::ring::{self, add_assign, add_mod, expand_uniform, from_signed, Switch};
+use super::wire::{update_bodies_mut, update_frame};
+use super::SessionContext;
+
+/// Label of the stream that expands a key seed into its polynomial.
+const KEY_LABEL: &str = "fhenode/kahe/key/v1";
+
+/// One seed of 256 bits.
+pub type Seed = [u8; 32];
+
+/// The polynomial (evaluation form, uniform mod q) a seed expands to.
+pub(crate) fn expand_key(seed: &Seed, n: usize, out: &mut [u64]) {
+    debug_assert_eq!(out.len(), n);
+    expand_uniform(seed, KEY_LABEL, 0, out);
+}
+
+/// A participant's one-time key r_P = Σ_A Expand(σ_A): seed `i` belongs to set `i` of
+/// [`Committee::sets`]. Secret until the session ends; wiped on drop, redacted in `Debug`.
+pub struct ParticipantKey {
+    committee: Committee,
+    seeds: Zeroizing<Vec<Seed>>,
+}
+
+impl fmt::Debug for ParticipantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ParticipantKey({} seeds, redacted)", self.seeds.len())
+    }
+}
+
+impl ParticipantKey {
+    /// Draws one seed per set from the operating system.
+    pub fn generate(committee: Committee) -> Self {
+        let seeds = committee
+            .sets()
+            .iter()
+            .map(|_| *os_seed())
+            .collect::<Vec<_>>();
+        ParticipantKey {
+            committee,
+            seeds: Zeroizing::new(seeds),
+        }
+    }
+
+    /// A key from its stored seeds.
+    pub fn from_seeds(
+        committee: Committee,
+        seeds: Zeroizing<Vec<Seed>>,
+    ) -> Result<Self, CryptoError> {
+        if seeds.len() != committee.sets().len() {
+            return Err(CryptoError::Malformed {
+                what: "participant key",
+                reason: format!(
+                    "{} seeds where the committee has {} sets",
+                    seeds.len(),
+                    committee.sets().len()
+                ),
+            });
+        }
+        Ok(ParticipantKey { committee, seeds })
+    }
+
+    /// The seeds, to persist.
+    pub fn seeds(&self) -> &[Seed] {
+        &self.seeds
+    }
+
+    pub fn committee(&self) -> Committee {
+        self.committee
+    }
+
+    /// What member `member` receives: the seed of every set it does not belong to.
+    pub fn bundle_for(&self, member: u32) -> SeedBundle {
+        let sets = self.committee.sets_held_by(member);
+        let seeds = sets.iter().map(|&i| self.seeds[i as usize]).collect();
+        SeedBundle {
+            member,
+            sets,
+            seeds: Zeroizing::new(seeds),
+        }
+    }
+
+    /// r̂ = Σ_A Expand(σ_A), in evaluation form.
+    fn key_eval(&self, n: usize) -> Zeroizing<Vec<u64>> {
+        let mut key = ring::scratch(n);
+        let mut part = ring::scratch(n);
+        for seed in self.seeds.iter() {
+            expand_key(seed, n, &mut part);
+            add_assign(&mut key, &part);
+        }
+        key
+    }
+
+    /// Draws the encryption of zero for the session: every body `switch(a_i·r + e_i)`, written
+    /// straight into the update's wire frame. Only [`PreparedEncryption::seal`] adds values.
+    pub fn prepare(&self, ctx: &SessionContext) -> Result<PreparedEncryption, CryptoError> {
+        if self.committee != ctx.committee() {
+            return Err(CryptoError::InvalidParams(
+                "the key was made for another committee".into(),
+            ));
+        }
+        let n = ctx.ring_dim();
+        let key = self.key_eval(n);
+        let noise_seed = os_seed();
+        let crs = ctx.crs_key();
+        let width = ctx.params.wire_bytes();
+        let switch = Switch::new(ctx.params.wire_bits);
+        let noise_log2 = ctx.params.ring().noise_log2;
+        let mut frame = Zeroizing::new(update_frame(ctx));
+        let bodies = update_bodies_mut(&mut frame);
+        bodies.par_chunks_mut(n * width).enumerate().for_each_init(
+            || (ring::scratch(n), ring::scratch(n)),
+            |(a, pad), (i, out)| {
+                super::public_poly(&crs, i as u64, a);
+                ring::product_into(n, a, &key, pad);
+                let mut noise =
+                    ChunkRandomness::new(&noise_seed, "fhenode/kahe/noise/v1", i as u64);
+                with_field_width!(width, W => {
+                    for j in 0..out.len() / W {
+                        let e = noise.t_uniform_i64(noise_log2);
+                        write_field::<W>(out, j, switch.apply(add_mod(pad[j], from_signed(e))));
+                    }
+                });
+            },
+        );
+        Ok(PreparedEncryption {
+            ctx: ctx.clone(),
+            frame: Some(frame),
+        })
+    }
+
+    /// Encrypts in one step: [`ParticipantKey::prepare`], then [`PreparedEncryption::seal`].
+    pub fn encrypt(
+        &self,
+        ctx: &SessionContext,
+        values: &[f32],
+    ) -> Result<SealedUpdate, CryptoError> {
+        self.prepare(ctx)?.seal(values)
+    }
+}
+
+/// The seeds one member holds of one participant: `seeds[i]` is the seed of set `sets[i]`.
+/// Sent over the authenticated channel and stored by the member until the session ends.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedBundle {
+    pub member: u32,
+    pub sets: Vec<u32>,
+    pub seeds: Zeroizing<Vec<Seed>>,
+}
+
+impl fmt::Debug for SeedBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SeedBundle {{ member: {}, sets: {:?}, seeds: redacted }}",
+            self.member, self.sets
+        )
+    }
+}
+
+impl SeedBundle {
+    /// Checks the bundle is exactly what `member` of `committee` should hold.
+    pub fn check(&self, committee: Committee, member: u32) -> Result<(), CryptoError> {
+        if self.member != member
+            || member >= committee.size()
+            || self.sets != committee.sets_held_by(member)
+            || self.seeds.len() != self.sets.len()
+        {
+            return Err(CryptoError::Malformed {
+                what: "seed bundle",
+                reason: format!(
+                    "member {} with {} sets and {} seeds is not what member {member} of a \
+                     committee of {} holds",
+                    self.member,
+                    self.sets.len(),
+                    self.seeds.len(),
+                    committee.size()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The seed of set `set`, if this bundle holds it.
+    pub fn seed(&self, set: u32) -> Option<&Seed> {
+        let i = self.sets.binary_search(&set).ok()?;
+        self.seeds.get(i)
+    }
+
+    /// A digest of the bundle, to recognise a repeated delivery without keeping a second copy.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("fhenode 2026 kahe seed bundle v1");
+        h.update(&self.member.to_le_bytes());
+        for (s, seed) in self.sets.iter().zip(self.seeds.iter()) {
+            h.update(&s.to_le_bytes());
+            h.update(seed);
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// An update's encryption of zero, waiting for its values. As secret as the update it will
+/// carry (sent bodies minus these are the message): never cloned, wiped on drop, and consumed
+/// by the one seal that uses it.
+pub struct PreparedEncryption {
+    ctx: SessionContext,
+    frame: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for PreparedEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PreparedEncryption({} values, {})",
+            self.ctx.length,
+            if self.frame.is_some() {
+                "unsealed"
+            } else {
+                "used"
+            }
+        )
+    }
+}
+
+/// An encrypted update's wire bytes.
+#[derive(Clone, Debug)]
+pub struct SealedUpdate {
+    pub bytes: Vec<u8>,
+    /// Values clipped to ±clip.
+    pub clipped: u64,
+    /// The envelope digest: names the update.
+    pub digest: [u8; 32],
+}
+
+impl PreparedEncryption {
+    /// Bytes it holds (its share of a preparation budget).
+    pub fn size(&self) -> usize {
+        self.frame.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// Adds the encoded values into the prepared bodies and seals the envelope. A wrong length
+    /// or a NaN is refused before anything is used: the preparation stays available.
+    pub fn seal(mut self, values: &[f32]) -> Result<SealedUpdate, CryptoError> {
+        self.seal_in_place(values)
+    }
+
+    /// [`PreparedEncryption::seal`] that leaves the preparation in place when it refuses.
+    pub fn seal_in_place(&mut self, values: &[f32]) -> Result<SealedUpdate, CryptoError> {
+        let ctx = &self.ctx;
+        if values.len() as u64 != ctx.length {
+            return Err(CryptoError::LengthMismatch {
+                expected: ctx.length,
+                got: values.len() as u64,
+            });
+        }
+        if let Some(index) = values.iter().position(|v| v.is_nan()) {
+            return Err(CryptoError::NonFinite { index });
+        }
+        let mut frame = self.frame.take().ok_or_else(|| {
+            CryptoError::InvalidParams("this prepared encryption was already sealed".into())
+        })?;
+        let params = &ctx.params;
+        let n = ctx.ring_dim();
+        let width = params.wire_bytes();
+        let mask = (1u64 << params.wire_bits) - 1;
+        let rounding_seed = os_seed();
+        let bodies = update_bodies_mut(&mut frame);
+        let clipped: Result<u64, CryptoError> = bodies
+            .par_chunks_mut(n * width)
+            .zip(values.par_chunks(n))
+            .enumerate()
+            .map(|(i, (out, vals))| {
+                let mut rng = ChunkRandomness::new(&rounding_seed, "fhenode/kahe/rounding/v1", i as u64);
+                let mut uniform = || rng.unit();
+                let mut clipped = 0u64;
+                with_field_width!(width, W => {
+                    for (j, &v) in vals.iter().enumerate() {
+                        let (fixed, c) = encode_fixed(params, v, i * n + j, &mut uniform)?;
+                        clipped += c as u64;
+                        let x = read_field::<W>(out, j).wrapping_add(field_of(params, fixed)) & mask;
+                        write_field::<W>(out, j, x);
+                    }
+                });
+                Ok(clipped)
+            })
+            .sum();
+        let clipped = clipped?;
+        seal_frame(&mut frame);
+        let bytes = std::mem::take(&mut *frame);
+        let digest = envelope_digest(&bytes).unwrap_or_default();
+        Ok(SealedUpdate {
+            bytes,
+            clipped,
+            digest,
+        })
+    }
+}

@@ -1,0 +1,199 @@
+//! Arithmetic in R_q = Z_q[X]/(X^N + 1) for q = 2^64 − 2^32 + 1 (the "Goldilocks" prime, which
+//! tfhe-ntt transforms with a dedicated reduction): uniform polynomials drawn straight in the
+//! evaluation domain, products by one inverse transform, and the modulus switch to the wire.
+
+use std::sync::OnceLock;
+
+use tfhe_ntt::prime64::Plan;
+use zeroize::Zeroizing;
+
+use super::super::rng::ChunkRandomness;
+
+/// The ciphertext modulus q = 2^64 − 2^32 + 1. 2N divides q − 1 for every N ≤ 2^31.
+pub const Q: u64 = 0xffff_ffff_0000_0001;
+/// log2(q), for the error bound (q is 2^64 to within 2^−32 relative).
+pub const Q_LOG2: f64 = 64.0;
+
+/// The negacyclic NTT plan of dimension `n` (2048 or 4096), built once per process.
+pub fn plan(n: usize) -> &'static Plan {
+    static P2048: OnceLock<Plan> = OnceLock::new();
+    static P4096: OnceLock<Plan> = OnceLock::new();
+    let cell = match n {
+        2048 => &P2048,
+        4096 => &P4096,
+        other => panic!("unsupported ring dimension {other}"),
+    };
+    // q is prime and 2n | q − 1 for both dimensions: the plan always exists.
+    cell.get_or_init(|| Plan::try_new(n, Q).expect("Goldilocks NTT plan"))
+}
+
+/// Fills `out` with coefficients uniform mod q, from the stream `label`/`index` under `key`
+/// (rejection sampling: a 64-bit word is ≥ q with probability 2^−32). Read as the evaluation
+/// form of a polynomial, that polynomial is uniform too: the transform is a bijection.
+pub fn expand_uniform(key: &[u8; 32], label: &str, index: u64, out: &mut [u64]) {
+    let mut stream = ChunkRandomness::new(key, label, index);
+    for x in out.iter_mut() {
+        *x = loop {
+            let w = stream.next_u64();
+            if w < Q {
+                break w;
+            }
+        };
+    }
+}
+
+/// `acc += x` coefficient-wise mod q.
+pub fn add_assign(acc: &mut [u64], x: &[u64]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a = add_mod(*a, b);
+    }
+}
+
+#[inline(always)]
+pub fn add_mod(a: u64, b: u64) -> u64 {
+    let (s, carry) = a.overflowing_add(b);
+    // a + b < 2q < 2^65: subtract q once when the sum reached it (or wrapped past 2^64).
+    if carry || s >= Q {
+        s.wrapping_sub(Q)
+    } else {
+        s
+    }
+}
+
+/// A signed integer (|x| < q/2) as an element of Z_q.
+#[inline(always)]
+pub fn from_signed(x: i64) -> u64 {
+    if x >= 0 {
+        x as u64
+    } else {
+        Q - x.unsigned_abs()
+    }
+}
+
+/// `out = a · key` for two polynomials in evaluation form, written in coefficient form.
+/// `out` starts as a copy of `a_eval` and is transformed in place.
+pub fn product_into(n: usize, a_eval: &[u64], key_eval: &[u64], out: &mut [u64]) {
+    let plan = plan(n);
+    out.copy_from_slice(a_eval);
+    plan.mul_assign_normalize(out, key_eval);
+    plan.inv(out);
+}
+
+/// The modulus switch x ↦ round(x · 2^bits / q) mod 2^bits (halves round up), exact: a
+/// multiply-high by c = ⌊2^(64+bits)/q⌋ estimates the quotient to within one below, and the
+/// remainder corrects it (a 128-bit division per value cost more than the rest of encryption).
+/// Sums of switched terms keep the relations that held mod q, up to ½ per term.
+#[derive(Clone, Copy, Debug)]
+pub struct Switch {
+    factor: u64,
+    bits: u32,
+    mask: u64,
+}
+
+impl Switch {
+    pub fn new(bits: u32) -> Self {
+        assert!((8..=56).contains(&bits), "wire width {bits} out of range");
+        let factor = ((1u128 << (64 + bits)) / Q as u128) as u64;
+        Switch {
+            factor,
+            bits,
+            mask: (1u64 << bits) - 1,
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(self, x: u64) -> u64 {
+        let q = Q as u128;
+        let num = (x as u128) << self.bits;
+        let mut quotient = (x as u128 * self.factor as u128) >> 64;
+        let mut rem = num - quotient * q;
+        if rem >= q {
+            quotient += 1;
+            rem -= q;
+        }
+        if 2 * rem >= q {
+            quotient += 1;
+        }
+        quotient as u64 & self.mask
+    }
+}
+
+/// A polynomial's worth of wiped scratch space.
+pub fn scratch(n: usize) -> Zeroizing<Vec<u64>> {
+    Zeroizing::new(vec![0u64; n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn schoolbook(a: &[u64], b: &[u64]) -> Vec<u64> {
+        let n = a.len();
+        let mut out = vec![0u128; n];
+        let q = Q as u128;
+        for i in 0..n {
+            for j in 0..n {
+                let p = a[i] as u128 * b[j] as u128 % q;
+                let k = i + j;
+                if k < n {
+                    out[k] = (out[k] + p) % q;
+                } else {
+                    out[k - n] = (out[k - n] + q - p) % q;
+                }
+            }
+        }
+        out.into_iter().map(|x| x as u64).collect()
+    }
+
+    #[test]
+    fn products_in_evaluation_form_are_negacyclic_products() {
+        let n = 2048;
+        let mut a = vec![0u64; n];
+        let mut r = vec![0u64; n];
+        expand_uniform(&[1; 32], "a", 0, &mut a);
+        expand_uniform(&[2; 32], "r", 0, &mut r);
+        let mut prod = vec![0u64; n];
+        product_into(n, &a, &r, &mut prod);
+        // Coefficient forms of both operands, multiplied the slow way.
+        let (mut a_coef, mut r_coef) = (a.clone(), r.clone());
+        let p = plan(n);
+        p.normalize(&mut a_coef);
+        p.inv(&mut a_coef);
+        p.normalize(&mut r_coef);
+        p.inv(&mut r_coef);
+        assert_eq!(prod, schoolbook(&a_coef, &r_coef));
+    }
+
+    #[test]
+    fn expansion_is_deterministic_and_in_range() {
+        let mut x = vec![0u64; 4096];
+        let mut y = vec![0u64; 4096];
+        expand_uniform(&[7; 32], "a", 3, &mut x);
+        expand_uniform(&[7; 32], "a", 3, &mut y);
+        assert_eq!(x, y);
+        assert!(x.iter().all(|&v| v < Q));
+        expand_uniform(&[7; 32], "a", 4, &mut y);
+        assert_ne!(x, y);
+    }
+
+    proptest! {
+        #[test]
+        fn switching_rounds_exactly(x in 0..Q, bits in 8u32..=56) {
+            let num = (x as u128) << bits;
+            let rounded = (2 * num + Q as u128) / (2 * Q as u128);
+            let expected = (rounded & ((1u128 << bits) - 1)) as u64;
+            prop_assert_eq!(Switch::new(bits).apply(x), expected);
+        }
+
+        #[test]
+        fn modular_addition_matches_u128(a in 0..Q, b in 0..Q) {
+            prop_assert_eq!(add_mod(a, b) as u128, (a as u128 + b as u128) % Q as u128);
+        }
+
+        #[test]
+        fn signed_values_embed(x in -(1i64 << 62)..(1i64 << 62)) {
+            prop_assert_eq!(from_signed(x) as i128, (x as i128).rem_euclid(Q as i128));
+        }
+    }
+}

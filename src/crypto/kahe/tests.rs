@@ -1,0 +1,409 @@
+//! End-to-end tests of key-additive aggregation: exact sums from every qualified answering
+//! set, the error model, and what a malicious participant, member or coordinator can do.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::crypto::params::Profile;
+
+/// A session of `k` members, threshold `t`, `participants` declared, with honest keys and
+/// random updates in ±8.
+struct Round {
+    ctx: SessionContext,
+    keys: BTreeMap<String, ParticipantKey>,
+    updates: BTreeMap<String, Vec<f32>>,
+}
+
+fn name(i: usize) -> String {
+    format!("p{i:03}")
+}
+
+fn context(profile: Profile, participants: u32, k: u32, t: u32, length: u64) -> SessionContext {
+    let params = KaheParams::recommended(profile, participants, k, t, 8.0, 20).unwrap();
+    SessionContext::new(params, [length as u8 ^ 0x5a; 32], length).unwrap()
+}
+
+impl Round {
+    fn new(ctx: SessionContext, contributors: usize, seed: u64) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let committee = ctx.committee();
+        let keys = (0..contributors)
+            .map(|i| (name(i), ParticipantKey::generate(committee)))
+            .collect();
+        let updates = (0..contributors)
+            .map(|i| {
+                let v = (0..ctx.length)
+                    .map(|_| rng.gen_range(-8.0f32..8.0))
+                    .collect();
+                (name(i), v)
+            })
+            .collect();
+        Round { ctx, keys, updates }
+    }
+
+    fn aggregate(&self) -> Aggregate {
+        let mut acc = Accumulator::new(&self.ctx);
+        for (p, key) in &self.keys {
+            let sealed = key.encrypt(&self.ctx, &self.updates[p]).unwrap();
+            acc.add(p, &sealed.bytes).unwrap();
+        }
+        acc.finish()
+    }
+
+    /// Every member's bundles, as the member stores them.
+    fn held(&self, member: u32) -> BTreeMap<String, SeedBundle> {
+        self.keys
+            .iter()
+            .map(|(p, key)| (p.clone(), key.bundle_for(member)))
+            .collect()
+    }
+
+    fn releases(&self, request: &ReleaseRequest, answering: &[u32]) -> Vec<Vec<u8>> {
+        answering
+            .iter()
+            .map(|&m| {
+                let held = self.held(m);
+                release(&self.ctx, m, request, |p| held.get(p)).unwrap()
+            })
+            .collect()
+    }
+
+    fn exact_fixed_sum(&self) -> Vec<i64> {
+        let scale = (1u64 << self.ctx.params.frac_bits) as f64;
+        let mut sum = vec![0i64; self.ctx.length as usize];
+        for v in self.updates.values() {
+            for (s, &x) in sum.iter_mut().zip(v) {
+                *s += (x as f64 * scale).round() as i64;
+            }
+        }
+        sum
+    }
+}
+
+fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
+    v.iter().map(|b| b.as_slice()).collect()
+}
+
+#[test]
+fn every_qualified_answering_set_decodes_the_exact_sum() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for k in 1..=7u32 {
+        for t in (k / 2 + 1)..=k {
+            let length = 2048 + rng.gen_range(1..300u64);
+            let ctx = context(Profile::Fast, 6, k, t, length);
+            let round = Round::new(ctx, 3 + (k as usize % 3), 100 + k as u64 * 10 + t as u64);
+            let aggregate = round.aggregate();
+            let exact = round.exact_fixed_sum();
+            // Every answering set of exactly t members (larger ones only add choices).
+            for group in 0u32..(1 << k) {
+                if group.count_ones() != t {
+                    continue;
+                }
+                let answering: Vec<u32> = (0..k).filter(|j| group & (1 << j) != 0).collect();
+                let assignment = round.ctx.committee().assign(&answering).unwrap();
+                let request = aggregate.request(assignment);
+                let active: Vec<u32> = answering
+                    .iter()
+                    .copied()
+                    .filter(|&m| request.assignment.contains(&m))
+                    .collect();
+                let releases = round.releases(&request, &active);
+                let fixed = aggregate.combine_fixed(&request, &refs(&releases)).unwrap();
+                assert_eq!(fixed, exact, "k={k} t={t} answering={answering:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_secure_profile_decodes_a_mean_within_its_bound() {
+    let ctx = context(Profile::Secure, 10, 5, 4, 3 * 4096 + 5);
+    let round = Round::new(ctx, 10, 1);
+    let aggregate = round.aggregate();
+    let request = aggregate.request(round.ctx.committee().assign(&[0, 2, 3, 4]).unwrap());
+    let releases = round.releases(&request, &[0, 2, 3, 4]);
+    let sum = aggregate.combine(&request, &refs(&releases)).unwrap();
+    let bound = round.ctx.params.mean_error_bound();
+    for (i, s) in sum.sum.iter().enumerate() {
+        let mean: f64 = round.updates.values().map(|v| v[i] as f64).sum::<f64>() / 10.0;
+        assert!(
+            (s / 10.0 - mean).abs() <= bound,
+            "value {i}: {} vs {mean}",
+            s / 10.0
+        );
+    }
+}
+
+/// The error of each decoded coefficient, in wire units, against the model: a sum of K + |T|
+/// roundings (uniform on ±½, variance 1/12 each) and the switched noise, never above the bound
+/// that sized the wire.
+#[test]
+fn measured_error_matches_the_model_and_stays_within_the_bound() {
+    for (profile, participants, k, t) in [(Profile::Fast, 50, 5, 3), (Profile::Secure, 20, 7, 5)] {
+        let ctx = context(profile, participants, k, t, 4 * 4096);
+        let round = Round::new(ctx.clone(), participants as usize, 3);
+        let aggregate = round.aggregate();
+        let answering: Vec<u32> = (0..t).collect();
+        let request = aggregate.request(ctx.committee().assign(&answering).unwrap());
+        let releases = round.releases(&request, &answering);
+        let phase = aggregate.phase(&request, &refs(&releases)).unwrap();
+        let exact = round.exact_fixed_sum();
+        let p = &ctx.params;
+        let modulus = 1i128 << p.wire_bits;
+        let errors: Vec<f64> = phase
+            .iter()
+            .zip(&exact)
+            .map(|(&x, &m)| {
+                let expected = (m as i128 * (1i128 << p.delta_log2())).rem_euclid(modulus);
+                let mut e = (x as i128 - expected).rem_euclid(modulus);
+                if e > modulus / 2 {
+                    e -= modulus;
+                }
+                e as f64
+            })
+            .collect();
+        let max = errors.iter().fold(0f64, |a, e| a.max(e.abs()));
+        assert!(
+            max.log2() < p.error_bound_log2(p.wire_bits),
+            "{profile}: max {max}"
+        );
+        let n = errors.len() as f64;
+        let mean = errors.iter().sum::<f64>() / n;
+        let std = (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let sigma2 = (2f64.powi(2 * p.ring().noise_log2 as i32 + 1) + 1.0) / 6.0;
+        let switched = sigma2 * 2f64.powi(2 * (p.wire_bits as i32 - 64));
+        let terms = participants as f64 + releases.len() as f64;
+        let model = (terms / 12.0 + participants as f64 * switched).sqrt();
+        assert!(
+            (0.9..1.1).contains(&(std / model)),
+            "{profile}: std {std} against model {model}"
+        );
+        assert!(mean.abs() < 0.1 * model, "{profile}: mean {mean}");
+    }
+}
+
+#[test]
+fn a_garbage_participant_shifts_the_sum_by_its_own_contribution_only() {
+    let ctx = context(Profile::Fast, 6, 3, 2, 2048 + 100);
+    // Two runs with different honest updates and the same malicious body and seeds.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let evil_key = ParticipantKey::generate(ctx.committee());
+    let mut garbage = ParticipantKey::generate(ctx.committee())
+        .encrypt(&ctx, &vec![0.0; ctx.length as usize])
+        .unwrap()
+        .bytes;
+    // A body that is no encryption at all: random fields, envelope resealed.
+    let body_start = 6 + wire::UPDATE_HEADER;
+    let end = garbage.len() - 32;
+    rng.fill(&mut garbage[body_start..end]);
+    let digest = blake3::hash(&garbage[..end]);
+    garbage[end..].copy_from_slice(digest.as_bytes());
+    let mut shifts = Vec::new();
+    for seed in [1, 2] {
+        let mut round = Round::new(ctx.clone(), 4, seed);
+        let honest = round.exact_fixed_sum();
+        let mut acc = Accumulator::new(&ctx);
+        for (p, key) in &round.keys {
+            acc.add(p, &key.encrypt(&ctx, &round.updates[p]).unwrap().bytes)
+                .unwrap();
+        }
+        acc.add("zz-evil", &garbage).unwrap();
+        let aggregate = acc.finish();
+        round.keys.insert(
+            "zz-evil".into(),
+            ParticipantKey::from_seeds(ctx.committee(), evil_key.seeds().to_vec().into()).unwrap(),
+        );
+        let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
+        let releases = round.releases(&request, &[0, 1]);
+        let fixed = aggregate.combine_fixed(&request, &refs(&releases)).unwrap();
+        // The published sum is refused as corrupt rather than released.
+        assert!(matches!(
+            aggregate.combine(&request, &refs(&releases)),
+            Err(CryptoError::Overflow(_))
+        ));
+        let w = ctx.params.plaintext_bits;
+        shifts.push(
+            fixed
+                .iter()
+                .zip(&honest)
+                .map(|(f, h)| (f - h).rem_euclid(1 << w))
+                .collect::<Vec<i64>>(),
+        );
+    }
+    // The shift does not depend on the honest updates (up to one unit of rounding).
+    let w = ctx.params.plaintext_bits;
+    for (a, b) in shifts[0].iter().zip(&shifts[1]) {
+        let d = (a - b).rem_euclid(1 << w);
+        assert!(d <= 1 || d == (1 << w) - 1, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn releases_for_another_contributor_set_or_assignment_are_refused() {
+    let ctx = context(Profile::Fast, 6, 3, 2, 100);
+    let round = Round::new(ctx.clone(), 3, 4);
+    let aggregate = round.aggregate();
+    let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
+    let good = round.releases(&request, &[0, 1]);
+    // A release for a smaller S.
+    let mut smaller = request.clone();
+    smaller.contributors.pop();
+    let other = round.releases(&smaller, &[0]);
+    let e = aggregate
+        .combine(&request, &[&other[0], &good[1]])
+        .unwrap_err();
+    assert!(e.to_string().contains("another contributor set"), "{e}");
+    // A missing member, a repeated one.
+    assert!(aggregate
+        .combine(&request, &[&good[0]])
+        .unwrap_err()
+        .to_string()
+        .contains("no release covers"));
+    let e = aggregate
+        .combine(&request, &[&good[0], &good[0], &good[1]])
+        .unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    // A release made for another assignment.
+    let other_assignment = aggregate.request(ctx.committee().assign(&[1, 2]).unwrap());
+    let r1 = round.releases(&other_assignment, &[1]);
+    let e = aggregate
+        .combine(&request, &[&good[0], &r1[0]])
+        .unwrap_err();
+    assert!(e.to_string().contains("assigned"), "{e}");
+    // Another session's release.
+    let ctx2 = SessionContext::new(ctx.params.clone(), [9; 32], ctx.length).unwrap();
+    let held = round.held(1);
+    let foreign = release(&ctx2, 1, &request, |p| held.get(p)).unwrap();
+    assert!(matches!(
+        aggregate.combine(&request, &[&good[0], &foreign]),
+        Err(CryptoError::WrongSession { .. })
+    ));
+}
+
+#[test]
+fn a_member_refuses_what_it_cannot_or_must_not_answer() {
+    let ctx = context(Profile::Fast, 6, 3, 2, 100);
+    let round = Round::new(ctx.clone(), 3, 5);
+    let aggregate = round.aggregate();
+    let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
+    // Lacking one contributor's seeds.
+    let mut held = round.held(0);
+    held.remove(&name(1));
+    let e = release(&ctx, 0, &request, |p| held.get(p)).unwrap_err();
+    assert!(e.to_string().contains("holds no seeds"), "{e}");
+    // Another member's bundle passed off as its own.
+    let other = round.held(1);
+    assert!(release(&ctx, 0, &request, |p| other.get(p)).is_err());
+    // An assignment that gives it a set it belongs to.
+    let held = round.held(0);
+    let sets = ctx.committee().sets();
+    let forged = ReleaseRequest {
+        contributors: request.contributors.clone(),
+        assignment: sets.iter().map(|_| 0).collect(),
+    };
+    assert!(release(&ctx, 0, &forged, |p| held.get(p)).is_err());
+    // Unsorted or repeated contributors, and more than declared.
+    let mut unsorted = request.clone();
+    unsorted.contributors.reverse();
+    assert!(release(&ctx, 0, &unsorted, |p| held.get(p)).is_err());
+    let mut many = request.clone();
+    many.contributors = (0..7).map(name).collect();
+    assert!(release(&ctx, 0, &many, |p| held.get(p)).is_err());
+    // The same request answers byte-identically.
+    let a = release(&ctx, 0, &request, |p| held.get(p)).unwrap();
+    let b = release(&ctx, 0, &request, |p| held.get(p)).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_prepared_encryption_refuses_bad_values_and_seals_once() {
+    let ctx = context(Profile::Fast, 6, 3, 2, 3000);
+    let key = ParticipantKey::generate(ctx.committee());
+    let mut prepared = key.prepare(&ctx).unwrap();
+    let mut values = vec![0.5f32; 3000];
+    values[17] = f32::NAN;
+    assert_eq!(
+        prepared.seal_in_place(&values).unwrap_err(),
+        CryptoError::NonFinite { index: 17 }
+    );
+    assert!(matches!(
+        prepared.seal_in_place(&values[..10]),
+        Err(CryptoError::LengthMismatch { .. })
+    ));
+    values[17] = 0.5;
+    let sealed = prepared.seal_in_place(&values).unwrap();
+    assert!(prepared.seal_in_place(&values).is_err());
+    assert_eq!(sealed.bytes.len(), wire::update_len(&ctx));
+    // Another session, another length, another profile: refused by the accumulator.
+    let other = context(Profile::Fast, 6, 3, 2, 3001);
+    assert!(Accumulator::new(&other).add("p", &sealed.bytes).is_err());
+    let mut acc = Accumulator::new(&ctx);
+    acc.add("p", &sealed.bytes).unwrap();
+    assert!(matches!(
+        acc.add("p", &sealed.bytes),
+        Err(CryptoError::DuplicateContributor(_))
+    ));
+}
+
+#[test]
+fn ten_participants_send_four_bytes_per_value_and_a_thousand_six() {
+    let ctx = context(Profile::Secure, 10, 5, 4, 1 << 20);
+    let bytes = wire::update_len(&ctx) as f64 / ctx.length as f64;
+    assert!(bytes < 4.001, "{bytes}");
+    let ctx = context(Profile::Secure, 1000, 10, 6, 1 << 20);
+    assert!((wire::update_len(&ctx) as f64 / ctx.length as f64) < 6.001);
+}
+
+#[test]
+fn seed_bundles_are_checked_and_redacted() {
+    let c = Committee::new(5, 4).unwrap();
+    let key = ParticipantKey::generate(c);
+    let bundle = key.bundle_for(2);
+    bundle.check(c, 2).unwrap();
+    assert!(bundle.check(c, 3).is_err());
+    let mut short = bundle.clone();
+    short.seeds.pop();
+    assert!(short.check(c, 2).is_err());
+    assert!(!format!("{bundle:?}").contains(&format!("{:?}", bundle.seeds[0])));
+    assert!(!format!("{key:?}").contains(&format!("{:?}", &key.seeds()[0][0..4])));
+    // Fresh keys differ.
+    assert_ne!(key.seeds(), ParticipantKey::generate(c).seeds());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn garbage_never_parses_or_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let ctx = context(Profile::Fast, 6, 3, 2, 20);
+        prop_assert!(wire::update_bodies(&ctx, &bytes).is_err());
+        prop_assert!(wire::parse_release(&ctx, &bytes).is_err());
+    }
+
+    #[test]
+    fn wire_forms_round_trip_and_refuse_any_changed_byte(length in 1u64..300, flip in any::<prop::sample::Index>()) {
+        let ctx = context(Profile::Fast, 6, 3, 2, length);
+        let key = ParticipantKey::generate(ctx.committee());
+        let values: Vec<f32> = (0..length).map(|i| i as f32 / 64.0 - 2.0).collect();
+        let sealed = key.encrypt(&ctx, &values).unwrap();
+        prop_assert_eq!(wire::update_bodies(&ctx, &sealed.bytes).unwrap().len(), ctx.body_bytes());
+        let mut bad = sealed.bytes.clone();
+        let i = flip.index(bad.len());
+        bad[i] ^= 1;
+        prop_assert!(wire::update_bodies(&ctx, &bad).is_err());
+
+        let request = ReleaseRequest { contributors: vec!["p".into()], assignment: ctx.committee().assign(&[0, 1]).unwrap() };
+        let bundle = key.bundle_for(0);
+        let rel = release(&ctx, 0, &request, |_| Some(&bundle)).unwrap();
+        let (header, bodies) = wire::parse_release(&ctx, &rel).unwrap();
+        prop_assert_eq!(header.member, 0);
+        prop_assert_eq!(bodies.len(), ctx.body_bytes());
+        let mut bad = rel.clone();
+        let i = flip.index(bad.len());
+        bad[i] ^= 0x80;
+        prop_assert!(wire::parse_release(&ctx, &bad).is_err());
+    }
+}
