@@ -3,6 +3,7 @@
 
 pub mod machine;
 pub mod messages;
+pub mod roles;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};

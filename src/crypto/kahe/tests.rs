@@ -407,3 +407,59 @@ proptest! {
         prop_assert!(wire::parse_release(&ctx, &bad).is_err());
     }
 }
+
+/// Timings of one 10 × 1M round's cryptography, next to a plaintext sum of the same updates
+/// measured in the same run (`cargo test --release --lib -- --ignored kahe_timings --nocapture`).
+/// A measurement, not a check: speed targets are for benchmarks.
+#[test]
+#[ignore]
+fn kahe_timings() {
+    use std::time::Instant;
+    let length = 1u64 << 20;
+    let ctx = context(Profile::Secure, 10, 5, 4, length);
+    let round = Round::new(ctx.clone(), 10, 11);
+    let t = Instant::now();
+    let mut plain = vec![0f32; length as usize];
+    for u in round.updates.values() {
+        for (s, v) in plain.iter_mut().zip(u) {
+            *s += v;
+        }
+    }
+    let plain_s = t.elapsed().as_secs_f64();
+    std::hint::black_box(&plain);
+    let key = &round.keys[&name(0)];
+    let t = Instant::now();
+    let prepared = key.prepare(&ctx).unwrap();
+    let prepare_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let sealed = prepared.seal(&round.updates[&name(0)]).unwrap();
+    let seal_s = t.elapsed().as_secs_f64();
+    let mut acc = Accumulator::new(&ctx);
+    let mut add_s = 0.0;
+    for (p, k) in &round.keys {
+        let bytes = if p == &name(0) {
+            sealed.bytes.clone()
+        } else {
+            k.encrypt(&ctx, &round.updates[p]).unwrap().bytes
+        };
+        let t = Instant::now();
+        acc.add(p, &bytes).unwrap();
+        add_s += t.elapsed().as_secs_f64();
+    }
+    let aggregate = acc.finish();
+    let request = aggregate.request(ctx.committee().assign(&[0, 1, 2, 3]).unwrap());
+    let t = Instant::now();
+    let releases = round.releases(&request, &[0, 1, 2, 3]);
+    let release_s = t.elapsed().as_secs_f64() / 4.0;
+    let t = Instant::now();
+    aggregate.combine(&request, &refs(&releases)).unwrap();
+    let combine_s = t.elapsed().as_secs_f64();
+    println!(
+        "values {length}: plaintext sum of 10 {plain_s:.4} s; prepare {prepare_s:.4} s \
+         ({:.1} M values/s); seal {seal_s:.4} s; prepare+seal {:.1} M values/s; add 10 {add_s:.4} s; \
+         release per member {release_s:.4} s; combine {combine_s:.4} s; {:.3} B/value",
+        length as f64 / prepare_s / 1e6,
+        length as f64 / (prepare_s + seal_s) / 1e6,
+        sealed.bytes.len() as f64 / length as f64
+    );
+}
