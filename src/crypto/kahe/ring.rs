@@ -132,9 +132,9 @@ mod tests {
         let n = a.len();
         let mut out = vec![0u128; n];
         let q = Q as u128;
-        for i in 0..n {
-            for j in 0..n {
-                let p = a[i] as u128 * b[j] as u128 % q;
+        for (i, &ai) in a.iter().enumerate() {
+            for (j, &bj) in b.iter().enumerate() {
+                let p = ai as u128 * bj as u128 % q;
                 let k = i + j;
                 if k < n {
                     out[k] = (out[k] + p) % q;
