@@ -180,7 +180,10 @@ impl KaheParams {
         if self.frac_bits > 40 {
             return bad(format!("frac_bits = {} exceeds 40", self.frac_bits));
         }
-        if self.wire_bits == 0 || !self.wire_bits.is_multiple_of(8) || self.wire_bits > MAX_WIRE_BITS {
+        if self.wire_bits == 0
+            || !self.wire_bits.is_multiple_of(8)
+            || self.wire_bits > MAX_WIRE_BITS
+        {
             return bad(format!(
                 "wire_bits = {} must be a multiple of 8 in 8..={MAX_WIRE_BITS}",
                 self.wire_bits

@@ -479,6 +479,13 @@ mod tests {
         last
     }
 
+    fn submission(i: u8) -> CoordinatorEvent {
+        V::SubmissionComplete {
+            participant: format!("p{i}"),
+            meta: meta(i),
+        }
+    }
+
     fn held(names: &[&str]) -> Option<Vec<String>> {
         Some(names.iter().map(|s| s.to_string()).collect())
     }
@@ -646,14 +653,7 @@ mod tests {
     #[test]
     fn deadlines_close_or_fail_and_restarts_repeat_the_step() {
         let mut s = collecting();
-        s.handle(
-            V::SubmissionComplete {
-                participant: "p0".into(),
-                meta: meta(0),
-            },
-            10,
-        )
-        .unwrap();
+        s.handle(submission(0), 10).unwrap();
         let deadline = s.phase_deadline_ms().unwrap();
         assert!(s.handle(V::Tick, deadline - 1).unwrap().is_empty());
         assert_eq!(
@@ -662,22 +662,8 @@ mod tests {
         );
 
         let mut s = collecting();
-        s.handle(
-            V::SubmissionComplete {
-                participant: "p0".into(),
-                meta: meta(0),
-            },
-            10,
-        )
-        .unwrap();
-        s.handle(
-            V::SubmissionComplete {
-                participant: "p1".into(),
-                meta: meta(1),
-            },
-            10,
-        )
-        .unwrap();
+        s.handle(submission(0), 10).unwrap();
+        s.handle(submission(1), 10).unwrap();
         let deadline = s.phase_deadline_ms().unwrap();
         assert_eq!(
             s.handle(V::Tick, deadline).unwrap(),
@@ -722,14 +708,7 @@ mod tests {
             10,
         );
         assert_eq!(e.unwrap_err().code(), "not_allowed");
-        s.handle(
-            V::SubmissionComplete {
-                participant: "p0".into(),
-                meta: meta(0),
-            },
-            10,
-        )
-        .unwrap();
+        s.handle(submission(0), 10).unwrap();
         let e = s.handle(
             V::SubmissionComplete {
                 participant: "p0".into(),
