@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Roster;
+use crate::crypto::kahe::{ReleaseRequest, SessionContext};
 use crate::session::{Phase, SessionError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +43,12 @@ pub enum MemberInput<'a> {
         from: &'a str,
         participants: &'a [String],
     },
-    /// The coordinator asks for the keys of contributor set `contributors` (sorted), whose
-    /// session-bound digest is `digest`.
+    /// The coordinator asks for the keys of a contributor set under an assignment of the sets;
+    /// `context` is the session's (the plan digest binds S's digest to it).
     Release {
         from: &'a str,
-        contributors: &'a [String],
-        digest: [u8; 32],
+        request: &'a ReleaseRequest,
+        context: &'a SessionContext,
     },
     /// The coordinator says the session is over (done or failed).
     Ended { from: &'a str },
@@ -141,10 +142,23 @@ impl MemberState {
             }
             MemberInput::Release {
                 from,
-                contributors,
-                digest,
+                request,
+                context,
             } => {
                 self.roster.check_coordinator(from)?;
+                // Every check runs before S is fixed: a refused request fixes nothing.
+                request.check(context)?;
+                let mine = context
+                    .committee()
+                    .assigned_to(&request.assignment, self.index)?;
+                if mine.is_empty() {
+                    return Err(SessionError::BadInput(format!(
+                        "the assignment gives member {} no set",
+                        self.index
+                    )));
+                }
+                let digest = request.contributors_digest(context);
+                let contributors = &request.contributors;
                 if let Some(fixed) = self.released_for {
                     if fixed != digest {
                         return Err(SessionError::Duplicate(format!(
@@ -195,9 +209,41 @@ impl MemberState {
 mod tests {
     use super::super::testing::roster;
     use super::*;
+    use crate::crypto::kahe::KaheParams;
+    use crate::crypto::Profile;
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn context() -> SessionContext {
+        let params = KaheParams::recommended(Profile::Fast, 4, 3, 2, 8.0, 20).unwrap();
+        SessionContext::new(params, [1; 32], 10).unwrap()
+    }
+
+    /// A request for `s` with sets spread over members 0 and 1.
+    fn request(s: &[&str]) -> ReleaseRequest {
+        ReleaseRequest {
+            contributors: names(s),
+            assignment: context().committee().assign(&[0, 1]).unwrap(),
+        }
+    }
+
+    fn ask(
+        m: &mut MemberState,
+        r: &ReleaseRequest,
+        from: &str,
+        floor: u32,
+    ) -> Result<MemberDecision, SessionError> {
+        let ctx = context();
+        m.handle(
+            MemberInput::Release {
+                from,
+                request: r,
+                context: &ctx,
+            },
+            floor,
+        )
     }
 
     fn member() -> MemberState {
@@ -259,36 +305,33 @@ mod tests {
     #[test]
     fn keys_are_released_for_one_contributor_set_only() {
         let mut m = member();
-        let s = names(&["p0", "p1"]);
-        fn release(s: &[String], d: u8) -> MemberInput<'_> {
-            MemberInput::Release {
-                from: "coord",
-                contributors: s,
-                digest: [d; 32],
-            }
-        }
+        let s = request(&["p0", "p1"]);
         assert_eq!(
-            m.handle(release(&s, 1), 2).unwrap(),
+            ask(&mut m, &s, "coord", 2).unwrap(),
             MemberDecision::Release { first: true }
         );
         assert_eq!(
-            m.handle(release(&s, 1), 2).unwrap(),
+            ask(&mut m, &s, "coord", 2).unwrap(),
             MemberDecision::Release { first: false }
         );
-        let s2 = names(&["p0", "p2"]);
+        // The same S under another assignment is answered too.
+        let mut other_assignment = s.clone();
+        other_assignment.assignment = context().committee().assign(&[1, 2]).unwrap();
+        assert!(ask(&mut m, &other_assignment, "coord", 2).is_ok());
+        let s2 = request(&["p0", "p2"]);
         assert_eq!(
-            m.handle(release(&s2, 2), 2).unwrap_err().code(),
+            ask(&mut m, &s2, "coord", 2).unwrap_err().code(),
             "duplicate"
         );
         // After a restart (the persisted state), still only the first set.
         let mut restarted: MemberState =
             serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(
-            restarted.handle(release(&s2, 2), 2).unwrap_err().code(),
+            ask(&mut restarted, &s2, "coord", 2).unwrap_err().code(),
             "duplicate"
         );
         assert_eq!(
-            restarted.handle(release(&s, 1), 2).unwrap(),
+            ask(&mut restarted, &s, "coord", 2).unwrap(),
             MemberDecision::Release { first: false }
         );
         // Late seeds are refused once released.
@@ -302,37 +345,42 @@ mod tests {
     #[test]
     fn requests_it_cannot_or_must_not_answer_are_refused_without_fixing_the_set() {
         let mut m = member();
-        let ask = |m: &mut MemberState, s: &[&str], from: &str, floor: u32| {
-            let s = names(s);
-            m.handle(
-                MemberInput::Release {
-                    from,
-                    contributors: &s,
-                    digest: [7; 32],
-                },
-                floor,
-            )
-        };
         // Not the coordinator; too few for the plan, for the local floor; a stranger; a
-        // participant whose seeds it lacks.
+        // participant whose seeds it lacks; a repeated contributor; an assignment that gives
+        // this member nothing.
         assert_eq!(
-            ask(&mut m, &["p0", "p1"], "p0", 2).unwrap_err().code(),
+            ask(&mut m, &request(&["p0", "p1"]), "p0", 2)
+                .unwrap_err()
+                .code(),
             "not_allowed"
         );
         assert_eq!(
-            ask(&mut m, &["p0"], "coord", 1).unwrap_err().code(),
+            ask(&mut m, &request(&["p0"]), "coord", 1)
+                .unwrap_err()
+                .code(),
             "bad_input"
         );
         assert_eq!(
-            ask(&mut m, &["p0", "p1"], "coord", 3).unwrap_err().code(),
+            ask(&mut m, &request(&["p0", "p1"]), "coord", 3)
+                .unwrap_err()
+                .code(),
             "bad_input"
         );
         assert_eq!(
-            ask(&mut m, &["p0", "zz"], "coord", 2).unwrap_err().code(),
+            ask(&mut m, &request(&["p0", "zz"]), "coord", 2)
+                .unwrap_err()
+                .code(),
             "not_allowed"
         );
-        let e = ask(&mut m, &["p0", "p3"], "coord", 2).unwrap_err();
+        let e = ask(&mut m, &request(&["p0", "p3"]), "coord", 2).unwrap_err();
         assert!(e.to_string().contains("holds no seeds"), "{e}");
+        assert!(ask(&mut m, &request(&["p0", "p0"]), "coord", 2).is_err());
+        let mut elsewhere = request(&["p0", "p1"]);
+        elsewhere.assignment = context().committee().assign(&[0, 2]).unwrap();
+        assert!(ask(&mut m, &elsewhere, "coord", 2)
+            .unwrap_err()
+            .to_string()
+            .contains("no set"));
         assert_eq!(m.released_for, None);
         assert_eq!(m.phase, MemberPhase::Holding);
         // The session's end forgets, and nothing is answered afterwards.
@@ -340,6 +388,6 @@ mod tests {
             m.handle(MemberInput::Ended { from: "coord" }, 2).unwrap(),
             MemberDecision::Forget
         );
-        assert!(ask(&mut m, &["p0", "p1"], "coord", 2).is_err());
+        assert!(ask(&mut m, &request(&["p0", "p1"]), "coord", 2).is_err());
     }
 }

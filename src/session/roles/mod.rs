@@ -14,6 +14,7 @@ pub mod participant;
 use serde::{Deserialize, Serialize};
 
 use super::SessionError;
+use crate::crypto::kahe::KaheParams;
 
 /// Who plays which part in a session: what the machines need of its plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,63 @@ impl Roster {
         Ok(())
     }
 
+    /// Checks a roster received from a peer against the parameters its plan binds: every
+    /// role runs this on receipt, since the coordinator's own validation proves nothing to
+    /// others. A committee member listed twice would receive the seeds of several indices: at t
+    /// indices, every seed.
+    pub fn validate(&self, params: &KaheParams) -> Result<(), SessionError> {
+        let bad = |field: &str, reason: String| SessionError::InvalidSpec {
+            field: field.to_string(),
+            reason,
+        };
+        let distinct = |list: &[String]| {
+            let set: std::collections::BTreeSet<&String> = list.iter().collect();
+            set.len() == list.len()
+        };
+        if !distinct(&self.committee) {
+            return Err(bad("committee", "a member is listed twice".into()));
+        }
+        if !distinct(&self.participants) {
+            return Err(bad("participants", "a participant is listed twice".into()));
+        }
+        params.validate()?;
+        if self.committee.len() as u32 != params.committee || self.threshold != params.threshold {
+            return Err(bad(
+                "committee",
+                format!(
+                    "{} members with threshold {} where the parameters say {} and {}",
+                    self.committee.len(),
+                    self.threshold,
+                    params.committee,
+                    params.threshold
+                ),
+            ));
+        }
+        if self.participants.is_empty()
+            || self.participants.len() as u64 > params.participants as u64
+        {
+            return Err(bad(
+                "participants",
+                format!(
+                    "{} participants where the parameters allow 1..={}",
+                    self.participants.len(),
+                    params.participants
+                ),
+            ));
+        }
+        if self.min_participants == 0 || self.min_participants as usize > self.participants.len() {
+            return Err(bad(
+                "min_participants",
+                format!(
+                    "{} is outside 1..={}",
+                    self.min_participants,
+                    self.participants.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn not_participant(&self, peer: &str) -> SessionError {
         SessionError::NotAllowed {
             peer: peer.to_string(),
@@ -82,8 +140,11 @@ pub struct LocalPolicy {
 }
 
 impl LocalPolicy {
-    /// Checks a plan's shape against the policy before joining it, in any role.
-    pub fn check(&self, roster: &Roster, profile: &str) -> Result<(), SessionError> {
+    /// Checks a received plan (its roster against its parameters, then the policy) before
+    /// joining it, in any role.
+    pub fn check(&self, roster: &Roster, params: &KaheParams) -> Result<(), SessionError> {
+        roster.validate(params)?;
+        let profile = params.profile.name();
         if roster.min_participants < self.min_contributors_floor {
             return Err(SessionError::NotAllowed {
                 peer: roster.coordinator.clone(),
@@ -130,6 +191,11 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::roster;
     use super::*;
+    use crate::crypto::Profile;
+
+    fn params(profile: Profile, k: u32, t: u32) -> KaheParams {
+        KaheParams::recommended(profile, 10, k, t, 8.0, 20).unwrap()
+    }
 
     #[test]
     fn the_local_floor_and_profile_list_are_enforced() {
@@ -137,10 +203,37 @@ mod tests {
             min_contributors_floor: 2,
             allowed_profiles: vec!["secure".into()],
         };
-        policy.check(&roster(3, 2, 5, 2), "secure").unwrap();
-        let e = policy.check(&roster(3, 2, 5, 1), "secure").unwrap_err();
+        let secure = params(Profile::Secure, 3, 2);
+        policy.check(&roster(3, 2, 5, 2), &secure).unwrap();
+        let e = policy.check(&roster(3, 2, 5, 1), &secure).unwrap_err();
         assert!(e.to_string().contains("min_contributors_floor"), "{e}");
-        let e = policy.check(&roster(3, 2, 5, 3), "fast").unwrap_err();
+        let e = policy
+            .check(&roster(3, 2, 5, 3), &params(Profile::Fast, 3, 2))
+            .unwrap_err();
         assert!(e.to_string().contains("profile fast"), "{e}");
+    }
+
+    #[test]
+    fn a_received_roster_must_match_its_parameters_and_list_no_one_twice() {
+        let p = params(Profile::Secure, 3, 2);
+        roster(3, 2, 5, 2).validate(&p).unwrap();
+        // A coordinator listing its own peer at several member indices would collect every
+        // seed; one listing a participant twice would count it twice.
+        let mut r = roster(3, 2, 5, 2);
+        r.committee[2] = r.committee[0].clone();
+        assert!(r
+            .validate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let mut r = roster(3, 2, 5, 2);
+        r.participants[1] = r.participants[0].clone();
+        assert!(r.validate(&p).is_err());
+        // Roster and parameters disagree on the committee, threshold or participant count.
+        assert!(roster(4, 3, 5, 2).validate(&p).is_err());
+        assert!(roster(3, 3, 5, 2).validate(&p).is_err());
+        assert!(roster(3, 2, 11, 2).validate(&p).is_err());
+        assert!(roster(3, 2, 5, 6).validate(&p).is_err());
+        assert!(roster(3, 2, 5, 0).validate(&p).is_err());
     }
 }
