@@ -124,13 +124,14 @@ impl Aggregate {
         }
     }
 
-    /// Subtracts the releases from the sum and decodes the signed fixed-point sums (mod 2^w).
-    /// Every set of the request's assignment must be covered by exactly the release of its
-    /// assigned member; every release must be for this session and this contributor set.
+    /// Subtracts the releases (each with the committee index of the member that sent it) from
+    /// the sum and decodes the signed fixed-point sums (mod 2^w). Every set of the request's
+    /// assignment must be covered by exactly the release of its assigned member; every release
+    /// must be for this session and this contributor set, from a member with a set.
     pub fn combine_fixed(
         &self,
         request: &ReleaseRequest,
-        releases: &[&[u8]],
+        releases: &[(u32, &[u8])],
     ) -> Result<Vec<i64>, CryptoError> {
         let p = &self.ctx.params;
         let phase = self.phase(request, releases)?;
@@ -141,7 +142,7 @@ impl Aggregate {
     pub(crate) fn phase(
         &self,
         request: &ReleaseRequest,
-        releases: &[&[u8]],
+        releases: &[(u32, &[u8])],
     ) -> Result<Vec<u64>, CryptoError> {
         let ctx = &self.ctx;
         let committee = ctx.committee();
@@ -154,8 +155,14 @@ impl Aggregate {
         let digest = request.contributors_digest(ctx);
         let mut covered = vec![false; committee.sets().len()];
         let mut parsed = Vec::with_capacity(releases.len());
-        for bytes in releases {
+        for &(sender, bytes) in releases {
             let (header, bodies) = parse_release(ctx, bytes)?;
+            if header.member != sender {
+                return Err(CryptoError::Combine(format!(
+                    "member {sender} sent a release made out as member {}'s",
+                    header.member
+                )));
+            }
             if header.contributors_digest != digest {
                 return Err(CryptoError::Combine(format!(
                     "member {}'s release is for another contributor set",
@@ -163,7 +170,7 @@ impl Aggregate {
                 )));
             }
             let expected = committee.assigned_to(&request.assignment, header.member)?;
-            if header.sets != expected {
+            if expected.is_empty() || header.sets != expected {
                 return Err(CryptoError::Combine(format!(
                     "member {} released sets {:?} where it was assigned {expected:?}",
                     header.member, header.sets
@@ -204,7 +211,7 @@ impl Aggregate {
     pub fn combine(
         &self,
         request: &ReleaseRequest,
-        releases: &[&[u8]],
+        releases: &[(u32, &[u8])],
     ) -> Result<DecryptedSum, CryptoError> {
         let fixed = self.combine_fixed(request, releases)?;
         let p = &self.ctx.params;

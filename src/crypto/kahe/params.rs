@@ -1,6 +1,6 @@
 //! Ring profiles and session parameters of key-additive aggregation, with the error bound that
 //! sizes the plaintext and wire widths from the session's participant count (`docs/CRYPTO.md`
-//! §3). The formulas here are the single source of truth; the tests check them against measured
+//! A.3). The formulas here are the single source of truth; the tests check them against measured
 //! decodings.
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,12 @@ pub const MAX_WIRE_BITS: u32 = 56;
 /// Default fixed-point fraction bits: finer than Flower's default quantisation.
 pub const DEFAULT_FRAC_BITS: u32 = 20;
 
+/// The largest |fixed-point value| one clipped value encodes to: ⌈clip·2^f⌉ (rounding to
+/// nearest or stochastically may round clip·2^f up).
+fn max_fixed(clip: f64, frac_bits: u32) -> f64 {
+    (clip * (1u64 << frac_bits) as f64).ceil()
+}
+
 /// Everything that fixes how a session encodes, encrypts and decrypts; bound into the session
 /// plan's digest, hence into every ciphertext and key release.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,7 +92,7 @@ impl KaheParams {
         clip: f64,
         frac_bits: u32,
     ) -> Result<Self, CryptoError> {
-        let sum_log2 = (participants.max(1) as f64).log2() + clip.log2() + frac_bits as f64;
+        let sum_log2 = (participants.max(1) as f64 * max_fixed(clip, frac_bits)).log2();
         // |Σm| < 2^(w−1): one bit for the sign, and a strict bound.
         let plaintext_bits = (sum_log2.floor() as i64 + 2).max(2) as u32;
         let mut params = KaheParams {
@@ -195,7 +201,7 @@ impl KaheParams {
                 self.plaintext_bits, self.wire_bits
             ));
         }
-        let sum_log2 = (self.participants as f64).log2() + self.clip.log2() + self.frac_bits as f64;
+        let sum_log2 = (self.participants as f64 * max_fixed(self.clip, self.frac_bits)).log2();
         if sum_log2 >= (self.plaintext_bits - 1) as f64 {
             return bad(format!(
                 "participants · clip · 2^frac_bits = 2^{sum_log2:.2} reaches the plaintext limit \
@@ -249,9 +255,16 @@ mod tests {
         assert_eq!(p.plaintext_bits, 28, "{p:?}");
         let p = KaheParams::recommended(Profile::Secure, 1000, 10, 6, 8.0, 20).unwrap();
         assert_eq!(p.wire_bits, 48, "{p:?}");
-        assert!(p.wire_bytes() <= 8);
         // Precision at least Flower's: ≤ 2.5e-6 on the mean of values in ±8.
         assert!(p.mean_error_bound() <= 2.5e-6);
+    }
+
+    #[test]
+    fn the_plaintext_holds_sums_of_rounded_up_clipped_values() {
+        // clip·2^20 = 44739242.5 rounds up to 44739243: three of them need w = 29.
+        let clip = 44739242.5 / (1u64 << 20) as f64;
+        let p = KaheParams::recommended(Profile::Fast, 3, 3, 2, clip, 20).unwrap();
+        assert!(3 * 44739243i64 < 1 << (p.plaintext_bits - 1), "{p:?}");
     }
 
     #[test]

@@ -61,12 +61,12 @@ impl Round {
             .collect()
     }
 
-    fn releases(&self, request: &ReleaseRequest, answering: &[u32]) -> Vec<Vec<u8>> {
+    fn releases(&self, request: &ReleaseRequest, answering: &[u32]) -> Vec<(u32, Vec<u8>)> {
         answering
             .iter()
             .map(|&m| {
                 let held = self.held(m);
-                release(&self.ctx, m, request, |p| held.get(p)).unwrap()
+                (m, release(&self.ctx, m, request, |p| held.get(p)).unwrap())
             })
             .collect()
     }
@@ -83,8 +83,8 @@ impl Round {
     }
 }
 
-fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
-    v.iter().map(|b| b.as_slice()).collect()
+fn refs(v: &[(u32, Vec<u8>)]) -> Vec<(u32, &[u8])> {
+    v.iter().map(|(m, b)| (*m, b.as_slice())).collect()
 }
 
 #[test]
@@ -247,30 +247,45 @@ fn releases_for_another_contributor_set_or_assignment_are_refused() {
     let round = Round::new(ctx.clone(), 3, 4);
     let aggregate = round.aggregate();
     let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
-    let good = round.releases(&request, &[0, 1]);
+    let good_owned = round.releases(&request, &[0, 1]);
+    let good = refs(&good_owned);
     // A release for a smaller S.
     let mut smaller = request.clone();
     smaller.contributors.pop();
     let other = round.releases(&smaller, &[0]);
     let e = aggregate
-        .combine(&request, &[&other[0], &good[1]])
+        .combine(&request, &[(0, &other[0].1), good[1]])
         .unwrap_err();
     assert!(e.to_string().contains("another contributor set"), "{e}");
     // A missing member, a repeated one.
-    assert!(aggregate
-        .combine(&request, &[&good[0]])
-        .unwrap_err()
-        .to_string()
-        .contains("no release covers"));
+    let e = aggregate.combine(&request, &[good[0]]).unwrap_err();
+    assert!(e.to_string().contains("no release covers"), "{e}");
     let e = aggregate
-        .combine(&request, &[&good[0], &good[0], &good[1]])
+        .combine(&request, &[good[0], good[0], good[1]])
         .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
     // A release made for another assignment.
     let other_assignment = aggregate.request(ctx.committee().assign(&[1, 2]).unwrap());
     let r1 = round.releases(&other_assignment, &[1]);
     let e = aggregate
-        .combine(&request, &[&good[0], &r1[0]])
+        .combine(&request, &[good[0], (1, &r1[0].1)])
+        .unwrap_err();
+    assert!(e.to_string().contains("assigned"), "{e}");
+    // A release sent by one member in another's name.
+    let e = aggregate
+        .combine(&request, &[(1, good[0].1), good[1]])
+        .unwrap_err();
+    assert!(e.to_string().contains("made out as"), "{e}");
+    // An empty release from a member with no set (member 2 here), its bodies garbage.
+    let empty_sets = wire::ReleaseHeader {
+        contributors_digest: request.contributors_digest(&ctx),
+        member: 2,
+        sets: Vec::new(),
+    };
+    let (mut empty, _) = wire::release_frame(&ctx, &empty_sets);
+    crate::crypto::wire::seal_frame(&mut empty);
+    let e = aggregate
+        .combine(&request, &[good[0], good[1], (2, &empty)])
         .unwrap_err();
     assert!(e.to_string().contains("assigned"), "{e}");
     // Another session's release.
@@ -278,7 +293,7 @@ fn releases_for_another_contributor_set_or_assignment_are_refused() {
     let held = round.held(1);
     let foreign = release(&ctx2, 1, &request, |p| held.get(p)).unwrap();
     assert!(matches!(
-        aggregate.combine(&request, &[&good[0], &foreign]),
+        aggregate.combine(&request, &[good[0], (1, &foreign)]),
         Err(CryptoError::WrongSession { .. })
     ));
 }
@@ -398,6 +413,20 @@ proptest! {
         let request = ReleaseRequest { contributors: vec!["p".into()], assignment: ctx.committee().assign(&[0, 1]).unwrap() };
         let bundle = key.bundle_for(0);
         let rel = release(&ctx, 0, &request, |_| Some(&bundle)).unwrap();
+        // A well-formed envelope around a hostile header: every count and length refused.
+        for count in [0u32, 1, 3, 4, u32::MAX] {
+            let mut hostile = rel.clone();
+            hostile[6 + 77..6 + 81].copy_from_slice(&count.to_le_bytes());
+            let end = hostile.len() - 32;
+            let digest = blake3::hash(&hostile[..end]);
+            hostile[end..].copy_from_slice(digest.as_bytes());
+            let sets = wire::parse_release(&ctx, &hostile).map(|(h, _)| h.sets.len());
+            prop_assert!(sets.is_err() || sets == Ok(count as usize));
+        }
+        let mut short = rel[..6 + 60].to_vec();
+        let digest = blake3::hash(&short);
+        short.extend_from_slice(digest.as_bytes());
+        prop_assert!(wire::parse_release(&ctx, &short).is_err());
         let (header, bodies) = wire::parse_release(&ctx, &rel).unwrap();
         prop_assert_eq!(header.member, 0);
         prop_assert_eq!(bodies.len(), ctx.body_bytes());

@@ -317,7 +317,15 @@ impl CoordinatorState {
                             self.roster.min_participants
                         )
                     }
-                    Phase::Closing | Phase::Decrypting => {
+                    // Members that never answered the holdings query hold nothing: one
+                    // that hangs rather than disconnects must not cost the round.
+                    Phase::Closing => {
+                        for m in 0..self.k() {
+                            self.holdings.entry(m).or_default();
+                        }
+                        return self.fix_contributors(now_ms);
+                    }
+                    Phase::Decrypting => {
                         "the committee did not release the keys in time".to_string()
                     }
                     _ => format!(
@@ -728,6 +736,28 @@ mod tests {
             "bad_input"
         );
         assert_eq!(s.submitted.len(), 1);
+    }
+
+    #[test]
+    fn a_member_that_never_answers_the_holdings_query_is_left_out_at_the_deadline() {
+        let mut s = collecting();
+        submit_all(&mut s);
+        let all = &["p0", "p1", "p2", "p3"];
+        for m in 0..4 {
+            s.handle(
+                V::Holdings {
+                    member: m,
+                    held: held(all),
+                },
+                11,
+            )
+            .unwrap();
+        }
+        let deadline = s.phase_deadline_ms().unwrap();
+        let effects = s.handle(V::Tick, deadline).unwrap();
+        assert_eq!(s.phase, Phase::Decrypting);
+        assert_eq!(s.answering, vec![0, 1, 2, 3]);
+        assert_eq!(effects.len(), 2);
     }
 
     #[test]
