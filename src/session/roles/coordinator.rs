@@ -36,6 +36,9 @@ pub struct CoordinatorState {
     pub answering: Vec<u32>,
     /// Member per set ([`Committee::sets`]) of the current request.
     pub assignment: Vec<u32>,
+    /// Counts assignments: a release answers one, and one for an earlier assignment (still
+    /// in flight when a member failed) is ignored.
+    pub generation: u32,
     /// Members of the current assignment whose releases arrived (kept in memory only).
     #[serde(skip)]
     pub released: BTreeSet<u32>,
@@ -65,13 +68,16 @@ pub enum CoordinatorEvent {
     },
     /// The bodies of S are summed.
     Summed,
-    /// A member's release for the current assignment arrived and was checked.
+    /// A member's release for assignment `generation` arrived and was checked.
     Released {
         member: u32,
+        generation: u32,
     },
-    /// A member of T could not release (unreachable, refused, or its release was malformed).
+    /// A member of T could not release for assignment `generation` (unreachable, refused, or
+    /// its release was malformed).
     ReleaseFailed {
         member: u32,
+        generation: u32,
         reason: String,
     },
     /// The result is decoded and stored.
@@ -95,9 +101,10 @@ pub enum CoordinatorEffect {
     Accumulate {
         contributors: Vec<String>,
     },
-    /// Ask each member of the assignment for its release of S.
+    /// Ask each member of assignment `generation` for its release of S.
     RequestReleases {
         members: Vec<u32>,
+        generation: u32,
     },
     /// Subtract the releases and decode.
     Combine,
@@ -116,6 +123,7 @@ impl CoordinatorState {
             contributors: Vec::new(),
             answering: Vec::new(),
             assignment: Vec::new(),
+            generation: 0,
             released: BTreeSet::new(),
             summed: false,
             timings: Timings {
@@ -197,6 +205,7 @@ impl CoordinatorState {
                 },
                 CoordinatorEffect::RequestReleases {
                     members: self.assigned_members(),
+                    generation: self.generation,
                 },
             ],
             Phase::Done => vec![CoordinatorEffect::PublishResult],
@@ -278,7 +287,13 @@ impl CoordinatorState {
                 self.summed = true;
                 Ok(self.combine_if_ready())
             }
-            (Phase::Decrypting, CoordinatorEvent::Released { member }) => {
+            (Phase::Decrypting, CoordinatorEvent::Released { generation, .. })
+            | (Phase::Decrypting, CoordinatorEvent::ReleaseFailed { generation, .. })
+                if generation != self.generation =>
+            {
+                Ok(Vec::new())
+            }
+            (Phase::Decrypting, CoordinatorEvent::Released { member, .. }) => {
                 if !self.assignment.contains(&member) {
                     return Err(SessionError::BadInput(format!(
                         "member {member} has no set in the current assignment"
@@ -287,7 +302,7 @@ impl CoordinatorState {
                 self.released.insert(member);
                 Ok(self.combine_if_ready())
             }
-            (Phase::Decrypting, CoordinatorEvent::ReleaseFailed { member, reason }) => {
+            (Phase::Decrypting, CoordinatorEvent::ReleaseFailed { member, reason, .. }) => {
                 if !self.assignment.contains(&member) {
                     return Ok(Vec::new());
                 }
@@ -385,6 +400,7 @@ impl CoordinatorState {
             .sum();
         self.answering = members;
         self.assignment = committee.assign(&self.answering)?;
+        self.generation += 1;
         self.phase = Phase::Decrypting;
         self.timings.decrypting_ms = Some(now_ms);
         Ok(vec![
@@ -393,6 +409,7 @@ impl CoordinatorState {
             },
             CoordinatorEffect::RequestReleases {
                 members: self.assigned_members(),
+                generation: self.generation,
             },
         ])
     }
@@ -416,10 +433,12 @@ impl CoordinatorState {
             return Ok(self.fail(why, now_ms));
         }
         self.assignment = committee.assign(&self.answering)?;
+        self.generation += 1;
         // Releases are bound to their assignment: all are asked again under the new one.
         self.released.clear();
         Ok(vec![CoordinatorEffect::RequestReleases {
             members: self.assigned_members(),
+            generation: self.generation,
         }])
     }
 
@@ -539,16 +558,33 @@ mod tests {
                     contributors: s.contributors.clone()
                 },
                 E::RequestReleases {
-                    members: vec![0, 1, 2, 3]
+                    members: vec![0, 1, 2, 3],
+                    generation: 1
                 }
             ]
         );
         s.handle(V::Summed, 13).unwrap();
         for m in 0..3 {
-            assert!(s.handle(V::Released { member: m }, 13).unwrap().is_empty());
+            assert!(s
+                .handle(
+                    V::Released {
+                        member: m,
+                        generation: 1
+                    },
+                    13
+                )
+                .unwrap()
+                .is_empty());
         }
         assert_eq!(
-            s.handle(V::Released { member: 3 }, 14).unwrap(),
+            s.handle(
+                V::Released {
+                    member: 3,
+                    generation: 1
+                },
+                14
+            )
+            .unwrap(),
             vec![E::Combine]
         );
         assert_eq!(s.handle(V::Combined, 15).unwrap(), vec![E::PublishResult]);
@@ -608,11 +644,19 @@ mod tests {
         assert_eq!(s.answering, vec![0, 1, 2, 3, 4]);
         let contributors = s.contributors.clone();
         s.handle(V::Summed, 12).unwrap();
-        s.handle(V::Released { member: 0 }, 12).unwrap();
+        s.handle(
+            V::Released {
+                member: 0,
+                generation: 1,
+            },
+            12,
+        )
+        .unwrap();
         let effects = s
             .handle(
                 V::ReleaseFailed {
                     member: 2,
+                    generation: 1,
                     reason: "unreachable".into(),
                 },
                 13,
@@ -621,16 +665,25 @@ mod tests {
         assert_eq!(
             effects,
             vec![E::RequestReleases {
-                members: vec![0, 1, 3, 4]
+                members: vec![0, 1, 3, 4],
+                generation: 2
             }]
         );
         assert_eq!(s.contributors, contributors);
+        assert!(s.released.is_empty());
+        // A release still in flight under the first assignment is ignored.
+        let stale = V::Released {
+            member: 1,
+            generation: 1,
+        };
+        assert!(s.handle(stale, 13).unwrap().is_empty());
         assert!(s.released.is_empty());
         // One more failure leaves 3 < t.
         let effects = s
             .handle(
                 V::ReleaseFailed {
                     member: 4,
+                    generation: 2,
                     reason: "refused".into(),
                 },
                 14,
@@ -687,7 +740,14 @@ mod tests {
             )
             .unwrap();
         }
-        s.handle(V::Released { member: 0 }, deadline).unwrap();
+        s.handle(
+            V::Released {
+                member: 0,
+                generation: 1,
+            },
+            deadline,
+        )
+        .unwrap();
         // Restarted from the persisted state: the same S and assignment are asked again.
         let mut back: CoordinatorState =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -698,7 +758,10 @@ mod tests {
                 E::Accumulate {
                     contributors: vec!["p0".into(), "p1".into()]
                 },
-                E::RequestReleases { members }
+                E::RequestReleases {
+                    members,
+                    generation: 1
+                }
             ]
         );
         assert!(back.released.is_empty());
@@ -726,7 +789,15 @@ mod tests {
         );
         assert_eq!(e.unwrap_err().code(), "duplicate");
         assert_eq!(
-            s.handle(V::Released { member: 0 }, 10).unwrap_err().code(),
+            s.handle(
+                V::Released {
+                    member: 0,
+                    generation: 1
+                },
+                10
+            )
+            .unwrap_err()
+            .code(),
             "wrong_phase"
         );
         assert_eq!(

@@ -1,6 +1,7 @@
 //! A participant's session: on the plan it draws its one-time key (persisted before any seed
-//! leaves), sends every member its seeds directly and prepares its encryption; it submits one
-//! body once at least t members hold its seeds, and deletes the key when the session ends.
+//! leaves), sends every member its seeds directly and prepares its encryption; it seals one
+//! body once at least t members hold its seeds, persists it before uploading, and deletes the
+//! key when the session ends.
 
 use std::collections::BTreeSet;
 
@@ -14,6 +15,10 @@ use crate::session::{Phase, SessionError};
 pub enum ParticipantPhase {
     /// Key drawn; seeds being delivered; waiting for the update.
     Joined,
+    /// The body is sealed and persisted, and being uploaded: the key has served its one body,
+    /// and after a restart the same bytes are sent again (a second encryption under the same
+    /// key and public polynomials would reveal the difference of the two updates).
+    Sealed,
     /// The body is with the coordinator, durably.
     Submitted,
     Done,
@@ -40,7 +45,9 @@ pub enum ParticipantEffect {
     DeliverSeeds(Vec<u32>),
     /// Draw the encryption of zero ahead of the update.
     Prepare,
-    /// Delete the key and any preparation.
+    /// Upload the persisted sealed body again.
+    ResendBody,
+    /// Delete the key, any preparation and the sealed body.
     Forget,
 }
 
@@ -48,8 +55,10 @@ pub enum ParticipantEffect {
 pub enum ParticipantInput<'a> {
     /// A member acknowledged the seeds.
     SeedsAcked { member: u32 },
-    /// The local user submits: may the body go out now?
+    /// The local user submits: may the update be sealed now?
     Submit,
+    /// The body is sealed and persisted; its upload starts.
+    Sealed { digest: [u8; 32] },
     /// The coordinator holds the body durably.
     Submitted { digest: [u8; 32] },
     /// The coordinator's word that the session ended, with a failure reason if it failed.
@@ -96,6 +105,7 @@ impl ParticipantState {
                 effects.push(ParticipantEffect::Prepare);
                 effects
             }
+            ParticipantPhase::Sealed => vec![ParticipantEffect::ResendBody],
             ParticipantPhase::Submitted => Vec::new(),
             ParticipantPhase::Done | ParticipantPhase::Failed => vec![ParticipantEffect::Forget],
         }
@@ -103,7 +113,9 @@ impl ParticipantState {
 
     pub fn session_phase(&self) -> Phase {
         match self.phase {
-            ParticipantPhase::Joined | ParticipantPhase::Submitted => Phase::Collecting,
+            ParticipantPhase::Joined | ParticipantPhase::Sealed | ParticipantPhase::Submitted => {
+                Phase::Collecting
+            }
             ParticipantPhase::Done => Phase::Done,
             ParticipantPhase::Failed => Phase::Failed,
         }
@@ -146,12 +158,19 @@ impl ParticipantState {
                 }
                 Ok(Vec::new())
             }
-            ParticipantInput::Submitted { digest } => {
+            ParticipantInput::Sealed { digest } => {
                 if self.phase != ParticipantPhase::Joined {
-                    return Err(self.wrong("already submitted"));
+                    return Err(self.wrong("this node's key has already sealed its one body"));
+                }
+                self.phase = ParticipantPhase::Sealed;
+                self.submitted = Some(digest);
+                Ok(Vec::new())
+            }
+            ParticipantInput::Submitted { digest } => {
+                if self.phase != ParticipantPhase::Sealed || self.submitted != Some(digest) {
+                    return Err(self.wrong("no sealed body with that digest is being uploaded"));
                 }
                 self.phase = ParticipantPhase::Submitted;
-                self.submitted = Some(digest);
                 Ok(Vec::new())
             }
             ParticipantInput::Ended { from, failure } => {
@@ -208,16 +227,31 @@ mod tests {
         s.handle(ParticipantInput::SeedsAcked { member: 0 })
             .unwrap();
         s.handle(ParticipantInput::Submit).unwrap();
+        assert!(s
+            .handle(ParticipantInput::Submitted { digest: [1; 32] })
+            .is_err());
+        s.handle(ParticipantInput::Sealed { digest: [1; 32] })
+            .unwrap();
+        // Sealed: a restart sends the same bytes; no second seal under the key.
+        assert_eq!(s.resume(), vec![ParticipantEffect::ResendBody]);
+        assert_eq!(
+            s.handle(ParticipantInput::Submit).unwrap_err().code(),
+            "wrong_phase"
+        );
+        assert!(s
+            .handle(ParticipantInput::Sealed { digest: [2; 32] })
+            .is_err());
+        assert!(s
+            .handle(ParticipantInput::Submitted { digest: [2; 32] })
+            .is_err());
         s.handle(ParticipantInput::Submitted { digest: [1; 32] })
             .unwrap();
         assert_eq!(
             s.handle(ParticipantInput::Submit).unwrap_err().code(),
             "wrong_phase"
         );
-        assert!(s
-            .handle(ParticipantInput::Submitted { digest: [2; 32] })
-            .is_err());
         assert_eq!(s.submitted, Some([1; 32]));
+        assert!(s.resume().is_empty());
     }
 
     #[test]
