@@ -1,0 +1,104 @@
+//! How the actor's tasks reach peers: request-response over the network, or this node's own
+//! mailbox for messages to itself, with retries for transport failures.
+
+use super::*;
+
+pub(super) const SEND_ATTEMPTS: u32 = 8;
+
+/// Everything a background task needs to talk to peers and report back.
+#[derive(Clone)]
+pub(super) struct Link {
+    pub(super) me: PeerId,
+    pub(super) network: NetworkHandle,
+    pub(super) mailbox: Mailbox<Command>,
+}
+
+impl Link {
+    /// Sends a session message and waits for the answer; messages to this node itself go
+    /// through the actor's own mailbox.
+    pub(super) async fn send(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        self.send_encoded(peer, messages::encode(msg)?).await
+    }
+
+    /// [`Link::send`] for a message already encoded.
+    pub(super) async fn send_encoded(&self, peer: &str, bytes: Vec<u8>) -> Result<AggReply, SessionError> {
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| SessionError::BadInput(format!("`{peer}` is not a peer id")))?;
+        let response = if peer_id == self.me {
+            let me = self.me;
+            self.mailbox
+                .ask(|reply| Command::Inbound {
+                    peer: me,
+                    bytes,
+                    reply,
+                })
+                .await
+                .map_err(stopped)?
+        } else {
+            self.network
+                .request(peer_id, Request::Aggregation(bytes))
+                .await
+                .map_err(|e| match e {
+                    NetError::Outbound { .. } | NetError::Stopped => SessionError::Unreachable {
+                        peer: peer.to_string(),
+                        message: e.to_string(),
+                    },
+                    other => SessionError::Remote {
+                        peer: peer.to_string(),
+                        message: other.to_string(),
+                    },
+                })?
+        };
+        match response {
+            Response::Aggregation(bytes) => messages::decode(&bytes),
+            // A peer that is starting or stopping answers `unavailable`: worth another try.
+            Response::Error { code, message } if code == "unavailable" => {
+                Err(SessionError::Unreachable {
+                    peer: peer.to_string(),
+                    message,
+                })
+            }
+            Response::Error { code, message } => Err(SessionError::Remote {
+                peer: peer.to_string(),
+                message: format!("{code}: {message}"),
+            }),
+            other => Err(SessionError::Remote {
+                peer: peer.to_string(),
+                message: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// [`Link::send`], retried with backoff while the failure is a transport one.
+    pub(super) async fn send_retrying(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+        self.send_retrying_with(peer, || messages::encode(msg))
+            .await
+    }
+
+    /// Sends what `encode` makes, encoding it again for each retry (the network consumes
+    /// the bytes, and copying them ahead of a retry that rarely comes would cost as much).
+    pub(super) async fn send_retrying_with(
+        &self,
+        peer: &str,
+        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+    ) -> Result<AggReply, SessionError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send_encoded(peer, encode()?).await {
+                Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
+                    debug!(%peer, %message, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn report(&self, internal: Internal) {
+        let _ = self.mailbox.send(Command::Internal(internal)).await;
+    }
+}
