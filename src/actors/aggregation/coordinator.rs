@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
 /// its upload is checked, so closing only has to finish the sum instead of reading every
 /// update back from the store. Dropping it ends the thread.
@@ -138,12 +137,10 @@ pub(super) fn count_submission(metrics: &NodeMetrics, result: &Result<AggReply, 
         .inc();
 }
 
-pub(super) type Spawner<'a> = dyn Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + 'a;
-
 /// Sends `msg` to each of `members` (committee indices) in its own task; `expect` turns the
 /// awaited answer into what the actor is told, and anything else fails the session.
 pub(super) fn ask_members(
-    spawn: &Spawner<'_>,
+    work: &mut Vec<Work>,
     link: &Link,
     plan: &SessionPlan,
     members: Vec<u32>,
@@ -154,7 +151,7 @@ pub(super) fn ask_members(
         let (link, msg) = (link.clone(), msg.clone());
         let session = plan.id.clone();
         let peer = plan.committee[member as usize].clone();
-        spawn(Box::pin(async move {
+        work.push(Box::pin(async move {
             let internal = match link.send_retrying(&peer, &msg).await {
                 Ok(reply) => expect(session.clone(), member, reply).unwrap_or_else(|| {
                     let why = format!("gave an unexpected answer to {}", msg.kind());
@@ -162,7 +159,7 @@ pub(super) fn ask_members(
                 }),
                 Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
             };
-            link.report(internal).await;
+            Some(internal)
         }));
     }
 }
@@ -246,11 +243,15 @@ impl AggregationActor {
         let announcement =
             serde_json::json!({"session": id, "coordinator": self.me(), "event": "created"});
         let network = self.link.network.clone();
-        tokio::spawn(async move {
-            if let Err(e) = network.publish(announcement.to_string().into_bytes()).await {
-                debug!(error = %e, "session announcement not published");
-            }
-        });
+        self.spawn_work(
+            async move {
+                if let Err(e) = network.publish(announcement.to_string().into_bytes()).await {
+                    debug!(error = %e, "session announcement not published");
+                }
+                None
+            },
+            info_span!("session", session = %id),
+        );
         self.info(&id)
     }
 
@@ -345,7 +346,10 @@ impl AggregationActor {
     }
 
     /// The collective key of a session this node coordinates: cached, or rebuilt from its shares.
-    pub(super) fn coordinated_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
+    pub(super) fn coordinated_key(
+        &mut self,
+        id: &str,
+    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
         let coordinated = &self.coordinated;
         cached_key(&mut self.coordinated_keys, id, || {
             coordinated
@@ -355,34 +359,31 @@ impl AggregationActor {
         })
     }
 
-    /// Starts an effect's work in a task; its outcome comes back as an [`Internal`] message.
+    /// Starts an effect's work among the actor's tasks; its outcome comes back to the loop as
+    /// an [`Internal`].
     pub(super) fn perform(&mut self, id: &str, effect: Effect) {
+        let span = info_span!("session", session = %id);
+        let mut work = Vec::new();
+        self.effect_work(id, effect, &mut work);
+        for w in work {
+            self.spawn_work(w, span.clone());
+        }
+    }
+
+    /// The work an effect takes, pushed onto `work`.
+    fn effect_work(&mut self, id: &str, effect: Effect, work: &mut Vec<Work>) {
         let Some(state) = self.coordinated.get(id) else {
             return;
         };
         let plan = state.plan.clone();
         let link = self.link.clone();
         let session = id.to_string();
-        let span = info_span!("session", session = %id);
-        let cancel = self.cancel.clone();
         let metrics = self.metrics.clone();
-        let spawn = |fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
-            let (cancel, span) = (cancel.clone(), span.clone());
-            tokio::spawn(
-                async move {
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = fut => {}
-                    }
-                }
-                .instrument(span),
-            );
-        };
         match effect {
             Effect::RequestCommitments { members } => {
                 let msg = AggMsg::KeygenCommit { plan: plan.clone() };
                 ask_members(
-                    &spawn,
+                    work,
                     &link,
                     &plan,
                     members,
@@ -405,7 +406,7 @@ impl AggregationActor {
                     commitments,
                 };
                 ask_members(
-                    &spawn,
+                    work,
                     &link,
                     &plan,
                     members,
@@ -424,7 +425,7 @@ impl AggregationActor {
                     commitments: state.commitments.values().cloned().collect(),
                     shares: state.shares.values().map(|s| (**s).clone()).collect(),
                 };
-                spawn(Box::pin(async move {
+                work.push(Box::pin(async move {
                     let peers = plan.peers();
                     let sends = peers.iter().map(|p| link.send_retrying(p, &msg));
                     let results = futures::future::join_all(sends).await;
@@ -440,7 +441,7 @@ impl AggregationActor {
                             Err(e) => warn!(%peer, error = %e, "participant did not get the key"),
                         }
                     }
-                    link.report(Internal::Event(session, event)).await;
+                    Some(Internal::Event(session, event))
                 }));
             }
             Effect::Accumulate { contributors } => {
@@ -451,22 +452,16 @@ impl AggregationActor {
                 let key = match self.coordinated_key(id) {
                     Ok(k) => k,
                     Err(e) => {
-                        let link = link.clone();
-                        spawn(Box::pin(async move {
-                            link.report(Internal::Event(
-                                session,
-                                Event::Fail {
-                                    reason: e.to_string(),
-                                },
-                            ))
-                            .await;
+                        let reason = e.to_string();
+                        work.push(Box::pin(async move {
+                            Some(Internal::Event(session, Event::Fail { reason }))
                         }));
                         return;
                     }
                 };
                 let store = self.store.clone();
                 let running = self.running.remove(id);
-                spawn(Box::pin(async move {
+                work.push(Box::pin(async move {
                     let start = Instant::now();
                     let finished = match running {
                         Some(sum) => sum.finish(&contributors).await,
@@ -494,7 +489,7 @@ impl AggregationActor {
                         },
                         Err(reason) => Internal::Event(session, Event::Fail { reason }),
                     };
-                    link.report(internal).await;
+                    Some(internal)
                 }));
             }
             Effect::RequestPartials { members } => {
@@ -506,7 +501,7 @@ impl AggregationActor {
                     request,
                 };
                 ask_members(
-                    &spawn,
+                    work,
                     &link,
                     &plan,
                     members,
@@ -532,12 +527,10 @@ impl AggregationActor {
                     .collect();
                 let clipped = state.clipped;
                 let contributor_ids = state.contributors.clone();
-                spawn(Box::pin(async move {
+                work.push(Box::pin(async move {
                     let Ok(partials) = partials else {
                         let reason = "a partial decryption is missing".to_string();
-                        link.report(Internal::Event(session, Event::Fail { reason }))
-                            .await;
-                        return;
+                        return Some(Internal::Event(session, Event::Fail { reason }));
                     };
                     let job = move || aggregate.combine(&partials).map_err(SessionError::from);
                     let internal = match timed_blocking(&metrics, "combine", job).await {
@@ -561,7 +554,7 @@ impl AggregationActor {
                         }
                         Err(reason) => Internal::Event(session, Event::Fail { reason }),
                     };
-                    link.report(internal).await;
+                    Some(internal)
                 }));
             }
             Effect::PublishFailure => {
@@ -569,7 +562,7 @@ impl AggregationActor {
                     session: session.clone(),
                     reason: state.failure.clone().unwrap_or_default(),
                 };
-                spawn(Box::pin(async move {
+                work.push(Box::pin(async move {
                     let me = link.me.to_string();
                     for peer in plan.peers().into_iter().filter(|p| **p != me) {
                         // Peers that never saw the session open answer `unknown_session`.
@@ -577,11 +570,12 @@ impl AggregationActor {
                             debug!(%peer, error = %e, "failure notice not delivered");
                         }
                     }
+                    None
                 }));
             }
             Effect::PublishResult => {
                 let (store, id) = (self.store.clone(), id.to_string());
-                spawn(Box::pin(async move {
+                work.push(Box::pin(async move {
                     let read = tokio::task::spawn_blocking(move || {
                         store.get::<SessionResult>(trees::RESULTS, id.as_bytes())
                     });
@@ -589,9 +583,9 @@ impl AggregationActor {
                         Ok(Ok(Some(result))) => result,
                         Ok(Err(e)) => {
                             warn!(error = %e, "could not read the result to publish");
-                            return;
+                            return None;
                         }
-                        _ => return,
+                        _ => return None,
                     };
                     // Encoded once, then sent to a few participants at a time: one by one, a
                     // million-value result took longer to deliver than the round to compute.
@@ -599,7 +593,7 @@ impl AggregationActor {
                         Ok(msg) => msg,
                         Err(e) => {
                             warn!(error = %e, "could not encode the result");
-                            return;
+                            return None;
                         }
                     };
                     let me = link.me.to_string();
@@ -612,6 +606,7 @@ impl AggregationActor {
                             }
                         })
                         .await;
+                    None
                 }));
             }
         }
@@ -621,10 +616,11 @@ impl AggregationActor {
     pub(super) fn cleanup(&mut self, session: &str) {
         // Removing tens of blobs is file-system work: off the actor.
         let (store, owners) = (self.store.clone(), format!("{session}/"));
-        tokio::task::spawn_blocking(move || {
+        self.tasks.spawn_blocking(move || {
             if let Err(e) = store.drop_uploads(trees::SUBMISSIONS, &owners) {
                 warn!(error = %e, "could not drop a finished session's submissions");
             }
+            None
         });
         self.coordinated_keys.remove(session);
     }
@@ -638,20 +634,19 @@ impl AggregationActor {
         reply: oneshot::Sender<Response>,
         task_span: tracing::Span,
     ) {
-        let answer_later = |fut: BoxedAnswer, reply| answer_in_task(fut, reply, task_span.clone());
         let (session, index, len) = (piece.session.to_string(), piece.index, piece.bytes.len());
         let stored = self.store_piece(&from, &piece);
         if stored.is_ok() {
             self.metrics.submission_bytes.inc_by(len as u64);
         }
-        let (store, metrics, link) = (self.store.clone(), self.metrics.clone(), self.link.clone());
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
         match stored {
             Err(e) => {
                 let result = Err(e);
                 count_submission(&self.metrics, &result);
-                answer_later(Box::pin(async move { result }), reply);
+                self.answer_later(Box::pin(async move { result }), reply, task_span);
             }
-            Ok(StoredPiece::AlreadyAccepted) => answer_later(
+            Ok(StoredPiece::AlreadyAccepted) => self.answer_later(
                 Box::pin(async move {
                     Ok(AggReply::PieceAck {
                         index,
@@ -659,9 +654,10 @@ impl AggregationActor {
                     })
                 }),
                 reply,
+                task_span,
             ),
             // Acknowledged once durable; the actor serves others meanwhile.
-            Ok(StoredPiece::Partial) => answer_later(
+            Ok(StoredPiece::Partial) => self.answer_later(
                 Box::pin(async move {
                     timed_flush(&store, &metrics).await?;
                     Ok(AggReply::PieceAck {
@@ -670,10 +666,11 @@ impl AggregationActor {
                     })
                 }),
                 reply,
+                task_span,
             ),
             // Durable, then assembled and checked off the actor, then accepted by it.
             Ok(StoredPiece::Last(upload)) => {
-                tokio::spawn(
+                self.spawn_work(
                     async move {
                         let checked = match timed_flush(&store, &metrics).await {
                             Ok(()) => tokio::task::spawn_blocking(move || upload.check())
@@ -682,25 +679,23 @@ impl AggregationActor {
                             Err(e) => Err(e),
                         };
                         match checked {
-                            Ok((meta, update)) => {
-                                link.report(Internal::UploadChecked {
-                                    session,
-                                    from,
-                                    index,
-                                    meta,
-                                    update,
-                                    reply,
-                                })
-                                .await
-                            }
+                            Ok((meta, update)) => Some(Internal::UploadChecked {
+                                session,
+                                from,
+                                index,
+                                meta,
+                                update,
+                                reply,
+                            }),
                             Err(e) => {
                                 let result = Err(e);
                                 count_submission(&metrics, &result);
                                 let _ = reply.send(reply_response(result));
+                                None
                             }
                         }
-                    }
-                    .instrument(task_span),
+                    },
+                    task_span,
                 );
             }
         }
@@ -708,7 +703,11 @@ impl AggregationActor {
 
     /// Coordinator side of a submission piece: checked and stored (not yet flushed: the caller
     /// acknowledges it only after a flush, which concurrent pieces share).
-    pub(super) fn store_piece(&mut self, from: &str, piece: &Piece<'_>) -> Result<StoredPiece, SessionError> {
+    pub(super) fn store_piece(
+        &mut self,
+        from: &str,
+        piece: &Piece<'_>,
+    ) -> Result<StoredPiece, SessionError> {
         let &Piece {
             session,
             digest,

@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) const SEND_ATTEMPTS: u32 = 8;
 
-/// Everything a background task needs to talk to peers and report back.
+/// Everything a background task needs to talk to peers, or to this node through its mailbox.
 #[derive(Clone)]
 pub(super) struct Link {
     pub(super) me: PeerId,
@@ -21,7 +21,11 @@ impl Link {
     }
 
     /// [`Link::send`] for a message already encoded.
-    pub(super) async fn send_encoded(&self, peer: &str, bytes: Vec<u8>) -> Result<AggReply, SessionError> {
+    pub(super) async fn send_encoded(
+        &self,
+        peer: &str,
+        bytes: Vec<u8>,
+    ) -> Result<AggReply, SessionError> {
         let peer_id: PeerId = peer
             .parse()
             .map_err(|_| SessionError::BadInput(format!("`{peer}` is not a peer id")))?;
@@ -71,7 +75,11 @@ impl Link {
     }
 
     /// [`Link::send`], retried with backoff while the failure is a transport one.
-    pub(super) async fn send_retrying(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
+    pub(super) async fn send_retrying(
+        &self,
+        peer: &str,
+        msg: &AggMsg,
+    ) -> Result<AggReply, SessionError> {
         self.send_retrying_with(peer, || messages::encode(msg))
             .await
     }
@@ -96,9 +104,5 @@ impl Link {
                 other => return other,
             }
         }
-    }
-
-    pub(super) async fn report(&self, internal: Internal) {
-        let _ = self.mailbox.send(Command::Internal(internal)).await;
     }
 }

@@ -74,10 +74,9 @@ enum Command {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Response>,
     },
-    /// Outcomes of the actor's own background work.
-    Internal(Internal),
 }
 
+/// What the actor's own background work hands back to its loop (through [`Tasks`]).
 enum Internal {
     Event(String, Event),
     Accumulated {
@@ -94,12 +93,11 @@ enum Internal {
         session: String,
         result: Box<SessionResult>,
     },
-    Submitted {
+    /// This node's upload ended; the submitter is answered once the actor has recorded it.
+    Uploaded {
         session: String,
-        digest: String,
-    },
-    UploadFailed {
-        session: String,
+        result: Result<SubmitReceipt, SessionError>,
+        reply: Reply<SubmitReceipt>,
     },
     /// A participant's last piece is in and its whole upload checked (coordinator).
     UploadChecked {
@@ -121,7 +119,6 @@ impl std::fmt::Debug for Command {
             Command::Submit(..) => "Submit",
             Command::Result(..) => "Result",
             Command::Inbound { .. } => "Inbound",
-            Command::Internal(_) => "Internal",
         })
     }
 }
@@ -193,15 +190,11 @@ impl AggregationHandle {
 type BoxedAnswer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>;
 
-/// Answers a request when `answer` is ready, from a task, so the actor serves others meanwhile.
-fn answer_in_task(answer: BoxedAnswer, reply: oneshot::Sender<Response>, span: tracing::Span) {
-    tokio::spawn(
-        async move {
-            let _ = reply.send(reply_response(answer.await));
-        }
-        .instrument(span),
-    );
-}
+/// A piece of background work: what it returns is handled in the actor's loop.
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Internal>> + Send>>;
+
+/// The actor's background work: polled in its own loop, and aborted with it.
+type Tasks = tokio::task::JoinSet<Option<Internal>>;
 
 /// The wire answer to a peer's message.
 fn reply_response(result: Result<AggReply, SessionError>) -> Response {
@@ -253,7 +246,7 @@ struct AggregationActor {
     /// their drawing until they are sealed or dropped, wherever they are by then.
     prepared_bytes: Arc<AtomicU64>,
     prepare_budget: u64,
-    cancel: CancellationToken,
+    tasks: Tasks,
 }
 
 pub struct AggregationDeps {
@@ -295,7 +288,7 @@ pub fn spawn(
         prepared: HashMap::new(),
         prepared_bytes: Arc::default(),
         prepare_budget: deps.prepare_budget_bytes,
-        cancel: cancel.clone(),
+        tasks: Tasks::new(),
     };
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
@@ -367,6 +360,32 @@ async fn timed_blocking<T: Send + 'static>(
 }
 
 impl AggregationActor {
+    /// Runs `work` among the actor's tasks, in `span`.
+    fn spawn_work(
+        &mut self,
+        work: impl std::future::Future<Output = Option<Internal>> + Send + 'static,
+        span: tracing::Span,
+    ) {
+        self.tasks.spawn(work.instrument(span));
+    }
+
+    /// Answers a request when `answer` is ready, from a task, so the actor serves others
+    /// meanwhile.
+    fn answer_later(
+        &mut self,
+        answer: BoxedAnswer,
+        reply: oneshot::Sender<Response>,
+        span: tracing::Span,
+    ) {
+        self.spawn_work(
+            async move {
+                let _ = reply.send(reply_response(answer.await));
+                None
+            },
+            span,
+        );
+    }
+
     async fn run(mut self, cancel: CancellationToken) {
         match self.load() {
             Ok((broken, broken_joined)) => {
@@ -399,6 +418,11 @@ impl AggregationActor {
                     None => break,
                 },
                 _ = tick.tick() => self.tick().await,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(Some(internal)) = done {
+                        self.internal(internal).await;
+                    }
+                }
             }
         }
         info!("aggregation actor stopped");
@@ -561,17 +585,17 @@ impl AggregationActor {
             Command::Result(id, reply) => {
                 // A result is megabytes read from its file and checked: off the actor.
                 let (store, missing) = (self.store.clone(), self.no_result(&id));
-                tokio::task::spawn_blocking(move || {
+                self.tasks.spawn_blocking(move || {
                     let result = match store.get::<SessionResult>(trees::RESULTS, id.as_bytes()) {
                         Ok(Some(result)) => Ok(result),
                         Ok(None) => Err(missing),
                         Err(e) => Err(e.into()),
                     };
                     let _ = reply.send(result);
+                    None
                 });
             }
             Command::Inbound { peer, bytes, reply } => self.inbound(peer, bytes, reply).await,
-            Command::Internal(internal) => self.internal(internal).await,
         }
     }
 
@@ -634,17 +658,21 @@ impl AggregationActor {
                 self.apply(&session, Event::Combined).await;
                 self.cleanup(&session);
             }
-            Internal::Submitted { session, digest } => {
+            Internal::Uploaded {
+                session,
+                result,
+                reply,
+            } => {
                 self.uploading.remove(&session);
-                if let Some(mut joined) = self.joined.get(&session).cloned() {
-                    joined.submitted = Some(digest);
-                    if self.persist_joined(&joined).await.is_ok() {
-                        self.joined.insert(session, joined);
+                if let Ok(receipt) = &result {
+                    if let Some(mut joined) = self.joined.get(&session).cloned() {
+                        joined.submitted = Some(receipt.digest.clone());
+                        if self.persist_joined(&joined).await.is_ok() {
+                            self.joined.insert(session, joined);
+                        }
                     }
                 }
-            }
-            Internal::UploadFailed { session } => {
-                self.uploading.remove(&session);
+                let _ = reply.send(result);
             }
             Internal::UploadChecked {
                 session,
@@ -771,32 +799,34 @@ impl AggregationActor {
         let task_span = span.clone();
         let keys = self.keys.clone();
         // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
-        let answer_later = |fut: BoxedAnswer, reply| answer_in_task(fut, reply, span);
         match msg {
-            AggMsg::KeygenCommit { plan } => answer_later(
+            AggMsg::KeygenCommit { plan } => self.answer_later(
                 Box::pin(
                     async move { keys.commit(me, from, plan).await.map(AggReply::Commitment) },
                 ),
                 reply,
+                span.clone(),
             ),
             AggMsg::KeygenReveal {
                 session,
                 commitments,
-            } => answer_later(
+            } => self.answer_later(
                 Box::pin(async move {
                     keys.reveal(from, session, commitments)
                         .await
                         .map(AggReply::Share)
                 }),
                 reply,
+                span.clone(),
             ),
-            AggMsg::Decrypt { session, request } => answer_later(
+            AggMsg::Decrypt { session, request } => self.answer_later(
                 Box::pin(async move {
                     keys.decrypt(from, session, request)
                         .await
                         .map(AggReply::Partial)
                 }),
                 reply,
+                span.clone(),
             ),
             AggMsg::Open {
                 plan,
@@ -805,7 +835,7 @@ impl AggregationActor {
             } => {
                 let result = self.open(&from, plan, commitments, shares).await;
                 match result {
-                    Ok(Some(bind)) => answer_later(
+                    Ok(Some(bind)) => self.answer_later(
                         Box::pin(async move {
                             let (plan, commitments, shares) = bind;
                             keys.bind(from, plan, commitments, shares)
@@ -813,9 +843,16 @@ impl AggregationActor {
                                 .map(|()| AggReply::Ack)
                         }),
                         reply,
+                        span.clone(),
                     ),
-                    Ok(None) => answer_later(Box::pin(async { Ok(AggReply::Ack) }), reply),
-                    Err(e) => answer_later(Box::pin(async move { Err(e) }), reply),
+                    Ok(None) => self.answer_later(
+                        Box::pin(async { Ok(AggReply::Ack) }),
+                        reply,
+                        span.clone(),
+                    ),
+                    Err(e) => {
+                        self.answer_later(Box::pin(async move { Err(e) }), reply, span.clone())
+                    }
                 }
             }
             // Pieces are decoded borrowed before this match; this arm only keeps it total.
@@ -842,14 +879,14 @@ impl AggregationActor {
                     .receive_failure(&from, &session, reason)
                     .await
                     .map(|()| AggReply::Ack);
-                answer_later(Box::pin(async move { r }), reply);
+                self.answer_later(Box::pin(async move { r }), reply, span.clone());
             }
             AggMsg::Result { result } => {
                 let r = self
                     .receive_result(&from, result)
                     .await
                     .map(|()| AggReply::Ack);
-                answer_later(Box::pin(async move { r }), reply);
+                self.answer_later(Box::pin(async move { r }), reply, span.clone());
             }
         }
     }

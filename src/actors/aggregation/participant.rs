@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// A session as a participant or member sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Joined {
@@ -137,7 +136,12 @@ impl AggregationActor {
 
     /// A coordinator that also takes part gets no result or failure notice from itself: its
     /// own joined record is closed here, when the session it coordinates ends.
-    pub(super) async fn close_own_joined(&mut self, id: &str, phase: Phase, failure: Option<String>) {
+    pub(super) async fn close_own_joined(
+        &mut self,
+        id: &str,
+        phase: Phase,
+        failure: Option<String>,
+    ) {
         let Some(mut joined) = self.joined.get(id).cloned() else {
             return;
         };
@@ -154,7 +158,10 @@ impl AggregationActor {
     }
 
     /// The collective key of a session this node joined: cached, or rebuilt from its shares.
-    pub(super) fn joined_key(&mut self, id: &str) -> Result<Arc<CollectivePublicKey>, SessionError> {
+    pub(super) fn joined_key(
+        &mut self,
+        id: &str,
+    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
         let joined = &self.joined;
         cached_key(&mut self.joined_keys, id, || {
             let joined = joined
@@ -271,28 +278,18 @@ impl AggregationActor {
         let link = self.link.clone();
         let metrics = self.metrics.clone();
         let span = info_span!("submit", session = %id);
-        let cancel = self.cancel.clone();
-        tokio::spawn(
+        // Among the actor's tasks: an upload retries for seconds, and must not encrypt and send
+        // on after the node has stopped. The submitter is answered once the actor recorded it.
+        self.spawn_work(
             async move {
-                // Dies with the actor: an upload retries for seconds, and must not encrypt
-                // and send on after the node has stopped.
-                let result = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    result = upload(&link, &metrics, &plan, key, preparation, values) => result,
-                };
-                let internal = match &result {
-                    Ok(receipt) => Internal::Submitted {
-                        session: id.clone(),
-                        digest: receipt.digest.clone(),
-                    },
-                    Err(_) => Internal::UploadFailed {
-                        session: id.clone(),
-                    },
-                };
-                link.report(internal).await;
-                let _ = reply.send(result);
-            }
-            .instrument(span),
+                let result = upload(&link, &metrics, &plan, key, preparation, values).await;
+                Some(Internal::Uploaded {
+                    session: id,
+                    result,
+                    reply,
+                })
+            },
+            span,
         );
     }
 
@@ -377,7 +374,11 @@ impl AggregationActor {
     }
 
     /// A joined session, for a notice only its coordinator may send.
-    pub(super) fn joined_from_coordinator(&self, from: &str, session: &str) -> Result<Joined, SessionError> {
+    pub(super) fn joined_from_coordinator(
+        &self,
+        from: &str,
+        session: &str,
+    ) -> Result<Joined, SessionError> {
         let joined = self
             .joined
             .get(session)
