@@ -7,9 +7,8 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::crypto::{
-    local_ceremony, Accumulator, CheckedUpdate, CryptoError, Profile, SessionParams, SessionTag,
-};
+use crate::crypto::kahe::{self, Accumulator, KaheParams, ParticipantKey, SeedBundle};
+use crate::crypto::{CryptoError, Profile};
 
 /// The shape of one benchmark run.
 #[derive(Clone, Debug)]
@@ -18,6 +17,8 @@ pub struct CryptoBenchConfig {
     pub params: usize,
     pub participants: u32,
     pub committee: u32,
+    /// Members needed to decrypt; the committee size when absent.
+    pub threshold: Option<u32>,
     pub clip: f64,
 }
 
@@ -28,6 +29,7 @@ impl Default for CryptoBenchConfig {
             params: 1_000_000,
             participants: 10,
             committee: 3,
+            threshold: None,
             clip: 8.0,
         }
     }
@@ -41,33 +43,45 @@ pub struct CryptoBenchReport {
     pub params: usize,
     pub participants: u32,
     pub committee: u32,
+    pub threshold: u32,
     pub plaintext_bits: u32,
+    pub wire_bits: u32,
     pub frac_bits: u32,
     pub threads: usize,
-    /// One participant's encryption.
+    /// One participant's encryption, whole (the pad and the values).
     pub encrypt_values_per_s: f64,
+    /// One participant's pad, drawn ahead of the update.
+    pub prepare_values_per_s: f64,
+    /// Adding the values to a prepared pad: what a submission costs once the pad is drawn.
+    pub seal_values_per_s: f64,
     /// Adding every participant's update to the running sum (values × participants / time).
     pub accumulate_values_per_s: f64,
-    /// One member's partial decryption.
-    pub partial_decrypt_values_per_s: f64,
-    /// Combining all partials and decoding.
+    /// One member's key release, per value of the update (seeds expanded once, then one
+    /// product per polynomial).
+    pub release_values_per_s: f64,
+    /// CPU seconds of one member's release: grows with the participants once and with the
+    /// update's length once.
+    pub release_cpu_s: f64,
+    /// Subtracting the releases and decoding.
     pub combine_values_per_s: f64,
     /// Serialised ciphertext bytes per parameter (envelope included).
     pub bytes_per_param: f64,
+    /// Bytes of seeds one participant sends the whole committee.
+    pub seed_bytes_per_participant: u64,
     /// Largest |decrypted mean − plaintext mean|.
     pub max_abs_error: f64,
     /// The quantisation bound that error must stay under.
     pub error_bound: f64,
     /// Baseline: summing the participants' f32 vectors in the clear.
     pub plaintext_sum_values_per_s: f64,
-    /// Baseline: a wrapping u128 add loop over the same number of values.
-    pub plaintext_u128_add_values_per_s: f64,
-    /// plaintext u128 add rate ÷ accumulation rate (target ≤ 3).
-    pub accumulate_slowdown_vs_u128_add: f64,
+    /// Baseline: a wrapping u64 add loop over the same number of values.
+    pub plaintext_u64_add_values_per_s: f64,
+    /// plaintext u64 add rate ÷ accumulation rate.
+    pub accumulate_slowdown_vs_u64_add: f64,
     /// plaintext f32 sum rate ÷ encryption rate.
     pub encrypt_slowdown_vs_f32_sum: f64,
     /// CPU time (all threads) of the round's cryptography: every participant's encryption,
-    /// the checks and the sum, every member's partial decryption, and the combine.
+    /// the checks and the sum, the answering members' releases, and the combine.
     pub crypto_cpu_s: f64,
 }
 
@@ -75,7 +89,7 @@ fn rate(values: usize, start: Instant) -> f64 {
     values as f64 / start.elapsed().as_secs_f64().max(1e-9)
 }
 
-/// Runs the whole pipeline once (keygen, encrypt, accumulate, partial decrypt, combine) and
+/// Runs the whole pipeline once (keys, encryption, sum, releases by t members, combine) and
 /// checks the decrypted mean against the plaintext mean.
 pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, CryptoError> {
     if cfg.params == 0 || cfg.participants == 0 {
@@ -83,10 +97,17 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
             "bench needs at least one parameter and one participant".into(),
         ));
     }
-    let params =
-        SessionParams::recommended(cfg.profile, cfg.participants, cfg.committee, cfg.clip)?;
-    let tag = SessionTag::derive("fhenode-bench");
-    let (mut shares, key) = local_ceremony(&params, tag)?;
+    let threshold = cfg.threshold.unwrap_or(cfg.committee);
+    let params = KaheParams::recommended(
+        cfg.profile,
+        cfg.participants,
+        cfg.committee,
+        threshold,
+        cfg.clip,
+        kahe::DEFAULT_FRAC_BITS,
+    )?;
+    let ctx = kahe::SessionContext::new(params.clone(), [7; 32], cfg.params as u64)?;
+    let committee = ctx.committee();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let clip = cfg.clip as f32;
@@ -109,52 +130,73 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
     black_box(&plain_sum);
     let plaintext_sum_values_per_s = rate(cfg.params * updates.len(), start);
 
-    let words: Vec<u128> = (0..cfg.params).map(|_| rng.gen()).collect();
+    let words: Vec<u64> = (0..cfg.params).map(|_| rng.gen()).collect();
     let start = Instant::now();
-    let mut acc = vec![0u128; cfg.params];
+    let mut acc = vec![0u64; cfg.params];
     for _ in 0..updates.len() {
         for (a, w) in acc.iter_mut().zip(black_box(&words)) {
             *a = a.wrapping_add(*w);
         }
         black_box(&acc);
     }
-    let plaintext_u128_add_values_per_s = rate(cfg.params * updates.len(), start);
+    let plaintext_u64_add_values_per_s = rate(cfg.params * updates.len(), start);
     drop((acc, words));
 
-    // Participants encrypt into the wire form; the aggregator checks and sums it in place.
     let crypto_cpu = cpu_time::ProcessTime::now();
+    let keys: Vec<ParticipantKey> = (0..cfg.participants)
+        .map(|_| ParticipantKey::generate(committee))
+        .collect();
+    // One participant's pad and seal, timed apart; the others encrypt in one step.
     let start = Instant::now();
-    let mut encrypted = Vec::with_capacity(updates.len());
-    for update in &updates {
-        encrypted.push(key.encrypt_to_bytes(update)?.0);
+    let prepared = keys[0].prepare(&ctx)?;
+    let prepare_values_per_s = rate(cfg.params, start);
+    let start = Instant::now();
+    let first = prepared.seal(&updates[0])?;
+    let seal_values_per_s = rate(cfg.params, start);
+    let start = Instant::now();
+    let mut encrypted = vec![first.bytes];
+    for (key, update) in keys.iter().zip(&updates).skip(1) {
+        encrypted.push(key.encrypt(&ctx, update)?.bytes);
     }
-    let encrypt_values_per_s = rate(cfg.params * updates.len(), start);
+    let encrypt_values_per_s = rate(cfg.params * (updates.len() - 1).max(1), start);
     let bytes_per_param = encrypted[0].len() as f64 / cfg.params as f64;
+    let seed_bytes_per_participant = (0..committee.size())
+        .map(|m| keys[0].bundle_for(m).seeds.len() as u64 * 32)
+        .sum();
 
-    // Checked on arrival (digest, shape) as the coordinator does; the accumulation timed is
-    // the sum, as before.
-    let checked = encrypted
-        .drain(..)
-        .map(|bytes| CheckedUpdate::check(bytes, usize::MAX, &key, cfg.params as u64))
-        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    let mut accumulator = Accumulator::new(&key, cfg.params as u64)?;
-    for (i, update) in checked.iter().enumerate() {
-        accumulator.add_checked(&format!("participant-{i}"), update)?;
+    let mut accumulator = Accumulator::new(&ctx);
+    for (i, update) in encrypted.iter().enumerate() {
+        accumulator.add(&format!("participant-{i:04}"), update)?;
     }
-    let (aggregate, request) = accumulator.finish()?;
+    let aggregate = accumulator.finish();
     let accumulate_values_per_s = rate(cfg.params * updates.len(), start);
-    drop(checked);
+    drop(encrypted);
 
-    let mut partials = Vec::with_capacity(shares.len());
+    // The first t members answer; each holds its bundles of every participant.
+    let answering: Vec<u32> = (0..threshold).collect();
+    let request = aggregate.request(committee.assign(&answering)?);
+    let held: Vec<std::collections::BTreeMap<String, SeedBundle>> = answering
+        .iter()
+        .map(|&m| {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (format!("participant-{i:04}"), k.bundle_for(m)))
+                .collect()
+        })
+        .collect();
+    let mut releases = Vec::with_capacity(answering.len());
+    let release_cpu = cpu_time::ProcessTime::now();
     let start = Instant::now();
-    for share in &mut shares {
-        partials.push(share.partial_decrypt(&request, cfg.participants)?);
+    for (&m, held) in answering.iter().zip(&held) {
+        releases.push((m, kahe::release(&ctx, m, &request, |p| held.get(p))?));
     }
-    let partial_decrypt_values_per_s = rate(cfg.params * shares.len(), start);
+    let release_values_per_s = rate(cfg.params * answering.len(), start);
+    let release_cpu_s = release_cpu.elapsed().as_secs_f64() / answering.len() as f64;
 
     let start = Instant::now();
-    let decrypted = aggregate.combine(&partials)?;
+    let refs: Vec<(u32, &[u8])> = releases.iter().map(|(m, b)| (*m, b.as_slice())).collect();
+    let decrypted = aggregate.combine(&request, &refs)?;
     let combine_values_per_s = rate(cfg.params, start);
     let crypto_cpu_s = crypto_cpu.elapsed().as_secs_f64();
 
@@ -166,10 +208,10 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
         }
     }
     let max_abs_error = decrypted
-        .mean()
+        .sum
         .iter()
         .zip(&exact)
-        .map(|(m, e)| (m - e / k).abs())
+        .map(|(s, e)| (s / k - e / k).abs())
         .fold(0f64, f64::max);
 
     Ok(CryptoBenchReport {
@@ -177,19 +219,25 @@ pub fn run_crypto_bench(cfg: &CryptoBenchConfig) -> Result<CryptoBenchReport, Cr
         params: cfg.params,
         participants: cfg.participants,
         committee: cfg.committee,
+        threshold,
         plaintext_bits: params.plaintext_bits,
+        wire_bits: params.wire_bits,
         frac_bits: params.frac_bits,
         threads: rayon::current_num_threads(),
         encrypt_values_per_s,
+        prepare_values_per_s,
+        seal_values_per_s,
         accumulate_values_per_s,
-        partial_decrypt_values_per_s,
+        release_values_per_s,
+        release_cpu_s,
         combine_values_per_s,
         bytes_per_param,
+        seed_bytes_per_participant,
         max_abs_error,
-        error_bound: decrypted.mean_error_bound,
+        error_bound: params.mean_error_bound(),
         plaintext_sum_values_per_s,
-        plaintext_u128_add_values_per_s,
-        accumulate_slowdown_vs_u128_add: plaintext_u128_add_values_per_s / accumulate_values_per_s,
+        plaintext_u64_add_values_per_s,
+        accumulate_slowdown_vs_u64_add: plaintext_u64_add_values_per_s / accumulate_values_per_s,
         encrypt_slowdown_vs_f32_sum: plaintext_sum_values_per_s / encrypt_values_per_s,
         crypto_cpu_s,
     })
@@ -206,7 +254,8 @@ mod tests {
                 profile,
                 params: 3000,
                 participants: 3,
-                committee: 2,
+                committee: 3,
+                threshold: Some(2),
                 clip: 8.0,
             })
             .unwrap();
@@ -240,8 +289,9 @@ pub struct RoundBenchReport {
     pub rounds: usize,
     /// Time for the local network to settle (before anything is timed).
     pub mesh_s: f64,
-    /// Key ceremony: create → collecting.
-    pub keygen_s: f64,
+    /// Create → the plan stored by the committee, every participant's key drawn and its seeds
+    /// held by the members.
+    pub setup_s: f64,
     /// Slowest participant's encryption of its update.
     pub encrypt_max_s: f64,
     pub encrypt_mean_s: f64,
@@ -352,7 +402,7 @@ struct SecureRound {
     /// Updates handed in → result at the coordinator, wall and CPU.
     online_s: f64,
     online_cpu_s: f64,
-    keygen_s: f64,
+    setup_s: f64,
     encrypt_max_s: f64,
     encrypt_mean_s: f64,
     submit_s: f64,
@@ -419,10 +469,21 @@ async fn secure_round(
         Duration::from_secs(120),
     )
     .await?;
-    let keygen_s = round.elapsed().as_secs_f64();
+    // Every participant's seeds reach the committee before its body can go out.
+    let t = cfg.committee;
+    for node in nodes {
+        crate::demo::wait_info(
+            node,
+            id,
+            |info| info.seeds_delivered >= t,
+            Duration::from_secs(120),
+        )
+        .await?;
+    }
+    let setup_s = round.elapsed().as_secs_f64();
     let prepare_s = if steady {
         wait_prepared(nodes, id).await?;
-        round.elapsed().as_secs_f64() - keygen_s
+        round.elapsed().as_secs_f64() - setup_s
     } else {
         f64::NAN
     };
@@ -492,7 +553,7 @@ async fn secure_round(
         prepare_s,
         online_s,
         online_cpu_s,
-        keygen_s,
+        setup_s,
         encrypt_max_s: encrypt.iter().cloned().fold(0.0, f64::max),
         encrypt_mean_s: encrypt.iter().sum::<f64>() / encrypt.len() as f64,
         submit_s,
@@ -643,7 +704,7 @@ pub async fn run_round_bench(cfg: &RoundBenchConfig) -> Result<RoundBenchReport,
         committee: cfg.committee,
         rounds: cfg.rounds,
         mesh_s,
-        keygen_s: med(|s| s.keygen_s),
+        setup_s: med(|s| s.setup_s),
         encrypt_max_s: med(|s| s.encrypt_max_s),
         encrypt_mean_s: med(|s| s.encrypt_mean_s),
         submit_s: med(|s| s.submit_s),

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::crypto::Profile;
 use crate::node::{Node, NodeError};
-use crate::session::{Phase, ResultKind, SessionInfo, SessionResult, SessionSpec};
+use crate::session::{Phase, ResultKind, SessionError, SessionInfo, SessionResult, SessionSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -167,6 +167,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         length: Some(options.params as u64),
         profile: Some(options.profile),
         committee: ids[..options.committee].to_vec(),
+        // One member may be absent at decryption once the committee has three.
+        threshold: Some(if options.committee >= 3 {
+            options.committee as u32 - 1
+        } else {
+            options.committee as u32
+        }),
         participants: ids.clone(),
         min_participants: Some((count - 1) as u32),
         deadline_secs: Some(options.deadline_secs),
@@ -177,8 +183,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let t = Instant::now();
     let info = coordinator.aggregation.create(spec).await.map_err(fail)?;
     println!(
-        "[proposed]   session `{}`: {} parameters, profile {}, committee of {}, {} participants (min {})",
-        info.id, info.length, info.profile, info.committee, info.participants, info.min_participants
+        "[proposed]   session `{}`: {} parameters, profile {}, committee of {} (threshold {}), {} participants (min {})",
+        info.id, info.length, info.profile, info.committee, info.threshold, info.participants, info.min_participants
     );
     wait_phase(
         coordinator,
@@ -187,8 +193,20 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         Duration::from_secs(60),
     )
     .await?;
+    // Each participant draws its one-time key and sends every member its seeds; a body goes
+    // out once at least `threshold` members hold them.
+    for node in &nodes[..count - 1] {
+        let t = info.threshold as usize;
+        wait_info(
+            node,
+            &info.id,
+            |i| i.seeds_delivered >= t,
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
     println!(
-        "[keygen]     dealer-free key ceremony (commit, reveal, open) took {:.0?}",
+        "[collecting] plan stored by the committee; every participant drew a one-time key and its seeds reached the committee in {:.0?}",
         t.elapsed()
     );
 
@@ -262,7 +280,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         span(tm.closed_ms, tm.decrypting_ms)
     );
     println!(
-        "[decrypting] {} committee members decrypted the sum once each; combine and decode: {}",
+        "[decrypting] {} of {} committee members released the keys of the sum (one contributor set, once); combine and decode: {}",
+        done.releases,
         done.committee,
         span(tm.decrypting_ms, tm.finished_ms)
     );
@@ -438,15 +457,22 @@ pub async fn wait_info(
 ) -> Result<SessionInfo, DemoError> {
     let start = Instant::now();
     loop {
-        let info = node.aggregation.get(id).await.map_err(fail)?;
-        if done(&info) {
-            return Ok(info);
-        }
-        if start.elapsed() > timeout {
-            return Err(fail(format!(
-                "session `{id}` stuck in {} ({:?}, prepared: {})",
-                info.phase, info.failure, info.prepared
-            )));
+        // A participant or member learns of a session when its plan arrives.
+        let info = match node.aggregation.get(id).await {
+            Ok(info) => Some(info),
+            Err(SessionError::UnknownSession(_)) if start.elapsed() < timeout => None,
+            Err(e) => return Err(fail(e)),
+        };
+        if let Some(info) = info {
+            if done(&info) {
+                return Ok(info);
+            }
+            if start.elapsed() > timeout {
+                return Err(fail(format!(
+                    "session `{id}` stuck in {} ({:?}, prepared: {})",
+                    info.phase, info.failure, info.prepared
+                )));
+            }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

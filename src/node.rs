@@ -192,6 +192,15 @@ impl Node {
                 metrics: metrics.clone(),
                 default_profile: config.profile,
                 prepare_budget_bytes: config.aggregation.prepare_budget_bytes,
+                policy: crate::session::roles::LocalPolicy {
+                    min_contributors_floor: config.aggregation.min_contributors_floor,
+                    allowed_profiles: config
+                        .aggregation
+                        .allowed_profiles
+                        .iter()
+                        .map(|p| p.name().to_string())
+                        .collect(),
+                },
             },
             actors_stop.child_token(),
         );

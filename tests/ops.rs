@@ -807,7 +807,7 @@ fn dashboard_has_the_rows_and_is_provisioned() {
         "fhenode_session_outcomes_total",
         "fhenode_session_phase_duration_seconds_bucket",
         "fhenode_submissions_total",
-        "fhenode_partial_decryptions_total",
+        "fhenode_key_releases_total",
         "fhenode_crypto_operation_duration_seconds_bucket",
         "fhenode_inference_requests_total",
         "fhenode_inference_duration_seconds_bucket",
@@ -928,9 +928,9 @@ tests:
         values: '0 0 0 1 1 1 1 1 1 1'
       - series: 'fhenode_session_outcomes_total{job="fhenode",instance="a:8470",outcome="done"}'
         values: '0 1 2 3 4 5 6 7 8 9'
-      - series: 'fhenode_partial_decryptions_total{job="fhenode",instance="a:8470",outcome="refused"}'
+      - series: 'fhenode_key_releases_total{job="fhenode",instance="a:8470",outcome="refused"}'
         values: '0 0 1 1 1 1'
-      - series: 'fhenode_partial_decryptions_total{job="fhenode",instance="a:8470",outcome="answered"}'
+      - series: 'fhenode_key_releases_total{job="fhenode",instance="a:8470",outcome="answered"}'
         values: '0 1 2 3 4 5'
       - series: 'fhenode_inference_queue_depth{job="fhenode",instance="a:8470"}'
         values: '40x30'

@@ -1,76 +1,74 @@
-//! The key actor: the only place secret material lives. It hands out commitments, public-key
-//! shares and partial decryptions, never secrets. Every change to a share (drawn, bound,
-//! answered) is flushed to the store before the answer leaves, so a restart can neither lose a
-//! share nor make it answer twice.
+//! The key actor: the only place secret material lives. As a participant a node's one-time
+//! key (one seed per set of members) is drawn here, persisted before any seed leaves, and used
+//! for the one encryption the session allows; as a committee member the seed bundles it
+//! receives are kept here, and key releases are computed here. Every secret is flushed before
+//! the answer that depends on it leaves, and deleted (only digests stay elsewhere) when its
+//! session ends.
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn};
-use zeroize::{Zeroize, Zeroizing};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use super::{stopped, ActorError, Mailbox};
-use crate::crypto::{
-    DecryptionRequest, KeyCommitment, PartialDecryption, PublicKeyShare, SecretKeyShare, SessionTag,
+use crate::crypto::kahe::{
+    self, Committee, ParticipantKey, PreparedEncryption, ReleaseRequest, Seed, SeedBundle,
+    SessionContext,
 };
 use crate::metrics::{NodeMetrics, OutcomeLabels};
-use crate::session::machine::collective_key;
-use crate::session::{SessionError, SessionPlan};
-use crate::store::{trees, Store};
+use crate::session::{records, SessionError};
+use crate::store::Store;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct KeysStatus {
-    /// Session key shares held in the store.
-    pub key_shares: usize,
+    /// Secret records held: participant keys and member seed bundles.
+    pub secrets: usize,
 }
 
-/// One session's share as stored: the plan it was drawn for, its public half, and the secret
-/// in the crypto layer's own serialised form.
+/// A participant's key as stored.
 #[derive(Serialize, Deserialize)]
-struct MemberRecord {
-    plan: SessionPlan,
-    member: u32,
-    public: PublicKeyShare,
-    commitments: Option<Vec<KeyCommitment>>,
-    bound: bool,
-    #[serde(with = "serde_bytes")]
-    secret: Vec<u8>,
-}
-
-impl Drop for MemberRecord {
-    fn drop(&mut self) {
-        self.secret.zeroize();
-    }
+struct KeyRecord {
+    committee: Committee,
+    seeds: Zeroizing<Vec<Seed>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
 
 enum Command {
     Status(oneshot::Sender<KeysStatus>),
-    Commit {
-        me: String,
-        from: String,
-        plan: Box<SessionPlan>,
-        reply: Reply<KeyCommitment>,
-    },
-    Reveal {
-        from: String,
+    /// Draws (once) and persists this node's key for a session.
+    CreateKey {
         session: String,
-        commitments: Vec<KeyCommitment>,
-        reply: Reply<PublicKeyShare>,
-    },
-    Bind {
-        from: String,
-        plan: Box<SessionPlan>,
-        commitments: Vec<KeyCommitment>,
-        shares: Vec<PublicKeyShare>,
+        committee: Committee,
         reply: Reply<()>,
     },
-    Decrypt {
-        from: String,
+    Bundle {
         session: String,
-        request: Box<DecryptionRequest>,
-        reply: Reply<PartialDecryption>,
+        member: u32,
+        reply: Reply<SeedBundle>,
+    },
+    Prepare {
+        context: Box<SessionContext>,
+        session: String,
+        reply: Reply<PreparedEncryption>,
+    },
+    StoreBundle {
+        session: String,
+        participant: String,
+        bundle: Box<SeedBundle>,
+        reply: Reply<()>,
+    },
+    Release {
+        session: String,
+        member: u32,
+        context: Box<SessionContext>,
+        request: Box<ReleaseRequest>,
+        reply: Reply<Vec<u8>>,
+    },
+    Forget {
+        session: String,
+        reply: Reply<()>,
     },
 }
 
@@ -78,10 +76,12 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Status(_) => "Status",
-            Command::Commit { .. } => "Commit",
-            Command::Reveal { .. } => "Reveal",
-            Command::Bind { .. } => "Bind",
-            Command::Decrypt { .. } => "Decrypt",
+            Command::CreateKey { .. } => "CreateKey",
+            Command::Bundle { .. } => "Bundle",
+            Command::Prepare { .. } => "Prepare",
+            Command::StoreBundle { .. } => "StoreBundle",
+            Command::Release { .. } => "Release",
+            Command::Forget { .. } => "Forget",
         })
     }
 }
@@ -102,78 +102,93 @@ impl KeysHandle {
         self.mailbox.ask(Command::Status).await
     }
 
-    /// Draws this node's share for `plan` (once; asking again returns the same commitment).
-    pub async fn commit(
-        &self,
-        me: String,
-        from: String,
-        plan: SessionPlan,
-    ) -> Result<KeyCommitment, SessionError> {
-        self.mailbox
-            .ask(|reply| Command::Commit {
-                me,
-                from,
-                plan: Box::new(plan),
-                reply,
-            })
-            .await
-            .map_err(stopped)?
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SessionError> {
+        self.mailbox.ask(make).await.map_err(stopped)?
     }
 
-    /// Reveals the public share once every member's commitment is known.
-    pub async fn reveal(
+    /// Draws this node's one-time key for `session` and persists it; a key already drawn is
+    /// kept (the seeds may already be with members).
+    pub async fn create_key(
         &self,
-        from: String,
-        session: String,
-        commitments: Vec<KeyCommitment>,
-    ) -> Result<PublicKeyShare, SessionError> {
-        self.mailbox
-            .ask(|reply| Command::Reveal {
-                from,
-                session,
-                commitments,
-                reply,
-            })
-            .await
-            .map_err(stopped)?
-    }
-
-    /// Binds the share to the collective key rebuilt from all revealed shares.
-    pub async fn bind(
-        &self,
-        from: String,
-        plan: SessionPlan,
-        commitments: Vec<KeyCommitment>,
-        shares: Vec<PublicKeyShare>,
+        session: &str,
+        committee: Committee,
     ) -> Result<(), SessionError> {
-        self.mailbox
-            .ask(|reply| Command::Bind {
-                from,
-                plan: Box::new(plan),
-                commitments,
-                shares,
-                reply,
-            })
-            .await
-            .map_err(stopped)?
+        let session = session.to_string();
+        self.ask(|reply| Command::CreateKey {
+            session,
+            committee,
+            reply,
+        })
+        .await
     }
 
-    /// This member's partial decryption of the session's aggregate: once per session.
-    pub async fn decrypt(
+    /// The seeds member `member` receives of this node's key.
+    pub async fn bundle(&self, session: &str, member: u32) -> Result<SeedBundle, SessionError> {
+        let session = session.to_string();
+        self.ask(|reply| Command::Bundle {
+            session,
+            member,
+            reply,
+        })
+        .await
+    }
+
+    /// This node's encryption of zero for the session (drawn on the blocking pool).
+    pub async fn prepare(
         &self,
-        from: String,
-        session: String,
-        request: DecryptionRequest,
-    ) -> Result<PartialDecryption, SessionError> {
-        self.mailbox
-            .ask(|reply| Command::Decrypt {
-                from,
-                session,
-                request: Box::new(request),
-                reply,
-            })
-            .await
-            .map_err(stopped)?
+        session: &str,
+        context: SessionContext,
+    ) -> Result<PreparedEncryption, SessionError> {
+        let session = session.to_string();
+        self.ask(|reply| Command::Prepare {
+            context: Box::new(context),
+            session,
+            reply,
+        })
+        .await
+    }
+
+    /// Persists a participant's bundle (checked by the caller) before the caller acknowledges.
+    pub async fn store_bundle(
+        &self,
+        session: &str,
+        participant: &str,
+        bundle: SeedBundle,
+    ) -> Result<(), SessionError> {
+        let (session, participant) = (session.to_string(), participant.to_string());
+        self.ask(|reply| Command::StoreBundle {
+            session,
+            participant,
+            bundle: Box::new(bundle),
+            reply,
+        })
+        .await
+    }
+
+    /// Member `member`'s key release for `request` (computed on the blocking pool). The caller
+    /// has checked and persisted the contributor set.
+    pub async fn release(
+        &self,
+        session: &str,
+        member: u32,
+        context: SessionContext,
+        request: ReleaseRequest,
+    ) -> Result<Vec<u8>, SessionError> {
+        let session = session.to_string();
+        self.ask(|reply| Command::Release {
+            session,
+            member,
+            context: Box::new(context),
+            request: Box::new(request),
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes every secret of a session.
+    pub async fn forget(&self, session: &str) -> Result<(), SessionError> {
+        let session = session.to_string();
+        self.ask(|reply| Command::Forget { session, reply }).await
     }
 }
 
@@ -193,6 +208,22 @@ pub fn spawn(
     (KeysHandle { mailbox }, actor.run(cancel))
 }
 
+/// The stored key of `session`, if any.
+fn load_key(store: &Store, session: &str) -> Result<Option<ParticipantKey>, SessionError> {
+    let key = records::participant_key(session);
+    match store.get::<KeyRecord>(records::SECRETS_TREE, key.as_bytes())? {
+        None => Ok(None),
+        Some(record) => Ok(Some(ParticipantKey::from_seeds(
+            record.committee,
+            record.seeds,
+        )?)),
+    }
+}
+
+fn missing_key(session: &str) -> SessionError {
+    SessionError::UnknownSession(format!("{session} (this node holds no key for it)"))
+}
+
 impl KeysActor {
     async fn run(mut self, cancel: CancellationToken) {
         loop {
@@ -207,15 +238,7 @@ impl KeysActor {
         info!("keys actor stopped");
     }
 
-    fn load(&self, session: &str) -> Result<MemberRecord, SessionError> {
-        self.store
-            .get::<MemberRecord>(trees::KEYS, session.as_bytes())?
-            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))
-    }
-
-    async fn save(&self, record: &MemberRecord) -> Result<(), SessionError> {
-        self.store
-            .put(trees::KEYS, record.plan.id.as_bytes(), record)?;
+    async fn flush(&self) -> Result<(), SessionError> {
         self.store.flush_async().await?;
         Ok(())
     }
@@ -223,238 +246,146 @@ impl KeysActor {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
-                let key_shares = self.store.tree(trees::KEYS).map(|t| t.len()).unwrap_or(0);
-                let _ = reply.send(KeysStatus { key_shares });
+                let secrets = self
+                    .store
+                    .tree(records::SECRETS_TREE)
+                    .map(|t| t.len())
+                    .unwrap_or(0);
+                let _ = reply.send(KeysStatus { secrets });
             }
-            Command::Commit {
-                me,
-                from,
-                plan,
-                reply,
-            } => {
-                let span = info_span!("keygen", session = %plan.id);
-                let _ = reply.send(self.commit(&me, &from, *plan).await.inspect_err(|e| {
-                    let _g = span.enter();
-                    warn!(error = %e, "key generation refused");
-                }));
-            }
-            Command::Reveal {
-                from,
+            Command::CreateKey {
                 session,
-                commitments,
+                committee,
                 reply,
             } => {
-                let _ = reply.send(self.reveal(&from, &session, commitments).await);
+                let _ = reply.send(self.create_key(&session, committee).await);
             }
-            Command::Bind {
-                from,
-                plan,
-                commitments,
-                shares,
-                reply,
-            } => {
-                let _ = reply.send(self.bind(&from, &plan, commitments, shares).await);
-            }
-            Command::Decrypt {
-                from,
+            Command::Bundle {
                 session,
+                member,
+                reply,
+            } => {
+                let bundle = load_key(&self.store, &session).and_then(|key| {
+                    let key = key.ok_or_else(|| missing_key(&session))?;
+                    if member >= key.committee().size() {
+                        return Err(SessionError::BadInput(format!("no member {member}")));
+                    }
+                    Ok(key.bundle_for(member))
+                });
+                let _ = reply.send(bundle);
+            }
+            Command::Prepare {
+                context,
+                session,
+                reply,
+            } => {
+                // Drawing the pad is a fraction of a second of CPU per million values: off the
+                // actor, with the key read there too.
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = load_key(&store, &session).and_then(|key| {
+                        let key = key.ok_or_else(|| missing_key(&session))?;
+                        Ok(key.prepare(&context)?)
+                    });
+                    let _ = reply.send(result);
+                });
+            }
+            Command::StoreBundle {
+                session,
+                participant,
+                bundle,
+                reply,
+            } => {
+                let key = records::member_seeds(&session, &participant);
+                let stored = self
+                    .store
+                    .put(records::SECRETS_TREE, key.as_bytes(), &*bundle)
+                    .map_err(SessionError::from);
+                let result = match stored {
+                    Ok(()) => self.flush().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Release {
+                session,
+                member,
+                context,
                 request,
                 reply,
             } => {
-                let result = self.decrypt(&from, &session, *request).await;
-                let outcome = match &result {
-                    Ok(_) => "answered",
-                    Err(_) => "refused",
-                };
-                self.metrics
-                    .partial_decryptions
-                    .get_or_create(&OutcomeLabels { outcome })
-                    .inc();
-                if let Err(e) = &result {
-                    warn!(%session, error = %e, "partial decryption refused");
-                }
-                let _ = reply.send(result);
+                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                tokio::task::spawn_blocking(move || {
+                    let result = release(&store, &session, member, &context, &request);
+                    let outcome = if result.is_ok() {
+                        "answered"
+                    } else {
+                        "refused"
+                    };
+                    metrics
+                        .key_releases
+                        .get_or_create(&OutcomeLabels { outcome })
+                        .inc();
+                    if let Err(e) = &result {
+                        warn!(%session, error = %e, "key release refused");
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            Command::Forget { session, reply } => {
+                let _ = reply.send(self.forget(&session).await);
             }
         }
     }
 
-    async fn commit(
-        &mut self,
-        me: &str,
-        from: &str,
-        plan: SessionPlan,
-    ) -> Result<KeyCommitment, SessionError> {
-        plan.check_coordinator(from)?;
-        let member = plan
-            .member_index(me)
-            .ok_or_else(|| SessionError::NotAllowed {
-                peer: me.to_string(),
-                role: "a committee member",
-                session: plan.id.clone(),
-            })?;
-        plan.params.validate()?;
-        if let Some(existing) = self
-            .store
-            .get::<MemberRecord>(trees::KEYS, plan.id.as_bytes())?
-        {
-            // A retransmitted request gets the same answer; a different plan under a used id
-            // would mean a second key for one session tag.
-            if existing.plan == plan {
-                return Ok(existing.public.commitment());
-            }
-            return Err(SessionError::Duplicate(format!(
-                "session id `{}` already has a key share for a different plan",
-                plan.id
-            )));
-        }
-        let tag = SessionTag::derive(&plan.id);
-        let params = plan.params.clone();
-        let (share, public) =
-            tokio::task::spawn_blocking(move || SecretKeyShare::generate(&params, tag, member))
-                .await
-                .map_err(|_| SessionError::Unavailable("key generation"))??;
-        let record = MemberRecord {
-            plan,
-            member,
-            public,
-            commitments: None,
-            bound: false,
-            secret: share.to_secret_bytes().to_vec(),
-        };
-        self.save(&record).await?;
-        Ok(record.public.commitment())
-    }
-
-    async fn reveal(
-        &mut self,
-        from: &str,
-        session: &str,
-        commitments: Vec<KeyCommitment>,
-    ) -> Result<PublicKeyShare, SessionError> {
-        let mut record = self.load(session)?;
-        record.plan.check_coordinator(from)?;
-        if commitments.len() != record.plan.committee.len() {
-            return Err(SessionError::BadInput(format!(
-                "{} commitments for a committee of {}",
-                commitments.len(),
-                record.plan.committee.len()
-            )));
-        }
-        let own = record.public.commitment();
-        if commitments.get(record.member as usize) != Some(&own) {
-            return Err(SessionError::BadInput(
-                "the commitment list does not carry this member's commitment".into(),
-            ));
-        }
-        match &record.commitments {
-            Some(seen) if *seen != commitments => {
-                return Err(SessionError::Duplicate(
-                    "shares were already revealed against other commitments".into(),
-                ))
-            }
-            Some(_) => {}
-            None => {
-                record.commitments = Some(commitments);
-                self.save(&record).await?;
-            }
-        }
-        Ok(record.public.clone())
-    }
-
-    async fn bind(
-        &mut self,
-        from: &str,
-        plan: &SessionPlan,
-        commitments: Vec<KeyCommitment>,
-        shares: Vec<PublicKeyShare>,
-    ) -> Result<(), SessionError> {
-        let mut record = self.load(&plan.id)?;
-        record.plan.check_coordinator(from)?;
-        if *plan != record.plan {
-            // Refused as before; the message could say "different plan" (noted on #4).
-            return Err(SessionError::NotAllowed {
-                peer: from.to_string(),
-                role: "the coordinator",
-                session: record.plan.id.clone(),
-            });
-        }
-        if record.bound {
+    async fn create_key(&self, session: &str, committee: Committee) -> Result<(), SessionError> {
+        if load_key(&self.store, session)?.is_some() {
             return Ok(());
         }
-        if record.commitments.as_ref() != Some(&commitments) {
-            return Err(SessionError::BadInput(
-                "the key does not use the commitments this member revealed against".into(),
-            ));
-        }
-        // Milliseconds of hashing and transforms: off the executor.
-        let plan = plan.clone();
-        let record = tokio::task::spawn_blocking(move || {
-            let key = collective_key(&plan, &commitments, &shares)?;
-            let mut share = SecretKeyShare::from_secret_bytes(&record.secret)?;
-            share.bind(&key, &record.public)?;
-            record.secret.zeroize();
-            record.secret = share.to_secret_bytes().to_vec();
-            record.bound = true;
-            Ok::<_, SessionError>(record)
-        })
-        .await
-        .map_err(|_| SessionError::Unavailable("the key binding"))??;
-        self.save(&record).await
+        let key = ParticipantKey::generate(committee);
+        let record = KeyRecord {
+            committee,
+            seeds: Zeroizing::new(key.seeds().to_vec()),
+        };
+        let id = records::participant_key(session);
+        self.store
+            .put(records::SECRETS_TREE, id.as_bytes(), &record)?;
+        self.flush().await
     }
 
-    async fn decrypt(
-        &mut self,
-        from: &str,
-        session: &str,
-        request: DecryptionRequest,
-    ) -> Result<PartialDecryption, SessionError> {
-        let mut record = self.load(session)?;
-        let plan = record.plan.clone();
-        plan.check_coordinator(from)?;
-        if !record.bound {
-            return Err(SessionError::WrongPhase {
-                session: session.to_string(),
-                phase: crate::session::Phase::Keygen,
-                what: "this member's share is not bound to a collective key yet".into(),
-            });
+    async fn forget(&self, session: &str) -> Result<(), SessionError> {
+        let tree = records::SECRETS_TREE;
+        self.store
+            .remove(tree, records::participant_key(session).as_bytes())?;
+        let prefix = records::member_seeds_prefix(session);
+        let keys: Vec<sled::IVec> = self
+            .store
+            .tree(tree)?
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for key in keys {
+            self.store.remove(tree, &key)?;
         }
-        if let Some(stranger) = request
-            .contributors
-            .iter()
-            .find(|c| !plan.is_participant(c))
-        {
-            return Err(SessionError::NotAllowed {
-                peer: stranger.clone(),
-                role: "a participant",
-                session: plan.id.clone(),
-            });
-        }
-        if (request.contributors.len() as u32) < plan.min_participants {
-            return Err(SessionError::BadInput(format!(
-                "the aggregate has {} contributors; the session requires at least {}",
-                request.contributors.len(),
-                plan.min_participants
-            )));
-        }
-        let min = plan.min_participants;
-        // Rebuilding the share (a transform per slot) and decrypting: off the executor.
-        let secret = Zeroizing::new(std::mem::take(&mut record.secret));
-        let (share, result) = tokio::task::spawn_blocking(move || {
-            let mut share = SecretKeyShare::from_secret_bytes(&secret)?;
-            let result = share.partial_decrypt(&request, min);
-            Ok::<_, SessionError>((share, result))
-        })
-        .await
-        .map_err(|_| SessionError::Unavailable("partial decryption"))??;
-        let partial = result.map_err(|e| match e {
-            crate::crypto::CryptoError::KeyAlreadyUsed => SessionError::Duplicate(format!(
-                "this member already decrypted a different aggregate for session `{session}`; it answers once"
-            )),
-            other => other.into(),
-        })?;
-        // Durable before it leaves: after a crash the share must still know it answered.
-        record.secret = share.to_secret_bytes().to_vec();
-        self.save(&record).await?;
-        Ok(partial)
+        self.flush().await
     }
+}
+
+/// Loads the bundles of `request`'s contributors and computes the release (blocking).
+fn release(
+    store: &Store,
+    session: &str,
+    member: u32,
+    context: &SessionContext,
+    request: &ReleaseRequest,
+) -> Result<Vec<u8>, SessionError> {
+    let mut bundles = std::collections::BTreeMap::new();
+    for p in &request.contributors {
+        let key = records::member_seeds(session, p);
+        if let Some(bundle) = store.get::<SeedBundle>(records::SECRETS_TREE, key.as_bytes())? {
+            bundles.insert(p.clone(), bundle);
+        }
+    }
+    Ok(kahe::release(context, member, request, |p| bundles.get(p))?)
 }

@@ -59,7 +59,11 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub const MAX_INFERENCE_WORKERS: u64 = 1024;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: [&str; 2] = ["p2p.listen", "p2p.bootstrap"];
+const LIST_KEYS: [&str; 3] = [
+    "p2p.listen",
+    "p2p.bootstrap",
+    "aggregation.allowed_profiles",
+];
 
 /// Every key, by section ("" is the top level); used to refuse unknown keys by name.
 const SCHEMA: [(&str, &[&str]); 6] = [
@@ -91,7 +95,14 @@ const SCHEMA: [(&str, &[&str]); 6] = [
         ],
     ),
     ("api", &["listen", "token", "max_body_bytes"]),
-    ("aggregation", &["prepare_budget_bytes"]),
+    (
+        "aggregation",
+        &[
+            "prepare_budget_bytes",
+            "min_contributors_floor",
+            "allowed_profiles",
+        ],
+    ),
     ("inference", &["workers", "memory_budget_bytes"]),
     ("log", &["format", "level"]),
 ];
@@ -179,6 +190,13 @@ pub struct AggregationConfig {
     /// session opens, the node draws its encryption of zero (12.5 bytes per parameter
     /// `secure`) while the update is still training, so that submitting only adds the values.
     pub prepare_budget_bytes: u64,
+    /// The fewest contributors a session this node takes part in may be decrypted with,
+    /// whatever its plan says: participants the coordinator controls count toward a plan's
+    /// `min_participants`, so a node refuses plans below this floor, and as a member never
+    /// releases keys for fewer contributors.
+    pub min_contributors_floor: u32,
+    /// Profiles this node accepts in sessions others create.
+    pub allowed_profiles: Vec<Profile>,
 }
 
 /// Encrypted inference (DESIGN §3.2): the evaluation pool and the memory budget of loaded
@@ -370,6 +388,8 @@ impl Default for AggregationConfig {
     fn default() -> Self {
         AggregationConfig {
             prepare_budget_bytes: GIB,
+            min_contributors_floor: 2,
+            allowed_profiles: Profile::ALL.to_vec(),
         }
     }
 }
@@ -535,6 +555,18 @@ impl Config {
             p2p.max_connections.into(),
         )?;
         check_range(
+            "aggregation.min_contributors_floor",
+            self.aggregation.min_contributors_floor.into(),
+            1,
+            1024,
+        )?;
+        if self.aggregation.allowed_profiles.is_empty() {
+            return Err(invalid(
+                "aggregation.allowed_profiles",
+                "must name at least one profile",
+            ));
+        }
+        check_range(
             "p2p.request_timeout_secs",
             p2p.request_timeout_secs,
             1,
@@ -647,6 +679,20 @@ impl Config {
             },
             aggregation: AggregationConfig {
                 prepare_budget_bytes: raw.aggregation.prepare_budget_bytes,
+                min_contributors_floor: raw.aggregation.min_contributors_floor,
+                allowed_profiles: raw
+                    .aggregation
+                    .allowed_profiles
+                    .iter()
+                    .map(|p| {
+                        Profile::from_str(p).map_err(|_| {
+                            invalid(
+                                "aggregation.allowed_profiles",
+                                format!("unknown profile `{p}`; expected `secure` or `fast`"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             inference: InferenceConfig {
                 workers: raw.inference.workers,
@@ -811,6 +857,8 @@ struct RawApi {
 #[serde(default, deny_unknown_fields)]
 struct RawAggregation {
     prepare_budget_bytes: u64,
+    min_contributors_floor: u32,
+    allowed_profiles: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -862,6 +910,12 @@ impl From<Config> for RawConfig {
             },
             aggregation: RawAggregation {
                 prepare_budget_bytes: aggregation.prepare_budget_bytes,
+                min_contributors_floor: aggregation.min_contributors_floor,
+                allowed_profiles: aggregation
+                    .allowed_profiles
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
             },
             inference: RawInference {
                 workers: inference.workers,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::crypto::Profile;
 
 use std::io::Write;
 
@@ -482,7 +483,9 @@ fn aggregation_section_from_file_and_environment() {
     assert_eq!(
         c.aggregation,
         AggregationConfig {
-            prepare_budget_bytes: 0
+            prepare_budget_bytes: 0,
+            min_contributors_floor: 2,
+            allowed_profiles: vec![Profile::Secure, Profile::Fast],
         },
         "0 turns preparing off"
     );
@@ -505,6 +508,46 @@ fn aggregation_section_from_file_and_environment() {
         load_toml("[aggregation]\nprepare = 1\n"),
         "aggregation.prepare",
         &["unknown key", "prepare_budget_bytes"],
+    );
+}
+
+#[test]
+fn the_contributor_floor_and_allowed_profiles_from_file_and_environment() {
+    let file =
+        toml_file("[aggregation]\nmin_contributors_floor = 5\nallowed_profiles = [\"secure\"]\n");
+    let c = load(Some(file.path()), no_env(), &CliOverrides::default()).unwrap();
+    assert_eq!(c.aggregation.min_contributors_floor, 5);
+    assert_eq!(c.aggregation.allowed_profiles, vec![Profile::Secure]);
+    let c = load(
+        Some(file.path()),
+        env(&[
+            ("FHENODE__AGGREGATION__MIN_CONTRIBUTORS_FLOOR", "3"),
+            ("FHENODE__AGGREGATION__ALLOWED_PROFILES", "fast, secure"),
+        ]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.aggregation.min_contributors_floor, 3);
+    assert_eq!(
+        c.aggregation.allowed_profiles,
+        vec![Profile::Fast, Profile::Secure]
+    );
+    let dump = c.to_redacted_toml();
+    assert_eq!(toml::from_str::<Config>(&dump).unwrap(), c);
+    assert_invalid(
+        load_toml("[aggregation]\nmin_contributors_floor = 0\n"),
+        "aggregation.min_contributors_floor",
+        &[],
+    );
+    assert_invalid(
+        load_toml("[aggregation]\nallowed_profiles = [\"ckks\"]\n"),
+        "aggregation.allowed_profiles",
+        &["ckks"],
+    );
+    assert_invalid(
+        load_toml("[aggregation]\nallowed_profiles = []\n"),
+        "aggregation.allowed_profiles",
+        &["at least one"],
     );
 }
 

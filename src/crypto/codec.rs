@@ -1,84 +1,7 @@
-//! Fixed-point encoding of floats into the plaintext space, and the rounding ("modulus
-//! switching") that drops the noise-only low bits of coefficients for the wire.
+//! The rounding ("modulus switching") that drops the noise-only low bits of power-of-two torus
+//! coefficients for the wire, packed in whole bytes (encrypted inference's ciphertexts).
 
-use super::params::{Rounding, SessionParams};
 use super::ring::Torus;
-use super::CryptoError;
-
-/// Encodes `values` into torus plaintexts `Δ · (round(clip(v) · 2^frac) mod 2^w)`, with
-/// Δ = 2^(BITS − w). Returns how many values were clipped. NaN is refused; ±∞ clips.
-/// `uniform` supplies [0, 1) samples for stochastic rounding.
-pub fn encode_into<T: Torus>(
-    params: &SessionParams,
-    values: &[f32],
-    out: &mut [T],
-    first_index: usize,
-    mut uniform: impl FnMut() -> f64,
-) -> Result<u64, CryptoError> {
-    debug_assert_eq!(values.len(), out.len());
-    let scale = 2f64.powi(params.frac_bits as i32);
-    let clip = params.clip;
-    let shift = T::BITS as u32 - params.plaintext_bits;
-    let mut clipped = 0u64;
-    for (i, (&v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
-        let v = v as f64;
-        if v.is_nan() {
-            return Err(CryptoError::NonFinite {
-                index: first_index + i,
-            });
-        }
-        let c = if v > clip {
-            clipped += 1;
-            clip
-        } else if v < -clip {
-            clipped += 1;
-            -clip
-        } else {
-            v
-        };
-        let scaled = c * scale;
-        let fixed = match params.rounding {
-            Rounding::Nearest => round_half_away(scaled),
-            Rounding::Stochastic => {
-                let floor = scaled.floor();
-                (floor + ((uniform() < scaled - floor) as u8 as f64)) as i64
-            }
-        };
-        // Two's complement then shift: the top w bits hold `fixed mod 2^w`.
-        *o = T::from_u128((fixed as i128 as u128) << shift);
-    }
-    Ok(clipped)
-}
-
-/// `x.round() as i64` for |x| < 2^62, without the libm call `f64::round` compiles to on a
-/// baseline x86-64 target (it was a tenth of encryption's time): the cast truncates natively,
-/// and the fraction `x − trunc(x)` is exact.
-#[inline(always)]
-fn round_half_away(x: f64) -> i64 {
-    let t = x as i64;
-    let frac = x - t as f64;
-    t + (frac >= 0.5) as i64 - (frac <= -0.5) as i64
-}
-
-/// Decodes a noisy phase into the signed fixed-point integer it carries (round to nearest
-/// multiple of Δ, then interpret mod 2^w as signed).
-pub fn decode_fixed<T: Torus>(params: &SessionParams, phase: T) -> i64 {
-    let w = params.plaintext_bits;
-    let shift = T::BITS as u32 - w;
-    let half_delta = T::ONE << (shift as usize - 1);
-    let v = (phase.wrapping_add(half_delta) >> shift as usize).to_u128();
-    let modulus = 1u128 << w;
-    let v = v & (modulus - 1);
-    if v >= modulus / 2 {
-        v as i64 - modulus as i64
-    } else {
-        v as i64
-    }
-}
-
-pub fn fixed_to_f64(params: &SessionParams, fixed: i64) -> f64 {
-    fixed as f64 / 2f64.powi(params.frac_bits as i32)
-}
 
 /// Bytes per coefficient when keeping `keep_bits` top bits (always whole bytes).
 pub const fn packed_width(keep_bits: u32) -> usize {
@@ -220,45 +143,12 @@ pub fn unpack_add_assign<T: Torus>(bytes: &[u8], keep_bits: u32, acc: &mut [T]) 
     })
 }
 
-/// `packed_i = (packed_i + value_i / 2^(BITS − keep_bits)) mod 2^keep_bits`, in place. For
-/// values whose low `BITS − keep_bits` bits are zero (plaintexts, when w ≤ keep_bits) this turns
-/// the packing of x into exactly the packing of x + value: rounding looks only at bits the value
-/// does not touch. Sealing a prepared encryption of zero adds the message this way.
-pub fn add_to_packed<T: Torus>(values: &[T], keep_bits: u32, packed: &mut [u8]) {
-    let width = packed_width(keep_bits);
-    debug_assert_eq!(packed.len(), values.len() * width);
-    let drop = T::BITS - keep_bits as usize;
-    let keep_mask = u128::MAX >> (128 - keep_bits);
-    with_width!(width, W => {
-        for (&v, c) in values.iter().zip(packed.chunks_exact_mut(W)) {
-            let top = read_top::<T, W>(c, 0).to_u128();
-            let add = if drop == 0 { v } else { v >> drop };
-            let sum = top.wrapping_add(add.to_u128()) & keep_mask;
-            c.copy_from_slice(&sum.to_le_bytes()[..W]);
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::params::Profile;
     use proptest::prelude::*;
 
-    fn params() -> SessionParams {
-        SessionParams::recommended(Profile::Secure, 10, 3, 8.0).unwrap()
-    }
-
     proptest! {
-        #[test]
-        fn encode_decode_round_trips_within_half_ulp(v in -8.0f32..=8.0) {
-            let p = params();
-            let mut out = [0u128; 1];
-            encode_into(&p, &[v], &mut out, 0, || 0.5).unwrap();
-            let back = fixed_to_f64(&p, decode_fixed(&p, out[0]));
-            prop_assert!((back - v as f64).abs() <= p.mean_error_bound());
-        }
-
         #[test]
         fn packing_round_trips_up_to_rounding(v in any::<u128>(), keep in prop::sample::select(vec![40u32, 88, 96, 128])) {
             let mut bytes = Vec::new();
@@ -272,28 +162,6 @@ mod tests {
         }
 
         #[test]
-        fn adding_to_packed_values_packs_the_sum(
-            x in any::<u128>(),
-            top in any::<u128>(),
-            w in 1u32..=40,
-            keep in prop::sample::select(vec![44u32, 88, 96, 128]),
-        ) {
-            // A plaintext: w top bits, the rest zero (w ≤ keep, as every profile has).
-            let m = top & !(u128::MAX >> w);
-            let (mut packed, mut direct) = (Vec::new(), Vec::new());
-            pack_rounded(&[x], keep, &mut packed);
-            add_to_packed(&[m], keep, &mut packed);
-            pack_rounded(&[x.wrapping_add(m)], keep, &mut direct);
-            prop_assert_eq!(&packed, &direct);
-            let (x64, m64) = (x as u64, (m >> 64) as u64 & !(u64::MAX >> w.min(40)));
-            let (mut packed, mut direct) = (Vec::new(), Vec::new());
-            pack_rounded(&[x64], 40, &mut packed);
-            add_to_packed(&[m64], 40, &mut packed);
-            pack_rounded(&[x64.wrapping_add(m64)], 40, &mut direct);
-            prop_assert_eq!(packed, direct);
-        }
-
-        #[test]
         fn u64_packing_round_trips(v in any::<u64>()) {
             let mut bytes = Vec::new();
             pack_rounded(&[v], 48, &mut bytes);
@@ -301,50 +169,5 @@ mod tests {
             unpack_into(&bytes, 48, &mut out);
             prop_assert!((out[0].wrapping_sub(v) as i64).unsigned_abs() <= 1 << 15);
         }
-    }
-
-    proptest! {
-        #[test]
-        fn rounding_matches_f64_round(x in -1e18f64..1e18, i in -(1i64 << 53)..(1i64 << 53)) {
-            prop_assert_eq!(round_half_away(x), x.round() as i64);
-            let half = i as f64 + 0.5;
-            prop_assert_eq!(round_half_away(half), half.round() as i64);
-        }
-    }
-
-    #[test]
-    fn clipping_is_counted_and_nan_refused() {
-        let p = params();
-        let mut out = [0u128; 4];
-        let clipped =
-            encode_into(&p, &[9.0, -1e9, f32::INFINITY, 8.0], &mut out, 0, || 0.5).unwrap();
-        assert_eq!(clipped, 3);
-        assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[0])), 8.0);
-        assert_eq!(fixed_to_f64(&p, decode_fixed(&p, out[1])), -8.0);
-        let e = encode_into(&p, &[1.0, f32::NAN], &mut out[..2], 7, || 0.5).unwrap_err();
-        assert!(e.to_string().contains("index 8"), "{e}");
-    }
-
-    #[test]
-    fn stochastic_rounding_is_unbiased() {
-        let mut p = params();
-        p.rounding = Rounding::Stochastic;
-        p.frac_bits = 2;
-        // 0.1 · 4 = 0.4: rounds up 40% of the time.
-        let mut state = 0u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let mut sum = 0i64;
-        for _ in 0..10_000 {
-            let mut out = [0u128; 1];
-            encode_into(&p, &[0.1], &mut out, 0, &mut next).unwrap();
-            sum += decode_fixed(&p, out[0]);
-        }
-        let mean = sum as f64 / 10_000.0 / 4.0;
-        assert!((mean - 0.1).abs() < 0.005, "{mean}");
     }
 }

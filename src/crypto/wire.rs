@@ -8,15 +8,6 @@
 //! parses the payload with a byte limit equal to its length: a hostile length prefix fails
 //! instead of allocating. Trailing bytes are refused. Each message is then shape-checked.
 
-use bincode::Options;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-
-use super::aggregate::{DecryptionRequest, PartialDecryption};
-use super::keys::{
-    CollectiveKeyWire, CollectivePublicKey, EncryptedChunk, EncryptedUpdate, KeyCommitment,
-    PublicKeyShare,
-};
 use super::CryptoError;
 
 pub const MAGIC: [u8; 4] = *b"FHEN";
@@ -28,79 +19,11 @@ const DIGEST: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    KeyCommitment = 1,
-    PublicKeyShare = 2,
-    CollectiveKey = 3,
-    EncryptedUpdate = 4,
-    EncryptedChunk = 5,
-    DecryptionRequest = 6,
-    PartialDecryption = 7,
-    /// A key-additive encrypted update (`crypto::kahe`).
+    /// A key-additive encrypted update (`crypto::kahe`). Kinds 1–7 were the committee-key
+    /// scheme's messages, which no longer exist.
     Update = 8,
     /// A committee member's key release (`crypto::kahe`).
     KeyRelease = 9,
-}
-
-fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .reject_trailing_bytes()
-}
-
-/// A message with a wire form.
-pub trait Wire: Sized {
-    const KIND: Kind;
-    type Repr: Serialize + DeserializeOwned;
-    fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr>
-    where
-        Self::Repr: Clone;
-    fn from_repr(repr: Self::Repr) -> Result<Self, CryptoError>;
-
-    fn to_bytes(&self) -> Vec<u8>
-    where
-        Self::Repr: Clone,
-    {
-        let repr = self.to_repr();
-        let size = options()
-            .serialized_size(repr.as_ref())
-            .expect("in-memory serialization of plain data") as usize;
-        // Serialised straight into the envelope: one pass over megabytes of ciphertext.
-        frame_with(MAGIC, VERSION, Self::KIND as u8, size, |out| {
-            options()
-                .serialize_into(out, repr.as_ref())
-                .expect("in-memory serialization of plain data")
-        })
-    }
-
-    /// Decodes and checks a message of at most `max_len` bytes.
-    fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, CryptoError> {
-        Self::from_repr(decode_borrowed(Self::KIND, bytes, max_len, true)?)
-    }
-}
-
-/// Decodes a message of `kind` and at most `max_len` bytes, borrowing from `bytes` where its
-/// type does. `check_digest` is false only for bytes that passed the check already.
-pub(crate) fn decode_borrowed<'a, T: Deserialize<'a>>(
-    kind: Kind,
-    bytes: &'a [u8],
-    max_len: usize,
-    check_digest: bool,
-) -> Result<T, CryptoError> {
-    let err = |m: String| CryptoError::Wire(format!("{kind:?}: {m}"));
-    let payload = unframe_with(
-        MAGIC,
-        VERSION,
-        "fhenode",
-        kind as u8,
-        bytes,
-        max_len,
-        check_digest,
-    )
-    .map_err(err)?;
-    options()
-        .with_limit(payload.len() as u64)
-        .deserialize(payload)
-        .map_err(|e| err(format!("payload: {e}")))
 }
 
 /// Frames an already serialised `payload` in the envelope. Shared by both message families
@@ -166,15 +89,8 @@ pub(crate) fn frame_payload_mut(frame: &mut [u8]) -> &mut [u8] {
     &mut frame[HEADER..end]
 }
 
-/// The payload encoding of every message, for writing part of a payload by hand.
-pub(crate) fn payload_bytes<T: Serialize>(value: &T) -> Vec<u8> {
-    options()
-        .serialize(value)
-        .expect("in-memory serialization of plain data")
-}
-
 /// The digest an envelope ends with: BLAKE3 of everything before it, so it names the whole
-/// message (checked by [`Wire::from_bytes`]). `None` for anything too short to be a message.
+/// message (checked when it is read). `None` for anything too short to be a message.
 pub fn envelope_digest(bytes: &[u8]) -> Option<[u8; 32]> {
     let tail = bytes.len().checked_sub(DIGEST).filter(|&t| t >= HEADER)?;
     bytes[tail..].try_into().ok()
@@ -236,58 +152,4 @@ fn unframe_with<'a>(
 /// BLAKE3 digest of a message's wire bytes (e.g. to acknowledge a submission).
 pub fn digest(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
-}
-
-macro_rules! plain_wire {
-    ($ty:ty, $kind:expr, |$v:ident| $check:expr) => {
-        impl Wire for $ty {
-            const KIND: Kind = $kind;
-            type Repr = $ty;
-            fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr> {
-                std::borrow::Cow::Borrowed(self)
-            }
-            fn from_repr($v: Self::Repr) -> Result<Self, CryptoError> {
-                $check?;
-                Ok($v)
-            }
-        }
-    };
-}
-
-plain_wire!(
-    KeyCommitment,
-    Kind::KeyCommitment,
-    |v| Ok::<(), CryptoError>(())
-);
-plain_wire!(PublicKeyShare, Kind::PublicKeyShare, |v| {
-    let expected = PublicKeyShare::expected_len(v.profile);
-    if v.body.len() == expected {
-        Ok(())
-    } else {
-        Err(CryptoError::Malformed {
-            what: "public key share",
-            reason: format!("{} bytes, expected {expected}", v.body.len()),
-        })
-    }
-});
-plain_wire!(EncryptedUpdate, Kind::EncryptedUpdate, |v| v.validate());
-plain_wire!(DecryptionRequest, Kind::DecryptionRequest, |v| v.validate());
-plain_wire!(PartialDecryption, Kind::PartialDecryption, |v| Ok::<
-    (),
-    CryptoError,
->(()));
-plain_wire!(EncryptedChunk, Kind::EncryptedChunk, |v| Ok::<
-    (),
-    CryptoError,
->(()));
-
-impl Wire for CollectivePublicKey {
-    const KIND: Kind = Kind::CollectiveKey;
-    type Repr = CollectiveKeyWire;
-    fn to_repr(&self) -> std::borrow::Cow<'_, Self::Repr> {
-        std::borrow::Cow::Owned(self.to_wire())
-    }
-    fn from_repr(repr: Self::Repr) -> Result<Self, CryptoError> {
-        CollectivePublicKey::from_wire(repr)
-    }
 }

@@ -90,7 +90,7 @@ pub struct NodeMetrics {
     pub submissions: Family<OutcomeLabels, Counter>,
     pub submission_bytes: Counter,
     pub crypto_duration: Family<OpLabels, Histogram>,
-    pub partial_decryptions: Family<OutcomeLabels, Counter>,
+    pub key_releases: Family<OutcomeLabels, Counter>,
     pub inference_requests: Family<InferenceLabels, Counter>,
     pub inference_duration: Family<SchemeLabels, Histogram>,
     pub inference_queue_depth: Gauge,
@@ -139,7 +139,7 @@ impl Metrics {
             submissions: Family::default(),
             submission_bytes: Counter::default(),
             crypto_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
-            partial_decryptions: Family::default(),
+            key_releases: Family::default(),
             inference_requests: Family::default(),
             inference_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
             inference_queue_depth: Gauge::default(),
@@ -250,14 +250,14 @@ impl Metrics {
         );
         fhenode.register_with_unit(
             "crypto_operation_duration",
-            "Duration of crypto operations by op (keygen, encrypt, accumulate, partial_decrypt, combine)",
+            "Duration of crypto operations by op (prepare, encrypt, accumulate, release, combine)",
             Unit::Seconds,
             node.crypto_duration.clone(),
         );
         fhenode.register(
-            "partial_decryptions",
-            "Partial decryption requests this node answered or refused as a committee member",
-            node.partial_decryptions.clone(),
+            "key_releases",
+            "Key-release requests this node answered or refused as a committee member",
+            node.key_releases.clone(),
         );
         fhenode.register(
             "inference_requests",

@@ -4,7 +4,7 @@
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{DecryptionRequest, KeyCommitment, PartialDecryption, PublicKeyShare};
+use crate::crypto::kahe::{ReleaseRequest, SeedBundle};
 
 use super::{SessionError, SessionPlan, SessionResult};
 
@@ -14,19 +14,15 @@ pub const PIECE_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AggMsg {
-    /// Coordinator → member: draw a key share for this session, answer with its commitment.
-    KeygenCommit { plan: SessionPlan },
-    /// Coordinator → member: every member's commitment is in; reveal your public share.
-    KeygenReveal {
+    /// Coordinator → members, then participants: the session exists. Each checks it against
+    /// its local policy, stores it and acknowledges.
+    Plan { plan: SessionPlan },
+    /// Participant → member, directly: the seeds of the sets this member holds, for the plan
+    /// with this digest. Stored before the acknowledgement.
+    Seeds {
         session: String,
-        commitments: Vec<KeyCommitment>,
-    },
-    /// Coordinator → participants and members: the session is open. Each node rebuilds the
-    /// collective key from the shares and checks them against the commitments itself.
-    Open {
-        plan: SessionPlan,
-        commitments: Vec<KeyCommitment>,
-        shares: Vec<PublicKeyShare>,
+        plan_digest: [u8; 32],
+        bundle: SeedBundle,
     },
     /// Participant → coordinator: one piece of an encrypted update's wire bytes. Encoded
     /// and decoded without copying the piece through [`Piece`], which must stay in step.
@@ -41,50 +37,61 @@ pub enum AggMsg {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// Coordinator → member: decrypt the aggregate, once.
-    Decrypt {
+    /// Coordinator → member: which of these participants' seeds do you hold?
+    Holdings {
         session: String,
-        request: DecryptionRequest,
+        participants: Vec<String>,
     },
-    /// Coordinator → participants and members: the result.
+    /// Coordinator → member: release the keys of this contributor set, for the sets assigned
+    /// to you.
+    Release {
+        session: String,
+        request: ReleaseRequest,
+    },
+    /// Coordinator → participants: the result.
     Result { result: SessionResult },
-    /// Coordinator → participants and members: the session failed.
-    Failed { session: String, reason: String },
+    /// Coordinator → participants and members: the session ended (a failure when `reason`).
+    Ended {
+        session: String,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AggReply {
-    Commitment(KeyCommitment),
-    Share(PublicKeyShare),
     Ack,
     /// The piece is durable; `complete` when the whole update is in and valid.
     PieceAck {
         index: u32,
         complete: bool,
     },
-    Partial(PartialDecryption),
+    /// The participants (of those asked) whose seeds this member holds.
+    Held(Vec<String>),
+    /// A key release's wire bytes.
+    Release(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl AggMsg {
     pub fn session(&self) -> &str {
         match self {
-            AggMsg::KeygenCommit { plan } | AggMsg::Open { plan, .. } => &plan.id,
-            AggMsg::KeygenReveal { session, .. }
+            AggMsg::Plan { plan } => &plan.id,
+            AggMsg::Seeds { session, .. }
             | AggMsg::SubmitPiece { session, .. }
-            | AggMsg::Decrypt { session, .. }
-            | AggMsg::Failed { session, .. } => session,
+            | AggMsg::Holdings { session, .. }
+            | AggMsg::Release { session, .. }
+            | AggMsg::Ended { session, .. } => session,
             AggMsg::Result { result } => &result.session,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
-            AggMsg::KeygenCommit { .. } => "keygen_commit",
-            AggMsg::KeygenReveal { .. } => "keygen_reveal",
-            AggMsg::Open { .. } => "open",
+            AggMsg::Plan { .. } => "plan",
+            AggMsg::Seeds { .. } => "seeds",
             AggMsg::SubmitPiece { .. } => "submit_piece",
-            AggMsg::Decrypt { .. } => "decrypt",
+            AggMsg::Holdings { .. } => "holdings",
+            AggMsg::Release { .. } => "release",
             AggMsg::Result { .. } => "result",
-            AggMsg::Failed { .. } => "failed",
+            AggMsg::Ended { .. } => "ended",
         }
     }
 }
@@ -122,7 +129,7 @@ pub struct Piece<'a> {
 }
 
 /// `SubmitPiece`'s position in [`AggMsg`].
-const SUBMIT_PIECE: u32 = 3;
+const SUBMIT_PIECE: u32 = 2;
 
 impl Piece<'_> {
     /// The message's bytes, exactly as `encode(&AggMsg::SubmitPiece { .. })` would write them.
@@ -189,7 +196,7 @@ mod tests {
             let piece = Piece { session: &session, digest, index, count, clipped, bytes: &bytes };
             prop_assert_eq!(&piece.encode().unwrap(), &owned);
             prop_assert_eq!(Piece::decode(&owned).unwrap().unwrap(), piece);
-            let other = encode(&AggMsg::Failed { session, reason: "x".into() }).unwrap();
+            let other = encode(&AggMsg::Ended { session, reason: Some("x".into()) }).unwrap();
             prop_assert!(Piece::decode(&other).is_none());
         }
     }

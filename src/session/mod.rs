@@ -1,15 +1,16 @@
 //! Secure-aggregation sessions (DESIGN §4): the spec users write, the pure coordinator state
 //! machine, the messages nodes exchange, and what the API reports.
 
-pub mod machine;
 pub mod messages;
+mod phase;
+pub mod records;
 pub mod roles;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::CryptoError;
-pub use machine::{Coordinated, Effect, Event, Phase};
+pub use phase::Phase;
 pub use spec::{ResultKind, SessionPlan, SessionSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +127,20 @@ pub struct SessionInfo {
     pub length: u64,
     pub result_kind: ResultKind,
     pub committee: usize,
+    /// Members needed to decrypt.
+    pub threshold: u32,
     pub participants: usize,
     pub min_participants: u32,
-    /// Committee shares received (coordinator only).
-    pub key_shares: usize,
+    /// Coordinator: members that stored the plan.
+    pub members_ready: usize,
+    /// Participant: members that hold this node's seeds (it submits once `threshold` do).
+    pub seeds_delivered: usize,
+    /// Member: participants whose seeds this node holds.
+    pub seeds_held: usize,
     /// Complete submissions (coordinator), or 1/0 for this participant's own.
     pub submissions: usize,
-    pub partial_decryptions: usize,
+    /// Key releases received for the current assignment (coordinator).
+    pub releases: usize,
     pub deadline_secs: u64,
     pub timings: Timings,
     pub failure: Option<String>,

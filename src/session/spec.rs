@@ -6,7 +6,10 @@ use std::str::FromStr;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Profile, SessionParams};
+use crate::crypto::kahe::{KaheParams, SessionContext, DEFAULT_FRAC_BITS};
+use crate::crypto::Profile;
+
+use super::roles::Roster;
 
 use super::SessionError;
 
@@ -37,7 +40,10 @@ pub struct SessionSpec {
     pub profile: Option<Profile>,
     /// Key-committee members (peer ids).
     pub committee: Vec<String>,
-    /// Members needed to decrypt; only n-of-n (= committee size) is supported.
+    /// Members needed to decrypt, committee/2 < threshold ≤ committee; the committee size
+    /// (every member) when absent. Up to committee − threshold members may be absent at
+    /// decryption; the coordinator with up to 2·threshold − committee − 1 members learns only
+    /// the sum.
     #[serde(default)]
     pub threshold: Option<u32>,
     /// Participants allowed to submit (peer ids).
@@ -48,7 +54,7 @@ pub struct SessionSpec {
     /// Values are clipped to [-clip, clip]. Default 8.
     #[serde(default)]
     pub clip: Option<f64>,
-    /// Fixed-point fraction bits; the most the noise budget allows when absent.
+    /// Fixed-point fraction bits. Default 20.
     #[serde(default)]
     pub frac_bits: Option<u32>,
     #[serde(default)]
@@ -70,11 +76,13 @@ pub struct SessionPlan {
     pub length: u64,
     pub shapes: Option<BTreeMap<String, Vec<u64>>>,
     pub committee: Vec<String>,
+    /// Members needed to decrypt.
+    pub threshold: u32,
     pub participants: Vec<String>,
     pub min_participants: u32,
     pub result: ResultKind,
     pub deadline_secs: u64,
-    pub params: SessionParams,
+    pub params: KaheParams,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> SessionError {
@@ -168,15 +176,6 @@ impl SessionSpec {
             return Err(invalid("committee", "at least one member is required"));
         }
         let threshold = self.threshold.unwrap_or(committee.len() as u32);
-        if threshold as usize != committee.len() {
-            return Err(invalid(
-                "threshold",
-                format!(
-                    "only n-of-n decryption is supported: threshold must equal the committee size {}",
-                    committee.len()
-                ),
-            ));
-        }
         let participants = peer_list("participants", &self.participants)?;
         if participants.is_empty() {
             return Err(invalid(
@@ -203,34 +202,35 @@ impl SessionSpec {
         let field_of = |e: &crate::crypto::CryptoError| {
             let m = e.to_string();
             let field = [
+                "threshold",
                 "frac_bits",
                 "committee",
                 "participants",
                 "clip",
                 "plaintext_bits",
+                "wire_bits",
             ]
             .into_iter()
             .find(|f| m.contains(f))
             .unwrap_or("params");
             invalid(field, m)
         };
-        let mut params = SessionParams::recommended(
+        let params = KaheParams::recommended(
             profile,
             participants.len() as u32,
             committee.len() as u32,
+            threshold,
             clip,
+            self.frac_bits.unwrap_or(DEFAULT_FRAC_BITS),
         )
         .map_err(|e| field_of(&e))?;
-        if let Some(frac_bits) = self.frac_bits {
-            params.frac_bits = frac_bits;
-            params.validate().map_err(|e| field_of(&e))?;
-        }
         Ok(SessionPlan {
             id,
             coordinator: coordinator.to_string(),
             length,
             shapes: self.shapes.clone(),
             committee,
+            threshold,
             participants,
             min_participants,
             result: self.result,
@@ -261,6 +261,35 @@ impl SessionPlan {
             session: self.id.clone(),
         })
     }
+    /// The digest that names this plan: it binds the id, roster and parameters, and seeds the
+    /// public polynomials of every ciphertext and release of the session.
+    pub fn digest(&self) -> [u8; 32] {
+        let bytes = bincode::serialize(self).unwrap_or_default();
+        blake3::derive_key("fhenode 2026 session plan v1", &bytes)
+    }
+
+    /// What the crypto layer needs of the session.
+    pub fn context(&self) -> Result<SessionContext, SessionError> {
+        Ok(SessionContext::new(
+            self.params.clone(),
+            self.digest(),
+            self.length,
+        )?)
+    }
+
+    /// Who plays which part: what the role machines need.
+    pub fn roster(&self) -> Roster {
+        Roster {
+            id: self.id.clone(),
+            coordinator: self.coordinator.clone(),
+            committee: self.committee.clone(),
+            threshold: self.threshold,
+            participants: self.participants.clone(),
+            min_participants: self.min_participants,
+            deadline_secs: self.deadline_secs,
+        }
+    }
+
     /// Every member and participant, once each, in order.
     pub fn peers(&self) -> Vec<&String> {
         let mut peers: Vec<&String> = self.committee.iter().chain(&self.participants).collect();
@@ -293,7 +322,13 @@ mod tests {
         let plan = spec().validate(PeerId::random(), Profile::Secure).unwrap();
         assert!(plan.id.starts_with("s-"));
         assert_eq!(plan.params.committee, 3);
+        assert_eq!(plan.threshold, 3);
         assert_eq!(plan.params.participants, 5);
+        assert_eq!(plan.params.frac_bits, 20);
+        plan.context().unwrap();
+        let mut other = plan.clone();
+        other.min_participants = 2;
+        assert_ne!(plan.digest(), other.digest());
         assert_eq!(plan.result, ResultKind::Mean);
     }
 
@@ -305,7 +340,8 @@ mod tests {
             ("length", Box::new(|s| s.length = Some(0))),
             ("committee", Box::new(|s| s.committee = vec!["nope".into()])),
             ("committee", Box::new(|s| s.committee = vec![])),
-            ("threshold", Box::new(|s| s.threshold = Some(2))),
+            ("threshold", Box::new(|s| s.threshold = Some(1))),
+            ("threshold", Box::new(|s| s.threshold = Some(4))),
             (
                 "participants",
                 Box::new(|s| s.participants.push(s.participants[0].clone())),
@@ -316,7 +352,7 @@ mod tests {
             ),
             ("deadline_secs", Box::new(|s| s.deadline_secs = Some(0))),
             ("id", Box::new(|s| s.id = Some("../etc".into()))),
-            ("frac_bits", Box::new(|s| s.frac_bits = Some(52))),
+            ("frac_bits", Box::new(|s| s.frac_bits = Some(41))),
             ("clip", Box::new(|s| s.clip = Some(f64::NAN))),
             (
                 "shapes",

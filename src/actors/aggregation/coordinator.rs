@@ -1,7 +1,25 @@
-//! The coordinator's side of the actor: creating sessions, applying events to their state
-//! machines and performing the effects, receiving submission pieces, and summing.
+//! The coordinator's side of the actor: creating sessions, applying events to their machines
+//! (`session::roles::coordinator`) and performing the effects, receiving submission pieces,
+//! summing, and combining the members' releases.
 
 use super::*;
+use crate::crypto::kahe::{self, Accumulator, ReleaseRequest};
+use crate::metrics::OutcomeLabels;
+use crate::session::records;
+use crate::session::roles::coordinator::{CoordinatorEffect, CoordinatorState};
+use crate::session::ResultKind;
+use crate::store::pieces::Upload;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::session::messages::PIECE_BYTES;
+
+/// A coordinated session as stored: its plan and its machine's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Coordinated {
+    pub(super) plan: SessionPlan,
+    pub(super) machine: CoordinatorState,
+}
 
 /// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
 /// its upload is checked, so closing only has to finish the sum instead of reading every
@@ -12,29 +30,29 @@ pub(super) struct RunningSum {
     added: Vec<String>,
 }
 
-pub(super) type SumOutcome = Result<(Aggregate, DecryptionRequest), SessionError>;
+type SumOutcome = Result<Aggregate, SessionError>;
 
-pub(super) enum SumJob {
-    Add(String, CheckedUpdate),
+enum SumJob {
+    Add(String, Vec<u8>),
     Finish(oneshot::Sender<SumOutcome>),
 }
 
 impl RunningSum {
-    pub(super) fn start(key: Arc<CollectivePublicKey>, length: u64) -> Self {
+    fn start(context: kahe::SessionContext) -> Self {
         let (jobs, rx) = std::sync::mpsc::channel::<SumJob>();
         tokio::task::spawn_blocking(move || {
-            let mut acc = Accumulator::new(&key, length).map_err(SessionError::from);
+            let mut acc: Result<Accumulator, SessionError> = Ok(Accumulator::new(&context));
             while let Ok(job) = rx.recv() {
                 match job {
-                    SumJob::Add(who, update) => {
+                    SumJob::Add(who, bytes) => {
                         if let Ok(sum) = acc.as_mut() {
-                            if let Err(e) = sum.add_checked(&who, &update) {
+                            if let Err(e) = sum.add(&who, &bytes) {
                                 acc = Err(e.into());
                             }
                         }
                     }
                     SumJob::Finish(reply) => {
-                        let _ = reply.send(acc.and_then(|sum| Ok(sum.finish()?)));
+                        let _ = reply.send(acc.map(Accumulator::finish));
                         return;
                     }
                 }
@@ -46,19 +64,17 @@ impl RunningSum {
         }
     }
 
-    pub(super) fn add(&mut self, who: &str, update: CheckedUpdate) {
-        if self.jobs.send(SumJob::Add(who.to_string(), update)).is_ok() {
+    fn add(&mut self, who: &str, bytes: Vec<u8>) {
+        if self.jobs.send(SumJob::Add(who.to_string(), bytes)).is_ok() {
             self.added.push(who.to_string());
         }
     }
 
     /// The finished sum, if it holds exactly `contributors`.
-    pub(super) async fn finish(self, contributors: &[(String, [u8; 32])]) -> Option<SumOutcome> {
+    async fn finish(self, contributors: &[String]) -> Option<SumOutcome> {
         let mut added = self.added.clone();
-        let mut wanted: Vec<String> = contributors.iter().map(|(c, _)| c.clone()).collect();
         added.sort();
-        wanted.sort();
-        if added != wanted {
+        if added != contributors {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -67,23 +83,8 @@ impl RunningSum {
     }
 }
 
-/// Whose upload pieces these are: one participant in one session (session ids and peer ids
-/// hold no `/`, so a session's owners share the prefix `{session}/`).
-pub(super) fn piece_owner(session: &str, peer: &str) -> String {
-    format!("{session}/{peer}")
-}
-
-/// The largest wire size an update of this plan can have: anything bigger is refused before
-/// it is stored.
-pub(super) fn max_update_bytes(plan: &SessionPlan) -> u64 {
-    let p = plan.params.profile.params();
-    let chunks = p.chunks(plan.length);
-    // ≤ 16 bytes per mask and body coefficient, plus framing.
-    (chunks * p.ring_dim as u64 + plan.length) * 16 + 4096 + chunks * 64
-}
-
 /// What storing one piece led to.
-pub(super) enum StoredPiece {
+enum StoredPiece {
     /// More pieces are to come.
     Partial,
     /// The participant's update was already accepted (a retransmission).
@@ -92,25 +93,24 @@ pub(super) enum StoredPiece {
     Last(Box<CompleteUpload>),
 }
 
-pub(super) struct CompleteUpload {
+struct CompleteUpload {
     upload: Upload,
-    plan: SessionPlan,
-    key: Arc<CollectivePublicKey>,
+    context: kahe::SessionContext,
     meta: SubmissionMeta,
 }
 
 impl CompleteUpload {
     /// Assembles and checks the upload (blocking); a bad upload is dropped whole.
-    pub(super) fn check(mut self) -> Result<(SubmissionMeta, CheckedUpdate), SessionError> {
+    fn check(mut self) -> Result<(SubmissionMeta, Vec<u8>), SessionError> {
         let mut whole = Vec::new();
         let checked = match self.upload.concat(&mut whole) {
-            Ok(()) => check_update(whole, self.meta.digest, &self.plan, &self.key),
+            Ok(()) => check_update(&whole, self.meta.digest, &self.context),
             Err(e) => Err(e.into()),
         };
         match checked {
-            Ok(update) => {
-                self.meta.bytes = update.wire_len() as u64;
-                Ok((self.meta, update))
+            Ok(()) => {
+                self.meta.bytes = whole.len() as u64;
+                Ok((self.meta, whole))
             }
             Err(e) => {
                 let _ = self.upload.remove();
@@ -137,81 +137,53 @@ pub(super) fn count_submission(metrics: &NodeMetrics, result: &Result<AggReply, 
         .inc();
 }
 
-/// Sends `msg` to each of `members` (committee indices) in its own task; `expect` turns the
-/// awaited answer into what the actor is told, and anything else fails the session.
-pub(super) fn ask_members(
-    work: &mut Vec<Work>,
-    link: &Link,
-    plan: &SessionPlan,
-    members: Vec<u32>,
-    msg: AggMsg,
-    expect: fn(String, u32, AggReply) -> Option<Internal>,
-) {
-    for member in members {
-        let (link, msg) = (link.clone(), msg.clone());
-        let session = plan.id.clone();
-        let peer = plan.committee[member as usize].clone();
-        work.push(Box::pin(async move {
-            let internal = match link.send_retrying(&peer, &msg).await {
-                Ok(reply) => expect(session.clone(), member, reply).unwrap_or_else(|| {
-                    let why = format!("gave an unexpected answer to {}", msg.kind());
-                    Internal::Event(session, fail_event(&peer, &why))
-                }),
-                Err(e) => Internal::Event(session, fail_event(&peer, &e.to_string())),
-            };
-            Some(internal)
-        }));
-    }
-}
-
-pub(super) fn fail_event(peer: &str, why: &str) -> Event {
-    Event::Fail {
-        reason: format!("{peer}: {why}"),
-    }
-}
-
 /// Checks an assembled upload: its envelope's digest is the one the participant announced
-/// (and matches its bytes), and it is an update of this session under its key.
-pub(super) fn check_update(
-    bytes: Vec<u8>,
+/// (and matches its bytes), and it is an update of this session.
+fn check_update(
+    bytes: &[u8],
     digest: [u8; 32],
-    plan: &SessionPlan,
-    key: &CollectivePublicKey,
-) -> Result<CheckedUpdate, SessionError> {
-    if crate::crypto::wire::envelope_digest(&bytes) != Some(digest) {
+    context: &kahe::SessionContext,
+) -> Result<(), SessionError> {
+    if crate::crypto::wire::envelope_digest(bytes) != Some(digest) {
         return Err(SessionError::BadInput(
             "the assembled update does not match its digest".into(),
         ));
     }
-    let max = max_update_bytes(plan) as usize;
-    Ok(CheckedUpdate::check(bytes, max, key, plan.length)?)
+    kahe::wire::update_bodies(context, bytes)?;
+    Ok(())
 }
 
 /// Sums the stored updates of `contributors` (blocking: runs on the blocking pool).
-pub(super) fn accumulate(
+fn accumulate(
     store: &Store,
     plan: &SessionPlan,
-    key: &CollectivePublicKey,
+    context: &kahe::SessionContext,
     contributors: &[(String, [u8; 32])],
-) -> Result<(Aggregate, DecryptionRequest), SessionError> {
-    let mut acc = Accumulator::new(key, plan.length)?;
+) -> Result<Aggregate, SessionError> {
+    let mut acc = Accumulator::new(context);
     for (who, digest) in contributors {
         let upload = Upload::open(
             store,
             trees::SUBMISSIONS,
-            &piece_owner(&plan.id, who),
+            &records::piece_owner(&plan.id, who),
             *digest,
         )?;
         let mut bytes = Vec::new();
         upload.concat(&mut bytes)?;
-        let update = check_update(bytes, *digest, plan, key).map_err(|e| {
+        check_update(&bytes, *digest, context).map_err(|e| {
             SessionError::Store(format!(
                 "the stored update of {who} is missing or damaged: {e}"
             ))
         })?;
-        acc.add_checked(who, &update)?;
+        acc.add(who, &bytes)?;
     }
-    Ok(acc.finish()?)
+    Ok(acc.finish())
+}
+
+fn fail(reason: impl Into<String>) -> CoordinatorEvent {
+    CoordinatorEvent::Fail {
+        reason: reason.into(),
+    }
 }
 
 impl AggregationActor {
@@ -223,21 +195,27 @@ impl AggregationActor {
                 plan.id
             )));
         }
+        plan.context()?;
         let id = plan.id.clone();
         let span = info_span!("session", session = %id);
         span.in_scope(|| {
             info!(
                 length = plan.length,
                 committee = plan.committee.len(),
+                threshold = plan.threshold,
                 participants = plan.participants.len(),
+                wire_bits = plan.params.wire_bits,
                 "session created"
             )
         });
-        let state = Coordinated::new(plan, now_ms());
-        self.persist_coordinated(&state, false).await?;
+        let state = Coordinated {
+            machine: CoordinatorState::new(plan.roster(), now_ms()),
+            plan,
+        };
+        self.persist_coordinated(&state).await?;
         self.coordinated.insert(id.clone(), state);
         self.phase_since.insert(id.clone(), Instant::now());
-        self.apply(&id, Event::Start).await;
+        self.apply(&id, CoordinatorEvent::Start).await;
         // A small announcement on gossipsub, for operators and dashboards; the protocol itself
         // runs over request-response.
         let announcement =
@@ -250,66 +228,45 @@ impl AggregationActor {
                 }
                 None
             },
-            info_span!("session", session = %id),
+            span,
         );
         self.info(&id)
     }
 
-    /// Persists a coordinated session; its shares too when `shares_changed`.
-    pub(super) async fn persist_coordinated(
-        &self,
-        state: &Coordinated,
-        shares_changed: bool,
-    ) -> Result<(), SessionError> {
-        if shares_changed {
-            let shares: Vec<&PublicKeyShare> = state.shares.values().map(|s| &**s).collect();
-            put_shares(&self.store, COORD_SHARES_PREFIX, &state.plan.id, &shares)?;
-        }
-        let key = format!("{COORD_PREFIX}{}", state.plan.id);
+    async fn persist_coordinated(&self, state: &Coordinated) -> Result<(), SessionError> {
+        let key = records::coordinated(&state.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), state)?;
         self.flush().await
     }
 
-    pub(super) fn load_shares(
-        &self,
-        prefix: &str,
-        session: &str,
-    ) -> Result<Vec<PublicKeyShare>, SessionError> {
-        let key = format!("{prefix}{session}");
-        Ok(self
-            .store
-            .get::<Vec<PublicKeyShare>>(trees::SESSIONS, key.as_bytes())?
-            .unwrap_or_default())
-    }
-
     /// Applies an event to a coordinated session: new state, persisted, then its effects.
-    pub(super) async fn apply(&mut self, id: &str, event: Event) -> Option<SessionError> {
+    pub(super) async fn apply(
+        &mut self,
+        id: &str,
+        event: CoordinatorEvent,
+    ) -> Option<SessionError> {
         let state = self.coordinated.get(id)?;
         let mut next = state.clone();
-        let before = next.phase;
-        let effects = match next.handle(event, now_ms()) {
+        let before = next.machine.phase;
+        let effects = match next.machine.handle(event, now_ms()) {
             Ok(effects) => effects,
             Err(e) => return Some(e),
         };
         if next == *state {
+            // Nothing to persist (the start, or a step repeated); what it asks is still done.
+            for effect in effects {
+                self.perform(id, effect);
+            }
             return None;
         }
-        if next.phase.is_terminal() {
-            // Over, however far the key got: nothing needs the shares any more (512 KiB per
-            // member; `info` reports how many arrived). Stored empty below.
-            next.shares.clear();
-        }
-        // Shares are added during keygen (each bound by its member's commitment) and cleared
-        // once the session is over.
-        let shares_changed = next.shares.len() != state.shares.len();
-        if let Err(e) = self.persist_coordinated(&next, shares_changed).await {
+        if let Err(e) = self.persist_coordinated(&next).await {
             warn!(session = %id, error = %e, "cannot persist session; the event is dropped");
             return Some(e);
         }
-        let after = next.phase;
+        let after = next.machine.phase;
         if after != before {
             let span = info_span!("session", session = %id);
-            span.in_scope(|| match &next.failure {
+            span.in_scope(|| match &next.machine.failure {
                 Some(reason) if after == Phase::Failed => warn!(%reason, "session failed"),
                 _ => info!(from = %before, to = %after, "phase"),
             });
@@ -330,38 +287,20 @@ impl AggregationActor {
                     .inc();
                 self.aggregates.remove(id);
                 self.running.remove(id);
-                self.partials.remove(id);
+                self.releases.remove(id);
             }
         }
-        let ended = (after != before && after.is_terminal()).then(|| next.failure.clone());
         self.coordinated.insert(id.to_string(), next);
         self.update_phase_gauge();
         for effect in effects {
             self.perform(id, effect);
         }
-        if let Some(failure) = ended {
-            self.close_own_joined(id, after, failure).await;
-        }
         None
-    }
-
-    /// The collective key of a session this node coordinates: cached, or rebuilt from its shares.
-    pub(super) fn coordinated_key(
-        &mut self,
-        id: &str,
-    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        let coordinated = &self.coordinated;
-        cached_key(&mut self.coordinated_keys, id, || {
-            coordinated
-                .get(id)
-                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?
-                .collective_key()
-        })
     }
 
     /// Starts an effect's work among the actor's tasks; its outcome comes back to the loop as
     /// an [`Internal`].
-    pub(super) fn perform(&mut self, id: &str, effect: Effect) {
+    pub(super) fn perform(&mut self, id: &str, effect: CoordinatorEffect) {
         let span = info_span!("session", session = %id);
         let mut work = Vec::new();
         self.effect_work(id, effect, &mut work);
@@ -371,90 +310,96 @@ impl AggregationActor {
     }
 
     /// The work an effect takes, pushed onto `work`.
-    fn effect_work(&mut self, id: &str, effect: Effect, work: &mut Vec<Work>) {
+    fn effect_work(&mut self, id: &str, effect: CoordinatorEffect, work: &mut Vec<Work>) {
         let Some(state) = self.coordinated.get(id) else {
             return;
         };
         let plan = state.plan.clone();
+        let machine = &state.machine;
         let link = self.link.clone();
         let session = id.to_string();
         let metrics = self.metrics.clone();
         match effect {
-            Effect::RequestCommitments { members } => {
-                let msg = AggMsg::KeygenCommit { plan: plan.clone() };
-                ask_members(
-                    work,
-                    &link,
-                    &plan,
-                    members,
-                    msg,
-                    |session, member, reply| match reply {
-                        AggReply::Commitment(commitment) => Some(Internal::Event(
-                            session,
-                            Event::Commitment { member, commitment },
-                        )),
-                        _ => None,
-                    },
-                );
-            }
-            Effect::RequestShares {
-                members,
-                commitments,
-            } => {
-                let msg = AggMsg::KeygenReveal {
-                    session: session.clone(),
-                    commitments,
-                };
-                ask_members(
-                    work,
-                    &link,
-                    &plan,
-                    members,
-                    msg,
-                    |session, member, reply| match reply {
-                        AggReply::Share(share) => {
-                            Some(Internal::Event(session, Event::Share { member, share }))
-                        }
-                        _ => None,
-                    },
-                );
-            }
-            Effect::DeliverKey => {
-                let msg = AggMsg::Open {
-                    plan: plan.clone(),
-                    commitments: state.commitments.values().cloned().collect(),
-                    shares: state.shares.values().map(|s| (**s).clone()).collect(),
-                };
-                work.push(Box::pin(async move {
-                    let peers = plan.peers();
-                    let sends = peers.iter().map(|p| link.send_retrying(p, &msg));
-                    let results = futures::future::join_all(sends).await;
-                    let mut event = Event::KeyDelivered;
-                    for (peer, r) in peers.iter().zip(results) {
-                        match r {
-                            Ok(_) => {}
-                            // Without every member's bound share the sum cannot be decrypted.
-                            Err(e) if plan.member_index(peer).is_some() => {
-                                event =
-                                    fail_event(peer, &format!("could not open the session: {e}"));
+            CoordinatorEffect::DeliverPlanToMembers(members) => {
+                for member in members {
+                    let (link, plan, session) = (link.clone(), plan.clone(), session.clone());
+                    let Some(peer) = plan.committee.get(member as usize).cloned() else {
+                        continue;
+                    };
+                    work.push(Box::pin(async move {
+                        let msg = AggMsg::Plan { plan };
+                        match link.send_retrying(&peer, &msg).await {
+                            Ok(AggReply::Ack) => Some(Internal::Event(
+                                session,
+                                CoordinatorEvent::PlanStored { member },
+                            )),
+                            Ok(other) => {
+                                warn!(%peer, ?other, "unexpected answer to the plan");
+                                None
                             }
-                            Err(e) => warn!(%peer, error = %e, "participant did not get the key"),
+                            // The deadline says whether enough members stored it.
+                            Err(e) => {
+                                warn!(%peer, error = %e, "member did not store the plan");
+                                None
+                            }
+                        }
+                    }));
+                }
+            }
+            CoordinatorEffect::DeliverPlanToParticipants => {
+                work.push(Box::pin(async move {
+                    let msg = AggMsg::Plan { plan: plan.clone() };
+                    let sends = plan
+                        .participants
+                        .iter()
+                        .map(|p| link.send_retrying(p, &msg));
+                    let results = futures::future::join_all(sends).await;
+                    for (peer, r) in plan.participants.iter().zip(results) {
+                        if let Err(e) = r {
+                            warn!(%peer, error = %e, "participant did not get the plan");
                         }
                     }
-                    Some(Internal::Event(session, event))
+                    None
                 }));
             }
-            Effect::Accumulate { contributors } => {
-                let contributors: Vec<(String, [u8; 32])> = contributors
-                    .into_iter()
-                    .filter_map(|c| state.submitted.get(&c).map(|m| (c, m.digest)))
+            CoordinatorEffect::QueryHoldings(members) => {
+                let participants: Vec<String> = machine.submitted.keys().cloned().collect();
+                for member in members {
+                    let Some(peer) = plan.committee.get(member as usize).cloned() else {
+                        continue;
+                    };
+                    let msg = AggMsg::Holdings {
+                        session: session.clone(),
+                        participants: participants.clone(),
+                    };
+                    let (link, session) = (link.clone(), session.clone());
+                    work.push(Box::pin(async move {
+                        let held = match link.send_retrying(&peer, &msg).await {
+                            Ok(AggReply::Held(held)) => Some(held),
+                            Ok(_) => None,
+                            Err(e) => {
+                                warn!(%peer, error = %e, "member did not say which seeds it holds");
+                                None
+                            }
+                        };
+                        Some(Internal::Event(
+                            session,
+                            CoordinatorEvent::Holdings { member, held },
+                        ))
+                    }));
+                }
+            }
+            CoordinatorEffect::Accumulate { contributors } => {
+                let with_digests: Vec<(String, [u8; 32])> = contributors
+                    .iter()
+                    .filter_map(|c| machine.submitted.get(c).map(|m| (c.clone(), m.digest)))
                     .collect();
-                let key = match self.coordinated_key(id) {
-                    Ok(k) => k,
+                let context = match plan.context() {
+                    Ok(c) => c,
                     Err(e) => {
                         let reason = e.to_string();
                         work.push(Box::pin(async move {
-                            Some(Internal::Event(session, Event::Fail { reason }))
+                            Some(Internal::Event(session, fail(reason)))
                         }));
                         return;
                     }
@@ -475,76 +420,100 @@ impl AggregationActor {
                                 .observe(start.elapsed().as_secs_f64());
                             Ok(sum)
                         }
-                        // After a restart, or if the running sum went wrong: from the store.
+                        // After a restart, or when S leaves a body out: from the store.
                         _ => {
-                            let job = move || accumulate(&store, &plan, &key, &contributors);
+                            let job = move || accumulate(&store, &plan, &context, &with_digests);
                             timed_blocking(&metrics, "accumulate", job).await
                         }
                     };
-                    let internal = match outcome {
-                        Ok((aggregate, request)) => Internal::Accumulated {
+                    Some(match outcome {
+                        Ok(aggregate) => Internal::Summed {
                             session,
                             aggregate: Box::new(aggregate),
-                            request: Box::new(request),
                         },
-                        Err(reason) => Internal::Event(session, Event::Fail { reason }),
-                    };
-                    Some(internal)
+                        Err(reason) => Internal::Event(session, fail(reason)),
+                    })
                 }));
             }
-            Effect::RequestPartials { members } => {
-                let Some((_, request)) = self.aggregates.get(id).cloned() else {
-                    return;
+            CoordinatorEffect::RequestReleases {
+                members,
+                generation,
+            } => {
+                let request = ReleaseRequest {
+                    contributors: machine.contributors.clone(),
+                    assignment: machine.assignment.clone(),
                 };
-                let msg = AggMsg::Decrypt {
-                    session: session.clone(),
-                    request,
-                };
-                ask_members(
-                    work,
-                    &link,
-                    &plan,
-                    members,
-                    msg,
-                    |session, member, reply| match reply {
-                        AggReply::Partial(p) => Some(Internal::Partial {
-                            session,
-                            member,
-                            partial: Box::new(p),
-                        }),
-                        _ => None,
-                    },
-                );
-            }
-            Effect::Combine => {
-                let Some((aggregate, _)) = self.aggregates.get(id).cloned() else {
-                    return;
-                };
-                let received = self.partials.get(id);
-                let partials: Result<Vec<PartialDecryption>, u32> = (0..plan.committee.len()
-                    as u32)
-                    .map(|m| received.and_then(|r| r.get(&m)).cloned().ok_or(m))
-                    .collect();
-                let clipped = state.clipped;
-                let contributor_ids = state.contributors.clone();
-                work.push(Box::pin(async move {
-                    let Ok(partials) = partials else {
-                        let reason = "a partial decryption is missing".to_string();
-                        return Some(Internal::Event(session, Event::Fail { reason }));
+                for member in members {
+                    let Some(peer) = plan.committee.get(member as usize).cloned() else {
+                        continue;
                     };
-                    let job = move || aggregate.combine(&partials).map_err(SessionError::from);
-                    let internal = match timed_blocking(&metrics, "combine", job).await {
+                    let msg = AggMsg::Release {
+                        session: session.clone(),
+                        request: request.clone(),
+                    };
+                    let (link, session) = (link.clone(), session.clone());
+                    work.push(Box::pin(async move {
+                        let failed = |reason: String| {
+                            Some(Internal::Event(
+                                session.clone(),
+                                CoordinatorEvent::ReleaseFailed {
+                                    member,
+                                    generation,
+                                    reason,
+                                },
+                            ))
+                        };
+                        match link.send_retrying(&peer, &msg).await {
+                            Ok(AggReply::Release(bytes)) => Some(Internal::Released {
+                                session: session.clone(),
+                                member,
+                                generation,
+                                bytes,
+                            }),
+                            Ok(_) => failed("an unexpected answer".into()),
+                            Err(e) => failed(e.to_string()),
+                        }
+                    }));
+                }
+            }
+            CoordinatorEffect::Combine => {
+                let Some(aggregate) = self.aggregates.get(id).cloned() else {
+                    return;
+                };
+                let request = ReleaseRequest {
+                    contributors: machine.contributors.clone(),
+                    assignment: machine.assignment.clone(),
+                };
+                let releases: Vec<(u32, Vec<u8>)> = self
+                    .releases
+                    .get(id)
+                    .filter(|(g, _)| *g == machine.generation)
+                    .map(|(_, r)| r.iter().map(|(m, b)| (*m, b.clone())).collect())
+                    .unwrap_or_default();
+                let clipped = machine.clipped;
+                let contributor_ids = machine.contributors.clone();
+                work.push(Box::pin(async move {
+                    let job = move || {
+                        let refs: Vec<(u32, &[u8])> =
+                            releases.iter().map(|(m, b)| (*m, b.as_slice())).collect();
+                        Ok(aggregate.combine(&request, &refs)?)
+                    };
+                    Some(match timed_blocking(&metrics, "combine", job).await {
                         Ok(sum) => {
+                            let k = sum.contributors.len() as u32;
                             let (values, error_bound) = match plan.result {
-                                ResultKind::Mean => (sum.mean(), sum.mean_error_bound),
-                                ResultKind::Sum => (sum.sum.clone(), sum.sum_error_bound),
+                                ResultKind::Mean => (
+                                    sum.sum.iter().map(|s| s / k as f64).collect(),
+                                    plan.params.mean_error_bound(),
+                                ),
+                                ResultKind::Sum => (sum.sum, plan.params.sum_error_bound(k)),
                             };
                             Internal::Combined {
                                 session: session.clone(),
                                 result: Box::new(SessionResult {
                                     session,
                                     kind: plan.result,
-                                    contributors: sum.contributors,
+                                    contributors: k,
                                     contributor_ids,
                                     clipped,
                                     error_bound,
@@ -552,20 +521,19 @@ impl AggregationActor {
                                 }),
                             }
                         }
-                        Err(reason) => Internal::Event(session, Event::Fail { reason }),
-                    };
-                    Some(internal)
+                        Err(reason) => Internal::Event(session, fail(reason)),
+                    })
                 }));
             }
-            Effect::PublishFailure => {
-                let msg = AggMsg::Failed {
+            CoordinatorEffect::PublishFailure => {
+                let reason = machine.failure.clone().unwrap_or_default();
+                let msg = AggMsg::Ended {
                     session: session.clone(),
-                    reason: state.failure.clone().unwrap_or_default(),
+                    reason: Some(reason),
                 };
                 work.push(Box::pin(async move {
-                    let me = link.me.to_string();
-                    for peer in plan.peers().into_iter().filter(|p| **p != me) {
-                        // Peers that never saw the session open answer `unknown_session`.
+                    for peer in plan.peers() {
+                        // Peers that never saw the plan answer `unknown_session`.
                         if let Err(e) = link.send(peer, &msg).await {
                             debug!(%peer, error = %e, "failure notice not delivered");
                         }
@@ -573,9 +541,19 @@ impl AggregationActor {
                     None
                 }));
             }
-            Effect::PublishResult => {
+            CoordinatorEffect::PublishResult => {
                 let (store, id) = (self.store.clone(), id.to_string());
                 work.push(Box::pin(async move {
+                    // Members only need to know it is over, to forget the seeds.
+                    let ended = AggMsg::Ended {
+                        session: session.clone(),
+                        reason: None,
+                    };
+                    for peer in &plan.committee {
+                        if let Err(e) = link.send_retrying(peer, &ended).await {
+                            debug!(%peer, error = %e, "end notice not delivered");
+                        }
+                    }
                     let read = tokio::task::spawn_blocking(move || {
                         store.get::<SessionResult>(trees::RESULTS, id.as_bytes())
                     });
@@ -596,9 +574,8 @@ impl AggregationActor {
                             return None;
                         }
                     };
-                    let me = link.me.to_string();
                     let (link, msg) = (&link, &msg);
-                    futures::stream::iter(plan.participants.iter().filter(|p| **p != me))
+                    futures::stream::iter(plan.participants.iter())
                         .for_each_concurrent(RESULT_SENDS_AT_ONCE, |peer| async move {
                             if let Err(e) = link.send_retrying_with(peer, || Ok(msg.clone())).await
                             {
@@ -615,14 +592,13 @@ impl AggregationActor {
     /// Drops a finished session's ciphertexts; the result and the state stay.
     pub(super) fn cleanup(&mut self, session: &str) {
         // Removing tens of blobs is file-system work: off the actor.
-        let (store, owners) = (self.store.clone(), format!("{session}/"));
+        let (store, owners) = (self.store.clone(), records::pieces_prefix(session));
         self.tasks.spawn_blocking(move || {
             if let Err(e) = store.drop_uploads(trees::SUBMISSIONS, &owners) {
                 warn!(error = %e, "could not drop a finished session's submissions");
             }
             None
         });
-        self.coordinated_keys.remove(session);
     }
 
     /// A submission piece: stored, then acknowledged once durable; the last one is checked
@@ -632,7 +608,7 @@ impl AggregationActor {
         from: String,
         piece: Piece<'_>,
         reply: oneshot::Sender<Response>,
-        task_span: tracing::Span,
+        span: tracing::Span,
     ) {
         let (session, index, len) = (piece.session.to_string(), piece.index, piece.bytes.len());
         let stored = self.store_piece(&from, &piece);
@@ -644,7 +620,7 @@ impl AggregationActor {
             Err(e) => {
                 let result = Err(e);
                 count_submission(&self.metrics, &result);
-                self.answer_later(Box::pin(async move { result }), reply, task_span);
+                self.answer_later(Box::pin(async move { result }), reply, span);
             }
             Ok(StoredPiece::AlreadyAccepted) => self.answer_later(
                 Box::pin(async move {
@@ -654,7 +630,7 @@ impl AggregationActor {
                     })
                 }),
                 reply,
-                task_span,
+                span,
             ),
             // Acknowledged once durable; the actor serves others meanwhile.
             Ok(StoredPiece::Partial) => self.answer_later(
@@ -666,7 +642,7 @@ impl AggregationActor {
                     })
                 }),
                 reply,
-                task_span,
+                span,
             ),
             // Durable, then assembled and checked off the actor, then accepted by it.
             Ok(StoredPiece::Last(upload)) => {
@@ -679,12 +655,12 @@ impl AggregationActor {
                             Err(e) => Err(e),
                         };
                         match checked {
-                            Ok((meta, update)) => Some(Internal::UploadChecked {
+                            Ok((meta, bytes)) => Some(Internal::UploadChecked {
                                 session,
                                 from,
                                 index,
                                 meta,
-                                update,
+                                bytes,
                                 reply,
                             }),
                             Err(e) => {
@@ -695,7 +671,7 @@ impl AggregationActor {
                             }
                         }
                     },
-                    task_span,
+                    span,
                 );
             }
         }
@@ -703,11 +679,7 @@ impl AggregationActor {
 
     /// Coordinator side of a submission piece: checked and stored (not yet flushed: the caller
     /// acknowledges it only after a flush, which concurrent pieces share).
-    pub(super) fn store_piece(
-        &mut self,
-        from: &str,
-        piece: &Piece<'_>,
-    ) -> Result<StoredPiece, SessionError> {
+    fn store_piece(&mut self, from: &str, piece: &Piece<'_>) -> Result<StoredPiece, SessionError> {
         let &Piece {
             session,
             digest,
@@ -720,7 +692,7 @@ impl AggregationActor {
             .coordinated
             .get(session)
             .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
-        let plan = state.plan.clone();
+        let plan = &state.plan;
         if !plan.is_participant(from) {
             return Err(SessionError::NotAllowed {
                 peer: from.to_string(),
@@ -728,7 +700,7 @@ impl AggregationActor {
                 session: session.to_string(),
             });
         }
-        if let Some(done) = state.submitted.get(from) {
+        if let Some(done) = state.machine.submitted.get(from) {
             // A retransmission of the accepted update is harmless; anything else is a second
             // submission.
             if done.digest == digest {
@@ -738,39 +710,38 @@ impl AggregationActor {
                 "participant {from} already submitted to session `{session}`"
             )));
         }
-        if state.phase != Phase::Collecting {
+        if state.machine.phase != Phase::Collecting {
             return Err(SessionError::WrongPhase {
                 session: session.to_string(),
-                phase: state.phase,
+                phase: state.machine.phase,
                 what: "it does not take submissions".into(),
             });
         }
-        let max = max_update_bytes(&plan);
+        let context = plan.context()?;
+        let max = kahe::wire::update_len(&context) as u64;
         if count == 0
             || index >= count
             || bytes.is_empty()
             || bytes.len() > PIECE_BYTES
-            || count as u64 * PIECE_BYTES as u64 > max + PIECE_BYTES as u64
+            || count as u64 > max.div_ceil(PIECE_BYTES as u64)
         {
             return Err(SessionError::BadInput(format!(
-                "piece {index} of {count} with {} bytes does not fit an update of at most {max} bytes",
+                "piece {index} of {count} with {} bytes does not fit an update of {max} bytes",
                 bytes.len()
             )));
         }
         let upload = Upload::open(
             &self.store,
             trees::SUBMISSIONS,
-            &piece_owner(session, from),
+            &records::piece_owner(session, from),
             digest,
         )?;
         if upload.put(index, bytes)? < count {
             return Ok(StoredPiece::Partial);
         }
-        let key = self.coordinated_key(session)?;
         Ok(StoredPiece::Last(Box::new(CompleteUpload {
             upload,
-            plan,
-            key,
+            context,
             meta: SubmissionMeta {
                 digest,
                 clipped,
@@ -787,7 +758,7 @@ impl AggregationActor {
         from: &str,
         index: u32,
         meta: SubmissionMeta,
-        update: CheckedUpdate,
+        bytes: Vec<u8>,
     ) -> Result<AggReply, SessionError> {
         let state = self
             .coordinated
@@ -797,23 +768,23 @@ impl AggregationActor {
             index,
             complete: true,
         };
-        if let Some(done) = state.submitted.get(from) {
+        if let Some(done) = state.machine.submitted.get(from) {
             if done.digest == meta.digest {
                 return Ok(complete);
             }
         }
-        let (first, length) = (state.submitted.is_empty(), state.plan.length);
+        let first = state.machine.submitted.is_empty();
         // A running sum is only started with the first update: after a restart mid-collection
         // the sum is read back from the store at closing instead.
         if !self.running.contains_key(session) && first {
-            let key = self.coordinated_key(session)?;
+            let context = state.plan.context()?;
             self.running
-                .insert(session.to_string(), RunningSum::start(key, length));
+                .insert(session.to_string(), RunningSum::start(context));
         }
         if let Some(sum) = self.running.get_mut(session) {
-            sum.add(from, update);
+            sum.add(from, bytes);
         }
-        let event = Event::SubmissionComplete {
+        let event = CoordinatorEvent::SubmissionComplete {
             participant: from.to_string(),
             meta,
         };

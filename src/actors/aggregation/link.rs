@@ -2,6 +2,7 @@
 //! mailbox for messages to itself, with retries for transport failures.
 
 use super::*;
+use crate::net::{NetError, Request};
 
 pub(super) const SEND_ATTEMPTS: u32 = 8;
 

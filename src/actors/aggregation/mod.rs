@@ -1,62 +1,50 @@
-//! The aggregation actor: runs the session protocol (DESIGN §4) for every role this node plays,
-//! one file per role.
+//! The aggregation actor: runs the key-additive session protocol (`docs/PROTOCOL.md`) for every
+//! role this node plays, one file per role, each driving the pure machine of its role
+//! (`session::roles`): the actor persists the new state first, then performs the effects.
 //!
-//! - [`coordinator`]: drives a [`Coordinated`] state machine: each event is applied, the new
-//!   state is flushed to sled, and only then are its effects performed (requests to members and
-//!   participants, summing, combining) in tasks whose outcomes come back as events.
-//! - [`participant`]: keeps the opened session, rebuilds the collective key itself, encrypts
-//!   local updates off the executor and uploads them in acknowledged pieces.
-//! - As committee member it relays key-share requests to the key actor (`inbound`).
+//! - [`coordinator`]: delivers the plan, receives submission pieces, sums, asks for holdings
+//!   and releases, combines.
+//! - [`participant`]: joins, has its key drawn, delivers seeds, prepares, seals and uploads.
+//! - [`member`]: stores seeds, answers holdings, releases keys for one contributor set.
 //!
-//! This module holds the actor's handle, its loop, what every role shares (loading, session
-//! info, inbound routing) and [`link`], the way tasks reach peers.
+//! This module holds the handle, the loop, what every role shares (loading, session info,
+//! inbound routing) and [`link`], the way tasks reach peers. Spawned work runs in a
+//! [`JoinSet`](tokio::task::JoinSet) polled in the loop: it dies with the actor, and what it
+//! returns is handled here.
 
 mod coordinator;
 mod link;
+mod member;
 mod participant;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
 use super::{stopped, Mailbox};
-use crate::crypto::{
-    Accumulator, Aggregate, CheckedUpdate, CollectivePublicKey, CryptoError, DecryptionRequest,
-    KeyCommitment, PartialDecryption, PreparedEncryption, Profile, PublicKeyShare,
-};
-use crate::metrics::{NodeMetrics, OpLabels, OutcomeLabels, PhaseLabels};
-use crate::net::{NetError, NetworkHandle, Request, Response};
-use crate::session::machine::{collective_key, SubmissionMeta};
-use crate::session::messages::{self, AggMsg, AggReply, Piece, PIECE_BYTES};
+use crate::crypto::kahe::Aggregate;
+use crate::crypto::Profile;
+use crate::metrics::{NodeMetrics, OpLabels, PhaseLabels};
+use crate::net::{NetworkHandle, Response};
+use crate::session::messages::{self, AggMsg, AggReply, Piece};
+use crate::session::roles::coordinator::{CoordinatorEvent, SubmissionMeta};
+use crate::session::roles::LocalPolicy;
 use crate::session::{
-    now_ms, Coordinated, Effect, Event, Phase, ResultKind, Roles, SessionError, SessionInfo,
-    SessionPlan, SessionResult, SessionSpec, SubmitReceipt, Timings,
+    now_ms, Phase, Roles, SessionError, SessionInfo, SessionPlan, SessionResult, SessionSpec,
+    SubmitReceipt, Timings,
 };
-use crate::store::pieces::Upload;
 use crate::store::{trees, Store};
 
-use coordinator::{count_submission, RunningSum};
+use coordinator::{count_submission, Coordinated, RunningSum};
 use link::Link;
 use participant::{Joined, Preparation};
-
-const COORD_PREFIX: &str = "coord/";
-
-const JOINED_PREFIX: &str = "joined/";
-
-/// The public key shares of a session, kept apart from the state records above: they are
-/// large and written once, the states small and written at every step.
-const COORD_SHARES_PREFIX: &str = "coord-shares/";
-
-const JOINED_SHARES_PREFIX: &str = "joined-shares/";
 
 /// Participants a result is pushed to concurrently.
 const RESULT_SENDS_AT_ONCE: usize = 8;
@@ -78,26 +66,23 @@ enum Command {
 
 /// What the actor's own background work hands back to its loop (through [`Tasks`]).
 enum Internal {
-    Event(String, Event),
-    Accumulated {
+    /// An event for a coordinated session's machine.
+    Event(String, CoordinatorEvent),
+    /// The bodies of S are summed (coordinator).
+    Summed {
         session: String,
         aggregate: Box<Aggregate>,
-        request: Box<DecryptionRequest>,
     },
-    Partial {
+    /// A member's release arrived for assignment `generation` (coordinator).
+    Released {
         session: String,
         member: u32,
-        partial: Box<PartialDecryption>,
+        generation: u32,
+        bytes: Vec<u8>,
     },
     Combined {
         session: String,
         result: Box<SessionResult>,
-    },
-    /// This node's upload ended; the submitter is answered once the actor has recorded it.
-    Uploaded {
-        session: String,
-        result: Result<SubmitReceipt, SessionError>,
-        reply: Reply<SubmitReceipt>,
     },
     /// A participant's last piece is in and its whole upload checked (coordinator).
     UploadChecked {
@@ -105,8 +90,22 @@ enum Internal {
         from: String,
         index: u32,
         meta: SubmissionMeta,
-        update: CheckedUpdate,
+        bytes: Vec<u8>,
         reply: oneshot::Sender<Response>,
+    },
+    /// A member holds this node's seeds (participant).
+    SeedsAcked { session: String, member: u32 },
+    /// This node's update is sealed: to persist before it is uploaded (participant).
+    Sealed {
+        session: String,
+        sealed: Box<participant::SealedForUpload>,
+        reply: Reply<SubmitReceipt>,
+    },
+    /// This node's upload ended; the submitter, if any, is answered once it is recorded.
+    Uploaded {
+        session: String,
+        result: Result<SubmitReceipt, SessionError>,
+        reply: Option<Reply<SubmitReceipt>>,
     },
 }
 
@@ -136,7 +135,7 @@ impl AggregationHandle {
         !self.mailbox.is_closed()
     }
 
-    /// Creates a session with this node as coordinator and starts key generation.
+    /// Creates a session with this node as coordinator and delivers its plan.
     pub async fn create(&self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
         self.mailbox
             .ask(|r| Command::Create(Box::new(spec), r))
@@ -222,23 +221,19 @@ struct AggregationActor {
     keys: KeysHandle,
     metrics: NodeMetrics,
     default_profile: Profile,
+    policy: LocalPolicy,
     rx: mpsc::Receiver<Command>,
     coordinated: BTreeMap<String, Coordinated>,
     joined: BTreeMap<String, Joined>,
-    /// Collective keys of the sessions this node coordinates, by session. Kept apart from
-    /// the joined sessions' keys: an Open from another peer must never replace the key this
-    /// node checks its own session's uploads against.
-    coordinated_keys: HashMap<String, Arc<CollectivePublicKey>>,
-    /// Collective keys of the sessions this node joined, by session.
-    joined_keys: HashMap<String, Arc<CollectivePublicKey>>,
-    /// The sum being decrypted and its request, by session (coordinator).
-    aggregates: HashMap<String, (Arc<Aggregate>, DecryptionRequest)>,
+    /// The sum over S being decrypted, by session (coordinator; rebuilt after a restart).
+    aggregates: HashMap<String, Arc<Aggregate>>,
+    /// Releases received for the current assignment, by session: (generation, member → bytes).
+    /// Not persisted: after a restart members are asked again and answer identically.
+    releases: HashMap<String, (u32, BTreeMap<u32, Vec<u8>>)>,
+    /// Sessions whose upload from this node is under way.
     uploading: HashSet<String>,
     /// Running sums of the updates accepted so far, by session (coordinator).
     running: HashMap<String, RunningSum>,
-    /// Partial decryptions received, by session and member (coordinator). Not persisted: after
-    /// a restart members are asked again and answer identically.
-    partials: HashMap<String, BTreeMap<u32, PartialDecryption>>,
     phase_since: HashMap<String, Instant>,
     /// Encryptions of zero drawn ahead for the sessions this node submits to, by session.
     prepared: HashMap<String, Preparation>,
@@ -258,6 +253,8 @@ pub struct AggregationDeps {
     pub default_profile: Profile,
     /// `aggregation.prepare_budget_bytes`: memory for encryptions prepared ahead (0: none).
     pub prepare_budget_bytes: u64,
+    /// What this node accepts of other nodes' plans.
+    pub policy: LocalPolicy,
 }
 
 pub fn spawn(
@@ -275,15 +272,14 @@ pub fn spawn(
         keys: deps.keys,
         metrics: deps.metrics,
         default_profile: deps.default_profile,
+        policy: deps.policy,
         rx,
         coordinated: BTreeMap::new(),
         joined: BTreeMap::new(),
-        coordinated_keys: HashMap::new(),
-        joined_keys: HashMap::new(),
         aggregates: HashMap::new(),
+        releases: HashMap::new(),
         uploading: HashSet::new(),
         running: HashMap::new(),
-        partials: HashMap::new(),
         phase_since: HashMap::new(),
         prepared: HashMap::new(),
         prepared_bytes: Arc::default(),
@@ -303,31 +299,6 @@ async fn put_result(store: &Store, result: SessionResult) -> Result<(), SessionE
     .await
     .map_err(|_| SessionError::Unavailable("the store"))??;
     Ok(())
-}
-
-/// A session's key from `cache`, else built by `build` and cached.
-fn cached_key(
-    cache: &mut HashMap<String, Arc<CollectivePublicKey>>,
-    id: &str,
-    build: impl FnOnce() -> Result<CollectivePublicKey, SessionError>,
-) -> Result<Arc<CollectivePublicKey>, SessionError> {
-    if let Some(key) = cache.get(id) {
-        return Ok(key.clone());
-    }
-    let key = Arc::new(build()?);
-    cache.insert(id.to_string(), key.clone());
-    Ok(key)
-}
-
-/// Stores a session's public key shares under `{prefix}{session}`.
-fn put_shares(
-    store: &Store,
-    prefix: &str,
-    session: &str,
-    shares: &[&PublicKeyShare],
-) -> Result<(), SessionError> {
-    let key = format!("{prefix}{session}");
-    Ok(store.put(trees::SESSIONS, key.as_bytes(), &shares)?)
 }
 
 /// Makes every write so far durable, timing it for the flush-latency metric.
@@ -387,27 +358,8 @@ impl AggregationActor {
     }
 
     async fn run(mut self, cancel: CancellationToken) {
-        match self.load() {
-            Ok((broken, broken_joined)) => {
-                // Failed for good: the unreadable shares record goes, so the next start does
-                // not meet it again.
-                for (id, reason) in broken {
-                    self.apply(&id, Event::Fail { reason }).await;
-                    let shares = format!("{COORD_SHARES_PREFIX}{id}");
-                    if let Err(e) = self.store.remove(trees::SESSIONS, shares.as_bytes()) {
-                        warn!(session = %id, error = %e, "cannot drop the unreadable key shares");
-                    }
-                }
-                for id in broken_joined {
-                    if let Some(joined) = self.joined.get(&id).cloned() {
-                        if let Err(e) = self.persist_joined(&joined).await {
-                            warn!(session = %id, error = %e, "cannot record the failure");
-                        }
-                    }
-                    self.leave(&id);
-                }
-            }
-            Err(e) => error!(error = %e, "could not load sessions from the store"),
+        if let Err(e) = self.load() {
+            error!(error = %e, "could not load sessions from the store");
         }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -449,81 +401,29 @@ impl AggregationActor {
             .collect())
     }
 
-    /// Loads every readable session and resumes the coordinated ones where they stopped. A
-    /// session whose key shares cannot be read fails with the reason: returned (coordinated
-    /// ones with the reason, joined ones by id) for `run` to fail them for good once loading
-    /// is done.
-    #[allow(clippy::type_complexity)]
-    fn load(&mut self) -> Result<(Vec<(String, String)>, Vec<String>), SessionError> {
-        let mut broken = Vec::new();
-        let mut broken_joined = Vec::new();
-        for mut state in self.readable_sessions::<Coordinated>(COORD_PREFIX)? {
-            debug!(session = %state.plan.id, phase = %state.phase, "loaded session");
-            // An ended session's shares were dropped; only a live one needs them.
-            if !state.phase.is_terminal() {
-                match self.load_shares(COORD_SHARES_PREFIX, &state.plan.id) {
-                    Ok(shares) => {
-                        state.shares = shares
-                            .into_iter()
-                            .map(|share| (share.member, Arc::new(share)))
-                            .collect()
-                    }
-                    Err(e) => broken.push((
-                        state.plan.id.clone(),
-                        format!("its key shares cannot be read: {e}"),
-                    )),
-                }
-            }
+    /// Loads every readable session and resumes each where it stopped.
+    fn load(&mut self) -> Result<(), SessionError> {
+        use crate::session::records;
+        for state in self.readable_sessions::<Coordinated>(records::COORDINATED)? {
+            debug!(session = %state.plan.id, phase = %state.machine.phase, "loaded session");
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for mut joined in self.readable_sessions::<Joined>(JOINED_PREFIX)? {
-            if !joined.phase.is_terminal() {
-                match self.load_shares(JOINED_SHARES_PREFIX, &joined.plan.id) {
-                    Ok(shares) => joined.shares = Arc::new(shares),
-                    Err(e) => {
-                        let reason = format!("its key shares cannot be read: {e}");
-                        warn!(session = %joined.plan.id, %reason, "joined session failed");
-                        joined.phase = Phase::Failed;
-                        joined.failure = Some(reason);
-                        joined.finished_ms = Some(now_ms());
-                        broken_joined.push(joined.plan.id.clone());
-                    }
-                }
-            }
+        for joined in self.readable_sessions::<Joined>(records::JOINED)? {
             self.joined.insert(joined.plan.id.clone(), joined);
         }
-        // Sessions still waiting for this node's update get their preparation drawn again
-        // (it lives in memory only).
-        let me = self.me();
-        let waiting: Vec<SessionPlan> = self
-            .joined
-            .values()
-            .filter(|j| {
-                j.phase == Phase::Open
-                    && j.submitted.is_none()
-                    && j.plan.is_participant(&me)
-                    && !broken.iter().any(|(id, _)| *id == j.plan.id)
-                    && !self
-                        .coordinated
-                        .get(&j.plan.id)
-                        .is_some_and(|c| c.phase.is_terminal())
-            })
-            .map(|j| j.plan.clone())
-            .collect();
-        for plan in waiting {
-            match self.joined_key(&plan.id) {
-                Ok(key) => self.start_preparing(&plan, key),
-                Err(e) => warn!(session = %plan.id, error = %e, "cannot rebuild the key"),
-            }
+        let ids: Vec<String> = self.joined.keys().cloned().collect();
+        for id in ids {
+            self.resume_joined(&id);
         }
-        let resume: Vec<(String, Vec<Effect>)> = self
-            .coordinated
-            .values()
-            .filter(|s| !broken.iter().any(|(id, _)| *id == s.plan.id))
-            .map(|s| (s.plan.id.clone(), s.resume()))
-            .filter(|(_, e)| !e.is_empty())
-            .collect();
-        for (id, effects) in resume {
+        let ids: Vec<String> = self.coordinated.keys().cloned().collect();
+        for id in ids {
+            let Some(state) = self.coordinated.get_mut(&id) else {
+                continue;
+            };
+            let effects = state.machine.resume();
+            if effects.is_empty() {
+                continue;
+            }
             info!(session = %id, "resuming session");
             self.phase_since.insert(id.clone(), Instant::now());
             for effect in effects {
@@ -531,7 +431,7 @@ impl AggregationActor {
             }
         }
         self.update_phase_gauge();
-        Ok((broken, broken_joined))
+        Ok(())
     }
 
     fn update_phase_gauge(&self) {
@@ -539,7 +439,7 @@ impl AggregationActor {
             let n = self
                 .coordinated
                 .values()
-                .filter(|s| s.phase == phase)
+                .filter(|s| s.machine.phase == phase)
                 .count();
             self.metrics
                 .sessions
@@ -554,11 +454,11 @@ impl AggregationActor {
         let active: Vec<String> = self
             .coordinated
             .values()
-            .filter(|s| !s.phase.is_terminal())
+            .filter(|s| !s.machine.phase.is_terminal())
             .map(|s| s.plan.id.clone())
             .collect();
         for id in active {
-            self.apply(&id, Event::Tick).await;
+            self.apply(&id, CoordinatorEvent::Tick).await;
         }
     }
 
@@ -615,37 +515,36 @@ impl AggregationActor {
                     debug!(session = %id, error = %e, "event not applied");
                 }
             }
-            Internal::Accumulated {
-                session,
-                aggregate,
-                request,
-            } => {
-                // What the committee is asked to decrypt is known by its digest (in the
-                // session state) and the contributors; the sum itself is rebuilt on restart.
-                let digest = request.digest();
-                self.aggregates
-                    .insert(session.clone(), (Arc::from(aggregate), *request));
-                self.apply(
-                    &session,
-                    Event::Aggregated {
-                        request_digest: digest,
-                    },
-                )
-                .await;
-            }
-            Internal::Partial {
-                session,
-                member,
-                partial,
-            } => {
+            Internal::Summed { session, aggregate } => {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
-                self.partials
+                self.aggregates
+                    .insert(session.clone(), Arc::from(aggregate));
+                self.apply(&session, CoordinatorEvent::Summed).await;
+            }
+            Internal::Released {
+                session,
+                member,
+                generation,
+                bytes,
+            } => {
+                let Some(state) = self.coordinated.get(&session) else {
+                    return;
+                };
+                if state.machine.generation != generation {
+                    return;
+                }
+                let entry = self
+                    .releases
                     .entry(session.clone())
-                    .or_default()
-                    .insert(member, *partial);
-                self.apply(&session, Event::Partial { member }).await;
+                    .or_insert_with(|| (generation, BTreeMap::new()));
+                if entry.0 != generation {
+                    *entry = (generation, BTreeMap::new());
+                }
+                entry.1.insert(member, bytes);
+                self.apply(&session, CoordinatorEvent::Released { member, generation })
+                    .await;
             }
             Internal::Combined { session, result } => {
                 if !self.coordinated.contains_key(&session) {
@@ -655,64 +554,68 @@ impl AggregationActor {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }
-                self.apply(&session, Event::Combined).await;
+                self.apply(&session, CoordinatorEvent::Combined).await;
                 self.cleanup(&session);
-            }
-            Internal::Uploaded {
-                session,
-                result,
-                reply,
-            } => {
-                self.uploading.remove(&session);
-                if let Ok(receipt) = &result {
-                    if let Some(mut joined) = self.joined.get(&session).cloned() {
-                        joined.submitted = Some(receipt.digest.clone());
-                        if self.persist_joined(&joined).await.is_ok() {
-                            self.joined.insert(session, joined);
-                        }
-                    }
-                }
-                let _ = reply.send(result);
             }
             Internal::UploadChecked {
                 session,
                 from,
                 index,
                 meta,
-                update,
+                bytes,
                 reply,
             } => {
                 let result = self
-                    .accept_upload(&session, &from, index, meta, update)
+                    .accept_upload(&session, &from, index, meta, bytes)
                     .await;
                 count_submission(&self.metrics, &result);
                 let _ = reply.send(reply_response(result));
             }
+            Internal::SeedsAcked { session, member } => self.seeds_acked(&session, member).await,
+            Internal::Sealed {
+                session,
+                sealed,
+                reply,
+            } => self.sealed(&session, *sealed, reply).await,
+            Internal::Uploaded {
+                session,
+                result,
+                reply,
+            } => self.uploaded(&session, result, reply).await,
         }
     }
 
     fn info(&self, id: &str) -> Result<SessionInfo, SessionError> {
         if let Some(s) = self.coordinated.get(id) {
-            let mut info = self.plan_info(&s.plan, s.phase, true);
-            info.key_shares = s.shares_received;
-            info.submissions = s.submitted.len();
-            info.partial_decryptions = s.partials.len();
-            info.timings = s.timings.clone();
-            info.failure = s.failure.clone();
+            let m = &s.machine;
+            let mut info = self.plan_info(&s.plan, m.phase, true);
+            info.members_ready = m.plan_acks.len();
+            info.submissions = m.submitted.len();
+            info.releases = m.released.len();
+            info.timings = m.timings.clone();
+            info.failure = m.failure.clone();
+            // A coordinator that takes part reports its participant side too.
+            if let Some(p) = self.joined.get(id).and_then(|j| j.participant.as_ref()) {
+                info.seeds_delivered = p.acked.len();
+            }
             return Ok(info);
         }
         let j = self
             .joined
             .get(id)
             .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-        let mut info = self.plan_info(&j.plan, j.phase, false);
-        // A session is joined only with every member's share.
-        info.key_shares = j.commitments.len();
-        info.submissions = usize::from(j.submitted.is_some());
+        let mut info = self.plan_info(&j.plan, j.phase(), false);
+        if let Some(p) = &j.participant {
+            info.seeds_delivered = p.acked.len();
+            info.submissions = usize::from(p.submitted.is_some());
+        }
+        if let Some(m) = &j.member {
+            info.seeds_held = m.seeds.len();
+        }
         info.failure = j.failure.clone();
         info.timings = Timings {
-            created_ms: j.opened_ms,
-            opened_ms: Some(j.opened_ms),
+            created_ms: j.joined_ms,
+            opened_ms: Some(j.joined_ms),
             finished_ms: j.finished_ms,
             ..Default::default()
         };
@@ -735,11 +638,14 @@ impl AggregationActor {
             length: plan.length,
             result_kind: plan.result,
             committee: plan.committee.len(),
+            threshold: plan.threshold,
             participants: plan.participants.len(),
             min_participants: plan.min_participants,
-            key_shares: 0,
+            members_ready: 0,
+            seeds_delivered: 0,
+            seeds_held: 0,
             submissions: 0,
-            partial_decryptions: 0,
+            releases: 0,
             deadline_secs: plan.deadline_secs,
             timings: Timings::default(),
             failure: None,
@@ -794,65 +700,36 @@ impl AggregationActor {
             }
         };
         let from = peer.to_string();
-        let me = self.me();
         let span = info_span!("inbound", %peer, kind = msg.kind(), session = %msg.session());
-        let task_span = span.clone();
-        let keys = self.keys.clone();
-        // Key-actor work runs in a task so this actor keeps serving while a share is drawn.
-        match msg {
-            AggMsg::KeygenCommit { plan } => self.answer_later(
-                Box::pin(
-                    async move { keys.commit(me, from, plan).await.map(AggReply::Commitment) },
-                ),
-                reply,
-                span.clone(),
-            ),
-            AggMsg::KeygenReveal {
+        let answer: BoxedAnswer = match msg {
+            AggMsg::Plan { plan } => {
+                let r = self.join(&from, plan).await.map(|()| AggReply::Ack);
+                Box::pin(async move { r })
+            }
+            AggMsg::Seeds {
                 session,
-                commitments,
-            } => self.answer_later(
-                Box::pin(async move {
-                    keys.reveal(from, session, commitments)
-                        .await
-                        .map(AggReply::Share)
-                }),
-                reply,
-                span.clone(),
-            ),
-            AggMsg::Decrypt { session, request } => self.answer_later(
-                Box::pin(async move {
-                    keys.decrypt(from, session, request)
-                        .await
-                        .map(AggReply::Partial)
-                }),
-                reply,
-                span.clone(),
-            ),
-            AggMsg::Open {
-                plan,
-                commitments,
-                shares,
+                plan_digest,
+                bundle,
             } => {
-                let result = self.open(&from, plan, commitments, shares).await;
-                match result {
-                    Ok(Some(bind)) => self.answer_later(
-                        Box::pin(async move {
-                            let (plan, commitments, shares) = bind;
-                            keys.bind(from, plan, commitments, shares)
-                                .await
-                                .map(|()| AggReply::Ack)
-                        }),
-                        reply,
-                        span.clone(),
-                    ),
-                    Ok(None) => self.answer_later(
-                        Box::pin(async { Ok(AggReply::Ack) }),
-                        reply,
-                        span.clone(),
-                    ),
-                    Err(e) => {
-                        self.answer_later(Box::pin(async move { Err(e) }), reply, span.clone())
-                    }
+                let r = self
+                    .receive_seeds(&from, &session, plan_digest, bundle)
+                    .await
+                    .map(|()| AggReply::Ack);
+                Box::pin(async move { r })
+            }
+            AggMsg::Holdings {
+                session,
+                participants,
+            } => {
+                let r = self
+                    .holdings(&from, &session, &participants)
+                    .map(AggReply::Held);
+                Box::pin(async move { r })
+            }
+            AggMsg::Release { session, request } => {
+                match self.release(&from, &session, request).await {
+                    Ok(answer) => answer,
+                    Err(e) => Box::pin(async move { Err(e) }),
                 }
             }
             // Pieces are decoded borrowed before this match; this arm only keeps it total.
@@ -872,22 +749,24 @@ impl AggregationActor {
                     clipped,
                     bytes: &bytes,
                 };
-                self.inbound_piece(from, piece, reply, task_span);
-            }
-            AggMsg::Failed { session, reason } => {
-                let r = self
-                    .receive_failure(&from, &session, reason)
-                    .await
-                    .map(|()| AggReply::Ack);
-                self.answer_later(Box::pin(async move { r }), reply, span.clone());
+                self.inbound_piece(from, piece, reply, span);
+                return;
             }
             AggMsg::Result { result } => {
                 let r = self
                     .receive_result(&from, result)
                     .await
                     .map(|()| AggReply::Ack);
-                self.answer_later(Box::pin(async move { r }), reply, span.clone());
+                Box::pin(async move { r })
             }
-        }
+            AggMsg::Ended { session, reason } => {
+                let r = self
+                    .receive_end(&from, &session, reason)
+                    .await
+                    .map(|()| AggReply::Ack);
+                Box::pin(async move { r })
+            }
+        };
+        self.answer_later(answer, reply, span);
     }
 }

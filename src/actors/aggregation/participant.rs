@@ -1,45 +1,59 @@
-//! The participant's side of the actor: joining an opened session, preparing the encryption
-//! ahead, encrypting and uploading an update, and taking the result or the failure.
+//! The participant's side of the actor, and joining a session in any role: a plan arrives, is
+//! checked against this node's policy and stored; as a participant the node has its one-time
+//! key drawn, delivers each member its seeds, prepares its encryption ahead, seals its update
+//! once, persists the sealed body, uploads it, and forgets the key when the session ends.
+
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::*;
+use crate::crypto::kahe::{self, PreparedEncryption, SealedUpdate};
+use crate::crypto::CryptoError;
+use crate::session::messages::PIECE_BYTES;
+use crate::session::records;
+use crate::session::roles::member::MemberState;
+use crate::session::roles::participant::{ParticipantEffect, ParticipantInput, ParticipantState};
 
-/// A session as a participant or member sees it.
+/// A session this node takes part in, as participant, member or both.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Joined {
     pub(super) plan: SessionPlan,
-    pub(super) commitments: Vec<KeyCommitment>,
-    /// Persisted apart (`JOINED_SHARES_PREFIX`), once, when the session opens; dropped, in
-    /// memory and in the store, once it is over. Shared: a joined state is copied per step.
-    #[serde(skip)]
-    pub(super) shares: Arc<Vec<PublicKeyShare>>,
-    pub(super) phase: Phase,
-    pub(super) opened_ms: u64,
-    pub(super) submitted: Option<String>,
+    pub(super) participant: Option<ParticipantState>,
+    pub(super) member: Option<MemberState>,
+    pub(super) joined_ms: u64,
     pub(super) finished_ms: Option<u64>,
+    /// `Done` or `Failed` once the coordinator said the session ended.
+    pub(super) ended: Option<Phase>,
     pub(super) failure: Option<String>,
 }
 
-/// A participant's encryption of zero for one session, drawn on a blocking thread as soon as
-/// the session opens, while the update is still being trained; the submission takes it and
-/// only adds the values. A preparation dropped while still running finishes its work and
-/// drops the result (a blocking thread cannot be stopped midway); the result is wiped, and
-/// its budget is released only then.
+impl Joined {
+    pub(super) fn phase(&self) -> Phase {
+        self.ended.unwrap_or(Phase::Collecting)
+    }
+}
+
+/// A participant's encryption of zero for one session, drawn as soon as the plan arrives,
+/// while the update is still being trained; the submission takes it and only adds the values.
+/// Dropping it aborts the wait (the drawing itself finishes on its blocking thread, and its
+/// result is wiped).
 pub(super) struct Preparation {
-    pub(super) task: tokio::task::JoinHandle<Result<Budgeted, CryptoError>>,
-    /// Set once the drawing succeeded: what `prepared` reports (a failed drawing leaves the
-    /// submission to encrypt in full).
+    task: AbortOnDropHandle<Result<Budgeted, SessionError>>,
+    /// Set once the drawing succeeded: what `prepared` reports.
     pub(super) ready: Arc<AtomicBool>,
 }
 
 /// A prepared encryption with its share of the budget, given back when it is dropped.
-pub(super) struct Budgeted {
-    pub(super) prepared: PreparedEncryption,
-    pub(super) _reservation: Reservation,
+struct Budgeted {
+    prepared: PreparedEncryption,
+    _reservation: Reservation,
 }
 
-pub(super) struct Reservation {
-    pub(super) bytes: u64,
-    pub(super) held: Arc<AtomicU64>,
+struct Reservation {
+    bytes: u64,
+    held: Arc<AtomicU64>,
 }
 
 impl Drop for Reservation {
@@ -48,46 +62,24 @@ impl Drop for Reservation {
     }
 }
 
-/// Encrypts an update off the executor and uploads it piece by piece; each piece is
-/// acknowledged only once the coordinator has it on disk.
-pub(super) async fn upload(
+/// A sealed update on its way to being persisted and uploaded.
+pub(super) struct SealedForUpload {
+    sealed: SealedUpdate,
+    encrypt_ms: f64,
+    prepared: bool,
+}
+
+/// Uploads an update piece by piece; each piece is acknowledged only once the coordinator has
+/// it on disk.
+async fn upload(
     link: &Link,
-    metrics: &NodeMetrics,
     plan: &SessionPlan,
-    key: Arc<CollectivePublicKey>,
-    preparation: Option<tokio::task::JoinHandle<Result<Budgeted, CryptoError>>>,
-    values: Vec<f32>,
-) -> Result<SubmitReceipt, SessionError> {
-    let start = Instant::now();
-    let n = values.len() as u64;
-    let prepared = match preparation {
-        // A preparation that failed (it cannot, for a valid plan) is replaced by a whole
-        // encryption rather than failing the submission.
-        Some(task) => match task.await {
-            Ok(Ok(p)) if p.prepared.key_id() == key.key_id() && p.prepared.length() == n => Some(p),
-            Ok(Err(e)) => {
-                warn!(error = %e, "the prepared encryption failed; encrypting in full");
-                None
-            }
-            _ => None,
-        },
-        None => None,
-    };
-    let was_prepared = prepared.is_some();
-    let (bytes, clipped) = tokio::task::spawn_blocking(move || match prepared {
-        Some(p) => p.prepared.seal(&values),
-        None => key.encrypt_to_bytes(&values),
-    })
-    .await
-    .map_err(|_| SessionError::Unavailable("encryption"))??;
-    let encrypt = start.elapsed();
-    metrics
-        .crypto_duration
-        .get_or_create(&OpLabels { op: "encrypt" })
-        .observe(encrypt.as_secs_f64());
+    bytes: &[u8],
+    clipped: u64,
+) -> Result<(u32, f64), SessionError> {
     // The envelope's own digest names the whole update: no second pass over it.
-    let digest = crate::crypto::wire::envelope_digest(&bytes)
-        .ok_or(SessionError::Unavailable("encryption"))?;
+    let digest = crate::crypto::wire::envelope_digest(bytes)
+        .ok_or(SessionError::Unavailable("the sealed update"))?;
     let pieces: Vec<&[u8]> = bytes.chunks(PIECE_BYTES).collect();
     let count = pieces.len() as u32;
     let start = Instant::now();
@@ -114,88 +106,216 @@ pub(super) async fn upload(
             }
         }
     }
-    Ok(SubmitReceipt {
-        session: plan.id.clone(),
-        values: n,
-        clipped,
-        bytes_sent: bytes.len() as u64,
-        pieces: count,
-        digest: hex::encode(digest),
-        encrypt_ms: encrypt.as_secs_f64() * 1e3,
-        upload_ms: start.elapsed().as_secs_f64() * 1e3,
-        prepared: was_prepared,
-    })
+    Ok((count, start.elapsed().as_secs_f64() * 1e3))
 }
 
 impl AggregationActor {
     pub(super) async fn persist_joined(&self, joined: &Joined) -> Result<(), SessionError> {
-        let key = format!("{JOINED_PREFIX}{}", joined.plan.id);
+        let key = records::joined(&joined.plan.id);
         self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
         self.flush().await
     }
 
-    /// A coordinator that also takes part gets no result or failure notice from itself: its
-    /// own joined record is closed here, when the session it coordinates ends.
-    pub(super) async fn close_own_joined(
-        &mut self,
-        id: &str,
-        phase: Phase,
-        failure: Option<String>,
-    ) {
+    /// A plan from its coordinator: checked (the roster against its parameters, this node's
+    /// policy), stored, and acted on for each role this node plays. The same plan again is
+    /// acknowledged; another plan under the same id is refused.
+    pub(super) async fn join(&mut self, from: &str, plan: SessionPlan) -> Result<(), SessionError> {
+        plan.check_coordinator(from)?;
+        if plan.length == 0 || plan.length > crate::session::spec::MAX_LENGTH {
+            return Err(SessionError::BadInput(format!(
+                "a session of {} values; at most {} are allowed",
+                plan.length,
+                crate::session::spec::MAX_LENGTH
+            )));
+        }
+        plan.context()?;
+        let roster = plan.roster();
+        self.policy.check(&roster, &plan.params)?;
+        let me = self.me();
+        if plan.coordinator != me && self.coordinated.contains_key(&plan.id) {
+            return Err(SessionError::Duplicate(format!(
+                "session id `{}` is taken on this node by a session it coordinates",
+                plan.id
+            )));
+        }
+        if let Some(existing) = self.joined.get(&plan.id) {
+            if existing.plan != plan {
+                return Err(SessionError::Duplicate(format!(
+                    "session `{}` is already known with another plan",
+                    plan.id
+                )));
+            }
+            return Ok(());
+        }
+        let member = plan.member_index(&me);
+        if member.is_none() && !plan.is_participant(&me) {
+            return Err(SessionError::NotAllowed {
+                peer: me,
+                role: "a participant or member",
+                session: plan.id.clone(),
+            });
+        }
+        let (participant, effects) = if plan.is_participant(&me) {
+            let (state, effects) = ParticipantState::join(roster.clone());
+            (Some(state), effects)
+        } else {
+            (None, Vec::new())
+        };
+        let joined = Joined {
+            member: member.map(|index| MemberState::new(roster, index)),
+            participant,
+            plan: plan.clone(),
+            joined_ms: now_ms(),
+            finished_ms: None,
+            ended: None,
+            failure: None,
+        };
+        self.persist_joined(&joined).await?;
+        info!(session = %plan.id, member = ?member, participant = joined.participant.is_some(),
+            "joined session");
+        self.joined.insert(plan.id.clone(), joined);
+        for effect in effects {
+            self.perform_participant(&plan.id, effect).await;
+        }
+        Ok(())
+    }
+
+    /// After a restart: the participant's step is repeated.
+    pub(super) fn resume_joined(&mut self, id: &str) {
+        let Some(joined) = self.joined.get(id) else {
+            return;
+        };
+        let Some(effects) = joined.participant.as_ref().map(|p| p.resume()) else {
+            return;
+        };
+        let id = id.to_string();
+        // Effects that need the key actor run in tasks of their own: the actor cannot wait
+        // for it while loading.
+        for effect in effects {
+            match effect {
+                ParticipantEffect::Forget => self.forget(&id),
+                ParticipantEffect::DeliverSeeds(members) => self.deliver_seeds(&id, members),
+                ParticipantEffect::Prepare => self.start_preparing(&id),
+                ParticipantEffect::ResendBody => self.resend_body(&id),
+                // Drawn (once) by the seed deliveries, before any seed leaves.
+                ParticipantEffect::GenerateKey => {}
+            }
+        }
+    }
+
+    async fn perform_participant(&mut self, id: &str, effect: ParticipantEffect) {
+        match effect {
+            // Persisted before any seed leaves: the deliveries below start after it.
+            ParticipantEffect::GenerateKey => {
+                let Some(joined) = self.joined.get(id) else {
+                    return;
+                };
+                let committee = match joined.plan.context() {
+                    Ok(c) => c.committee(),
+                    Err(e) => {
+                        warn!(session = %id, error = %e, "cannot draw the key");
+                        return;
+                    }
+                };
+                if let Err(e) = self.keys.create_key(id, committee).await {
+                    warn!(session = %id, error = %e, "cannot draw the key");
+                }
+            }
+            ParticipantEffect::DeliverSeeds(members) => self.deliver_seeds(id, members),
+            ParticipantEffect::Prepare => self.start_preparing(id),
+            ParticipantEffect::ResendBody => self.resend_body(id),
+            ParticipantEffect::Forget => self.forget(id),
+        }
+    }
+
+    /// Sends each member its seeds, retrying (members may not have the plan yet) until the
+    /// session's deadline.
+    fn deliver_seeds(&mut self, id: &str, members: Vec<u32>) {
+        let Some(joined) = self.joined.get(id) else {
+            return;
+        };
+        let plan = joined.plan.clone();
+        let digest = plan.digest();
+        let deadline = Instant::now() + Duration::from_secs(plan.deadline_secs);
+        let committee = match plan.context() {
+            Ok(c) => c.committee(),
+            Err(_) => return,
+        };
+        for member in members {
+            let Some(peer) = plan.committee.get(member as usize).cloned() else {
+                continue;
+            };
+            let (keys, link, session) = (self.keys.clone(), self.link.clone(), id.to_string());
+            let span = info_span!("seeds", session = %id, member);
+            self.spawn_work(
+                async move {
+                    loop {
+                        // The key is drawn and persisted before any seed leaves (once).
+                        let sent = async {
+                            keys.create_key(&session, committee).await?;
+                            let bundle = keys.bundle(&session, member).await?;
+                            let msg = AggMsg::Seeds {
+                                session: session.clone(),
+                                plan_digest: digest,
+                                bundle,
+                            };
+                            link.send_retrying(&peer, &msg).await
+                        }
+                        .await;
+                        match sent {
+                            Ok(AggReply::Ack) => {
+                                return Some(Internal::SeedsAcked { session, member })
+                            }
+                            Ok(other) => {
+                                warn!(?other, "unexpected answer to the seeds");
+                                return None;
+                            }
+                            Err(e) if Instant::now() < deadline => {
+                                debug!(error = %e, "seeds not delivered yet; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "seeds not delivered before the deadline");
+                                return None;
+                            }
+                        }
+                    }
+                },
+                span,
+            );
+        }
+    }
+
+    pub(super) async fn seeds_acked(&mut self, id: &str, member: u32) {
         let Some(mut joined) = self.joined.get(id).cloned() else {
             return;
         };
-        if !joined.phase.is_terminal() {
-            joined.phase = phase;
-            joined.failure = failure;
-            joined.finished_ms = Some(now_ms());
-            if let Err(e) = self.persist_joined(&joined).await {
-                warn!(session = %id, error = %e, "could not record the end of the session");
-            }
+        let Some(p) = joined.participant.as_mut() else {
+            return;
+        };
+        if p.handle(ParticipantInput::SeedsAcked { member }).is_err() {
+            return;
+        }
+        if self.persist_joined(&joined).await.is_ok() {
             self.joined.insert(id.to_string(), joined);
         }
-        self.leave(id);
     }
 
-    /// The collective key of a session this node joined: cached, or rebuilt from its shares.
-    pub(super) fn joined_key(
-        &mut self,
-        id: &str,
-    ) -> Result<Arc<CollectivePublicKey>, SessionError> {
-        let joined = &self.joined;
-        cached_key(&mut self.joined_keys, id, || {
-            let joined = joined
-                .get(id)
-                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
-            collective_key(&joined.plan, &joined.commitments, joined.shares.iter())
-        })
-    }
-
-    /// A joined session is over (its result or failure is in, or, on its coordinator, it
-    /// ended): drops what only served it. The cached collective key (about 2 MB in transform
-    /// form), an encryption prepared and never used, and the stored key shares.
-    pub(super) fn leave(&mut self, session: &str) {
-        self.joined_keys.remove(session);
-        self.prepared.remove(session);
-        if let Some(joined) = self.joined.get_mut(session) {
-            joined.shares = Arc::default();
-        }
-        let key = format!("{JOINED_SHARES_PREFIX}{session}");
-        if let Err(e) = self.store.remove(trees::SESSIONS, key.as_bytes()) {
-            warn!(%session, error = %e, "could not drop a finished session's key shares");
-        }
-    }
-
-    /// Starts drawing this participant's encryption of zero for a session that just opened,
-    /// if the budget has room for it.
-    pub(super) fn start_preparing(&mut self, plan: &SessionPlan, key: Arc<CollectivePublicKey>) {
-        let bytes = plan.params.profile.params().ciphertext_bytes(plan.length);
-        if self.prepared.contains_key(&plan.id) {
+    /// Starts drawing this participant's encryption of zero, if the budget has room for it.
+    fn start_preparing(&mut self, id: &str) {
+        let Some(joined) = self.joined.get(id) else {
+            return;
+        };
+        let Ok(context) = joined.plan.context() else {
+            return;
+        };
+        let bytes = kahe::wire::update_len(&context) as u64;
+        if self.prepared.contains_key(id) {
             return;
         }
         let held = self.prepared_bytes.load(Ordering::Acquire);
         if held.saturating_add(bytes) > self.prepare_budget {
-            debug!(session = %plan.id, bytes, held, budget = self.prepare_budget,
+            debug!(session = %id, bytes, held, budget = self.prepare_budget,
                 "not preparing the encryption ahead: over the budget");
             return;
         }
@@ -205,12 +325,12 @@ impl AggregationActor {
             bytes,
             held: self.prepared_bytes.clone(),
         };
-        let (length, metrics) = (plan.length, self.metrics.clone());
+        let (keys, metrics, session) = (self.keys.clone(), self.metrics.clone(), id.to_string());
         let ready = Arc::new(AtomicBool::new(false));
         let set_ready = ready.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = tokio::spawn(async move {
             let start = Instant::now();
-            let prepared = key.prepare(length);
+            let prepared = keys.prepare(&session, context).await;
             metrics
                 .crypto_duration
                 .get_or_create(&OpLabels { op: "prepare" })
@@ -221,11 +341,17 @@ impl AggregationActor {
                 _reservation: reservation,
             })
         });
-        self.prepared
-            .insert(plan.id.clone(), Preparation { task, ready });
+        self.prepared.insert(
+            id.to_string(),
+            Preparation {
+                task: AbortOnDropHandle::new(task),
+                ready,
+            },
+        );
     }
 
-    /// Participant side of a submission: checks, then encrypts and uploads in a task.
+    /// Participant side of a submission: checked, then sealed in a task; the sealed body is
+    /// persisted by the actor before its upload starts.
     pub(super) fn submit(&mut self, id: String, values: Vec<f32>, reply: Reply<SubmitReceipt>) {
         let checked = (|| {
             let joined = self
@@ -233,25 +359,28 @@ impl AggregationActor {
                 .get(&id)
                 .ok_or_else(|| SessionError::UnknownSession(id.clone()))?;
             let plan = joined.plan.clone();
-            if !plan.is_participant(&self.me()) {
-                return Err(SessionError::NotAllowed {
-                    peer: self.me(),
-                    role: "a participant",
-                    session: id.clone(),
-                });
-            }
-            if joined.submitted.is_some() || self.uploading.contains(&id) {
-                return Err(SessionError::Duplicate(format!(
-                    "this node already submitted to session `{id}`"
-                )));
-            }
-            if joined.phase != Phase::Open {
+            let mut participant =
+                joined
+                    .participant
+                    .clone()
+                    .ok_or_else(|| SessionError::NotAllowed {
+                        peer: self.me(),
+                        role: "a participant",
+                        session: id.clone(),
+                    })?;
+            if joined.ended.is_some() {
                 return Err(SessionError::WrongPhase {
                     session: id.clone(),
-                    phase: joined.phase,
+                    phase: joined.phase(),
                     what: "submissions are closed".into(),
                 });
             }
+            if self.uploading.contains(&id) {
+                return Err(SessionError::Duplicate(format!(
+                    "this node is already submitting to session `{id}`"
+                )));
+            }
+            participant.handle(ParticipantInput::Submit)?;
             if values.len() as u64 != plan.length {
                 return Err(SessionError::BadInput(format!(
                     "the session takes {} values; the update has {}",
@@ -263,10 +392,9 @@ impl AggregationActor {
             if let Some(index) = values.iter().position(|v| v.is_nan()) {
                 return Err(CryptoError::NonFinite { index }.into());
             }
-            let key = self.joined_key(&id)?;
-            Ok((plan, key))
+            Ok(plan)
         })();
-        let (plan, key) = match checked {
+        let plan = match checked {
             Ok(v) => v,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -275,110 +403,222 @@ impl AggregationActor {
         };
         self.uploading.insert(id.clone());
         let preparation = self.prepared.remove(&id).map(|p| p.task);
-        let link = self.link.clone();
-        let metrics = self.metrics.clone();
+        let (keys, metrics) = (self.keys.clone(), self.metrics.clone());
         let span = info_span!("submit", session = %id);
-        // Among the actor's tasks: an upload retries for seconds, and must not encrypt and send
-        // on after the node has stopped. The submitter is answered once the actor recorded it.
         self.spawn_work(
             async move {
-                let result = upload(&link, &metrics, &plan, key, preparation, values).await;
-                Some(Internal::Uploaded {
-                    session: id,
-                    result,
-                    reply,
+                let start = Instant::now();
+                let sealed = async {
+                    let context = plan.context()?;
+                    // A preparation that failed is replaced by a whole encryption.
+                    let prepared = match preparation {
+                        Some(task) => match task.await {
+                            Ok(Ok(p)) => Some(p),
+                            _ => None,
+                        },
+                        None => None,
+                    };
+                    let was_prepared = prepared.is_some();
+                    let budgeted = match prepared {
+                        Some(p) => p.prepared,
+                        None => keys.prepare(&plan.id, context).await?,
+                    };
+                    let sealed = tokio::task::spawn_blocking(move || budgeted.seal(&values))
+                        .await
+                        .map_err(|_| SessionError::Unavailable("encryption"))??;
+                    Ok::<_, SessionError>((sealed, was_prepared))
+                }
+                .await;
+                let encrypt_ms = start.elapsed().as_secs_f64() * 1e3;
+                metrics
+                    .crypto_duration
+                    .get_or_create(&OpLabels { op: "encrypt" })
+                    .observe(encrypt_ms / 1e3);
+                Some(match sealed {
+                    Ok((sealed, prepared)) => Internal::Sealed {
+                        session: plan.id.clone(),
+                        sealed: Box::new(SealedForUpload {
+                            sealed,
+                            encrypt_ms,
+                            prepared,
+                        }),
+                        reply,
+                    },
+                    Err(e) => Internal::Uploaded {
+                        session: plan.id.clone(),
+                        result: Err(e),
+                        reply: Some(reply),
+                    },
                 })
             },
             span,
         );
     }
 
-    /// A participant or member learns of an open session. Returns what the key actor must
-    /// bind when this node is a member.
-    #[allow(clippy::type_complexity)]
-    pub(super) async fn open(
+    /// The sealed body is recorded (the key has made its one body) and kept until the
+    /// coordinator has it, then uploaded.
+    pub(super) async fn sealed(
         &mut self,
-        from: &str,
-        plan: SessionPlan,
-        commitments: Vec<KeyCommitment>,
-        shares: Vec<PublicKeyShare>,
-    ) -> Result<Option<(SessionPlan, Vec<KeyCommitment>, Vec<PublicKeyShare>)>, SessionError> {
-        plan.check_coordinator(from)?;
-        if plan.length == 0 || plan.length > crate::session::spec::MAX_LENGTH {
-            return Err(SessionError::BadInput(format!(
-                "a session of {} values; at most {} are allowed",
-                plan.length,
-                crate::session::spec::MAX_LENGTH
-            )));
-        }
-        let me = self.me();
-        if plan.coordinator != me && self.coordinated.contains_key(&plan.id) {
-            return Err(SessionError::Duplicate(format!(
-                "session id `{}` is taken on this node by a session it coordinates",
-                plan.id
-            )));
-        }
-        let member = plan.member_index(&me).is_some();
-        if !member && !plan.is_participant(&me) {
-            return Err(SessionError::NotAllowed {
-                peer: me,
-                role: "a participant or member",
-                session: plan.id.clone(),
-            });
-        }
-        plan.params.validate()?;
-        let shares = Arc::new(shares);
-        if let Some(existing) = self.joined.get(&plan.id) {
-            if existing.plan != plan {
-                return Err(SessionError::Duplicate(format!(
-                    "session `{}` is already open with another plan",
-                    plan.id
-                )));
-            }
-        } else {
-            // The shares are checked against their commitments before the key is accepted,
-            // and stored, off the executor (milliseconds of hashing and transforms, and a
-            // 1.5 MB write, at every participant).
-            let key = {
-                let (plan, commitments) = (plan.clone(), commitments.clone());
-                let (shares, store) = (shares.clone(), self.store.clone());
-                tokio::task::spawn_blocking(move || {
-                    let key = collective_key(&plan, &commitments, shares.iter())?;
-                    let refs: Vec<&PublicKeyShare> = shares.iter().collect();
-                    put_shares(&store, JOINED_SHARES_PREFIX, &plan.id, &refs)?;
-                    Ok::<_, SessionError>(key)
-                })
-                .await
-                .map_err(|_| SessionError::Unavailable("the key check"))??
-            };
-            let joined = Joined {
-                plan: plan.clone(),
-                commitments: commitments.clone(),
-                shares: shares.clone(),
-                phase: Phase::Open,
-                opened_ms: now_ms(),
-                submitted: None,
-                finished_ms: None,
-                failure: None,
-            };
+        id: &str,
+        sealed: SealedForUpload,
+        reply: Reply<SubmitReceipt>,
+    ) {
+        let recorded = async {
+            let mut joined = self
+                .joined
+                .get(id)
+                .cloned()
+                .ok_or_else(|| SessionError::UnknownSession(id.to_string()))?;
+            let p = joined
+                .participant
+                .as_mut()
+                .ok_or(SessionError::Unavailable("the participant state"))?;
+            p.handle(ParticipantInput::Sealed {
+                digest: sealed.sealed.digest,
+            })?;
+            let key = records::sealed_body(id);
+            self.store
+                .put_bytes(trees::RESULTS, key.as_bytes(), &sealed.sealed.bytes)?;
             self.persist_joined(&joined).await?;
-            let key = Arc::new(key);
-            self.joined_keys.insert(plan.id.clone(), key.clone());
-            self.joined.insert(plan.id.clone(), joined);
-            info!(session = %plan.id, member, "session opened");
-            if plan.is_participant(&me) {
-                self.start_preparing(&plan, key);
-            }
+            self.joined.insert(id.to_string(), joined);
+            Ok::<_, SessionError>(())
         }
-        Ok(member.then(|| (plan, commitments, Arc::unwrap_or_clone(shares))))
+        .await;
+        if let Err(e) = recorded {
+            self.uploading.remove(id);
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let Some(plan) = self.joined.get(id).map(|j| j.plan.clone()) else {
+            return;
+        };
+        let link = self.link.clone();
+        let span = info_span!("upload", session = %id);
+        self.spawn_work(
+            async move {
+                let SealedForUpload {
+                    sealed,
+                    encrypt_ms,
+                    prepared,
+                } = sealed;
+                let result = upload(&link, &plan, &sealed.bytes, sealed.clipped)
+                    .await
+                    .map(|(pieces, upload_ms)| SubmitReceipt {
+                        session: plan.id.clone(),
+                        values: plan.length,
+                        clipped: sealed.clipped,
+                        bytes_sent: sealed.bytes.len() as u64,
+                        pieces,
+                        digest: hex::encode(sealed.digest),
+                        encrypt_ms,
+                        upload_ms,
+                        prepared,
+                    });
+                Some(Internal::Uploaded {
+                    session: plan.id.clone(),
+                    result,
+                    reply: Some(reply),
+                })
+            },
+            span,
+        );
+    }
+
+    /// After a restart in the sealed phase: the same bytes are uploaded again.
+    fn resend_body(&mut self, id: &str) {
+        let Some(plan) = self.joined.get(id).map(|j| j.plan.clone()) else {
+            return;
+        };
+        let (store, link) = (self.store.clone(), self.link.clone());
+        self.uploading.insert(id.to_string());
+        let span = info_span!("upload", session = %id);
+        self.spawn_work(
+            async move {
+                let key = records::sealed_body(&plan.id);
+                let result = match store.get_bytes(trees::RESULTS, key.as_bytes()) {
+                    Ok(Some(bytes)) => {
+                        upload(&link, &plan, &bytes, 0)
+                            .await
+                            .map(|(pieces, ms)| SubmitReceipt {
+                                session: plan.id.clone(),
+                                values: plan.length,
+                                clipped: 0,
+                                bytes_sent: bytes.len() as u64,
+                                pieces,
+                                digest: crate::crypto::wire::envelope_digest(&bytes)
+                                    .map(hex::encode)
+                                    .unwrap_or_default(),
+                                encrypt_ms: 0.0,
+                                upload_ms: ms,
+                                prepared: false,
+                            })
+                    }
+                    Ok(None) => Err(SessionError::Store(
+                        "the sealed update to send again is missing".into(),
+                    )),
+                    Err(e) => Err(e.into()),
+                };
+                Some(Internal::Uploaded {
+                    session: plan.id.clone(),
+                    result,
+                    reply: None,
+                })
+            },
+            span,
+        );
+    }
+
+    pub(super) async fn uploaded(
+        &mut self,
+        id: &str,
+        result: Result<SubmitReceipt, SessionError>,
+        reply: Option<Reply<SubmitReceipt>>,
+    ) {
+        self.uploading.remove(id);
+        match &result {
+            Ok(receipt) => {
+                if let Some(mut joined) = self.joined.get(id).cloned() {
+                    let digest = hex::decode(&receipt.digest)
+                        .ok()
+                        .and_then(|d| <[u8; 32]>::try_from(d).ok());
+                    if let (Some(p), Some(digest)) = (joined.participant.as_mut(), digest) {
+                        if p.handle(ParticipantInput::Submitted { digest }).is_ok()
+                            && self.persist_joined(&joined).await.is_ok()
+                        {
+                            self.joined.insert(id.to_string(), joined);
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(session = %id, error = %e, "upload failed"),
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Drops what only served this node's part in a session: the preparation, the sealed body
+    /// and, in the key actor, every secret.
+    fn forget(&mut self, id: &str) {
+        self.prepared.remove(id);
+        let key = records::sealed_body(id);
+        if let Err(e) = self.store.remove(trees::RESULTS, key.as_bytes()) {
+            warn!(session = %id, error = %e, "could not drop the sealed update");
+        }
+        let (keys, session) = (self.keys.clone(), id.to_string());
+        self.spawn_work(
+            async move {
+                if let Err(e) = keys.forget(&session).await {
+                    warn!(%session, error = %e, "could not forget the session's secrets");
+                }
+                None
+            },
+            info_span!("forget", session = %id),
+        );
     }
 
     /// A joined session, for a notice only its coordinator may send.
-    pub(super) fn joined_from_coordinator(
-        &self,
-        from: &str,
-        session: &str,
-    ) -> Result<Joined, SessionError> {
+    fn joined_from_coordinator(&self, from: &str, session: &str) -> Result<Joined, SessionError> {
         let joined = self
             .joined
             .get(session)
@@ -387,22 +627,38 @@ impl AggregationActor {
         Ok(joined.clone())
     }
 
-    pub(super) async fn receive_failure(
+    /// The coordinator's word that the session ended: the roles' machines forget, and the
+    /// session is recorded as over.
+    pub(super) async fn receive_end(
         &mut self,
         from: &str,
         session: &str,
-        reason: String,
+        reason: Option<String>,
     ) -> Result<(), SessionError> {
         let mut joined = self.joined_from_coordinator(from, session)?;
-        if joined.phase == Phase::Done {
+        if joined.ended.is_some() {
             return Ok(());
         }
-        joined.phase = Phase::Failed;
-        joined.failure = Some(reason);
+        if let Some(p) = joined.participant.as_mut() {
+            p.handle(ParticipantInput::Ended {
+                from,
+                failure: reason.clone(),
+            })?;
+        }
+        if let Some(m) = joined.member.as_mut() {
+            use crate::session::roles::member::MemberInput;
+            m.handle(MemberInput::Ended { from }, 0)?;
+        }
+        joined.ended = Some(if reason.is_some() {
+            Phase::Failed
+        } else {
+            Phase::Done
+        });
+        joined.failure = reason;
         joined.finished_ms = Some(now_ms());
         self.persist_joined(&joined).await?;
         self.joined.insert(session.to_string(), joined);
-        self.leave(session);
+        self.forget(session);
         Ok(())
     }
 
@@ -411,7 +667,7 @@ impl AggregationActor {
         from: &str,
         result: SessionResult,
     ) -> Result<(), SessionError> {
-        let mut joined = self.joined_from_coordinator(from, &result.session)?;
+        let joined = self.joined_from_coordinator(from, &result.session)?;
         if result.values.len() as u64 != joined.plan.length {
             return Err(SessionError::BadInput(
                 "the result has the wrong length".into(),
@@ -421,11 +677,6 @@ impl AggregationActor {
         if !self.coordinated.contains_key(&session) {
             put_result(&self.store, result).await?;
         }
-        joined.phase = Phase::Done;
-        joined.finished_ms = Some(now_ms());
-        self.persist_joined(&joined).await?;
-        self.joined.insert(session.clone(), joined);
-        self.leave(&session);
-        Ok(())
+        self.receive_end(from, &session, None).await
     }
 }

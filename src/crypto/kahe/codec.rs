@@ -152,6 +152,35 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn rounding_matches_f64_round(x in -1e18f64..1e18, i in -(1i64 << 53)..(1i64 << 53)) {
+            prop_assert_eq!(round_half_away(x), x.round() as i64);
+            let half = i as f64 + 0.5;
+            prop_assert_eq!(round_half_away(half), half.round() as i64);
+        }
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased() {
+        let mut p = params();
+        p.rounding = Rounding::Stochastic;
+        p.frac_bits = 2;
+        // 0.1 · 4 = 0.4: rounds up 40% of the time.
+        let mut state = 0u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let sum: i64 = (0..10_000)
+            .map(|_| encode_fixed(&p, 0.1, 0, &mut next).unwrap().0)
+            .sum();
+        let mean = sum as f64 / 10_000.0 / 4.0;
+        assert!((mean - 0.1).abs() < 0.005, "{mean}");
+    }
+
     #[test]
     fn clipping_and_nan() {
         let p = params();

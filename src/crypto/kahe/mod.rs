@@ -29,7 +29,7 @@ use super::CryptoError;
 pub use aggregate::{Accumulator, Aggregate, DecryptedSum};
 pub use committee::{Committee, MemberSet};
 pub use member::release;
-pub use params::{KaheParams, RingProfile};
+pub use params::{KaheParams, RingProfile, DEFAULT_FRAC_BITS};
 pub use participant::{ParticipantKey, PreparedEncryption, SealedUpdate, Seed, SeedBundle};
 
 /// Label of the stream that expands the public polynomials a_i.

@@ -92,6 +92,11 @@ impl KaheParams {
         clip: f64,
         frac_bits: u32,
     ) -> Result<Self, CryptoError> {
+        if frac_bits > 40 {
+            return Err(CryptoError::InvalidParams(format!(
+                "frac_bits = {frac_bits} exceeds 40"
+            )));
+        }
         let sum_log2 = (participants.max(1) as f64 * max_fixed(clip, frac_bits)).log2();
         // |Σm| < 2^(w−1): one bit for the sign, and a strict bound.
         let plaintext_bits = (sum_log2.floor() as i64 + 2).max(2) as u32;

@@ -456,14 +456,6 @@ fn kahe_timings() {
     }
     let plain_s = t.elapsed().as_secs_f64();
     std::hint::black_box(&plain);
-    // The committee-key scheme's encryption of the same update, in the same run (CRYPTO Part B;
-    // goes with it).
-    let v1_params = crate::crypto::SessionParams::recommended(Profile::Secure, 10, 3, 8.0).unwrap();
-    let (_, v1_key) =
-        crate::crypto::local_ceremony(&v1_params, crate::crypto::SessionTag::derive("t")).unwrap();
-    let t = Instant::now();
-    let v1_bytes = v1_key.encrypt_to_bytes(&round.updates[&name(0)]).unwrap().0;
-    let v1_encrypt_s = t.elapsed().as_secs_f64();
     let key = &round.keys[&name(0)];
     let t = Instant::now();
     let prepared = key.prepare(&ctx).unwrap();
@@ -494,11 +486,9 @@ fn kahe_timings() {
     println!(
         "values {length}: plaintext sum of 10 {plain_s:.4} s; prepare {prepare_s:.4} s \
          ({:.1} M values/s); seal {seal_s:.4} s; prepare+seal {:.1} M values/s; add 10 {add_s:.4} s; \
-         release per member {release_s:.4} s; combine {combine_s:.4} s; {:.3} B/value; \
-         committee-key encryption {v1_encrypt_s:.4} s, {:.3} B/value",
+         release per member {release_s:.4} s; combine {combine_s:.4} s; {:.3} B/value",
         length as f64 / prepare_s / 1e6,
         length as f64 / (prepare_s + seal_s) / 1e6,
-        sealed.bytes.len() as f64 / length as f64,
-        v1_bytes.len() as f64 / length as f64
+        sealed.bytes.len() as f64 / length as f64
     );
 }

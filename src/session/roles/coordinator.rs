@@ -153,7 +153,7 @@ impl CoordinatorState {
         let span = self.roster.deadline_secs.saturating_mul(1000);
         let t = &self.timings;
         match self.phase {
-            Phase::Proposed | Phase::Keygen | Phase::Open => Some(t.created_ms + span),
+            Phase::Proposed => Some(t.created_ms + span),
             Phase::Collecting => t.opened_ms.map(|o| o + span),
             Phase::Closing | Phase::Decrypting => t.closed_ms.map(|c| c + span),
             Phase::Done | Phase::Failed => None,
@@ -185,7 +185,7 @@ impl CoordinatorState {
         self.released.clear();
         self.summed = false;
         match self.phase {
-            Phase::Proposed | Phase::Keygen | Phase::Open => {
+            Phase::Proposed => {
                 let missing = self
                     .all_members()
                     .into_iter()

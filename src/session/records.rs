@@ -1,0 +1,52 @@
+//! Where session records live in the store: one function per record family, so that no actor
+//! formats a key of its own. Session and peer ids hold no `/`, so a session's records of one
+//! family share the prefix `{family}/{session}/`.
+
+use crate::store::trees;
+
+/// A session this node coordinates (`trees::SESSIONS`).
+pub const COORDINATED: &str = "coord/";
+/// A session this node takes part in as participant or member (`trees::SESSIONS`).
+pub const JOINED: &str = "joined/";
+
+pub fn coordinated(session: &str) -> String {
+    format!("{COORDINATED}{session}")
+}
+
+pub fn joined(session: &str) -> String {
+    format!("{JOINED}{session}")
+}
+
+/// Tree of the secrets below.
+pub const SECRETS_TREE: &str = trees::KEYS;
+
+/// This node's one-time key as a participant of `session` (`trees::KEYS`).
+pub fn participant_key(session: &str) -> String {
+    format!("participant/{session}")
+}
+
+/// The seeds this node holds, as a member of `session`, of `participant` (`trees::KEYS`).
+pub fn member_seeds(session: &str, participant: &str) -> String {
+    format!("{}{participant}", member_seeds_prefix(session))
+}
+
+/// Every seed bundle this node holds for `session`.
+pub fn member_seeds_prefix(session: &str) -> String {
+    format!("seeds/{session}/")
+}
+
+/// This node's sealed body for `session`, kept until the coordinator has it (`trees::KEYS`:
+/// it is the one body the session's key may ever make).
+pub fn sealed_body(session: &str) -> String {
+    format!("sealed/{session}")
+}
+
+/// Upload pieces of one participant in one session (`trees::SUBMISSIONS`).
+pub fn piece_owner(session: &str, participant: &str) -> String {
+    format!("{session}/{participant}")
+}
+
+/// Every participant's pieces in a session.
+pub fn pieces_prefix(session: &str) -> String {
+    format!("{session}/")
+}
