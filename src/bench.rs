@@ -297,7 +297,7 @@ pub struct RoundBenchReport {
     pub encrypt_mean_s: f64,
     /// First submission sent → last one acknowledged (all participants at once).
     pub submit_s: f64,
-    /// Last submission acknowledged → result decrypted (sum, partial decryptions, combine).
+    /// Last submission acknowledged → result decrypted (sum, holdings, key releases, combine).
     pub after_last_submission_s: f64,
     pub accumulate_s: f64,
     pub decrypt_and_combine_s: f64,
@@ -321,10 +321,10 @@ pub struct RoundBenchReport {
     /// Every round's wall time, encrypted and plaintext, in order.
     pub round_s_each: Vec<f64>,
     pub plaintext_round_s_each: Vec<f64>,
-    /// The steady state of DESIGN §4: a further encrypted round per round above whose session
+    /// The steady state: a further encrypted round per round above whose session
     /// is created, keyed and opened, and whose participants' encryptions are prepared, before
     /// the updates exist (while the participants train). Timed from the updates handed to
-    /// their nodes to the result at the coordinator: sealing, upload, sum, partial decryptions
+    /// their nodes to the result at the coordinator: sealing, upload, sum, key releases
     /// and combine. The ratios use the same plaintext round as the round above.
     pub steady_round_s: f64,
     pub steady_round_slowdown_vs_plaintext: f64,
@@ -345,10 +345,10 @@ pub struct RoundBenchReport {
     pub wire_floor_cpu_vs_plaintext: f64,
     /// CPU time of the round's cryptography alone, measured in this run after the rounds
     /// with no network (`bench crypto` at the same shape): every participant encrypting in
-    /// full, the sum, every member's partial decryption, and the combine.
+    /// full, the sum, the answering members' key releases, and the combine.
     pub crypto_cpu_s: f64,
     /// `wire_floor_round_cpu_s + crypto_cpu_s`: the CPU no encrypted round of this shape can
-    /// go below on this network, before storage and the key ceremony, and its ratio to the
+    /// go below on this network, before storage and seed delivery, and its ratio to the
     /// plaintext round's CPU. On two cores, the wall time cannot go below about half of it.
     pub cpu_floor_s: f64,
     pub cpu_floor_vs_plaintext: f64,

@@ -111,7 +111,7 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Encrypt, accumulate, partially decrypt and combine one aggregation round.
+    /// Encrypt, accumulate, release keys and combine one aggregation round.
     Crypto {
         #[arg(long, default_value = "secure")]
         profile: Profile,

@@ -187,7 +187,7 @@ impl ApiConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AggregationConfig {
     /// Memory allowed for encryptions a participant prepares ahead, in bytes (0: none). When a
-    /// session opens, the node draws its encryption of zero (12.5 bytes per parameter
+    /// session opens, the node draws its encryption of zero (4 to 6 bytes per parameter
     /// `secure`) while the update is still training, so that submitting only adds the values.
     pub prepare_budget_bytes: u64,
     /// The fewest contributors a session this node takes part in may be decrypted with,

@@ -1,4 +1,4 @@
-//! Secure-aggregation sessions (DESIGN §4): the spec users write, the pure coordinator state
+//! Secure-aggregation sessions (`docs/PROTOCOL.md`): the spec users write, the pure machine of each role,
 //! machine, the messages nodes exchange, and what the API reports.
 
 pub mod messages;

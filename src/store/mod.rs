@@ -43,9 +43,12 @@ pub mod trees {
 /// `sessions` 2: key shares moved out of the session states into records of their own.
 /// `sessions` 3: a submission's digest is its update's envelope digest, not a hash of all of
 /// its bytes.
+/// `sessions` 4, `keys` 2: key-additive sessions (role machines, participant keys and member
+/// seed bundles) replace the committee-key ceremony's records.
 pub fn record_version(tree: &str) -> u8 {
     match tree {
-        trees::SESSIONS => 3,
+        trees::SESSIONS => 4,
+        trees::KEYS => 2,
         _ => 1,
     }
 }
@@ -198,7 +201,7 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        // Wiped once written: some records hold secrets (a member's key share, a client
+        // Wiped once written: some records hold secrets (seeds of one-time keys, a client
         // context's keys), and this serialised copy would otherwise linger in freed memory.
         let encoded = Zeroizing::new(encode_record(tree, value)?);
         self.put_bytes(tree, key, &encoded)
@@ -504,7 +507,7 @@ fn sync_blobs(db_path: &Path, synced: &Mutex<BTreeMap<i64, u64>>) -> std::io::Re
 }
 
 /// Trees whose large values stay for good (results, evaluation keys): those go to files of
-/// their own. Elsewhere large values live for one session (key shares, upload pieces) and are
+/// their own. Elsewhere large values live for one session (upload pieces) and are
 /// removed with it.
 fn kept_for_good(tree: &str) -> bool {
     matches!(tree, trees::RESULTS | trees::CONTEXTS | trees::MODELS)
