@@ -1,6 +1,7 @@
 //! Real processes: the coordinator is killed with SIGKILL after a submission is acknowledged,
 //! restarted from its sled store, and the session still completes with every acknowledged
-//! submission.
+//! submission; a committee member is killed with SIGKILL after the participants submitted and
+//! never comes back, and the session still completes (committee of 5, threshold 4).
 
 mod common;
 
@@ -8,6 +9,21 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+
+/// Waits until `threshold` members hold `daemon`'s seeds for `session`: its body may go out.
+async fn seeds_delivered(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    session: &str,
+    threshold: u64,
+    timeout: Duration,
+) {
+    wait_for("the seeds to reach the committee", timeout, async || {
+        let s = get_json(client, &format!("{}/v1/sessions/{session}", daemon.api)).await?;
+        (s["seeds_delivered"].as_u64()? >= threshold).then_some(())
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_session_resumes_and_completes() {
@@ -68,6 +84,9 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
             .map(|i| ((i % 17) as f32 - 8.0) * 0.25 * k)
             .collect()
     };
+    for d in &others[1..] {
+        seeds_delivered(&client, d, "restart", 1, timeout).await;
+    }
     let first = client
         .post(format!("{}/v1/sessions/restart/update", others[1].api))
         .json(&json!({ "values": update(1.0) }))
@@ -113,5 +132,87 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
     for (j, v) in result["values"].as_array().unwrap().iter().enumerate() {
         let exact = (a[j] + b[j]) as f64;
         assert!((v.as_f64().unwrap() - exact).abs() <= bound, "value {j}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_after_the_submissions_leaves_the_session_to_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let client = client();
+    let timeout = Duration::from_secs(90);
+    // The coordinator, five members (threshold 4), and three participants of their own.
+    let names = ["coord", "m0", "m1", "m2", "m3", "m4", "p0", "p1", "p2"];
+    let dirs: Vec<_> = names.iter().map(|d| root.path().join(d)).collect();
+    let (coord_api, coord_p2p) = (free_port(), free_port());
+    let coord_addr = format!("/ip4/127.0.0.1/tcp/{coord_p2p}");
+    let coord = start(&dirs[0], coord_api, &coord_addr, None);
+    let coord_id = peer_id(&client, &coord).await;
+    let boot = format!("{coord_addr}/p2p/{coord_id}");
+    let mut others: Vec<Daemon> = dirs[1..]
+        .iter()
+        .map(|d| start(d, free_port(), "/ip4/127.0.0.1/tcp/0", Some(&boot)))
+        .collect();
+    let mut ids = Vec::new();
+    for d in &others {
+        ids.push(peer_id(&client, d).await);
+    }
+    wait_for("the coordinator to see every peer", timeout, async || {
+        let peers = get_json(&client, &format!("{}/v1/peers", coord.api)).await?;
+        (peers["peers"].as_array()?.len() >= others.len()).then_some(())
+    })
+    .await;
+
+    let length = 3000usize;
+    let spec = json!({
+        "id": "absent",
+        "length": length,
+        "profile": "fast",
+        "committee": ids[..5],
+        "threshold": 4,
+        "participants": ids[5..],
+        "min_participants": 3,
+        "deadline_secs": 600,
+        "result": "mean",
+    });
+    let created = client
+        .post(format!("{}/v1/sessions", coord.api))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let update = |k: usize| -> Vec<f32> {
+        (0..length)
+            .map(|i| ((i + 3 * k) % 23) as f32 * 0.3 - 3.0)
+            .collect()
+    };
+    // Every participant's seeds reach all five members, then every body goes in.
+    for (k, d) in others[5..].iter().enumerate() {
+        seeds_delivered(&client, d, "absent", 5, timeout).await;
+        let sent = client
+            .post(format!("{}/v1/sessions/absent/update", d.api))
+            .json(&json!({ "values": update(k) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+    }
+    // The last body closes the session; a member dies at once and never returns. Its sets
+    // go to the four others, for the same contributor set.
+    let status = signal_and_wait(&mut others[2], "-KILL");
+    assert!(!status.success());
+
+    let result: Value = wait_for("the result", timeout, async || {
+        get_json(&client, &format!("{}/v1/sessions/absent/result", coord.api)).await
+    })
+    .await;
+    assert_eq!(result["contributors"], 3);
+    let bound = result["error_bound"].as_f64().unwrap();
+    for (j, v) in result["values"].as_array().unwrap().iter().enumerate() {
+        let exact = (0..3).map(|k| update(k)[j] as f64).sum::<f64>() / 3.0;
+        assert!(
+            (v.as_f64().unwrap() - exact).abs() <= bound,
+            "value {j}: {v} vs {exact}"
+        );
     }
 }

@@ -818,7 +818,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown record version 1 (this build reads 3)"),
+            e.contains("unknown record version 1 (this build reads 4)"),
             "{e}"
         );
     }

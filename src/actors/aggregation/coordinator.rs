@@ -374,7 +374,7 @@ impl AggregationActor {
                     };
                     let (link, session) = (link.clone(), session.clone());
                     work.push(Box::pin(async move {
-                        let held = match link.send_retrying(&peer, &msg).await {
+                        let held = match link.send_briefly(&peer, &msg).await {
                             Ok(AggReply::Held(held)) => Some(held),
                             Ok(_) => None,
                             Err(e) => {
@@ -463,7 +463,7 @@ impl AggregationActor {
                                 },
                             ))
                         };
-                        match link.send_retrying(&peer, &msg).await {
+                        match link.send_briefly(&peer, &msg).await {
                             Ok(AggReply::Release(bytes)) => Some(Internal::Released {
                                 session: session.clone(),
                                 member,
@@ -543,17 +543,22 @@ impl AggregationActor {
             }
             CoordinatorEffect::PublishResult => {
                 let (store, id) = (self.store.clone(), id.to_string());
-                work.push(Box::pin(async move {
-                    // Members only need to know it is over, to forget the seeds.
-                    let ended = AggMsg::Ended {
-                        session: session.clone(),
-                        reason: None,
-                    };
-                    for peer in &plan.committee {
-                        if let Err(e) = link.send_retrying(peer, &ended).await {
+                // Members only need to know it is over, to forget the seeds; told apart, so
+                // that an absent member does not hold up the result.
+                let ended = AggMsg::Ended {
+                    session: session.clone(),
+                    reason: None,
+                };
+                for peer in plan.committee.clone() {
+                    let (link, ended) = (link.clone(), ended.clone());
+                    work.push(Box::pin(async move {
+                        if let Err(e) = link.send_retrying(&peer, &ended).await {
                             debug!(%peer, error = %e, "end notice not delivered");
                         }
-                    }
+                        None
+                    }));
+                }
+                work.push(Box::pin(async move {
                     let read = tokio::task::spawn_blocking(move || {
                         store.get::<SessionResult>(trees::RESULTS, id.as_bytes())
                     });

@@ -6,6 +6,9 @@ use crate::net::{NetError, Request};
 
 pub(super) const SEND_ATTEMPTS: u32 = 8;
 
+/// Attempts of [`Link::send_briefly`]: 0.2 + 0.4 + 0.8 s of backoff.
+const BRIEF_ATTEMPTS: u32 = 4;
+
 /// Everything a background task needs to talk to peers, or to this node through its mailbox.
 #[derive(Clone)]
 pub(super) struct Link {
@@ -85,6 +88,17 @@ impl Link {
             .await
     }
 
+    /// [`Link::send`] to a committee member while the round waits on it: a few quick retries
+    /// only (about a second), since an absent member is replaced rather than waited for.
+    pub(super) async fn send_briefly(
+        &self,
+        peer: &str,
+        msg: &AggMsg,
+    ) -> Result<AggReply, SessionError> {
+        self.send_attempts(peer, || messages::encode(msg), BRIEF_ATTEMPTS)
+            .await
+    }
+
     /// Sends what `encode` makes, encoding it again for each retry (the network consumes
     /// the bytes, and copying them ahead of a retry that rarely comes would cost as much).
     pub(super) async fn send_retrying_with(
@@ -92,12 +106,21 @@ impl Link {
         peer: &str,
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
     ) -> Result<AggReply, SessionError> {
+        self.send_attempts(peer, encode, SEND_ATTEMPTS).await
+    }
+
+    async fn send_attempts(
+        &self,
+        peer: &str,
+        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+        attempts: u32,
+    ) -> Result<AggReply, SessionError> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.send_encoded(peer, encode()?).await {
-                Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
+                Err(SessionError::Unreachable { message, .. }) if attempt < attempts => {
                     debug!(%peer, %message, attempt, "retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
