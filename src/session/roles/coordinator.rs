@@ -513,6 +513,14 @@ mod tests {
         }
     }
 
+    /// Member `member` answers the holdings query with `names`.
+    fn holdings(member: u32, names: &[&str]) -> CoordinatorEvent {
+        V::Holdings {
+            member,
+            held: held(names),
+        }
+    }
+
     fn held(names: &[&str]) -> Option<Vec<String>> {
         Some(names.iter().map(|s| s.to_string()).collect())
     }
@@ -526,16 +534,7 @@ mod tests {
         );
         let all = &["p0", "p1", "p2", "p3"];
         for m in 0..4 {
-            assert!(s
-                .handle(
-                    V::Holdings {
-                        member: m,
-                        held: held(all)
-                    },
-                    11
-                )
-                .unwrap()
-                .is_empty());
+            assert!(s.handle(holdings(m, all), 11).unwrap().is_empty());
         }
         // Member 4 was killed: unreachable.
         let effects = s
@@ -596,31 +595,12 @@ mod tests {
         let mut s = collecting();
         submit_all(&mut s);
         // p3's seeds reached only members 0 and 1.
-        s.handle(
-            V::Holdings {
-                member: 0,
-                held: held(&["p0", "p1", "p2", "p3"]),
-            },
-            11,
-        )
-        .unwrap();
-        s.handle(
-            V::Holdings {
-                member: 1,
-                held: held(&["p0", "p1", "p2", "p3"]),
-            },
-            11,
-        )
-        .unwrap();
-        for m in 2..5 {
-            s.handle(
-                V::Holdings {
-                    member: m,
-                    held: held(&["p0", "p1", "p2"]),
-                },
-                11,
-            )
+        s.handle(holdings(0, &["p0", "p1", "p2", "p3"]), 11)
             .unwrap();
+        s.handle(holdings(1, &["p0", "p1", "p2", "p3"]), 11)
+            .unwrap();
+        for m in 2..5 {
+            s.handle(holdings(m, &["p0", "p1", "p2"]), 11).unwrap();
         }
         assert_eq!(s.contributors, vec!["p0", "p1", "p2"]);
         assert_eq!(s.answering, vec![0, 1, 2, 3, 4]);
@@ -632,14 +612,7 @@ mod tests {
         submit_all(&mut s);
         let all = &["p0", "p1", "p2", "p3"];
         for m in 0..5 {
-            s.handle(
-                V::Holdings {
-                    member: m,
-                    held: held(all),
-                },
-                11,
-            )
-            .unwrap();
+            s.handle(holdings(m, all), 11).unwrap();
         }
         assert_eq!(s.answering, vec![0, 1, 2, 3, 4]);
         let contributors = s.contributors.clone();
@@ -698,14 +671,7 @@ mod tests {
         let mut s = collecting();
         submit_all(&mut s);
         for m in 0..5 {
-            s.handle(
-                V::Holdings {
-                    member: m,
-                    held: held(&["p0"]),
-                },
-                11,
-            )
-            .unwrap();
+            s.handle(holdings(m, &["p0"]), 11).unwrap();
         }
         assert_eq!(s.phase, Phase::Failed);
         assert!(s.failure.as_ref().unwrap().contains("are required"));
@@ -731,14 +697,7 @@ mod tests {
             vec![E::QueryHoldings(vec![0, 1, 2, 3, 4])]
         );
         for m in 0..5 {
-            s.handle(
-                V::Holdings {
-                    member: m,
-                    held: held(&["p0", "p1"]),
-                },
-                deadline,
-            )
-            .unwrap();
+            s.handle(holdings(m, &["p0", "p1"]), deadline).unwrap();
         }
         s.handle(
             V::Released {
@@ -815,14 +774,7 @@ mod tests {
         submit_all(&mut s);
         let all = &["p0", "p1", "p2", "p3"];
         for m in 0..4 {
-            s.handle(
-                V::Holdings {
-                    member: m,
-                    held: held(all),
-                },
-                11,
-            )
-            .unwrap();
+            s.handle(holdings(m, all), 11).unwrap();
         }
         let deadline = s.phase_deadline_ms().unwrap();
         let effects = s.handle(V::Tick, deadline).unwrap();
