@@ -1,4 +1,4 @@
-//! `cargo bench --bench inference`: encrypted inference next to its targets (DESIGN §7) and,
+//! `cargo bench --bench inference`: encrypted inference next to its targets (listed below) and,
 //! for the mlp scheme, next to one programmable bootstrap measured in the same run.
 //!
 //! * `linear/seed_end_to_end`: the seed example (4 → 1), encrypt + evaluate + decrypt;

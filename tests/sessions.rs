@@ -428,3 +428,105 @@ async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record(
         node.shutdown().await.unwrap();
     }
 }
+
+/// A committee member pins the first contributor set it releases keys for, and the pin
+/// survives a restart: the same set is answered again with the same bytes, any other set is
+/// refused; a set naming a participant whose seeds the member never received is refused
+/// before anything is pinned. The coordinator then completes the round over the pinned set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
+    let (dirs, mut nodes) = start_local_network(6).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    // Participant 5 is gone before the session opens: no member ever holds its seeds.
+    let gone = nodes.pop().unwrap();
+    let mut participants = ids(&[&nodes[2], &nodes[3], &nodes[4]]);
+    participants.push(gone.peer_id.to_string());
+    gone.shutdown().await.unwrap();
+    let spec = SessionSpec {
+        id: Some("pinned".into()),
+        length: Some(1000),
+        profile: Some(Profile::Fast),
+        committee: ids(&[&nodes[1], &nodes[2]]),
+        threshold: Some(2),
+        participants: participants.clone(),
+        min_participants: Some(2),
+        // Long enough for a member's restart; participants 4 and 5 never submit, so the
+        // coordinator closes at the deadline with the two that did.
+        deadline_secs: Some(20),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    nodes[0].aggregation.create(spec).await.unwrap();
+    let plan = coordinator_plan(&nodes[0], "pinned");
+    let context = plan.context().unwrap();
+    for (node, value) in [(&nodes[2], 1.5f32), (&nodes[3], -0.25)] {
+        wait_info(node, "pinned", |i| i.seeds_delivered >= 2, LONG)
+            .await
+            .unwrap();
+        node.aggregation
+            .submit("pinned", vec![value; 1000])
+            .await
+            .unwrap();
+    }
+    wait_info(&nodes[1], "pinned", |i| i.seeds_held >= 3, LONG)
+        .await
+        .unwrap();
+    let release = |contributors: Vec<String>| {
+        let mut contributors = contributors;
+        contributors.sort();
+        AggMsg::Release {
+            session: "pinned".into(),
+            request: ReleaseRequest {
+                contributors,
+                assignment: context.committee().assign(&[0, 1]).unwrap(),
+            },
+        }
+    };
+    let submitted = vec![participants[0].clone(), participants[1].clone()];
+    let other = vec![participants[0].clone(), participants[2].clone()];
+    let with_gone = vec![
+        participants[0].clone(),
+        participants[1].clone(),
+        participants[3].clone(),
+    ];
+    // Sent on the coordinator's own connection, as its machine would.
+    let answer = |coordinator: &Node, member: &Node, msg: AggMsg| {
+        let request = Request::Aggregation(messages::encode(&msg).unwrap());
+        let (network, member) = (coordinator.network.clone(), member.peer_id);
+        async move { network.request(member, request).await.unwrap() }
+    };
+    let (code, message) = refusal(&nodes[0], &nodes[1], &release(with_gone)).await;
+    assert_eq!(code, "bad_input", "{message}");
+    assert!(message.contains("holds no seeds"), "{message}");
+    let first = match answer(&nodes[0], &nodes[1], release(submitted.clone())).await {
+        Response::Aggregation(bytes) => bytes,
+        other => panic!("{other:?}"),
+    };
+
+    let member = nodes.remove(1);
+    member.shutdown().await.unwrap();
+    let boot = fhenode::demo::dial_address(&nodes[0], LONG).await.unwrap();
+    let member = Node::start(fhenode::demo::loopback_config(dirs[1].path(), vec![boot]))
+        .await
+        .unwrap();
+    nodes.insert(1, member);
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+
+    let (code, message) = refusal(&nodes[0], &nodes[1], &release(other)).await;
+    assert_eq!(code, "duplicate", "{message}");
+    match answer(&nodes[0], &nodes[1], release(submitted)).await {
+        Response::Aggregation(bytes) => assert_eq!(bytes, first, "the same answer after a restart"),
+        other => panic!("{other:?}"),
+    }
+
+    let result = wait_result(&nodes[0], "pinned", LONG).await.unwrap();
+    assert_eq!(result.contributors, 2);
+    assert!(
+        result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),
+        "{:?}",
+        &result.values[..4]
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

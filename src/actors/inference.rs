@@ -1,4 +1,4 @@
-//! The inference actor (DESIGN §3.2): client contexts (the secret key never leaves this
+//! The inference actor: client contexts (the secret key never leaves this
 //! node), the model registry, evaluation keys uploaded by clients, and encrypted evaluation
 //! on a bounded blocking pool.
 //!

@@ -1,4 +1,4 @@
-//! Encrypted-inference routes (DESIGN §3.2): client contexts, the model registry, the
+//! Encrypted-inference routes: client contexts, the model registry, the
 //! encrypt → infer → decrypt calls, and the original FHE service's one-call endpoint
 //! `POST /v1/ml-zk/fhe/inference`.
 //!

@@ -199,7 +199,7 @@ pub struct AggregationConfig {
     pub allowed_profiles: Vec<Profile>,
 }
 
-/// Encrypted inference (DESIGN §3.2): the evaluation pool and the memory budget of loaded
+/// Encrypted inference: the evaluation pool and the memory budget of loaded
 /// evaluation keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InferenceConfig {

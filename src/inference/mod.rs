@@ -1,4 +1,4 @@
-//! Encrypted inference as the node offers it (DESIGN §3.2): client contexts, registered
+//! Encrypted inference as the node offers it: client contexts, registered
 //! models, the messages model nodes exchange, and what the API reports. The cryptography is
 //! in [`crate::crypto::inference`]; the actor that runs it is [`crate::actors::inference`].
 

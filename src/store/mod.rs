@@ -14,7 +14,7 @@ use libp2p::identity::Keypair;
 use serde::{de::DeserializeOwned, Serialize};
 use zeroize::Zeroizing;
 
-/// The trees, one per kind of record (DESIGN §2).
+/// The trees, one per kind of record.
 pub mod trees {
     pub const IDENTITY: &str = "identity";
     pub const KEYS: &str = "keys";

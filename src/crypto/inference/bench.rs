@@ -1,6 +1,6 @@
 //! Plain timing (no criterion) behind `fhenode bench inference`: each figure is the median of
-//! repeated runs in this process, ratios are against the targets of DESIGN §7 and against one
-//! programmable bootstrap measured in the same run.
+//! repeated runs in this process, ratios are against the inference targets (the `*_target_ms`
+//! fields below) and against one programmable bootstrap measured in the same run.
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Encrypted inference: a client's input stays encrypted under the client's own key while a
 //! node evaluates a model on it; only the client decrypts. Pure and synchronous (no I/O).
 //!
-//! Two schemes (DESIGN §3.2):
+//! Two schemes:
 //!
 //! * **`linear`** ([`linear`]): affine models `W·x + b` (several layers without activation are
 //!   composed) on fixed-point values in seeded RLWE ciphertexts, no bootstrapping:
