@@ -1332,7 +1332,7 @@ impl InferenceActor {
             )));
         }
         let upload = Upload::open(&self.store, EVAL_PIECES, slot, digest)?;
-        if upload.put(index, &bytes)? < count {
+        if upload.put(index, bytes)? < count {
             return Ok(None);
         }
         Ok(Some(upload))

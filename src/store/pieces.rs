@@ -44,7 +44,7 @@ impl Upload {
 
     /// Stores piece `index`, first dropping the pieces of any other upload by the same owner
     /// (an abandoned earlier attempt). Returns how many pieces of this upload are stored.
-    pub fn put(&self, index: u32, bytes: &[u8]) -> Result<u32, sled::Error> {
+    pub fn put(&self, index: u32, bytes: impl Into<sled::IVec>) -> Result<u32, sled::Error> {
         for key in self.tree.iter().keys() {
             let key = key?;
             if !key.starts_with(&self.prefix) {

@@ -84,16 +84,14 @@ impl RunningSum {
 }
 
 /// What storing one piece led to.
-enum StoredPiece {
+pub(super) enum StoredPiece {
     /// More pieces are to come.
     Partial,
-    /// The participant's update was already accepted (a retransmission).
-    AlreadyAccepted,
     /// This was the last piece: the whole upload is to be checked.
     Last(Box<CompleteUpload>),
 }
 
-struct CompleteUpload {
+pub(super) struct CompleteUpload {
     upload: Upload,
     context: kahe::SessionContext,
     meta: SubmissionMeta,
@@ -117,6 +115,40 @@ impl CompleteUpload {
                 Err(e)
             }
         }
+    }
+}
+
+/// A checked piece, to be written on the blocking pool.
+pub(super) struct PieceWrite {
+    store: Store,
+    owner: String,
+    index: u32,
+    count: u32,
+    bytes: sled::IVec,
+    complete: CompleteUploadParts,
+}
+
+/// What a complete upload is checked against.
+struct CompleteUploadParts {
+    context: kahe::SessionContext,
+    meta: SubmissionMeta,
+}
+
+impl PieceWrite {
+    /// Writes the piece (blocking). Pieces of one upload may be written concurrently: each
+    /// counts the stored pieces after its own write, so the last write to finish sees them all.
+    fn perform(self) -> Result<StoredPiece, SessionError> {
+        let digest = self.complete.meta.digest;
+        let upload = Upload::open(&self.store, trees::SUBMISSIONS, &self.owner, digest)?;
+        if upload.put(self.index, self.bytes)? < self.count {
+            return Ok(StoredPiece::Partial);
+        }
+        let CompleteUploadParts { context, meta } = self.complete;
+        Ok(StoredPiece::Last(Box::new(CompleteUpload {
+            upload,
+            context,
+            meta,
+        })))
     }
 }
 
@@ -606,8 +638,9 @@ impl AggregationActor {
         });
     }
 
-    /// A submission piece: stored, then acknowledged once durable; the last one is checked
-    /// with the whole upload first.
+    /// A submission piece: checked by the actor, written on the blocking pool (a piece is
+    /// megabytes: written on the actor's thread, it held every other session up), then
+    /// acknowledged once durable; the last one is checked with the whole upload first.
     pub(super) fn inbound_piece(
         &mut self,
         from: String,
@@ -615,11 +648,71 @@ impl AggregationActor {
         reply: oneshot::Sender<Response>,
         span: tracing::Span,
     ) {
-        let (session, index, len) = (piece.session.to_string(), piece.index, piece.bytes.len());
-        let stored = self.store_piece(&from, &piece);
-        if stored.is_ok() {
-            self.metrics.submission_bytes.inc_by(len as u64);
-        }
+        let index = piece.index;
+        let write = match self.check_piece(&from, &piece) {
+            Ok(Some(write)) => write,
+            Ok(None) => {
+                let ack = AggReply::PieceAck {
+                    index,
+                    complete: true,
+                };
+                self.answer_later(Box::pin(async move { Ok(ack) }), reply, span);
+                return;
+            }
+            Err(e) => {
+                let result = Err(e);
+                count_submission(&self.metrics, &result);
+                self.answer_later(Box::pin(async move { result }), reply, span);
+                return;
+            }
+        };
+        let session = piece.session.to_string();
+        self.spawn_work(
+            async move {
+                let stored = tokio::task::spawn_blocking(move || write.perform())
+                    .await
+                    .unwrap_or(Err(SessionError::Unavailable("piece storage")));
+                Some(Internal::PieceStored {
+                    session,
+                    from,
+                    index,
+                    stored,
+                    reply,
+                })
+            },
+            span,
+        );
+    }
+
+    /// A piece is written: acknowledged once durable, or its upload checked when it was the
+    /// last. A piece written after its session ended (it passed the checks just before) is
+    /// dropped with its owner's tree, which the session's cleanup may have missed.
+    pub(super) fn piece_stored(
+        &mut self,
+        session: String,
+        from: String,
+        index: u32,
+        stored: Result<StoredPiece, SessionError>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let span = info_span!("inbound", peer = %from, kind = "submit_piece", %session);
+        let live = self
+            .coordinated
+            .get(&session)
+            .is_some_and(|s| !s.machine.phase.is_terminal());
+        let stored = match stored {
+            Ok(_) if !live => {
+                let (store, owner) = (self.store.clone(), records::piece_owner(&session, &from));
+                self.tasks.spawn_blocking(move || {
+                    if let Err(e) = store.drop_uploads(trees::SUBMISSIONS, &owner) {
+                        warn!(error = %e, "could not drop a late piece");
+                    }
+                    None
+                });
+                Err(SessionError::UnknownSession(session.clone()))
+            }
+            other => other,
+        };
         let (store, metrics) = (self.store.clone(), self.metrics.clone());
         match stored {
             Err(e) => {
@@ -627,16 +720,6 @@ impl AggregationActor {
                 count_submission(&self.metrics, &result);
                 self.answer_later(Box::pin(async move { result }), reply, span);
             }
-            Ok(StoredPiece::AlreadyAccepted) => self.answer_later(
-                Box::pin(async move {
-                    Ok(AggReply::PieceAck {
-                        index,
-                        complete: true,
-                    })
-                }),
-                reply,
-                span,
-            ),
             // Acknowledged once durable; the actor serves others meanwhile.
             Ok(StoredPiece::Partial) => self.answer_later(
                 Box::pin(async move {
@@ -682,9 +765,13 @@ impl AggregationActor {
         }
     }
 
-    /// Coordinator side of a submission piece: checked and stored (not yet flushed: the caller
-    /// acknowledges it only after a flush, which concurrent pieces share).
-    fn store_piece(&mut self, from: &str, piece: &Piece<'_>) -> Result<StoredPiece, SessionError> {
+    /// Coordinator side of a submission piece: the checks that need the session's state.
+    /// `None` when the participant's update is already accepted (a retransmission).
+    fn check_piece(
+        &self,
+        from: &str,
+        piece: &Piece<'_>,
+    ) -> Result<Option<PieceWrite>, SessionError> {
         let &Piece {
             session,
             digest,
@@ -709,7 +796,7 @@ impl AggregationActor {
             // A retransmission of the accepted update is harmless; anything else is a second
             // submission.
             if done.digest == digest {
-                return Ok(StoredPiece::AlreadyAccepted);
+                return Ok(None);
             }
             return Err(SessionError::Duplicate(format!(
                 "participant {from} already submitted to session `{session}`"
@@ -735,24 +822,23 @@ impl AggregationActor {
                 bytes.len()
             )));
         }
-        let upload = Upload::open(
-            &self.store,
-            trees::SUBMISSIONS,
-            &records::piece_owner(session, from),
-            digest,
-        )?;
-        if upload.put(index, bytes)? < count {
-            return Ok(StoredPiece::Partial);
-        }
-        Ok(StoredPiece::Last(Box::new(CompleteUpload {
-            upload,
-            context,
-            meta: SubmissionMeta {
-                digest,
-                clipped,
-                bytes: 0,
+        self.metrics.submission_bytes.inc_by(bytes.len() as u64);
+        Ok(Some(PieceWrite {
+            store: self.store.clone(),
+            owner: records::piece_owner(session, from),
+            index,
+            count,
+            // sled copies a value into its own buffer anyway: made here, moved to the writer.
+            bytes: sled::IVec::from(bytes),
+            complete: CompleteUploadParts {
+                context,
+                meta: SubmissionMeta {
+                    digest,
+                    clipped,
+                    bytes: 0,
+                },
             },
-        })))
+        }))
     }
 
     /// Accepts a checked upload: the running sum gets it first (so that a close this event

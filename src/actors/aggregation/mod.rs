@@ -84,6 +84,14 @@ enum Internal {
         session: String,
         result: Box<SessionResult>,
     },
+    /// A submission piece is written (coordinator).
+    PieceStored {
+        session: String,
+        from: String,
+        index: u32,
+        stored: Result<coordinator::StoredPiece, SessionError>,
+        reply: oneshot::Sender<Response>,
+    },
     /// A participant's last piece is in and its whole upload checked (coordinator).
     UploadChecked {
         session: String,
@@ -557,6 +565,13 @@ impl AggregationActor {
                 self.apply(&session, CoordinatorEvent::Combined).await;
                 self.cleanup(&session);
             }
+            Internal::PieceStored {
+                session,
+                from,
+                index,
+                stored,
+                reply,
+            } => self.piece_stored(session, from, index, stored, reply),
             Internal::UploadChecked {
                 session,
                 from,

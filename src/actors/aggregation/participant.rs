@@ -350,8 +350,8 @@ impl AggregationActor {
         );
     }
 
-    /// Participant side of a submission: checked, then sealed in a task; the sealed body is
-    /// persisted by the actor before its upload starts.
+    /// Participant side of a submission: checked, then sealed and written in a task; the
+    /// actor records it before its upload starts.
     pub(super) fn submit(&mut self, id: String, values: Vec<f32>, reply: Reply<SubmitReceipt>) {
         let checked = (|| {
             let joined = self
@@ -403,7 +403,8 @@ impl AggregationActor {
         };
         self.uploading.insert(id.clone());
         let preparation = self.prepared.remove(&id).map(|p| p.task);
-        let (keys, metrics) = (self.keys.clone(), self.metrics.clone());
+        let (keys, metrics, store) = (self.keys.clone(), self.metrics.clone(), self.store.clone());
+        let body_session = id.clone();
         let span = info_span!("submit", session = %id);
         self.spawn_work(
             async move {
@@ -423,9 +424,16 @@ impl AggregationActor {
                         Some(p) => p.prepared,
                         None => keys.prepare(&plan.id, context).await?,
                     };
-                    let sealed = tokio::task::spawn_blocking(move || budgeted.seal(&values))
-                        .await
-                        .map_err(|_| SessionError::Unavailable("encryption"))??;
+                    // The body is kept until the coordinator has it; written here, on the
+                    // blocking pool, because megabytes written by the actor held it up.
+                    let sealed = tokio::task::spawn_blocking(move || {
+                        let sealed = budgeted.seal(&values)?;
+                        let key = records::sealed_body(&body_session);
+                        store.put_bytes(trees::RESULTS, key.as_bytes(), &sealed.bytes)?;
+                        Ok::<_, SessionError>(sealed)
+                    })
+                    .await
+                    .map_err(|_| SessionError::Unavailable("encryption"))??;
                     Ok::<_, SessionError>((sealed, was_prepared))
                 }
                 .await;
@@ -455,8 +463,8 @@ impl AggregationActor {
         );
     }
 
-    /// The sealed body is recorded (the key has made its one body) and kept until the
-    /// coordinator has it, then uploaded.
+    /// The sealed body (already written by the sealing task) is recorded: the key has made
+    /// its one body. Then it is uploaded.
     pub(super) async fn sealed(
         &mut self,
         id: &str,
@@ -476,9 +484,6 @@ impl AggregationActor {
             p.handle(ParticipantInput::Sealed {
                 digest: sealed.sealed.digest,
             })?;
-            let key = records::sealed_body(id);
-            self.store
-                .put_bytes(trees::RESULTS, key.as_bytes(), &sealed.sealed.bytes)?;
             self.persist_joined(&joined).await?;
             self.joined.insert(id.to_string(), joined);
             Ok::<_, SessionError>(())
