@@ -54,6 +54,20 @@ fn coordinator_plan(coordinator: &Node, id: &str) -> SessionPlan {
     record.plan
 }
 
+/// The two-contributor sum 1.5 − 0.25 the restart tests submit, then every node stopped.
+async fn expect_sum_then_stop(nodes: Vec<Node>, session: &str) {
+    let result = wait_result(&nodes[0], session, LONG).await.unwrap();
+    assert_eq!(result.contributors, 2);
+    assert!(
+        result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),
+        "{:?}",
+        &result.values[..4]
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_across_six_nodes() {
     let (_dirs, nodes) = start_local_network(6).await.unwrap();
@@ -417,16 +431,7 @@ async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record(
         .submit("kept", vec![-0.25; 1000])
         .await
         .unwrap();
-    let result = wait_result(&nodes[0], "kept", LONG).await.unwrap();
-    assert_eq!(result.contributors, 2);
-    assert!(
-        result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),
-        "{:?}",
-        &result.values[..4]
-    );
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    expect_sum_then_stop(nodes, "kept").await;
 }
 
 /// A committee member pins the first contributor set it releases keys for, and the pin
@@ -519,14 +524,5 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
         other => panic!("{other:?}"),
     }
 
-    let result = wait_result(&nodes[0], "pinned", LONG).await.unwrap();
-    assert_eq!(result.contributors, 2);
-    assert!(
-        result.values.iter().all(|v| (v - 1.25).abs() < 1e-3),
-        "{:?}",
-        &result.values[..4]
-    );
-    for node in nodes {
-        node.shutdown().await.unwrap();
-    }
+    expect_sum_then_stop(nodes, "pinned").await;
 }

@@ -125,11 +125,7 @@ pub(super) struct PieceWrite {
     index: u32,
     count: u32,
     bytes: sled::IVec,
-    complete: CompleteUploadParts,
-}
-
-/// What a complete upload is checked against.
-struct CompleteUploadParts {
+    /// What the complete upload is checked against.
     context: kahe::SessionContext,
     meta: SubmissionMeta,
 }
@@ -138,16 +134,19 @@ impl PieceWrite {
     /// Writes the piece (blocking). Pieces of one upload may be written concurrently: each
     /// counts the stored pieces after its own write, so the last write to finish sees them all.
     fn perform(self) -> Result<StoredPiece, SessionError> {
-        let digest = self.complete.meta.digest;
-        let upload = Upload::open(&self.store, trees::SUBMISSIONS, &self.owner, digest)?;
+        let upload = Upload::open(
+            &self.store,
+            trees::SUBMISSIONS,
+            &self.owner,
+            self.meta.digest,
+        )?;
         if upload.put(self.index, self.bytes)? < self.count {
             return Ok(StoredPiece::Partial);
         }
-        let CompleteUploadParts { context, meta } = self.complete;
         Ok(StoredPiece::Last(Box::new(CompleteUpload {
             upload,
-            context,
-            meta,
+            context: self.context,
+            meta: self.meta,
         })))
     }
 }
@@ -666,12 +665,19 @@ impl AggregationActor {
                 return;
             }
         };
-        let session = piece.session.to_string();
+        let (session, len, metrics) = (
+            piece.session.to_string(),
+            piece.bytes.len() as u64,
+            self.metrics.clone(),
+        );
         self.spawn_work(
             async move {
                 let stored = tokio::task::spawn_blocking(move || write.perform())
                     .await
                     .unwrap_or(Err(SessionError::Unavailable("piece storage")));
+                if stored.is_ok() {
+                    metrics.submission_bytes.inc_by(len);
+                }
                 Some(Internal::PieceStored {
                     session,
                     from,
@@ -822,7 +828,6 @@ impl AggregationActor {
                 bytes.len()
             )));
         }
-        self.metrics.submission_bytes.inc_by(bytes.len() as u64);
         Ok(Some(PieceWrite {
             store: self.store.clone(),
             owner: records::piece_owner(session, from),
@@ -830,13 +835,11 @@ impl AggregationActor {
             count,
             // sled copies a value into its own buffer anyway: made here, moved to the writer.
             bytes: sled::IVec::from(bytes),
-            complete: CompleteUploadParts {
-                context,
-                meta: SubmissionMeta {
-                    digest,
-                    clipped,
-                    bytes: 0,
-                },
+            context,
+            meta: SubmissionMeta {
+                digest,
+                clipped,
+                bytes: 0,
             },
         }))
     }

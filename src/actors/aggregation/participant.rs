@@ -490,6 +490,15 @@ impl AggregationActor {
         }
         .await;
         if let Err(e) = recorded {
+            // The sealing task wrote the body before the actor could refuse it (the session
+            // may have ended meanwhile): nothing refers to it now.
+            let (store, key) = (self.store.clone(), records::sealed_body(id));
+            self.tasks.spawn_blocking(move || {
+                if let Err(e) = store.remove(trees::RESULTS, key.as_bytes()) {
+                    warn!(error = %e, "could not drop an unrecorded sealed update");
+                }
+                None
+            });
             self.uploading.remove(id);
             let _ = reply.send(Err(e));
             return;
