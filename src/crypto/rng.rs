@@ -1,4 +1,4 @@
-//! Randomness: 256-bit OS seeds, and derived ChaCha20 streams (one per polynomial, so that
+//! Randomness: 256-bit OS seeds, and derived ChaCha12 streams (one per polynomial, so that
 //! polynomials can be encrypted in parallel) for public polynomials, key expansion, noise and
 //! stochastic rounding.
 
@@ -13,10 +13,14 @@ pub(crate) fn os_seed() -> Zeroizing<[u8; 32]> {
     seed
 }
 
-/// One derived stream: ChaCha20 keyed by a seed derived from the master key with BLAKE3 in
+/// One derived stream: ChaCha12 keyed by a seed derived from the master key with BLAKE3 in
 /// keyed mode, a PRF, so the streams' seeds are independent and uniform. It hands out words in
 /// bulk from a buffered keystream. The cipher state (zeroized by the crate on drop) and the
 /// buffer are wiped: for key expansion and noise they are secrets.
+///
+/// Twelve rounds, not twenty: the best known attacks reach seven, twelve is what `rand`'s
+/// `StdRng` uses, and the keystream was over a quarter of an encryption's CPU with ChaCha20
+/// (`docs/CRYPTO.md` A.4).
 pub(crate) struct ChunkRandomness {
     keystream: Keystream,
 }
@@ -24,9 +28,9 @@ pub(crate) struct ChunkRandomness {
 /// Keystream drawn at a time: 16 ChaCha blocks, what the AVX2 backend makes in four passes.
 const KEYSTREAM_BUFFER: usize = 1024;
 
-/// A ChaCha20 keystream handed out a few bytes at a time through a wiped buffer.
+/// A ChaCha12 keystream handed out a few bytes at a time through a wiped buffer.
 struct Keystream {
-    cipher: chacha20::ChaCha20,
+    cipher: chacha20::ChaCha12,
     buffer: Zeroizing<[u8; KEYSTREAM_BUFFER]>,
     pos: usize,
 }
@@ -34,7 +38,7 @@ struct Keystream {
 impl Keystream {
     fn new(key: &[u8; 32]) -> Self {
         Keystream {
-            cipher: chacha20::ChaCha20::new(key.into(), &[0u8; 12].into()),
+            cipher: chacha20::ChaCha12::new(key.into(), &[0u8; 12].into()),
             buffer: Zeroizing::new([0u8; KEYSTREAM_BUFFER]),
             pos: KEYSTREAM_BUFFER,
         }
@@ -75,10 +79,21 @@ impl ChunkRandomness {
         u64::from_le_bytes(self.keystream.next())
     }
 
+    pub(crate) fn next_u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.keystream.next())
+    }
+
     /// One TUniform(b) sample as a signed integer (b ≤ 61): b+2 uniform bits u give
     /// (u >> 1) + (u & 1) on [0, 2^(b+1)] with half weight at both ends, centred by −2^b.
+    /// The bits come from a 32-bit word while they fit (b ≤ 30: noise draws half the
+    /// keystream it would from 64-bit words).
     pub(crate) fn t_uniform_i64(&mut self, b: u32) -> i64 {
-        let u = self.next_u64() & ((1u64 << (b + 2)) - 1);
+        let word = if b + 2 <= 32 {
+            self.next_u32() as u64
+        } else {
+            self.next_u64()
+        };
+        let u = word & ((1u64 << (b + 2)) - 1);
         ((u >> 1) + (u & 1)) as i64 - (1i64 << b)
     }
 
@@ -114,6 +129,15 @@ mod tests {
         }
         let u = r.unit();
         assert!((0.0..1.0).contains(&u));
+    }
+
+    #[test]
+    fn wide_noise_draws_whole_words() {
+        // b + 2 > 32: the 64-bit path, still on [−2^b, 2^b] and reaching beyond 2^31.
+        let mut r = ChunkRandomness::new(&[4u8; 32], "noise", 0);
+        let samples: Vec<i64> = (0..4096).map(|_| r.t_uniform_i64(40)).collect();
+        assert!(samples.iter().all(|v| v.abs() <= 1 << 40));
+        assert!(samples.iter().any(|v| v.abs() > 1 << 32));
     }
 
     #[test]

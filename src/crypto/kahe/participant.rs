@@ -18,7 +18,7 @@ use super::wire::{update_bodies_mut, update_frame};
 use super::SessionContext;
 
 /// Label of the stream that expands a key seed into its polynomial.
-const KEY_LABEL: &str = "fhenode/kahe/key/v1";
+const KEY_LABEL: &str = "fhenode/kahe/key/v2";
 
 /// One seed of 256 bits.
 pub type Seed = [u8; 32];
@@ -128,7 +128,7 @@ impl ParticipantKey {
                 super::public_poly(&crs, i as u64, a);
                 ring::product_into(n, a, &key, pad);
                 let mut noise =
-                    ChunkRandomness::new(&noise_seed, "fhenode/kahe/noise/v1", i as u64);
+                    ChunkRandomness::new(&noise_seed, "fhenode/kahe/noise/v2", i as u64);
                 with_field_width!(width, W => {
                     for j in 0..out.len() / W {
                         let e = noise.t_uniform_i64(noise_log2);
