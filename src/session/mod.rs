@@ -2,6 +2,7 @@
 //! machine, the messages nodes exchange, and what the API reports.
 
 pub mod messages;
+mod packed;
 mod phase;
 pub mod records;
 pub mod roles;
@@ -168,8 +169,9 @@ pub struct SubmitReceipt {
     pub prepared: bool,
 }
 
-/// A finished session's result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A finished session's result. Serialised as its fields; in binary forms (the store, peer
+/// messages) the values are packed as the fixed-point sums they come from (`packed.rs`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionResult {
     pub session: String,
     pub kind: ResultKind,
@@ -180,6 +182,81 @@ pub struct SessionResult {
     /// Largest |error| of each value from fixed-point rounding.
     pub error_bound: f64,
     pub values: Vec<f64>,
+}
+
+/// [`SessionResult`]'s fields, with the values in either form.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "SessionResult")]
+struct ResultFields<S, I, V> {
+    session: S,
+    kind: ResultKind,
+    contributors: u32,
+    contributor_ids: I,
+    clipped: u64,
+    error_bound: f64,
+    values: V,
+}
+
+impl SessionResult {
+    /// What each value's sum was divided by.
+    fn divisor(&self) -> u32 {
+        match self.kind {
+            ResultKind::Mean => self.contributors,
+            ResultKind::Sum => 1,
+        }
+    }
+
+    fn fields<V>(&self, values: V) -> ResultFields<&str, &[String], V> {
+        ResultFields {
+            session: &self.session,
+            kind: self.kind,
+            contributors: self.contributors,
+            contributor_ids: &self.contributor_ids,
+            clipped: self.clipped,
+            error_bound: self.error_bound,
+            values,
+        }
+    }
+}
+
+impl Serialize for SessionResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.fields(&self.values[..]).serialize(serializer)
+        } else {
+            let packed = packed::PackedValues::pack(&self.values, self.divisor());
+            self.fields(packed).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionResult {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        type Owned<V> = ResultFields<String, Vec<String>, V>;
+        if deserializer.is_human_readable() {
+            Ok(Owned::<Vec<f64>>::deserialize(deserializer)?.into_result(Ok)?)
+        } else {
+            Owned::<packed::PackedValues>::deserialize(deserializer)?
+                .into_result(|p| p.unpack().map_err(serde::de::Error::custom))
+        }
+    }
+}
+
+impl<V> ResultFields<String, Vec<String>, V> {
+    fn into_result<E>(
+        self,
+        values: impl FnOnce(V) -> Result<Vec<f64>, E>,
+    ) -> Result<SessionResult, E> {
+        Ok(SessionResult {
+            values: values(self.values)?,
+            session: self.session,
+            kind: self.kind,
+            contributors: self.contributors,
+            contributor_ids: self.contributor_ids,
+            clipped: self.clipped,
+            error_bound: self.error_bound,
+        })
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -508,26 +508,24 @@ impl AggregationActor {
                 let written = tokio::task::spawn_blocking(move || {
                     store.put_bytes(trees::RESULTS, key.as_bytes(), &body.bytes)
                 });
-                let (uploaded, written) = futures::join!(
-                    upload(&link, &plan, &sealed.bytes, sealed.clipped),
-                    written
-                );
+                let (uploaded, written) =
+                    futures::join!(upload(&link, &plan, &sealed.bytes, sealed.clipped), written);
                 match written {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => warn!(error = %e, "the sealed update is not kept for a resend"),
                     Err(e) => warn!(error = %e, "the sealed update is not kept for a resend"),
                 }
                 let result = uploaded.map(|(pieces, upload_ms)| SubmitReceipt {
-                        session: plan.id.clone(),
-                        values: plan.length,
-                        clipped: sealed.clipped,
-                        bytes_sent: sealed.bytes.len() as u64,
-                        pieces,
-                        digest: hex::encode(sealed.digest),
-                        encrypt_ms,
-                        upload_ms,
-                        prepared,
-                    });
+                    session: plan.id.clone(),
+                    values: plan.length,
+                    clipped: sealed.clipped,
+                    bytes_sent: sealed.bytes.len() as u64,
+                    pieces,
+                    digest: hex::encode(sealed.digest),
+                    encrypt_ms,
+                    upload_ms,
+                    prepared,
+                });
                 Some(Internal::Uploaded {
                     session: plan.id.clone(),
                     result,
