@@ -57,7 +57,8 @@ impl Scale {
     #[inline]
     fn sum_of(&self, v: f64) -> Option<i64> {
         let x = v * self.up;
-        if !(x.abs() < (1u64 << 52) as f64) {
+        // NaN and infinities fail the comparison too.
+        if x.is_nan() || x.abs() >= (1u64 << 52) as f64 {
             return None;
         }
         // Rounded half away from zero by truncation (`round` is a libm call, and the check
