@@ -97,7 +97,11 @@ impl AggMsg {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
-    bincode::serialize(value).map_err(|e| SessionError::BadInput(e.to_string()))
+    // Not `bincode::serialize`, which sizes the value in a first pass: a result packs its
+    // values while serialised (`packed.rs`), and would pack them twice.
+    let mut out = Vec::new();
+    bincode::serialize_into(&mut out, value).map_err(|e| SessionError::BadInput(e.to_string()))?;
+    Ok(out)
 }
 
 fn options() -> impl Options {

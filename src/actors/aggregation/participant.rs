@@ -510,10 +510,12 @@ impl AggregationActor {
                 });
                 let (uploaded, written) =
                     futures::join!(upload(&link, &plan, &sealed.bytes, sealed.clipped), written);
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(error = %e, "the sealed update is not kept for a resend"),
-                    Err(e) => warn!(error = %e, "the sealed update is not kept for a resend"),
+                let kept = match written {
+                    Ok(stored) => stored.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = kept {
+                    warn!(error = %e, "the sealed update is not kept for a resend");
                 }
                 let result = uploaded.map(|(pieces, upload_ms)| SubmitReceipt {
                     session: plan.id.clone(),
@@ -590,13 +592,7 @@ impl AggregationActor {
         if self.joined.get(id).is_none_or(|j| j.ended.is_some()) {
             // The session ended while the body was being written: `forget` ran before the
             // write landed.
-            let (store, key) = (self.store.clone(), records::sealed_body(id));
-            self.tasks.spawn_blocking(move || {
-                if let Err(e) = store.remove(trees::RESULTS, key.as_bytes()) {
-                    warn!(error = %e, "could not drop the sealed update of an ended session");
-                }
-                None
-            });
+            self.drop_sealed_body(id);
         }
         match &result {
             Ok(receipt) => {
@@ -624,10 +620,7 @@ impl AggregationActor {
     /// and, in the key actor, every secret.
     fn forget(&mut self, id: &str) {
         self.prepared.remove(id);
-        let key = records::sealed_body(id);
-        if let Err(e) = self.store.remove(trees::RESULTS, key.as_bytes()) {
-            warn!(session = %id, error = %e, "could not drop the sealed update");
-        }
+        self.drop_sealed_body(id);
         let (keys, session) = (self.keys.clone(), id.to_string());
         self.spawn_work(
             async move {
@@ -638,6 +631,17 @@ impl AggregationActor {
             },
             info_span!("forget", session = %id),
         );
+    }
+
+    /// Removes this node's sealed body of session `id` (a file of megabytes: off the actor).
+    fn drop_sealed_body(&mut self, id: &str) {
+        let (store, key, session) = (self.store.clone(), records::sealed_body(id), id.to_string());
+        self.tasks.spawn_blocking(move || {
+            if let Err(e) = store.remove(trees::RESULTS, key.as_bytes()) {
+                warn!(%session, error = %e, "could not drop the sealed update");
+            }
+            None
+        });
     }
 
     /// A joined session, for a notice only its coordinator may send.
