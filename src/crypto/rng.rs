@@ -57,6 +57,17 @@ impl Keystream {
         self.pos += N;
         b
     }
+
+    /// Overwrites `out` with the next `out.len()` bytes: what is left in the buffer, then the
+    /// cipher straight into `out` (no copy through the buffer, for whole polynomials).
+    fn fill(&mut self, out: &mut [u8]) {
+        let buffered = (KEYSTREAM_BUFFER - self.pos).min(out.len());
+        let (head, tail) = out.split_at_mut(buffered);
+        head.copy_from_slice(&self.buffer[self.pos..self.pos + buffered]);
+        self.pos += buffered;
+        tail.fill(0);
+        self.cipher.apply_keystream(tail);
+    }
 }
 
 /// The seed of stream `index` under `key` for `label`: keyed BLAKE3, a PRF.
@@ -79,22 +90,35 @@ impl ChunkRandomness {
         u64::from_le_bytes(self.keystream.next())
     }
 
-    pub(crate) fn next_u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.keystream.next())
+    /// Fills `out` with the next `out.len()` 64-bit words, the same words `next_u64` would
+    /// give one by one.
+    pub(crate) fn fill_u64(&mut self, out: &mut [u64]) {
+        self.keystream.fill(bytemuck::cast_slice_mut(out));
+        for w in out.iter_mut() {
+            *w = u64::from_le(*w);
+        }
     }
 
-    /// One TUniform(b) sample as a signed integer (b ≤ 61): b+2 uniform bits u give
-    /// (u >> 1) + (u & 1) on [0, 2^(b+1)] with half weight at both ends, centred by −2^b.
-    /// The bits come from a 32-bit word while they fit (b ≤ 30: noise draws half the
-    /// keystream it would from 64-bit words).
-    pub(crate) fn t_uniform_i64(&mut self, b: u32) -> i64 {
-        let word = if b + 2 <= 32 {
-            self.next_u32() as u64
-        } else {
-            self.next_u64()
-        };
-        let u = word & ((1u64 << (b + 2)) - 1);
-        ((u >> 1) + (u & 1)) as i64 - (1i64 << b)
+    /// Fills `out` with the next `out.len()` 32-bit words (little-endian).
+    pub(crate) fn fill_u32(&mut self, out: &mut [u32]) {
+        self.keystream.fill(bytemuck::cast_slice_mut(out));
+        for w in out.iter_mut() {
+            *w = u32::from_le(*w);
+        }
+    }
+
+    /// `out.len()` TUniform(b) samples, b ≤ 30: b+2 uniform bits u of a 32-bit word give
+    /// (u >> 1) + (u & 1) on [0, 2^(b+1)] with half weight at both ends, centred by −2^b. The
+    /// words are drawn in bulk into `words` (scratch of the same length, left holding
+    /// keystream) and mapped in a loop the compiler vectorises.
+    pub(crate) fn fill_t_uniform(&mut self, b: u32, words: &mut [u32], out: &mut [i64]) {
+        assert!(b + 2 <= 32 && words.len() == out.len());
+        self.fill_u32(words);
+        let (mask, centre) = (((1u64 << (b + 2)) - 1) as u32, 1i64 << b);
+        for (e, &w) in out.iter_mut().zip(words.iter()) {
+            let u = w & mask;
+            *e = ((u >> 1) + (u & 1)) as i64 - centre;
+        }
     }
 
     /// A uniform sample on [0, 1) with 53 bits of precision.
@@ -111,10 +135,11 @@ mod tests {
     fn noise_is_t_uniform() {
         // TUniform(3): all on [−8, 8], the ends with half the weight of the 15 inner values.
         let mut r = ChunkRandomness::new(&[3u8; 32], "noise", 0);
-        let mut counts = [0u32; 17];
         let n = 170_000;
-        for _ in 0..n {
-            let v = r.t_uniform_i64(3);
+        let (mut words, mut samples) = (vec![0u32; n], vec![0i64; n]);
+        r.fill_t_uniform(3, &mut words, &mut samples);
+        let mut counts = [0u32; 17];
+        for &v in &samples {
             assert!((-8..=8).contains(&v), "{v}");
             counts[(v + 8) as usize] += 1;
         }
@@ -127,17 +152,38 @@ mod tests {
             };
             assert!((c as f64 - e).abs() < 0.08 * e, "bucket {i}: {c} vs {e}");
         }
+        // The widest noise a profile may use reaches its ends.
+        r.fill_t_uniform(30, &mut words, &mut samples);
+        assert!(samples.iter().all(|v| v.abs() <= 1 << 30));
+        assert!(samples.iter().any(|v| v.abs() > 1 << 29));
         let u = r.unit();
         assert!((0.0..1.0).contains(&u));
     }
 
     #[test]
-    fn wide_noise_draws_whole_words() {
-        // b + 2 > 32: the 64-bit path, still on [−2^b, 2^b] and reaching beyond 2^31.
-        let mut r = ChunkRandomness::new(&[4u8; 32], "noise", 0);
-        let samples: Vec<i64> = (0..4096).map(|_| r.t_uniform_i64(40)).collect();
-        assert!(samples.iter().all(|v| v.abs() <= 1 << 40));
-        assert!(samples.iter().any(|v| v.abs() > 1 << 32));
+    fn bulk_draws_are_the_stream_in_order() {
+        // Odd lengths and a bulk draw after single words cross the buffer's edge; the words
+        // are the stream's bytes, little-endian, whatever the draw's size.
+        let (mut one, mut bulk) = (
+            ChunkRandomness::new(&[5u8; 32], "s", 1),
+            ChunkRandomness::new(&[5u8; 32], "s", 1),
+        );
+        let singles: Vec<u64> = (0..3).map(|_| one.next_u64()).collect();
+        let mut first = [0u64; 3];
+        bulk.fill_u64(&mut first);
+        assert_eq!(singles, first);
+        let mut words = vec![0u64; 301];
+        bulk.fill_u64(&mut words);
+        assert_eq!(words, (0..301).map(|_| one.next_u64()).collect::<Vec<_>>());
+        let mut halves = vec![0u32; 518];
+        bulk.fill_u32(&mut halves);
+        let pairs: Vec<u64> = (0..259).map(|_| one.next_u64()).collect();
+        let split: Vec<u32> = pairs
+            .iter()
+            .flat_map(|&w| [w as u32, (w >> 32) as u32])
+            .collect();
+        assert_eq!(halves, split);
+        assert_eq!(bulk.next_u64(), one.next_u64());
     }
 
     #[test]

@@ -79,6 +79,15 @@ pub fn write_field<const W: usize>(bytes: &mut [u8], i: usize, value: u64) {
     bytes[i * W..i * W + W].copy_from_slice(&value.to_le_bytes()[..W]);
 }
 
+/// Writes `values` as consecutive fields of `width` bytes, as many as `bytes` holds.
+pub fn write_fields(bytes: &mut [u8], width: usize, values: &[u64]) {
+    with_field_width!(width, W => {
+        for (field, v) in bytes.chunks_exact_mut(W).zip(values) {
+            field.copy_from_slice(&v.to_le_bytes()[..W]);
+        }
+    })
+}
+
 /// Runs `$body` with `$w` bound to the field width in bytes as a constant (1..=7).
 macro_rules! with_field_width {
     ($width:expr, $w:ident => $body:expr) => {

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::super::wire::seal_frame;
 use super::super::CryptoError;
-use super::codec::{with_field_width, write_field};
+use super::codec::write_fields;
 use super::participant::{expand_key, SeedBundle};
 use super::ring::{self, add_assign, Switch};
 use super::wire::{release_frame, ReleaseHeader};
@@ -85,11 +85,10 @@ pub fn release<'a>(
             |(a, product), (i, out)| {
                 super::public_poly(&crs, i as u64, a);
                 ring::product_into(n, a, &key, product);
-                with_field_width!(width, W => {
-                    for j in 0..out.len() / W {
-                        write_field::<W>(out, j, switch.apply(product[j]));
-                    }
-                });
+                for x in product.iter_mut() {
+                    *x = switch.apply(*x);
+                }
+                write_fields(out, width, product);
             },
         );
     seal_frame(&mut frame);

@@ -33,7 +33,7 @@ pub use params::{KaheParams, RingProfile, DEFAULT_FRAC_BITS};
 pub use participant::{ParticipantKey, PreparedEncryption, SealedUpdate, Seed, SeedBundle};
 
 /// Label of the stream that expands the public polynomials a_i.
-const CRS_LABEL: &str = "fhenode/kahe/a/v2";
+const CRS_LABEL: &str = "fhenode/kahe/a/v3";
 
 /// What every party derives from the session plan: the parameters, the plan's digest (which
 /// binds them, the roster and the id) and the update length.

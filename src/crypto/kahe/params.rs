@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::params::{Profile, Rounding};
 use super::super::CryptoError;
-use super::ring::Q_LOG2;
+use super::ring::{Switch, Q_LOG2};
 
 /// The fixed numbers of a profile under key-additive aggregation.
 #[derive(Debug, PartialEq, Eq)]
@@ -129,12 +129,12 @@ impl KaheParams {
     }
 
     /// log2 of the worst case |error| of a decoded coefficient, in units of the wire modulus
-    /// 2^bits: every switched term (K bodies and at most k releases) is off by at most ½,
-    /// and the summed encryption noise Σe (|e| ≤ 2^b each) scales by 2^bits/q. Deterministic:
-    /// every term is bounded, no tail estimate is needed.
+    /// 2^bits: every switched term (K bodies and at most k releases) is off by at most
+    /// ½ + 2^(bits−63) (`Switch`), and the summed encryption noise Σe (|e| ≤ 2^b each) scales
+    /// by 2^bits/q. Deterministic: every term is bounded, no tail estimate is needed.
     pub fn error_bound_log2(&self, bits: u32) -> f64 {
         let k = self.participants.max(1) as f64;
-        let switching = (k + self.committee.max(1) as f64) / 2.0;
+        let switching = (k + self.committee.max(1) as f64) * Switch::max_error(bits);
         let noise = k * 2f64.powi(self.ring().noise_log2 as i32) * 2f64.powf(bits as f64 - Q_LOG2);
         (switching + noise).log2()
     }
@@ -270,6 +270,14 @@ mod tests {
         let clip = 44739242.5 / (1u64 << 20) as f64;
         let p = KaheParams::recommended(Profile::Fast, 3, 3, 2, clip, 20).unwrap();
         assert!(3 * 44739243i64 < 1 << (p.plaintext_bits - 1), "{p:?}");
+    }
+
+    #[test]
+    fn noise_words_fit_32_bits() {
+        // Encryption draws TUniform(b) samples from 32-bit words in bulk.
+        for ring in [&SECURE_RING, &FAST_RING] {
+            assert!(ring.noise_log2 + 2 <= 32, "{}", ring.name);
+        }
     }
 
     #[test]

@@ -11,14 +11,18 @@ use zeroize::Zeroizing;
 use super::super::rng::{os_seed, ChunkRandomness};
 use super::super::wire::{envelope_digest, seal_frame};
 use super::super::CryptoError;
-use super::codec::{encode_fixed, field_of, read_field, with_field_width, write_field};
+use super::codec::{
+    encode_fixed, field_of, read_field, with_field_width, write_field, write_fields,
+};
 use super::committee::Committee;
 use super::ring::{self, add_assign, add_mod, expand_uniform, from_signed, Switch};
 use super::wire::{update_bodies_mut, update_frame};
 use super::SessionContext;
 
 /// Label of the stream that expands a key seed into its polynomial.
-const KEY_LABEL: &str = "fhenode/kahe/key/v2";
+const KEY_LABEL: &str = "fhenode/kahe/key/v3";
+/// Label of the encryption noise streams, one per polynomial.
+const NOISE_LABEL: &str = "fhenode/kahe/noise/v3";
 
 /// One seed of 256 bits.
 pub type Seed = [u8; 32];
@@ -122,19 +126,21 @@ impl ParticipantKey {
         let noise_log2 = ctx.params.ring().noise_log2;
         let mut frame = Zeroizing::new(update_frame(ctx));
         let bodies = update_bodies_mut(&mut frame);
+        // Each step a whole polynomial at a time, in loops the compiler vectorises.
         bodies.par_chunks_mut(n * width).enumerate().for_each_init(
-            || (ring::scratch(n), ring::scratch(n)),
-            |(a, pad), (i, out)| {
+            || {
+                let noise = (Zeroizing::new(vec![0u32; n]), Zeroizing::new(vec![0i64; n]));
+                (ring::scratch(n), ring::scratch(n), noise)
+            },
+            |(a, pad, (words, noise)), (i, out)| {
                 super::public_poly(&crs, i as u64, a);
                 ring::product_into(n, a, &key, pad);
-                let mut noise =
-                    ChunkRandomness::new(&noise_seed, "fhenode/kahe/noise/v2", i as u64);
-                with_field_width!(width, W => {
-                    for j in 0..out.len() / W {
-                        let e = noise.t_uniform_i64(noise_log2);
-                        write_field::<W>(out, j, switch.apply(add_mod(pad[j], from_signed(e))));
-                    }
-                });
+                ChunkRandomness::new(&noise_seed, NOISE_LABEL, i as u64)
+                    .fill_t_uniform(noise_log2, words, noise);
+                for (x, &e) in pad.iter_mut().zip(noise.iter()) {
+                    *x = switch.apply(add_mod(*x, from_signed(e)));
+                }
+                write_fields(out, width, pad);
             },
         );
         Ok(PreparedEncryption {
