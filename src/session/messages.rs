@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::kahe::{ReleaseRequest, SeedBundle};
 
-use super::{SessionError, SessionPlan, SessionResult};
+use super::{PackedResult, SessionError, SessionPlan};
 
 /// Size of one submission piece. Well under the default request limit, so that a piece is
 /// acknowledged (durable) quickly and a retransmission costs little.
@@ -49,7 +49,7 @@ pub enum AggMsg {
         request: ReleaseRequest,
     },
     /// Coordinator → participants: the result.
-    Result { result: SessionResult },
+    Result { result: PackedResult },
     /// Coordinator → participants and members: the session ended (a failure when `reason`).
     Ended {
         session: String,
@@ -80,7 +80,7 @@ impl AggMsg {
             | AggMsg::Holdings { session, .. }
             | AggMsg::Release { session, .. }
             | AggMsg::Ended { session, .. } => session,
-            AggMsg::Result { result } => &result.session,
+            AggMsg::Result { result } => result.session(),
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -97,8 +97,7 @@ impl AggMsg {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
-    // Not `bincode::serialize`, which sizes the value in a first pass: a result packs its
-    // values while serialised (`packed.rs`), and would pack them twice.
+    // Not `bincode::serialize`, which sizes the value in a first pass over megabytes.
     let mut out = Vec::new();
     bincode::serialize_into(&mut out, value).map_err(|e| SessionError::BadInput(e.to_string()))?;
     Ok(out)

@@ -185,7 +185,7 @@ pub struct SessionResult {
 }
 
 /// [`SessionResult`]'s fields, with the values in either form.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename = "SessionResult")]
 struct ResultFields<S, I, V> {
     session: S,
@@ -256,6 +256,56 @@ impl<V> ResultFields<String, Vec<String>, V> {
             clipped: self.clipped,
             error_bound: self.error_bound,
         })
+    }
+}
+
+/// A result in its binary form (store records, peer messages): the fields of a
+/// [`SessionResult`], the values packed. A participant checks it and stores it as it came, and
+/// the coordinator sends it as it stored it: neither unpacks a million values into floats to
+/// pack them again. Values are unpacked when a client reads them.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PackedResult(ResultFields<String, Vec<String>, packed::PackedValues>);
+
+impl PackedResult {
+    pub fn pack(result: &SessionResult) -> Self {
+        let fields = result.fields(packed::PackedValues::pack(&result.values, result.divisor()));
+        PackedResult(ResultFields {
+            session: fields.session.to_string(),
+            contributor_ids: fields.contributor_ids.to_vec(),
+            kind: fields.kind,
+            contributors: fields.contributors,
+            clipped: fields.clipped,
+            error_bound: fields.error_bound,
+            values: fields.values,
+        })
+    }
+
+    pub fn session(&self) -> &str {
+        &self.0.session
+    }
+
+    /// How many values it holds; refuses a packing that is no packing of any values.
+    pub fn value_count(&self) -> Result<u64, SessionError> {
+        self.0
+            .values
+            .len()
+            .map(|n| n as u64)
+            .map_err(|e| SessionError::BadInput(format!("malformed result: {e}")))
+    }
+
+    pub fn unpack(self) -> Result<SessionResult, SessionError> {
+        self.0
+            .into_result(|p| p.unpack())
+            .map_err(|e| SessionError::BadInput(format!("malformed result: {e}")))
+    }
+}
+
+impl std::fmt::Debug for PackedResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedResult")
+            .field("session", &self.0.session)
+            .field("contributors", &self.0.contributors)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,7 +14,7 @@ const SAMPLE: usize = 256;
 const MAX_FRAC_BITS: u32 = 52;
 
 /// A result's values, packed.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) enum PackedValues {
     /// Value j is `(S_j · 2^−frac_bits) / divisor`, computed in that order (as the combine
     /// computes it), with the sums S_j as `width`-byte little-endian two's complement.
@@ -105,16 +105,16 @@ impl PackedValues {
         })
     }
 
-    /// The values, or why these bytes are no packing of any.
-    pub(super) fn unpack(self) -> Result<Vec<f64>, String> {
+    /// How many values these are, or why these bytes are no packing of any.
+    pub(super) fn len(&self) -> Result<usize, String> {
         let (frac_bits, divisor, width, sums) = match self {
-            PackedValues::Floats(values) => return Ok(values),
+            PackedValues::Floats(values) => return Ok(values.len()),
             PackedValues::Fixed {
                 frac_bits,
                 divisor,
                 width,
                 sums,
-            } => (frac_bits as u32, divisor, width as usize, sums),
+            } => (*frac_bits as u32, *divisor, *width as usize, sums),
         };
         if frac_bits > MAX_FRAC_BITS || divisor == 0 || !(1..=8).contains(&width) {
             return Err(format!(
@@ -128,6 +128,21 @@ impl PackedValues {
                 sums.len()
             ));
         }
+        Ok(sums.len() / width)
+    }
+
+    /// The values, or why these bytes are no packing of any.
+    pub(super) fn unpack(self) -> Result<Vec<f64>, String> {
+        self.len()?;
+        let (frac_bits, divisor, width, sums) = match self {
+            PackedValues::Floats(values) => return Ok(values),
+            PackedValues::Fixed {
+                frac_bits,
+                divisor,
+                width,
+                sums,
+            } => (frac_bits as u32, divisor, width as usize, sums),
+        };
         let scale = Scale::new(frac_bits, divisor);
         let shift = 64 - 8 * width as u32;
         Ok(sums
@@ -146,6 +161,37 @@ impl PackedValues {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_packed_result_is_a_stored_result_byte_for_byte() {
+        use crate::session::{PackedResult, ResultKind, SessionResult};
+        let result = SessionResult {
+            session: "s".into(),
+            kind: ResultKind::Mean,
+            contributors: 3,
+            contributor_ids: vec!["a".into(), "b".into(), "c".into()],
+            clipped: 1,
+            error_bound: 1e-6,
+            values: (0..1000)
+                .map(|i| (i as f64 - 500.0) / 1024.0 / 3.0)
+                .collect(),
+        };
+        let packed = PackedResult::pack(&result);
+        let bytes = bincode::serialize(&packed).unwrap();
+        assert_eq!(bytes, bincode::serialize(&result).unwrap());
+        let stored: PackedResult = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(stored.session(), "s");
+        assert_eq!(stored.value_count().unwrap(), 1000);
+        assert_eq!(stored.unpack().unwrap(), result);
+        let read: SessionResult = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(read, result);
+        // A width no packing has is refused when counted, before anything is stored.
+        let mut bad = packed.clone();
+        if let PackedValues::Fixed { width, .. } = &mut bad.0.values {
+            *width = 9;
+        }
+        assert!(bad.value_count().is_err());
+    }
 
     fn round_trip(values: &[f64], divisor: u32) -> PackedValues {
         let packed = PackedValues::pack(values, divisor);

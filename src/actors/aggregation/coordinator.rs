@@ -591,7 +591,7 @@ impl AggregationActor {
                 }
                 work.push(Box::pin(async move {
                     let read = tokio::task::spawn_blocking(move || {
-                        store.get::<SessionResult>(trees::RESULTS, id.as_bytes())
+                        store.get::<PackedResult>(trees::RESULTS, id.as_bytes())
                     });
                     let result = match read.await {
                         Ok(Ok(Some(result))) => result,

@@ -37,8 +37,8 @@ use crate::session::messages::{self, AggMsg, AggReply, Piece};
 use crate::session::roles::coordinator::{CoordinatorEvent, SubmissionMeta};
 use crate::session::roles::LocalPolicy;
 use crate::session::{
-    now_ms, Phase, Roles, SessionError, SessionInfo, SessionPlan, SessionResult, SessionSpec,
-    SubmitReceipt, Timings,
+    now_ms, PackedResult, Phase, Roles, SessionError, SessionInfo, SessionPlan, SessionResult,
+    SessionSpec, SubmitReceipt, Timings,
 };
 use crate::store::{trees, Store};
 
@@ -299,10 +299,10 @@ pub fn spawn(
 
 /// Stores a session's result off the executor: megabytes, written to a file of its own and
 /// synced on the spot (`Store::put_bytes`).
-async fn put_result(store: &Store, result: SessionResult) -> Result<(), SessionError> {
+async fn put_result(store: &Store, result: PackedResult) -> Result<(), SessionError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        store.put(trees::RESULTS, result.session.as_bytes(), &result)
+        store.put(trees::RESULTS, result.session().as_bytes(), &result)
     })
     .await
     .map_err(|_| SessionError::Unavailable("the store"))??;
@@ -558,7 +558,7 @@ impl AggregationActor {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
-                if let Err(e) = put_result(&self.store, *result).await {
+                if let Err(e) = put_result(&self.store, PackedResult::pack(&result)).await {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }

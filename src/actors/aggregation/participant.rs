@@ -692,15 +692,15 @@ impl AggregationActor {
     pub(super) async fn receive_result(
         &mut self,
         from: &str,
-        result: SessionResult,
+        result: PackedResult,
     ) -> Result<(), SessionError> {
-        let joined = self.joined_from_coordinator(from, &result.session)?;
-        if result.values.len() as u64 != joined.plan.length {
+        let joined = self.joined_from_coordinator(from, result.session())?;
+        if result.value_count()? != joined.plan.length {
             return Err(SessionError::BadInput(
                 "the result has the wrong length".into(),
             ));
         }
-        let session = result.session.clone();
+        let session = result.session().to_string();
         if !self.coordinated.contains_key(&session) {
             put_result(&self.store, result).await?;
         }
