@@ -297,15 +297,18 @@ pub fn spawn(
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
 
-/// Stores a session's result off the executor: megabytes, written to a file of its own and
-/// synced on the spot (`Store::put_bytes`).
-async fn put_result(store: &Store, result: PackedResult) -> Result<(), SessionError> {
+/// Stores session `id`'s result off the executor: megabytes, packed (a [`SessionResult`] is
+/// packed as it is serialised, a [`PackedResult`] already is: the same bytes), written to a
+/// file of its own and synced on the spot (`Store::put_bytes`).
+async fn put_result<R: serde::Serialize + Send + 'static>(
+    store: &Store,
+    id: String,
+    result: R,
+) -> Result<(), SessionError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.put(trees::RESULTS, result.session().as_bytes(), &result)
-    })
-    .await
-    .map_err(|_| SessionError::Unavailable("the store"))??;
+    tokio::task::spawn_blocking(move || store.put(trees::RESULTS, id.as_bytes(), &result))
+        .await
+        .map_err(|_| SessionError::Unavailable("the store"))??;
     Ok(())
 }
 
@@ -558,7 +561,7 @@ impl AggregationActor {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
-                if let Err(e) = put_result(&self.store, PackedResult::pack(&result)).await {
+                if let Err(e) = put_result(&self.store, session.clone(), result).await {
                     warn!(%session, error = %e, "cannot store the result");
                     return;
                 }

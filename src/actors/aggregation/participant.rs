@@ -702,7 +702,7 @@ impl AggregationActor {
         }
         let session = result.session().to_string();
         if !self.coordinated.contains_key(&session) {
-            put_result(&self.store, result).await?;
+            put_result(&self.store, session.clone(), result).await?;
         }
         self.receive_end(from, &session, None).await
     }
