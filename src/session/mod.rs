@@ -236,8 +236,9 @@ impl<'de> Deserialize<'de> for SessionResult {
         if deserializer.is_human_readable() {
             Ok(Owned::<Vec<f64>>::deserialize(deserializer)?.into_result(Ok)?)
         } else {
-            Owned::<packed::PackedValues>::deserialize(deserializer)?
-                .into_result(|p| p.unpack().map_err(serde::de::Error::custom))
+            PackedResult::deserialize(deserializer)?
+                .unpack()
+                .map_err(serde::de::Error::custom)
         }
     }
 }
@@ -260,26 +261,13 @@ impl<V> ResultFields<String, Vec<String>, V> {
 }
 
 /// A result in its binary form (store records, peer messages): the fields of a
-/// [`SessionResult`], the values packed. A participant checks it and stores it as it came, and
+/// [`SessionResult`], the values packed; a `SessionResult` serialises to the same bytes. A participant checks it and stores it as it came, and
 /// the coordinator sends it as it stored it: neither unpacks a million values into floats to
 /// pack them again. Values are unpacked when a client reads them.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PackedResult(ResultFields<String, Vec<String>, packed::PackedValues>);
 
 impl PackedResult {
-    pub fn pack(result: &SessionResult) -> Self {
-        let fields = result.fields(packed::PackedValues::pack(&result.values, result.divisor()));
-        PackedResult(ResultFields {
-            session: fields.session.to_string(),
-            contributor_ids: fields.contributor_ids.to_vec(),
-            kind: fields.kind,
-            contributors: fields.contributors,
-            clipped: fields.clipped,
-            error_bound: fields.error_bound,
-            values: fields.values,
-        })
-    }
-
     pub fn session(&self) -> &str {
         &self.0.session
     }

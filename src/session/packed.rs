@@ -176,17 +176,16 @@ mod tests {
                 .map(|i| (i as f64 - 500.0) / 1024.0 / 3.0)
                 .collect(),
         };
-        let packed = PackedResult::pack(&result);
-        let bytes = bincode::serialize(&packed).unwrap();
-        assert_eq!(bytes, bincode::serialize(&result).unwrap());
+        let bytes = bincode::serialize(&result).unwrap();
         let stored: PackedResult = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(bincode::serialize(&stored).unwrap(), bytes);
+        let mut bad = stored.clone();
         assert_eq!(stored.session(), "s");
         assert_eq!(stored.value_count().unwrap(), 1000);
         assert_eq!(stored.unpack().unwrap(), result);
         let read: SessionResult = bincode::deserialize(&bytes).unwrap();
         assert_eq!(read, result);
         // A width no packing has is refused when counted, before anything is stored.
-        let mut bad = packed.clone();
         if let PackedValues::Fixed { width, .. } = &mut bad.0.values {
             *width = 9;
         }
