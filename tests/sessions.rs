@@ -434,6 +434,69 @@ async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record(
     expect_sum_then_stop(nodes, "kept").await;
 }
 
+/// A participant whose upload failed (its coordinator was down) and which then restarted
+/// keeps no body, only its digest: the same update, submitted again, seals to the same bytes
+/// and goes out; another update is refused, since two bodies under one key would reveal
+/// their difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_sends_the_same_update_again_after_a_failed_upload_and_a_restart() {
+    let (dirs, mut nodes) = start_local_network(3).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    let spec = SessionSpec {
+        id: Some("again".into()),
+        length: Some(1000),
+        profile: Some(Profile::Fast),
+        committee: ids(&[&nodes[1], &nodes[2]]),
+        threshold: Some(2),
+        participants: ids(&[&nodes[1], &nodes[2]]),
+        deadline_secs: Some(600),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    nodes[0].aggregation.create(spec).await.unwrap();
+    for node in &nodes[1..] {
+        wait_info(node, "again", |i| i.seeds_delivered >= 2, LONG)
+            .await
+            .unwrap();
+    }
+    let coordinator = nodes.remove(0);
+    coordinator.shutdown().await.unwrap();
+    let failed = nodes[0].aggregation.submit("again", vec![1.5; 1000]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let participant = nodes.remove(0);
+    participant.shutdown().await.unwrap();
+    let boot = fhenode::demo::dial_address(&nodes[0], LONG).await.unwrap();
+    let participant = Node::start(fhenode::demo::loopback_config(
+        dirs[1].path(),
+        vec![boot.clone()],
+    ))
+    .await
+    .unwrap();
+    let coordinator = Node::start(fhenode::demo::loopback_config(dirs[0].path(), vec![boot]))
+        .await
+        .unwrap();
+    nodes.insert(0, participant);
+    nodes.insert(0, coordinator);
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    let other = nodes[1]
+        .aggregation
+        .submit("again", vec![2.0; 1000])
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), "duplicate", "{other}");
+    nodes[1]
+        .aggregation
+        .submit("again", vec![1.5; 1000])
+        .await
+        .unwrap();
+    nodes[2]
+        .aggregation
+        .submit("again", vec![-0.25; 1000])
+        .await
+        .unwrap();
+    expect_sum_then_stop(nodes, "again").await;
+}
+
 /// A committee member pins the first contributor set it releases keys for, and the pin
 /// survives a restart: the same set is answered again with the same bytes, any other set is
 /// refused; a set naming a participant whose seeds the member never received is refused

@@ -31,6 +31,8 @@ pub struct KeysStatus {
 struct KeyRecord {
     committee: Committee,
     seeds: Zeroizing<Vec<Seed>>,
+    /// Drives the encryption's noise and rounding: the same update seals to the same bytes.
+    encryption_seed: Zeroizing<Seed>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
@@ -216,6 +218,7 @@ fn load_key(store: &Store, session: &str) -> Result<Option<ParticipantKey>, Sess
         Some(record) => Ok(Some(ParticipantKey::from_seeds(
             record.committee,
             record.seeds,
+            record.encryption_seed,
         )?)),
     }
 }
@@ -346,6 +349,7 @@ impl KeysActor {
         let record = KeyRecord {
             committee,
             seeds: Zeroizing::new(key.seeds().to_vec()),
+            encryption_seed: Zeroizing::new(*key.encryption_seed()),
         };
         let id = records::participant_key(session);
         self.store

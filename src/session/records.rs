@@ -35,12 +35,6 @@ pub fn member_seeds_prefix(session: &str) -> String {
     format!("seeds/{session}/")
 }
 
-/// This node's sealed body for `session`, kept until the coordinator has it (`trees::KEYS`:
-/// it is the one body the session's key may ever make).
-pub fn sealed_body(session: &str) -> String {
-    format!("sealed/{session}")
-}
-
 /// Upload pieces of one participant in one session (`trees::SUBMISSIONS`).
 pub fn piece_owner(session: &str, participant: &str) -> String {
     format!("{session}/{participant}")

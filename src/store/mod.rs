@@ -46,10 +46,12 @@ pub mod trees {
 /// `sessions` 4, `keys` 2: key-additive sessions (role machines, participant keys and member
 /// seed bundles) replace the committee-key ceremony's records.
 /// `results` 2: a result's values are packed as the fixed-point sums they come from.
+/// `keys` 3: a participant key carries the seed of its encryption's randomness (a body is
+/// sealed again from its update instead of being stored).
 pub fn record_version(tree: &str) -> u8 {
     match tree {
         trees::SESSIONS => 4,
-        trees::KEYS => 2,
+        trees::KEYS => 3,
         trees::RESULTS => 2,
         _ => 1,
     }

@@ -1,7 +1,7 @@
 //! The participant's side of the actor, and joining a session in any role: a plan arrives, is
 //! checked against this node's policy and stored; as a participant the node has its one-time
 //! key drawn, delivers each member its seeds, prepares its encryption ahead, seals its update
-//! once, persists the sealed body, uploads it, and forgets the key when the session ends.
+//! once, records the body's digest, uploads it, and forgets the key when the session ends.
 
 use std::sync::atomic::AtomicBool;
 
@@ -196,7 +196,6 @@ impl AggregationActor {
                 ParticipantEffect::Forget => self.forget(&id),
                 ParticipantEffect::DeliverSeeds(members) => self.deliver_seeds(&id, members),
                 ParticipantEffect::Prepare => self.start_preparing(&id),
-                ParticipantEffect::ResendBody => self.resend_body(&id),
                 // Drawn (once) by the seed deliveries, before any seed leaves.
                 ParticipantEffect::GenerateKey => {}
             }
@@ -223,7 +222,6 @@ impl AggregationActor {
             }
             ParticipantEffect::DeliverSeeds(members) => self.deliver_seeds(id, members),
             ParticipantEffect::Prepare => self.start_preparing(id),
-            ParticipantEffect::ResendBody => self.resend_body(id),
             ParticipantEffect::Forget => self.forget(id),
         }
     }
@@ -455,12 +453,12 @@ impl AggregationActor {
         );
     }
 
-    /// The sealed body is recorded (its digest, durably): the key has made its one body. Then
-    /// it is uploaded while it is written to the store, on the blocking pool, for a resend
-    /// after a restart. Only the record must precede the upload: it is what stops a second
-    /// body under the same key. A crash before the body is durable costs this node its
-    /// contribution (the resend finds nothing), never a second body; the write off the upload's
-    /// path took a 4 MB fsync out of every submission.
+    /// The sealed body's digest is recorded, durably, before any of it leaves: the key has
+    /// made its one body, and only an update that seals to the same bytes may be sent again.
+    /// The body itself is not stored: the key seals an update deterministically, so after a
+    /// restart or a failed upload the same update, submitted again, is sealed again and sent.
+    /// (Storing it for a resend wrote every submission's megabytes to disk; a 50-participant
+    /// round of a million values spent about a third of its time on those writes.)
     pub(super) async fn sealed(
         &mut self,
         id: &str,
@@ -477,11 +475,14 @@ impl AggregationActor {
                 .participant
                 .as_mut()
                 .ok_or(SessionError::Unavailable("the participant state"))?;
+            let again = p.submitted == Some(sealed.sealed.digest);
             p.handle(ParticipantInput::Sealed {
                 digest: sealed.sealed.digest,
             })?;
-            self.persist_joined(&joined).await?;
-            self.joined.insert(id.to_string(), joined);
+            if !again {
+                self.persist_joined(&joined).await?;
+                self.joined.insert(id.to_string(), joined);
+            }
             Ok::<_, SessionError>(())
         }
         .await;
@@ -493,7 +494,7 @@ impl AggregationActor {
         let Some(plan) = self.joined.get(id).map(|j| j.plan.clone()) else {
             return;
         };
-        let (link, store) = (self.link.clone(), self.store.clone());
+        let link = self.link.clone();
         let span = info_span!("upload", session = %id);
         self.spawn_work(
             async move {
@@ -502,80 +503,23 @@ impl AggregationActor {
                     encrypt_ms,
                     prepared,
                 } = sealed;
-                let sealed = Arc::new(sealed);
-                let body = sealed.clone();
-                let key = records::sealed_body(&plan.id);
-                let written = tokio::task::spawn_blocking(move || {
-                    store.put_bytes(trees::RESULTS, key.as_bytes(), &body.bytes)
-                });
-                let (uploaded, written) =
-                    futures::join!(upload(&link, &plan, &sealed.bytes, sealed.clipped), written);
-                let kept = match written {
-                    Ok(stored) => stored.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = kept {
-                    warn!(error = %e, "the sealed update is not kept for a resend");
-                }
-                let result = uploaded.map(|(pieces, upload_ms)| SubmitReceipt {
-                    session: plan.id.clone(),
-                    values: plan.length,
-                    clipped: sealed.clipped,
-                    bytes_sent: sealed.bytes.len() as u64,
-                    pieces,
-                    digest: hex::encode(sealed.digest),
-                    encrypt_ms,
-                    upload_ms,
-                    prepared,
-                });
+                let result = upload(&link, &plan, &sealed.bytes, sealed.clipped)
+                    .await
+                    .map(|(pieces, upload_ms)| SubmitReceipt {
+                        session: plan.id.clone(),
+                        values: plan.length,
+                        clipped: sealed.clipped,
+                        bytes_sent: sealed.bytes.len() as u64,
+                        pieces,
+                        digest: hex::encode(sealed.digest),
+                        encrypt_ms,
+                        upload_ms,
+                        prepared,
+                    });
                 Some(Internal::Uploaded {
                     session: plan.id.clone(),
                     result,
                     reply: Some(reply),
-                })
-            },
-            span,
-        );
-    }
-
-    /// After a restart in the sealed phase: the same bytes are uploaded again.
-    fn resend_body(&mut self, id: &str) {
-        let Some(plan) = self.joined.get(id).map(|j| j.plan.clone()) else {
-            return;
-        };
-        let (store, link) = (self.store.clone(), self.link.clone());
-        self.uploading.insert(id.to_string());
-        let span = info_span!("upload", session = %id);
-        self.spawn_work(
-            async move {
-                let key = records::sealed_body(&plan.id);
-                let result = match store.get_bytes(trees::RESULTS, key.as_bytes()) {
-                    Ok(Some(bytes)) => {
-                        upload(&link, &plan, &bytes, 0)
-                            .await
-                            .map(|(pieces, ms)| SubmitReceipt {
-                                session: plan.id.clone(),
-                                values: plan.length,
-                                clipped: 0,
-                                bytes_sent: bytes.len() as u64,
-                                pieces,
-                                digest: crate::crypto::wire::envelope_digest(&bytes)
-                                    .map(hex::encode)
-                                    .unwrap_or_default(),
-                                encrypt_ms: 0.0,
-                                upload_ms: ms,
-                                prepared: false,
-                            })
-                    }
-                    Ok(None) => Err(SessionError::Store(
-                        "the sealed update to send again is missing".into(),
-                    )),
-                    Err(e) => Err(e.into()),
-                };
-                Some(Internal::Uploaded {
-                    session: plan.id.clone(),
-                    result,
-                    reply: None,
                 })
             },
             span,
@@ -589,11 +533,6 @@ impl AggregationActor {
         reply: Option<Reply<SubmitReceipt>>,
     ) {
         self.uploading.remove(id);
-        if self.joined.get(id).is_none_or(|j| j.ended.is_some()) {
-            // The session ended while the body was being written: `forget` ran before the
-            // write landed.
-            self.drop_sealed_body(id);
-        }
         match &result {
             Ok(receipt) => {
                 if let Some(mut joined) = self.joined.get(id).cloned() {
@@ -616,11 +555,10 @@ impl AggregationActor {
         }
     }
 
-    /// Drops what only served this node's part in a session: the preparation, the sealed body
-    /// and, in the key actor, every secret.
+    /// Drops what only served this node's part in a session: the preparation and, in the key
+    /// actor, every secret.
     fn forget(&mut self, id: &str) {
         self.prepared.remove(id);
-        self.drop_sealed_body(id);
         let (keys, session) = (self.keys.clone(), id.to_string());
         self.spawn_work(
             async move {
@@ -631,17 +569,6 @@ impl AggregationActor {
             },
             info_span!("forget", session = %id),
         );
-    }
-
-    /// Removes this node's sealed body of session `id` (a file of megabytes: off the actor).
-    fn drop_sealed_body(&mut self, id: &str) {
-        let (store, key, session) = (self.store.clone(), records::sealed_body(id), id.to_string());
-        self.tasks.spawn_blocking(move || {
-            if let Err(e) = store.remove(trees::RESULTS, key.as_bytes()) {
-                warn!(%session, error = %e, "could not drop the sealed update");
-            }
-            None
-        });
     }
 
     /// A joined session, for a notice only its coordinator may send.

@@ -23,6 +23,8 @@ use super::SessionContext;
 const KEY_LABEL: &str = "fhenode/kahe/key/v3";
 /// Label of the encryption noise streams, one per polynomial.
 const NOISE_LABEL: &str = "fhenode/kahe/noise/v3";
+/// Label of the stochastic-rounding streams, one per polynomial.
+const ROUNDING_LABEL: &str = "fhenode/kahe/rounding/v2";
 
 /// One seed of 256 bits.
 pub type Seed = [u8; 32];
@@ -35,9 +37,17 @@ pub(crate) fn expand_key(seed: &Seed, n: usize, out: &mut [u64]) {
 
 /// A participant's one-time key r_P = Σ_A Expand(σ_A): seed `i` belongs to set `i` of
 /// [`Committee::sets`]. Secret until the session ends; wiped on drop, redacted in `Debug`.
+///
+/// Beside the key seeds, one more OS seed drives the encryption's noise and stochastic
+/// rounding, so that the one body a key makes is a function of the key and the update: the
+/// same update sealed again (after a restart, or a failed upload) gives the same bytes, which
+/// the node may send again, while another update gives other bytes, which it must not send
+/// (their difference with the first would reveal the difference of the updates; the node
+/// records the first body's digest before any of it leaves). No body has to be stored.
 pub struct ParticipantKey {
     committee: Committee,
     seeds: Zeroizing<Vec<Seed>>,
+    encryption_seed: Zeroizing<Seed>,
 }
 
 impl fmt::Debug for ParticipantKey {
@@ -57,6 +67,7 @@ impl ParticipantKey {
         ParticipantKey {
             committee,
             seeds: Zeroizing::new(seeds),
+            encryption_seed: os_seed(),
         }
     }
 
@@ -64,6 +75,7 @@ impl ParticipantKey {
     pub fn from_seeds(
         committee: Committee,
         seeds: Zeroizing<Vec<Seed>>,
+        encryption_seed: Zeroizing<Seed>,
     ) -> Result<Self, CryptoError> {
         if seeds.len() != committee.sets().len() {
             return Err(CryptoError::Malformed {
@@ -75,12 +87,21 @@ impl ParticipantKey {
                 ),
             });
         }
-        Ok(ParticipantKey { committee, seeds })
+        Ok(ParticipantKey {
+            committee,
+            seeds,
+            encryption_seed,
+        })
     }
 
     /// The seeds, to persist.
     pub fn seeds(&self) -> &[Seed] {
         &self.seeds
+    }
+
+    /// The seed of the encryption's noise and rounding, to persist with the key seeds.
+    pub fn encryption_seed(&self) -> &Seed {
+        &self.encryption_seed
     }
 
     pub fn committee(&self) -> Committee {
@@ -119,7 +140,7 @@ impl ParticipantKey {
         }
         let n = ctx.ring_dim();
         let key = self.key_eval(n);
-        let noise_seed = os_seed();
+        let noise_seed = &self.encryption_seed;
         let crs = ctx.crs_key();
         let width = ctx.params.wire_bytes();
         let switch = Switch::new(ctx.params.wire_bits);
@@ -135,7 +156,7 @@ impl ParticipantKey {
             |(a, pad, (words, noise)), (i, out)| {
                 super::public_poly(&crs, i as u64, a);
                 ring::product_into(n, a, &key, pad);
-                ChunkRandomness::new(&noise_seed, NOISE_LABEL, i as u64)
+                ChunkRandomness::new(noise_seed, NOISE_LABEL, i as u64)
                     .fill_t_uniform(noise_log2, words, noise);
                 for (x, &e) in pad.iter_mut().zip(noise.iter()) {
                     *x = switch.apply(add_mod(*x, from_signed(e)));
@@ -146,6 +167,7 @@ impl ParticipantKey {
         Ok(PreparedEncryption {
             ctx: ctx.clone(),
             frame: Some(frame),
+            rounding_seed: self.encryption_seed.clone(),
         })
     }
 
@@ -225,6 +247,8 @@ impl SeedBundle {
 pub struct PreparedEncryption {
     ctx: SessionContext,
     frame: Option<Zeroizing<Vec<u8>>>,
+    /// The key's encryption seed: stochastic rounding draws from it (see [`ParticipantKey`]).
+    rounding_seed: Zeroizing<Seed>,
 }
 
 impl fmt::Debug for PreparedEncryption {
@@ -283,14 +307,13 @@ impl PreparedEncryption {
         let n = ctx.ring_dim();
         let width = params.wire_bytes();
         let mask = (1u64 << params.wire_bits) - 1;
-        let rounding_seed = os_seed();
         let bodies = update_bodies_mut(&mut frame);
         let clipped: Result<u64, CryptoError> = bodies
             .par_chunks_mut(n * width)
             .zip(values.par_chunks(n))
             .enumerate()
             .map(|(i, (out, vals))| {
-                let mut rng = ChunkRandomness::new(&rounding_seed, "fhenode/kahe/rounding/v1", i as u64);
+                let mut rng = ChunkRandomness::new(&self.rounding_seed, ROUNDING_LABEL, i as u64);
                 let mut uniform = || rng.unit();
                 let mut clipped = 0u64;
                 with_field_width!(width, W => {

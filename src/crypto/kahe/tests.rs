@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::crypto::params::Profile;
+use crate::crypto::params::{Profile, Rounding};
 
 /// A session of `k` members, threshold `t`, `participants` declared, with honest keys and
 /// random updates in ±8.
@@ -214,7 +214,12 @@ fn a_garbage_participant_shifts_the_sum_by_its_own_contribution_only() {
         let aggregate = acc.finish();
         round.keys.insert(
             "zz-evil".into(),
-            ParticipantKey::from_seeds(ctx.committee(), evil_key.seeds().to_vec().into()).unwrap(),
+            ParticipantKey::from_seeds(
+                ctx.committee(),
+                evil_key.seeds().to_vec().into(),
+                (*evil_key.encryption_seed()).into(),
+            )
+            .unwrap(),
         );
         let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
         let releases = round.releases(&request, &[0, 1]);
@@ -386,6 +391,33 @@ fn seed_bundles_are_checked_and_redacted() {
     assert!(!format!("{key:?}").contains(&format!("{:?}", &key.seeds()[0][0..4])));
     // Fresh keys differ.
     assert_ne!(key.seeds(), ParticipantKey::generate(c).seeds());
+}
+
+#[test]
+fn a_key_seals_an_update_to_the_same_bytes_every_time_and_another_update_to_others() {
+    let mut params = KaheParams::recommended(Profile::Fast, 4, 3, 2, 8.0, 20).unwrap();
+    params.rounding = Rounding::Stochastic;
+    let ctx = SessionContext::new(params, [7; 32], 3000).unwrap();
+    let key = ParticipantKey::generate(ctx.committee());
+    let update: Vec<f32> = (0..3000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let first = key.encrypt(&ctx, &update).unwrap();
+    // The key as its store gives it back (after a restart) seals the same bytes.
+    let restored = ParticipantKey::from_seeds(
+        ctx.committee(),
+        key.seeds().to_vec().into(),
+        (*key.encryption_seed()).into(),
+    )
+    .unwrap();
+    let again = restored.encrypt(&ctx, &update).unwrap();
+    assert_eq!(first.bytes, again.bytes);
+    assert_eq!(first.digest, again.digest);
+    let mut other = update.clone();
+    other[1234] += 0.5;
+    assert_ne!(key.encrypt(&ctx, &other).unwrap().digest, first.digest);
+    // Another key's randomness is its own.
+    let stranger = ParticipantKey::generate(ctx.committee());
+    assert_ne!(stranger.encryption_seed(), key.encryption_seed());
+    assert!(!format!("{key:?}").contains(&format!("{:?}", &key.encryption_seed()[0..4])));
 }
 
 proptest! {

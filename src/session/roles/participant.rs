@@ -1,7 +1,9 @@
 //! A participant's session: on the plan it draws its one-time key (persisted before any seed
 //! leaves), sends every member its seeds directly and prepares its encryption; it seals one
-//! body once at least t members hold its seeds, persists it before uploading, and deletes the
-//! key when the session ends.
+//! body once at least t members hold its seeds, records the body's digest before uploading
+//! it, and deletes the key when the session ends. The key seals an update deterministically:
+//! after a restart or a failed upload the same update may be submitted again (it seals to the
+//! recorded digest), another one is refused.
 
 use std::collections::BTreeSet;
 
@@ -15,9 +17,10 @@ use crate::session::{Phase, SessionError};
 pub enum ParticipantPhase {
     /// Key drawn; seeds being delivered; waiting for the update.
     Joined,
-    /// The body is sealed and persisted, and being uploaded: the key has served its one body,
-    /// and after a restart the same bytes are sent again (a second encryption under the same
-    /// key and public polynomials would reveal the difference of the two updates).
+    /// The body is sealed, its digest recorded, and it is being uploaded (or its upload was
+    /// cut short): the key has served its one body. Only an update that seals to the same
+    /// digest may be sent again: a second encryption under the same key and public
+    /// polynomials would reveal the difference of the two updates.
     Sealed,
     /// The body is with the coordinator, durably.
     Submitted,
@@ -32,7 +35,7 @@ pub struct ParticipantState {
     pub phase: ParticipantPhase,
     /// Members that acknowledged (durably hold) this participant's seeds.
     pub acked: BTreeSet<u32>,
-    /// The submitted body's digest.
+    /// The sealed body's digest (recorded before any of it leaves).
     pub submitted: Option<[u8; 32]>,
     pub failure: Option<String>,
 }
@@ -45,9 +48,7 @@ pub enum ParticipantEffect {
     DeliverSeeds(Vec<u32>),
     /// Draw the encryption of zero ahead of the update.
     Prepare,
-    /// Upload the persisted sealed body again.
-    ResendBody,
-    /// Delete the key, any preparation and the sealed body.
+    /// Delete the key and any preparation.
     Forget,
 }
 
@@ -57,7 +58,7 @@ pub enum ParticipantInput<'a> {
     SeedsAcked { member: u32 },
     /// The local user submits: may the update be sealed now?
     Submit,
-    /// The body is sealed and persisted; its upload starts.
+    /// The body is sealed; its upload starts once this is recorded.
     Sealed { digest: [u8; 32] },
     /// The coordinator holds the body durably.
     Submitted { digest: [u8; 32] },
@@ -91,7 +92,8 @@ impl ParticipantState {
     }
 
     /// After a restart: deliver to the members still missing, and prepare again (a preparation
-    /// lives only in memory).
+    /// lives only in memory). A sealed body is not kept: it is sent again when its update is
+    /// submitted again.
     pub fn resume(&self) -> Vec<ParticipantEffect> {
         match self.phase {
             ParticipantPhase::Joined => {
@@ -105,7 +107,7 @@ impl ParticipantState {
                 effects.push(ParticipantEffect::Prepare);
                 effects
             }
-            ParticipantPhase::Sealed => vec![ParticipantEffect::ResendBody],
+            ParticipantPhase::Sealed => vec![ParticipantEffect::Prepare],
             ParticipantPhase::Submitted => Vec::new(),
             ParticipantPhase::Done | ParticipantPhase::Failed => vec![ParticipantEffect::Forget],
         }
@@ -145,7 +147,10 @@ impl ParticipantState {
                 Ok(Vec::new())
             }
             ParticipantInput::Submit => {
-                if self.phase != ParticipantPhase::Joined {
+                if !matches!(
+                    self.phase,
+                    ParticipantPhase::Joined | ParticipantPhase::Sealed
+                ) {
                     return Err(self.wrong("this node has already submitted its update"));
                 }
                 // Fewer than t holders: the body could never be decrypted, and its seeds are
@@ -158,14 +163,22 @@ impl ParticipantState {
                 }
                 Ok(Vec::new())
             }
-            ParticipantInput::Sealed { digest } => {
-                if self.phase != ParticipantPhase::Joined {
-                    return Err(self.wrong("this node's key has already sealed its one body"));
+            ParticipantInput::Sealed { digest } => match self.phase {
+                ParticipantPhase::Joined => {
+                    self.phase = ParticipantPhase::Sealed;
+                    self.submitted = Some(digest);
+                    Ok(Vec::new())
                 }
-                self.phase = ParticipantPhase::Sealed;
-                self.submitted = Some(digest);
-                Ok(Vec::new())
-            }
+                // The same update sealed again: the same bytes may go out again.
+                ParticipantPhase::Sealed if self.submitted == Some(digest) => Ok(Vec::new()),
+                ParticipantPhase::Sealed => Err(SessionError::Duplicate(format!(
+                    "this node's key for session `{}` already sealed another update, whose \
+                     upload did not finish; only that same update can be submitted again (two \
+                     bodies under one key would reveal the difference of the two updates)",
+                    self.roster.id
+                ))),
+                _ => Err(self.wrong("this node's key has already sealed its one body")),
+            },
             ParticipantInput::Submitted { digest } => {
                 if self.phase != ParticipantPhase::Sealed || self.submitted != Some(digest) {
                     return Err(self.wrong("no sealed body with that digest is being uploaded"));
@@ -232,15 +245,19 @@ mod tests {
             .is_err());
         s.handle(ParticipantInput::Sealed { digest: [1; 32] })
             .unwrap();
-        // Sealed: a restart sends the same bytes; no second seal under the key.
-        assert_eq!(s.resume(), vec![ParticipantEffect::ResendBody]);
+        // Sealed: the same update may be sealed and sent again (after a restart it is prepared
+        // again first); another one may not.
+        assert_eq!(s.resume(), vec![ParticipantEffect::Prepare]);
+        s.handle(ParticipantInput::Submit).unwrap();
+        s.handle(ParticipantInput::Sealed { digest: [1; 32] })
+            .unwrap();
         assert_eq!(
-            s.handle(ParticipantInput::Submit).unwrap_err().code(),
-            "wrong_phase"
+            s.handle(ParticipantInput::Sealed { digest: [2; 32] })
+                .unwrap_err()
+                .code(),
+            "duplicate"
         );
-        assert!(s
-            .handle(ParticipantInput::Sealed { digest: [2; 32] })
-            .is_err());
+        assert_eq!(s.submitted, Some([1; 32]));
         assert!(s
             .handle(ParticipantInput::Submitted { digest: [2; 32] })
             .is_err());
