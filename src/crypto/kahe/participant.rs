@@ -11,8 +11,10 @@ use zeroize::Zeroizing;
 use super::super::rng::{os_seed, ChunkRandomness};
 use super::super::wire::{envelope_digest, seal_frame};
 use super::super::CryptoError;
+use super::super::params::Rounding;
 use super::codec::{
-    encode_fixed, field_of, read_field, with_field_width, write_field, write_fields,
+    encode_fixed, field_of, nearest_addends, read_field, with_field_width, write_field,
+    write_fields,
 };
 use super::committee::Committee;
 use super::ring::{self, add_assign, add_mod, expand_uniform, from_signed, Switch};
@@ -312,20 +314,33 @@ impl PreparedEncryption {
             .par_chunks_mut(n * width)
             .zip(values.par_chunks(n))
             .enumerate()
-            .map(|(i, (out, vals))| {
-                let mut rng = ChunkRandomness::new(&self.rounding_seed, ROUNDING_LABEL, i as u64);
-                let mut uniform = || rng.unit();
-                let mut clipped = 0u64;
-                with_field_width!(width, W => {
-                    for (j, &v) in vals.iter().enumerate() {
-                        let (fixed, c) = encode_fixed(params, v, i * n + j, &mut uniform)?;
-                        clipped += c as u64;
-                        let x = read_field::<W>(out, j).wrapping_add(field_of(params, fixed)) & mask;
-                        write_field::<W>(out, j, x);
-                    }
-                });
-                Ok(clipped)
-            })
+            .map_init(
+                || Zeroizing::new(vec![0u64; n]),
+                |addends, (i, (out, vals))| {
+                    let addends = &mut addends[..vals.len()];
+                    let clipped = match params.rounding {
+                        Rounding::Nearest => nearest_addends(params, vals, addends),
+                        Rounding::Stochastic => {
+                            let mut rng =
+                                ChunkRandomness::new(&self.rounding_seed, ROUNDING_LABEL, i as u64);
+                            let mut uniform = || rng.unit();
+                            let mut clipped = 0u64;
+                            for (j, (a, &v)) in addends.iter_mut().zip(vals).enumerate() {
+                                let (fixed, c) = encode_fixed(params, v, i * n + j, &mut uniform)?;
+                                clipped += c as u64;
+                                *a = field_of(params, fixed);
+                            }
+                            clipped
+                        }
+                    };
+                    with_field_width!(width, W => {
+                        for (j, &a) in addends.iter().enumerate() {
+                            write_field::<W>(out, j, read_field::<W>(out, j).wrapping_add(a) & mask);
+                        }
+                    });
+                    Ok(clipped)
+                },
+            )
             .sum();
         let clipped = clipped?;
         seal_frame(&mut frame);
