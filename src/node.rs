@@ -176,7 +176,7 @@ impl Node {
         let keys_task = sup("keys", keys_task.instrument(info_span!("keys")).boxed());
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (network, net_task) = net::spawn(
-            keypair,
+            keypair.clone(),
             &config.p2p,
             &mut registry,
             metrics.clone(),
@@ -186,6 +186,7 @@ impl Node {
         let (aggregation, agg_task) = aggregation::spawn(
             aggregation::AggregationDeps {
                 me: peer_id,
+                identity: keypair,
                 store: store.clone(),
                 network: network.clone(),
                 keys: keys.clone(),

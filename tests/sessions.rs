@@ -9,7 +9,7 @@ use fhenode::crypto::Profile;
 use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_info, wait_phase, wait_result};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
-use fhenode::session::messages::{self, AggMsg};
+use fhenode::session::messages::{self, AggMsg, AggReply, Attestation};
 use fhenode::session::{Phase, ResultKind, SessionError, SessionPlan, SessionSpec};
 use fhenode::store::trees;
 use rand::{Rng, SeedableRng};
@@ -228,6 +228,16 @@ async fn sessions_across_six_nodes() {
         let msg = AggMsg::Release {
             session: "mean".into(),
             request: request.clone(),
+            pins: Vec::new(),
+        };
+        let (code, message) = refusal(coordinator, member, &msg).await;
+        assert!(
+            code == "duplicate" || code == "wrong_phase",
+            "{code}: {message}"
+        );
+        let msg = AggMsg::Pin {
+            session: "mean".into(),
+            contributors: request.contributors.clone(),
         };
         let (code, message) = refusal(coordinator, member, &msg).await;
         assert!(
@@ -497,10 +507,12 @@ async fn a_participant_sends_the_same_update_again_after_a_failed_upload_and_a_r
     expect_sum_then_stop(nodes, "again").await;
 }
 
-/// A committee member pins the first contributor set it releases keys for, and the pin
-/// survives a restart: the same set is answered again with the same bytes, any other set is
-/// refused; a set naming a participant whose seeds the member never received is refused
-/// before anything is pinned. The coordinator then completes the round over the pinned set.
+/// A committee member pins the first contributor set it is asked to attest, and the pin
+/// survives a restart: the same set is attested and answered again with the same bytes, any
+/// other set is refused; a set naming a participant whose seeds the member never received is
+/// refused before anything is pinned. Keys are released only against t valid attestations
+/// (a forged one does not count). The coordinator then completes the round over the pinned
+/// set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
     let (dirs, mut nodes) = start_local_network(6).await.unwrap();
@@ -539,16 +551,21 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
     wait_info(&nodes[1], "pinned", |i| i.seeds_held >= 3, LONG)
         .await
         .unwrap();
-    let release = |contributors: Vec<String>| {
-        let mut contributors = contributors;
+    let sorted = |mut contributors: Vec<String>| {
         contributors.sort();
-        AggMsg::Release {
-            session: "pinned".into(),
-            request: ReleaseRequest {
-                contributors,
-                assignment: context.committee().assign(&[0, 1]).unwrap(),
-            },
-        }
+        contributors
+    };
+    let pin = |contributors: Vec<String>| AggMsg::Pin {
+        session: "pinned".into(),
+        contributors: sorted(contributors),
+    };
+    let release_with = |contributors: Vec<String>, pins: Vec<Attestation>| AggMsg::Release {
+        session: "pinned".into(),
+        request: ReleaseRequest {
+            contributors: sorted(contributors),
+            assignment: context.committee().assign(&[0, 1]).unwrap(),
+        },
+        pins,
     };
     let submitted = vec![participants[0].clone(), participants[1].clone()];
     let other = vec![participants[0].clone(), participants[2].clone()];
@@ -563,9 +580,51 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
         let (network, member) = (coordinator.network.clone(), member.peer_id);
         async move { network.request(member, request).await.unwrap() }
     };
-    let (code, message) = refusal(&nodes[0], &nodes[1], &release(with_gone)).await;
+    let (code, message) = refusal(&nodes[0], &nodes[1], &pin(with_gone)).await;
     assert_eq!(code, "bad_input", "{message}");
     assert!(message.contains("holds no seeds"), "{message}");
+    // Nothing is released before the member pinned the set.
+    let (code, message) = refusal(
+        &nodes[0],
+        &nodes[1],
+        &release_with(submitted.clone(), Vec::new()),
+    )
+    .await;
+    assert_eq!(code, "wrong_phase", "{message}");
+    let mut pins = Vec::new();
+    for (index, member) in [(0u32, &nodes[1]), (1, &nodes[2])] {
+        let reply = match answer(&nodes[0], member, pin(submitted.clone())).await {
+            Response::Aggregation(bytes) => messages::decode::<AggReply>(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let AggReply::Pinned(signature) = reply else {
+            panic!("{reply:?}");
+        };
+        pins.push(Attestation {
+            member: index,
+            signature,
+        });
+    }
+    // One attestation, or one plus a forgery (member 0's signature passed off as member
+    // 1's), is below the threshold of two.
+    let forged = vec![
+        pins[0].clone(),
+        Attestation {
+            member: 1,
+            signature: pins[0].signature.clone(),
+        },
+    ];
+    for short in [vec![pins[0].clone()], forged] {
+        let (code, message) = refusal(
+            &nodes[0],
+            &nodes[1],
+            &release_with(submitted.clone(), short),
+        )
+        .await;
+        assert_eq!(code, "bad_input", "{message}");
+        assert!(message.contains("attest"), "{message}");
+    }
+    let release = |contributors: Vec<String>| release_with(contributors, pins.clone());
     let first = match answer(&nodes[0], &nodes[1], release(submitted.clone())).await {
         Response::Aggregation(bytes) => bytes,
         other => panic!("{other:?}"),
@@ -580,6 +639,8 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
     nodes.insert(1, member);
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
 
+    let (code, message) = refusal(&nodes[0], &nodes[1], &pin(other.clone())).await;
+    assert_eq!(code, "duplicate", "{message}");
     let (code, message) = refusal(&nodes[0], &nodes[1], &release(other)).await;
     assert_eq!(code, "duplicate", "{message}");
     match answer(&nodes[0], &nodes[1], release(submitted)).await {

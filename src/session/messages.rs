@@ -43,10 +43,12 @@ pub enum AggMsg {
         participants: Vec<String>,
     },
     /// Coordinator → member: release the keys of this contributor set, for the sets assigned
-    /// to you.
+    /// to you; `pins` are the members' attestations that they pinned this set (at least t
+    /// must verify).
     Release {
         session: String,
         request: ReleaseRequest,
+        pins: Vec<Attestation>,
     },
     /// Coordinator → participants: the result.
     Result { result: PackedResult },
@@ -55,6 +57,22 @@ pub enum AggMsg {
         session: String,
         reason: Option<String>,
     },
+    /// Coordinator → member: pin this contributor set (sorted) and attest it.
+    Pin {
+        session: String,
+        contributors: Vec<String>,
+    },
+}
+
+/// A member's signature, by its node identity, over [`pin_statement`] of a contributor set.
+///
+/// [`pin_statement`]: super::roles::member::pin_statement
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// The member's committee index.
+    pub member: u32,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +87,8 @@ pub enum AggReply {
     Held(Vec<String>),
     /// A key release's wire bytes.
     Release(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The member's attestation of the contributor set it pinned.
+    Pinned(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl AggMsg {
@@ -79,7 +99,8 @@ impl AggMsg {
             | AggMsg::SubmitPiece { session, .. }
             | AggMsg::Holdings { session, .. }
             | AggMsg::Release { session, .. }
-            | AggMsg::Ended { session, .. } => session,
+            | AggMsg::Ended { session, .. }
+            | AggMsg::Pin { session, .. } => session,
             AggMsg::Result { result } => result.session(),
         }
     }
@@ -92,6 +113,7 @@ impl AggMsg {
             AggMsg::Release { .. } => "release",
             AggMsg::Result { .. } => "result",
             AggMsg::Ended { .. } => "ended",
+            AggMsg::Pin { .. } => "pin",
         }
     }
 }

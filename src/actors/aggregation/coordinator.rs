@@ -9,10 +9,10 @@ use crate::session::records;
 use crate::session::roles::coordinator::{CoordinatorEffect, CoordinatorState};
 use crate::session::ResultKind;
 use crate::store::pieces::Upload;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::session::messages::PIECE_BYTES;
+use crate::session::messages::{Attestation, PIECE_BYTES};
 
 /// A coordinated session as stored: its plan and its machine's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,6 +215,46 @@ fn fail(reason: impl Into<String>) -> CoordinatorEvent {
     CoordinatorEvent::Fail {
         reason: reason.into(),
     }
+}
+
+/// Asks each of `members` to pin `contributors` and gathers the attestations that came back
+/// (a member that cannot be reached or refuses simply adds none).
+fn gather_pins(
+    link: Link,
+    session: String,
+    committee: &[String],
+    members: &[u32],
+    contributors: Vec<String>,
+) -> futures::future::BoxFuture<'static, Vec<Attestation>> {
+    let asks: Vec<_> = members
+        .iter()
+        .filter_map(|&m| committee.get(m as usize).map(|peer| (m, peer.clone())))
+        .collect();
+    let msg = AggMsg::Pin {
+        session,
+        contributors,
+    };
+    Box::pin(async move {
+        let answers = futures::future::join_all(asks.iter().map(|(member, peer)| {
+            let msg = &msg;
+            let link = &link;
+            async move {
+                match link.send_briefly(peer, msg).await {
+                    Ok(AggReply::Pinned(signature)) => Some(Attestation {
+                        member: *member,
+                        signature,
+                    }),
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(%peer, error = %e, "member did not attest the contributor set");
+                        None
+                    }
+                }
+            }
+        }))
+        .await;
+        answers.into_iter().flatten().collect()
+    })
 }
 
 impl AggregationActor {
@@ -474,16 +514,29 @@ impl AggregationActor {
                     contributors: machine.contributors.clone(),
                     assignment: machine.assignment.clone(),
                 };
+                // Every member of T first pins S and attests it; the releases carry the
+                // attestations (members release only against t of them). Asked again after a
+                // re-assignment or a restart, a member attests the same S again.
+                let pins = gather_pins(
+                    link.clone(),
+                    session.clone(),
+                    &plan.committee,
+                    &machine.answering,
+                    machine.contributors.clone(),
+                )
+                .shared();
                 for member in members {
                     let Some(peer) = plan.committee.get(member as usize).cloned() else {
                         continue;
                     };
-                    let msg = AggMsg::Release {
-                        session: session.clone(),
-                        request: request.clone(),
-                    };
-                    let (link, session) = (link.clone(), session.clone());
+                    let (link, session, request) = (link.clone(), session.clone(), request.clone());
+                    let pins = pins.clone();
                     work.push(Box::pin(async move {
+                        let msg = AggMsg::Release {
+                            session: session.clone(),
+                            request,
+                            pins: pins.await,
+                        };
                         let failed = |reason: String| {
                             Some(Internal::Event(
                                 session.clone(),

@@ -1,11 +1,40 @@
 //! The committee member's side of the actor: it drives the member machine
 //! (`session::roles::member`) and keeps the secrets in the key actor. Seeds are persisted
-//! before they are acknowledged; the contributor set is persisted before any byte of a release
-//! leaves.
+//! before they are acknowledged; the pinned contributor set is persisted before its
+//! attestation leaves, and keys are released only against t verified attestations.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
 
 use super::*;
-use crate::crypto::kahe::{ReleaseRequest, SeedBundle};
-use crate::session::roles::member::{MemberDecision, MemberInput};
+use crate::crypto::kahe::{contributors_digest, ReleaseRequest, SeedBundle};
+use crate::session::messages::Attestation;
+use crate::session::roles::member::{pin_statement, MemberDecision, MemberInput};
+
+/// The committee indices whose attestations of `statement` verify under their own member's
+/// peer id (an Ed25519 identity, whose peer id carries the public key).
+fn verified_attesters(
+    committee: &[String],
+    statement: &[u8],
+    pins: &[Attestation],
+) -> BTreeSet<u32> {
+    pins.iter()
+        .filter(|pin| {
+            let Some(peer) = committee.get(pin.member as usize) else {
+                return false;
+            };
+            let Ok(peer) = PeerId::from_str(peer) else {
+                return false;
+            };
+            let hash = peer.as_ref();
+            // 0x00: the identity multihash, which holds the public key itself.
+            hash.code() == 0x00
+                && libp2p::identity::PublicKey::try_decode_protobuf(hash.digest())
+                    .is_ok_and(|key| key.verify(statement, &pin.signature))
+        })
+        .map(|pin| pin.member)
+        .collect()
+}
 
 impl AggregationActor {
     /// A participant's seeds for this member.
@@ -72,13 +101,49 @@ impl AggregationActor {
         }
     }
 
-    /// The keys of one contributor set: checked by the machine, the set persisted on its first
-    /// request, then computed by the key actor (off this actor).
+    /// Pins contributor set `contributors` (checked by the machine, persisted the first time)
+    /// and answers with this node's signature over it.
+    pub(super) async fn pin(
+        &mut self,
+        from: &str,
+        session: &str,
+        contributors: &[String],
+    ) -> Result<Vec<u8>, SessionError> {
+        let mut joined = self
+            .joined
+            .get(session)
+            .cloned()
+            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
+        let context = joined.plan.context()?;
+        let Some(member) = joined.member.as_mut() else {
+            return Err(SessionError::UnknownSession(session.to_string()));
+        };
+        let input = MemberInput::Pin {
+            from,
+            contributors,
+            context: &context,
+        };
+        if let MemberDecision::Pin { first: true } =
+            member.handle(input, self.policy.min_contributors_floor)?
+        {
+            self.persist_joined(&joined).await?;
+            self.joined.insert(session.to_string(), joined);
+        }
+        let statement = pin_statement(&contributors_digest(&context, contributors));
+        self.identity
+            .sign(&statement)
+            .map_err(|e| SessionError::BadInput(format!("cannot sign the attestation: {e}")))
+    }
+
+    /// The keys of one contributor set: checked by the machine against the set this member
+    /// pinned and the attestations that verify, then computed by the key actor (off this
+    /// actor).
     pub(super) async fn release(
         &mut self,
         from: &str,
         session: &str,
         request: ReleaseRequest,
+        pins: &[Attestation],
     ) -> Result<BoxedAnswer, SessionError> {
         let mut joined = self
             .joined
@@ -90,17 +155,15 @@ impl AggregationActor {
             return Err(SessionError::UnknownSession(session.to_string()));
         };
         let index = member.index;
+        let statement = pin_statement(&request.contributors_digest(&context));
+        let attested = verified_attesters(&joined.plan.committee, &statement, pins);
         let input = MemberInput::Release {
             from,
             request: &request,
             context: &context,
+            attested: &attested,
         };
-        if let MemberDecision::Release { first: true } =
-            member.handle(input, self.policy.min_contributors_floor)?
-        {
-            self.persist_joined(&joined).await?;
-            self.joined.insert(session.to_string(), joined);
-        }
+        member.handle(input, self.policy.min_contributors_floor)?;
         let (keys, session) = (self.keys.clone(), session.to_string());
         Ok(Box::pin(async move {
             keys.release(&session, index, context, request)

@@ -225,6 +225,7 @@ fn error_response(e: &SessionError) -> Response {
 
 struct AggregationActor {
     link: Link,
+    identity: libp2p::identity::Keypair,
     store: Store,
     keys: KeysHandle,
     metrics: NodeMetrics,
@@ -254,6 +255,8 @@ struct AggregationActor {
 
 pub struct AggregationDeps {
     pub me: PeerId,
+    /// The node's identity: a member signs its attestations with it.
+    pub identity: libp2p::identity::Keypair,
     pub store: Store,
     pub network: NetworkHandle,
     pub keys: KeysHandle,
@@ -271,6 +274,7 @@ pub fn spawn(
 ) -> (AggregationHandle, impl std::future::Future<Output = ()>) {
     let (mailbox, rx) = Mailbox::new("aggregation", 256);
     let actor = AggregationActor {
+        identity: deps.identity,
         link: Link {
             me: deps.me,
             network: deps.network,
@@ -744,12 +748,24 @@ impl AggregationActor {
                     .map(AggReply::Held);
                 Box::pin(async move { r })
             }
-            AggMsg::Release { session, request } => {
-                match self.release(&from, &session, request).await {
-                    Ok(answer) => answer,
-                    Err(e) => Box::pin(async move { Err(e) }),
-                }
+            AggMsg::Pin {
+                session,
+                contributors,
+            } => {
+                let r = self
+                    .pin(&from, &session, &contributors)
+                    .await
+                    .map(AggReply::Pinned);
+                Box::pin(async move { r })
             }
+            AggMsg::Release {
+                session,
+                request,
+                pins,
+            } => match self.release(&from, &session, request, &pins).await {
+                Ok(answer) => answer,
+                Err(e) => Box::pin(async move { Err(e) }),
+            },
             // Pieces are decoded borrowed before this match; this arm only keeps it total.
             AggMsg::SubmitPiece {
                 session,

@@ -8,10 +8,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::super::params::Rounding;
 use super::super::rng::{os_seed, ChunkRandomness};
 use super::super::wire::{envelope_digest, seal_frame};
 use super::super::CryptoError;
-use super::super::params::Rounding;
 use super::codec::{
     encode_fixed, field_of, nearest_addends, read_field, with_field_width, write_field,
     write_fields,

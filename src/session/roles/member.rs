@@ -1,22 +1,36 @@
 //! A committee member's session: it stores each participant's seeds (the bundles themselves
 //! live in the keys store; the state keeps their digests), tells the coordinator which it
-//! holds, and releases keys for exactly one contributor set S, also across restarts.
+//! holds, pins exactly one contributor set S (also across restarts) and attests it, and
+//! releases keys for S only once at least t members attest the same S.
+//!
+//! Why the attestations: members that each release for a different set let a coordinator
+//! combine the releases linearly. With k = 3, t = 2 and three members pinned to S1, S2 and
+//! S3 = S1 ∪ S2 (disjoint), every set's key follows from the other two, so S1 = {P, Sybil}
+//! exposes P. An honest member pins one set only, so t attestations of S and t of S' ≠ S
+//! share at least 2t − k members, all of whom must be colluding: with fewer colluders every
+//! honest release is for the same S (docs/CRYPTO.md A.5).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::Roster;
-use crate::crypto::kahe::{ReleaseRequest, SessionContext};
+use crate::crypto::kahe::{contributors_digest, ReleaseRequest, SessionContext};
 use crate::session::{Phase, SessionError};
+
+/// What a member signs, with its node identity, to attest that it pinned the contributor set
+/// with this digest (the digest binds the session's plan, hence the session).
+pub fn pin_statement(contributors_digest: &[u8; 32]) -> Vec<u8> {
+    [&b"fhenode pin v1\0"[..], contributors_digest].concat()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberPhase {
     /// Receiving seeds.
     Holding,
-    /// Keys were released for one contributor set; only that set is answered again.
-    Released,
+    /// One contributor set is pinned: only that set is attested and answered.
+    Pinned,
     /// The session ended; the seeds are deleted.
     Ended,
 }
@@ -29,8 +43,8 @@ pub struct MemberState {
     pub phase: MemberPhase,
     /// Digest of each participant's stored seed bundle.
     pub seeds: BTreeMap<String, [u8; 32]>,
-    /// The digest of the one contributor set this member releases keys for.
-    pub released_for: Option<[u8; 32]>,
+    /// The digest of the one contributor set this member attests and releases keys for.
+    pub pinned: Option<[u8; 32]>,
 }
 
 /// What a peer asks of a member.
@@ -43,12 +57,21 @@ pub enum MemberInput<'a> {
         from: &'a str,
         participants: &'a [String],
     },
-    /// The coordinator asks for the keys of a contributor set under an assignment of the sets;
-    /// `context` is the session's (the plan digest binds S's digest to it).
+    /// The coordinator asks this member to pin the contributor set S and attest it; `context`
+    /// is the session's (the plan digest binds S's digest to it).
+    Pin {
+        from: &'a str,
+        contributors: &'a [String],
+        context: &'a SessionContext,
+    },
+    /// The coordinator asks for the keys of a contributor set under an assignment of the sets.
+    /// `attested` holds the committee indices whose attestations of this set the caller
+    /// verified.
     Release {
         from: &'a str,
         request: &'a ReleaseRequest,
         context: &'a SessionContext,
+        attested: &'a BTreeSet<u32>,
     },
     /// The coordinator says the session is over (done or failed).
     Ended { from: &'a str },
@@ -63,9 +86,11 @@ pub enum MemberDecision {
     AlreadyHeld,
     /// Answer with these participants (those asked whose seeds are held).
     Held(Vec<String>),
-    /// Compute the release; when `first`, the state (now naming S) is persisted before any
-    /// byte of it leaves the node.
-    Release { first: bool },
+    /// Attest S; when `first`, the state (now naming S) is persisted before the attestation
+    /// leaves the node.
+    Pin { first: bool },
+    /// Compute the release.
+    Release,
     /// Delete the seeds and persist the ended state.
     Forget,
 }
@@ -77,7 +102,7 @@ impl MemberState {
             index,
             phase: MemberPhase::Holding,
             seeds: BTreeMap::new(),
-            released_for: None,
+            pinned: None,
         }
     }
 
@@ -85,9 +110,17 @@ impl MemberState {
     pub fn session_phase(&self) -> Phase {
         match self.phase {
             MemberPhase::Holding => Phase::Collecting,
-            MemberPhase::Released => Phase::Decrypting,
+            MemberPhase::Pinned => Phase::Decrypting,
             MemberPhase::Ended => Phase::Done,
         }
+    }
+
+    fn other_set(&self) -> SessionError {
+        SessionError::Duplicate(format!(
+            "member {} pinned another contributor set of session `{}`; it attests and answers \
+             no other",
+            self.index, self.roster.id
+        ))
     }
 
     fn wrong(&self, what: &str) -> SessionError {
@@ -119,10 +152,11 @@ impl MemberState {
                         "participant {from} already delivered different seeds for session `{}`",
                         self.roster.id
                     ))),
-                    // Seeds that arrive after the release cannot be used: refusing them tells
+                    // Seeds that arrive after S is pinned cannot be used: refusing them tells
                     // the participant its body will not count.
-                    None if self.phase == MemberPhase::Released => {
-                        Err(self.wrong("keys were already released; late seeds are refused"))
+                    None if self.phase == MemberPhase::Pinned => {
+                        Err(self
+                            .wrong("the contributor set is already pinned; late seeds are refused"))
                     }
                     None => {
                         self.seeds.insert(from.to_string(), digest);
@@ -140,34 +174,25 @@ impl MemberState {
                         .collect(),
                 ))
             }
-            MemberInput::Release {
+            MemberInput::Pin {
                 from,
-                request,
+                contributors,
                 context,
             } => {
                 self.roster.check_coordinator(from)?;
-                // Every check runs before S is fixed: a refused request fixes nothing.
-                request.check(context)?;
-                let mine = context
-                    .committee()
-                    .assigned_to(&request.assignment, self.index)?;
-                if mine.is_empty() {
-                    return Err(SessionError::BadInput(format!(
-                        "the assignment gives member {} no set",
-                        self.index
-                    )));
+                // Every check runs before S is pinned: a refused request pins nothing.
+                if contributors.is_empty() || !contributors.windows(2).all(|w| w[0] < w[1]) {
+                    return Err(SessionError::BadInput(
+                        "contributors must be given sorted and distinct".into(),
+                    ));
                 }
-                let digest = request.contributors_digest(context);
-                let contributors = &request.contributors;
-                if let Some(fixed) = self.released_for {
-                    if fixed != digest {
-                        return Err(SessionError::Duplicate(format!(
-                            "member {} already released keys for another contributor set of \
-                             session `{}`; it answers no other",
-                            self.index, self.roster.id
-                        )));
-                    }
-                    return Ok(MemberDecision::Release { first: false });
+                let digest = contributors_digest(context, contributors);
+                if let Some(pinned) = self.pinned {
+                    return if pinned == digest {
+                        Ok(MemberDecision::Pin { first: false })
+                    } else {
+                        Err(self.other_set())
+                    };
                 }
                 let needed = self.roster.min_participants.max(floor);
                 if (contributors.len() as u32) < needed {
@@ -192,9 +217,43 @@ impl MemberState {
                         self.index
                     )));
                 }
-                self.released_for = Some(digest);
-                self.phase = MemberPhase::Released;
-                Ok(MemberDecision::Release { first: true })
+                self.pinned = Some(digest);
+                self.phase = MemberPhase::Pinned;
+                Ok(MemberDecision::Pin { first: true })
+            }
+            MemberInput::Release {
+                from,
+                request,
+                context,
+                attested,
+            } => {
+                self.roster.check_coordinator(from)?;
+                request.check(context)?;
+                let mine = context
+                    .committee()
+                    .assigned_to(&request.assignment, self.index)?;
+                if mine.is_empty() {
+                    return Err(SessionError::BadInput(format!(
+                        "the assignment gives member {} no set",
+                        self.index
+                    )));
+                }
+                match self.pinned {
+                    None => return Err(self.wrong("no contributor set is pinned yet")),
+                    Some(pinned) if pinned != request.contributors_digest(context) => {
+                        return Err(self.other_set())
+                    }
+                    Some(_) => {}
+                }
+                let t = self.roster.threshold;
+                if (attested.len() as u32) < t {
+                    return Err(SessionError::BadInput(format!(
+                        "{} members attest this contributor set; keys are released only when \
+                         the threshold {t} do, so that no other set can be answered",
+                        attested.len()
+                    )));
+                }
+                Ok(MemberDecision::Release)
             }
             MemberInput::Ended { from } => {
                 self.roster.check_coordinator(from)?;
@@ -229,6 +288,7 @@ mod tests {
         }
     }
 
+    /// Asks `m` to pin the set of `r`.
     fn ask(
         m: &mut MemberState,
         r: &ReleaseRequest,
@@ -237,12 +297,31 @@ mod tests {
     ) -> Result<MemberDecision, SessionError> {
         let ctx = context();
         m.handle(
-            MemberInput::Release {
+            MemberInput::Pin {
                 from,
-                request: r,
+                contributors: &r.contributors,
                 context: &ctx,
             },
             floor,
+        )
+    }
+
+    /// Asks `m` for its release of `r`, with the attestations of `attested`.
+    fn release(
+        m: &mut MemberState,
+        r: &ReleaseRequest,
+        attested: &[u32],
+    ) -> Result<MemberDecision, SessionError> {
+        let ctx = context();
+        let attested: BTreeSet<u32> = attested.iter().copied().collect();
+        m.handle(
+            MemberInput::Release {
+                from: "coord",
+                request: r,
+                context: &ctx,
+                attested: &attested,
+            },
+            2,
         )
     }
 
@@ -303,24 +382,39 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_released_for_one_contributor_set_only() {
+    fn one_contributor_set_is_pinned_and_released_only_with_t_attestations() {
         let mut m = member();
         let s = request(&["p0", "p1"]);
+        // Nothing is released before S is pinned.
         assert_eq!(
-            ask(&mut m, &s, "coord", 2).unwrap(),
-            MemberDecision::Release { first: true }
+            release(&mut m, &s, &[0, 1]).unwrap_err().code(),
+            "wrong_phase"
         );
         assert_eq!(
             ask(&mut m, &s, "coord", 2).unwrap(),
-            MemberDecision::Release { first: false }
+            MemberDecision::Pin { first: true }
+        );
+        assert_eq!(
+            ask(&mut m, &s, "coord", 2).unwrap(),
+            MemberDecision::Pin { first: false }
+        );
+        // Fewer than t = 2 attestations: refused.
+        assert_eq!(release(&mut m, &s, &[1]).unwrap_err().code(), "bad_input");
+        assert_eq!(
+            release(&mut m, &s, &[0, 1]).unwrap(),
+            MemberDecision::Release
         );
         // The same S under another assignment is answered too.
         let mut other_assignment = s.clone();
         other_assignment.assignment = context().committee().assign(&[1, 2]).unwrap();
-        assert!(ask(&mut m, &other_assignment, "coord", 2).is_ok());
+        assert!(release(&mut m, &other_assignment, &[1, 2]).is_ok());
         let s2 = request(&["p0", "p2"]);
         assert_eq!(
             ask(&mut m, &s2, "coord", 2).unwrap_err().code(),
+            "duplicate"
+        );
+        assert_eq!(
+            release(&mut m, &s2, &[0, 1, 2]).unwrap_err().code(),
             "duplicate"
         );
         // After a restart (the persisted state), still only the first set.
@@ -332,9 +426,13 @@ mod tests {
         );
         assert_eq!(
             ask(&mut restarted, &s, "coord", 2).unwrap(),
-            MemberDecision::Release { first: false }
+            MemberDecision::Pin { first: false }
         );
-        // Late seeds are refused once released.
+        assert_eq!(
+            release(&mut restarted, &s, &[0, 1]).unwrap(),
+            MemberDecision::Release
+        );
+        // Late seeds are refused once pinned.
         let late = MemberInput::Seeds {
             from: "p3",
             digest: [3; 32],
@@ -377,11 +475,11 @@ mod tests {
         assert!(ask(&mut m, &request(&["p0", "p0"]), "coord", 2).is_err());
         let mut elsewhere = request(&["p0", "p1"]);
         elsewhere.assignment = context().committee().assign(&[0, 2]).unwrap();
-        assert!(ask(&mut m, &elsewhere, "coord", 2)
+        assert!(release(&mut m, &elsewhere, &[0, 1, 2])
             .unwrap_err()
             .to_string()
             .contains("no set"));
-        assert_eq!(m.released_for, None);
+        assert_eq!(m.pinned, None);
         assert_eq!(m.phase, MemberPhase::Holding);
         // The session's end forgets, and nothing is answered afterwards.
         assert_eq!(
