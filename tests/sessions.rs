@@ -54,6 +54,28 @@ fn coordinator_plan(coordinator: &Node, id: &str) -> SessionPlan {
     record.plan
 }
 
+/// Session `id` of the restart tests, coordinated by node 0: nodes 1 and 2 are its committee
+/// (t = 2) and its participants; returns once both delivered their seeds.
+async fn open_two_participant_session(nodes: &[Node], id: &str) {
+    let spec = SessionSpec {
+        id: Some(id.into()),
+        length: Some(1000),
+        profile: Some(Profile::Fast),
+        committee: ids(&[&nodes[1], &nodes[2]]),
+        threshold: Some(2),
+        participants: ids(&[&nodes[1], &nodes[2]]),
+        deadline_secs: Some(600),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    nodes[0].aggregation.create(spec).await.unwrap();
+    for node in &nodes[1..] {
+        wait_info(node, id, |i| i.seeds_delivered >= 2, LONG)
+            .await
+            .unwrap();
+    }
+}
+
 /// The two-contributor sum 1.5 − 0.25 the restart tests submit, then every node stopped.
 async fn expect_sum_then_stop(nodes: Vec<Node>, session: &str) {
     let result = wait_result(&nodes[0], session, LONG).await.unwrap();
@@ -383,23 +405,7 @@ async fn sessions_across_six_nodes() {
 async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record() {
     let (dirs, mut nodes) = start_local_network(3).await.unwrap();
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    let spec = SessionSpec {
-        id: Some("kept".into()),
-        length: Some(1000),
-        profile: Some(Profile::Fast),
-        committee: ids(&[&nodes[1], &nodes[2]]),
-        threshold: Some(2),
-        participants: ids(&[&nodes[1], &nodes[2]]),
-        deadline_secs: Some(600),
-        result: ResultKind::Sum,
-        ..Default::default()
-    };
-    nodes[0].aggregation.create(spec).await.unwrap();
-    for node in &nodes[1..] {
-        wait_info(node, "kept", |i| i.seeds_delivered >= 2, LONG)
-            .await
-            .unwrap();
-    }
+    open_two_participant_session(&nodes, "kept").await;
     nodes[1]
         .aggregation
         .submit("kept", vec![1.5; 1000])
@@ -452,23 +458,7 @@ async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record(
 async fn a_participant_sends_the_same_update_again_after_a_failed_upload_and_a_restart() {
     let (dirs, mut nodes) = start_local_network(3).await.unwrap();
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    let spec = SessionSpec {
-        id: Some("again".into()),
-        length: Some(1000),
-        profile: Some(Profile::Fast),
-        committee: ids(&[&nodes[1], &nodes[2]]),
-        threshold: Some(2),
-        participants: ids(&[&nodes[1], &nodes[2]]),
-        deadline_secs: Some(600),
-        result: ResultKind::Sum,
-        ..Default::default()
-    };
-    nodes[0].aggregation.create(spec).await.unwrap();
-    for node in &nodes[1..] {
-        wait_info(node, "again", |i| i.seeds_delivered >= 2, LONG)
-            .await
-            .unwrap();
-    }
+    open_two_participant_session(&nodes, "again").await;
     let coordinator = nodes.remove(0);
     coordinator.shutdown().await.unwrap();
     let failed = nodes[0].aggregation.submit("again", vec![1.5; 1000]).await;

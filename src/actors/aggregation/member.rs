@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use super::*;
+use crate::crypto::kahe::SessionContext;
 use crate::crypto::kahe::{contributors_digest, ReleaseRequest, SeedBundle};
 use crate::session::messages::Attestation;
-use crate::session::roles::member::{pin_statement, MemberDecision, MemberInput};
+use crate::session::roles::member::{pin_statement, MemberDecision, MemberInput, MemberState};
 
 /// The committee indices whose attestations of `statement` verify under their own member's
 /// peer id (an Ed25519 identity, whose peer id carries the public key).
@@ -101,6 +102,19 @@ impl AggregationActor {
         }
     }
 
+    /// A session in which this node is a committee member: a copy of it, of the member's
+    /// machine (to change and put back), and its context.
+    fn member_session(
+        &self,
+        session: &str,
+    ) -> Result<(Joined, MemberState, SessionContext), SessionError> {
+        let unknown = || SessionError::UnknownSession(session.to_string());
+        let joined = self.joined.get(session).cloned().ok_or_else(unknown)?;
+        let member = joined.member.clone().ok_or_else(unknown)?;
+        let context = joined.plan.context()?;
+        Ok((joined, member, context))
+    }
+
     /// Pins contributor set `contributors` (checked by the machine, persisted the first time)
     /// and answers with this node's signature over it.
     pub(super) async fn pin(
@@ -109,15 +123,7 @@ impl AggregationActor {
         session: &str,
         contributors: &[String],
     ) -> Result<Vec<u8>, SessionError> {
-        let mut joined = self
-            .joined
-            .get(session)
-            .cloned()
-            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
-        let context = joined.plan.context()?;
-        let Some(member) = joined.member.as_mut() else {
-            return Err(SessionError::UnknownSession(session.to_string()));
-        };
+        let (mut joined, mut member, context) = self.member_session(session)?;
         let input = MemberInput::Pin {
             from,
             contributors,
@@ -126,6 +132,7 @@ impl AggregationActor {
         if let MemberDecision::Pin { first: true } =
             member.handle(input, self.policy.min_contributors_floor)?
         {
+            joined.member = Some(member);
             self.persist_joined(&joined).await?;
             self.joined.insert(session.to_string(), joined);
         }
@@ -145,15 +152,7 @@ impl AggregationActor {
         request: ReleaseRequest,
         pins: &[Attestation],
     ) -> Result<BoxedAnswer, SessionError> {
-        let mut joined = self
-            .joined
-            .get(session)
-            .cloned()
-            .ok_or_else(|| SessionError::UnknownSession(session.to_string()))?;
-        let context = joined.plan.context()?;
-        let Some(member) = joined.member.as_mut() else {
-            return Err(SessionError::UnknownSession(session.to_string()));
-        };
+        let (joined, mut member, context) = self.member_session(session)?;
         let index = member.index;
         let statement = pin_statement(&request.contributors_digest(&context));
         let attested = verified_attesters(&joined.plan.committee, &statement, pins);
