@@ -8,77 +8,34 @@ pub const fn packed_width(keep_bits: u32) -> usize {
     (keep_bits / 8) as usize
 }
 
-/// Runs `$body` with `$w` bound to the packed width as a constant (1..=16 bytes).
+/// Runs `$body` with `$w` bound to a width in bytes as a constant, so that loops over fixed
+/// width fields compile to straight-line code. The listed widths get an arm each; any other
+/// width runs as the last one (callers validate widths first). By default 1..=16 bytes (the
+/// packed torus coefficients); the aggregation fields list 1..=7.
 macro_rules! with_width {
     ($width:expr, $w:ident => $body:expr) => {
+        $crate::crypto::codec::with_width!(
+            $width,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15; 16],
+            $w => $body
+        )
+    };
+    ($width:expr, [$($n:literal),+; $last:literal], $w:ident => $body:expr) => {
         match $width {
-            1 => {
-                const $w: usize = 1;
-                $body
-            }
-            2 => {
-                const $w: usize = 2;
-                $body
-            }
-            3 => {
-                const $w: usize = 3;
-                $body
-            }
-            4 => {
-                const $w: usize = 4;
-                $body
-            }
-            5 => {
-                const $w: usize = 5;
-                $body
-            }
-            6 => {
-                const $w: usize = 6;
-                $body
-            }
-            7 => {
-                const $w: usize = 7;
-                $body
-            }
-            8 => {
-                const $w: usize = 8;
-                $body
-            }
-            9 => {
-                const $w: usize = 9;
-                $body
-            }
-            10 => {
-                const $w: usize = 10;
-                $body
-            }
-            11 => {
-                const $w: usize = 11;
-                $body
-            }
-            12 => {
-                const $w: usize = 12;
-                $body
-            }
-            13 => {
-                const $w: usize = 13;
-                $body
-            }
-            14 => {
-                const $w: usize = 14;
-                $body
-            }
-            15 => {
-                const $w: usize = 15;
-                $body
-            }
+            $(
+                $n => {
+                    const $w: usize = $n;
+                    $body
+                }
+            )+
             _ => {
-                const $w: usize = 16;
+                const $w: usize = $last;
                 $body
             }
         }
     };
 }
+pub(crate) use with_width;
 
 /// Appends each value rounded to its top `keep_bits` bits (round to nearest), little-endian.
 pub fn pack_rounded<T: Torus>(values: &[T], keep_bits: u32, out: &mut Vec<u8>) {

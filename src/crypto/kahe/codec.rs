@@ -108,39 +108,11 @@ pub fn write_fields(bytes: &mut [u8], width: usize, values: &[u64]) {
     })
 }
 
-/// Runs `$body` with `$w` bound to the field width in bytes as a constant (1..=7).
+/// Runs `$body` with `$w` bound to the field width in bytes as a constant (1..=7, the wire
+/// widths of `KaheParams`).
 macro_rules! with_field_width {
     ($width:expr, $w:ident => $body:expr) => {
-        match $width {
-            1 => {
-                const $w: usize = 1;
-                $body
-            }
-            2 => {
-                const $w: usize = 2;
-                $body
-            }
-            3 => {
-                const $w: usize = 3;
-                $body
-            }
-            4 => {
-                const $w: usize = 4;
-                $body
-            }
-            5 => {
-                const $w: usize = 5;
-                $body
-            }
-            6 => {
-                const $w: usize = 6;
-                $body
-            }
-            _ => {
-                const $w: usize = 7;
-                $body
-            }
-        }
+        $crate::crypto::codec::with_width!($width, [1, 2, 3, 4, 5, 6; 7], $w => $body)
     };
 }
 pub(crate) use with_field_width;
