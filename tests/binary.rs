@@ -40,7 +40,7 @@ fn promtool_check(metrics: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
-    let root = tempfile::tempdir().unwrap();
+    let root = TestRoot::new();
     let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
     let client = client();
     let timeout = Duration::from_secs(60);

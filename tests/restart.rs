@@ -27,7 +27,7 @@ async fn seeds_delivered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_session_resumes_and_completes() {
-    let root = tempfile::tempdir().unwrap();
+    let root = TestRoot::new();
     let client = client();
     let timeout = Duration::from_secs(90);
     let dirs: Vec<_> = ["coord", "member", "p1", "p2"]
@@ -137,7 +137,7 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_after_the_submissions_leaves_the_session_to_the_others() {
-    let root = tempfile::tempdir().unwrap();
+    let root = TestRoot::new();
     let client = client();
     let timeout = Duration::from_secs(90);
     // The coordinator, five members (threshold 4), and three participants of their own.

@@ -20,6 +20,33 @@ impl Drop for Daemon {
     }
 }
 
+/// A temporary directory for the nodes' data and logs, kept (and its path printed) when the
+/// test fails, so that a failure in CI leaves the nodes' logs to read.
+pub struct TestRoot(Option<tempfile::TempDir>);
+
+impl TestRoot {
+    pub fn new() -> Self {
+        TestRoot(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().map(|d| d.path()).unwrap_or(Path::new("."))
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!(
+                    "the nodes' data and logs are kept in {}",
+                    dir.keep().display()
+                );
+            }
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
