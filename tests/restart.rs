@@ -110,6 +110,20 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
         "the acknowledged submission survived the crash"
     );
 
+    // A long poll on the collecting session answers once the last submission moves it on.
+    let bad_wait = client
+        .get(format!("{}/v1/sessions/restart?wait=soon", coord.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_wait.status(), 400);
+    let poll = tokio::spawn({
+        let (client, url) = (
+            client.clone(),
+            format!("{}/v1/sessions/restart?wait=60", coord.api),
+        );
+        async move { client.get(url).send().await.unwrap().json::<Value>().await }
+    });
     let second = client
         .post(format!("{}/v1/sessions/restart/update", others[2].api))
         .json(&json!({ "values": update(2.0) }))
@@ -117,6 +131,8 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
         .await
         .unwrap();
     assert_eq!(second.status(), 200, "{}", second.text().await.unwrap());
+    let moved_on = poll.await.unwrap().unwrap();
+    assert_ne!(moved_on["phase"], "collecting", "{moved_on}");
 
     let result: Value = wait_for("the result", timeout, async || {
         get_json(

@@ -406,6 +406,19 @@ async fn a_coordinator_restarted_mid_collecting_completes_over_a_damaged_record(
     let (dirs, mut nodes) = start_local_network(3).await.unwrap();
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
     open_two_participant_session(&nodes, "kept").await;
+    // A wait on the phase it has left answers at once; one on its present phase lasts.
+    let opened = nodes[0]
+        .aggregation
+        .wait_change("kept", Phase::Proposed)
+        .await
+        .unwrap();
+    assert!(opened.phase >= Phase::Collecting, "{:?}", opened.phase);
+    let still = tokio::time::timeout(
+        Duration::from_millis(300),
+        nodes[0].aggregation.wait_change("kept", Phase::Collecting),
+    )
+    .await;
+    assert!(still.is_err(), "{still:?}");
     nodes[1]
         .aggregation
         .submit("kept", vec![1.5; 1000])

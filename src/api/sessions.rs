@@ -4,9 +4,11 @@
 //! Update bodies are parsed by [`parse_update`], a pure function: JSON `{"values": [...]}` (or a
 //! bare array), raw little-endian `f32`, or a NumPy `.npy` file of `float32`/`float64`.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -120,12 +122,36 @@ async fn list(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, 
     Ok(Json(json!({ "sessions": sessions })))
 }
 
+/// Longest long poll (`?wait=`): a client that wants longer polls again.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowParams {
+    /// Seconds to wait for the session to leave its present phase (a long poll).
+    wait: Option<u64>,
+}
+
 async fn show(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ShowParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = session_id(path)?;
-    Ok(Json(state.aggregation.get(&id).await?).into_response())
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let info = state.aggregation.get(&id).await?;
+    let wait = Duration::from_secs(params.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    if wait.is_zero() || info.phase.is_terminal() {
+        return Ok(Json(info).into_response());
+    }
+    let changed = tokio::time::timeout(wait, state.aggregation.wait_change(&id, info.phase)).await;
+    let info = match changed {
+        Ok(info) => info?,
+        // The same phase all along: its present counts.
+        Err(_) => state.aggregation.get(&id).await?,
+    };
+    Ok(Json(info).into_response())
 }
 
 async fn submit(

@@ -55,6 +55,8 @@ enum Command {
     Create(Box<SessionSpec>, Reply<SessionInfo>),
     List(oneshot::Sender<Vec<SessionInfo>>),
     Get(String, Reply<SessionInfo>),
+    /// Answers once session `.0` is no longer in phase `.1` (at once if it is not).
+    WaitChange(String, Phase, Reply<SessionInfo>),
     Submit(String, Vec<f32>, Reply<SubmitReceipt>),
     Result(String, Reply<SessionResult>),
     Inbound {
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Command {
             Command::Create(..) => "Create",
             Command::List(_) => "List",
             Command::Get(..) => "Get",
+            Command::WaitChange(..) => "WaitChange",
             Command::Submit(..) => "Submit",
             Command::Result(..) => "Result",
             Command::Inbound { .. } => "Inbound",
@@ -159,6 +162,16 @@ impl AggregationHandle {
         let id = id.to_string();
         self.mailbox
             .ask(|r| Command::Get(id, r))
+            .await
+            .map_err(stopped)?
+    }
+
+    /// Session `id` once its phase is no longer `seen` (at once if it already is not). The
+    /// caller bounds the wait; dropping the future withdraws it.
+    pub async fn wait_change(&self, id: &str, seen: Phase) -> Result<SessionInfo, SessionError> {
+        let id = id.to_string();
+        self.mailbox
+            .ask(|r| Command::WaitChange(id, seen, r))
             .await
             .map_err(stopped)?
     }
@@ -251,6 +264,8 @@ struct AggregationActor {
     prepared_bytes: Arc<AtomicU64>,
     prepare_budget: u64,
     tasks: Tasks,
+    /// Callers waiting for a session to leave a phase (long polls), by session.
+    waiting: HashMap<String, Vec<(Phase, Reply<SessionInfo>)>>,
 }
 
 pub struct AggregationDeps {
@@ -297,6 +312,7 @@ pub fn spawn(
         prepared_bytes: Arc::default(),
         prepare_budget: deps.prepare_budget_bytes,
         tasks: Tasks::new(),
+        waiting: HashMap::new(),
     };
     (AggregationHandle { mailbox }, actor.run(cancel))
 }
@@ -391,6 +407,7 @@ impl AggregationActor {
                     }
                 }
             }
+            self.answer_waiting();
         }
         info!("aggregation actor stopped");
     }
@@ -496,6 +513,14 @@ impl AggregationActor {
             Command::Get(id, reply) => {
                 let _ = reply.send(self.info(&id));
             }
+            Command::WaitChange(id, seen, reply) => match self.info(&id) {
+                Ok(info) if info.phase == seen => {
+                    self.waiting.entry(id).or_default().push((seen, reply));
+                }
+                other => {
+                    let _ = reply.send(other);
+                }
+            },
             Command::Submit(id, values, reply) => self.submit(id, values, reply),
             Command::Result(id, reply) => {
                 // A result is megabytes read from its file and checked: off the actor.
@@ -604,6 +629,37 @@ impl AggregationActor {
                 result,
                 reply,
             } => self.uploaded(&session, result, reply).await,
+        }
+    }
+
+    /// Answers the long polls whose session left the phase they saw (phases change in many
+    /// places, all inside this loop: checked once per turn, for the sessions waited on only),
+    /// and drops those whose caller gave up.
+    fn answer_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for (id, waiters) in waiting {
+            let info = self.info(&id);
+            let still: Vec<_> = waiters
+                .into_iter()
+                .filter_map(|(seen, reply)| match &info {
+                    _ if reply.is_closed() => None,
+                    Ok(info) if info.phase == seen => Some((seen, reply)),
+                    Ok(info) => {
+                        let _ = reply.send(Ok(info.clone()));
+                        None
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(SessionError::UnknownSession(id.clone())));
+                        None
+                    }
+                })
+                .collect();
+            if !still.is_empty() {
+                self.waiting.insert(id, still);
+            }
         }
     }
 
