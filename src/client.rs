@@ -170,6 +170,19 @@ impl ApiClient {
         self.send_json(self.request(Method::GET, &url), &url).await
     }
 
+    /// `GET /v1/sessions/{id}?wait=SECS`: the session once it leaves phase it is in, or after
+    /// `wait_secs` (the node caps a wait at 60 s).
+    pub async fn session_after_change(
+        &self,
+        id: &str,
+        wait_secs: u64,
+    ) -> Result<SessionInfo, ClientError> {
+        let mut url = self.url(&["v1", "sessions", id])?;
+        url.query_pairs_mut()
+            .append_pair("wait", &wait_secs.to_string());
+        self.send_json(self.request(Method::GET, &url), &url).await
+    }
+
     /// `POST /v1/sessions/{id}/update`: `body` encoded as `format` says.
     pub async fn submit_update(
         &self,

@@ -317,6 +317,10 @@ enum SessionCommand {
         /// Write the values as raw little-endian float64 to stdout (the facts go to stderr).
         #[arg(long)]
         raw: bool,
+        /// Wait up to SECS for the session to finish, printing each phase it reaches to
+        /// stderr; a session that fails ends the wait with its reason.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
 }
 
@@ -471,14 +475,61 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
             };
             print_json(&client.submit_update(&id, format, body).await?)
         }
-        SessionCommand::GetResult { id, raw: false } => print_json(&client.result(&id).await?),
-        SessionCommand::GetResult { id, raw: true } => {
+        SessionCommand::GetResult { id, raw, wait } => {
+            if let Some(secs) = wait {
+                wait_until_finished(&client, &id, secs).await?;
+            }
+            print_result(&client, &id, raw).await
+        }
+    }
+}
+
+/// Follows session `id` with long polls until it is done, reporting each phase it reaches
+/// on stderr; an error when it fails or is still running after `secs`.
+async fn wait_until_finished(client: &ApiClient, id: &str, secs: u64) -> anyhow::Result<()> {
+    use fhenode::session::Phase;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut info = client.session(id).await?;
+    let mut reported = None;
+    loop {
+        if reported != Some(info.phase) {
+            eprintln!(
+                "session {id}: {} ({} of {} submitted)",
+                info.phase, info.submissions, info.participants
+            );
+            reported = Some(info.phase);
+        }
+        match info.phase {
+            Phase::Done => return Ok(()),
+            Phase::Failed => anyhow::bail!(
+                "session {id} failed: {}",
+                info.failure.as_deref().unwrap_or("no reason given")
+            ),
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        anyhow::ensure!(
+            !left.is_zero(),
+            "session {id} is still {} after {secs} s",
+            info.phase
+        );
+        info = client
+            .session_after_change(id, left.as_secs().max(1))
+            .await?;
+    }
+}
+
+/// Prints a finished session's result: JSON, or raw float64 values with the facts on stderr.
+async fn print_result(client: &ApiClient, id: &str, raw: bool) -> anyhow::Result<()> {
+    match raw {
+        false => print_json(&client.result(id).await?),
+        true => {
             let mut stdout = std::io::stdout().lock();
             anyhow::ensure!(
                 !stdout.is_terminal(),
                 "--raw writes binary float64 values: redirect stdout to a file"
             );
-            let result = client.result_raw(&id).await?;
+            let result = client.result_raw(id).await?;
             stdout.write_all(&result.bytes)?;
             stdout.flush()?;
             eprintln!(

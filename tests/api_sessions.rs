@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Request};
+use std::collections::HashMap;
+
+use axum::extract::{Path as UrlPath, Query, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -94,16 +96,32 @@ async fn stand_in() -> String {
         )
         .route(
             "/v1/sessions/{id}",
-            get(|UrlPath(id): UrlPath<String>| async move {
-                match id.as_str() {
-                    "one" => Json(info("one", 4)).into_response(),
-                    _ => error(
-                        StatusCode::NOT_FOUND,
-                        "unknown_session",
-                        &format!("unknown session `{id}`"),
-                    ),
-                }
-            }),
+            get(
+                |UrlPath(id): UrlPath<String>, query: Query<HashMap<String, String>>| async move {
+                    // A long poll on a session that never moves lasts its whole wait.
+                    if let Some(secs) = query.get("wait").and_then(|w| w.parse::<u64>().ok()) {
+                        if id == "one" {
+                            tokio::time::sleep(std::time::Duration::from_secs(secs.min(2))).await;
+                        }
+                    }
+                    let with_phase = |phase: Phase, failure: Option<&str>| {
+                        let mut s = info(&id, 3);
+                        s.phase = phase;
+                        s.failure = failure.map(str::to_string);
+                        Json(s).into_response()
+                    };
+                    match id.as_str() {
+                        "one" => Json(info("one", 4)).into_response(),
+                        "done" => with_phase(Phase::Done, None),
+                        "doomed" => with_phase(Phase::Failed, Some("only 1 of 2 submitted")),
+                        _ => error(
+                            StatusCode::NOT_FOUND,
+                            "unknown_session",
+                            &format!("unknown session `{id}`"),
+                        ),
+                    }
+                },
+            ),
         )
         .route(
             "/v1/sessions/{id}/update",
@@ -357,6 +375,25 @@ async fn the_session_commands() {
 
     let result = stdout_json(&cli(&api, &["result", "done"]).await);
     assert_eq!(result["values"], json!([1.5, -2.25, 1e10]));
+    // --wait: the phases on stderr, then the result; a failure or a session still running
+    // at the end of the wait is an error.
+    let waited = cli(&api, &["result", "done", "--wait", "5"]).await;
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("session done: done"));
+    assert_eq!(stdout_json(&waited)["values"], json!([1.5, -2.25, 1e10]));
+    let doomed = cli(&api, &["result", "doomed", "--wait", "5"]).await;
+    assert_eq!(doomed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&doomed.stderr).contains("failed: only 1 of 2 submitted"),
+        "{}",
+        String::from_utf8_lossy(&doomed.stderr)
+    );
+    let running = cli(&api, &["result", "one", "--wait", "1"]).await;
+    assert_eq!(running.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&running.stderr);
+    assert!(
+        stderr.contains("session one: collecting") && stderr.contains("still collecting after 1 s"),
+        "{stderr}"
+    );
     // --raw: little-endian f64 on stdout (not a terminal here), the facts on stderr.
     let raw = cli(&api, &["result", "done", "--raw"]).await;
     assert!(
