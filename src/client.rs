@@ -170,7 +170,7 @@ impl ApiClient {
         self.send_json(self.request(Method::GET, &url), &url).await
     }
 
-    /// `GET /v1/sessions/{id}?wait=SECS`: the session once it leaves phase it is in, or after
+    /// `GET /v1/sessions/{id}?wait=SECS`: the session once it leaves the phase it is in, or after
     /// `wait_secs` (the node caps a wait at 60 s).
     pub async fn session_after_change(
         &self,
