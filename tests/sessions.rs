@@ -541,6 +541,19 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
     };
     nodes[0].aggregation.create(spec).await.unwrap();
     let plan = coordinator_plan(&nodes[0], "pinned");
+    // The coordinator's event stream, read to its end: a `phase` event per phase reached.
+    let events = tokio::spawn({
+        let url = format!("http://{}/v1/sessions/pinned/events", nodes[0].api_addr);
+        async move {
+            let mut response = reqwest::get(url).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut text = String::new();
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        }
+    });
     let context = plan.context().unwrap();
     for (node, value) in [(&nodes[2], 1.5f32), (&nodes[3], -0.25)] {
         wait_info(node, "pinned", |i| i.seeds_delivered >= 2, LONG)
@@ -653,5 +666,24 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
         other => panic!("{other:?}"),
     }
 
+    wait_result(&nodes[0], "pinned", LONG).await.unwrap();
+    let events = tokio::time::timeout(LONG, events).await.unwrap().unwrap();
+    let phases: Vec<String> = events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| {
+            let info: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+            info["phase"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // From wherever the session was when the stream opened, each phase once and in order
+    // (a phase entered and left within one turn of the actor may be missed), to the end.
+    let order = ["proposed", "collecting", "closing", "decrypting", "done"];
+    let at: Vec<usize> = phases
+        .iter()
+        .map(|p| order.iter().position(|o| o == p).unwrap())
+        .collect();
+    assert!(at[0] <= 1 && at.windows(2).all(|w| w[0] < w[1]), "{events}");
+    assert_eq!(phases.last().map(String::as_str), Some("done"), "{events}");
     expect_sum_then_stop(nodes, "pinned").await;
 }

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,7 +21,7 @@ use serde_json::json;
 use super::{ApiError, ApiState};
 use crate::actors::ActorError;
 use crate::session::spec::valid_session_id;
-use crate::session::{ResultKind, SessionError, SessionResult, SessionSpec};
+use crate::session::{Phase, ResultKind, SessionError, SessionInfo, SessionResult, SessionSpec};
 
 /// The NPY format's magic string.
 pub const NPY_MAGIC: &[u8] = b"\x93NUMPY";
@@ -41,6 +42,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/sessions", post(create).get(list))
         .route("/v1/sessions/{id}", get(show))
+        .route("/v1/sessions/{id}/events", get(events))
         .route("/v1/sessions/{id}/update", post(submit))
         .route("/v1/sessions/{id}/result", get(result))
 }
@@ -152,6 +154,61 @@ async fn show(
         Err(_) => state.aggregation.get(&id).await?,
     };
     Ok(Json(info).into_response())
+}
+
+/// A session followed for its event stream: what was sent last, and what comes next.
+struct Followed {
+    aggregation: crate::actors::aggregation::AggregationHandle,
+    id: String,
+    next: Option<SessionInfo>,
+    last: Option<Phase>,
+    over: bool,
+}
+
+/// `GET /v1/sessions/{id}/events`: server-sent events, a `phase` event with the session (as
+/// `GET /v1/sessions/{id}` shows it) now and one each time its phase changes, ending after
+/// `done` or `failed`; an `error` event ends it early (the node stopping, the session gone).
+async fn events(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = session_id(path)?;
+    let first = state.aggregation.get(&id).await?;
+    let followed = Followed {
+        aggregation: state.aggregation.clone(),
+        id,
+        next: Some(first),
+        last: None,
+        over: false,
+    };
+    let stream = futures::stream::unfold(followed, |mut f| async move {
+        if f.over {
+            return None;
+        }
+        let next = match (f.next.take(), f.last) {
+            (Some(info), _) => Ok(info),
+            (None, Some(last)) => f.aggregation.wait_change(&f.id, last).await,
+            (None, None) => return None,
+        };
+        let event = match next {
+            Ok(info) => {
+                f.last = Some(info.phase);
+                f.over = info.phase.is_terminal();
+                Event::default()
+                    .event("phase")
+                    .json_data(&info)
+                    .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+            }
+            Err(e) => {
+                f.over = true;
+                Event::default().event("error").data(e.to_string())
+            }
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), f))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn submit(
