@@ -303,6 +303,7 @@ impl Node {
             profile: config.profile,
             token: config.api.token.clone(),
             max_body_bytes: config.api.max_body_bytes,
+            stopping: api_stop.clone(),
         };
         let stop = api_stop.clone();
         let api_task = sup(

@@ -687,3 +687,48 @@ async fn a_member_restarted_after_releasing_answers_its_contributor_set_only() {
     assert_eq!(phases.last().map(String::as_str), Some("done"), "{events}");
     expect_sum_then_stop(nodes, "pinned").await;
 }
+
+/// A node stopping while a client follows a session (an event stream, a long poll) ends them
+/// and stops at once: neither holds the API's graceful shutdown open until the 5 s cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_session_does_not_hold_a_stopping_node() {
+    let (_dirs, mut nodes) = start_local_network(2).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    let spec = SessionSpec {
+        id: Some("followed".into()),
+        length: Some(100),
+        profile: Some(Profile::Fast),
+        committee: ids(&[&nodes[1]]),
+        participants: ids(&[&nodes[0], &nodes[1]]),
+        deadline_secs: Some(600),
+        result: ResultKind::Sum,
+        ..Default::default()
+    };
+    nodes[0].aggregation.create(spec).await.unwrap();
+    wait_phase(&nodes[0], "followed", |p| p == Phase::Collecting, LONG)
+        .await
+        .unwrap();
+    let api = format!("http://{}/v1/sessions/followed", nodes[0].api_addr);
+    let mut stream = reqwest::get(format!("{api}/events")).await.unwrap();
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("collecting"));
+    let poll = tokio::spawn(async move { reqwest::get(format!("{api}?wait=60")).await });
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let coordinator = nodes.remove(0);
+    let stopping = std::time::Instant::now();
+    coordinator.shutdown().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?}",
+        stopping.elapsed()
+    );
+    tokio::time::timeout(LONG, reader).await.unwrap().unwrap();
+    let polled = tokio::time::timeout(LONG, poll).await.unwrap().unwrap();
+    if let Ok(response) = polled {
+        assert_eq!(response.status(), 200);
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -76,6 +76,9 @@ pub struct ApiState {
     pub profile: Profile,
     pub token: Option<ApiToken>,
     pub max_body_bytes: usize,
+    /// Cancelled when the API stops: long polls and event streams end then, rather than hold
+    /// the graceful shutdown open.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// `201 Created` with `body` and a `Location` header naming the new resource.

@@ -147,11 +147,16 @@ async fn show(
     if wait.is_zero() || info.phase.is_terminal() {
         return Ok(Json(info).into_response());
     }
-    let changed = tokio::time::timeout(wait, state.aggregation.wait_change(&id, info.phase)).await;
+    let changed = tokio::select! {
+        changed = tokio::time::timeout(wait, state.aggregation.wait_change(&id, info.phase)) => {
+            changed.ok()
+        }
+        _ = state.stopping.cancelled() => None,
+    };
     let info = match changed {
-        Ok(info) => info?,
-        // The same phase all along: its present counts.
-        Err(_) => state.aggregation.get(&id).await?,
+        Some(info) => info?,
+        // The same phase all along (or the node is stopping): its present counts.
+        None => state.aggregation.get(&id).await?,
     };
     Ok(Json(info).into_response())
 }
@@ -159,6 +164,7 @@ async fn show(
 /// A session followed for its event stream: what was sent last, and what comes next.
 struct Followed {
     aggregation: crate::actors::aggregation::AggregationHandle,
+    stopping: tokio_util::sync::CancellationToken,
     id: String,
     next: Option<SessionInfo>,
     last: Option<Phase>,
@@ -167,7 +173,8 @@ struct Followed {
 
 /// `GET /v1/sessions/{id}/events`: server-sent events, a `phase` event with the session (as
 /// `GET /v1/sessions/{id}` shows it) now and one each time its phase changes, ending after
-/// `done` or `failed`; an `error` event ends it early (the node stopping, the session gone).
+/// `done` or `failed`; an `error` event ends it early (the session gone), and the stream
+/// simply ends when the node stops.
 async fn events(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -176,6 +183,7 @@ async fn events(
     let first = state.aggregation.get(&id).await?;
     let followed = Followed {
         aggregation: state.aggregation.clone(),
+        stopping: state.stopping.clone(),
         id,
         next: Some(first),
         last: None,
@@ -187,7 +195,11 @@ async fn events(
         }
         let next = match (f.next.take(), f.last) {
             (Some(info), _) => Ok(info),
-            (None, Some(last)) => f.aggregation.wait_change(&f.id, last).await,
+            (None, Some(last)) => tokio::select! {
+                next = f.aggregation.wait_change(&f.id, last) => next,
+                // The API is stopping: the stream ends, the client may reconnect elsewhere.
+                _ = f.stopping.cancelled() => return None,
+            },
             (None, None) => return None,
         };
         let event = match next {
