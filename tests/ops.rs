@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fhenode::crypto::Profile;
-use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_phase};
+use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_info, wait_phase};
 use fhenode::session::{Phase, ResultKind, SessionSpec};
 use serde_json::Value;
 
@@ -462,6 +462,13 @@ fn live() -> &'static Live {
             wait_phase(coordinator, "ops", |p| p >= Phase::Collecting, long)
                 .await
                 .unwrap();
+            // A submission before the committee holds the node's seeds is refused as
+            // `unavailable` (the caller retries); wait for them instead.
+            for node in &nodes {
+                wait_info(node, "ops", |i| i.seeds_delivered >= 2, long)
+                    .await
+                    .unwrap();
+            }
             let submits = nodes
                 .iter()
                 .enumerate()

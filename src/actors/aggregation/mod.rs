@@ -16,6 +16,7 @@ mod coordinator;
 mod link;
 mod member;
 mod participant;
+mod submissions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,9 +43,10 @@ use crate::session::{
 };
 use crate::store::{trees, Store};
 
-use coordinator::{count_submission, Coordinated, RunningSum};
+use coordinator::Coordinated;
 use link::Link;
 use participant::{Joined, Preparation};
+use submissions::{count_submission, RunningSum};
 
 /// Participants a result is pushed to concurrently.
 const RESULT_SENDS_AT_ONCE: usize = 8;
@@ -91,7 +93,7 @@ enum Internal {
         session: String,
         from: String,
         index: u32,
-        stored: Result<coordinator::StoredPiece, SessionError>,
+        stored: Result<submissions::StoredPiece, SessionError>,
         reply: oneshot::Sender<Response>,
     },
     /// A participant's last piece is in and its whole upload checked (coordinator).
