@@ -14,6 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use npyz::{DType, Endianness, NpyHeader, Order, TypeChar};
 use serde::Deserialize;
 use serde_json::json;
@@ -161,14 +162,26 @@ async fn show(
     Ok(Json(info).into_response())
 }
 
-/// A session followed for its event stream: what was sent last, and what comes next.
+/// A session followed for its event stream: the phase it was last seen in, `None` once the
+/// stream is over (the session ended, or went missing).
 struct Followed {
     aggregation: crate::actors::aggregation::AggregationHandle,
     stopping: tokio_util::sync::CancellationToken,
     id: String,
-    next: Option<SessionInfo>,
     last: Option<Phase>,
-    over: bool,
+}
+
+/// A `phase` event carrying the session as `GET /v1/sessions/{id}` shows it.
+fn phase_event(info: &SessionInfo) -> Event {
+    Event::default()
+        .event("phase")
+        .json_data(info)
+        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+}
+
+/// The phase to follow after `info`: none once it is done or failed.
+fn still_open(info: &SessionInfo) -> Option<Phase> {
+    (!info.phase.is_terminal()).then_some(info.phase)
 }
 
 /// `GET /v1/sessions/{id}/events`: server-sent events, a `phase` event with the session (as
@@ -185,39 +198,30 @@ async fn events(
         aggregation: state.aggregation.clone(),
         stopping: state.stopping.clone(),
         id,
-        next: Some(first),
-        last: None,
-        over: false,
+        last: still_open(&first),
     };
-    let stream = futures::stream::unfold(followed, |mut f| async move {
-        if f.over {
-            return None;
-        }
-        let next = match (f.next.take(), f.last) {
-            (Some(info), _) => Ok(info),
-            (None, Some(last)) => tokio::select! {
-                next = f.aggregation.wait_change(&f.id, last) => next,
-                // The API is stopping: the stream ends, the client may reconnect elsewhere.
-                _ = f.stopping.cancelled() => return None,
-            },
-            (None, None) => return None,
+    let changes = futures::stream::unfold(followed, |mut f| async move {
+        let last = f.last?;
+        let next = tokio::select! {
+            next = f.aggregation.wait_change(&f.id, last) => next,
+            // The API is stopping: the stream ends, the client may reconnect elsewhere.
+            _ = f.stopping.cancelled() => return None,
         };
         let event = match next {
             Ok(info) => {
-                f.last = Some(info.phase);
-                f.over = info.phase.is_terminal();
-                Event::default()
-                    .event("phase")
-                    .json_data(&info)
-                    .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+                f.last = still_open(&info);
+                phase_event(&info)
             }
             Err(e) => {
-                f.over = true;
+                f.last = None;
                 Event::default().event("error").data(e.to_string())
             }
         };
-        Some((Ok::<_, std::convert::Infallible>(event), f))
+        Some((event, f))
     });
+    let stream = futures::stream::once(futures::future::ready(phase_event(&first)))
+        .chain(changes)
+        .map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -102,24 +102,10 @@ pub struct ReleaseRequest {
 }
 
 impl ReleaseRequest {
-    /// Shape checks every party makes: S sorted and distinct, not larger than declared, and an
+    /// Shape checks every party makes: S as [`check_contributors`] wants it, and an
     /// assignment with one holder per set.
     pub fn check(&self, ctx: &SessionContext) -> Result<(), CryptoError> {
-        if self.contributors.is_empty() {
-            return Err(CryptoError::DecryptionRefused("no contributors".into()));
-        }
-        if !self.contributors.windows(2).all(|w| w[0] < w[1]) {
-            return Err(CryptoError::DecryptionRefused(
-                "contributors must be sorted and distinct".into(),
-            ));
-        }
-        if self.contributors.len() as u64 > ctx.params.participants as u64 {
-            return Err(CryptoError::DecryptionRefused(format!(
-                "{} contributors where the session declared at most {}",
-                self.contributors.len(),
-                ctx.params.participants
-            )));
-        }
+        check_contributors(ctx, &self.contributors)?;
         ctx.committee().assigned_to(&self.assignment, 0).map(|_| ())
     }
 
@@ -128,6 +114,29 @@ impl ReleaseRequest {
     pub fn contributors_digest(&self, ctx: &SessionContext) -> [u8; 32] {
         contributors_digest(ctx, &self.contributors)
     }
+}
+
+/// A contributor set's shape: not empty, sorted and distinct, not larger than declared.
+pub fn check_contributors(
+    ctx: &SessionContext,
+    contributors: &[String],
+) -> Result<(), CryptoError> {
+    if contributors.is_empty() {
+        return Err(CryptoError::DecryptionRefused("no contributors".into()));
+    }
+    if !contributors.windows(2).all(|w| w[0] < w[1]) {
+        return Err(CryptoError::DecryptionRefused(
+            "contributors must be sorted and distinct".into(),
+        ));
+    }
+    if contributors.len() as u64 > ctx.params.participants as u64 {
+        return Err(CryptoError::DecryptionRefused(format!(
+            "{} contributors where the session declared at most {}",
+            contributors.len(),
+            ctx.params.participants
+        )));
+    }
+    Ok(())
 }
 
 /// Digest of a sorted contributor set under a session.

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::Roster;
-use crate::crypto::kahe::{contributors_digest, ReleaseRequest, SessionContext};
+use crate::crypto::kahe::{
+    check_contributors, contributors_digest, ReleaseRequest, SessionContext,
+};
 use crate::session::{Phase, SessionError};
 
 /// What a member signs, with its node identity, to attest that it pinned the contributor set
@@ -181,11 +183,7 @@ impl MemberState {
             } => {
                 self.roster.check_coordinator(from)?;
                 // Every check runs before S is pinned: a refused request pins nothing.
-                if contributors.is_empty() || !contributors.windows(2).all(|w| w[0] < w[1]) {
-                    return Err(SessionError::BadInput(
-                        "contributors must be given sorted and distinct".into(),
-                    ));
-                }
+                check_contributors(context, contributors)?;
                 let digest = contributors_digest(context, contributors);
                 if let Some(pinned) = self.pinned {
                     return if pinned == digest {
