@@ -191,7 +191,10 @@ class Node:
 
         ``shapes`` maps tensor names to shapes (tuples of ints) or to arrays, whose shapes are
         taken (see :func:`fhenode.shapes_of`); give it or ``length`` (a flat update's size).
-        Fields left ``None`` take the node's defaults.
+        ``integers="include"`` lets integer tensors (e.g. batch-norm counters) be aggregated
+        as floats; by default the node refuses them by name. ``result`` is ``"mean"``,
+        ``"sum"`` or ``"weighted_mean"`` (with ``max_weight``). Fields left ``None`` take
+        the node's defaults.
         """
         spec = _spec(
             id=id,
