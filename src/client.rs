@@ -10,7 +10,9 @@ use crate::api::inference::{
     CreateContextRequest, DecryptRequest, EncryptRequest, EncryptResponse, InferRequest,
     InferResponse, SeedInferenceResponse,
 };
-use crate::api::sessions::{HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND};
+use crate::api::sessions::{
+    HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND, HEADER_TOTAL_WEIGHT,
+};
 use crate::inference::{ContextInfo, Decrypted, ModelInfo, ModelSpec};
 use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
 
@@ -50,8 +52,10 @@ pub struct RawResult {
     pub contributors: u32,
     pub clipped: u64,
     pub error_bound: f64,
-    /// `mean` or `sum`.
+    /// `mean`, `sum` or `weighted_mean`.
     pub kind: String,
+    /// A weighted mean's Σ wᵢ.
+    pub total_weight: Option<f64>,
 }
 
 impl RawResult {
@@ -183,17 +187,23 @@ impl ApiClient {
         self.send_json(self.request(Method::GET, &url), &url).await
     }
 
-    /// `POST /v1/sessions/{id}/update`: `body` encoded as `format` says.
+    /// `POST /v1/sessions/{id}/update`: `body` encoded as `format` says, with the update's
+    /// weight for a weighted mean (sent as `?weight=`).
     pub async fn submit_update(
         &self,
         id: &str,
         format: UpdateFormat,
         body: Vec<u8>,
+        weight: Option<f64>,
     ) -> Result<SubmitReceipt, ClientError> {
-        let url = self.url(&["v1", "sessions", id, "update"])?;
+        let mut url = self.url(&["v1", "sessions", id, "update"])?;
+        if let Some(weight) = weight {
+            url.query_pairs_mut()
+                .append_pair("weight", &weight.to_string());
+        }
         let request = self
             .request(Method::POST, &url)
-            .header(CONTENT_TYPE, format.content_type())
+            .header(CONTENT_TYPE, format.media_type())
             .body(body);
         self.send_json(request, &url).await
     }
@@ -205,7 +215,7 @@ impl ApiClient {
         values: &[f32],
     ) -> Result<SubmitReceipt, ClientError> {
         let body = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.submit_update(id, UpdateFormat::Raw, body).await
+        self.submit_update(id, UpdateFormat::Raw, body, None).await
     }
 
     /// `GET /v1/sessions/{id}/result` as JSON.
@@ -215,6 +225,21 @@ impl ApiClient {
             .request(Method::GET, &url)
             .header(ACCEPT, "application/json");
         self.send_json(request, &url).await
+    }
+
+    /// `GET /v1/sessions/{id}/result` as a safetensors file (`f64` tensors named as the
+    /// session's shapes, the facts in its metadata).
+    pub async fn result_safetensors(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&["v1", "sessions", id, "result"])?;
+        let request = self
+            .request(Method::GET, &url)
+            .header(ACCEPT, "application/safetensors");
+        let response = self.send(request, &url).await?;
+        Ok(response
+            .bytes()
+            .await
+            .map_err(|e| transport(&url, e))?
+            .to_vec())
     }
 
     /// `GET /v1/sessions/{id}/result` as raw little-endian `f64`.
@@ -246,6 +271,10 @@ impl ApiClient {
             clipped: parse_header(&headers, HEADER_CLIPPED).map_err(unexpected)?,
             error_bound: parse_header(&headers, HEADER_ERROR_BOUND).map_err(unexpected)?,
             kind: parse_header(&headers, HEADER_KIND).map_err(unexpected)?,
+            total_weight: match headers.contains_key(HEADER_TOTAL_WEIGHT) {
+                true => Some(parse_header(&headers, HEADER_TOTAL_WEIGHT).map_err(unexpected)?),
+                false => None,
+            },
         })
     }
 
@@ -568,6 +597,7 @@ mod tests {
             clipped: 0,
             error_bound: 0.0,
             kind: "mean".into(),
+            total_weight: None,
         };
         assert_eq!(raw.values(), vec![1.5, -2.0]);
     }

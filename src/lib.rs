@@ -21,3 +21,4 @@ pub mod node;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod tensors;

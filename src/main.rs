@@ -305,18 +305,26 @@ enum SessionCommand {
     /// Encrypt this node's update and submit it to the session's coordinator.
     Submit {
         id: String,
-        /// The update: `.json` ({"values":[…]} or an array), `.npy` (float32/float64), or
-        /// anything else as raw little-endian float32.
+        /// The update, by its extension: `.safetensors` or `.npz` (named tensors, matched to
+        /// the session's shapes by name), `.json` ({"values": […]}, {"tensors": {…}} or an
+        /// array), `.npy`, or anything else as raw little-endian float32.
         #[arg(long, value_name = "FILE")]
         values: PathBuf,
+        /// This update's weight in a weighted mean (e.g. its number of examples).
+        #[arg(long)]
+        weight: Option<f64>,
     },
     /// Print a finished session's result.
     #[command(name = "result")]
     GetResult {
         id: String,
         /// Write the values as raw little-endian float64 to stdout (the facts go to stderr).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "safetensors")]
         raw: bool,
+        /// Write the result as a safetensors file to stdout: float64 tensors named as the
+        /// session's shapes, the facts in its metadata.
+        #[arg(long)]
+        safetensors: bool,
         /// Wait up to SECS for the session to finish, printing each phase it reaches to
         /// stderr; a session that fails ends the wait with its reason.
         #[arg(long, value_name = "SECS")]
@@ -359,6 +367,9 @@ struct CreateArgs {
     profile: Option<Profile>,
     #[arg(long, value_enum)]
     result: Option<ResultArg>,
+    /// A weighted mean's largest weight (required with `--result weighted-mean`).
+    #[arg(long)]
+    max_weight: Option<u32>,
     /// Collecting stops this many seconds after the session opens (default 300).
     #[arg(long)]
     deadline_secs: Option<u64>,
@@ -374,6 +385,7 @@ struct CreateArgs {
 enum ResultArg {
     Mean,
     Sum,
+    WeightedMean,
 }
 
 impl CreateArgs {
@@ -394,8 +406,10 @@ impl CreateArgs {
             clip: self.clip,
             result: match self.result {
                 Some(ResultArg::Sum) => ResultKind::Sum,
+                Some(ResultArg::WeightedMean) => ResultKind::WeightedMean,
                 Some(ResultArg::Mean) | None => ResultKind::Mean,
             },
+            max_weight: self.max_weight,
             deadline_secs: self.deadline_secs,
             ..Default::default()
         })
@@ -461,23 +475,30 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
             print_json(&serde_json::json!({ "sessions": client.list_sessions().await? }))
         }
         SessionCommand::Show { id } => print_json(&client.session(&id).await?),
-        SessionCommand::Submit { id, values } => {
+        SessionCommand::Submit { id, values, weight } => {
             let body = std::fs::read(&values)
                 .with_context(|| format!("cannot read {}", values.display()))?;
-            let extension = values
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            let format = match extension.as_deref() {
-                Some("json") => UpdateFormat::Json,
-                Some("npy") => UpdateFormat::Npy,
-                _ => UpdateFormat::Raw,
-            };
-            print_json(&client.submit_update(&id, format, body).await?)
+            let extension = values.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let format = UpdateFormat::from_extension(extension);
+            print_json(&client.submit_update(&id, format, body, weight).await?)
         }
-        SessionCommand::GetResult { id, raw, wait } => {
+        SessionCommand::GetResult {
+            id,
+            raw,
+            safetensors,
+            wait,
+        } => {
             if let Some(secs) = wait {
                 wait_until_finished(&client, &id, secs).await?;
+            }
+            if safetensors {
+                let mut stdout = std::io::stdout().lock();
+                anyhow::ensure!(
+                    !stdout.is_terminal(),
+                    "--safetensors writes a binary file: redirect stdout to a file"
+                );
+                stdout.write_all(&client.result_safetensors(&id).await?)?;
+                return Ok(stdout.flush()?);
             }
             print_result(&client, &id, raw).await
         }
@@ -541,6 +562,7 @@ async fn print_result(client: &ApiClient, id: &str, raw: bool) -> anyhow::Result
                     "clipped": result.clipped,
                     "error_bound": result.error_bound,
                     "kind": result.kind,
+                    "total_weight": result.total_weight,
                 })
             );
             Ok(())

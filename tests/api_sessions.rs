@@ -15,10 +15,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fhenode::api::sessions::{accepts_octet_stream, parse_update};
+use fhenode::api::sessions::{accepts, parse_update, update_format};
 use fhenode::api::ApiError;
 use fhenode::client::{ApiClient, ClientError, UpdateFormat};
 use fhenode::session::{Phase, ResultKind, SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
+use fhenode::tensors::{IntegerPolicy, Layout};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "a-test-token-of-some-length";
@@ -76,6 +77,7 @@ fn the_result() -> SessionResult {
         contributor_ids: vec!["a".into(), "b".into()],
         clipped: 1,
         error_bound: 0.25,
+        total_weight: None,
         values: vec![1.5, -2.25, 1e10],
     }
 }
@@ -130,8 +132,12 @@ async fn stand_in() -> String {
                     let ct = headers
                         .get(header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok());
-                    let values = match parse_update(ct, &body) {
-                        Ok(v) => v,
+                    // The stand-in's sessions take one value.
+                    let parsed = update_format(ct).and_then(|format| {
+                        parse_update(format, &body, &Layout::new(None, 1), IntegerPolicy::Refuse)
+                    });
+                    let values = match parsed {
+                        Ok((values, _)) => values,
                         Err(e) => return e.into_response(),
                     };
                     Json(SubmitReceipt {
@@ -161,8 +167,9 @@ async fn stand_in() -> String {
                         );
                     }
                     let result = the_result();
-                    if accepts_octet_stream(
+                    if accepts(
                         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+                        "application/octet-stream",
                     ) {
                         let body: Vec<u8> =
                             result.values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -211,7 +218,12 @@ async fn the_client_speaks_the_session_api() {
     let receipt = client.submit_values("one", &[1.0, 2.0, 9.0]).await.unwrap();
     assert_eq!((receipt.values, receipt.clipped), (3, 1));
     let receipt = client
-        .submit_update("one", UpdateFormat::Json, br#"{"values":[0.5]}"#.to_vec())
+        .submit_update(
+            "one",
+            UpdateFormat::Json,
+            br#"{"values":[0.5]}"#.to_vec(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(receipt.values, 1);
@@ -250,7 +262,7 @@ async fn the_client_speaks_the_session_api() {
         other => panic!("{other:?}"),
     }
     match client
-        .submit_update("one", UpdateFormat::Raw, vec![0; 5])
+        .submit_update("one", UpdateFormat::Raw, vec![0; 5], None)
         .await
     {
         Err(ClientError::Api {

@@ -8,9 +8,12 @@ pub mod records;
 pub mod roles;
 pub mod spec;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::CryptoError;
+use crate::tensors::{IntegerPolicy, Layout};
 pub use phase::Phase;
 pub use spec::{ResultKind, SessionPlan, SessionSpec};
 
@@ -126,6 +129,15 @@ pub struct SessionInfo {
     pub coordinator: String,
     pub profile: String,
     pub length: u64,
+    /// Named tensor shapes, when the session has them (else one flat vector of `length`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shapes: Option<BTreeMap<String, Vec<u64>>>,
+    /// Whether integer tensors are aggregated or refused.
+    #[serde(default)]
+    pub integers: IntegerPolicy,
+    /// A weighted mean's largest weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<u32>,
     pub result_kind: ResultKind,
     pub committee: usize,
     /// Members needed to decrypt.
@@ -149,6 +161,39 @@ pub struct SessionInfo {
     /// will only add the values (`aggregation.prepare_budget_bytes`).
     #[serde(default)]
     pub prepared: bool,
+}
+
+impl SessionInfo {
+    /// Where each named tensor lies in the session's vector of values.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.shapes.as_ref(), self.length)
+    }
+}
+
+/// A participant's update: its values in the session's order, and its weight in a weighted
+/// mean (its number of examples).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Update {
+    pub values: Vec<f32>,
+    pub weight: Option<f64>,
+}
+
+impl Update {
+    pub fn weighted(values: Vec<f32>, weight: f64) -> Self {
+        Update {
+            values,
+            weight: Some(weight),
+        }
+    }
+}
+
+impl From<Vec<f32>> for Update {
+    fn from(values: Vec<f32>) -> Self {
+        Update {
+            values,
+            weight: None,
+        }
+    }
 }
 
 /// The answer to a local participant's submission: the coordinator has it durably.
@@ -181,6 +226,8 @@ pub struct SessionResult {
     pub clipped: u64,
     /// Largest |error| of each value from fixed-point rounding.
     pub error_bound: f64,
+    /// A weighted mean's Σ wᵢ, the one thing it reveals beside the mean.
+    pub total_weight: Option<f64>,
     pub values: Vec<f64>,
 }
 
@@ -194,15 +241,69 @@ struct ResultFields<S, I, V> {
     contributor_ids: I,
     clipped: u64,
     error_bound: f64,
+    /// Always written (null when unweighted): binary forms have no optional fields.
+    #[serde(default)]
+    total_weight: Option<f64>,
     values: V,
 }
 
 impl SessionResult {
+    /// The result of a session's decrypted sums (one per coefficient, scaled to values):
+    /// divided by the contributors for a mean, by the weights' sum (the last coefficient) for
+    /// a weighted mean. Refuses a weighted sum whose weights add up to less than one per
+    /// contributor: every honest weight is at least 1, so some contributor lied about its own.
+    pub fn from_sum(
+        plan: &SessionPlan,
+        mut sums: Vec<f64>,
+        contributors: u32,
+    ) -> Result<SessionResult, String> {
+        let params = &plan.params;
+        let k = contributors.max(1) as f64;
+        let (error_bound, total_weight) = match plan.result {
+            ResultKind::Mean => (params.mean_error_bound(), None),
+            ResultKind::Sum => (params.sum_error_bound(contributors), None),
+            ResultKind::WeightedMean => {
+                let total = sums.pop().unwrap_or(0.0);
+                if !(total >= k) {
+                    return Err(format!(
+                        "the weights of {contributors} contributors add up to {total}: some \
+                         contributor sealed a weight below 1"
+                    ));
+                }
+                // A weighted average of values each off by at most the mean's bound.
+                (params.mean_error_bound(), Some(total))
+            }
+        };
+        if sums.len() as u64 != plan.length {
+            return Err(format!(
+                "{} sums decrypted for a session of {} values",
+                sums.len(),
+                plan.length
+            ));
+        }
+        let mut result = SessionResult {
+            session: plan.id.clone(),
+            kind: plan.result,
+            contributors,
+            contributor_ids: Vec::new(),
+            clipped: 0,
+            error_bound,
+            total_weight,
+            values: sums,
+        };
+        let divisor = result.divisor();
+        if divisor != 1.0 {
+            result.values.iter_mut().for_each(|v| *v /= divisor);
+        }
+        Ok(result)
+    }
+
     /// What each value's sum was divided by.
-    fn divisor(&self) -> u32 {
+    fn divisor(&self) -> f64 {
         match self.kind {
-            ResultKind::Mean => self.contributors,
-            ResultKind::Sum => 1,
+            ResultKind::Mean => self.contributors.max(1) as f64,
+            ResultKind::Sum => 1.0,
+            ResultKind::WeightedMean => self.total_weight.unwrap_or(1.0),
         }
     }
 
@@ -214,6 +315,7 @@ impl SessionResult {
             contributor_ids: &self.contributor_ids,
             clipped: self.clipped,
             error_bound: self.error_bound,
+            total_weight: self.total_weight,
             values,
         }
     }
@@ -256,6 +358,7 @@ impl<V> ResultFields<String, Vec<String>, V> {
             contributor_ids: self.contributor_ids,
             clipped: self.clipped,
             error_bound: self.error_bound,
+            total_weight: self.total_weight,
         })
     }
 }

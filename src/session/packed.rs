@@ -20,7 +20,7 @@ pub(super) enum PackedValues {
     /// computes it), with the sums S_j as `width`-byte little-endian two's complement.
     Fixed {
         frac_bits: u8,
-        divisor: u32,
+        divisor: f64,
         width: u8,
         #[serde(with = "serde_bytes")]
         sums: Vec<u8>,
@@ -41,11 +41,11 @@ struct Scale {
 }
 
 impl Scale {
-    fn new(frac_bits: u32, divisor: u32) -> Self {
+    fn new(frac_bits: u32, divisor: f64) -> Self {
         Scale {
-            up: 2f64.powi(frac_bits as i32) * divisor as f64,
+            up: 2f64.powi(frac_bits as i32) * divisor,
             down: 2f64.powi(-(frac_bits as i32)),
-            divisor: divisor as f64,
+            divisor,
         }
     }
 
@@ -69,12 +69,17 @@ impl Scale {
 }
 
 impl PackedValues {
-    /// Packs `values`, each meant as a sum scaled by 2^−f and divided by `divisor`.
-    pub(super) fn pack(values: &[f64], divisor: u32) -> Self {
-        Self::fixed(values, divisor.max(1)).unwrap_or_else(|| PackedValues::Floats(values.to_vec()))
+    /// Packs `values`, each meant as a sum scaled by 2^−f and divided by `divisor` (the
+    /// contributors of a mean, 1 for a sum, the total weight of a weighted mean).
+    pub(super) fn pack(values: &[f64], divisor: f64) -> Self {
+        let usable = divisor.is_finite() && divisor > 0.0;
+        usable
+            .then(|| Self::fixed(values, divisor))
+            .flatten()
+            .unwrap_or_else(|| PackedValues::Floats(values.to_vec()))
     }
 
-    fn fixed(values: &[f64], divisor: u32) -> Option<Self> {
+    fn fixed(values: &[f64], divisor: f64) -> Option<Self> {
         let step = (values.len() / SAMPLE).max(1);
         let sample: Vec<f64> = values.iter().step_by(step).copied().collect();
         let frac_bits = (0..=MAX_FRAC_BITS).find(|&f| {
@@ -116,7 +121,10 @@ impl PackedValues {
                 sums,
             } => (*frac_bits as u32, *divisor, *width as usize, sums),
         };
-        if frac_bits > MAX_FRAC_BITS || divisor == 0 || !(1..=8).contains(&width) {
+        if frac_bits > MAX_FRAC_BITS
+            || !(divisor.is_finite() && divisor > 0.0)
+            || !(1..=8).contains(&width)
+        {
             return Err(format!(
                 "packed values with {frac_bits} fraction bits, divisor {divisor} and {width}-byte \
                  sums"
@@ -172,6 +180,7 @@ mod tests {
             contributor_ids: vec!["a".into(), "b".into(), "c".into()],
             clipped: 1,
             error_bound: 1e-6,
+            total_weight: None,
             values: (0..1000)
                 .map(|i| (i as f64 - 500.0) / 1024.0 / 3.0)
                 .collect(),
@@ -192,7 +201,7 @@ mod tests {
         assert!(bad.value_count().is_err());
     }
 
-    fn round_trip(values: &[f64], divisor: u32) -> PackedValues {
+    fn round_trip(values: &[f64], divisor: f64) -> PackedValues {
         let packed = PackedValues::pack(values, divisor);
         let bytes = bincode::serialize(&packed).unwrap();
         let back: PackedValues = bincode::deserialize(&bytes).unwrap();
@@ -211,7 +220,7 @@ mod tests {
         let values: Vec<f64> = (0..10_000i64)
             .map(|i| ((i * 7919) % (80 << 20) - (40 << 20)) as f64 * 2f64.powi(-20) / k as f64)
             .collect();
-        match round_trip(&values, k) {
+        match round_trip(&values, k as f64) {
             PackedValues::Fixed {
                 frac_bits, width, ..
             } => assert_eq!((frac_bits, width), (20, 4)),
@@ -222,12 +231,12 @@ mod tests {
     #[test]
     fn values_that_are_no_such_sums_stay_floats() {
         let values = [0.1, std::f64::consts::PI, f64::NAN, -0.0, 1e300];
-        let packed = PackedValues::pack(&values, 3);
+        let packed = PackedValues::pack(&values, 3.0);
         let PackedValues::Floats(kept) = &packed else {
             panic!("packed values that are no sums");
         };
         assert_eq!(kept.len(), values.len());
-        assert!(PackedValues::pack(&[], 1).unpack().unwrap().is_empty());
+        assert!(PackedValues::pack(&[], 1.0).unpack().unwrap().is_empty());
     }
 
     #[test]
@@ -242,11 +251,13 @@ mod tests {
             .unpack()
             .is_err()
         };
-        assert!(bad(20, 1, 0, vec![]));
-        assert!(bad(20, 1, 9, vec![0; 9]));
-        assert!(bad(20, 0, 4, vec![0; 4]));
-        assert!(bad(60, 1, 4, vec![0; 4]));
-        assert!(bad(20, 1, 4, vec![0; 5]));
+        assert!(bad(20, 1.0, 0, vec![]));
+        assert!(bad(20, 1.0, 9, vec![0; 9]));
+        assert!(bad(20, 0.0, 4, vec![0; 4]));
+        assert!(bad(20, f64::NAN, 4, vec![0; 4]));
+        assert!(bad(20, -2.0, 4, vec![0; 4]));
+        assert!(bad(60, 1.0, 4, vec![0; 4]));
+        assert!(bad(20, 1.0, 4, vec![0; 5]));
     }
 
     proptest! {
@@ -254,7 +265,7 @@ mod tests {
         fn packing_gives_back_the_same_bits(
             sums in proptest::collection::vec(-(1i64 << 40)..(1i64 << 40), 0..300),
             frac_bits in 0u32..=40,
-            divisor in 1u32..1000,
+            divisor in prop_oneof![(1u32..1000).prop_map(f64::from), 1.0f64..1e6],
             noise in proptest::collection::vec(any::<f64>(), 0..4),
         ) {
             let scale = Scale::new(frac_bits, divisor);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::kahe::{KaheParams, SessionContext, DEFAULT_FRAC_BITS};
 use crate::crypto::Profile;
+use crate::tensors::{IntegerPolicy, Layout};
 
 use super::roles::Roster;
 
@@ -20,6 +21,10 @@ pub enum ResultKind {
     #[default]
     Mean,
     Sum,
+    /// Σ wᵢxᵢ / Σ wᵢ over integer weights wᵢ ≤ `max_weight` (e.g. numbers of examples), each
+    /// encrypted with its update; only Σ wᵢ is revealed beside the mean.
+    #[serde(rename = "weighted_mean")]
+    WeightedMean,
 }
 
 /// A session as a user asks for it (`POST /v1/sessions`).
@@ -32,9 +37,14 @@ pub struct SessionSpec {
     /// Number of parameters per update. Give this or `shapes`.
     #[serde(default)]
     pub length: Option<u64>,
-    /// Named tensor shapes, concatenated in name order.
+    /// Named tensor shapes (`[]` for a 0-d tensor), concatenated in name order (C order inside
+    /// each): updates may then be sent as named tensors, and the result comes back as them.
     #[serde(default)]
     pub shapes: Option<BTreeMap<String, Vec<u64>>>,
+    /// Whether integer tensors (e.g. batch-norm counters) are converted and aggregated like
+    /// the others (`include`) or refused by name (`refuse`, the default).
+    #[serde(default)]
+    pub integers: IntegerPolicy,
     /// Crypto profile; the node's configured default when absent.
     #[serde(default)]
     pub profile: Option<Profile>,
@@ -59,10 +69,17 @@ pub struct SessionSpec {
     pub frac_bits: Option<u32>,
     #[serde(default)]
     pub result: ResultKind,
+    /// A weighted mean's largest weight (an integer, 1..=2^32−1); required for
+    /// `weighted_mean`, refused otherwise. Each doubling costs the ciphertext one plaintext bit.
+    #[serde(default)]
+    pub max_weight: Option<u32>,
     /// Collecting stops this many seconds after the session opens. Default 300.
     #[serde(default)]
     pub deadline_secs: Option<u64>,
 }
+
+/// Longest tensor name (PyTorch's are dotted paths, well under this).
+pub const MAX_TENSOR_NAME_BYTES: usize = 256;
 
 /// Largest update a session may declare: 2^26 parameters (~1.5 GB of ciphertext on `secure`).
 pub const MAX_LENGTH: u64 = 1 << 26;
@@ -75,6 +92,7 @@ pub struct SessionPlan {
     pub coordinator: String,
     pub length: u64,
     pub shapes: Option<BTreeMap<String, Vec<u64>>>,
+    pub integers: IntegerPolicy,
     pub committee: Vec<String>,
     /// Members needed to decrypt.
     pub threshold: u32,
@@ -146,7 +164,19 @@ impl SessionSpec {
                 }
                 let mut total: u64 = 0;
                 for (name, dims) in shapes {
-                    if dims.is_empty() || dims.contains(&0) {
+                    if name.is_empty()
+                        || name.len() > MAX_TENSOR_NAME_BYTES
+                        || name.chars().any(char::is_control)
+                    {
+                        return Err(invalid(
+                            "shapes",
+                            format!(
+                                "tensor name {name:?} must be 1–{MAX_TENSOR_NAME_BYTES} bytes \
+                                 without control characters"
+                            ),
+                        ));
+                    }
+                    if dims.contains(&0) {
                         return Err(invalid(
                             "shapes",
                             format!("tensor `{name}` has an empty dimension"),
@@ -207,6 +237,7 @@ impl SessionSpec {
                 "committee",
                 "participants",
                 "clip",
+                "max_weight",
                 "plaintext_bits",
                 "wire_bits",
             ]
@@ -215,13 +246,30 @@ impl SessionSpec {
             .unwrap_or("params");
             invalid(field, m)
         };
-        let params = KaheParams::recommended(
+        let max_weight = match (self.result, self.max_weight) {
+            (ResultKind::WeightedMean, None) => {
+                return Err(invalid("max_weight", "required for `weighted_mean`"))
+            }
+            (ResultKind::WeightedMean, Some(0)) => {
+                return Err(invalid("max_weight", "must be at least 1"))
+            }
+            (ResultKind::WeightedMean, w) => w,
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "max_weight",
+                    "only a `weighted_mean` session takes weights",
+                ))
+            }
+            (_, None) => None,
+        };
+        let params = KaheParams::recommended_weighted(
             profile,
             participants.len() as u32,
             committee.len() as u32,
             threshold,
             clip,
             self.frac_bits.unwrap_or(DEFAULT_FRAC_BITS),
+            max_weight,
         )
         .map_err(|e| field_of(&e))?;
         Ok(SessionPlan {
@@ -229,6 +277,7 @@ impl SessionSpec {
             coordinator: coordinator.to_string(),
             length,
             shapes: self.shapes.clone(),
+            integers: self.integers,
             committee,
             threshold,
             participants,
@@ -268,12 +317,17 @@ impl SessionPlan {
         blake3::derive_key("fhenode 2026 session plan v1", &bytes)
     }
 
+    /// Where each named tensor lies in the session's vector of values.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.shapes.as_ref(), self.length)
+    }
+
     /// What the crypto layer needs of the session.
     pub fn context(&self) -> Result<SessionContext, SessionError> {
         Ok(SessionContext::new(
             self.params.clone(),
             self.digest(),
-            self.length,
+            self.params.coefficients(self.length),
         )?)
     }
 
@@ -355,10 +409,36 @@ mod tests {
             ("frac_bits", Box::new(|s| s.frac_bits = Some(41))),
             ("clip", Box::new(|s| s.clip = Some(f64::NAN))),
             (
+                "max_weight",
+                Box::new(|s| s.result = ResultKind::WeightedMean),
+            ),
+            ("max_weight", Box::new(|s| s.max_weight = Some(10))),
+            (
+                "max_weight",
+                Box::new(|s| {
+                    s.result = ResultKind::WeightedMean;
+                    s.max_weight = Some(0);
+                }),
+            ),
+            (
                 "shapes",
                 Box::new(|s| {
                     s.length = None;
                     s.shapes = Some(BTreeMap::from([("w".to_string(), vec![3, 0])]));
+                }),
+            ),
+            (
+                "shapes",
+                Box::new(|s| {
+                    s.length = None;
+                    s.shapes = Some(BTreeMap::from([(String::new(), vec![3])]));
+                }),
+            ),
+            (
+                "shapes",
+                Box::new(|s| {
+                    s.length = None;
+                    s.shapes = Some(BTreeMap::from([("a\nb".to_string(), vec![3])]));
                 }),
             ),
         ];
@@ -379,10 +459,11 @@ mod tests {
         s.shapes = Some(BTreeMap::from([
             ("a".into(), vec![3, 4]),
             ("b".into(), vec![5]),
+            ("scalar".into(), vec![]),
         ]));
         assert_eq!(
             s.validate(PeerId::random(), Profile::Fast).unwrap().length,
-            17
+            18
         );
     }
 }

@@ -48,11 +48,13 @@ pub mod trees {
 /// `results` 2: a result's values are packed as the fixed-point sums they come from.
 /// `keys` 3: a participant key carries the seed of its encryption's randomness (a body is
 /// sealed again from its update instead of being stored).
+/// `sessions` 5, `results` 3: a session's plan carries its integer policy and the weighted
+/// mean's bound; a result its total weight.
 pub fn record_version(tree: &str) -> u8 {
     match tree {
-        trees::SESSIONS => 4,
+        trees::SESSIONS => 5,
         trees::KEYS => 3,
-        trees::RESULTS => 2,
+        trees::RESULTS => 3,
         _ => 1,
     }
 }
@@ -821,7 +823,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown record version 1 (this build reads 4)"),
+            e.contains("unknown record version 1 (this build reads 5)"),
             "{e}"
         );
     }

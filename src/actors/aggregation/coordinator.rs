@@ -7,7 +7,6 @@ use crate::crypto::kahe::{self, ReleaseRequest};
 use crate::metrics::OutcomeLabels;
 use crate::session::records;
 use crate::session::roles::coordinator::{CoordinatorEffect, CoordinatorState};
-use crate::session::ResultKind;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -395,24 +394,17 @@ impl AggregationActor {
                     Some(match timed_blocking(&metrics, "combine", job).await {
                         Ok(sum) => {
                             let k = sum.contributors.len() as u32;
-                            let (values, error_bound) = match plan.result {
-                                ResultKind::Mean => (
-                                    sum.sum.iter().map(|s| s / k as f64).collect(),
-                                    plan.params.mean_error_bound(),
-                                ),
-                                ResultKind::Sum => (sum.sum, plan.params.sum_error_bound(k)),
-                            };
-                            Internal::Combined {
-                                session: session.clone(),
-                                result: Box::new(SessionResult {
-                                    session,
-                                    kind: plan.result,
-                                    contributors: k,
-                                    contributor_ids,
-                                    clipped,
-                                    error_bound,
-                                    values,
-                                }),
+                            match SessionResult::from_sum(&plan, sum.sum, k) {
+                                Ok(r) => Internal::Combined {
+                                    session: session.clone(),
+                                    result: Box::new(SessionResult {
+                                        session,
+                                        contributor_ids,
+                                        clipped,
+                                        ..r
+                                    }),
+                                },
+                                Err(reason) => Internal::Event(session, fail(reason)),
                             }
                         }
                         Err(reason) => Internal::Event(session, fail(reason)),

@@ -39,7 +39,7 @@ use crate::session::roles::coordinator::{CoordinatorEvent, SubmissionMeta};
 use crate::session::roles::LocalPolicy;
 use crate::session::{
     now_ms, PackedResult, Phase, Roles, SessionError, SessionInfo, SessionPlan, SessionResult,
-    SessionSpec, SubmitReceipt, Timings,
+    SessionSpec, SubmitReceipt, Timings, Update,
 };
 use crate::store::{trees, Store};
 
@@ -59,7 +59,7 @@ enum Command {
     Get(String, Reply<SessionInfo>),
     /// Answers once session `.0` is no longer in phase `.1` (at once if it is not).
     WaitChange(String, Phase, Reply<SessionInfo>),
-    Submit(String, Vec<f32>, Reply<SubmitReceipt>),
+    Submit(String, Update, Reply<SubmitReceipt>),
     Result(String, Reply<SessionResult>),
     Inbound {
         peer: PeerId,
@@ -180,10 +180,16 @@ impl AggregationHandle {
 
     /// This node as a participant: encrypts `values` locally and uploads them to the
     /// coordinator; returns once the coordinator holds the whole update durably.
-    pub async fn submit(&self, id: &str, values: Vec<f32>) -> Result<SubmitReceipt, SessionError> {
-        let id = id.to_string();
+    /// Encrypts this node's update and sends it to the session's coordinator; answers once the
+    /// coordinator holds it durably.
+    pub async fn submit(
+        &self,
+        id: &str,
+        update: impl Into<Update>,
+    ) -> Result<SubmitReceipt, SessionError> {
+        let (id, update) = (id.to_string(), update.into());
         self.mailbox
-            .ask(|r| Command::Submit(id, values, r))
+            .ask(|r| Command::Submit(id, update, r))
             .await
             .map_err(stopped)?
     }
@@ -523,7 +529,7 @@ impl AggregationActor {
                     let _ = reply.send(other);
                 }
             },
-            Command::Submit(id, values, reply) => self.submit(id, values, reply),
+            Command::Submit(id, update, reply) => self.submit(id, update, reply),
             Command::Result(id, reply) => {
                 // A result is megabytes read from its file and checked: off the actor.
                 let (store, missing) = (self.store.clone(), self.no_result(&id));
@@ -716,6 +722,9 @@ impl AggregationActor {
             coordinator: plan.coordinator.clone(),
             profile: plan.params.profile.to_string(),
             length: plan.length,
+            shapes: plan.shapes.clone(),
+            integers: plan.integers,
+            max_weight: plan.params.max_weight,
             result_kind: plan.result,
             committee: plan.committee.len(),
             threshold: plan.threshold,

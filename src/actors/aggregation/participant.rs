@@ -12,9 +12,9 @@ use super::*;
 use crate::crypto::kahe::{self, PreparedEncryption, SealedUpdate};
 use crate::crypto::CryptoError;
 use crate::session::messages::PIECE_BYTES;
-use crate::session::records;
 use crate::session::roles::member::MemberState;
 use crate::session::roles::participant::{ParticipantEffect, ParticipantInput, ParticipantState};
+use crate::session::{records, Update};
 
 /// A session this node takes part in, as participant, member or both.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,6 +107,31 @@ async fn upload(
         }
     }
     Ok((count, start.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The integer weight a weighted session's update is sealed with; refuses a missing weight, a
+/// weight for an unweighted session, and one that is not a whole number in 1..=max_weight.
+fn check_weight(
+    id: &str,
+    max_weight: Option<u32>,
+    weight: Option<f64>,
+) -> Result<Option<u32>, SessionError> {
+    match (max_weight, weight) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(SessionError::BadInput(format!(
+            "session `{id}` is not a weighted mean: give no weight"
+        ))),
+        (Some(max), None) => Err(SessionError::BadInput(format!(
+            "session `{id}` is a weighted mean: give the update's weight (a whole number in \
+             1..={max}, e.g. its number of examples)"
+        ))),
+        (Some(max), Some(w)) if w.fract() == 0.0 && (1.0..=max as f64).contains(&w) => {
+            Ok(Some(w as u32))
+        }
+        (Some(max), Some(w)) => Err(SessionError::BadInput(format!(
+            "weight {w} is not a whole number in 1..={max} (the session's max_weight)"
+        ))),
+    }
 }
 
 impl AggregationActor {
@@ -350,7 +375,8 @@ impl AggregationActor {
 
     /// Participant side of a submission: checked, then sealed and written in a task; the
     /// actor records it before its upload starts.
-    pub(super) fn submit(&mut self, id: String, values: Vec<f32>, reply: Reply<SubmitReceipt>) {
+    pub(super) fn submit(&mut self, id: String, update: Update, reply: Reply<SubmitReceipt>) {
+        let Update { values, weight } = update;
         let checked = (|| {
             let joined = self
                 .joined
@@ -390,9 +416,10 @@ impl AggregationActor {
             if let Some(index) = values.iter().position(|v| v.is_nan()) {
                 return Err(CryptoError::NonFinite { index }.into());
             }
-            Ok(plan)
+            let weight = check_weight(&id, plan.params.max_weight, weight)?;
+            Ok((plan, weight))
         })();
-        let plan = match checked {
+        let (plan, weight) = match checked {
             Ok(v) => v,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -421,9 +448,12 @@ impl AggregationActor {
                         Some(p) => p.prepared,
                         None => keys.prepare(&plan.id, context).await?,
                     };
-                    let sealed = tokio::task::spawn_blocking(move || budgeted.seal(&values))
-                        .await
-                        .map_err(|_| SessionError::Unavailable("encryption"))??;
+                    let sealed = tokio::task::spawn_blocking(move || match weight {
+                        Some(w) => budgeted.seal_weighted(&values, w),
+                        None => budgeted.seal(&values),
+                    })
+                    .await
+                    .map_err(|_| SessionError::Unavailable("encryption"))??;
                     Ok::<_, SessionError>((sealed, was_prepared))
                 }
                 .await;

@@ -79,6 +79,9 @@ pub struct KaheParams {
     /// Bits of each body and key-release coefficient on the wire (the modulus switched to).
     pub wire_bits: u32,
     pub rounding: Rounding,
+    /// A weighted sum's largest weight: each update is sealed multiplied by its integer weight
+    /// w ≤ max_weight, with one more coefficient carrying w itself (`None`: unweighted).
+    pub max_weight: Option<u32>,
 }
 
 impl KaheParams {
@@ -92,14 +95,33 @@ impl KaheParams {
         clip: f64,
         frac_bits: u32,
     ) -> Result<Self, CryptoError> {
+        Self::recommended_weighted(
+            profile,
+            participants,
+            committee,
+            threshold,
+            clip,
+            frac_bits,
+            None,
+        )
+    }
+
+    /// [`KaheParams::recommended`] for sums of updates multiplied by integer weights of at
+    /// most `max_weight` (`None`: unweighted): the plaintext grows by log2(max_weight) bits.
+    pub fn recommended_weighted(
+        profile: Profile,
+        participants: u32,
+        committee: u32,
+        threshold: u32,
+        clip: f64,
+        frac_bits: u32,
+        max_weight: Option<u32>,
+    ) -> Result<Self, CryptoError> {
         if frac_bits > 40 {
             return Err(CryptoError::InvalidParams(format!(
                 "frac_bits = {frac_bits} exceeds 40"
             )));
         }
-        let sum_log2 = (participants.max(1) as f64 * max_fixed(clip, frac_bits)).log2();
-        // |Σm| < 2^(w−1): one bit for the sign, and a strict bound.
-        let plaintext_bits = (sum_log2.floor() as i64 + 2).max(2) as u32;
         let mut params = KaheParams {
             profile,
             participants,
@@ -107,17 +129,23 @@ impl KaheParams {
             threshold,
             clip,
             frac_bits,
-            plaintext_bits,
+            plaintext_bits: 0,
             wire_bits: 0,
             rounding: Rounding::Nearest,
+            max_weight,
         };
+        // |Σm| < 2^(w−1): one bit for the sign, and a strict bound.
+        params.plaintext_bits = (params.sum_log2().floor() as i64 + 2).max(2) as u32;
         params.wire_bits = (1..=MAX_WIRE_BITS / 8)
             .map(|b| b * 8)
-            .find(|&bits| params.error_bound_log2(bits) < bits as f64 - plaintext_bits as f64 - 1.0)
+            .find(|&bits| {
+                params.error_bound_log2(bits) < bits as f64 - params.plaintext_bits as f64 - 1.0
+            })
             .ok_or_else(|| {
                 CryptoError::InvalidParams(format!(
-                    "no wire width up to {MAX_WIRE_BITS} bits decodes a {plaintext_bits}-bit \
-                     plaintext of {participants} participants"
+                    "no wire width up to {MAX_WIRE_BITS} bits decodes a {}-bit \
+                     plaintext of {participants} participants",
+                    params.plaintext_bits
                 ))
             })?;
         params.validate()?;
@@ -137,6 +165,24 @@ impl KaheParams {
         let switching = (k + self.committee.max(1) as f64) * Switch::max_error(bits);
         let noise = k * 2f64.powi(self.ring().noise_log2 as i32) * 2f64.powf(bits as f64 - Q_LOG2);
         (switching + noise).log2()
+    }
+
+    /// log2 of the largest |sum| of one coefficient: every participant's largest encoded value,
+    /// times its largest weight (whose own coefficient encodes w·2^f).
+    fn sum_log2(&self) -> f64 {
+        let largest = match self.max_weight {
+            None => max_fixed(self.clip, self.frac_bits),
+            Some(w) => {
+                let one = (1u64 << self.frac_bits) as f64;
+                w as f64 * max_fixed(self.clip, self.frac_bits).max(one)
+            }
+        };
+        (self.participants.max(1) as f64 * largest).log2()
+    }
+
+    /// Coefficients an update of `values` values takes: one more for a weighted sum's weight.
+    pub fn coefficients(&self, values: u64) -> u64 {
+        values + self.max_weight.is_some() as u64
     }
 
     /// Δ' = 2^(wire_bits − plaintext_bits): the plaintext's scale in a wire coefficient.
@@ -206,11 +252,15 @@ impl KaheParams {
                 self.plaintext_bits, self.wire_bits
             ));
         }
-        let sum_log2 = (self.participants as f64 * max_fixed(self.clip, self.frac_bits)).log2();
+        if self.max_weight == Some(0) {
+            return bad("max_weight = 0: weights are at least 1".to_string());
+        }
+        let sum_log2 = self.sum_log2();
         if sum_log2 >= (self.plaintext_bits - 1) as f64 {
             return bad(format!(
-                "participants · clip · 2^frac_bits = 2^{sum_log2:.2} reaches the plaintext limit \
-                 2^{}: lower frac_bits, clip or participants, or widen plaintext_bits",
+                "participants · clip · 2^frac_bits (· max_weight) = 2^{sum_log2:.2} reaches the \
+                 plaintext limit 2^{}: lower frac_bits, clip, max_weight or participants, or \
+                 widen plaintext_bits",
                 self.plaintext_bits - 1
             ));
         }

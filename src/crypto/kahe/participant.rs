@@ -287,17 +287,53 @@ impl PreparedEncryption {
     /// Adds the encoded values into the prepared bodies and seals the envelope. A wrong length
     /// or a NaN is refused before anything is used: the preparation stays available.
     pub fn seal(mut self, values: &[f32]) -> Result<SealedUpdate, CryptoError> {
-        self.seal_in_place(values)
+        self.seal_in_place(values, None)
     }
 
-    /// [`PreparedEncryption::seal`] that leaves the preparation in place when it refuses.
-    pub fn seal_in_place(&mut self, values: &[f32]) -> Result<SealedUpdate, CryptoError> {
+    /// [`PreparedEncryption::seal`] of a weighted sum's update: every encoded value multiplied
+    /// by `weight` (exactly, in the plaintext ring), and `weight` itself in the last coefficient.
+    pub fn seal_weighted(
+        mut self,
+        values: &[f32],
+        weight: u32,
+    ) -> Result<SealedUpdate, CryptoError> {
+        self.seal_in_place(values, Some(weight))
+    }
+
+    /// [`PreparedEncryption::seal`] (or [`PreparedEncryption::seal_weighted`]) that leaves the
+    /// preparation in place when it refuses.
+    pub fn seal_in_place(
+        &mut self,
+        values: &[f32],
+        weight: Option<u32>,
+    ) -> Result<SealedUpdate, CryptoError> {
         let ctx = &self.ctx;
-        if values.len() as u64 != ctx.length {
+        let params = &ctx.params;
+        let expected = ctx.length - params.max_weight.is_some() as u64;
+        if values.len() as u64 != expected {
             return Err(CryptoError::LengthMismatch {
-                expected: ctx.length,
+                expected,
                 got: values.len() as u64,
             });
+        }
+        match (params.max_weight, weight) {
+            (None, None) => {}
+            (Some(max), Some(w)) if (1..=max).contains(&w) => {}
+            (Some(max), Some(w)) => {
+                return Err(CryptoError::InvalidParams(format!(
+                    "weight {w} is outside 1..={max}"
+                )))
+            }
+            (Some(_), None) => {
+                return Err(CryptoError::InvalidParams(
+                    "a weighted sum's update needs its weight".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(CryptoError::InvalidParams(
+                    "an unweighted sum's update takes no weight".into(),
+                ))
+            }
         }
         if let Some(index) = values.iter().position(|v| v.is_nan()) {
             return Err(CryptoError::NonFinite { index });
@@ -305,10 +341,12 @@ impl PreparedEncryption {
         let mut frame = self.frame.take().ok_or_else(|| {
             CryptoError::InvalidParams("this prepared encryption was already sealed".into())
         })?;
-        let params = &ctx.params;
         let n = ctx.ring_dim();
         let width = params.wire_bytes();
         let mask = (1u64 << params.wire_bits) - 1;
+        // Multiplying a field by w multiplies its plaintext by w mod 2^plaintext_bits: the
+        // weighted value exactly, since the plaintext is sized for max_weight.
+        let multiplier = weight.unwrap_or(1) as u64;
         let bodies = update_bodies_mut(&mut frame);
         let clipped: Result<u64, CryptoError> = bodies
             .par_chunks_mut(n * width)
@@ -335,13 +373,24 @@ impl PreparedEncryption {
                     };
                     with_field_width!(width, W => {
                         for (j, &a) in addends.iter().enumerate() {
-                            write_field::<W>(out, j, read_field::<W>(out, j).wrapping_add(a) & mask);
+                            let sum = read_field::<W>(out, j).wrapping_add(a.wrapping_mul(multiplier));
+                            write_field::<W>(out, j, sum & mask);
                         }
                     });
                     Ok(clipped)
                 },
             )
             .sum();
+        if let Some(w) = weight {
+            // The weight's coefficient: w · 2^f, i.e. the value 1 weighted.
+            let at = values.len();
+            let field = field_of(params, (w as i64) << params.frac_bits);
+            let out = &mut bodies[(at / n) * n * width..];
+            with_field_width!(width, W => {
+                let sum = read_field::<W>(out, at % n).wrapping_add(field);
+                write_field::<W>(out, at % n, sum & mask);
+            });
+        }
         let clipped = clipped?;
         seal_frame(&mut frame);
         let bytes = std::mem::take(&mut *frame);

@@ -346,16 +346,16 @@ fn a_prepared_encryption_refuses_bad_values_and_seals_once() {
     let mut values = vec![0.5f32; 3000];
     values[17] = f32::NAN;
     assert_eq!(
-        prepared.seal_in_place(&values).unwrap_err(),
+        prepared.seal_in_place(&values, None).unwrap_err(),
         CryptoError::NonFinite { index: 17 }
     );
     assert!(matches!(
-        prepared.seal_in_place(&values[..10]),
+        prepared.seal_in_place(&values[..10], None),
         Err(CryptoError::LengthMismatch { .. })
     ));
     values[17] = 0.5;
-    let sealed = prepared.seal_in_place(&values).unwrap();
-    assert!(prepared.seal_in_place(&values).is_err());
+    let sealed = prepared.seal_in_place(&values, None).unwrap();
+    assert!(prepared.seal_in_place(&values, None).is_err());
     assert_eq!(sealed.bytes.len(), wire::update_len(&ctx));
     // Another session, another length, another profile: refused by the accumulator.
     let other = context(Profile::Fast, 6, 3, 2, 3001);
@@ -366,6 +366,84 @@ fn a_prepared_encryption_refuses_bad_values_and_seals_once() {
         acc.add("p", &sealed.bytes),
         Err(CryptoError::DuplicateContributor(_))
     ));
+}
+
+#[test]
+fn weighted_updates_decode_to_the_exact_weighted_sum_and_the_weights_sum() {
+    // 4096 values and the weight: the weight's coefficient opens a polynomial of its own.
+    let (participants, length, max_weight) = (5u32, 4096u64, 1000u32);
+    let params = KaheParams::recommended_weighted(
+        Profile::Fast,
+        participants,
+        3,
+        2,
+        8.0,
+        20,
+        Some(max_weight),
+    )
+    .unwrap();
+    let unweighted = KaheParams::recommended(Profile::Fast, participants, 3, 2, 8.0, 20).unwrap();
+    // Σ w·m < 5 · 1000 · 8 · 2^20: ten more plaintext bits than the unweighted sum.
+    assert_eq!(params.plaintext_bits, unweighted.plaintext_bits + 10);
+    let ctx = SessionContext::new(params.clone(), [3; 32], params.coefficients(length)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut acc = Accumulator::new(&ctx);
+    let mut keys = BTreeMap::new();
+    let scale = (1u64 << 20) as f64;
+    let mut exact = vec![0i64; length as usize + 1];
+    for (i, weight) in [1u32, 7, 1000, 250, 3].into_iter().enumerate() {
+        let key = ParticipantKey::generate(ctx.committee());
+        // Values beyond the clip too: a weight multiplies the clipped value.
+        let values: Vec<f32> = (0..length).map(|_| rng.gen_range(-9.0f32..9.0)).collect();
+        let prepared = key.prepare(&ctx).unwrap();
+        assert!(matches!(
+            key.prepare(&ctx).unwrap().seal(&values),
+            Err(CryptoError::InvalidParams(_))
+        ));
+        assert!(key
+            .prepare(&ctx)
+            .unwrap()
+            .seal_weighted(&values, max_weight + 1)
+            .is_err());
+        assert!(key
+            .prepare(&ctx)
+            .unwrap()
+            .seal_weighted(&values, 0)
+            .is_err());
+        let sealed = prepared.seal_weighted(&values, weight).unwrap();
+        let clipped = values.iter().filter(|v| v.abs() > 8.0).count() as u64;
+        assert_eq!(sealed.clipped, clipped);
+        for (s, &x) in exact.iter_mut().zip(&values) {
+            *s += weight as i64 * (x.clamp(-8.0, 8.0) as f64 * scale).round() as i64;
+        }
+        exact[length as usize] += (weight as i64) << 20;
+        acc.add(&name(i), &sealed.bytes).unwrap();
+        keys.insert(name(i), key);
+    }
+    let aggregate = acc.finish();
+    let request = aggregate.request(ctx.committee().assign(&[0, 1]).unwrap());
+    let releases: Vec<(u32, Vec<u8>)> = [0u32, 1]
+        .iter()
+        .filter(|m| request.assignment.contains(m))
+        .map(|&m| {
+            let held: BTreeMap<String, SeedBundle> = keys
+                .iter()
+                .map(|(p, k)| (p.clone(), k.bundle_for(m)))
+                .collect();
+            (m, release(&ctx, m, &request, |p| held.get(p)).unwrap())
+        })
+        .collect();
+    let fixed = aggregate.combine_fixed(&request, &refs(&releases)).unwrap();
+    assert_eq!(fixed, exact);
+    assert_eq!(fixed[length as usize], (1 + 7 + 1000 + 250 + 3) << 20);
+    // An unweighted context refuses a weight.
+    let plain = context(Profile::Fast, 5, 3, 2, 10);
+    let key = ParticipantKey::generate(plain.committee());
+    assert!(key
+        .prepare(&plain)
+        .unwrap()
+        .seal_weighted(&[0.0; 10], 1)
+        .is_err());
 }
 
 #[test]
