@@ -227,6 +227,16 @@ impl ApiClient {
         self.send_json(request, &url).await
     }
 
+    /// `GET /v1/sessions/{id}/result` as the node's JSON, which holds the session's named
+    /// tensors (nested lists) beside the flat values when it has shapes.
+    pub async fn result_json(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(&["v1", "sessions", id, "result"])?;
+        let request = self
+            .request(Method::GET, &url)
+            .header(ACCEPT, "application/json");
+        self.send_json(request, &url).await
+    }
+
     /// `GET /v1/sessions/{id}/result` as a safetensors file (`f64` tensors named as the
     /// session's shapes, the facts in its metadata).
     pub async fn result_safetensors(&self, id: &str) -> Result<Vec<u8>, ClientError> {

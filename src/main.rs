@@ -543,7 +543,7 @@ async fn wait_until_finished(client: &ApiClient, id: &str, secs: u64) -> anyhow:
 /// Prints a finished session's result: JSON, or raw float64 values with the facts on stderr.
 async fn print_result(client: &ApiClient, id: &str, raw: bool) -> anyhow::Result<()> {
     match raw {
-        false => print_json(&client.result(id).await?),
+        false => print_json(&client.result_json(id).await?),
         true => {
             let mut stdout = std::io::stdout().lock();
             anyhow::ensure!(

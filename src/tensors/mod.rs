@@ -355,6 +355,15 @@ impl Layout {
                         .tensors
                         .binary_search_by(|(n, _, _)| n.as_str().cmp(name))
                     else {
+                        // An integer buffer of a state_dict is named as what it is.
+                        if let Elements::Bytes { dtype, .. } = &tensor.elements {
+                            if dtype.is_integer() && integers == IntegerPolicy::Refuse {
+                                return Err(TensorError::Integer {
+                                    name: name.clone(),
+                                    dtype: dtype.name().to_string(),
+                                });
+                            }
+                        }
                         return Err(TensorError::Layout(format!(
                             "tensor `{name}` is not one of the session's tensors ({})",
                             self.names_listed()

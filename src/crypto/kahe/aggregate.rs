@@ -206,8 +206,9 @@ impl Aggregate {
     }
 
     /// [`Aggregate::combine_fixed`], checked against the contributors' clipped range and
-    /// scaled to floats. An honest sum is at most K·clip·2^f in magnitude: anything beyond is a
-    /// corrupt body or release, reported rather than published.
+    /// scaled to floats. An honest sum is at most K·⌈clip·2^f⌉ in magnitude (times the largest
+    /// weight in a weighted sum): anything beyond is a corrupt body or release, reported rather
+    /// than published.
     pub fn combine(
         &self,
         request: &ReleaseRequest,
@@ -216,7 +217,7 @@ impl Aggregate {
         let fixed = self.combine_fixed(request, releases)?;
         let p = &self.ctx.params;
         let k = self.contributors.len() as f64;
-        let limit = (k * (p.clip * (1u64 << p.frac_bits) as f64 + 1.0)) as i64;
+        let limit = (k * p.largest_encoded()) as i64;
         if let Some(index) = fixed.iter().position(|v| v.abs() > limit) {
             return Err(CryptoError::Overflow(format!(
                 "value {index} decodes outside the clipped range of {} contributors: a body \

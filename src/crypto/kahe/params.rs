@@ -167,17 +167,21 @@ impl KaheParams {
         (switching + noise).log2()
     }
 
-    /// log2 of the largest |sum| of one coefficient: every participant's largest encoded value,
-    /// times its largest weight (whose own coefficient encodes w·2^f).
-    fn sum_log2(&self) -> f64 {
-        let largest = match self.max_weight {
+    /// The largest |plaintext| one honest participant puts in a coefficient: its largest
+    /// encoded value, times its largest weight (whose own coefficient encodes w·2^f).
+    pub fn largest_encoded(&self) -> f64 {
+        match self.max_weight {
             None => max_fixed(self.clip, self.frac_bits),
             Some(w) => {
                 let one = (1u64 << self.frac_bits) as f64;
                 w as f64 * max_fixed(self.clip, self.frac_bits).max(one)
             }
-        };
-        (self.participants.max(1) as f64 * largest).log2()
+        }
+    }
+
+    /// log2 of the largest |sum| of one coefficient.
+    fn sum_log2(&self) -> f64 {
+        (self.participants.max(1) as f64 * self.largest_encoded()).log2()
     }
 
     /// Coefficients an update of `values` values takes: one more for a weighted sum's weight.
