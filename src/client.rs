@@ -14,6 +14,7 @@ use crate::api::sessions::{
     HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND, HEADER_TOTAL_WEIGHT,
 };
 use crate::inference::{ContextInfo, Decrypted, ModelInfo, ModelSpec};
+use crate::session::series::{SeriesInfo, SeriesSpec};
 use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
 
 pub use crate::api::sessions::UpdateFormat;
@@ -225,6 +226,19 @@ impl ApiClient {
             .request(Method::GET, &url)
             .header(ACCEPT, "application/json");
         self.send_json(request, &url).await
+    }
+
+    /// `POST /v1/series`: a multi-round series with this node as its coordinator.
+    pub async fn create_series(&self, spec: &SeriesSpec) -> Result<SeriesInfo, ClientError> {
+        let url = self.url(&["v1", "series"])?;
+        self.send_json(self.request(Method::POST, &url).json(spec), &url)
+            .await
+    }
+
+    /// `GET /v1/series/{id}`: the series with each opened round's phase.
+    pub async fn series(&self, id: &str) -> Result<SeriesInfo, ClientError> {
+        let url = self.url(&["v1", "series", id])?;
+        self.send_json(self.request(Method::GET, &url), &url).await
     }
 
     /// `GET /v1/sessions/{id}/result` as the node's JSON, which holds the session's named

@@ -14,6 +14,7 @@ use tracing::{error, info, info_span, Instrument};
 use crate::actors::aggregation::{self, AggregationHandle};
 use crate::actors::inference::{self, InferenceHandle};
 use crate::actors::keys::{self, KeysHandle};
+use crate::actors::series::{self, SeriesHandle};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::metrics::{ActorLabels, Metrics, NodeMetrics};
@@ -44,6 +45,7 @@ pub struct Node {
     pub network: NetworkHandle,
     pub keys: KeysHandle,
     pub aggregation: AggregationHandle,
+    pub series: SeriesHandle,
     pub inference: InferenceHandle,
     pub store: Store,
     pub metrics: NodeMetrics,
@@ -209,6 +211,17 @@ impl Node {
             "aggregation",
             agg_task.instrument(info_span!("aggregation")).boxed(),
         );
+        let (series, series_task) = series::spawn(
+            series::SeriesDeps {
+                store: store.clone(),
+                aggregation: aggregation.clone(),
+            },
+            actors_stop.child_token(),
+        );
+        let series_task = sup(
+            "series",
+            series_task.instrument(info_span!("series")).boxed(),
+        );
         let (inference, inf_task) = inference::spawn(
             inference::InferenceDeps {
                 me: peer_id,
@@ -247,11 +260,12 @@ impl Node {
 
         let sampler = {
             // Mailbox depths; the store size is read at each scrape by the API.
-            let (metrics, network, keys, aggregation, inference) = (
+            let (metrics, network, keys, aggregation, series, inference) = (
                 metrics.clone(),
                 network.clone(),
                 keys.clone(),
                 aggregation.clone(),
+                series.clone(),
                 inference.clone(),
             );
             let stop = actors_stop.child_token();
@@ -268,6 +282,7 @@ impl Node {
                             ("network", network.mailbox_depth()),
                             ("keys", keys.mailbox_depth()),
                             ("aggregation", aggregation.mailbox_depth()),
+                            ("series", series.mailbox_depth()),
                             ("inference", inference.mailbox_depth()),
                         ] {
                             metrics
@@ -295,6 +310,7 @@ impl Node {
             network: network.clone(),
             keys: keys.clone(),
             aggregation: aggregation.clone(),
+            series: series.clone(),
             inference: inference.clone(),
             store: store.clone(),
             registry: std::sync::Arc::new(registry),
@@ -326,6 +342,7 @@ impl Node {
             network,
             keys,
             aggregation,
+            series,
             inference,
             store,
             metrics,
@@ -338,6 +355,7 @@ impl Node {
                 ("sampler", sampler),
                 ("router", router_task),
                 ("inference", inf_task),
+                ("series", series_task),
                 ("aggregation", agg_task),
                 ("keys", keys_task),
                 ("network", net_task),

@@ -1,6 +1,7 @@
-//! Federated training's shapes across three real nodes in one process on loopback, through
-//! each node's HTTP API: named tensors in three formats and three key orders, a weighted mean,
-//! and the refusals a participant's own node gives before anything is sealed.
+//! Federated training across three real nodes in one process on loopback, through each node's
+//! HTTP API: named tensors in three formats and three key orders, a weighted mean, the
+//! refusals a participant's own node gives before anything is sealed, and a multi-round series
+//! across a coordinator's and a participant's restart.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,9 +9,12 @@ use std::time::Duration;
 
 use fhenode::client::{ApiClient, ClientError, UpdateFormat};
 use fhenode::crypto::Profile;
-use fhenode::demo::{start_local_network, wait_for_full_mesh, wait_info, wait_result};
+use fhenode::demo::{
+    dial_address, loopback_config, start_local_network, wait_for_full_mesh, wait_info, wait_result,
+};
 use fhenode::node::Node;
-use fhenode::session::{ResultKind, SessionSpec};
+use fhenode::session::series::SeriesSpec;
+use fhenode::session::{Phase, ResultKind, SessionSpec};
 use half::f16;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -329,5 +333,159 @@ async fn named_tensors_and_a_weighted_mean_through_the_api() {
 
     for node in nodes {
         node.shutdown().await.unwrap();
+    }
+}
+
+/// `count` values of participant `i` in round `round`.
+fn round_update(i: usize, round: u32, count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|j| (i as f32 - 1.0) * 0.5 + round as f32 + j as f32 * 0.125)
+        .collect()
+}
+
+/// Waits until `node` may submit to `session`, then submits its update for `round`.
+async fn submit_round(node: &Node, session: &str, i: usize, round: u32) {
+    if let Err(e) = wait_info(node, session, |s| s.seeds_delivered >= 2, LONG).await {
+        panic!("participant {i} cannot submit to {session}: {e}");
+    }
+    node.aggregation
+        .submit(session, round_update(i, round, 4))
+        .await
+        .unwrap();
+}
+
+/// A series of three rounds: the coordinator restarts before round 1's submissions (and
+/// resumes the series), and a participant restarts between rounds 1 and 2 and takes part in
+/// round 2; every round's mean is right and the series reports each round done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_runs_its_rounds_across_restarts() {
+    let t0 = std::time::Instant::now();
+    let mark = |what: &str| eprintln!("{:>8.2?} {what}", t0.elapsed());
+    let (dirs, nodes) = start_local_network(3).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+    let spec: SeriesSpec = serde_json::from_value(serde_json::json!({
+        "id": "fl",
+        "rounds": 3,
+        "length": 4,
+        "profile": "fast",
+        "committee": ids,
+        "threshold": 2,
+        "participants": ids,
+        "deadline_secs": 60,
+    }))
+    .unwrap();
+    let info = client(&nodes[0]).create_series(&spec).await.unwrap();
+    assert_eq!((info.planned_rounds, info.rounds.len()), (3, 1));
+    assert_eq!(info.rounds[0].session, "fl-1");
+    let again = client(&nodes[0]).create_series(&spec).await;
+    assert_eq!(code(again), "duplicate");
+    let bad: SeriesSpec = serde_json::from_value(serde_json::json!({
+        "rounds": 2, "length": 4, "committee": [], "participants": ids,
+    }))
+    .unwrap();
+    assert_eq!(
+        code(client(&nodes[0]).create_series(&bad).await),
+        "invalid_spec"
+    );
+
+    // The coordinator restarts with round 1 open: the series resumes from its record. (Once
+    // every member holds every participant's seeds: seeds in flight to a restarting member are
+    // not delivered again, a limit of seed delivery, not of series.)
+    for node in &nodes {
+        wait_info(node, "fl-1", |s| s.seeds_delivered == 3, LONG)
+            .await
+            .unwrap();
+    }
+    let mut nodes = nodes;
+    let boot = dial_address(&nodes[1], LONG).await.unwrap();
+    let coordinator = nodes.remove(0);
+    coordinator.shutdown().await.unwrap();
+    nodes.insert(
+        0,
+        Node::start(loopback_config(dirs[0].path(), vec![boot]))
+            .await
+            .unwrap(),
+    );
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    mark("coordinator restarted");
+    for (i, node) in nodes.iter().enumerate() {
+        submit_round(node, "fl-1", i, 1).await;
+        mark("submitted 1");
+    }
+    wait_result(&nodes[2], "fl-1", LONG).await.unwrap();
+
+    // Participant 2 restarts between rounds 1 and 2.
+    let boot = dial_address(&nodes[0], LONG).await.unwrap();
+    let participant = nodes.pop().unwrap();
+    participant.shutdown().await.unwrap();
+    nodes.push(
+        Node::start(loopback_config(dirs[2].path(), vec![boot]))
+            .await
+            .unwrap(),
+    );
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    mark("participant restarted");
+    for round in 2..=3u32 {
+        let session = format!("fl-{round}");
+        for (i, node) in nodes.iter().enumerate() {
+            submit_round(node, &session, i, round).await;
+            mark("submitted");
+        }
+        let result = wait_result(&nodes[2], &session, LONG).await.unwrap();
+        assert_eq!(result.contributors, 3, "round {round}");
+        for (j, got) in result.values.iter().enumerate() {
+            let want: f64 = (0..3)
+                .map(|i| round_update(i, round, 4)[j] as f64)
+                .sum::<f64>()
+                / 3.0;
+            assert!(
+                (got - want).abs() <= result.error_bound,
+                "round {round}: {got} vs {want}"
+            );
+        }
+    }
+    let series = wait_for("the series to finish", LONG, || async {
+        let s = client(&nodes[0]).series("fl").await.ok()?;
+        s.finished.then_some(s)
+    })
+    .await;
+    assert_eq!(series.failure, None);
+    let phases: Vec<(u32, &str, Phase)> = series
+        .rounds
+        .iter()
+        .map(|r| (r.round, r.session.as_str(), r.phase))
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            (1, "fl-1", Phase::Done),
+            (2, "fl-2", Phase::Done),
+            (3, "fl-3", Phase::Done)
+        ]
+    );
+    assert!(series.rounds.iter().all(|r| r.submissions == 3));
+    assert_eq!(
+        code(client(&nodes[1]).series("fl").await),
+        "unknown_session"
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// Polls `probe` until it gives a value, failing after `timeout`.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    probe: impl Fn() -> F,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

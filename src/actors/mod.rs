@@ -4,6 +4,7 @@
 pub mod aggregation;
 pub mod inference;
 pub mod keys;
+pub mod series;
 
 use tokio::sync::{mpsc, oneshot};
 

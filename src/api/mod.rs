@@ -20,6 +20,7 @@ use tracing::{info_span, Instrument};
 use crate::actors::aggregation::AggregationHandle;
 use crate::actors::inference::InferenceHandle;
 use crate::actors::keys::KeysHandle;
+use crate::actors::series::SeriesHandle;
 use crate::config::ApiToken;
 use crate::crypto::Profile;
 use crate::metrics::{NodeMetrics, RouteLabels, RouteOnlyLabels};
@@ -27,6 +28,7 @@ use crate::net::NetworkHandle;
 use crate::store::Store;
 
 pub mod inference;
+pub mod series;
 pub mod sessions;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -68,6 +70,7 @@ pub struct ApiState {
     pub network: NetworkHandle,
     pub keys: KeysHandle,
     pub aggregation: AggregationHandle,
+    pub series: SeriesHandle,
     pub inference: InferenceHandle,
     pub store: Store,
     pub registry: Arc<Registry>,
@@ -96,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))
         .merge(sessions::routes())
+        .merge(series::routes())
         .merge(inference::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

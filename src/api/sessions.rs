@@ -78,7 +78,7 @@ fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiErr
     }
 }
 
-fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
+pub(super) fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())

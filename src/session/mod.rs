@@ -6,6 +6,7 @@ mod packed;
 mod phase;
 pub mod records;
 pub mod roles;
+pub mod series;
 pub mod spec;
 
 use std::collections::BTreeMap;

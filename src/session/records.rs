@@ -17,6 +17,13 @@ pub fn joined(session: &str) -> String {
     format!("{JOINED}{session}")
 }
 
+/// A series this node coordinates (`trees::SESSIONS`).
+pub const SERIES: &str = "series/";
+
+pub fn series(id: &str) -> String {
+    format!("{SERIES}{id}")
+}
+
 /// Tree of the secrets below.
 pub const SECRETS_TREE: &str = trees::KEYS;
 

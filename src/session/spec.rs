@@ -28,7 +28,7 @@ pub enum ResultKind {
 }
 
 /// A session as a user asks for it (`POST /v1/sessions`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     /// Session id; generated when absent. 1–64 characters of `[A-Za-z0-9._-]`.

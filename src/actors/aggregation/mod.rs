@@ -178,10 +178,8 @@ impl AggregationHandle {
             .map_err(stopped)?
     }
 
-    /// This node as a participant: encrypts `values` locally and uploads them to the
+    /// This node as a participant: encrypts the update locally and uploads it to the
     /// coordinator; returns once the coordinator holds the whole update durably.
-    /// Encrypts this node's update and sends it to the session's coordinator; answers once the
-    /// coordinator holds it durably.
     pub async fn submit(
         &self,
         id: &str,
