@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use fhenode::bench::{run_crypto_bench, CryptoBenchConfig};
+use fhenode::client::progress::Progress;
 use fhenode::client::{ApiClient, UpdateFormat, DEFAULT_API_URL};
 use fhenode::config::{self, CliOverrides, Config};
 use fhenode::crypto::Profile;
@@ -313,6 +314,10 @@ enum SessionCommand {
         /// This update's weight in a weighted mean (e.g. its number of examples).
         #[arg(long)]
         weight: Option<f64>,
+        /// Then wait up to SECS for the session to finish, showing its phases on stderr; a
+        /// session that fails ends the wait with its reason.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
     /// Print a finished session's result.
     #[command(name = "result")]
@@ -475,12 +480,33 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
             print_json(&serde_json::json!({ "sessions": client.list_sessions().await? }))
         }
         SessionCommand::Show { id } => print_json(&client.session(&id).await?),
-        SessionCommand::Submit { id, values, weight } => {
+        SessionCommand::Submit {
+            id,
+            values,
+            weight,
+            wait,
+        } => {
             let body = std::fs::read(&values)
                 .with_context(|| format!("cannot read {}", values.display()))?;
             let extension = values.extension().and_then(|e| e.to_str()).unwrap_or("");
             let format = UpdateFormat::from_extension(extension);
-            print_json(&client.submit_update(&id, format, body, weight).await?)
+            let mut progress = Progress::new(&id);
+            let sent = progress.upload(body.len() as u64);
+            let submitting = client.submit_update_reporting(&id, format, body, weight, sent);
+            // The body is all sent long before the node answers: it encrypts and uploads.
+            tokio::pin!(submitting);
+            let receipt = tokio::select! {
+                receipt = &mut submitting => receipt?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(300)) => {
+                    progress.sealing();
+                    submitting.await?
+                }
+            };
+            progress.submitted(&receipt);
+            if let Some(secs) = wait {
+                wait_until_finished(&client, &id, secs, &mut progress).await?;
+            }
+            print_json(&receipt)
         }
         SessionCommand::GetResult {
             id,
@@ -489,7 +515,7 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
             wait,
         } => {
             if let Some(secs) = wait {
-                wait_until_finished(&client, &id, secs).await?;
+                wait_until_finished(&client, &id, secs, &mut Progress::new(&id)).await?;
             }
             if safetensors {
                 let mut stdout = std::io::stdout().lock();
@@ -505,21 +531,19 @@ async fn session(args: SessionArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Follows session `id` with long polls until it is done, reporting each phase it reaches
-/// on stderr; an error when it fails or is still running after `secs`.
-async fn wait_until_finished(client: &ApiClient, id: &str, secs: u64) -> anyhow::Result<()> {
+/// Follows session `id` with long polls until it is done, showing each phase it reaches on
+/// stderr; an error when it fails or is still running after `secs`.
+async fn wait_until_finished(
+    client: &ApiClient,
+    id: &str,
+    secs: u64,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     use fhenode::session::Phase;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     let mut info = client.session(id).await?;
-    let mut reported = None;
     loop {
-        if reported != Some(info.phase) {
-            eprintln!(
-                "session {id}: {} ({} of {} submitted)",
-                info.phase, info.submissions, info.participants
-            );
-            reported = Some(info.phase);
-        }
+        progress.phase(&info);
         match info.phase {
             Phase::Done => return Ok(()),
             Phase::Failed => anyhow::bail!(
@@ -529,13 +553,12 @@ async fn wait_until_finished(client: &ApiClient, id: &str, secs: u64) -> anyhow:
             _ => {}
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        anyhow::ensure!(
-            !left.is_zero(),
-            "session {id} is still {} after {secs} s",
-            info.phase
-        );
+        if left.is_zero() {
+            progress.clear();
+            anyhow::bail!("session {id} is still {} after {secs} s", info.phase);
+        }
         info = client
-            .session_after_change(id, left.as_secs().max(1))
+            .session_after_change(id, info.phase, left.as_secs().max(1))
             .await?;
     }
 }

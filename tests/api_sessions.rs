@@ -19,7 +19,7 @@ use fhenode::api::sessions::{accepts, parse_update, update_format};
 use fhenode::api::ApiError;
 use fhenode::client::{ApiClient, ClientError, UpdateFormat};
 use fhenode::session::{Phase, ResultKind, SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
-use fhenode::tensors::{IntegerPolicy, Layout};
+use fhenode::tensors::{read_body, Body, IntegerPolicy, Layout};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "a-test-token-of-some-length";
@@ -132,9 +132,18 @@ async fn stand_in() -> String {
                     let ct = headers
                         .get(header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok());
-                    // The stand-in's sessions take one value.
+                    // The stand-in's sessions take as many values as a flat body holds.
                     let parsed = update_format(ct).and_then(|format| {
-                        parse_update(format, &body, &Layout::new(None, 1), IntegerPolicy::Refuse)
+                        let length = match read_body(format, &body, 1 << 20) {
+                            Ok((Body::Flat(values), _)) => values.len(),
+                            _ => 1,
+                        };
+                        parse_update(
+                            format,
+                            &body,
+                            &Layout::new(None, length),
+                            IntegerPolicy::Refuse,
+                        )
                     });
                     let values = match parsed {
                         Ok((values, _)) => values,

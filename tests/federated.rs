@@ -397,10 +397,12 @@ async fn a_series_runs_its_rounds_across_restarts() {
             .await
             .unwrap();
     }
+    mark("seeds held");
     let mut nodes = nodes;
     let boot = dial_address(&nodes[1], LONG).await.unwrap();
     let coordinator = nodes.remove(0);
     coordinator.shutdown().await.unwrap();
+    mark("coordinator stopped");
     nodes.insert(
         0,
         Node::start(loopback_config(dirs[0].path(), vec![boot]))

@@ -117,6 +117,15 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
         .await
         .unwrap();
     assert_eq!(bad_wait.status(), 400);
+    // A caller that last saw another phase is answered at once (the client gives up after
+    // 30 s, half the wait).
+    let seen_before = get_json(
+        &client,
+        &format!("{}/v1/sessions/restart?wait=60&seen=proposed", coord.api),
+    )
+    .await
+    .expect("answered at once");
+    assert_eq!(seen_before["phase"], "collecting");
     let poll = tokio::spawn({
         let (client, url) = (
             client.clone(),

@@ -131,8 +131,12 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShowParams {
-    /// Seconds to wait for the session to leave its present phase (a long poll).
+    /// Seconds to wait for the session to leave a phase (a long poll).
     wait: Option<u64>,
+    /// The phase the caller last saw (default: the present one): the long poll answers at once
+    /// when the session is in another, so a change between the caller's reads is never waited
+    /// through.
+    seen: Option<Phase>,
 }
 
 async fn show(
@@ -145,11 +149,12 @@ async fn show(
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let info = state.aggregation.get(&id).await?;
     let wait = Duration::from_secs(params.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    if wait.is_zero() || info.phase.is_terminal() {
+    let seen = params.seen.unwrap_or(info.phase);
+    if wait.is_zero() || info.phase.is_terminal() || info.phase != seen {
         return Ok(Json(info).into_response());
     }
     let changed = tokio::select! {
-        changed = tokio::time::timeout(wait, state.aggregation.wait_change(&id, info.phase)) => {
+        changed = tokio::time::timeout(wait, state.aggregation.wait_change(&id, seen)) => {
             changed.ok()
         }
         _ = state.stopping.cancelled() => None,

@@ -860,7 +860,7 @@ impl AggregationActor {
             }
             AggMsg::Ended { session, reason } => {
                 let r = self
-                    .receive_end(&from, &session, reason)
+                    .receive_end(&from, &session, reason, false)
                     .await
                     .map(|()| AggReply::Ack);
                 Box::pin(async move { r })

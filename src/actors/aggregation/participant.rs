@@ -613,14 +613,28 @@ impl AggregationActor {
 
     /// The coordinator's word that the session ended: the roles' machines forget, and the
     /// session is recorded as over.
+    /// The coordinator's end notice (`result_stored`: this node stored the result it came
+    /// with). A participant is done only once it holds the result: the success notice members
+    /// get, ahead of the result, ends only this node's member part, so that no client reads
+    /// `done` here and then finds no result.
     pub(super) async fn receive_end(
         &mut self,
         from: &str,
         session: &str,
         reason: Option<String>,
+        result_stored: bool,
     ) -> Result<(), SessionError> {
         let mut joined = self.joined_from_coordinator(from, session)?;
         if joined.ended.is_some() {
+            return Ok(());
+        }
+        if reason.is_none() && !result_stored && joined.participant.is_some() {
+            if let Some(m) = joined.member.as_mut() {
+                use crate::session::roles::member::MemberInput;
+                m.handle(MemberInput::Ended { from }, 0)?;
+                self.persist_joined(&joined).await?;
+                self.joined.insert(session.to_string(), joined);
+            }
             return Ok(());
         }
         if let Some(p) = joined.participant.as_mut() {
@@ -661,6 +675,6 @@ impl AggregationActor {
         if !self.coordinated.contains_key(&session) {
             put_result(&self.store, session.clone(), result).await?;
         }
-        self.receive_end(from, &session, None).await
+        self.receive_end(from, &session, None, true).await
     }
 }

@@ -15,9 +15,14 @@ use crate::api::sessions::{
 };
 use crate::inference::{ContextInfo, Decrypted, ModelInfo, ModelSpec};
 use crate::session::series::{SeriesInfo, SeriesSpec};
-use crate::session::{SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
+use crate::session::{Phase, SessionInfo, SessionResult, SessionSpec, SubmitReceipt};
 
 pub use crate::api::sessions::UpdateFormat;
+
+pub mod progress;
+
+/// Pieces an update body is streamed in, for progress reports.
+pub const UPLOAD_PIECE_BYTES: usize = 1 << 20;
 
 /// Where the API listens unless configured otherwise.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8470";
@@ -175,16 +180,19 @@ impl ApiClient {
         self.send_json(self.request(Method::GET, &url), &url).await
     }
 
-    /// `GET /v1/sessions/{id}?wait=SECS`: the session once it leaves the phase it is in, or after
-    /// `wait_secs` (the node caps a wait at 60 s).
+    /// `GET /v1/sessions/{id}?wait=SECS&seen=PHASE`: the session once it is in another phase
+    /// than `seen` (at once if it already is), or after `wait_secs` (the node caps a wait at
+    /// 60 s).
     pub async fn session_after_change(
         &self,
         id: &str,
+        seen: Phase,
         wait_secs: u64,
     ) -> Result<SessionInfo, ClientError> {
         let mut url = self.url(&["v1", "sessions", id])?;
         url.query_pairs_mut()
-            .append_pair("wait", &wait_secs.to_string());
+            .append_pair("wait", &wait_secs.to_string())
+            .append_pair("seen", seen.name());
         self.send_json(self.request(Method::GET, &url), &url).await
     }
 
@@ -197,15 +205,37 @@ impl ApiClient {
         body: Vec<u8>,
         weight: Option<f64>,
     ) -> Result<SubmitReceipt, ClientError> {
+        self.submit_update_reporting(id, format, body, weight, |_| {})
+            .await
+    }
+
+    /// [`ApiClient::submit_update`], calling `sent` with the bytes handed to the connection so
+    /// far as the body goes out (in pieces of [`UPLOAD_PIECE_BYTES`]).
+    pub async fn submit_update_reporting(
+        &self,
+        id: &str,
+        format: UpdateFormat,
+        body: Vec<u8>,
+        weight: Option<f64>,
+        sent: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<SubmitReceipt, ClientError> {
         let mut url = self.url(&["v1", "sessions", id, "update"])?;
         if let Some(weight) = weight {
             url.query_pairs_mut()
                 .append_pair("weight", &weight.to_string());
         }
+        let body = bytes::Bytes::from(body);
+        let len = body.len();
+        let pieces = (0..len).step_by(UPLOAD_PIECE_BYTES).map(move |at| {
+            let end = (at + UPLOAD_PIECE_BYTES).min(len);
+            sent(end as u64);
+            Ok::<_, std::io::Error>(body.slice(at..end))
+        });
         let request = self
             .request(Method::POST, &url)
             .header(CONTENT_TYPE, format.media_type())
-            .body(body);
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)));
         self.send_json(request, &url).await
     }
 
