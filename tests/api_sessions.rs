@@ -394,6 +394,22 @@ async fn the_session_commands() {
         );
     }
 
+    // submit --wait: plain progress lines on stderr (not a terminal here), the receipt on
+    // stdout once the session is done; a session that fails is an error.
+    let json = json_file.to_str().unwrap();
+    let submitted = cli(&api, &["submit", "done", "--values", json, "--wait", "5"]).await;
+    let stderr = String::from_utf8_lossy(&submitted.stderr).to_string();
+    assert!(
+        stderr.contains("session done: sending 12 bytes")
+            && stderr.contains("session done: submitted 4 values")
+            && stderr.contains("session done: done"),
+        "{stderr}"
+    );
+    assert_eq!(stdout_json(&submitted)["values"], 4);
+    let doomed = cli(&api, &["submit", "doomed", "--values", json, "--wait", "5"]).await;
+    assert_eq!(doomed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&doomed.stderr).contains("failed: only 1 of 2 submitted"));
+
     let result = stdout_json(&cli(&api, &["result", "done"]).await);
     assert_eq!(result["values"], json!([1.5, -2.25, 1e10]));
     // --wait: the phases on stderr, then the result; a failure or a session still running
