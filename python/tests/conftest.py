@@ -66,8 +66,10 @@ class Daemon:
             self.process.wait(timeout=STOP_TIMEOUT)
 
 
-def start(binary: Path, data_dir: Path, bootstrap: Optional[str] = None) -> Daemon:
-    port = free_port()
+def start(
+    binary: Path, data_dir: Path, bootstrap: Optional[str] = None, port: Optional[int] = None
+) -> Daemon:
+    port = port or free_port()
     args = [
         str(binary), "run",
         "--config", str(REPO / "config" / "fhenode.toml"),
@@ -80,7 +82,7 @@ def start(binary: Path, data_dir: Path, bootstrap: Optional[str] = None) -> Daem
         args += ["--bootstrap", bootstrap]
     log = data_dir.with_suffix(".log")
     env = {**os.environ, "FHENODE__LOG__LEVEL": "info", "NO_COLOR": "1"}  # plain-text logs
-    with open(log, "wb") as stderr:
+    with open(log, "ab") as stderr:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     _LOGS.append(log)
     return Daemon(process, Node(f"http://127.0.0.1:{port}", timeout=10.0), log)
@@ -109,8 +111,38 @@ def wait_for(what: str, daemons: List[Daemon], check: Callable[[], Optional[T]])
     raise TimeoutError(f"no {what} within {START_TIMEOUT:g} s (last: {last}); logs: {logs}")
 
 
+class Cluster(List[Node]):
+    """The running nodes, as a list of clients, and what restarts one of them."""
+
+    def __init__(self, binary: Path, root: Path, daemons: List[Daemon], bootstrap: str):
+        super().__init__(d.node for d in daemons)
+        self.binary, self.root, self.daemons, self.bootstrap = binary, root, daemons, bootstrap
+
+    def wait_connected(self) -> None:
+        """Until every node lists every other one with its protocols."""
+        ids = [wait_for(f"status of {d.node}", self.daemons, d.node.status)["peer_id"] for d in self.daemons]
+        for d, me in zip(self.daemons, ids):
+            others = set(ids) - {me}
+
+            def connected(d: Daemon = d, others: set = others) -> Optional[bool]:
+                ready = {p["peer_id"] for p in d.node.peers() if p.get("protocols")}
+                return True if others <= ready else None
+
+            wait_for(f"peers of {d.node}", self.daemons, connected)
+
+    def restart(self, i: int) -> None:
+        """Stops node ``i`` (SIGTERM) and starts it again on its data and API port, so that
+        ``self[i]`` keeps working; returns once the nodes are connected again."""
+        old = self.daemons[i]
+        old.stop()
+        port = int(old.node.url.rsplit(":", 1)[1])
+        bootstrap = None if i == 0 else self.bootstrap
+        self.daemons[i] = start(self.binary, self.root / f"node{i}", bootstrap, port)
+        self.wait_connected()
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[List[Node]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three connected nodes; node 0 is the one the others bootstrapped from."""
     binary = fhenode_binary()
     if binary is None:
@@ -132,16 +164,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[List[Node]]:
         status = wait_for("listen address of node 0", daemons, addresses)
         bootstrap = f"{status['listen_addrs'][0]}/p2p/{status['peer_id']}"
         daemons += [start(binary, root / f"node{i}", bootstrap) for i in (1, 2)]
-        ids = [wait_for(f"status of {d.node}", daemons, d.node.status)["peer_id"] for d in daemons]
-        for d, me in zip(daemons, ids):
-            others = set(ids) - {me}
-
-            def connected(d: Daemon = d, others: set = others) -> Optional[bool]:
-                ready = {p["peer_id"] for p in d.node.peers() if p.get("protocols")}
-                return True if others <= ready else None
-
-            wait_for(f"peers of {d.node}", daemons, connected)
-        yield [d.node for d in daemons]
+        nodes = Cluster(binary, root, daemons, bootstrap)
+        nodes.wait_connected()
+        yield nodes
     finally:
         for d in daemons:
             d.stop()

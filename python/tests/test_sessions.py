@@ -131,21 +131,11 @@ def test_unknown_content_type_is_unsupported(cluster: List[Node]) -> None:
         )
 
 
-@pytest.fixture
-def series_supported(cluster: List[Node]) -> None:
-    """Skips when the node has no /v1/series route yet (answers 404 `not_found`)."""
-    try:
-        cluster[0]._request("POST", "/v1/series", body=b"{}", content_type="application/json")
-    except fhenode.NotFound as e:
-        if e.code == "not_found":
-            pytest.skip("this node has no /v1/series yet")
-    except fhenode.FhenodeError:
-        pass  # the route exists and refused an empty spec
-
-
-def test_series_of_three_rounds(cluster: List[Node], series_supported: None) -> None:
+def test_series_of_three_rounds_across_a_participant_restart(cluster: Any) -> None:
+    """A 3-round series; node 2 restarts between rounds 1 and 2 and takes part in round 2."""
     ids = [n.peer_id for n in cluster]
     created = cluster[0].create_series(
+        id=f"series-{int(time.time())}-{next(_ids)}",
         committee=ids,
         participants=ids,
         threshold=2,
@@ -155,22 +145,25 @@ def test_series_of_three_rounds(cluster: List[Node], series_supported: None) -> 
         rounds=3,
     )
     series = str(created["id"])
-    for round_ in range(3):
-        session = round_session(cluster[0], series, round_)
+    assert created["planned_rounds"] == 3
+    assert [r["session"] for r in created["rounds"]] == [Node.round_session(series, 1)]
+    for round_ in (1, 2, 3):
+        if round_ == 2:
+            cluster.restart(2)
+        session = Node.round_session(series, round_)
         updates = [np.full(4, round_ + i, np.float32) for i in range(len(cluster))]
         result = run(cluster, session, updates)
+        assert result.contributors == 3, round_
         expected = np.mean(np.stack(updates).astype(np.float64), axis=0)
         assert (np.abs(result.values - expected) <= result.error_bound + 1e-12).all()
-    rounds = cluster[0].series(series)["rounds"]
-    assert len(rounds) == 3 and all(r["phase"] == "done" for r in rounds)
-
-
-def round_session(node: Node, series: str, round_: int) -> str:
-    """The session of a series' round (the round-th listed), once the node has opened it."""
     deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        rounds = node.series(series)["rounds"]
-        if len(rounds) > round_ and rounds[round_].get("session"):
-            return str(rounds[round_]["session"])
+    while not (info := cluster[0].series(series))["finished"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    raise TimeoutError(f"series {series} opened no round {round_} within {WAIT:g} s")
+    assert info["failure"] is None
+    assert [(r["round"], r["phase"], r["submissions"]) for r in info["rounds"]] == [
+        (1, "done", 3),
+        (2, "done", 3),
+        (3, "done", 3),
+    ]
+    with pytest.raises(fhenode.UnknownSession):
+        cluster[1].series(series)  # only the coordinator runs it

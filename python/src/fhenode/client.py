@@ -23,6 +23,7 @@ from .errors import (
     FhenodeError,
     SessionFailed,
     Timeout,
+    UnknownSession,
     Unreachable,
     error_from_response,
 )
@@ -214,25 +215,42 @@ class Node:
         )
         return self._json("POST", "/v1/sessions", spec)
 
-    def session(self, id: str, wait: Optional[float] = None) -> Dict[str, Any]:
+    def session(
+        self, id: str, wait: Optional[float] = None, seen: Optional[str] = None
+    ) -> Dict[str, Any]:
         """The session's state. With ``wait`` (seconds, the node caps it at 60) the node
-        answers as soon as the phase changes, or when the wait is over (a long poll)."""
+        answers as soon as the session is in another phase than ``seen`` (the phase the
+        caller last saw; default: the present one), or when the wait is over (a long poll)."""
         if wait is None:
             return self._json("GET", self._session_path(id))
         secs = _seconds(wait)
+        query = {"wait": str(secs)}
+        if seen is not None:
+            query["seen"] = seen
         return self._json(
             "GET",
             self._session_path(id),
-            query={"wait": str(secs)},
+            query=query,
             timeout=self.timeout + secs,
         )
+
+    def _session_soon(self, id: str, deadline: float) -> Dict[str, Any]:
+        """The session's state, waiting for its plan to reach this node: a participant's node
+        learns of a session a moment after its coordinator creates it."""
+        while True:
+            try:
+                return self.session(id)
+            except UnknownSession:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(self.seed_poll_secs)
 
     def wait_ready(self, id: str, timeout: float = 60.0) -> Dict[str, Any]:
         """Waits until this participant may submit: the session is collecting and at least
         ``threshold`` committee members hold its seeds (the node refuses a submission before,
         as ``unavailable``). Returns the session's state then."""
         deadline = time.monotonic() + timeout
-        info = self.session(id)
+        info = self._session_soon(id, deadline)
         while True:
             phase = info["phase"]
             if phase == "collecting" and info["seeds_delivered"] >= info["threshold"]:
@@ -250,7 +268,7 @@ class Node:
                     code="timeout",
                 )
             if phase == "proposed":
-                info = self.session(id, wait=min(left, self.poll_secs))
+                info = self.session(id, wait=min(left, self.poll_secs), seen=phase)
             else:
                 time.sleep(min(left, self.seed_poll_secs))
                 info = self.session(id)
@@ -259,7 +277,7 @@ class Node:
         """Follows the session with long polls until it is ``done`` (returns its state) or
         ``failed`` (raises :class:`SessionFailed`); raises :class:`Timeout` at the deadline."""
         deadline = time.monotonic() + timeout
-        info = self.session(id)
+        info = self._session_soon(id, deadline)
         while info["phase"] != "done":
             _check_not_over(id, info, "done")
             left = deadline - time.monotonic()
@@ -268,7 +286,7 @@ class Node:
                     f"session {id!r} not done after {timeout:g} s: {info['phase']}",
                     code="timeout",
                 )
-            info = self.session(id, wait=min(left, self.poll_secs))
+            info = self.session(id, wait=min(left, self.poll_secs), seen=info["phase"])
         return info
 
     def submit(
@@ -326,8 +344,16 @@ class Node:
         return self._json("POST", "/v1/series", payload)
 
     def series(self, id: str) -> Dict[str, Any]:
-        """A series: its rounds, each with its ``round``, ``session`` and ``phase``."""
+        """A series (on its coordinator's node): ``planned_rounds``, ``finished``,
+        ``failure`` and the rounds opened so far, each with its ``round``, ``session``,
+        ``phase``, ``submissions`` and ``failure``."""
         return self._json("GET", "/v1/series/" + urllib.parse.quote(id, safe=""))
+
+    @staticmethod
+    def round_session(series: str, round: int) -> str:
+        """The session id of round ``round`` (from 1) of series ``series``: any participant
+        can name it without asking the coordinator."""
+        return f"{series}-{round}"
 
 
 def _object(answer: Response) -> Dict[str, Any]:

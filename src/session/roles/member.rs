@@ -141,6 +141,12 @@ impl MemberState {
         floor: u32,
     ) -> Result<MemberDecision, SessionError> {
         if self.phase == MemberPhase::Ended {
+            // The end told again (a participant's result follows the members' notice) is
+            // no news; anything else after the end is refused.
+            if let MemberInput::Ended { from } = input {
+                self.roster.check_coordinator(from)?;
+                return Ok(MemberDecision::Forget);
+            }
             return Err(self.wrong("the session has ended"));
         }
         match input {
@@ -484,6 +490,12 @@ mod tests {
             m.handle(MemberInput::Ended { from: "coord" }, 2).unwrap(),
             MemberDecision::Forget
         );
+        // Told again: no news; from anyone else: refused.
+        assert_eq!(
+            m.handle(MemberInput::Ended { from: "coord" }, 2).unwrap(),
+            MemberDecision::Forget
+        );
+        assert!(m.handle(MemberInput::Ended { from: "p0" }, 2).is_err());
         assert!(ask(&mut m, &request(&["p0", "p1"]), "coord", 2).is_err());
     }
 }
