@@ -232,12 +232,12 @@ impl SessionSpec {
         let field_of = |e: &crate::crypto::CryptoError| {
             let m = e.to_string();
             let field = [
+                "max_weight",
                 "threshold",
                 "frac_bits",
                 "committee",
                 "participants",
                 "clip",
-                "max_weight",
                 "plaintext_bits",
                 "wire_bits",
             ]
@@ -413,6 +413,13 @@ mod tests {
                 Box::new(|s| s.result = ResultKind::WeightedMean),
             ),
             ("max_weight", Box::new(|s| s.max_weight = Some(10))),
+            (
+                "max_weight",
+                Box::new(|s| {
+                    s.result = ResultKind::WeightedMean;
+                    s.max_weight = Some(u32::MAX);
+                }),
+            ),
             (
                 "max_weight",
                 Box::new(|s| {

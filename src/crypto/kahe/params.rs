@@ -144,8 +144,12 @@ impl KaheParams {
             .ok_or_else(|| {
                 CryptoError::InvalidParams(format!(
                     "no wire width up to {MAX_WIRE_BITS} bits decodes a {}-bit \
-                     plaintext of {participants} participants",
-                    params.plaintext_bits
+                     plaintext of {participants} participants{}",
+                    params.plaintext_bits,
+                    match max_weight {
+                        Some(w) => format!(" with max_weight {w}: lower max_weight"),
+                        None => String::new(),
+                    }
                 ))
             })?;
         params.validate()?;
@@ -261,11 +265,16 @@ impl KaheParams {
         }
         let sum_log2 = self.sum_log2();
         if sum_log2 >= (self.plaintext_bits - 1) as f64 {
+            let weight = match self.max_weight {
+                Some(w) => format!(" · max_weight {w}"),
+                None => String::new(),
+            };
             return bad(format!(
-                "participants · clip · 2^frac_bits (· max_weight) = 2^{sum_log2:.2} reaches the \
-                 plaintext limit 2^{}: lower frac_bits, clip, max_weight or participants, or \
-                 widen plaintext_bits",
-                self.plaintext_bits - 1
+                "participants · clip · 2^frac_bits{weight} = 2^{sum_log2:.2} reaches the \
+                 plaintext limit 2^{}: lower frac_bits, clip{} or participants, or widen \
+                 plaintext_bits",
+                self.plaintext_bits - 1,
+                if weight.is_empty() { "" } else { ", max_weight" }
             ));
         }
         let err = self.error_bound_log2(self.wire_bits);

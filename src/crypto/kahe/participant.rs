@@ -371,10 +371,12 @@ impl PreparedEncryption {
                             clipped
                         }
                     };
+                    if multiplier != 1 {
+                        addends.iter_mut().for_each(|a| *a = a.wrapping_mul(multiplier));
+                    }
                     with_field_width!(width, W => {
                         for (j, &a) in addends.iter().enumerate() {
-                            let sum = read_field::<W>(out, j).wrapping_add(a.wrapping_mul(multiplier));
-                            write_field::<W>(out, j, sum & mask);
+                            write_field::<W>(out, j, read_field::<W>(out, j).wrapping_add(a) & mask);
                         }
                     });
                     Ok(clipped)
