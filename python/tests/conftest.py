@@ -130,10 +130,14 @@ class Cluster(List[Node]):
 
             wait_for(f"peers of {d.node}", self.daemons, connected)
 
-    def restart(self, i: int) -> None:
-        """Stops node ``i`` (SIGTERM) and starts it again on its data and API port, so that
-        ``self[i]`` keeps working; returns once the nodes are connected again."""
+    def restart(self, i: int, kill: bool = True) -> None:
+        """Kills node ``i`` (SIGKILL; SIGTERM with ``kill=False``) and starts it again on its
+        data and API port, so that ``self[i]`` keeps working; returns once the nodes are
+        connected again."""
         old = self.daemons[i]
+        if kill:
+            old.process.kill()
+            old.process.wait(timeout=STOP_TIMEOUT)
         old.stop()
         port = int(old.node.url.rsplit(":", 1)[1])
         bootstrap = None if i == 0 else self.bootstrap

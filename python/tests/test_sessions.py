@@ -132,7 +132,8 @@ def test_unknown_content_type_is_unsupported(cluster: List[Node]) -> None:
 
 
 def test_series_of_three_rounds_across_a_participant_restart(cluster: Any) -> None:
-    """A 3-round series; node 2 restarts between rounds 1 and 2 and takes part in round 2."""
+    """A 3-round series; node 2 is killed (SIGKILL) between rounds 1 and 2, restarted, and
+    takes part in round 2."""
     ids = [n.peer_id for n in cluster]
     created = cluster[0].create_series(
         id=f"series-{int(time.time())}-{next(_ids)}",
