@@ -20,7 +20,6 @@ import argparse
 import logging
 from typing import List, Optional
 
-import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,

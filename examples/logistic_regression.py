@@ -51,9 +51,9 @@ def main() -> None:
             # In a deployment each participant does this on its own machine, concurrently.
             for node, model, data in zip(nodes, models, parts):
                 update = logreg.train(model, data)
-                logreg.wait_ready(node, session, WAIT)
+                node.wait_ready(session, timeout=WAIT)
                 node.submit(session, update, weight=len(data[1]))
-            results = [logreg.read_result(node, session, WAIT) for node in nodes]
+            results = [node.result(session, wait=WAIT) for node in nodes]
             models = [dict(result.tensors) for result in results]
             print(
                 f"round {round_}: accuracy {logreg.accuracy(models[0], test):.3f} "

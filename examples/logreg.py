@@ -7,12 +7,9 @@ aggregates (and Flower's ArrayRecord holds) as is.
 
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Tuple
 
 import numpy as np
-
-from fhenode import Conflict, Node, Result, UnknownSession
 
 FEATURES = 10
 #: Examples held by each participant: unequal, so the weighted mean differs from the mean.
@@ -57,31 +54,3 @@ def train(model: Model, data: Data) -> Model:
 def accuracy(model: Model, data: Data) -> float:
     x, y = data
     return float(np.mean(((x @ model["w"] + float(model["b"])) > 0) == (y > 0.5)))
-
-
-def wait_ready(node: Node, session: str, timeout: float = 120.0) -> None:
-    """``node.wait_ready``, also waiting while the node does not know the session yet: a
-    participant's node hears of it from the coordinator's a moment after its creation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            node.wait_ready(session, timeout=max(deadline - time.monotonic(), 0.01))
-            return
-        except UnknownSession:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def read_result(node: Node, session: str, timeout: float = 120.0) -> Result:
-    """The session's result once it is done. A node may report ``done`` a moment before it
-    can hand out the result (answering ``no_result``): that is retried until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    node.wait_done(session, timeout)
-    while True:
-        try:
-            return node.result(session)
-        except Conflict as e:
-            if e.code != "no_result" or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)

@@ -23,7 +23,6 @@ when the node's API needs one), e.g. ``flower-supernode --node-config
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -49,8 +48,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from .client import Node
-from .errors import Conflict, SessionFailed, Timeout, UnknownSession
-from .result import Result
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +60,6 @@ TOKEN_KEY = "fhenode-token"
 #: Name of the ConfigRecord in a client's reply that holds its node's receipt.
 RECEIPT_KEY = "fhenode-receipt"
 
-#: Longest single long poll in this module's waits: kept short, as a node may answer a long
-#: poll only when it times out rather than when the session's phase changes.
-POLL_SECS = 1.0
 
 
 class ArraysInReply(RuntimeError):
@@ -93,46 +87,6 @@ class RoundInfo:
     total_weight: Optional[float]
     error_bound: float
     clipped: int
-
-
-def wait_ready(node: Node, session: str, timeout: float) -> Dict[str, Any]:
-    """``node.wait_ready``, tolerating a node that does not know the session yet: a
-    participant's node hears of a new session from the coordinator's a moment after it was
-    created, and answers ``unknown_session`` until then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return node.wait_ready(session, timeout=max(deadline - time.monotonic(), 0.01))
-        except UnknownSession:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def read_result(node: Node, session: str, timeout: float) -> Result:
-    """The session's result once it is ``done``, within ``timeout`` seconds. Follows the
-    session with short long polls (see :data:`POLL_SECS`) and tolerates a node that reports
-    ``done`` a moment before it can hand out the result (answering ``no_result``)."""
-    deadline = time.monotonic() + timeout
-    info = node.session(session)
-    while info["phase"] != "done":
-        if info["phase"] == "failed":
-            reason = info.get("failure") or "no reason given"
-            raise SessionFailed(f"session {session!r} failed: {reason}", dict(info))
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Timeout(
-                f"session {session!r} not done after {timeout:g} s: {info['phase']}",
-                code="timeout",
-            )
-        info = node.session(session, wait=min(left, POLL_SECS))
-    while True:
-        try:
-            return node.result(session)
-        except Conflict as e:
-            if e.code != "no_result" or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
 
 
 class FhenodeFedAvg(FedAvg):
@@ -255,7 +209,7 @@ class FhenodeFedAvg(FedAvg):
                     f"session {session!r}"
                 )
 
-        result = read_result(self.node, session, self.result_timeout)
+        result = self.node.result(session, wait=self.result_timeout)
         self.rounds[server_round] = RoundInfo(
             session, result.contributors, result.total_weight, result.error_bound, result.clipped
         )
@@ -320,9 +274,7 @@ def _own_node(context: Context) -> Node:
     for config in (context.node_config, context.run_config):
         if URL_KEY in config:
             token = config.get(TOKEN_KEY)
-            node = Node(str(config[URL_KEY]), token=str(token) if token else None)
-            node.poll_secs = POLL_SECS  # its wait_ready's long polls, too
-            return node
+            return Node(str(config[URL_KEY]), token=str(token) if token else None)
     raise KeyError(f"no {URL_KEY!r} in the node config: which fhenode node is this client's?")
 
 
@@ -348,7 +300,7 @@ def fhenode_mod(message: Message, context: Context, call_next: ClientAppCallable
         raise ValueError(f"the train function must return one ArrayRecord, got {len(records)}")
     weight = _weight(reply.content, weight_key)
     node = _own_node(context)
-    wait_ready(node, session, ready_timeout)
+    node.wait_ready(session, timeout=ready_timeout)
     tensors = {name: array.numpy() for name, array in records[0].items()}
     receipt = node.submit(session, tensors, weight=weight)
 
@@ -368,6 +320,4 @@ __all__: List[str] = [
     "RoundInfo",
     "check_no_arrays",
     "fhenode_mod",
-    "read_result",
-    "wait_ready",
 ]
