@@ -12,25 +12,35 @@ use std::str::FromStr;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use libp2p::PeerId;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::json;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use super::{ApiError, ApiState};
+use super::openapi::binary_body;
+use super::{route, ApiError, ApiState, Route};
 use crate::crypto::inference::model::MAX_LAYERS;
 use crate::crypto::inference::{Activation, InferenceError, Layer, Model};
 use crate::inference::messages::unhex;
 use crate::inference::{
-    map_seed_scheme, ContextInfo, InferError, ModelInfo, ModelOptions, ModelSpec, Scheme,
+    map_seed_scheme, ContextInfo, Decrypted, InferError, ModelInfo, ModelOptions, ModelSpec, Scheme,
 };
 
 /// Bodies and hex strings longer than this are converted off the async workers.
 const INLINE_BYTES: usize = 1 << 20;
+
+binary_body!(
+    SafetensorsModel,
+    "application/safetensors",
+    "A safetensors file: tensors `<i>.weight` [outputs, inputs] and `<i>.bias` [outputs] (or \
+     the same under `layers.`), F32, F64, F16 or BF16; its metadata's `activations` is a comma \
+     list with one per layer, e.g. `relu,none` (all `none` when absent)."
+);
 
 /// Content types accepted for a safetensors model body.
 pub const SAFETENSORS_CONTENT_TYPES: [&str; 3] = [
@@ -40,20 +50,21 @@ pub const SAFETENSORS_CONTENT_TYPES: [&str; 3] = [
 ];
 
 /// The inference routes, all under `/v1` (the caller adds the token middleware).
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/fhe/contexts", post(create_context).get(list_contexts))
-        .route(
-            "/v1/fhe/contexts/{id}",
-            get(show_context).delete(delete_context),
-        )
-        .route("/v1/models", post(add_model).get(list_models))
-        .route("/v1/models/{name}", get(show_model))
-        .route("/v1/models/{name}/spec", get(model_spec))
-        .route("/v1/fhe/encrypt", post(encrypt))
-        .route("/v1/fhe/infer", post(infer))
-        .route("/v1/fhe/decrypt", post(decrypt))
-        .route("/v1/ml-zk/fhe/inference", post(seed_inference))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/fhe/contexts", create_context),
+        route(Method::GET, "/v1/fhe/contexts", list_contexts),
+        route(Method::GET, "/v1/fhe/contexts/{id}", show_context),
+        route(Method::DELETE, "/v1/fhe/contexts/{id}", delete_context),
+        route(Method::POST, "/v1/models", add_model),
+        route(Method::GET, "/v1/models", list_models),
+        route(Method::GET, "/v1/models/{name}", show_model),
+        route(Method::GET, "/v1/models/{name}/spec", model_spec),
+        route(Method::POST, "/v1/fhe/encrypt", encrypt),
+        route(Method::POST, "/v1/fhe/infer", infer),
+        route(Method::POST, "/v1/fhe/decrypt", decrypt),
+        route(Method::POST, "/v1/ml-zk/fhe/inference", seed_inference),
+    ]
 }
 
 impl From<InferError> for ApiError {
@@ -70,7 +81,7 @@ impl From<InferError> for ApiError {
 // --- request and answer shapes -------------------------------------------------------------
 
 /// `POST /v1/fhe/contexts`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContextRequest {
     /// `linear`, `mlp`, or a scheme of the original service (`ckks`, `bfv`, `concrete`).
@@ -82,11 +93,12 @@ pub struct CreateContextRequest {
     /// accepted and ignored, fhenode always uses its vetted parameter set (named in the
     /// answer's `params`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
     pub params: Option<serde_json::Value>,
 }
 
 /// `POST /v1/fhe/encrypt`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptRequest {
     pub fhe_context_id: String,
@@ -102,7 +114,7 @@ pub struct EncryptRequest {
     pub input: Option<Vec<f32>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EncryptResponse {
     pub fhe_context_id: String,
     /// Hex of a ciphertext batch, one ciphertext per row.
@@ -111,7 +123,7 @@ pub struct EncryptResponse {
 }
 
 /// `POST /v1/fhe/infer`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InferRequest {
     pub fhe_context_id: String,
@@ -122,7 +134,7 @@ pub struct InferRequest {
     pub ciphertext: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InferResponse {
     pub fhe_context_id: String,
     /// Hex of the result batch; only the context's node can decrypt it.
@@ -138,7 +150,7 @@ pub struct InferResponse {
 }
 
 /// `POST /v1/fhe/decrypt`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecryptRequest {
     pub fhe_context_id: String,
@@ -146,7 +158,7 @@ pub struct DecryptRequest {
 }
 
 /// The original service's answer to `POST /v1/ml-zk/fhe/inference`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SeedInferenceResponse {
     pub fhe_context_id: String,
     pub encrypted_result: String,
@@ -155,19 +167,21 @@ pub struct SeedInferenceResponse {
 }
 
 /// The original service's request (extra fields are ignored, as the original did).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 struct SeedInferenceRequest {
     scheme: String,
     #[serde(default)]
     provider: Option<String>,
     input_data: Vec<Vec<f32>>,
+    #[schema(inline)]
     model: SeedModel,
     /// Reuse this context instead of creating one.
     #[serde(default)]
     fhe_context_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// A model inline: `layers`, or one layer's `weights`, `biases` and `activation`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 struct SeedModel {
     #[serde(default)]
     layers: Option<Vec<LayerBody>>,
@@ -181,7 +195,7 @@ struct SeedModel {
 
 /// `POST /v1/models` as JSON: a model (`layers`, or one layer's `weights`/`biases`/
 /// `activation`), its name, and how it is compiled.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelBody {
     #[serde(default)]
@@ -199,14 +213,16 @@ pub struct ModelBody {
     #[serde(default)]
     input_bound: Option<f64>,
     #[serde(default)]
+    #[schema(value_type = Option<[f32; 2]>, min_items = 2, max_items = 2)]
     input_range: Option<(f32, f32)>,
     #[serde(default)]
     calibration: Vec<Vec<f32>>,
 }
 
 /// A layer as JSON: the crypto layer's shape, with an activation also accepted by name.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Layer)]
 struct LayerBody {
     weights: Vec<Vec<f32>>,
     biases: Vec<f32>,
@@ -234,6 +250,53 @@ pub fn activation_by_name(name: &str) -> Result<Activation, String> {
             "unknown activation `{other}`; use none, relu, sigmoid, or \
              {{\"kind\":\"table\",\"min\",\"max\",\"values\"}}"
         )),
+    }
+}
+
+/// An activation as the API reads it ([`de_activation`]): a name, or the crypto layer's shape.
+impl PartialSchema for Activation {
+    fn schema() -> RefOr<Schema> {
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["none", "identity", "linear", "relu", "sigmoid"]));
+        let kind = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["none", "relu", "sigmoid", "table"]));
+        let number = || ObjectBuilder::new().schema_type(Type::Number);
+        let tagged = ObjectBuilder::new()
+            .property("kind", kind)
+            .required("kind")
+            .property(
+                "min",
+                number().description(Some("table: the lowest input.")),
+            )
+            .property(
+                "max",
+                number().description(Some("table: the highest input.")),
+            )
+            .property(
+                "values",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(number())
+                    .description(Some(
+                        "table: the outputs at evenly spaced inputs from `min` to `max`.",
+                    )),
+            );
+        OneOfBuilder::new()
+            .item(name)
+            .item(tagged)
+            .description(Some(
+                "By name (`none`, also `identity` or `linear`; `relu`; `sigmoid`), or as \
+                 `{\"kind\": \"none\"|\"relu\"|\"sigmoid\"}` or \
+                 `{\"kind\": \"table\", \"min\", \"max\", \"values\"}`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Activation {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Activation".into()
     }
 }
 
@@ -358,6 +421,22 @@ async fn hex_answer(bytes: Vec<u8>) -> Result<String, ApiError> {
 
 // --- contexts ------------------------------------------------------------------------------
 
+/// Create a client context: parameters and a fresh key (the secret key never leaves this node).
+#[utoipa::path(
+    post,
+    path = "/v1/fhe/contexts",
+    operation_id = "create_context",
+    tag = "inference",
+    request_body = CreateContextRequest,
+    responses(
+        (status = 201, description = "Created; `Location` names the context.", body = ContextInfo,
+            headers(("location" = String, description = "`/v1/fhe/contexts/{id}`"))),
+        (status = 400, description = "`bad_json`, or `unsupported_scheme` (the message lists the supported schemes and providers).", body = ApiError),
+        (status = 413, description = "`payload_too_large`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn create_context(
     State(state): State<ApiState>,
     body: Result<Json<CreateContextRequest>, JsonRejection>,
@@ -374,9 +453,26 @@ async fn create_context(
     ))
 }
 
-async fn list_contexts(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/fhe/contexts`
+#[derive(Serialize, ToSchema)]
+struct ContextList {
+    contexts: Vec<ContextInfo>,
+}
+
+/// This node's contexts.
+#[utoipa::path(
+    get,
+    path = "/v1/fhe/contexts",
+    operation_id = "list_contexts",
+    tag = "inference",
+    responses(
+        (status = 200, description = "The contexts.", body = ContextList),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
+async fn list_contexts(State(state): State<ApiState>) -> Result<Json<ContextList>, ApiError> {
     let contexts = state.inference.list_contexts().await?;
-    Ok(Json(json!({ "contexts": contexts })))
+    Ok(Json(ContextList { contexts }))
 }
 
 async fn find_context(state: &ApiState, id: &str) -> Result<ContextInfo, ApiError> {
@@ -389,6 +485,19 @@ async fn find_context(state: &ApiState, id: &str) -> Result<ContextInfo, ApiErro
         .ok_or_else(|| InferError::UnknownContext(id.to_string()).into())
 }
 
+/// One context.
+#[utoipa::path(
+    get,
+    path = "/v1/fhe/contexts/{id}",
+    operation_id = "get_context",
+    tag = "inference",
+    params(("id" = String, Path, description = "The context id (`fhe_context_id`).")),
+    responses(
+        (status = 200, description = "The context.", body = ContextInfo),
+        (status = 404, description = "`unknown_context`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn show_context(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -397,6 +506,19 @@ async fn show_context(
     Ok(Json(find_context(&state, &id).await?))
 }
 
+/// Delete a context and its keys.
+#[utoipa::path(
+    delete,
+    path = "/v1/fhe/contexts/{id}",
+    operation_id = "delete_context",
+    tag = "inference",
+    params(("id" = String, Path, description = "The context id (`fhe_context_id`).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`unknown_context`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn delete_context(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -409,13 +531,17 @@ async fn delete_context(
 // --- models --------------------------------------------------------------------------------
 
 /// `?name=&scheme=&input_bound=` of a model upload (safetensors bodies carry no JSON).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ModelQuery {
+    /// The model's name (required for a safetensors body; a JSON body may carry it instead).
     #[serde(default)]
     pub name: Option<String>,
+    /// `linear` or `mlp` (or an original name such as `ckks`); overrides the body's.
     #[serde(default)]
     pub scheme: Option<String>,
+    /// linear: every input satisfies |x| ≤ input_bound; overrides the body's.
     #[serde(default)]
     pub input_bound: Option<f64>,
 }
@@ -711,6 +837,31 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
     Ok(model)
 }
 
+/// Register (or replace) a model: JSON, or a safetensors file with its name in `?name=`.
+#[utoipa::path(
+    post,
+    path = "/v1/models",
+    operation_id = "register_model",
+    tag = "inference",
+    params(ModelQuery),
+    request_body(
+        description = "The model.",
+        content(
+            (ModelBody = "application/json"),
+            (inline(SafetensorsModel) = "application/safetensors"),
+            (inline(SafetensorsModel) = "application/x-safetensors"),
+            (inline(SafetensorsModel) = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Registered; `Location` names the model.", body = ModelInfo,
+            headers(("location" = String, description = "`/v1/models/{name}`"))),
+        (status = 400, description = "`bad_json`, `bad_input`, `bad_request` (a query parameter), `unsupported_scheme`, or `invalid_model` (the message names the layer).", body = ApiError),
+        (status = 413, description = "`payload_too_large`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn add_model(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -743,11 +894,41 @@ async fn add_model(
     Ok(super::created(&info, &format!("/v1/models/{}", info.name)))
 }
 
-async fn list_models(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let models = state.inference.list_models().await?;
-    Ok(Json(json!({ "models": models })))
+/// `GET /v1/models`
+#[derive(Serialize, ToSchema)]
+struct ModelList {
+    models: Vec<ModelInfo>,
 }
 
+/// The models registered on this node.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "inference",
+    responses(
+        (status = 200, description = "The models.", body = ModelList),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
+async fn list_models(State(state): State<ApiState>) -> Result<Json<ModelList>, ApiError> {
+    let models = state.inference.list_models().await?;
+    Ok(Json(ModelList { models }))
+}
+
+/// One registered model.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}",
+    operation_id = "get_model",
+    tag = "inference",
+    params(("name" = String, Path, description = "The model's name.")),
+    responses(
+        (status = 200, description = "The model.", body = ModelInfo),
+        (status = 404, description = "`unknown_model`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn show_model(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -764,17 +945,34 @@ async fn show_model(
 }
 
 /// `?peer=` of `GET /v1/models/{name}/spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SpecQuery {
     /// The model node's peer id (absent: this node).
     #[serde(default)]
     pub peer: Option<String>,
 }
 
+/// A model's scheme, parameter set and inputs, from this node or a peer.
+///
 /// `GET /v1/models/{name}/spec[?peer=PEER_ID]`: the scheme, parameter set and inputs of a model
 /// on this node or, with `peer`, as that node tells them over libp2p: what a client needs to
 /// make a context for a model it cannot list.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}/spec",
+    operation_id = "get_model_spec",
+    tag = "inference",
+    params(("name" = String, Path, description = "The model's name."), SpecQuery),
+    responses(
+        (status = 200, description = "The model's spec.", body = ModelSpec),
+        (status = 400, description = "`bad_input` (a bad peer id) or `bad_request` (an unknown query parameter).", body = ApiError),
+        (status = 404, description = "`unknown_model` (on this node, or on the peer).", body = ApiError),
+        (status = 502, description = "`remote` or `unreachable`: the model node failed.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn model_spec(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -806,6 +1004,23 @@ fn input_rows(
     }
 }
 
+/// Encrypt input rows under a context of this node for a model (here or on `peer`).
+#[utoipa::path(
+    post,
+    path = "/v1/fhe/encrypt",
+    operation_id = "encrypt",
+    tag = "inference",
+    request_body = EncryptRequest,
+    responses(
+        (status = 200, description = "The ciphertext batch.", body = EncryptResponse),
+        (status = 400, description = "`bad_json`, `bad_input` (a bad peer id, no input), `wrong_shape` (input length), `wrong_context` (the context's and the model's schemes differ), `crypto` (an input outside the model's bound).", body = ApiError),
+        (status = 404, description = "`unknown_context` or `unknown_model`.", body = ApiError),
+        (status = 413, description = "`payload_too_large`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 502, description = "`remote` or `unreachable`: the model node failed.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn encrypt(
     State(state): State<ApiState>,
     body: Result<Json<EncryptRequest>, JsonRejection>,
@@ -825,6 +1040,25 @@ async fn encrypt(
     }))
 }
 
+/// Evaluate a model on a ciphertext batch, here or on `peer`: ciphertext in, ciphertext out.
+///
+/// With `peer`, the context's evaluation key is uploaded to that node first when it lacks it.
+#[utoipa::path(
+    post,
+    path = "/v1/fhe/infer",
+    operation_id = "infer",
+    tag = "inference",
+    request_body = InferRequest,
+    responses(
+        (status = 200, description = "The encrypted result.", body = InferResponse),
+        (status = 400, description = "`bad_json`, `bad_input` (bad hex, a malformed batch, a bad peer id), `wrong_context` (a ciphertext made under another context), `crypto` (a ciphertext made for another model).", body = ApiError),
+        (status = 404, description = "`unknown_context` or `unknown_model`.", body = ApiError),
+        (status = 413, description = "`payload_too_large`, or `over_budget` (the evaluation key would not fit the model node's memory budget).", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 502, description = "`remote` or `unreachable`: the model node failed.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn infer(
     State(state): State<ApiState>,
     body: Result<Json<InferRequest>, JsonRejection>,
@@ -846,6 +1080,22 @@ async fn infer(
     }))
 }
 
+/// Decrypt an encrypted result with its context's key.
+#[utoipa::path(
+    post,
+    path = "/v1/fhe/decrypt",
+    operation_id = "decrypt",
+    tag = "inference",
+    request_body = DecryptRequest,
+    responses(
+        (status = 200, description = "The values.", body = Decrypted),
+        (status = 400, description = "`bad_json`, `bad_input` (bad hex, a malformed batch), `wrong_context` (a result made under another context).", body = ApiError),
+        (status = 404, description = "`unknown_context`.", body = ApiError),
+        (status = 413, description = "`payload_too_large`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn decrypt(
     State(state): State<ApiState>,
     body: Result<Json<DecryptRequest>, JsonRejection>,
@@ -859,10 +1109,27 @@ async fn decrypt(
     Ok(Json(decrypted).into_response())
 }
 
+/// The original FHE service's one call: encrypt, evaluate an inline model, answer ciphertext.
+///
 /// `POST /v1/ml-zk/fhe/inference`: the original service's one call. Creates a context of the
 /// mapped scheme (or reuses `fhe_context_id`), encrypts `input_data` under it, evaluates the
 /// inline model on this node, and answers the encrypted result; `/v1/fhe/decrypt` with the
 /// context id opens it.
+#[utoipa::path(
+    post,
+    path = "/v1/ml-zk/fhe/inference",
+    operation_id = "run_seed_inference",
+    tag = "inference",
+    request_body = SeedInferenceRequest,
+    responses(
+        (status = 200, description = "The encrypted result; `/v1/fhe/decrypt` with the context id opens it.", body = SeedInferenceResponse),
+        (status = 400, description = "`bad_json`, `bad_input`, `unsupported_scheme` (the message lists the supported schemes and providers), `invalid_model` (the message names the layer), `wrong_shape`, `wrong_context`.", body = ApiError),
+        (status = 404, description = "`unknown_context` (`fhe_context_id` given but unknown).", body = ApiError),
+        (status = 413, description = "`payload_too_large`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
+    )
+)]
 async fn seed_inference(
     State(state): State<ApiState>,
     body: Result<Json<SeedInferenceRequest>, JsonRejection>,

@@ -1,21 +1,26 @@
 //! The local HTTP API (axum): health, readiness, status, peers, metrics, the OpenAPI
-//! document, secure-aggregation sessions ([`sessions`]) and encrypted inference
-//! ([`inference`]). Errors are JSON `{"error":{"code","message"}}` with the matching status.
+//! document ([`openapi`]), secure-aggregation sessions ([`sessions`]), series ([`series`]) and
+//! encrypted inference ([`inference`]). Errors are JSON `{"error":{"code","message"}}` with the
+//! matching status.
+//!
+//! Every route is listed once, by [`routes`]: the router is built from that list, and the
+//! OpenAPI document's test checks that it describes exactly those routes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use serde_json::json;
 use tracing::{info_span, Instrument};
+use utoipa::ToSchema;
 
 use crate::actors::aggregation::AggregationHandle;
 use crate::actors::inference::InferenceHandle;
@@ -24,14 +29,15 @@ use crate::actors::series::SeriesHandle;
 use crate::config::ApiToken;
 use crate::crypto::Profile;
 use crate::metrics::{NodeMetrics, RouteLabels, RouteOnlyLabels};
-use crate::net::NetworkHandle;
+use crate::net::{NetworkHandle, PeerInfo};
 use crate::store::Store;
 
 pub mod inference;
+pub mod openapi;
 pub mod series;
 pub mod sessions;
 
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub use openapi::openapi_json;
 
 /// An API error: a status, a stable machine-readable code and a message for humans.
 #[derive(Debug)]
@@ -56,11 +62,43 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The body of every error answer (the OpenAPI document's `ApiError`).
+#[derive(Serialize, ToSchema)]
+#[schema(description = "An error answer: a stable code and a message, with the matching status.")]
+struct ErrorBody {
+    #[schema(inline)]
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// Stable and machine-readable, e.g. `not_found`, `unauthorized`, `bad_json`,
+    /// `unknown_session`, `unavailable`.
+    code: &'static str,
+    /// For humans.
+    message: String,
+}
+
+/// An error answer's schema is its body's: `{"error": {"code", "message"}}`.
+impl utoipa::PartialSchema for ApiError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        ErrorBody::schema()
+    }
+}
+
+impl ToSchema for ApiError {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ApiError".into()
     }
 }
 
@@ -93,19 +131,67 @@ pub(crate) fn created(body: &impl Serialize, location: &str) -> Response {
     response
 }
 
+/// One route the API serves: a method, a path template (written as the OpenAPI document
+/// writes it, which axum reads the same) and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<ApiState>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// The route `method path` served by `handler`.
+pub(crate) fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, ApiState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    Route {
+        method,
+        path,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route the API serves, each once: the router is built from this list.
+pub fn routes() -> Vec<Route> {
+    let mut routes = vec![
+        route(Method::GET, "/healthz", healthz),
+        route(Method::GET, "/readyz", readyz),
+        route(Method::GET, "/metrics", metrics),
+        route(Method::GET, "/v1/status", status),
+        route(Method::GET, "/v1/peers", peers),
+        route(Method::GET, "/v1/openapi.json", document),
+    ];
+    routes.extend(sessions::routes());
+    routes.extend(series::routes());
+    routes.extend(inference::routes());
+    routes
+}
+
+/// Whether a route needs the API token (when one is configured): everything under `/v1/`.
+pub fn needs_token(path: &str) -> bool {
+    path.starts_with("/v1/")
+}
+
+/// A router serving `routes`; a method given twice for one path panics.
+fn table(routes: impl IntoIterator<Item = Route>) -> Router<ApiState> {
+    routes
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+}
+
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/peers", get(peers))
-        .route("/v1/openapi.json", get(openapi))
-        .merge(sessions::routes())
-        .merge(series::routes())
-        .merge(inference::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (v1, open): (Vec<Route>, Vec<Route>) =
+        routes().into_iter().partition(|r| needs_token(r.path));
+    let v1 = table(v1).route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    table(open)
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -183,11 +269,27 @@ async fn require_token(
     next.run(request).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process answers.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
-#[derive(Serialize)]
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "get_health",
+    tag = "node",
+    responses((status = 200, description = "Alive.", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Whether each part of the node runs.
+#[derive(Serialize, ToSchema)]
 struct Readiness {
     ready: bool,
     network: bool,
@@ -197,6 +299,17 @@ struct Readiness {
     store: bool,
 }
 
+/// Readiness: every actor runs and the store is open.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "get_readiness",
+    tag = "node",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready: the parts that are not say `false`.", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<ApiState>) -> Response {
     let r = Readiness {
         network: state.network.status().await.is_ok(),
@@ -215,16 +328,31 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     (status, Json(Readiness { ready, ..r })).into_response()
 }
 
-#[derive(Serialize)]
+/// This node.
+#[derive(Serialize, ToSchema)]
 struct Status {
     peer_id: String,
+    /// The fhenode version.
     version: &'static str,
     listen_addrs: Vec<String>,
     connected_peers: usize,
     uptime_secs: f64,
+    /// The profile of sessions that name none.
+    #[schema(value_type = crate::crypto::Profile)]
     profile: String,
 }
 
+/// This node: peer id, version, listen addresses, uptime, default profile.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    operation_id = "get_status",
+    tag = "node",
+    responses(
+        (status = 200, description = "The node.", body = Status),
+        (status = 503, description = "`unavailable`: the network actor is not running.", body = ApiError),
+    )
+)]
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let net = state
         .network
@@ -251,16 +379,50 @@ pub(crate) async fn off_executor<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/peers`
+#[derive(Serialize, ToSchema)]
+struct PeerList {
+    #[schema(value_type = Vec<openapi::Peer>)]
+    peers: Vec<PeerInfo>,
+}
+
+/// Connected peers with their addresses and protocols.
+#[utoipa::path(
+    get,
+    path = "/v1/peers",
+    operation_id = "list_peers",
+    tag = "node",
+    responses(
+        (status = 200, description = "The connected peers.", body = PeerList),
+        (status = 503, description = "`unavailable`: the network actor is not running.", body = ApiError),
+    )
+)]
+async fn peers(State(state): State<ApiState>) -> Result<Json<PeerList>, ApiError> {
     let peers = state
         .network
         .peers()
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Json(json!({ "peers": peers })))
+    Ok(Json(PeerList { peers }))
 }
 
-/// OpenMetrics for clients that ask for it (Prometheus does), the classic text format otherwise.
+/// Prometheus metrics.
+///
+/// OpenMetrics for clients that ask for it (`Accept: application/openmetrics-text`, as
+/// Prometheus does), the classic text format otherwise.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "get_metrics",
+    tag = "node",
+    responses(
+        (status = 200, description = "The node's metrics.", content(
+            (String = "text/plain; version=0.0.4"),
+            (String = "application/openmetrics-text; version=1.0.0"),
+        )),
+        (status = 500, description = "`internal`: the metrics could not be written.", body = ApiError),
+    )
+)]
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state
         .metrics
@@ -287,8 +449,16 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// This document: the API in OpenAPI 3.1.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "get_openapi",
+    tag = "node",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
+async fn document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {

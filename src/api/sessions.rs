@@ -12,20 +12,20 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiState};
+use super::openapi::{NpyFile, NpzFile, RawF32, RawF64, SafetensorsFile};
+use super::{route, ApiError, ApiState, Route};
 use crate::actors::ActorError;
 use crate::session::spec::valid_session_id;
 use crate::session::{
-    Phase, ResultKind, SessionError, SessionInfo, SessionResult, SessionSpec, Update,
+    Phase, ResultKind, SessionError, SessionInfo, SessionResult, SessionSpec, SubmitReceipt, Update,
 };
 pub use crate::tensors::UpdateFormat;
 use crate::tensors::{self, IntegerPolicy, Layout, NestedTensors, TensorError};
@@ -39,13 +39,15 @@ pub const HEADER_KIND: &str = "x-fhenode-kind";
 pub const HEADER_TOTAL_WEIGHT: &str = "x-fhenode-total-weight";
 
 /// The session routes, all under `/v1` (the caller adds the token middleware).
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/sessions", post(create).get(list))
-        .route("/v1/sessions/{id}", get(show))
-        .route("/v1/sessions/{id}/events", get(events))
-        .route("/v1/sessions/{id}/update", post(submit))
-        .route("/v1/sessions/{id}/result", get(result))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/sessions", create),
+        route(Method::GET, "/v1/sessions", list),
+        route(Method::GET, "/v1/sessions/{id}", show),
+        route(Method::GET, "/v1/sessions/{id}/events", events),
+        route(Method::POST, "/v1/sessions/{id}/update", submit),
+        route(Method::GET, "/v1/sessions/{id}/result", result),
+    ]
 }
 
 impl From<SessionError> for ApiError {
@@ -111,6 +113,23 @@ fn session_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
     }
 }
 
+/// Create a session with this node as its coordinator.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "create_session",
+    tag = "sessions",
+    request_body = SessionSpec,
+    responses(
+        (status = 201, description = "Created; `Location` names the session.", body = SessionInfo,
+            headers(("location" = String, description = "`/v1/sessions/{id}`"))),
+        (status = 400, description = "`bad_json` (malformed JSON or an unknown field) or `invalid_spec` (the message names the field).", body = ApiError),
+        (status = 409, description = "`duplicate`: a session with this id exists.", body = ApiError),
+        (status = 413, description = "`payload_too_large`: the body exceeds `api.max_body_bytes`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
+    )
+)]
 async fn create(
     State(state): State<ApiState>,
     body: Result<Json<SessionSpec>, JsonRejection>,
@@ -120,18 +139,39 @@ async fn create(
     Ok(super::created(&info, &format!("/v1/sessions/{}", info.id)))
 }
 
-async fn list(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/sessions`
+#[derive(Serialize, ToSchema)]
+struct SessionList {
+    sessions: Vec<SessionInfo>,
+}
+
+/// The sessions this node knows.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    responses(
+        (status = 200, description = "The sessions.", body = SessionList),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
+    )
+)]
+async fn list(State(state): State<ApiState>) -> Result<Json<SessionList>, ApiError> {
     let sessions = state.aggregation.list().await?;
-    Ok(Json(json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
 /// Longest long poll (`?wait=`): a client that wants longer polls again.
 pub const MAX_WAIT_SECS: u64 = 60;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ShowParams {
-    /// Seconds to wait for the session to leave a phase (a long poll).
+    /// Seconds to wait for the session to leave a phase (a long poll), at most 60: the answer
+    /// comes as soon as the session is in another phase than `seen`, at once when it is done or
+    /// failed, else after `wait` seconds with the session as it is then.
+    #[param(maximum = 60)]
     wait: Option<u64>,
     /// The phase the caller last saw (default: the present one): the long poll answers at once
     /// when the session is in another, so a change between the caller's reads is never waited
@@ -139,6 +179,20 @@ struct ShowParams {
     seen: Option<Phase>,
 }
 
+/// One session; with `wait`, once it is in another phase than `seen` (a long poll).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    operation_id = "get_session",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id."), ShowParams),
+    responses(
+        (status = 200, description = "The session.", body = SessionInfo),
+        (status = 400, description = "`bad_request`: `wait` is not a whole number of seconds, `seen` is not a phase, or an unknown parameter.", body = ApiError),
+        (status = 404, description = "`unknown_session`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
+    )
+)]
 async fn show(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -189,10 +243,25 @@ fn still_open(info: &SessionInfo) -> Option<Phase> {
     (!info.phase.is_terminal()).then_some(info.phase)
 }
 
+/// A session's phase changes as server-sent events.
+///
 /// `GET /v1/sessions/{id}/events`: server-sent events, a `phase` event with the session (as
 /// `GET /v1/sessions/{id}` shows it) now and one each time its phase changes, ending after
 /// `done` or `failed`; an `error` event ends it early (the session gone), and the stream
 /// simply ends when the node stops.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/events",
+    operation_id = "session_events",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "The event stream: `event: phase` with `data:` a `SessionInfo` as JSON, or `event: error` with a message.",
+            content_type = "text/event-stream", body = String),
+        (status = 404, description = "`unknown_session`.", body = ApiError),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
+    )
+)]
 async fn events(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -232,13 +301,77 @@ async fn events(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SubmitParams {
-    /// The update's weight (a weighted mean's number of examples), for a binary body.
+    /// The update's weight (a weighted mean's number of examples), for a binary body; a JSON
+    /// body may carry it as `weight` instead (not both).
     weight: Option<f64>,
 }
 
+/// A JSON update: one flat vector (`{"values": [...]}` or a bare array) or named tensors
+/// (`{"tensors": {name: nested lists}}` matched to the session's `shapes` by name), with the
+/// update's `weight` in a weighted mean. A schema only: `crate::tensors` reads the body.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(
+    description = "A JSON update: one flat vector (`{\"values\": [...]}` or a bare array) \
+    or named tensors (`{\"tensors\": {name: nested lists}}`, matched to the session's `shapes` \
+    by name), with the update's `weight` in a weighted mean (or `?weight=`, not both). Unknown \
+    fields are refused."
+)]
+#[allow(dead_code)]
+enum UpdateJson {
+    Values {
+        values: Vec<f64>,
+        weight: Option<f64>,
+    },
+    Tensors {
+        /// Each tensor as nested lists of numbers (a number for a 0-d tensor).
+        #[schema(value_type = Object)]
+        tensors: (),
+        weight: Option<f64>,
+    },
+    Bare(Vec<f64>),
+}
+
+/// Encrypt this node's update and upload it to the coordinator.
+///
+/// Answers once the coordinator holds the encrypted update durably. The body's encoding
+/// follows its `Content-Type`: named tensors (safetensors, `.npz`, JSON `tensors`) are matched
+/// to the session's `shapes` by name; a flat vector (JSON `values` or a bare array, raw
+/// little-endian float32, `.npy`) must have the session's `length`. Every value must be finite
+/// and within the float32 range; integer tensors are refused unless the session's `integers`
+/// is `include`.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/update",
+    operation_id = "submit_update",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id."), SubmitParams),
+    request_body(
+        description = "The update.",
+        content(
+            (UpdateJson = "application/json"),
+            (inline(SafetensorsFile) = "application/safetensors"),
+            (inline(NpzFile) = "application/x-npz"),
+            (inline(NpyFile) = "application/x-npy"),
+            (inline(RawF32) = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Submitted: the coordinator holds it.", body = SubmitReceipt),
+        (status = 400, description = "`bad_json`, `bad_request` (a query parameter), or `bad_input`: wrong length or names, non-finite or out-of-range values, an integer tensor, a malformed file, or the weight given twice.", body = ApiError),
+        (status = 403, description = "`not_allowed`: this node is not a participant of the session.", body = ApiError),
+        (status = 404, description = "`unknown_session`.", body = ApiError),
+        (status = 409, description = "`wrong_phase` (not collecting) or `duplicate` (already submitted).", body = ApiError),
+        (status = 413, description = "`payload_too_large`: the body exceeds `api.max_body_bytes`.", body = ApiError),
+        (status = 415, description = "`unsupported_format`: no `Content-Type`, or one that names no update format.", body = ApiError),
+        (status = 502, description = "`remote` or `unreachable`: the coordinator refused the update or could not be reached.", body = ApiError),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running, or too few members hold this node's seeds yet.", body = ApiError),
+    )
+)]
 async fn submit(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -301,6 +434,38 @@ impl ResultForm {
     }
 }
 
+/// A finished session's result, as JSON, safetensors or raw float64 by `Accept`.
+///
+/// `Accept: application/safetensors` answers float64 tensors named and shaped as the session's
+/// (its facts in the file's `__metadata__`), `Accept: application/octet-stream` the values as
+/// little-endian float64 (its facts in `x-fhenode-*` headers), anything else JSON (with
+/// `tensors` when the session has shapes).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/result",
+    operation_id = "get_result",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "The result.",
+            headers(
+                ("x-fhenode-contributors" = u32, description = "octet-stream only: the number of contributors."),
+                ("x-fhenode-clipped" = u64, description = "octet-stream only: values clipped, in total."),
+                ("x-fhenode-error-bound" = f64, description = "octet-stream only: the largest |error| of each value."),
+                ("x-fhenode-kind" = ResultKind, description = "octet-stream only: the result's kind."),
+                ("x-fhenode-total-weight" = f64, description = "octet-stream only, weighted means: the weights' sum."),
+            ),
+            content(
+                (SessionResultJson = "application/json"),
+                (inline(SafetensorsFile) = "application/safetensors"),
+                (inline(RawF64) = "application/octet-stream"),
+            )
+        ),
+        (status = 404, description = "`unknown_session`.", body = ApiError),
+        (status = 409, description = "`no_result`: the session is not done.", body = ApiError),
+        (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
+    )
+)]
 async fn result(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -318,6 +483,36 @@ async fn result(
         ResultForm::Json => Ok(Json(JsonResult::new(&result, &layout)).into_response()),
     })
     .await?
+}
+
+/// A finished session's result as JSON (the document's `SessionResult`): what [`JsonResult`]
+/// writes. A schema only.
+#[derive(ToSchema)]
+#[schema(
+    as = SessionResult,
+    description = "A finished session's result: its facts and values, and its named tensors \
+        when the session has `shapes`."
+)]
+#[allow(dead_code)]
+struct SessionResultJson {
+    session: String,
+    kind: ResultKind,
+    contributors: u32,
+    /// The contributors' peer ids.
+    contributor_ids: Vec<String>,
+    /// Values clipped by the contributors, in total.
+    clipped: u64,
+    /// Largest |error| of each value from fixed-point rounding.
+    error_bound: f64,
+    /// A weighted mean's Σ wᵢ (`null` otherwise).
+    total_weight: Option<f64>,
+    /// The values, in the session's order.
+    values: Vec<f64>,
+    /// The values as the session's named tensors, nested lists of numbers (a number for a
+    /// 0-d tensor); only when the session has `shapes`.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tensors: Option<()>,
 }
 
 /// A result as JSON: its fields, and its tensors when the session named them.
@@ -484,6 +679,10 @@ pub fn parse_update(
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::post;
+    use axum::Router;
+    use serde_json::json;
+
     use super::*;
 
     fn flat(
@@ -620,6 +819,9 @@ mod tests {
         assert_eq!(json["contributors"], 2);
         let flat = serde_json::to_value(JsonResult::new(&result, &Layout::new(None, 3))).unwrap();
         assert!(flat.get("tensors").is_none(), "{flat}");
+        // The OpenAPI document's SessionResult describes both.
+        super::super::openapi::tests::assert_fits("SessionResult", &json);
+        super::super::openapi::tests::assert_fits("SessionResult", &flat);
 
         let response = safetensors_result(&result, &layout).unwrap();
         assert_eq!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::inference::{InferenceError, Model};
 
 /// The inference schemes fhenode implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Affine models on fixed-point RLWE ciphertexts, no bootstrapping.
@@ -92,7 +92,7 @@ pub fn map_seed_scheme(scheme: &str, provider: Option<&str>) -> Result<Scheme, I
 }
 
 /// A client context as listed (the secret key never leaves the node that made it).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ContextInfo {
     pub fhe_context_id: String,
     pub scheme: Scheme,
@@ -144,7 +144,7 @@ mod as_json {
 }
 
 /// A registered model as listed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub name: String,
     pub scheme: Scheme,
@@ -161,7 +161,7 @@ pub struct ModelInfo {
 
 /// What a client's node learns of a model from its model node (this node, or a peer over
 /// libp2p): enough to choose the scheme of a context for it and to encrypt for it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelSpec {
     pub name: String,
     pub scheme: Scheme,
@@ -222,7 +222,7 @@ pub struct InferOutcome {
 }
 
 /// A decrypted batch: one row of outputs per input row.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Decrypted {
     pub values: Vec<Vec<f64>>,
     pub result_shape: [usize; 2],

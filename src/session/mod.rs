@@ -104,7 +104,7 @@ impl From<crate::store::StoreError> for SessionError {
 }
 
 /// This node's part in a session.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Roles {
     pub coordinator: bool,
     pub committee: bool,
@@ -112,7 +112,7 @@ pub struct Roles {
 }
 
 /// Unix-epoch milliseconds of each phase change (absent: not reached).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     pub created_ms: u64,
     pub opened_ms: Option<u64>,
@@ -122,12 +122,13 @@ pub struct Timings {
 }
 
 /// What `GET /v1/sessions/{id}` reports.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub id: String,
     pub phase: Phase,
     pub roles: Roles,
     pub coordinator: String,
+    #[schema(value_type = crate::crypto::Profile)]
     pub profile: String,
     pub length: u64,
     /// Named tensor shapes, when the session has them (else one flat vector of `length`).
@@ -198,7 +199,7 @@ impl From<Vec<f32>> for Update {
 }
 
 /// The answer to a local participant's submission: the coordinator has it durably.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubmitReceipt {
     pub session: String,
     pub values: u64,

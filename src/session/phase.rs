@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Ordered as a session moves through them (`Failed` last).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum Phase {
     /// Created; the plan is being delivered to the committee.
     Proposed,

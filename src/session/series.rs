@@ -168,7 +168,7 @@ pub fn collection_over(phase: Phase) -> bool {
 }
 
 /// One round as `GET /v1/series/{id}` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoundInfo {
     pub round: u32,
     pub session: String,
@@ -179,7 +179,7 @@ pub struct RoundInfo {
 }
 
 /// What `GET /v1/series/{id}` reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeriesInfo {
     pub id: String,
     /// Rounds the series runs in all.

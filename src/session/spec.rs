@@ -15,7 +15,7 @@ use super::roles::Roster;
 use super::SessionError;
 
 /// What the session returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ResultKind {
     #[default]
@@ -28,7 +28,7 @@ pub enum ResultKind {
 }
 
 /// A session as a user asks for it (`POST /v1/sessions`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     /// Session id; generated when absent. 1–64 characters of `[A-Za-z0-9._-]`.

@@ -250,6 +250,7 @@ pub enum Body<'a> {
 /// Whether integer tensors are aggregated (converted to floats) or refused by name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum IntegerPolicy {
     #[default]
     Refuse,
