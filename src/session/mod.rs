@@ -266,7 +266,7 @@ impl SessionResult {
             ResultKind::Sum => (params.sum_error_bound(contributors), None),
             ResultKind::WeightedMean => {
                 let total = sums.pop().unwrap_or(0.0);
-                if !(total >= k) {
+                if total.is_nan() || total < k {
                     return Err(format!(
                         "the weights of {contributors} contributors add up to {total}: some \
                          contributor sealed a weight below 1"

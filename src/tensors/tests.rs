@@ -654,7 +654,7 @@ fn npy_data_length_must_match_the_shape_and_headers_are_bounded() {
         Err(TensorError::Malformed(_))
     ));
     for body in [
-        &NPY_MAGIC[..],
+        NPY_MAGIC,
         b"\x93NUMPY\x01",
         b"\x93NUMPY\x09\x00\x00\x00",
         b"\x93NUMPY\x01\x00\xff",
@@ -734,7 +734,7 @@ proptest! {
         let mut expected = a.clone();
         expected.push(b);
         expected.extend(&c);
-        let mut named = vec![("a", vec![2usize, 2], a.clone()), ("b", vec![], vec![b]), ("c", vec![3], c.clone())];
+        let mut named = [("a", vec![2usize, 2], a.clone()), ("b", vec![], vec![b]), ("c", vec![3], c.clone())];
         if reversed { named.reverse() }
         let st = safetensors_of(&named.iter().map(|(n, s, v)| (*n, Raw(StDtype::F32, s.clone(), f32_bytes(v)))).collect::<Vec<_>>());
         prop_assert_eq!(read(UpdateFormat::Safetensors, &st, &layout).unwrap(), expected.clone());

@@ -274,7 +274,11 @@ impl KaheParams {
                  plaintext limit 2^{}: lower frac_bits, clip{} or participants, or widen \
                  plaintext_bits",
                 self.plaintext_bits - 1,
-                if weight.is_empty() { "" } else { ", max_weight" }
+                if weight.is_empty() {
+                    ""
+                } else {
+                    ", max_weight"
+                }
             ));
         }
         let err = self.error_bound_log2(self.wire_bits);
