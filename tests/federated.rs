@@ -359,8 +359,6 @@ async fn submit_round(node: &Node, session: &str, i: usize, round: u32) {
 /// round 2; every round's mean is right and the series reports each round done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_series_runs_its_rounds_across_restarts() {
-    let t0 = std::time::Instant::now();
-    let mark = |what: &str| eprintln!("{:>8.2?} {what}", t0.elapsed());
     let (dirs, nodes) = start_local_network(3).await.unwrap();
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
     let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
@@ -397,12 +395,10 @@ async fn a_series_runs_its_rounds_across_restarts() {
             .await
             .unwrap();
     }
-    mark("seeds held");
     let mut nodes = nodes;
     let boot = dial_address(&nodes[1], LONG).await.unwrap();
     let coordinator = nodes.remove(0);
     coordinator.shutdown().await.unwrap();
-    mark("coordinator stopped");
     nodes.insert(
         0,
         Node::start(loopback_config(dirs[0].path(), vec![boot]))
@@ -410,10 +406,8 @@ async fn a_series_runs_its_rounds_across_restarts() {
             .unwrap(),
     );
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    mark("coordinator restarted");
     for (i, node) in nodes.iter().enumerate() {
         submit_round(node, "fl-1", i, 1).await;
-        mark("submitted 1");
     }
     wait_result(&nodes[2], "fl-1", LONG).await.unwrap();
 
@@ -427,12 +421,10 @@ async fn a_series_runs_its_rounds_across_restarts() {
             .unwrap(),
     );
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    mark("participant restarted");
     for round in 2..=3u32 {
         let session = format!("fl-{round}");
         for (i, node) in nodes.iter().enumerate() {
             submit_round(node, &session, i, round).await;
-            mark("submitted");
         }
         let result = wait_result(&nodes[2], &session, LONG).await.unwrap();
         assert_eq!(result.contributors, 3, "round {round}");
