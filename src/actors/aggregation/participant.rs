@@ -272,6 +272,10 @@ impl AggregationActor {
             let span = info_span!("seeds", session = %id, member);
             self.spawn_work(
                 async move {
+                    // A member refuses seeds for a plan that has not reached it yet, as happens
+                    // to a coordinator that takes part (it joins at once): the first retries
+                    // come quickly, then once a second.
+                    let mut pause = Duration::from_millis(25);
                     loop {
                         // The key is drawn and persisted before any seed leaves (once).
                         let sent = async {
@@ -295,7 +299,8 @@ impl AggregationActor {
                             }
                             Err(e) if Instant::now() < deadline => {
                                 debug!(error = %e, "seeds not delivered yet; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_secs(1));
                             }
                             Err(e) => {
                                 warn!(error = %e, "seeds not delivered before the deadline");
@@ -632,7 +637,10 @@ impl AggregationActor {
             if let Some(m) = joined.member.as_mut() {
                 use crate::session::roles::member::MemberInput;
                 m.handle(MemberInput::Ended { from }, 0)?;
-                self.persist_joined(&joined).await?;
+                // Not flushed: a member that forgets this in a crash answers only for its
+                // pinned set, and the result's arrival ends it for good.
+                let key = records::joined(session);
+                self.store.put(trees::SESSIONS, key.as_bytes(), &joined)?;
                 self.joined.insert(session.to_string(), joined);
             }
             return Ok(());
