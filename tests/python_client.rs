@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_python_client_suite_passes_against_this_build() {
@@ -31,11 +32,23 @@ fn the_python_client_suite_passes_against_this_build() {
         }
     }
     let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
-    let status = Command::new(&python)
+    let mut pytest = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(&python_dir)
         .env("FHENODE_BIN", env!("CARGO_BIN_EXE_fhenode"))
-        .status()
+        .spawn()
         .expect("pytest runs");
+    // Every wait in the suite is bounded; this bounds the whole (it takes seconds).
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let status = loop {
+        if let Some(status) = pytest.try_wait().expect("pytest can be waited for") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = pytest.kill();
+            panic!("the Python client suite ran past 900 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(status.success(), "the Python client suite failed: {status}");
 }

@@ -616,12 +616,11 @@ impl AggregationActor {
         Ok(joined.clone())
     }
 
-    /// The coordinator's word that the session ended: the roles' machines forget, and the
-    /// session is recorded as over.
-    /// The coordinator's end notice (`result_stored`: this node stored the result it came
-    /// with). A participant is done only once it holds the result: the success notice members
-    /// get, ahead of the result, ends only this node's member part, so that no client reads
-    /// `done` here and then finds no result.
+    /// The coordinator's word that the session ended (`result_stored`: with the result, which
+    /// this node stored): the roles' machines forget, and the session is recorded as over. A
+    /// participant is done only once it holds the result: the success notice members get,
+    /// ahead of the result, ends only this node's member part, so that no client reads `done`
+    /// here and then finds no result.
     pub(super) async fn receive_end(
         &mut self,
         from: &str,
