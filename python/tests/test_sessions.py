@@ -45,7 +45,8 @@ def run(
 
 
 def assert_close(result: fhenode.Result, name: str, expected: np.ndarray) -> None:
-    got = result.tensors[name]
+    assert dict(result)[name] is result.tensors[name]  # a result reads as a dict of arrays
+    got = result[name]
     assert got.dtype == np.float64
     assert got.shape == expected.shape, name
     error = np.abs(got - expected)

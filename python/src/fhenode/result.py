@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, ItemsView, Iterator, KeysView, Mapping, Optional
 
 import numpy as np
 
@@ -35,8 +35,25 @@ class Result:
         parts = [self.tensors[name].reshape(-1) for name in sorted(self.tensors)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    # Dict-like over the tensors: ``result["w"]``, ``dict(result)``, ``for name in result``.
+    # (``values`` is the flat vector above, not dict.values.)
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def keys(self) -> KeysView[str]:
+        return self.tensors.keys()
+
+    def items(self) -> ItemsView[str, np.ndarray]:
+        return self.tensors.items()
 
     @classmethod
     def from_safetensors(cls, data: bytes) -> "Result":
