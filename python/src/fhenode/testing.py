@@ -95,13 +95,15 @@ class LocalCluster:
         self.processes: List["subprocess.Popen[bytes]"] = []
         self.logs: List[Path] = []
         self.nodes: List[Node] = []
+        self._bootstrap: Optional[str] = None
 
     # -- starting ---------------------------------------------------------------------------
 
-    def _spawn(self, index: int, bootstrap: Optional[str]) -> Node:
+    def _spawn(self, index: int, bootstrap: Optional[str], port: Optional[int] = None) -> Node:
+        """Starts node ``index`` (a new one, or again on its data and ``port``)."""
         assert self.root is not None
         data = self.root / f"node{index}"
-        port = _free_port()
+        port = port or _free_port()
         args = [
             str(self.binary), "run",
             "--data-dir", str(data),
@@ -115,14 +117,17 @@ class LocalCluster:
             args += ["--bootstrap", bootstrap]
         log = data.with_suffix(".log")
         env = {**os.environ, "FHENODE__LOG__LEVEL": self.log_level, "NO_COLOR": "1"}
-        with open(log, "wb") as stderr:
+        with open(log, "ab") as stderr:
             process = subprocess.Popen(
                 args, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=self.root
             )
-        self.processes.append(process)
-        self.logs.append(log)
         node = Node(f"http://127.0.0.1:{port}", timeout=10.0)
-        self.nodes.append(node)
+        if index < len(self.processes):
+            self.processes[index] = process
+        else:
+            self.processes.append(process)
+            self.logs.append(log)
+            self.nodes.append(node)
         return node
 
     def _wait_for(self, what: str, check: Callable[[], Optional[T]]) -> T:
@@ -163,22 +168,40 @@ class LocalCluster:
                 return status if status["listen_addrs"] else None
 
             status = self._wait_for("listen address of node 0", addresses)
-            bootstrap = f"{status['listen_addrs'][0]}/p2p/{status['peer_id']}"
+            self._bootstrap = f"{status['listen_addrs'][0]}/p2p/{status['peer_id']}"
             for i in range(1, self.size):
-                self._spawn(i, bootstrap)
-            ids = [self._wait_for(f"status of {n}", n.status)["peer_id"] for n in self.nodes]
-            for node, me in zip(self.nodes, ids):
-                others = set(ids) - {me}
-
-                def connected(node: Node = node, others: Set[str] = others) -> Optional[bool]:
-                    ready = {p["peer_id"] for p in node.peers() if p.get("protocols")}
-                    return True if others <= ready else None
-
-                self._wait_for(f"peers of {node}", connected)
+                self._spawn(i, self._bootstrap)
+            self._wait_connected()
         except BaseException:
             self.stop(keep=True)
             raise
         return list(self.nodes)
+
+    def _wait_connected(self) -> None:
+        """Until every node lists every other one with its protocols."""
+        ids = [self._wait_for(f"status of {n}", n.status)["peer_id"] for n in self.nodes]
+        for node, me in zip(self.nodes, ids):
+            others = set(ids) - {me}
+
+            def connected(node: Node = node, others: Set[str] = others) -> Optional[bool]:
+                ready = {p["peer_id"] for p in node.peers() if p.get("protocols")}
+                return True if others <= ready else None
+
+            self._wait_for(f"peers of {node}", connected)
+
+    def restart(self, index: int, kill: bool = True) -> None:
+        """Kills node ``index`` (SIGKILL; SIGTERM with ``kill=False``) and starts it again on
+        its data and API port, so that its :class:`Node` keeps working; returns once every
+        node is connected to every other again."""
+        process = self.processes[index]
+        if kill:
+            process.kill()
+        else:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=self.stop_timeout)
+        port = int(self.nodes[index].url.rsplit(":", 1)[1])
+        self._spawn(index, None if index == 0 else self._bootstrap, port)
+        self._wait_connected()
 
     # -- stopping ---------------------------------------------------------------------------
 
