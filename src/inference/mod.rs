@@ -343,6 +343,8 @@ impl From<crate::store::StoreError> for InferError {
 pub fn check_model_name(name: &str) -> Result<(), InferError> {
     let ok = !name.is_empty()
         && name.len() <= 128
+        && name != "."
+        && name != ".."
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -380,7 +382,15 @@ mod tests {
     #[test]
     fn model_names_are_checked() {
         assert!(check_model_name("mnist-logreg_v1.2").is_ok());
-        for bad in ["", "a/b", "../x", "white space", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "white space",
+            &"x".repeat(129),
+        ] {
             assert!(check_model_name(bad).is_err(), "{bad}");
         }
     }

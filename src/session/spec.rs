@@ -122,8 +122,12 @@ fn peer_list(field: &str, ids: &[String]) -> Result<Vec<String>, SessionError> {
     Ok(ids.to_vec())
 }
 
+/// 1–64 characters of `[A-Za-z0-9._-]`, and not `.` or `..`: an id is a path segment of the
+/// API, where those two name no session.
 pub fn valid_session_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
+        && id != "."
+        && id != ".."
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -406,6 +410,16 @@ mod tests {
             ),
             ("deadline_secs", Box::new(|s| s.deadline_secs = Some(0))),
             ("id", Box::new(|s| s.id = Some("../etc".into()))),
+            ("id", Box::new(|s| s.id = Some("..".into()))),
+            ("id", Box::new(|s| s.id = Some(".".into()))),
+            ("clip", Box::new(|s| s.clip = Some(1e-300))),
+            (
+                "frac_bits",
+                Box::new(|s| {
+                    s.clip = Some(0.5);
+                    s.frac_bits = Some(0);
+                }),
+            ),
             ("frac_bits", Box::new(|s| s.frac_bits = Some(41))),
             ("clip", Box::new(|s| s.clip = Some(f64::NAN))),
             (

@@ -242,6 +242,24 @@ impl KaheParams {
                 self.clip
             ));
         }
+        // Below one unit of the fixed point, every value in range encodes to 0 (or ±1 by
+        // rounding): the session would aggregate rounding noise.
+        if self.clip * 2f64.powi(self.frac_bits as i32) < 1.0 {
+            // Blame what can fix it: no frac_bits up to 40 helps a clip below 2^-40.
+            return bad(if self.clip < 2f64.powi(-40) {
+                format!(
+                    "clip = {} is below the finest fixed-point step (2^-40): every value would \
+                     encode to 0; raise clip",
+                    self.clip
+                )
+            } else {
+                format!(
+                    "frac_bits = {} gives a fixed-point step above clip = {}: every value \
+                     would encode to 0; raise frac_bits",
+                    self.frac_bits, self.clip
+                )
+            });
+        }
         if self.frac_bits > 40 {
             return bad(format!("frac_bits = {} exceeds 40", self.frac_bits));
         }
