@@ -363,7 +363,7 @@ async fn demo_inference(client: &Node, server: &Node) -> Result<f64, DemoError> 
     };
     let info = server
         .inference
-        .add_model("demo-logreg", model.clone(), options)
+        .add_model("demo-logreg", model.clone(), options, false)
         .await
         .map_err(fail)?;
     let start = Instant::now();

@@ -624,7 +624,7 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Register (or replace) a model on the node.
+    /// Register a model on the node.
     Add {
         /// The model's name (1–128 of A-Z a-z 0-9 - _ .).
         name: String,
@@ -639,6 +639,9 @@ enum ModelCommand {
         /// linear: every input satisfies |x| ≤ BOUND (default 256).
         #[arg(long, value_name = "BOUND")]
         input_bound: Option<f64>,
+        /// Replace a model of the same name (without it, the node refuses as `duplicate`).
+        #[arg(long)]
+        replace: bool,
     },
     /// List the models registered on the node.
     List,
@@ -652,6 +655,7 @@ async fn model(args: ModelArgs) -> anyhow::Result<()> {
             file,
             scheme,
             input_bound,
+            replace,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -661,7 +665,7 @@ async fn model(args: ModelArgs) -> anyhow::Result<()> {
                 .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
             let info = if is_safetensors {
                 client
-                    .add_model_safetensors(&name, scheme.as_deref(), input_bound, bytes)
+                    .add_model_safetensors(&name, scheme.as_deref(), input_bound, bytes, replace)
                     .await?
             } else {
                 let mut body: serde_json::Value = serde_json::from_slice(&bytes)
@@ -676,7 +680,7 @@ async fn model(args: ModelArgs) -> anyhow::Result<()> {
                 if let Some(b) = input_bound {
                     object.insert("input_bound".into(), b.into());
                 }
-                client.add_model_json(&body).await?
+                client.add_model_json(&body, replace).await?
             };
             print_json(&info)
         }

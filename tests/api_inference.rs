@@ -343,6 +343,12 @@ async fn inference_api_on_one_node() {
         );
         let affine_bound = info["error_bound"].as_f64().unwrap();
         assert!(affine_bound > 0.0 && affine_bound.is_finite(), "{info}");
+        // The same name again is refused unless the caller asks to replace it.
+        let (status, again) = api.post("/v1/models", &affine).await;
+        assert_eq!((status, &again["error"]["code"]), (409, &json!("duplicate")), "{again}");
+        assert!(again["error"]["message"].as_str().unwrap().contains("replace=true"), "{again}");
+        let (status, replaced) = api.post("/v1/models?replace=true", &affine).await;
+        assert_eq!((status, &replaced["name"]), (201, &json!("affine")), "{replaced}");
         // The original single-layer shape, with options.
         let (status, info) = api
             .post(
@@ -422,6 +428,12 @@ async fn inference_api_on_one_node() {
             400,
             "bad_input",
             &["../x"],
+        );
+        refused(
+            api.post("/v1/models", &json!({"name": "..", "weights": [[1]], "biases": [0]})).await,
+            400,
+            "bad_input",
+            &[".."],
         );
         let (status, list) = api.get("/v1/models").await;
         assert_eq!(status, 200);

@@ -74,6 +74,7 @@ async fn encrypted_inference_across_two_nodes() {
                 input_bound: Some(4.0),
                 ..Default::default()
             },
+            false,
         )
         .await
         .unwrap();
@@ -179,7 +180,7 @@ async fn encrypted_inference_across_two_nodes() {
     };
     let refused = server
         .inference
-        .add_model("bad", bad_model, ModelOptions::default())
+        .add_model("bad", bad_model, ModelOptions::default(), false)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("layer 1"), "{refused}");
@@ -204,7 +205,7 @@ async fn encrypted_inference_across_two_nodes() {
     };
     let info = server
         .inference
-        .add_model("mlp", mlp.clone(), options.clone())
+        .add_model("mlp", mlp.clone(), options.clone(), false)
         .await
         .unwrap();
     assert_eq!(info.scheme, Scheme::Mlp);
@@ -222,7 +223,7 @@ async fn encrypted_inference_across_two_nodes() {
     // key: evaluating there is refused before the key is even read from the store.
     client
         .inference
-        .add_model("mlp", mlp.clone(), options)
+        .add_model("mlp", mlp.clone(), options, false)
         .await
         .unwrap();
     let over = client
@@ -290,6 +291,7 @@ async fn encrypted_inference_across_two_nodes() {
                 input_range: Some((-1.0, 1.0)),
                 ..Default::default()
             },
+            false,
         )
         .await
         .unwrap();

@@ -86,7 +86,8 @@ enum Command {
     CreateContext(Scheme, Reply<ContextInfo>),
     ListContexts(Reply<Vec<ContextInfo>>),
     DeleteContext(String, Reply<()>),
-    AddModel(Box<ModelRecord>, Reply<ModelInfo>),
+    /// A model to register, and whether it may replace one of the same name.
+    AddModel(Box<ModelRecord>, bool, Reply<ModelInfo>),
     ListModels(Reply<Vec<ModelInfo>>),
     Spec {
         model: String,
@@ -203,12 +204,14 @@ impl InferenceHandle {
             .await
             .map_err(gone)?
     }
-    /// Registers (or replaces) a model under `name`; it is compiled once to check it.
+    /// Registers a model under `name`; it is compiled once to check it. A model of that name
+    /// is replaced only when `replace` says so (else `duplicate`).
     pub async fn add_model(
         &self,
         name: &str,
         model: Model,
         options: ModelOptions,
+        replace: bool,
     ) -> Result<ModelInfo, InferError> {
         let record = ModelRecord {
             name: name.to_string(),
@@ -217,7 +220,7 @@ impl InferenceHandle {
             created_ms: crate::session::now_ms(),
         };
         self.mailbox
-            .ask(|r| Command::AddModel(Box::new(record), r))
+            .ask(|r| Command::AddModel(Box::new(record), replace, r))
             .await
             .map_err(gone)?
     }
@@ -657,7 +660,7 @@ impl InferenceActor {
                 let result = self.delete_context(&id);
                 let _ = reply.send(result);
             }
-            Command::AddModel(record, reply) => self.add_model(*record, reply),
+            Command::AddModel(record, replace, reply) => self.add_model(*record, replace, reply),
             Command::ListModels(reply) => {
                 let _ = reply.send(self.list_models());
             }
@@ -829,10 +832,17 @@ impl InferenceActor {
 
     // --- models (model node) -------------------------------------------------------------
 
-    fn add_model(&self, record: ModelRecord, reply: Reply<ModelInfo>) {
+    fn add_model(&self, record: ModelRecord, replace: bool, reply: Reply<ModelInfo>) {
         let store = self.store.clone();
         self.spawn(async move {
             let answer = tokio::task::spawn_blocking(move || {
+                let exists = store.get_bytes(trees::MODELS, record.name.as_bytes())?;
+                if exists.is_some() && !replace {
+                    return Err(InferError::Duplicate(format!(
+                        "model `{}` exists; register with `?replace=true` to replace it",
+                        record.name
+                    )));
+                }
                 let compiled = CompiledModel::compile(&record, None)?;
                 store.put(trees::MODELS, record.name.as_bytes(), &record)?;
                 store.flush()?;

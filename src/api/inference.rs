@@ -544,6 +544,9 @@ pub struct ModelQuery {
     /// linear: every input satisfies |x| ≤ input_bound; overrides the body's.
     #[serde(default)]
     pub input_bound: Option<f64>,
+    /// Replace a model of the same name (without it, such a model is a `409 duplicate`).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// How a model body is encoded.
@@ -837,7 +840,8 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
     Ok(model)
 }
 
-/// Register (or replace) a model: JSON, or a safetensors file with its name in `?name=`.
+/// Register a model: JSON, or a safetensors file with its name in `?name=`; a model of the
+/// same name is replaced only with `?replace=true`.
 #[utoipa::path(
     post,
     path = "/v1/models",
@@ -857,6 +861,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
         (status = 201, description = "Registered; `Location` names the model.", body = ModelInfo,
             headers(("location" = String, description = "`/v1/models/{name}`"))),
         (status = 400, description = "`bad_json`, `bad_input`, `bad_request` (a query parameter), `unsupported_scheme`, or `invalid_model` (the message names the layer).", body = ApiError),
+        (status = 409, description = "`duplicate`: a model of this name exists (use `?replace=true`).", body = ApiError),
         (status = 413, description = "`payload_too_large`.", body = ApiError),
         (status = 415, description = "`unsupported_media_type`.", body = ApiError),
         (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
@@ -882,6 +887,7 @@ async fn add_model(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let body = body.map_err(|e| body_error(e.status(), e.body_text(), state.max_body_bytes))?;
+    let replace = query.replace;
     let upload = if body.len() <= INLINE_BYTES {
         parse_model_upload(format, &query, &body)?
     } else {
@@ -889,7 +895,7 @@ async fn add_model(
     };
     let info = state
         .inference
-        .add_model(&upload.name, upload.model, upload.options)
+        .add_model(&upload.name, upload.model, upload.options, replace)
         .await?;
     Ok(super::created(&info, &format!("/v1/models/{}", info.name)))
 }

@@ -463,7 +463,8 @@ pub(crate) mod tests {
             set(&[
                 ("query", "name"),
                 ("query", "scheme"),
-                ("query", "input_bound")
+                ("query", "input_bound"),
+                ("query", "replace")
             ])
         );
         assert_eq!(

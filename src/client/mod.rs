@@ -364,12 +364,17 @@ impl ApiClient {
         Ok(())
     }
 
-    /// `POST /v1/models` with a JSON model (`{"name", "layers"|"weights"+"biases", …}`).
+    /// `POST /v1/models` with a JSON model (`{"name", "layers"|"weights"+"biases", …}`);
+    /// `replace`: replace a model of the same name (else the node answers `duplicate`).
     pub async fn add_model_json(
         &self,
         model: &serde_json::Value,
+        replace: bool,
     ) -> Result<ModelInfo, ClientError> {
-        let url = self.url(&["v1", "models"])?;
+        let mut url = self.url(&["v1", "models"])?;
+        if replace {
+            url.query_pairs_mut().append_pair("replace", "true");
+        }
         self.send_json(self.request(Method::POST, &url).json(model), &url)
             .await
     }
@@ -382,11 +387,15 @@ impl ApiClient {
         scheme: Option<&str>,
         input_bound: Option<f64>,
         bytes: Vec<u8>,
+        replace: bool,
     ) -> Result<ModelInfo, ClientError> {
         let mut url = self.url(&["v1", "models"])?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("name", name);
+            if replace {
+                q.append_pair("replace", "true");
+            }
             if let Some(s) = scheme {
                 q.append_pair("scheme", s);
             }

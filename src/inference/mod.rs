@@ -238,6 +238,9 @@ pub enum InferError {
     UnknownModel(String),
     #[error("bad input: {0}")]
     BadInput(String),
+    /// A model of that name exists and the caller did not ask to replace it.
+    #[error("{0}")]
+    Duplicate(String),
     #[error("{0}")]
     WrongContext(String),
     #[error("{0}")]
@@ -270,6 +273,7 @@ impl InferError {
             InferError::UnknownContext(_) => "unknown_context",
             InferError::UnknownModel(_) => "unknown_model",
             InferError::BadInput(_) => "bad_input",
+            InferError::Duplicate(_) => "duplicate",
             InferError::WrongContext(_) => "wrong_context",
             InferError::Crypto(InferenceError::WrongKey { .. }) => "wrong_context",
             InferError::Crypto(InferenceError::InputLength { .. }) => "wrong_shape",
@@ -298,6 +302,7 @@ impl InferError {
             | InferError::WrongContext(_)
             | InferError::Crypto(_) => 400,
             InferError::UnknownContext(_) | InferError::UnknownModel(_) => 404,
+            InferError::Duplicate(_) => 409,
             InferError::OverBudget(_) => 413,
             InferError::Remote { .. } | InferError::Unreachable { .. } => 502,
             InferError::Store(_) => 500,
