@@ -46,6 +46,14 @@ pub enum SessionError {
     Crypto(#[from] CryptoError),
     #[error("peer {peer}: {message}")]
     Remote { peer: String, message: String },
+    /// A peer refused the request with one of this enum's codes: it keeps that code and its
+    /// status across the hop (a coordinator's `duplicate` reaches the client as a 409).
+    #[error("peer {peer}: {message}")]
+    Refused {
+        peer: String,
+        code: &'static str,
+        message: String,
+    },
     #[error("peer {peer} is unreachable: {message}")]
     Unreachable { peer: String, message: String },
     #[error("storage: {0}")]
@@ -67,6 +75,7 @@ impl SessionError {
             SessionError::NoResult { .. } => "no_result",
             SessionError::Crypto(_) => "crypto",
             SessionError::Remote { .. } => "remote",
+            SessionError::Refused { code, .. } => code,
             SessionError::Unreachable { .. } => "unreachable",
             SessionError::Store(_) => "store",
             SessionError::Unavailable(_) => "unavailable",
@@ -76,6 +85,12 @@ impl SessionError {
     /// The HTTP status that fits.
     pub fn http_status(&self) -> u16 {
         match self {
+            SessionError::Refused { code, .. } => match *code {
+                "not_allowed" => 403,
+                "unknown_session" => 404,
+                "wrong_phase" | "duplicate" | "no_result" => 409,
+                _ => 400,
+            },
             SessionError::InvalidSpec { .. }
             | SessionError::BadInput(_)
             | SessionError::Crypto(_) => 400,
@@ -87,6 +102,34 @@ impl SessionError {
             SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
             SessionError::Store(_) => 500,
             SessionError::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl SessionError {
+    /// A peer's refusal with `code`: kept as a [`SessionError::Refused`] when the code is one
+    /// a client can act on, else a [`SessionError::Remote`] (502). The message stays the peer's.
+    pub fn from_remote(peer: String, code: &str, message: String) -> SessionError {
+        let code = match code {
+            "invalid_spec" => "invalid_spec",
+            "unknown_session" => "unknown_session",
+            "wrong_phase" => "wrong_phase",
+            "not_allowed" => "not_allowed",
+            "duplicate" => "duplicate",
+            "bad_input" => "bad_input",
+            "no_result" => "no_result",
+            "crypto" => "crypto",
+            _ => {
+                return SessionError::Remote {
+                    peer,
+                    message: format!("{code}: {message}"),
+                }
+            }
+        };
+        SessionError::Refused {
+            peer,
+            code,
+            message,
         }
     }
 }
@@ -407,4 +450,30 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_refusal_keeps_its_code_and_status_across_the_hop() {
+        for (code, status) in [
+            ("duplicate", 409),
+            ("wrong_phase", 409),
+            ("no_result", 409),
+            ("not_allowed", 403),
+            ("unknown_session", 404),
+            ("bad_input", 400),
+            ("invalid_spec", 400),
+        ] {
+            let e = SessionError::from_remote("p".into(), code, "why".into());
+            assert_eq!((e.code(), e.http_status()), (code, status));
+            assert_eq!(e.to_string(), "peer p: why");
+        }
+        // A code the client cannot act on is the peer's failure: a 502 that names it.
+        let e = SessionError::from_remote("p".into(), "store", "disk full".into());
+        assert_eq!((e.code(), e.http_status()), ("remote", 502));
+        assert!(e.to_string().contains("store: disk full"), "{e}");
+    }
 }

@@ -67,10 +67,9 @@ impl Link {
                     message,
                 })
             }
-            Response::Error { code, message } => Err(SessionError::Remote {
-                peer: peer.to_string(),
-                message: format!("{code}: {message}"),
-            }),
+            Response::Error { code, message } => {
+                Err(SessionError::from_remote(peer.to_string(), &code, message))
+            }
             other => Err(SessionError::Remote {
                 peer: peer.to_string(),
                 message: format!("unexpected answer {other:?}"),
