@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
@@ -13,10 +13,9 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::sessions::json_rejection;
+use super::sessions::{json_rejection, path_id};
 use super::{route, ApiError, ApiState, Route};
 use crate::session::series::{SeriesInfo, SeriesSpec, MAX_ROUNDS, MAX_SERIES_ID_LEN};
-use crate::session::spec::valid_session_id;
 use crate::session::{SessionError, SessionSpec};
 
 /// The series routes, all under `/v1` (the caller adds the token middleware).
@@ -133,11 +132,9 @@ async fn show(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(id) =
-        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    if !valid_session_id(&id) {
-        return Err(SessionError::UnknownSession(format!("{id} (no such series)")).into());
-    }
+    let id = path_id(path, |id| {
+        SessionError::UnknownSession(format!("{id} (no such series)"))
+    })?;
     let info = state.series.get(&id).await?;
     Ok(axum::response::IntoResponse::into_response(Json(info)))
 }

@@ -104,12 +104,21 @@ fn bytes_rejection(rejection: BytesRejection, max_body_bytes: usize) -> ApiError
 
 /// The session id from the path; ids that cannot exist are unknown sessions.
 fn session_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path_id(path, SessionError::UnknownSession)
+}
+
+/// An id (of a session or a series) from the path; ids that cannot exist are refused as
+/// `unknown` says, without asking an actor.
+pub(super) fn path_id(
+    path: Result<Path<String>, PathRejection>,
+    unknown: impl FnOnce(String) -> SessionError,
+) -> Result<String, ApiError> {
     let Path(id) =
         path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     if valid_session_id(&id) {
         Ok(id)
     } else {
-        Err(SessionError::UnknownSession(id).into())
+        Err(unknown(id).into())
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::kahe::{KaheParams, SessionContext, DEFAULT_FRAC_BITS};
 use crate::crypto::Profile;
-use crate::tensors::{IntegerPolicy, Layout};
+use crate::tensors::IntegerPolicy;
 
 use super::roles::Roster;
 
@@ -319,11 +319,6 @@ impl SessionPlan {
     pub fn digest(&self) -> [u8; 32] {
         let bytes = bincode::serialize(self).unwrap_or_default();
         blake3::derive_key("fhenode 2026 session plan v1", &bytes)
-    }
-
-    /// Where each named tensor lies in the session's vector of values.
-    pub fn layout(&self) -> Layout {
-        Layout::new(self.shapes.as_ref(), self.length)
     }
 
     /// What the crypto layer needs of the session.

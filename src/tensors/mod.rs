@@ -180,6 +180,21 @@ impl Elements<'_> {
         self.len() == 0
     }
 
+    /// Refuses integer elements, named as tensor `name`, unless `integers` includes them.
+    fn refuse_integers(&self, name: &str, integers: IntegerPolicy) -> Result<(), TensorError> {
+        match self {
+            Elements::Bytes { dtype, .. }
+                if dtype.is_integer() && integers == IntegerPolicy::Refuse =>
+            {
+                Err(TensorError::Integer {
+                    name: name.to_string(),
+                    dtype: dtype.name().to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Converts every element into `out` (exactly as long), refusing non-finite values, values
     /// outside the `f32` range and integers unless `integers` includes them. `name` names the
     /// tensor in errors (`None`: a flat update).
@@ -215,12 +230,7 @@ impl Elements<'_> {
                 big_endian,
                 data,
             } => {
-                if dtype.is_integer() && integers == IntegerPolicy::Refuse {
-                    return Err(TensorError::Integer {
-                        name: name.unwrap_or("values").to_string(),
-                        dtype: dtype.name().to_string(),
-                    });
-                }
+                self.refuse_integers(name.unwrap_or("values"), integers)?;
                 let size = dtype.size();
                 for (i, (bytes, o)) in data.chunks_exact(size).zip(out.iter_mut()).enumerate() {
                     *o = check(i, dtype.read(bytes, *big_endian))?;
@@ -357,14 +367,7 @@ impl Layout {
                         .binary_search_by(|(n, _, _)| n.as_str().cmp(name))
                     else {
                         // An integer buffer of a state_dict is named as what it is.
-                        if let Elements::Bytes { dtype, .. } = &tensor.elements {
-                            if dtype.is_integer() && integers == IntegerPolicy::Refuse {
-                                return Err(TensorError::Integer {
-                                    name: name.clone(),
-                                    dtype: dtype.name().to_string(),
-                                });
-                            }
-                        }
+                        tensor.elements.refuse_integers(name, integers)?;
                         return Err(TensorError::Layout(format!(
                             "tensor `{name}` is not one of the session's tensors ({})",
                             self.names_listed()

@@ -136,9 +136,14 @@ fn check_weight(
 
 impl AggregationActor {
     pub(super) async fn persist_joined(&self, joined: &Joined) -> Result<(), SessionError> {
-        let key = records::joined(&joined.plan.id);
-        self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
+        self.write_joined(joined)?;
         self.flush().await
+    }
+
+    /// Writes the record of a joined session (durable with the next flush).
+    fn write_joined(&self, joined: &Joined) -> Result<(), SessionError> {
+        let key = records::joined(&joined.plan.id);
+        Ok(self.store.put(trees::SESSIONS, key.as_bytes(), joined)?)
     }
 
     /// A plan from its coordinator: checked (the roster against its parameters, this node's
@@ -638,8 +643,7 @@ impl AggregationActor {
                 m.handle(MemberInput::Ended { from }, 0)?;
                 // Not flushed: a member that forgets this in a crash answers only for its
                 // pinned set, and the result's arrival ends it for good.
-                let key = records::joined(session);
-                self.store.put(trees::SESSIONS, key.as_bytes(), &joined)?;
+                self.write_joined(&joined)?;
                 self.joined.insert(session.to_string(), joined);
             }
             return Ok(());
