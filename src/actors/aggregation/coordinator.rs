@@ -430,12 +430,19 @@ impl AggregationActor {
             CoordinatorEffect::PublishResult => {
                 let (store, id) = (self.store.clone(), id.to_string());
                 // Members only need to know it is over, to forget the seeds; told apart, so
-                // that an absent member does not hold up the result.
+                // that an absent member does not hold up the result. A member that also
+                // takes part learns it from the result itself: it is done once it holds it.
                 let ended = AggMsg::Ended {
                     session: session.clone(),
                     reason: None,
                 };
-                for peer in plan.committee.clone() {
+                let members_only: Vec<String> = plan
+                    .committee
+                    .iter()
+                    .filter(|p| !plan.is_participant(p))
+                    .cloned()
+                    .collect();
+                for peer in members_only {
                     let (link, ended) = (link.clone(), ended.clone());
                     work.push(Box::pin(async move {
                         if let Err(e) = link.send_retrying(&peer, &ended).await {

@@ -860,7 +860,7 @@ impl AggregationActor {
             }
             AggMsg::Ended { session, reason } => {
                 let r = self
-                    .receive_end(&from, &session, reason, false)
+                    .receive_end(&from, &session, reason)
                     .await
                     .map(|()| AggReply::Ack);
                 Box::pin(async move { r })

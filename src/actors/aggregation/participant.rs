@@ -136,14 +136,9 @@ fn check_weight(
 
 impl AggregationActor {
     pub(super) async fn persist_joined(&self, joined: &Joined) -> Result<(), SessionError> {
-        self.write_joined(joined)?;
-        self.flush().await
-    }
-
-    /// Writes the record of a joined session (durable with the next flush).
-    fn write_joined(&self, joined: &Joined) -> Result<(), SessionError> {
         let key = records::joined(&joined.plan.id);
-        Ok(self.store.put(trees::SESSIONS, key.as_bytes(), joined)?)
+        self.store.put(trees::SESSIONS, key.as_bytes(), joined)?;
+        self.flush().await
     }
 
     /// A plan from its coordinator: checked (the roster against its parameters, this node's
@@ -621,31 +616,18 @@ impl AggregationActor {
         Ok(joined.clone())
     }
 
-    /// The coordinator's word that the session ended (`result_stored`: with the result, which
-    /// this node stored): the roles' machines forget, and the session is recorded as over. A
-    /// participant is done only once it holds the result: the success notice members get,
-    /// ahead of the result, ends only this node's member part, so that no client reads `done`
-    /// here and then finds no result.
+    /// The coordinator's word that the session ended (with the result, for a participant: the
+    /// coordinator tells a member that takes part through the result only, so that no client
+    /// reads `done` here and then finds no result): the roles' machines forget, and the
+    /// session is recorded as over.
     pub(super) async fn receive_end(
         &mut self,
         from: &str,
         session: &str,
         reason: Option<String>,
-        result_stored: bool,
     ) -> Result<(), SessionError> {
         let mut joined = self.joined_from_coordinator(from, session)?;
         if joined.ended.is_some() {
-            return Ok(());
-        }
-        if reason.is_none() && !result_stored && joined.participant.is_some() {
-            if let Some(m) = joined.member.as_mut() {
-                use crate::session::roles::member::MemberInput;
-                m.handle(MemberInput::Ended { from }, 0)?;
-                // Not flushed: a member that forgets this in a crash answers only for its
-                // pinned set, and the result's arrival ends it for good.
-                self.write_joined(&joined)?;
-                self.joined.insert(session.to_string(), joined);
-            }
             return Ok(());
         }
         if let Some(p) = joined.participant.as_mut() {
@@ -686,6 +668,6 @@ impl AggregationActor {
         if !self.coordinated.contains_key(&session) {
             put_result(&self.store, session.clone(), result).await?;
         }
-        self.receive_end(from, &session, None, true).await
+        self.receive_end(from, &session, None).await
     }
 }
