@@ -20,6 +20,26 @@ pub(crate) fn stopped(e: ActorError) -> crate::session::SessionError {
     crate::session::SessionError::Unavailable(name)
 }
 
+/// Waits between tries of something that failed for a while: `first`, then twice as long each
+/// time, up to `max`.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: std::time::Duration, max: std::time::Duration) -> Self {
+        Backoff { next: first, max }
+    }
+
+    /// Sleeps the present wait, and doubles the next.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
 /// The sending half of an actor's mailbox, shared by its handle.
 #[derive(Debug)]
 pub struct Mailbox<C> {
@@ -75,5 +95,23 @@ impl<C> Mailbox<C> {
             .await
             .map_err(|_| ActorError::Stopped(self.name))?;
         rx.await.map_err(|_| ActorError::Stopped(self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_backoff_doubles_its_wait_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        let mut backoff = Backoff::new(ms(1), ms(4));
+        let mut seen = vec![backoff.next];
+        for _ in 0..3 {
+            backoff.wait().await;
+            seen.push(backoff.next);
+        }
+        assert_eq!(seen, vec![ms(1), ms(2), ms(4), ms(4)]);
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::aggregation::AggregationHandle;
-use super::{stopped, Mailbox};
+use super::{stopped, Backoff, Mailbox};
 use crate::session::series::{
     collection_over, RoundInfo, SeriesInfo, SeriesRecord, SeriesSpec, SeriesStep,
 };
@@ -114,13 +114,12 @@ fn transient(e: &SessionError) -> bool {
 async fn persist<T, F: std::future::Future<Output = Result<T, SessionError>>>(
     call: impl Fn() -> F,
 ) -> Result<T, SessionError> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), MAX_RETRY_DELAY);
     loop {
         match call().await {
             Err(e) if transient(&e) => {
                 warn!(error = %e, "retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                backoff.wait().await;
             }
             other => return other,
         }

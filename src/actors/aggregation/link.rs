@@ -114,15 +114,14 @@ impl Link {
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
         attempts: u32,
     ) -> Result<AggReply, SessionError> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.send_encoded(peer, encode()?).await {
                 Err(SessionError::Unreachable { message, .. }) if attempt < attempts => {
                     debug!(%peer, %message, attempt, "retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
                 other => return other,
             }

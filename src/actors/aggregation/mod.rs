@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
-use super::{stopped, Mailbox};
+use super::{stopped, Backoff, Mailbox};
 use crate::crypto::kahe::Aggregate;
 use crate::crypto::Profile;
 use crate::metrics::{NodeMetrics, OpLabels, PhaseLabels};

@@ -275,7 +275,8 @@ impl AggregationActor {
                     // A member refuses seeds for a plan that has not reached it yet, as happens
                     // to a coordinator that takes part (it joins at once): the first retries
                     // come quickly, then once a second.
-                    let mut pause = Duration::from_millis(25);
+                    let mut backoff =
+                        Backoff::new(Duration::from_millis(25), Duration::from_secs(1));
                     loop {
                         // The key is drawn and persisted before any seed leaves (once).
                         let sent = async {
@@ -299,8 +300,7 @@ impl AggregationActor {
                             }
                             Err(e) if Instant::now() < deadline => {
                                 debug!(error = %e, "seeds not delivered yet; retrying");
-                                tokio::time::sleep(pause).await;
-                                pause = (pause * 2).min(Duration::from_secs(1));
+                                backoff.wait().await;
                             }
                             Err(e) => {
                                 warn!(error = %e, "seeds not delivered before the deadline");
