@@ -168,10 +168,15 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let config = args.load()?;
             fhenode::telemetry::init(&config.log);
-            runtime()?.block_on(async {
+            let runtime = runtime()?;
+            let outcome = runtime.block_on(async {
                 let node = fhenode::node::Node::start(config).await?;
                 node.run_until_stopped().await
-            })?;
+            });
+            // Dropping the runtime would wait for every blocking thread, one stuck in a write
+            // to a full disk included: the node has stopped, so the process goes.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            outcome?;
         }
         Command::Id(args) => {
             let config = args.load()?;

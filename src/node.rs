@@ -38,6 +38,10 @@ pub enum NodeError {
     Signal(std::io::Error),
 }
 
+/// How long stopping may take, from SIGTERM to exit: systemd's default stop timeout is 90 s,
+/// and an operator's `kill` should see the process gone within 10 s.
+pub const SHUTDOWN_WITHIN: Duration = Duration::from_secs(8);
+
 /// A running node. Dropping it without [`Node::shutdown`] still cancels every task.
 pub struct Node {
     pub peer_id: PeerId,
@@ -153,6 +157,7 @@ impl Node {
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        store.set_min_free_bytes(config.store.min_free_bytes);
         let keypair = store.identity()?;
         let peer_id = keypair.public().to_peer_id();
         let span = info_span!("node", %peer_id);
@@ -183,6 +188,7 @@ impl Node {
             &mut registry,
             metrics.clone(),
             Some(inbound_tx),
+            Some(crate::store::peers::PeerBook::new(store.clone())),
             actors_stop.child_token(),
         )?;
         let (aggregation, agg_task) = aggregation::spawn(
@@ -195,6 +201,7 @@ impl Node {
                 metrics: metrics.clone(),
                 default_profile: config.profile,
                 prepare_budget_bytes: config.aggregation.prepare_budget_bytes,
+                unreachable_after: Duration::from_secs(config.p2p.unreachable_after_secs),
                 policy: crate::session::roles::LocalPolicy {
                     min_contributors_floor: config.aggregation.min_contributors_floor,
                     allowed_profiles: config
@@ -403,21 +410,27 @@ impl Node {
         self.shutdown().await
     }
 
-    /// Stops the API, then the actors (in reverse start order), then flushes the store.
+    /// Stops the API, then the actors (in reverse start order), then flushes the store, all
+    /// within [`SHUTDOWN_WITHIN`]: an actor stuck in a store write (a full disk) or a flush
+    /// that never returns is left behind, since every acknowledged write was flushed already.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WITHIN;
         self.api_stop.cancel();
         let tasks = std::mem::take(&mut self.tasks);
         for (name, task) in tasks {
             if name != "api" {
                 self.actors_stop.cancel();
             }
-            match tokio::time::timeout(Duration::from_secs(5), task).await {
-                Ok(_) => {}
-                Err(_) => error!(actor = name, "did not stop within 5 s"),
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                error!(actor = name, "did not stop in time; left behind");
             }
         }
-        let flushed = self.store.flush_async().await?;
-        info!(flushed, "store flushed; node stopped");
+        // The flush gets at least a second, even when the actors took all the time.
+        let flush_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(flush_by, self.store.flush_async()).await {
+            Ok(flushed) => info!(flushed = flushed?, "store flushed; node stopped"),
+            Err(_) => error!("the store's last flush did not finish in time; node stopped"),
+        }
         let panicked = self.panicked.lock().ok().and_then(|slot| *slot);
         match panicked {
             Some(actor) => Err(NodeError::ActorPanicked(actor)),

@@ -730,6 +730,10 @@ impl InferenceActor {
     // --- contexts (client side) ---------------------------------------------------------
 
     fn create_context(&self, scheme: Scheme, reply: Reply<ContextInfo>) {
+        if let Err(e) = self.store.ensure_room() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
         let (store, mailbox) = (self.store.clone(), self.mailbox.clone());
         self.spawn(async move {
             let id = new_context_id();
@@ -843,6 +847,7 @@ impl InferenceActor {
                         record.name
                     )));
                 }
+                store.ensure_room()?;
                 let compiled = CompiledModel::compile(&record, None)?;
                 store.put(trees::MODELS, record.name.as_bytes(), &record)?;
                 store.flush()?;
@@ -1340,6 +1345,9 @@ impl InferenceActor {
                 "evaluation-key piece {index} of {count} ({} bytes) does not fit a key of at most {MAX_EVAL_KEY_BYTES} bytes",
                 bytes.len()
             )));
+        }
+        if index == 0 {
+            self.store.ensure_room()?;
         }
         let upload = Upload::open(&self.store, EVAL_PIECES, slot, digest)?;
         if upload.put(index, bytes)? < count {

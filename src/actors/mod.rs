@@ -38,6 +38,12 @@ impl Backoff {
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(self.max);
     }
+
+    /// [`Backoff::wait`], sleeping no longer than `limit`.
+    pub(crate) async fn wait_at_most(&mut self, limit: std::time::Duration) {
+        tokio::time::sleep(self.next.min(limit)).await;
+        self.next = (self.next * 2).min(self.max);
+    }
 }
 
 /// The sending half of an actor's mailbox, shared by its handle.

@@ -32,6 +32,7 @@ use crate::metrics::{NodeMetrics, RouteLabels, RouteOnlyLabels};
 use crate::net::{NetworkHandle, PeerInfo};
 use crate::store::Store;
 
+mod body;
 pub mod inference;
 pub mod openapi;
 pub mod series;
@@ -296,10 +297,13 @@ struct Readiness {
     keys: bool,
     aggregation: bool,
     inference: bool,
+    /// The store takes writes and its disk has `store.min_free_bytes` free.
     store: bool,
+    /// The store's free space and latest write error.
+    store_health: crate::store::StoreHealth,
 }
 
-/// Readiness: every actor runs and the store is open.
+/// Readiness: every actor runs, the store takes writes and its disk has room.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -316,8 +320,14 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         keys: state.keys.is_running(),
         aggregation: state.aggregation.is_running(),
         inference: state.inference.is_running(),
-        store: state.store.tree(crate::store::trees::IDENTITY).is_ok(),
+        store: false,
+        store_health: state.store.health(),
         ready: false,
+    };
+    let r = Readiness {
+        store: r.store_health.is_healthy()
+            && state.store.tree(crate::store::trees::IDENTITY).is_ok(),
+        ..r
     };
     let ready = r.network && r.keys && r.aggregation && r.inference && r.store;
     let status = if ready {

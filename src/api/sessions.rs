@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -20,6 +20,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::body::{read_limited, BodyLimit};
 use super::openapi::{NpyFile, NpzFile, RawF32, RawF64, SafetensorsFile};
 use super::{route, ApiError, ApiState, Route};
 use crate::actors::ActorError;
@@ -96,10 +97,6 @@ pub(super) fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) ->
         JsonRejection::BytesRejection(e) => body_error(e.status(), e.body_text(), max_body_bytes),
         other => body_error(other.status(), other.body_text(), max_body_bytes),
     }
-}
-
-fn bytes_rejection(rejection: BytesRejection, max_body_bytes: usize) -> ApiError {
-    body_error(rejection.status(), rejection.body_text(), max_body_bytes)
 }
 
 /// The session id from the path; ids that cannot exist are unknown sessions.
@@ -375,7 +372,7 @@ enum UpdateJson {
         (status = 403, description = "`not_allowed`: this node is not a participant of the session.", body = ApiError),
         (status = 404, description = "`unknown_session`.", body = ApiError),
         (status = 409, description = "`wrong_phase` (not collecting) or `duplicate` (already submitted).", body = ApiError),
-        (status = 413, description = "`payload_too_large`: the body exceeds `api.max_body_bytes`.", body = ApiError),
+        (status = 413, description = "`payload_too_large`: the body exceeds `api.max_body_bytes`, or the most an update of the session can take in its format (8 bytes per value and 1 MiB for the binary forms, 40 bytes per value and 1 MiB for JSON); refused unread when its `Content-Length` says so.", body = ApiError),
         (status = 415, description = "`unsupported_format`: no `Content-Type`, or one that names no update format.", body = ApiError),
         (status = 502, description = "`remote` or `unreachable`: the coordinator refused the update or could not be reached.", body = ApiError),
         (status = 503, description = "`unavailable`: the aggregation actor is not running, or too few members hold this node's seeds yet.", body = ApiError),
@@ -386,7 +383,7 @@ async fn submit(
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let id = session_id(path)?;
     let Query(params) =
@@ -399,9 +396,27 @@ async fn submit(
     };
     // Refuse an unsupported format before looking at the body.
     let format = update_format(content_type)?;
-    let body = body.map_err(|e| bytes_rejection(e, state.max_body_bytes))?;
+    // The session says how long its update can be: the body is read against that, never
+    // more (a length-1,000 session takes a few kilobytes, not api.max_body_bytes).
     let info = state.aggregation.get(&id).await?;
     let (layout, integers) = (info.layout(), info.integers);
+    let fits = format.max_body_bytes(layout.length() as u64);
+    let limit = if fits < state.max_body_bytes as u64 {
+        BodyLimit {
+            bytes: fits as usize,
+            why: format!(
+                "the most an update of session `{id}` ({} values) can take as {}",
+                layout.length(),
+                format.media_type()
+            ),
+        }
+    } else {
+        BodyLimit {
+            bytes: state.max_body_bytes,
+            why: "api.max_body_bytes".into(),
+        }
+    };
+    let body = read_limited(&headers, body, &limit).await?;
     let (values, body_weight) = if body.len() <= PARSE_INLINE_BYTES {
         parse_update(format, &body, &layout, integers)?
     } else {
@@ -875,16 +890,18 @@ mod tests {
             )
             .route(
                 "/update",
-                post(
-                    |headers: HeaderMap, body: Result<Bytes, BytesRejection>| async move {
-                        let body = body.map_err(|e| bytes_rejection(e, LIMIT))?;
-                        let ct = headers
-                            .get(header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok());
-                        let format = update_format(ct)?;
-                        flat(format, &body, 2).map(|(values, _)| Json(values))
-                    },
-                ),
+                post(|headers: HeaderMap, body: Body| async move {
+                    let limit = BodyLimit {
+                        bytes: LIMIT,
+                        why: "the test's limit".into(),
+                    };
+                    let body = read_limited(&headers, body, &limit).await?;
+                    let ct = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    let format = update_format(ct)?;
+                    flat(format, &body, 2).map(|(values, _)| Json(values))
+                }),
             )
             .layer(axum::extract::DefaultBodyLimit::max(LIMIT));
         let base = serve(router).await;

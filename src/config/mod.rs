@@ -51,6 +51,8 @@ pub const MAX_GOSSIP_BYTES_LIMIT: u64 = MIB as u64;
 pub const MAX_BODY_BYTES_LIMIT: u64 = 4 * GIB;
 /// Upper bound of `p2p.request_timeout_secs` (one day).
 pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Upper bound of `p2p.unreachable_after_secs` (ten minutes).
+const MAX_UNREACHABLE_AFTER_SECS: u64 = 600;
 /// Upper bound of `p2p.idle_timeout_secs` (thirty days).
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// Shortest accepted `api.token`.
@@ -66,7 +68,7 @@ const LIST_KEYS: [&str; 3] = [
 ];
 
 /// Every key, by section ("" is the top level); used to refuse unknown keys by name.
-const SCHEMA: [(&str, &[&str]); 6] = [
+const SCHEMA: [(&str, &[&str]); 7] = [
     (
         "",
         &[
@@ -76,6 +78,7 @@ const SCHEMA: [(&str, &[&str]); 6] = [
             "api",
             "aggregation",
             "inference",
+            "store",
             "log",
         ],
     ),
@@ -91,6 +94,7 @@ const SCHEMA: [(&str, &[&str]); 6] = [
             "max_connections",
             "max_connections_per_peer",
             "request_timeout_secs",
+            "unreachable_after_secs",
             "idle_timeout_secs",
         ],
     ),
@@ -104,6 +108,7 @@ const SCHEMA: [(&str, &[&str]); 6] = [
         ],
     ),
     ("inference", &["workers", "memory_budget_bytes"]),
+    ("store", &["min_free_bytes"]),
     ("log", &["format", "level"]),
 ];
 
@@ -127,6 +132,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub aggregation: AggregationConfig,
     pub inference: InferenceConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -151,6 +157,9 @@ pub struct P2pConfig {
     pub max_connections_per_peer: u32,
     /// Request-response timeout, in seconds.
     pub request_timeout_secs: u64,
+    /// How long a request made for a waiting client (an update's upload to its coordinator)
+    /// retries a peer it cannot reach before answering that the peer is unreachable.
+    pub unreachable_after_secs: u64,
     /// How long an idle connection is kept, in seconds.
     pub idle_timeout_secs: u64,
 }
@@ -208,6 +217,15 @@ pub struct InferenceConfig {
     /// Memory allowed for the evaluation keys loaded on this node, in bytes; a request whose
     /// key would not fit even after evicting every other key is refused up front.
     pub memory_budget_bytes: u64,
+}
+
+/// The node's store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Free bytes the store's disk must keep: below them, new sessions, uploads, contexts and
+    /// models are refused (507) before anything is written, so the node keeps the room to
+    /// finish the work it took (0: no check).
+    pub min_free_bytes: u64,
 }
 
 /// The API bearer token. Its `Debug` and `Serialize` print `"<redacted>"`, it has no `Display`,
@@ -344,6 +362,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             aggregation: AggregationConfig::default(),
             inference: InferenceConfig::default(),
+            store: StoreConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -369,6 +388,7 @@ impl Default for P2pConfig {
             max_connections: 256,
             max_connections_per_peer: 4,
             request_timeout_secs: 120,
+            unreachable_after_secs: 5,
             idle_timeout_secs: 3600,
         }
     }
@@ -399,6 +419,14 @@ impl Default for InferenceConfig {
         InferenceConfig {
             workers: 2,
             memory_budget_bytes: 4 * GIB,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            min_free_bytes: 64 * MIB as u64,
         }
     }
 }
@@ -573,6 +601,12 @@ impl Config {
             MAX_REQUEST_TIMEOUT_SECS,
         )?;
         check_range(
+            "p2p.unreachable_after_secs",
+            p2p.unreachable_after_secs,
+            1,
+            MAX_UNREACHABLE_AFTER_SECS,
+        )?;
+        check_range(
             "p2p.idle_timeout_secs",
             p2p.idle_timeout_secs,
             1,
@@ -670,6 +704,7 @@ impl Config {
                 max_connections: raw.p2p.max_connections,
                 max_connections_per_peer: raw.p2p.max_connections_per_peer,
                 request_timeout_secs: raw.p2p.request_timeout_secs,
+                unreachable_after_secs: raw.p2p.unreachable_after_secs,
                 idle_timeout_secs: raw.p2p.idle_timeout_secs,
             },
             api: ApiConfig {
@@ -697,6 +732,9 @@ impl Config {
             inference: InferenceConfig {
                 workers: raw.inference.workers,
                 memory_budget_bytes: raw.inference.memory_budget_bytes,
+            },
+            store: StoreConfig {
+                min_free_bytes: raw.store.min_free_bytes,
             },
             log: LogConfig {
                 format,
@@ -826,6 +864,7 @@ struct RawConfig {
     api: RawApi,
     aggregation: RawAggregation,
     inference: RawInference,
+    store: RawStore,
     log: RawLog,
 }
 
@@ -841,6 +880,7 @@ struct RawP2p {
     max_connections: u32,
     max_connections_per_peer: u32,
     request_timeout_secs: u64,
+    unreachable_after_secs: u64,
     idle_timeout_secs: u64,
 }
 
@@ -859,6 +899,12 @@ struct RawAggregation {
     prepare_budget_bytes: u64,
     min_contributors_floor: u32,
     allowed_profiles: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStore {
+    min_free_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -885,6 +931,7 @@ impl From<Config> for RawConfig {
             api,
             aggregation,
             inference,
+            store,
             log,
         } = config;
         let strings = |addrs: Vec<Multiaddr>| addrs.iter().map(|a| a.to_string()).collect();
@@ -901,6 +948,7 @@ impl From<Config> for RawConfig {
                 max_connections: p2p.max_connections,
                 max_connections_per_peer: p2p.max_connections_per_peer,
                 request_timeout_secs: p2p.request_timeout_secs,
+                unreachable_after_secs: p2p.unreachable_after_secs,
                 idle_timeout_secs: p2p.idle_timeout_secs,
             },
             api: RawApi {
@@ -920,6 +968,9 @@ impl From<Config> for RawConfig {
             inference: RawInference {
                 workers: inference.workers,
                 memory_budget_bytes: inference.memory_budget_bytes,
+            },
+            store: RawStore {
+                min_free_bytes: store.min_free_bytes,
             },
             log: RawLog {
                 format: log.format.to_string(),
@@ -959,6 +1010,12 @@ impl Default for RawApi {
 impl Default for RawAggregation {
     fn default() -> Self {
         RawConfig::default().aggregation
+    }
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawConfig::default().store
     }
 }
 

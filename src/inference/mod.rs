@@ -261,6 +261,12 @@ pub enum InferError {
     Unreachable { peer: String, message: String },
     #[error("storage: {0}")]
     Store(String),
+    /// The store's disk is full or below `store.min_free_bytes`.
+    #[error("{0}")]
+    NoSpace(String),
+    /// The store fails to read or write (an I/O error other than a full disk).
+    #[error("the store is failing: {0}")]
+    StoreFailing(String),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
 }
@@ -285,6 +291,8 @@ impl InferError {
             InferError::Refused { code, .. } => code,
             InferError::Unreachable { .. } => "unreachable",
             InferError::Store(_) => "store",
+            InferError::NoSpace(_) => "insufficient_storage",
+            InferError::StoreFailing(_) => "store_unavailable",
             InferError::Unavailable(_) => "unavailable",
         }
     }
@@ -295,6 +303,8 @@ impl InferError {
             InferError::Refused { code, .. } => match *code {
                 "unknown_model" | "unknown_context" => 404,
                 "over_budget" => 413,
+                "insufficient_storage" => 507,
+                "store_unavailable" => 503,
                 _ => 400,
             },
             InferError::UnsupportedScheme(_)
@@ -306,6 +316,8 @@ impl InferError {
             InferError::OverBudget(_) => 413,
             InferError::Remote { .. } | InferError::Unreachable { .. } => 502,
             InferError::Store(_) => 500,
+            InferError::NoSpace(_) => 507,
+            InferError::StoreFailing(_) => 503,
             InferError::Unavailable(_) => 503,
         }
     }
@@ -322,6 +334,8 @@ impl InferError {
             "crypto" => "crypto",
             "invalid_model" => "invalid_model",
             "over_budget" => "over_budget",
+            "insufficient_storage" => "insufficient_storage",
+            "store_unavailable" => "store_unavailable",
             _ => return InferError::Remote { peer, message },
         };
         InferError::Refused {
@@ -334,13 +348,18 @@ impl InferError {
 
 impl From<sled::Error> for InferError {
     fn from(e: sled::Error) -> Self {
-        InferError::Store(e.to_string())
+        crate::store::StoreError::Sled(e).into()
     }
 }
 
 impl From<crate::store::StoreError> for InferError {
     fn from(e: crate::store::StoreError) -> Self {
-        InferError::Store(e.to_string())
+        use crate::store::FailureKind;
+        match e.kind() {
+            FailureKind::NoSpace => InferError::NoSpace(e.to_string()),
+            FailureKind::Failing => InferError::StoreFailing(e.to_string()),
+            FailureKind::Corrupt => InferError::Store(e.to_string()),
+        }
     }
 }
 

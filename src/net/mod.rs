@@ -2,6 +2,7 @@
 //! Kademlia, gossipsub, the `/fhenode/rpc/1` request-response protocol, connection limits) and
 //! turns it into typed commands and inbound-request messages.
 
+mod book;
 pub mod protocol;
 
 use std::collections::{BTreeSet, HashMap};
@@ -25,6 +26,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::actors::Mailbox;
 use crate::config::P2pConfig;
 use crate::metrics::{NodeMetrics, OutcomeLabels, ProtocolLabels};
+use crate::store::peers::PeerBook;
 pub use protocol::{Request, Response, RpcCodec};
 
 use libp2p::metrics as libp2p_metrics;
@@ -195,16 +197,19 @@ struct NetworkActor {
     answering: FuturesUnordered<PendingInbound>,
     last_bootstrap: Option<Instant>,
     topic: gossipsub::IdentTopic,
+    book: book::AddressBook,
 }
 
-/// Builds the swarm, starts listening and dialling, and spawns the actor. Inbound requests
-/// other than `Echo` go to `inbound` (answered with an error when it is `None`).
+/// Builds the swarm, starts listening and dialling (the bootstrap peers, and the peers
+/// `book` remembers), and spawns the actor. Inbound requests other than `Echo` go to
+/// `inbound` (answered with an error when it is `None`).
 pub fn spawn(
     keypair: Keypair,
     cfg: &P2pConfig,
     registry: &mut Registry,
     metrics: NodeMetrics,
     inbound: Option<mpsc::Sender<InboundRequest>>,
+    book: Option<PeerBook>,
     cancel: CancellationToken,
 ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>), NetError> {
     let peer_id = keypair.public().to_peer_id();
@@ -248,6 +253,19 @@ pub fn spawn(
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
+    // Known peers are dialled by id: the swarm tries their recorded addresses (through
+    // Kademlia's routing table) until one answers.
+    let book = book::AddressBook::new(book);
+    for (peer, addresses) in book.known() {
+        for addr in addresses {
+            swarm.behaviour_mut().kad.add_address(&peer, addr);
+        }
+        if peer != peer_id && !swarm.is_connected(&peer) {
+            if let Err(e) = swarm.dial(peer) {
+                debug!(%peer, error = %e, "cannot redial a known peer");
+            }
+        }
+    }
 
     let (mailbox, rx) = Mailbox::new("network", 256);
     let actor = NetworkActor {
@@ -261,6 +279,7 @@ pub fn spawn(
         answering: FuturesUnordered::new(),
         last_bootstrap: None,
         topic,
+        book,
     };
     let task = tokio::spawn(
         actor
@@ -356,6 +375,11 @@ impl NetworkActor {
                     }
                 }
                 _ = bootstrap_tick.tick() => self.bootstrap(),
+                Some(written) = self.book.writes.join_next(), if !self.book.writes.is_empty() => {
+                    if let Err(e) = written {
+                        warn!(error = %e, "an address-book write did not finish");
+                    }
+                }
             }
         }
         info!("network actor stopped");
@@ -482,6 +506,7 @@ impl NetworkActor {
                         entry.agent_version = Some(info.agent_version.clone());
                     }
                     if is_fhenode {
+                        self.book.seen(peer_id, &info.listen_addrs);
                         for addr in info.listen_addrs {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                         }

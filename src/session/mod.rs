@@ -58,6 +58,12 @@ pub enum SessionError {
     Unreachable { peer: String, message: String },
     #[error("storage: {0}")]
     Store(String),
+    /// The store's disk is full or below `store.min_free_bytes`.
+    #[error("{0}")]
+    NoSpace(String),
+    /// The store fails to read or write (an I/O error other than a full disk).
+    #[error("the store is failing: {0}")]
+    StoreFailing(String),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
 }
@@ -78,6 +84,8 @@ impl SessionError {
             SessionError::Refused { code, .. } => code,
             SessionError::Unreachable { .. } => "unreachable",
             SessionError::Store(_) => "store",
+            SessionError::NoSpace(_) => "insufficient_storage",
+            SessionError::StoreFailing(_) => "store_unavailable",
             SessionError::Unavailable(_) => "unavailable",
         }
     }
@@ -89,6 +97,8 @@ impl SessionError {
                 "not_allowed" => 403,
                 "unknown_session" => 404,
                 "wrong_phase" | "duplicate" | "no_result" => 409,
+                "insufficient_storage" => 507,
+                "store_unavailable" => 503,
                 _ => 400,
             },
             SessionError::InvalidSpec { .. }
@@ -101,6 +111,8 @@ impl SessionError {
             | SessionError::NoResult { .. } => 409,
             SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
             SessionError::Store(_) => 500,
+            SessionError::NoSpace(_) => 507,
+            SessionError::StoreFailing(_) => 503,
             SessionError::Unavailable(_) => 503,
         }
     }
@@ -119,6 +131,8 @@ impl SessionError {
             "bad_input" => "bad_input",
             "no_result" => "no_result",
             "crypto" => "crypto",
+            "insufficient_storage" => "insufficient_storage",
+            "store_unavailable" => "store_unavailable",
             _ => {
                 return SessionError::Remote {
                     peer,
@@ -136,13 +150,18 @@ impl SessionError {
 
 impl From<sled::Error> for SessionError {
     fn from(e: sled::Error) -> Self {
-        SessionError::Store(e.to_string())
+        crate::store::StoreError::Sled(e).into()
     }
 }
 
 impl From<crate::store::StoreError> for SessionError {
     fn from(e: crate::store::StoreError) -> Self {
-        SessionError::Store(e.to_string())
+        use crate::store::FailureKind;
+        match e.kind() {
+            FailureKind::NoSpace => SessionError::NoSpace(e.to_string()),
+            FailureKind::Failing => SessionError::StoreFailing(e.to_string()),
+            FailureKind::Corrupt => SessionError::Store(e.to_string()),
+        }
     }
 }
 

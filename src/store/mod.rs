@@ -3,6 +3,8 @@
 //! version. sled flushes on its own only every 500 ms, so callers flush explicitly at protocol
 //! checkpoints (an acknowledged submission must be durable).
 
+mod health;
+pub mod peers;
 pub mod pieces;
 
 use std::borrow::Cow;
@@ -14,6 +16,8 @@ use libp2p::identity::Keypair;
 use serde::{de::DeserializeOwned, Serialize};
 use zeroize::Zeroizing;
 
+pub use health::{FailureKind, StoreHealth};
+
 /// The trees, one per kind of record.
 pub mod trees {
     pub const IDENTITY: &str = "identity";
@@ -24,7 +28,9 @@ pub mod trees {
     pub const RESULTS: &str = "results";
     pub const CONTEXTS: &str = "contexts";
     pub const MODELS: &str = "models";
-    pub const ALL: [&str; 8] = [
+    /// The address book (see [`super::peers`]).
+    pub const PEERS: &str = "peers";
+    pub const ALL: [&str; 9] = [
         IDENTITY,
         KEYS,
         SESSIONS,
@@ -33,6 +39,7 @@ pub mod trees {
         RESULTS,
         CONTEXTS,
         MODELS,
+        PEERS,
     ];
 }
 
@@ -92,6 +99,33 @@ pub enum StoreError {
     },
     #[error("record encoding: {0}")]
     Encode(String),
+    #[error(
+        "the store's disk has {free} bytes free, below store.min_free_bytes = {min}: \
+         nothing new is accepted until space is freed"
+    )]
+    LowSpace { free: u64, min: u64 },
+}
+
+impl StoreError {
+    /// What a caller can do about it (see [`FailureKind`]).
+    pub fn kind(&self) -> FailureKind {
+        let io = match self {
+            StoreError::LowSpace { .. } => return FailureKind::NoSpace,
+            StoreError::Corrupt { .. } | StoreError::Encode(_) => return FailureKind::Corrupt,
+            StoreError::Io(e) => Some(e),
+            StoreError::Sled(sled::Error::Io(e))
+            | StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => Some(e),
+            StoreError::Sled(sled::Error::Corruption { .. }) => return FailureKind::Corrupt,
+            StoreError::Sled(_) | StoreError::Open { .. } => None,
+        };
+        match io {
+            Some(e) if health::is_no_space(e) => FailureKind::NoSpace,
+            _ => FailureKind::Failing,
+        }
+    }
 }
 
 /// The node's database. Cloning is cheap (sled handles are reference counted); each actor
@@ -104,6 +138,8 @@ pub struct Store {
     files: PathBuf,
     /// The blob files already synced, and their length then (see [`sync_blobs`]).
     synced_blobs: Arc<Mutex<BTreeMap<i64, u64>>>,
+    /// Free space and the latest write's outcome (see [`health`]).
+    health: Arc<health::Health>,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,6 +190,7 @@ impl Store {
             path,
             files: data_dir.join("files"),
             synced_blobs: Arc::default(),
+            health: Arc::default(),
         };
         store.sweep_files()?;
         Ok(store)
@@ -193,6 +230,29 @@ impl Store {
         &self.path
     }
 
+    /// Sets `store.min_free_bytes` (0, the default of a store opened here, checks nothing).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.health.set_min_free_bytes(bytes);
+    }
+
+    /// Refuses new work that would write (a session, an upload, a context) while the disk has
+    /// less than `store.min_free_bytes` free: the node keeps the room to finish what it took.
+    pub fn ensure_room(&self) -> Result<(), StoreError> {
+        let min = self.health.min_free_bytes();
+        if min == 0 {
+            return Ok(());
+        }
+        match health::free_bytes(&self.path) {
+            Some(free) if free < min => Err(StoreError::LowSpace { free, min }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the store takes writes, for `/readyz`.
+    pub fn health(&self) -> StoreHealth {
+        self.health.report(&self.path)
+    }
+
     pub fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
@@ -229,6 +289,15 @@ impl Store {
     /// is removed only once the new manifest is durable. A crash leaves the old value or the new
     /// one whole (and at worst a file no manifest names, which the next open removes).
     pub fn put_bytes(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.health.note(self.put_bytes_unnoted(tree, key, bytes))
+    }
+
+    fn put_bytes_unnoted(
         &self,
         tree: &'static str,
         key: &[u8],
@@ -278,8 +347,10 @@ impl Store {
     }
 
     pub fn remove(&self, tree: &'static str, key: &[u8]) -> Result<(), StoreError> {
-        let old = self.tree(tree)?.remove(key)?;
-        self.drop_file(tree, old.as_deref())
+        self.health.note((|| {
+            let old = self.tree(tree)?.remove(key)?;
+            self.drop_file(tree, old.as_deref())
+        })())
     }
 
     /// The directory of `tree`'s large values, created (owner only) if missing.
@@ -383,9 +454,11 @@ impl Store {
 
     /// Makes every write so far durable. Returns the bytes written.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        let written = self.db.flush()?;
-        sync_blobs(&self.path, &self.synced_blobs)?;
-        Ok(written)
+        self.health.note((|| {
+            let written = self.db.flush()?;
+            sync_blobs(&self.path, &self.synced_blobs)?;
+            Ok(written)
+        })())
     }
 
     /// [`flush`](Store::flush) on the blocking pool. Not sled's own `flush_async`: in sled

@@ -7,7 +7,9 @@
 //! pieces of many owners in one tree were written to disk several times over (3.6× the
 //! uploaded bytes in a 10-participant round). An owner's few pieces never reach that.
 
-use super::Store;
+use std::sync::Arc;
+
+use super::{health::Health, Store, StoreError};
 
 /// One upload, known by its owner's tree and the digest of its bytes.
 #[derive(Clone, Debug)]
@@ -17,6 +19,7 @@ pub struct Upload {
     tree: sled::Tree,
     prefix: Vec<u8>,
     digest: [u8; 32],
+    health: Arc<Health>,
 }
 
 /// The name of `owner`'s upload tree for records of `kind`.
@@ -39,12 +42,18 @@ impl Upload {
             name,
             prefix: format!("{}/", hex::encode(digest)).into_bytes(),
             digest,
+            health: store.health.clone(),
         })
     }
 
     /// Stores piece `index`, first dropping the pieces of any other upload by the same owner
     /// (an abandoned earlier attempt). Returns how many pieces of this upload are stored.
-    pub fn put(&self, index: u32, bytes: impl Into<sled::IVec>) -> Result<u32, sled::Error> {
+    pub fn put(&self, index: u32, bytes: impl Into<sled::IVec>) -> Result<u32, StoreError> {
+        let written = self.put_unnoted(index, bytes).map_err(StoreError::Sled);
+        self.health.note(written)
+    }
+
+    fn put_unnoted(&self, index: u32, bytes: impl Into<sled::IVec>) -> Result<u32, sled::Error> {
         for key in self.tree.iter().keys() {
             let key = key?;
             if !key.starts_with(&self.prefix) {

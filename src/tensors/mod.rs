@@ -75,7 +75,26 @@ pub enum UpdateFormat {
     Safetensors,
 }
 
+/// Room in an update body for what is not values: file headers, tensor names and shapes.
+const BODY_OVERHEAD_BYTES: u64 = 1 << 20;
+/// Bytes a value may take in a JSON body: the longest `f64` Python or JavaScript writes
+/// (`-1.2345678901234567e-300`, 24 characters), a separator and indentation.
+const JSON_BYTES_PER_VALUE: u64 = 40;
+
 impl UpdateFormat {
+    /// The largest body of this format an update of `length` values can be: `f64` values for
+    /// the binary forms, [`JSON_BYTES_PER_VALUE`] per value for JSON, and the overhead.
+    /// Anything longer is refused unread, whatever it holds.
+    pub fn max_body_bytes(self, length: u64) -> u64 {
+        let per_value = match self {
+            UpdateFormat::Json => JSON_BYTES_PER_VALUE,
+            _ => 8,
+        };
+        length
+            .saturating_mul(per_value)
+            .saturating_add(BODY_OVERHEAD_BYTES)
+    }
+
     /// The media type that names it.
     pub fn media_type(self) -> &'static str {
         match self {

@@ -69,6 +69,7 @@ fn gather_pins(
 impl AggregationActor {
     pub(super) async fn create(&mut self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
         let plan = spec.validate(self.link.me, self.default_profile)?;
+        self.store.ensure_room()?;
         if self.coordinated.contains_key(&plan.id) || self.joined.contains_key(&plan.id) {
             return Err(SessionError::Duplicate(format!(
                 "session `{}` already exists",
@@ -403,6 +404,7 @@ impl AggregationActor {
                                         clipped,
                                         ..r
                                     }),
+                                    attempt: 0,
                                 },
                                 Err(reason) => Internal::Event(session, fail(reason)),
                             }
@@ -689,6 +691,10 @@ impl AggregationActor {
                 "piece {index} of {count} with {} bytes does not fit an update of {max} bytes",
                 bytes.len()
             )));
+        }
+        // A new upload waits for room; the rest of one under way is taken.
+        if index == 0 {
+            self.store.ensure_room()?;
         }
         Ok(Some(PieceWrite {
             store: self.store.clone(),

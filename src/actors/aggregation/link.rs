@@ -15,6 +15,8 @@ pub(super) struct Link {
     pub(super) me: PeerId,
     pub(super) network: NetworkHandle,
     pub(super) mailbox: Mailbox<Command>,
+    /// `p2p.unreachable_after_secs`: how long [`Link::send_within_limit`] retries.
+    pub(super) unreachable_after: Duration,
 }
 
 impl Link {
@@ -106,6 +108,38 @@ impl Link {
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
     ) -> Result<AggReply, SessionError> {
         self.send_attempts(peer, encode, SEND_ATTEMPTS).await
+    }
+
+    /// [`Link::send`] for a client that waits on the answer: transport failures are retried
+    /// only until `p2p.unreachable_after_secs` have passed since the first attempt, and then
+    /// reported as the peer being unreachable. An attempt under way is not cut short: a
+    /// reachable peer receiving a large piece may take longer than that.
+    pub(super) async fn send_within_limit(
+        &self,
+        peer: &str,
+        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+    ) -> Result<AggReply, SessionError> {
+        let start = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match self.send_encoded(peer, encode()?).await {
+                Err(SessionError::Unreachable { message, .. }) => {
+                    let left = self.unreachable_after.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        return Err(SessionError::Unreachable {
+                            peer: peer.to_string(),
+                            message: format!(
+                                "{message} (gave up after {:.1} s, p2p.unreachable_after_secs)",
+                                start.elapsed().as_secs_f64()
+                            ),
+                        });
+                    }
+                    debug!(%peer, %message, "retrying");
+                    backoff.wait_at_most(left).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn send_attempts(

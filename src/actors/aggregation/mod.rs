@@ -84,9 +84,11 @@ enum Internal {
         generation: u32,
         bytes: Vec<u8>,
     },
+    /// The sum is decrypted (coordinator); `attempt` counts the tries to store it.
     Combined {
         session: String,
         result: Box<SessionResult>,
+        attempt: u32,
     },
     /// A submission piece is written (coordinator).
     PieceStored {
@@ -287,6 +289,9 @@ pub struct AggregationDeps {
     pub prepare_budget_bytes: u64,
     /// What this node accepts of other nodes' plans.
     pub policy: LocalPolicy,
+    /// `p2p.unreachable_after_secs`: how long a client's upload retries an unreachable
+    /// coordinator.
+    pub unreachable_after: Duration,
 }
 
 pub fn spawn(
@@ -300,6 +305,7 @@ pub fn spawn(
             me: deps.me,
             network: deps.network,
             mailbox: mailbox.clone(),
+            unreachable_after: deps.unreachable_after,
         },
         store: deps.store,
         keys: deps.keys,
@@ -592,16 +598,48 @@ impl AggregationActor {
                 self.apply(&session, CoordinatorEvent::Released { member, generation })
                     .await;
             }
-            Internal::Combined { session, result } => {
+            Internal::Combined {
+                session,
+                result,
+                attempt,
+            } => {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
-                if let Err(e) = put_result(&self.store, session.clone(), result).await {
-                    warn!(%session, error = %e, "cannot store the result");
-                    return;
+                let store = self.store.clone();
+                let id = session.clone();
+                // Handed back on failure: a decrypted sum is never dropped for want of disk.
+                let stored = tokio::task::spawn_blocking(move || {
+                    store
+                        .put(trees::RESULTS, id.as_bytes(), &result)
+                        .map_err(|e| (e, result))
+                })
+                .await;
+                match stored {
+                    Ok(Ok(())) => {
+                        self.apply(&session, CoordinatorEvent::Combined).await;
+                        self.cleanup(&session);
+                    }
+                    Ok(Err((e, result))) if e.kind() != crate::store::FailureKind::Corrupt => {
+                        let delay = Duration::from_millis(500 << attempt.min(5));
+                        warn!(%session, error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
+                            "cannot store the result; retrying");
+                        let span = info_span!("session", %session);
+                        self.spawn_work(
+                            async move {
+                                tokio::time::sleep(delay).await;
+                                Some(Internal::Combined {
+                                    session,
+                                    result,
+                                    attempt: attempt + 1,
+                                })
+                            },
+                            span,
+                        );
+                    }
+                    Ok(Err((e, _))) => error!(%session, error = %e, "cannot store the result"),
+                    Err(e) => error!(%session, error = %e, "the result's write did not finish"),
                 }
-                self.apply(&session, CoordinatorEvent::Combined).await;
-                self.cleanup(&session);
             }
             Internal::PieceStored {
                 session,

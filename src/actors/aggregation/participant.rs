@@ -93,7 +93,7 @@ async fn upload(
             bytes: piece,
         };
         match link
-            .send_retrying_with(&plan.coordinator, || piece.encode())
+            .send_within_limit(&plan.coordinator, || piece.encode())
             .await?
         {
             AggReply::PieceAck { complete: true, .. } => break,
@@ -172,6 +172,9 @@ impl AggregationActor {
             }
             return Ok(());
         }
+        // A new session is refused while the disk runs low; one already joined (a plan sent
+        // again) is answered above, so work in flight goes on.
+        self.store.ensure_room()?;
         let member = plan.member_index(&me);
         if member.is_none() && !plan.is_participant(&me) {
             return Err(SessionError::NotAllowed {
@@ -410,6 +413,7 @@ impl AggregationActor {
                 )));
             }
             participant.handle(ParticipantInput::Submit)?;
+            self.store.ensure_room()?;
             if values.len() as u64 != plan.length {
                 return Err(SessionError::BadInput(format!(
                     "the session takes {} values; the update has {}",

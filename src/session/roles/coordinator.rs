@@ -326,10 +326,17 @@ impl CoordinatorState {
                         if have >= self.roster.min_participants {
                             return Ok(self.close(now_ms));
                         }
+                        let missing: Vec<&String> = self
+                            .roster
+                            .participants
+                            .iter()
+                            .filter(|p| !self.submitted.contains_key(*p))
+                            .collect();
                         format!(
                             "only {have} of the required {} participants submitted before the \
-                             deadline",
-                            self.roster.min_participants
+                             deadline; waited for {}",
+                            self.roster.min_participants,
+                            named(missing)
                         )
                     }
                     // Members that never answered the holdings query hold nothing: one
@@ -341,13 +348,30 @@ impl CoordinatorState {
                         return self.fix_contributors(now_ms);
                     }
                     Phase::Decrypting => {
-                        "the committee did not release the keys in time".to_string()
+                        let assigned = self.assigned_members();
+                        let waited = assigned
+                            .iter()
+                            .filter(|m| !self.released.contains(*m))
+                            .filter_map(|m| self.roster.committee.get(*m as usize))
+                            .collect();
+                        format!(
+                            "the committee did not release the keys in time; waited for {}",
+                            named(waited)
+                        )
                     }
-                    _ => format!(
-                        "only {} of the {} committee members needed stored the plan in time",
-                        self.plan_acks.len(),
-                        self.roster.threshold
-                    ),
+                    _ => {
+                        let waited = (0..self.k())
+                            .filter(|m| !self.plan_acks.contains(m))
+                            .filter_map(|m| self.roster.committee.get(m as usize))
+                            .collect();
+                        format!(
+                            "only {} of the {} committee members needed stored the plan in \
+                             time; waited for {}",
+                            self.plan_acks.len(),
+                            self.roster.threshold,
+                            named(waited)
+                        )
+                    }
                 };
                 Ok(self.fail(reason, now_ms))
             }
@@ -453,6 +477,18 @@ impl CoordinatorState {
             Vec::new()
         }
     }
+}
+
+/// The peers a deadline waited for, as a failure reason names them.
+fn named(peers: Vec<&String>) -> String {
+    if peers.is_empty() {
+        return "no one in particular".into();
+    }
+    peers
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -793,6 +829,42 @@ mod tests {
             s.handle(V::Tick, deadline).unwrap(),
             vec![E::PublishFailure]
         );
-        assert!(s.failure.unwrap().contains("stored the plan"));
+        let reason = s.failure.unwrap();
+        assert!(reason.contains("stored the plan"), "{reason}");
+        assert!(reason.ends_with("waited for m1, m2"), "{reason}");
+    }
+
+    #[test]
+    fn deadline_failures_name_whom_they_waited_for() {
+        let mut s = collecting();
+        s.handle(submission(2), 10).unwrap();
+        let deadline = s.phase_deadline_ms().unwrap();
+        s.handle(V::Tick, deadline).unwrap();
+        let reason = s.failure.clone().unwrap();
+        assert!(reason.ends_with("waited for p0, p1, p3"), "{reason}");
+
+        let mut s = collecting();
+        submit_all(&mut s);
+        for m in 0..5 {
+            s.handle(holdings(m, &["p0", "p1", "p2", "p3"]), 20)
+                .unwrap();
+        }
+        let members = s.assigned_members();
+        s.handle(
+            V::Released {
+                member: members[0],
+                generation: s.generation,
+            },
+            21,
+        )
+        .unwrap();
+        let deadline = s.phase_deadline_ms().unwrap();
+        s.handle(V::Tick, deadline).unwrap();
+        let reason = s.failure.unwrap();
+        let waited: Vec<String> = members[1..].iter().map(|m| format!("m{m}")).collect();
+        assert!(
+            reason.ends_with(&format!("waited for {}", waited.join(", "))),
+            "{reason}"
+        );
     }
 }

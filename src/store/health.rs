@@ -1,0 +1,108 @@
+//! Whether the store can take writes: the free space of its disk against
+//! `store.min_free_bytes`, checked before work that would write, and the outcome of the latest
+//! write, which `/readyz` reports. A write that fails marks the store failing; the next one that
+//! succeeds (space came back) marks it healthy again, with nothing to restart.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// What went wrong with the store, as far as a caller can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The disk is full, or below `store.min_free_bytes`: retry once space is freed (507).
+    NoSpace,
+    /// Reading or writing failed otherwise (an I/O error): retry later (503).
+    Failing,
+    /// A record cannot be read or encoded: retrying will not help (500).
+    Corrupt,
+}
+
+/// ENOSPC and EDQUOT: the disk, or the owner's quota on it, is full.
+pub(super) fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    min_free_bytes: AtomicU64,
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The store's state as `/readyz` and `/v1/status` report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StoreHealth {
+    /// Whether the latest write succeeded.
+    pub writable: bool,
+    /// Free bytes on the store's disk (absent when they cannot be read).
+    pub free_bytes: Option<u64>,
+    /// `store.min_free_bytes`: below it, new work that writes is refused.
+    pub min_free_bytes: u64,
+    /// The latest write error, while writes fail.
+    pub last_error: Option<String>,
+}
+
+impl StoreHealth {
+    /// Writes succeed and the disk has room.
+    pub fn is_healthy(&self) -> bool {
+        self.writable
+            && self
+                .free_bytes
+                .is_none_or(|free| free >= self.min_free_bytes)
+    }
+}
+
+impl Health {
+    pub(super) fn set_min_free_bytes(&self, bytes: u64) {
+        self.min_free_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn min_free_bytes(&self) -> u64 {
+        self.min_free_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records a write's outcome: only I/O failures mark the store failing (a record that
+    /// does not encode says nothing about the disk).
+    pub(super) fn note<T>(
+        &self,
+        result: Result<T, super::StoreError>,
+    ) -> Result<T, super::StoreError> {
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("store writes succeed again");
+                    if let Ok(mut last) = self.last_error.lock() {
+                        *last = None;
+                    }
+                }
+            }
+            Err(e) if e.kind() != FailureKind::Corrupt => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "a store write failed; the node reports itself not ready until one succeeds");
+                }
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    pub(super) fn report(&self, path: &Path) -> StoreHealth {
+        StoreHealth {
+            writable: !self.failing.load(Ordering::Acquire),
+            free_bytes: free_bytes(path),
+            min_free_bytes: self.min_free_bytes(),
+            last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+        }
+    }
+}
+
+/// Free bytes, for this process, on the disk holding `path`.
+pub(super) fn free_bytes(path: &Path) -> Option<u64> {
+    fs4::available_space(path).ok()
+}
