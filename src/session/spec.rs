@@ -122,6 +122,42 @@ fn peer_list(field: &str, ids: &[String]) -> Result<Vec<String>, SessionError> {
     Ok(ids.to_vec())
 }
 
+/// The length named tensors of these shapes add up to, checking each name and shape.
+fn shapes_length(shapes: &BTreeMap<String, Vec<u64>>) -> Result<u64, SessionError> {
+    if shapes.is_empty() {
+        return Err(invalid("shapes", "empty"));
+    }
+    let mut total: u64 = 0;
+    for (name, dims) in shapes {
+        if name.is_empty()
+            || name.len() > MAX_TENSOR_NAME_BYTES
+            || name.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "shapes",
+                format!(
+                    "tensor name {name:?} must be 1–{MAX_TENSOR_NAME_BYTES} bytes without \
+                     control characters"
+                ),
+            ));
+        }
+        if dims.contains(&0) {
+            return Err(invalid(
+                "shapes",
+                format!("tensor `{name}` has an empty dimension"),
+            ));
+        }
+        let size = dims
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| invalid("shapes", format!("tensor `{name}` is too large")))?;
+        total = total
+            .checked_add(size)
+            .ok_or_else(|| invalid("shapes", "total size overflows"))?;
+    }
+    Ok(total)
+}
+
 /// 1–64 characters of `[A-Za-z0-9._-]`, and not `.` or `..`: an id is a path segment of the
 /// API, where those two name no session.
 pub fn valid_session_id(id: &str) -> bool {
@@ -162,42 +198,7 @@ impl SessionSpec {
             }
             (None, None) => return Err(invalid("length", "required (or `shapes`)")),
             (Some(n), None) => *n,
-            (None, Some(shapes)) => {
-                if shapes.is_empty() {
-                    return Err(invalid("shapes", "empty"));
-                }
-                let mut total: u64 = 0;
-                for (name, dims) in shapes {
-                    if name.is_empty()
-                        || name.len() > MAX_TENSOR_NAME_BYTES
-                        || name.chars().any(char::is_control)
-                    {
-                        return Err(invalid(
-                            "shapes",
-                            format!(
-                                "tensor name {name:?} must be 1–{MAX_TENSOR_NAME_BYTES} bytes \
-                                 without control characters"
-                            ),
-                        ));
-                    }
-                    if dims.contains(&0) {
-                        return Err(invalid(
-                            "shapes",
-                            format!("tensor `{name}` has an empty dimension"),
-                        ));
-                    }
-                    let size = dims
-                        .iter()
-                        .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-                        .ok_or_else(|| {
-                            invalid("shapes", format!("tensor `{name}` is too large"))
-                        })?;
-                    total = total
-                        .checked_add(size)
-                        .ok_or_else(|| invalid("shapes", "total size overflows"))?;
-                }
-                total
-            }
+            (None, Some(shapes)) => shapes_length(shapes)?,
         };
         if length == 0 || length > MAX_LENGTH {
             return Err(invalid(
@@ -321,8 +322,22 @@ impl SessionPlan {
         blake3::derive_key("fhenode 2026 session plan v1", &bytes)
     }
 
-    /// What the crypto layer needs of the session.
+    /// What the crypto layer needs of the session. Refuses a plan (a peer's, when joining)
+    /// whose `shapes` are not tensors that add up to its `length`: the update's layout is
+    /// made from the shapes.
     pub fn context(&self) -> Result<SessionContext, SessionError> {
+        if let Some(shapes) = &self.shapes {
+            let total = shapes_length(shapes)?;
+            if total != self.length {
+                return Err(invalid(
+                    "shapes",
+                    format!(
+                        "the tensors hold {total} values where the plan's length is {}",
+                        self.length
+                    ),
+                ));
+            }
+        }
         Ok(SessionContext::new(
             self.params.clone(),
             self.digest(),

@@ -230,7 +230,8 @@ impl KaheParams {
             ));
         }
         // Two disjoint answering sets could otherwise release keys for two contributor sets.
-        if 2 * self.threshold <= self.committee || self.threshold > self.committee {
+        // (The bound first: a peer's plan may carry any threshold, and 2·t must not overflow.)
+        if self.threshold > self.committee || 2 * self.threshold <= self.committee {
             return bad(format!(
                 "threshold = {} must satisfy committee/2 < threshold <= committee (committee = {})",
                 self.threshold, self.committee
