@@ -143,3 +143,78 @@ pub fn signal_and_wait(daemon: &mut Daemon, signal: &str) -> std::process::ExitS
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A node that keeps its data dir, API port and p2p address across restarts, so that a node
+/// killed and started again is found where its peers last saw it.
+pub struct FixedNode {
+    pub name: String,
+    pub dir: std::path::PathBuf,
+    pub api_port: u16,
+    /// `/ip4/127.0.0.1/tcp/<port>`.
+    pub p2p_addr: String,
+    pub bootstrap: Option<String>,
+}
+
+impl FixedNode {
+    /// Picks free ports now; they are reused by every start.
+    pub fn new(root: &Path, name: &str, bootstrap: Option<String>) -> Self {
+        FixedNode {
+            name: name.to_string(),
+            dir: root.join(name),
+            api_port: free_port(),
+            p2p_addr: format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+            bootstrap,
+        }
+    }
+
+    pub fn start(&self) -> Daemon {
+        start(
+            &self.dir,
+            self.api_port,
+            &self.p2p_addr,
+            self.bootstrap.as_deref(),
+        )
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Where [`start`] sends the node's log (every start appends to it).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.with_extension("log")
+    }
+}
+
+/// The last `lines` lines of a node's log at INFO or above (DEBUG is mostly libp2p), without
+/// the terminal colours the formatter writes.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let text = String::from_utf8_lossy(&text);
+    let kept: Vec<String> = text
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+        .collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
