@@ -57,9 +57,10 @@ pub mod trees {
 /// sealed again from its update instead of being stored).
 /// `sessions` 5, `results` 3: a session's plan carries its integer policy and the weighted
 /// mean's bound; a result its total weight.
+/// `sessions` 6: a coordinated session records the peers that acknowledged its end notice.
 pub fn record_version(tree: &str) -> u8 {
     match tree {
-        trees::SESSIONS => 5,
+        trees::SESSIONS => 6,
         trees::KEYS => 3,
         trees::RESULTS => 3,
         _ => 1,

@@ -7,7 +7,7 @@ use crate::crypto::kahe::{self, ReleaseRequest};
 use crate::metrics::OutcomeLabels;
 use crate::session::records;
 use crate::session::roles::coordinator::{CoordinatorEffect, CoordinatorState};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use super::submissions::{accumulate, count_submission, PieceWrite, RunningSum, StoredPiece};
@@ -419,18 +419,18 @@ impl AggregationActor {
                     session: session.clone(),
                     reason: Some(reason),
                 };
-                work.push(Box::pin(async move {
-                    for peer in plan.peers() {
-                        // Peers that never saw the plan answer `unknown_session`.
-                        if let Err(e) = link.send(peer, &msg).await {
-                            debug!(%peer, error = %e, "failure notice not delivered");
-                        }
-                    }
-                    None
-                }));
+                for peer in unnotified(&plan.peers(), &machine.notified) {
+                    let (link, msg, session) = (link.clone(), msg.clone(), session.clone());
+                    work.push(Box::pin(async move {
+                        notice_outcome(
+                            session,
+                            peer.clone(),
+                            link.deliver(&peer, || messages::encode(&msg)).await,
+                        )
+                    }));
+                }
             }
             CoordinatorEffect::PublishResult => {
-                let (store, id) = (self.store.clone(), id.to_string());
                 // Members only need to know it is over, to forget the seeds; told apart, so
                 // that an absent member does not hold up the result. A member that also
                 // takes part learns it from the result itself: it is done once it holds it.
@@ -438,53 +438,47 @@ impl AggregationActor {
                     session: session.clone(),
                     reason: None,
                 };
-                let members_only: Vec<String> = plan
+                let members_only: Vec<&String> = plan
                     .committee
                     .iter()
                     .filter(|p| !plan.is_participant(p))
-                    .cloned()
                     .collect();
-                for peer in members_only {
-                    let (link, ended) = (link.clone(), ended.clone());
+                for peer in unnotified(&members_only, &machine.notified) {
+                    let (link, ended, session) = (link.clone(), ended.clone(), session.clone());
                     work.push(Box::pin(async move {
-                        if let Err(e) = link.send_retrying(&peer, &ended).await {
-                            debug!(%peer, error = %e, "end notice not delivered");
-                        }
-                        None
+                        notice_outcome(
+                            session,
+                            peer.clone(),
+                            link.deliver(&peer, || messages::encode(&ended)).await,
+                        )
                     }));
                 }
-                work.push(Box::pin(async move {
-                    let read = tokio::task::spawn_blocking(move || {
-                        store.get::<PackedResult>(trees::RESULTS, id.as_bytes())
-                    });
-                    let result = match read.await {
-                        Ok(Ok(Some(result))) => result,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "could not read the result to publish");
-                            return None;
-                        }
-                        _ => return None,
-                    };
-                    // Encoded once, then sent to a few participants at a time: one by one, a
-                    // million-value result took longer to deliver than the round to compute.
-                    let msg = match messages::encode(&AggMsg::Result { result }) {
-                        Ok(msg) => msg,
-                        Err(e) => {
-                            warn!(error = %e, "could not encode the result");
-                            return None;
-                        }
-                    };
-                    let (link, msg) = (&link, &msg);
-                    futures::stream::iter(plan.participants.iter())
-                        .for_each_concurrent(RESULT_SENDS_AT_ONCE, |peer| async move {
-                            if let Err(e) = link.send_retrying_with(peer, || Ok(msg.clone())).await
-                            {
-                                warn!(%peer, error = %e, "could not deliver the result");
-                            }
-                        })
-                        .await;
-                    None
-                }));
+                let participants: Vec<&String> = plan.participants.iter().collect();
+                let to = unnotified(&participants, &machine.notified);
+                if to.is_empty() {
+                    return;
+                }
+                // Read and encoded once, by the first delivery, then sent to a few
+                // participants at a time: one by one, a million-value result took longer to
+                // deliver than the round to compute.
+                let encoded: Arc<tokio::sync::OnceCell<Option<Vec<u8>>>> = Arc::default();
+                let at_once = Arc::new(tokio::sync::Semaphore::new(RESULT_SENDS_AT_ONCE));
+                for peer in to {
+                    let (link, session, store) = (link.clone(), session.clone(), self.store.clone());
+                    let (encoded, at_once) = (encoded.clone(), at_once.clone());
+                    work.push(Box::pin(async move {
+                        let _turn = at_once.acquire().await.ok()?;
+                        let msg = encoded
+                            .get_or_init(|| encoded_result(store, session.clone()))
+                            .await
+                            .as_ref()?;
+                        notice_outcome(
+                            session,
+                            peer.clone(),
+                            link.deliver(&peer, || Ok(msg.clone())).await,
+                        )
+                    }));
+                }
             }
         }
     }
@@ -672,6 +666,13 @@ impl AggregationActor {
                 "participant {from} already submitted to session `{session}`"
             )));
         }
+        // A coordinator back from a restart may still be proposing while the participants
+        // (told by the members) already upload: worth another try, not a refusal.
+        if state.machine.phase == Phase::Proposed {
+            return Err(SessionError::Unavailable(
+                "the session, still being proposed on its coordinator,",
+            ));
+        }
         if state.machine.phase != Phase::Collecting {
             return Err(SessionError::WrongPhase {
                 session: session.to_string(),
@@ -753,6 +754,51 @@ impl AggregationActor {
         match self.apply(session, event).await {
             Some(e) => Err(e),
             None => Ok(complete),
+        }
+    }
+}
+
+/// The peers of `peers` that have not acknowledged the end notice yet.
+fn unnotified(peers: &[&String], notified: &std::collections::BTreeSet<String>) -> Vec<String> {
+    peers
+        .iter()
+        .filter(|p| !notified.contains(p.as_str()))
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// A notice's delivery: acknowledged (recorded, never sent again), or refused for good.
+fn notice_outcome(
+    session: String,
+    peer: String,
+    delivered: Result<AggReply, SessionError>,
+) -> Option<Internal> {
+    // A refusal (a peer that never saw the plan) is as final as an acknowledgement: asking
+    // again cannot help.
+    if let Err(e) = delivered {
+        debug!(%peer, error = %e, "end notice refused");
+    }
+    Some(Internal::Event(session, CoordinatorEvent::Notified { peer }))
+}
+
+/// The stored result of `session`, encoded as the message that delivers it.
+async fn encoded_result(store: Store, session: String) -> Option<Vec<u8>> {
+    let read = tokio::task::spawn_blocking(move || {
+        store.get::<PackedResult>(trees::RESULTS, session.as_bytes())
+    });
+    let result = match read.await {
+        Ok(Ok(Some(result))) => result,
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not read the result to publish");
+            return None;
+        }
+        _ => return None,
+    };
+    match messages::encode(&AggMsg::Result { result }) {
+        Ok(msg) => Some(msg),
+        Err(e) => {
+            warn!(error = %e, "could not encode the result");
+            None
         }
     }
 }

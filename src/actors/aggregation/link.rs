@@ -6,6 +6,9 @@ use crate::net::{NetError, Request};
 
 pub(super) const SEND_ATTEMPTS: u32 = 8;
 
+/// Longest wait between two attempts of [`Link::deliver`].
+const NOTICE_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Attempts of [`Link::send_briefly`]: 0.2 + 0.4 + 0.8 s of backoff.
 const BRIEF_ATTEMPTS: u32 = 4;
 
@@ -20,13 +23,8 @@ pub(super) struct Link {
 }
 
 impl Link {
-    /// Sends a session message and waits for the answer; messages to this node itself go
-    /// through the actor's own mailbox.
-    pub(super) async fn send(&self, peer: &str, msg: &AggMsg) -> Result<AggReply, SessionError> {
-        self.send_encoded(peer, messages::encode(msg)?).await
-    }
-
-    /// [`Link::send`] for a message already encoded.
+    /// Sends an encoded session message and waits for the answer; messages to this node
+    /// itself go through the actor's own mailbox.
     pub(super) async fn send_encoded(
         &self,
         peer: &str,
@@ -79,7 +77,7 @@ impl Link {
         }
     }
 
-    /// [`Link::send`], retried with backoff while the failure is a transport one.
+    /// [`Link::send_encoded`], retried with backoff while the failure is a transport one.
     pub(super) async fn send_retrying(
         &self,
         peer: &str,
@@ -89,7 +87,7 @@ impl Link {
             .await
     }
 
-    /// [`Link::send`] to a committee member while the round waits on it: a few quick retries
+    /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick retries
     /// only (about a second), since an absent member is replaced rather than waited for.
     pub(super) async fn send_briefly(
         &self,
@@ -110,7 +108,7 @@ impl Link {
         self.send_attempts(peer, encode, SEND_ATTEMPTS).await
     }
 
-    /// [`Link::send`] for a client that waits on the answer: transport failures are retried
+    /// [`Link::send_encoded`] for a client that waits on the answer: transport failures are retried
     /// only until `p2p.unreachable_after_secs` have passed since the first attempt, and then
     /// reported as the peer being unreachable. An attempt under way is not cut short: a
     /// reachable peer receiving a large piece may take longer than that.
@@ -136,6 +134,30 @@ impl Link {
                     }
                     debug!(%peer, %message, "retrying");
                     backoff.wait_at_most(left).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delivers a notice (a result, an end) until the peer answers, however long it stays
+    /// unreachable: waits grow to [`NOTICE_RETRY_MAX`] and the task ends with the actor.
+    /// Any answer, a refusal included (a peer that never saw the plan), ends the delivery.
+    pub(super) async fn deliver(
+        &self,
+        peer: &str,
+        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+    ) -> Result<AggReply, SessionError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), NOTICE_RETRY_MAX);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.send_encoded(peer, encode()?).await {
+                Err(SessionError::Unreachable { message, .. }) => {
+                    if attempt % 10 == 0 {
+                        warn!(%peer, %message, attempt, "a notice still waits for its peer");
+                    }
+                    backoff.wait().await;
                 }
                 other => return other,
             }

@@ -48,6 +48,9 @@ pub struct CoordinatorState {
     pub timings: Timings,
     pub failure: Option<String>,
     pub clipped: u64,
+    /// Peers that acknowledged the end notice (the result, or the failure): never sent it
+    /// again, after a restart either.
+    pub notified: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +85,10 @@ pub enum CoordinatorEvent {
     },
     /// The result is decoded and stored.
     Combined,
+    /// `peer` acknowledged the end notice (result or failure).
+    Notified {
+        peer: String,
+    },
     /// Time passes: deadlines are checked.
     Tick,
     Fail {
@@ -132,6 +139,7 @@ impl CoordinatorState {
             },
             failure: None,
             clipped: 0,
+            notified: BTreeSet::new(),
         }
     }
 
@@ -225,6 +233,12 @@ impl CoordinatorState {
             what: what.to_string(),
         };
         match (self.phase, event) {
+            (phase, CoordinatorEvent::Notified { peer }) if phase.is_terminal() => {
+                if self.roster.peers_include(&peer) {
+                    self.notified.insert(peer);
+                }
+                Ok(Vec::new())
+            }
             (phase, CoordinatorEvent::Fail { reason }) if !phase.is_terminal() => {
                 Ok(self.fail(reason, now_ms))
             }

@@ -43,6 +43,11 @@ impl Roster {
         self.participants.iter().any(|p| p == peer)
     }
 
+    /// A member or a participant: the peers told how the session ended.
+    pub fn peers_include(&self, peer: &str) -> bool {
+        self.is_participant(peer) || self.member_index(peer).is_some()
+    }
+
     pub fn member_name(&self, index: u32) -> &str {
         self.committee
             .get(index as usize)
