@@ -146,6 +146,76 @@ async fn two_real_nodes_peer_serve_metrics_and_stop_cleanly() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id_b);
 }
 
+/// A node whose disk is below `store.min_free_bytes` says so on /readyz and refuses new
+/// sessions with 507 before writing anything; it still answers everything else, and SIGTERM
+/// stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_short_of_disk_refuses_new_work_and_says_it_is_not_ready() {
+    let root = TestRoot::new();
+    let client = client();
+    // More than any disk holds: the check always fails.
+    let mut node = start_with_env(
+        &root.path().join("full"),
+        free_port(),
+        "/ip4/127.0.0.1/tcp/0",
+        None,
+        &[("FHENODE__STORE__MIN_FREE_BYTES", "1000000000000000000")],
+    );
+    let me = peer_id(&client, &node).await;
+    let ready = client
+        .get(format!("{}/readyz", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["store"], false, "{ready}");
+    assert_eq!(ready["store_health"]["writable"], true, "{ready}");
+    assert_eq!(
+        ready["store_health"]["min_free_bytes"].as_u64(),
+        Some(1_000_000_000_000_000_000)
+    );
+
+    let spec = serde_json::json!({
+        "id": "no-room",
+        "length": 10,
+        "profile": "fast",
+        "committee": [me],
+        "participants": [me],
+        "min_participants": 1,
+    });
+    let created = client
+        .post(format!("{}/v1/sessions", node.api))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 507);
+    let refusal: Value = created.json().await.unwrap();
+    assert_eq!(
+        refusal["error"]["code"], "insufficient_storage",
+        "{refusal}"
+    );
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("store.min_free_bytes"),
+        "{refusal}"
+    );
+    let sessions = get_json(&client, &format!("{}/v1/sessions", node.api))
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was written: {sessions}"
+    );
+    let started = std::time::Instant::now();
+    assert!(signal_and_wait(&mut node, "-TERM").success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_name() {
     let dir = tempfile::tempdir().unwrap();

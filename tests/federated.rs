@@ -104,6 +104,24 @@ async fn named_tensors_and_a_weighted_mean_through_the_api() {
             .unwrap();
     }
 
+    // A body longer than any update of this 10-value session can be is refused unread: the
+    // session's own limit (40 bytes a value in JSON, and 1 MiB), not api.max_body_bytes.
+    let oversized = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/sessions/named/update",
+            nodes[1].api_addr
+        ))
+        .header("content-type", "application/json")
+        .body(vec![b' '; (1 << 20) + 401])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    let refusal: serde_json::Value = oversized.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "payload_too_large");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("session `named` (10 values)"), "{message}");
+
     // Participant 0: safetensors, f32 / f64 / f16, in another order than the names.
     let (w0, b0, s0) = tensors_of(0);
     let file = |extra: Option<(&str, Dtype, Vec<usize>, Vec<u8>)>, skip_b: bool| {

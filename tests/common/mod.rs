@@ -57,6 +57,17 @@ pub fn free_port() -> u16 {
 
 /// Starts a node on loopback with mDNS off, logging to `<data_dir>.log`.
 pub fn start(data_dir: &Path, api_port: u16, p2p: &str, bootstrap: Option<&str>) -> Daemon {
+    start_with_env(data_dir, api_port, p2p, bootstrap, &[])
+}
+
+/// [`start`], with extra environment variables (configuration keys as `FHENODE__*`).
+pub fn start_with_env(
+    data_dir: &Path,
+    api_port: u16,
+    p2p: &str,
+    bootstrap: Option<&str>,
+    env: &[(&str, &str)],
+) -> Daemon {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -74,6 +85,7 @@ pub fn start(data_dir: &Path, api_port: u16, p2p: &str, bootstrap: Option<&str>)
         .arg(p2p)
         .arg("--no-mdns")
         .env("FHENODE__LOG__LEVEL", "debug")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log);
     if let Some(b) = bootstrap {

@@ -464,7 +464,8 @@ impl AggregationActor {
                 let encoded: Arc<tokio::sync::OnceCell<Option<Vec<u8>>>> = Arc::default();
                 let at_once = Arc::new(tokio::sync::Semaphore::new(RESULT_SENDS_AT_ONCE));
                 for peer in to {
-                    let (link, session, store) = (link.clone(), session.clone(), self.store.clone());
+                    let (link, session, store) =
+                        (link.clone(), session.clone(), self.store.clone());
                     let (encoded, at_once) = (encoded.clone(), at_once.clone());
                     work.push(Box::pin(async move {
                         let _turn = at_once.acquire().await.ok()?;
@@ -778,7 +779,10 @@ fn notice_outcome(
     if let Err(e) = delivered {
         debug!(%peer, error = %e, "end notice refused");
     }
-    Some(Internal::Event(session, CoordinatorEvent::Notified { peer }))
+    Some(Internal::Event(
+        session,
+        CoordinatorEvent::Notified { peer },
+    ))
 }
 
 /// The stored result of `session`, encoded as the message that delivers it.
