@@ -155,6 +155,26 @@ enum BenchCommand {
     },
 }
 
+/// Starts the node again in this process (same program, arguments and environment), after
+/// it stopped to reopen a store that failed a write: sockets and the store's lock close with
+/// the old image. Where that is impossible the process exits with an error, for its service
+/// manager to restart it (`Restart=on-failure`).
+fn restart_in_place() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        match std::env::current_exe() {
+            Ok(exe) => {
+                tracing::warn!("starting again to reopen the store");
+                let error = std::process::Command::new(exe).args(args).exec();
+                tracing::error!(%error, "could not start again; exiting");
+            }
+            Err(error) => tracing::error!(%error, "could not find this program; exiting"),
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,6 +196,9 @@ fn main() -> anyhow::Result<()> {
             // Dropping the runtime would wait for every blocking thread, one stuck in a write
             // to a full disk included: the node has stopped, so the process goes.
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            if let Err(fhenode::node::NodeError::StoreNeedsReopen) = outcome {
+                restart_in_place();
+            }
             outcome?;
         }
         Command::Id(args) => {

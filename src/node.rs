@@ -36,11 +36,44 @@ pub enum NodeError {
     ActorPanicked(&'static str),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    /// The store failed a write and will not take another until it is opened again (sled
+    /// keeps its first I/O error for good); space is back, so the node stops to reopen it.
+    #[error("the store failed a write and space is back: the node must start again to reopen it")]
+    StoreNeedsReopen,
 }
 
 /// How long stopping may take, from SIGTERM to exit: systemd's default stop timeout is 90 s,
 /// and an operator's `kill` should see the process gone within 10 s.
 pub const SHUTDOWN_WITHIN: Duration = Duration::from_secs(8);
+
+/// Watches the store: once a write has failed and the disk has room again, asks the node to
+/// stop (`fatal`) so that it starts again with the store reopened, intact. sled keeps its
+/// first write error for good, so this is the only way back short of an operator's restart.
+async fn watch_store(
+    store: Store,
+    reopen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fatal: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let health = store.health();
+        let room = health.min_free_bytes.max(1 << 20);
+        if !health.writable && health.free_bytes.is_some_and(|free| free >= room) {
+            error!(
+                last_error = health.last_error.as_deref().unwrap_or(""),
+                "the store failed a write and space is back: stopping to reopen it"
+            );
+            reopen.store(true, std::sync::atomic::Ordering::Release);
+            fatal.cancel();
+            return;
+        }
+    }
+}
 
 /// A running node. Dropping it without [`Node::shutdown`] still cancels every task.
 pub struct Node {
@@ -58,6 +91,9 @@ pub struct Node {
     /// Cancelled when an actor panics.
     fatal: CancellationToken,
     panicked: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+    /// Set by the store watch: the node stops so that it can start again (see
+    /// [`NodeError::StoreNeedsReopen`]).
+    reopen_store: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// In shutdown order: API first, network last.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -303,6 +339,18 @@ impl Node {
             )
         };
 
+        let reopen_store = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store_watch = sup(
+            "store-watch",
+            watch_store(
+                store.clone(),
+                reopen_store.clone(),
+                fatal.clone(),
+                actors_stop.child_token(),
+            )
+            .boxed(),
+        );
+
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .map_err(|source| NodeError::ApiBind {
@@ -357,9 +405,11 @@ impl Node {
             actors_stop,
             fatal,
             panicked,
+            reopen_store,
             tasks: vec![
                 ("api", api_task),
                 ("sampler", sampler),
+                ("store-watch", store_watch),
                 ("router", router_task),
                 ("inference", inf_task),
                 ("series", series_task),
@@ -427,13 +477,19 @@ impl Node {
         }
         // The flush gets at least a second, even when the actors took all the time.
         let flush_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let reopen = self
+            .reopen_store
+            .load(std::sync::atomic::Ordering::Acquire);
         match tokio::time::timeout_at(flush_by, self.store.flush_async()).await {
+            // The failed store is reopened next: what it held durably is all there is.
+            Ok(Err(e)) if reopen => error!(error = %e, "the failed store's last flush failed"),
             Ok(flushed) => info!(flushed = flushed?, "store flushed; node stopped"),
             Err(_) => error!("the store's last flush did not finish in time; node stopped"),
         }
         let panicked = self.panicked.lock().ok().and_then(|slot| *slot);
         match panicked {
             Some(actor) => Err(NodeError::ActorPanicked(actor)),
+            None if reopen => Err(NodeError::StoreNeedsReopen),
             None => Ok(()),
         }
     }
