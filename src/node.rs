@@ -477,9 +477,7 @@ impl Node {
         }
         // The flush gets at least a second, even when the actors took all the time.
         let flush_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        let reopen = self
-            .reopen_store
-            .load(std::sync::atomic::Ordering::Acquire);
+        let reopen = self.reopen_store.load(std::sync::atomic::Ordering::Acquire);
         match tokio::time::timeout_at(flush_by, self.store.flush_async()).await {
             // The failed store is reopened next: what it held durably is all there is.
             Ok(Err(e)) if reopen => error!(error = %e, "the failed store's last flush failed"),

@@ -12,7 +12,10 @@ pub fn init(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (its disk is full) is lost, not reported on
+        // stderr: that report panics when stderr itself fails, taking the node down.
+        .log_internal_errors(false);
     let _ = match log.format {
         LogFormat::Json => builder
             .json()

@@ -286,3 +286,103 @@ fn the_demo_runs_a_session_and_checks_it() {
         );
     }
 }
+
+/// A disk that really fills: writes fail at once with 507, /readyz says the store is not
+/// writable, and once space is freed the node starts again by itself with its store reopened
+/// (same peer id, earlier sessions kept) and takes writes. Needs a small tmpfs, so root
+/// (CI runs as root); elsewhere it says so and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_the_node_recovers_when_space_returns() {
+    let root = TestRoot::new();
+    let disk = root.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs here (not root?): skipping the full-disk test");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!(
+                    "the node's log:\n{}",
+                    log_tail(&self.0.with_extension("log"), 30)
+                );
+            }
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let client = client();
+    let api_port = free_port();
+    // The store on the small disk, the log (`disk.log`) beside it on the big one.
+    let mut node = start_with_env(
+        &disk,
+        api_port,
+        "/ip4/127.0.0.1/tcp/0",
+        None,
+        &[("FHENODE__STORE__MIN_FREE_BYTES", "0")],
+    );
+    let me = peer_id(&client, &node).await;
+    let create = async |id: &str| {
+        let spec = serde_json::json!({
+            "id": id, "length": 200000, "profile": "fast",
+            "committee": [me], "participants": [me], "min_participants": 1,
+        });
+        client
+            .post(format!("{}/v1/sessions", node.api))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(create("before").await.status(), 201);
+
+    // Fill the disk but for a few kilobytes, then write until the store fails.
+    let free = fs4::available_space(&disk).unwrap();
+    std::fs::write(disk.join("filler"), vec![0u8; (free - 20_000) as usize]).unwrap_or(());
+    let mut refused = None;
+    for i in 0..2000 {
+        let response = create(&format!("s{i}")).await;
+        if response.status() != 201 {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("a full disk must refuse a write");
+    assert_eq!(refused.status(), 507);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let ready = client
+        .get(format!("{}/readyz", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["store_health"]["writable"], false, "{ready}");
+
+    // Space comes back: the node reopens its store by itself (it starts again in place).
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    wait_for(
+        "the node to take writes again",
+        Duration::from_secs(30),
+        async || {
+            let response = create("after").await;
+            (response.status() == 201).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(peer_id(&client, &node).await, me);
+    let kept = get_json(&client, &format!("{}/v1/sessions/before", node.api)).await;
+    assert!(
+        kept.is_some(),
+        "a session from before the full disk is kept"
+    );
+    assert!(signal_and_wait(&mut node, "-TERM").success());
+}
