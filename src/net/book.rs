@@ -131,8 +131,8 @@ mod tests {
         let peer = PeerId::random();
         let a: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
         let b: Multiaddr = "/ip4/127.0.0.1/tcp/4002".parse().unwrap();
-        book.seen(peer, &[a.clone()]);
-        book.seen(peer, &[a.clone()]);
+        book.seen(peer, std::slice::from_ref(&a));
+        book.seen(peer, std::slice::from_ref(&a));
         assert_eq!(
             book.writes.len(),
             1,

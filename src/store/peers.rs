@@ -54,7 +54,7 @@ impl PeerBook {
                 }
             }
         }
-        known.sort_by(|a, b| b.1.last_seen_secs.cmp(&a.1.last_seen_secs));
+        known.sort_by_key(|(_, peer)| std::cmp::Reverse(peer.last_seen_secs));
         let mut kept = Vec::new();
         for (index, (peer, record)) in known.into_iter().enumerate() {
             let stale = now_secs.saturating_sub(record.last_seen_secs) > FORGET_AFTER_SECS;

@@ -154,7 +154,7 @@ impl Link {
             attempt += 1;
             match self.send_encoded(peer, encode()?).await {
                 Err(SessionError::Unreachable { message, .. }) => {
-                    if attempt % 10 == 0 {
+                    if attempt.is_multiple_of(10) {
                         warn!(%peer, %message, attempt, "a notice still waits for its peer");
                     }
                     backoff.wait().await;
