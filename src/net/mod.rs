@@ -253,17 +253,20 @@ pub fn spawn(
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
-    // Known peers are dialled by id: the swarm tries their recorded addresses (through
-    // Kademlia's routing table) until one answers.
+    // Known peers are dialled at their recorded addresses, which stay out of Kademlia's
+    // routing table: a peer that restarted elsewhere would otherwise be dialled at its stale
+    // addresses only, and never found again. Once connected, identify brings its present
+    // ones.
     let book = book::AddressBook::new(book);
     for (peer, addresses) in book.known() {
-        for addr in addresses {
-            swarm.behaviour_mut().kad.add_address(&peer, addr);
+        if peer == peer_id || swarm.is_connected(&peer) {
+            continue;
         }
-        if peer != peer_id && !swarm.is_connected(&peer) {
-            if let Err(e) = swarm.dial(peer) {
-                debug!(%peer, error = %e, "cannot redial a known peer");
-            }
+        let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addresses)
+            .build();
+        if let Err(e) = swarm.dial(dial) {
+            debug!(%peer, error = %e, "cannot redial a known peer");
         }
     }
 

@@ -897,7 +897,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown record version 1 (this build reads 5)"),
+            e.contains("unknown record version 1 (this build reads 6)"),
             "{e}"
         );
     }
