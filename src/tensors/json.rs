@@ -13,6 +13,36 @@ use super::{Body, Elements, Layout, Tensor, TensorError};
 /// Deepest nesting of a JSON tensor (a tensor of this many dimensions is already unusual).
 const MAX_JSON_DIMS: usize = 32;
 
+/// Refuses a JSON body holding more than `max` numbers before it is parsed: parsed, each
+/// number takes 8 bytes however short its text (`0,` is two), so a body of small numbers would
+/// cost four times its own size, and many times the update it claims to be.
+pub fn check_json_numbers(body: &[u8], max: u64) -> Result<(), TensorError> {
+    let (mut count, mut in_string, mut escaped, mut in_number) = (0u64, false, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        let numeric = b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+        if numeric && !in_number {
+            count += 1;
+            if count > max {
+                return Err(TensorError::Json(format!(
+                    "the body holds more than {max} numbers, more than the update can take"
+                )));
+            }
+        }
+        in_number = numeric;
+        in_string = b == b'"';
+    }
+    Ok(())
+}
+
 /// A JSON update body and the weight it carries, if any.
 pub fn parse_json(body: &[u8]) -> Result<(Body<'static>, Option<f64>), TensorError> {
     let bare_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');

@@ -145,7 +145,10 @@ pub fn read_body(
     max_unpacked_bytes: u64,
 ) -> Result<(Body<'_>, Option<f64>), TensorError> {
     let arrays = match format {
-        UpdateFormat::Json => return parse_json(body),
+        UpdateFormat::Json => {
+            json::check_json_numbers(body, max_unpacked_bytes / 8)?;
+            return parse_json(body);
+        }
         UpdateFormat::Raw if body.starts_with(NPY_MAGIC) => {
             Body::Flat(parse_npy(body, None)?.elements)
         }

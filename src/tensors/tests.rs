@@ -762,3 +762,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_json_body_with_more_numbers_than_the_update_can_take_is_refused_unparsed() {
+    use super::json::check_json_numbers;
+    // Strings (a tensor's name, escaped quotes included) hold no numbers.
+    let named = br#"{"tensors": {"w \"1,2\" 3": [[1.5, -2e3], [3, 4]]}, "weight": 12}"#;
+    assert!(check_json_numbers(named, 5).is_ok());
+    assert!(check_json_numbers(named, 4).is_err());
+    let flat = br#"[0,0,0,0]"#;
+    assert!(check_json_numbers(flat, 4).is_ok());
+    let err = check_json_numbers(flat, 3).unwrap_err().to_string();
+    assert!(err.contains("more than 3 numbers"), "{err}");
+    // Through read_body: a 1-value budget refuses a body of 2 numbers before parsing it.
+    assert!(read_body(UpdateFormat::Json, b"[1, 2]", 8).is_err());
+    assert!(read_body(UpdateFormat::Json, b"[1]", 8).is_ok());
+}
