@@ -238,6 +238,7 @@ impl Node {
                 default_profile: config.profile,
                 prepare_budget_bytes: config.aggregation.prepare_budget_bytes,
                 unreachable_after: Duration::from_secs(config.p2p.unreachable_after_secs),
+                max_sessions_per_peer: config.aggregation.max_sessions_per_peer,
                 policy: crate::session::roles::LocalPolicy {
                     min_contributors_floor: config.aggregation.min_contributors_floor,
                     allowed_profiles: config

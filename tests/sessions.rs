@@ -732,3 +732,45 @@ async fn following_a_session_does_not_hold_a_stopping_node() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A coordinator cannot make a node hold state for more sessions than
+/// `aggregation.max_sessions_per_peer` (64): the plan beyond them is refused with
+/// `quota_exceeded`, and nothing of it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cannot_make_a_node_hold_more_sessions_than_its_quota() {
+    let (_dirs, nodes) = start_local_network(3).await.unwrap();
+    wait_for_full_mesh(&nodes, LONG).await.unwrap();
+    open_two_participant_session(&nodes, "base").await;
+    let plan = coordinator_plan(&nodes[0], "base");
+    let send = async |id: String| {
+        let msg = AggMsg::Plan {
+            plan: SessionPlan { id, ..plan.clone() },
+        };
+        let request = Request::Aggregation(messages::encode(&msg).unwrap());
+        nodes[0]
+            .network
+            .request(nodes[1].peer_id, request)
+            .await
+            .unwrap()
+    };
+    // "base" is the first of the 64.
+    for i in 0..63 {
+        match send(format!("q{i}")).await {
+            Response::Aggregation(_) => {}
+            other => panic!("plan {i} was answered {other:?}"),
+        }
+    }
+    match send("q63".into()).await {
+        Response::Error { code, message } => {
+            assert_eq!(code, "quota_exceeded", "{message}");
+            assert!(message.contains("max_sessions_per_peer"), "{message}");
+        }
+        other => panic!("the plan beyond the quota was answered {other:?}"),
+    }
+    let unknown = nodes[1].aggregation.get("q63").await.unwrap_err();
+    assert_eq!(unknown.code(), "unknown_session");
+    assert_eq!(nodes[1].aggregation.list().await.unwrap().len(), 64);
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

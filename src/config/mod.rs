@@ -104,6 +104,7 @@ const SCHEMA: [(&str, &[&str]); 7] = [
         &[
             "prepare_budget_bytes",
             "min_contributors_floor",
+            "max_sessions_per_peer",
             "allowed_profiles",
         ],
     ),
@@ -204,6 +205,9 @@ pub struct AggregationConfig {
     /// `min_participants`, so a node refuses plans below this floor, and as a member never
     /// releases keys for fewer contributors.
     pub min_contributors_floor: u32,
+    /// Sessions not yet over that one coordinator may have this node hold state for (as a
+    /// member or participant); a plan beyond them is refused with 429 `quota_exceeded`.
+    pub max_sessions_per_peer: u32,
     /// Profiles this node accepts in sessions others create.
     pub allowed_profiles: Vec<Profile>,
 }
@@ -409,6 +413,7 @@ impl Default for AggregationConfig {
         AggregationConfig {
             prepare_budget_bytes: GIB,
             min_contributors_floor: 2,
+            max_sessions_per_peer: 64,
             allowed_profiles: Profile::ALL.to_vec(),
         }
     }
@@ -588,6 +593,12 @@ impl Config {
             1,
             1024,
         )?;
+        check_range(
+            "aggregation.max_sessions_per_peer",
+            self.aggregation.max_sessions_per_peer.into(),
+            1,
+            1 << 20,
+        )?;
         if self.aggregation.allowed_profiles.is_empty() {
             return Err(invalid(
                 "aggregation.allowed_profiles",
@@ -715,6 +726,7 @@ impl Config {
             aggregation: AggregationConfig {
                 prepare_budget_bytes: raw.aggregation.prepare_budget_bytes,
                 min_contributors_floor: raw.aggregation.min_contributors_floor,
+                max_sessions_per_peer: raw.aggregation.max_sessions_per_peer,
                 allowed_profiles: raw
                     .aggregation
                     .allowed_profiles
@@ -898,6 +910,7 @@ struct RawApi {
 struct RawAggregation {
     prepare_budget_bytes: u64,
     min_contributors_floor: u32,
+    max_sessions_per_peer: u32,
     allowed_profiles: Vec<String>,
 }
 
@@ -959,6 +972,7 @@ impl From<Config> for RawConfig {
             aggregation: RawAggregation {
                 prepare_budget_bytes: aggregation.prepare_budget_bytes,
                 min_contributors_floor: aggregation.min_contributors_floor,
+                max_sessions_per_peer: aggregation.max_sessions_per_peer,
                 allowed_profiles: aggregation
                     .allowed_profiles
                     .iter()

@@ -61,6 +61,9 @@ pub enum SessionError {
     /// The store's disk is full or below `store.min_free_bytes`.
     #[error("{0}")]
     NoSpace(String),
+    /// A peer asks this node to hold more than its quota allows.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The store fails to read or write (an I/O error other than a full disk).
     #[error("the store is failing: {0}")]
     StoreFailing(String),
@@ -85,6 +88,7 @@ impl SessionError {
             SessionError::Unreachable { .. } => "unreachable",
             SessionError::Store(_) => "store",
             SessionError::NoSpace(_) => "insufficient_storage",
+            SessionError::QuotaExceeded(_) => "quota_exceeded",
             SessionError::StoreFailing(_) => "store_unavailable",
             SessionError::Unavailable(_) => "unavailable",
         }
@@ -99,6 +103,7 @@ impl SessionError {
                 "wrong_phase" | "duplicate" | "no_result" => 409,
                 "insufficient_storage" => 507,
                 "store_unavailable" => 503,
+                "quota_exceeded" => 429,
                 _ => 400,
             },
             SessionError::InvalidSpec { .. }
@@ -112,6 +117,7 @@ impl SessionError {
             SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
             SessionError::Store(_) => 500,
             SessionError::NoSpace(_) => 507,
+            SessionError::QuotaExceeded(_) => 429,
             SessionError::StoreFailing(_) => 503,
             SessionError::Unavailable(_) => 503,
         }
@@ -133,6 +139,7 @@ impl SessionError {
             "crypto" => "crypto",
             "insufficient_storage" => "insufficient_storage",
             "store_unavailable" => "store_unavailable",
+            "quota_exceeded" => "quota_exceeded",
             _ => {
                 return SessionError::Remote {
                     peer,

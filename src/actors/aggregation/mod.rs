@@ -248,6 +248,8 @@ struct AggregationActor {
     link: Link,
     identity: libp2p::identity::Keypair,
     store: Store,
+    /// `aggregation.max_sessions_per_peer`: plans held per coordinator, not yet over.
+    max_sessions_per_peer: u32,
     keys: KeysHandle,
     metrics: NodeMetrics,
     default_profile: Profile,
@@ -292,6 +294,8 @@ pub struct AggregationDeps {
     /// `p2p.unreachable_after_secs`: how long a client's upload retries an unreachable
     /// coordinator.
     pub unreachable_after: Duration,
+    /// `aggregation.max_sessions_per_peer`.
+    pub max_sessions_per_peer: u32,
 }
 
 pub fn spawn(
@@ -308,6 +312,7 @@ pub fn spawn(
             unreachable_after: deps.unreachable_after,
         },
         store: deps.store,
+        max_sessions_per_peer: deps.max_sessions_per_peer,
         keys: deps.keys,
         metrics: deps.metrics,
         default_profile: deps.default_profile,

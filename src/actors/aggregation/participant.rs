@@ -175,6 +175,17 @@ impl AggregationActor {
         // A new session is refused while the disk runs low; one already joined (a plan sent
         // again) is answered above, so work in flight goes on.
         self.store.ensure_room()?;
+        let held = self
+            .joined
+            .values()
+            .filter(|j| j.plan.coordinator == from && j.ended.is_none())
+            .count();
+        if held >= self.max_sessions_per_peer as usize {
+            return Err(SessionError::QuotaExceeded(format!(
+                "this node already holds {held} sessions of coordinator {from} that are not \
+                 over (aggregation.max_sessions_per_peer)"
+            )));
+        }
         let member = plan.member_index(&me);
         if member.is_none() && !plan.is_participant(&me) {
             return Err(SessionError::NotAllowed {
