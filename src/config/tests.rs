@@ -485,6 +485,7 @@ fn aggregation_section_from_file_and_environment() {
         AggregationConfig {
             prepare_budget_bytes: 0,
             min_contributors_floor: 2,
+            max_sessions_per_peer: 64,
             allowed_profiles: vec![Profile::Secure, Profile::Fast],
         },
         "0 turns preparing off"
