@@ -468,16 +468,23 @@ impl AggregationActor {
                         (link.clone(), session.clone(), self.store.clone());
                     let (encoded, at_once) = (encoded.clone(), at_once.clone());
                     work.push(Box::pin(async move {
-                        let _turn = at_once.acquire().await.ok()?;
-                        let msg = encoded
-                            .get_or_init(|| encoded_result(store, session.clone()))
-                            .await
-                            .as_ref()?;
-                        notice_outcome(
-                            session,
-                            peer.clone(),
-                            link.deliver(&peer, || Ok(msg.clone())).await,
-                        )
+                        // The first try holds a turn; an unreachable participant's retries
+                        // do not, so that it cannot hold up the others.
+                        let (first, msg) = {
+                            let _turn = at_once.acquire().await.ok()?;
+                            let msg = encoded
+                                .get_or_init(|| encoded_result(store, session.clone()))
+                                .await
+                                .as_ref()?;
+                            (link.send_encoded(&peer, msg.clone()).await, msg)
+                        };
+                        let delivered = match first {
+                            Err(SessionError::Unreachable { .. }) => {
+                                link.deliver(&peer, || Ok(msg.clone())).await
+                            }
+                            other => other,
+                        };
+                        notice_outcome(session, peer, delivered)
                     }));
                 }
             }
