@@ -48,7 +48,8 @@ fn gather_pins(
             let msg = &msg;
             let link = &link;
             async move {
-                match link.send_briefly(peer, msg).await {
+                // An attestation is a signature: the answer's size adds nothing.
+                match link.send_briefly(peer, msg, 0).await {
                     Ok(AggReply::Pinned(signature)) => Some(Attestation {
                         member: *member,
                         signature,
@@ -255,7 +256,8 @@ impl AggregationActor {
                     };
                     let (link, session) = (link.clone(), session.clone());
                     work.push(Box::pin(async move {
-                        let held = match link.send_briefly(&peer, &msg).await {
+                        // A list of peer ids: the answer's size adds nothing.
+                        let held = match link.send_briefly(&peer, &msg, 0).await {
                             Ok(AggReply::Held(held)) => Some(held),
                             Ok(_) => None,
                             Err(e) => {
@@ -335,6 +337,8 @@ impl AggregationActor {
                     machine.contributors.clone(),
                 )
                 .shared();
+                // A release is as long as an update's bodies.
+                let release_bytes = plan.context().map_or(0, |c| c.body_bytes() as u64);
                 for member in members {
                     let Some(peer) = plan.committee.get(member as usize).cloned() else {
                         continue;
@@ -357,7 +361,7 @@ impl AggregationActor {
                                 },
                             ))
                         };
-                        match link.send_briefly(&peer, &msg).await {
+                        match link.send_briefly(&peer, &msg, release_bytes).await {
                             Ok(AggReply::Release(bytes)) => Some(Internal::Released {
                                 session: session.clone(),
                                 member,

@@ -12,6 +12,11 @@ const NOTICE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Attempts of [`Link::send_briefly`]: 0.2 + 0.4 + 0.8 s of backoff.
 const BRIEF_ATTEMPTS: u32 = 4;
 
+/// What [`Link::send_briefly`] allows for an answer's size on top of
+/// `p2p.unreachable_after_secs`: a member computes a release (a pass over the session's
+/// length) and sends it, so a large session's answer is given a second per 8 MiB.
+const BRIEF_BYTES_PER_SEC: u64 = 8 << 20;
+
 /// Everything a background task needs to talk to peers, or to this node through its mailbox.
 #[derive(Clone)]
 pub(super) struct Link {
@@ -87,15 +92,42 @@ impl Link {
             .await
     }
 
-    /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick retries
-    /// only (about a second), since an absent member is replaced rather than waited for.
+    /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick
+    /// retries, all within `p2p.unreachable_after_secs` plus [`BRIEF_BYTES_PER_SEC`] of
+    /// `answer_bytes`, since an absent member is replaced rather than waited for. The bound
+    /// covers an attempt under way too: a member that is up but frozen (stopped, swapping,
+    /// wedged) holds its connection open and would otherwise be waited for until
+    /// `p2p.request_timeout_secs`, once per attempt.
     pub(super) async fn send_briefly(
         &self,
         peer: &str,
         msg: &AggMsg,
+        answer_bytes: u64,
     ) -> Result<AggReply, SessionError> {
-        self.send_attempts(peer, || messages::encode(msg), BRIEF_ATTEMPTS)
-            .await
+        let within =
+            self.unreachable_after + Duration::from_secs(answer_bytes / BRIEF_BYTES_PER_SEC);
+        let deadline = tokio::time::Instant::now() + within;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent =
+                tokio::time::timeout_at(deadline, self.send_encoded(peer, messages::encode(msg)?));
+            let message = match sent.await {
+                Err(_) => format!("no answer within {:.1} s", within.as_secs_f64()),
+                Ok(Err(SessionError::Unreachable { message, .. })) => message,
+                Ok(other) => return other,
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if attempt >= BRIEF_ATTEMPTS || left.is_zero() {
+                return Err(SessionError::Unreachable {
+                    peer: peer.to_string(),
+                    message,
+                });
+            }
+            debug!(%peer, %message, attempt, "retrying");
+            backoff.wait_at_most(left).await;
+        }
     }
 
     /// Sends what `encode` makes, encoding it again for each retry (the network consumes
