@@ -239,6 +239,9 @@ impl Node {
                 prepare_budget_bytes: config.aggregation.prepare_budget_bytes,
                 unreachable_after: Duration::from_secs(config.p2p.unreachable_after_secs),
                 max_sessions_per_peer: config.aggregation.max_sessions_per_peer,
+                max_pending_bytes: config.aggregation.max_pending_bytes,
+                plans_per_minute_per_peer: config.aggregation.plans_per_minute_per_peer,
+                expire_grace: Duration::from_secs(config.aggregation.expire_grace_secs),
                 policy: crate::session::roles::LocalPolicy {
                     min_contributors_floor: config.aggregation.min_contributors_floor,
                     allowed_profiles: config
@@ -375,6 +378,9 @@ impl Node {
             profile: config.profile,
             token: config.api.token.clone(),
             max_body_bytes: config.api.max_body_bytes,
+            creations: std::sync::Arc::new(api::limit::CreationLimit::per_minute(
+                config.api.sessions_per_minute,
+            )),
             stopping: api_stop.clone(),
         };
         let stop = api_stop.clone();

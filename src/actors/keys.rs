@@ -72,6 +72,11 @@ enum Command {
         session: String,
         reply: Reply<()>,
     },
+    /// Deletes the secrets of every session not in `live`; answers how many sessions had some.
+    KeepOnly {
+        live: std::collections::BTreeSet<String>,
+        reply: Reply<usize>,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -84,6 +89,7 @@ impl std::fmt::Debug for Command {
             Command::StoreBundle { .. } => "StoreBundle",
             Command::Release { .. } => "Release",
             Command::Forget { .. } => "Forget",
+            Command::KeepOnly { .. } => "KeepOnly",
         })
     }
 }
@@ -191,6 +197,16 @@ impl KeysHandle {
     pub async fn forget(&self, session: &str) -> Result<(), SessionError> {
         let session = session.to_string();
         self.ask(|reply| Command::Forget { session, reply }).await
+    }
+
+    /// Deletes every secret of the sessions not in `live` (at start: a node that stopped
+    /// between a session's end and its secrets' deletion deletes them then); answers how many
+    /// sessions had some.
+    pub async fn keep_only(
+        &self,
+        live: std::collections::BTreeSet<String>,
+    ) -> Result<usize, SessionError> {
+        self.ask(|reply| Command::KeepOnly { live, reply }).await
     }
 }
 
@@ -338,6 +354,9 @@ impl KeysActor {
             Command::Forget { session, reply } => {
                 let _ = reply.send(self.forget(&session).await);
             }
+            Command::KeepOnly { live, reply } => {
+                let _ = reply.send(self.keep_only(&live).await);
+            }
         }
     }
 
@@ -355,6 +374,26 @@ impl KeysActor {
         self.store
             .put(records::SECRETS_TREE, id.as_bytes(), &record)?;
         self.flush().await
+    }
+
+    async fn keep_only(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+    ) -> Result<usize, SessionError> {
+        let mut dead = std::collections::BTreeSet::new();
+        for key in self.store.tree(records::SECRETS_TREE)?.iter().keys() {
+            let key = key?;
+            let session = std::str::from_utf8(&key)
+                .ok()
+                .and_then(records::secret_session);
+            if let Some(session) = session.filter(|s| !live.contains(*s)) {
+                dead.insert(session.to_string());
+            }
+        }
+        for session in &dead {
+            self.forget(session).await?;
+        }
+        Ok(dead.len())
     }
 
     async fn forget(&self, session: &str) -> Result<(), SessionError> {

@@ -34,6 +34,7 @@ use crate::store::Store;
 
 mod body;
 pub mod inference;
+pub mod limit;
 pub mod openapi;
 pub mod series;
 pub mod sessions;
@@ -46,6 +47,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (a rate limit's refusal).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -54,7 +57,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -69,7 +78,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -118,6 +133,8 @@ pub struct ApiState {
     pub profile: Profile,
     pub token: Option<ApiToken>,
     pub max_body_bytes: usize,
+    /// `api.sessions_per_minute`.
+    pub creations: Arc<limit::CreationLimit>,
     /// Cancelled when the API stops: long polls and event streams end then, rather than hold
     /// the graceful shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,

@@ -133,6 +133,8 @@ pub(super) fn path_id(
         (status = 409, description = "`duplicate`: a session with this id exists.", body = ApiError),
         (status = 413, description = "`payload_too_large`: the body exceeds `api.max_body_bytes`.", body = ApiError),
         (status = 415, description = "`unsupported_media_type`: the body must be `application/json`.", body = ApiError),
+        (status = 429, description = "`rate_limited`: over `api.sessions_per_minute`; `Retry-After` says when to try again.", body = ApiError,
+            headers(("retry-after" = u64, description = "Seconds to wait."))),
         (status = 503, description = "`unavailable`: the aggregation actor is not running.", body = ApiError),
     )
 )]
@@ -140,6 +142,7 @@ async fn create(
     State(state): State<ApiState>,
     body: Result<Json<SessionSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    state.creations.take()?;
     let Json(spec) = body.map_err(|e| json_rejection(e, state.max_body_bytes))?;
     let info = state.aggregation.create(spec).await?;
     Ok(super::created(&info, &format!("/v1/sessions/{}", info.id)))

@@ -98,13 +98,19 @@ const SCHEMA: [(&str, &[&str]); 7] = [
             "idle_timeout_secs",
         ],
     ),
-    ("api", &["listen", "token", "max_body_bytes"]),
+    (
+        "api",
+        &["listen", "token", "max_body_bytes", "sessions_per_minute"],
+    ),
     (
         "aggregation",
         &[
             "prepare_budget_bytes",
             "min_contributors_floor",
             "max_sessions_per_peer",
+            "max_pending_bytes",
+            "plans_per_minute_per_peer",
+            "expire_grace_secs",
             "allowed_profiles",
         ],
     ),
@@ -184,6 +190,9 @@ pub struct ApiConfig {
     pub token: Option<ApiToken>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Sessions (and series) the API creates per minute, in bursts of as many; one more is
+    /// refused with 429 `rate_limited`.
+    pub sessions_per_minute: u32,
 }
 
 impl ApiConfig {
@@ -208,6 +217,16 @@ pub struct AggregationConfig {
     /// Sessions not yet over that one coordinator may have this node hold state for (as a
     /// member or participant); a plan beyond them is refused with 429 `quota_exceeded`.
     pub max_sessions_per_peer: u32,
+    /// Bytes that one coordinator's sessions, not yet over, may have this node hold: each
+    /// plan, a member's seeds and a participant's update; a plan beyond them is refused with
+    /// 429 `quota_exceeded`.
+    pub max_pending_bytes: u64,
+    /// New plans one coordinator may send per minute, in bursts of as many; one more is
+    /// refused with 429 `rate_limited` (the coordinator retries it until its deadline).
+    pub plans_per_minute_per_peer: u32,
+    /// A session this node joined whose coordinator never ended it is dropped (its record
+    /// and secrets) this long after its three deadlines have passed, and at a start after.
+    pub expire_grace_secs: u64,
     /// Profiles this node accepts in sessions others create.
     pub allowed_profiles: Vec<Profile>,
 }
@@ -404,6 +423,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             token: None,
             max_body_bytes: 256 * MIB,
+            sessions_per_minute: 600,
         }
     }
 }
@@ -414,6 +434,9 @@ impl Default for AggregationConfig {
             prepare_budget_bytes: GIB,
             min_contributors_floor: 2,
             max_sessions_per_peer: 64,
+            max_pending_bytes: 4 * GIB,
+            plans_per_minute_per_peer: 120,
+            expire_grace_secs: 3600,
             allowed_profiles: Profile::ALL.to_vec(),
         }
     }
@@ -599,6 +622,24 @@ impl Config {
             1,
             1 << 20,
         )?;
+        check_range(
+            "aggregation.max_pending_bytes",
+            self.aggregation.max_pending_bytes,
+            MIB as u64,
+            u64::MAX,
+        )?;
+        check_range(
+            "aggregation.expire_grace_secs",
+            self.aggregation.expire_grace_secs,
+            0,
+            crate::session::spec::MAX_DEADLINE_SECS,
+        )?;
+        check_range(
+            "aggregation.plans_per_minute_per_peer",
+            self.aggregation.plans_per_minute_per_peer.into(),
+            1,
+            1 << 20,
+        )?;
         if self.aggregation.allowed_profiles.is_empty() {
             return Err(invalid(
                 "aggregation.allowed_profiles",
@@ -643,6 +684,12 @@ impl Config {
             api.max_body_bytes as u64,
             1,
             MAX_BODY_BYTES_LIMIT,
+        )?;
+        check_range(
+            "api.sessions_per_minute",
+            api.sessions_per_minute.into(),
+            1,
+            1 << 20,
         )?;
 
         let inference = &self.inference;
@@ -722,11 +769,15 @@ impl Config {
                 listen: api_listen,
                 token: raw.api.token.map(ApiToken),
                 max_body_bytes: raw.api.max_body_bytes,
+                sessions_per_minute: raw.api.sessions_per_minute,
             },
             aggregation: AggregationConfig {
                 prepare_budget_bytes: raw.aggregation.prepare_budget_bytes,
                 min_contributors_floor: raw.aggregation.min_contributors_floor,
                 max_sessions_per_peer: raw.aggregation.max_sessions_per_peer,
+                max_pending_bytes: raw.aggregation.max_pending_bytes,
+                plans_per_minute_per_peer: raw.aggregation.plans_per_minute_per_peer,
+                expire_grace_secs: raw.aggregation.expire_grace_secs,
                 allowed_profiles: raw
                     .aggregation
                     .allowed_profiles
@@ -903,6 +954,7 @@ struct RawApi {
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<Zeroizing<String>>,
     max_body_bytes: usize,
+    sessions_per_minute: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -911,6 +963,9 @@ struct RawAggregation {
     prepare_budget_bytes: u64,
     min_contributors_floor: u32,
     max_sessions_per_peer: u32,
+    max_pending_bytes: u64,
+    plans_per_minute_per_peer: u32,
+    expire_grace_secs: u64,
     allowed_profiles: Vec<String>,
 }
 
@@ -968,11 +1023,15 @@ impl From<Config> for RawConfig {
                 listen: api.listen.to_string(),
                 token: api.token.map(|_| Zeroizing::new(REDACTED.to_owned())),
                 max_body_bytes: api.max_body_bytes,
+                sessions_per_minute: api.sessions_per_minute,
             },
             aggregation: RawAggregation {
                 prepare_budget_bytes: aggregation.prepare_budget_bytes,
                 min_contributors_floor: aggregation.min_contributors_floor,
                 max_sessions_per_peer: aggregation.max_sessions_per_peer,
+                max_pending_bytes: aggregation.max_pending_bytes,
+                plans_per_minute_per_peer: aggregation.plans_per_minute_per_peer,
+                expire_grace_secs: aggregation.expire_grace_secs,
                 allowed_profiles: aggregation
                     .allowed_profiles
                     .iter()

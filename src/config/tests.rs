@@ -486,6 +486,9 @@ fn aggregation_section_from_file_and_environment() {
             prepare_budget_bytes: 0,
             min_contributors_floor: 2,
             max_sessions_per_peer: 64,
+            max_pending_bytes: 4 << 30,
+            plans_per_minute_per_peer: 120,
+            expire_grace_secs: 3600,
             allowed_profiles: vec![Profile::Secure, Profile::Fast],
         },
         "0 turns preparing off"

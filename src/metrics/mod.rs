@@ -86,6 +86,7 @@ pub struct NodeMetrics {
     pub start_time: Gauge<f64, AtomicU64>,
     pub sessions: Family<PhaseLabels, Gauge>,
     pub session_outcomes: Family<OutcomeLabels, Counter>,
+    pub sessions_expired: Counter,
     pub phase_duration: Family<PhaseLabels, Histogram>,
     pub submissions: Family<OutcomeLabels, Counter>,
     pub submission_bytes: Counter,
@@ -135,6 +136,7 @@ impl Metrics {
             start_time: Gauge::default(),
             sessions: Family::default(),
             session_outcomes: Family::default(),
+            sessions_expired: Counter::default(),
             phase_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
             submissions: Family::default(),
             submission_bytes: Counter::default(),
@@ -230,6 +232,12 @@ impl Metrics {
             "session_outcomes",
             "Coordinated sessions that ended, by outcome (done or failed)",
             node.session_outcomes.clone(),
+        );
+        fhenode.register(
+            "sessions_expired",
+            "Joined sessions dropped because their coordinator never ended them within their \
+             deadlines",
+            node.sessions_expired.clone(),
         );
         fhenode.register_with_unit(
             "session_phase_duration",

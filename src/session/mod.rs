@@ -64,6 +64,9 @@ pub enum SessionError {
     /// A peer asks this node to hold more than its quota allows.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A peer sends new plans faster than `aggregation.plans_per_minute_per_peer`.
+    #[error("{0}")]
+    RateLimited(String),
     /// The store fails to read or write (an I/O error other than a full disk).
     #[error("the store is failing: {0}")]
     StoreFailing(String),
@@ -89,6 +92,7 @@ impl SessionError {
             SessionError::Store(_) => "store",
             SessionError::NoSpace(_) => "insufficient_storage",
             SessionError::QuotaExceeded(_) => "quota_exceeded",
+            SessionError::RateLimited(_) => "rate_limited",
             SessionError::StoreFailing(_) => "store_unavailable",
             SessionError::Unavailable(_) => "unavailable",
         }
@@ -103,7 +107,7 @@ impl SessionError {
                 "wrong_phase" | "duplicate" | "no_result" => 409,
                 "insufficient_storage" => 507,
                 "store_unavailable" => 503,
-                "quota_exceeded" => 429,
+                "quota_exceeded" | "rate_limited" => 429,
                 _ => 400,
             },
             SessionError::InvalidSpec { .. }
@@ -117,7 +121,7 @@ impl SessionError {
             SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
             SessionError::Store(_) => 500,
             SessionError::NoSpace(_) => 507,
-            SessionError::QuotaExceeded(_) => 429,
+            SessionError::QuotaExceeded(_) | SessionError::RateLimited(_) => 429,
             SessionError::StoreFailing(_) => 503,
             SessionError::Unavailable(_) => 503,
         }
@@ -140,6 +144,7 @@ impl SessionError {
             "insufficient_storage" => "insufficient_storage",
             "store_unavailable" => "store_unavailable",
             "quota_exceeded" => "quota_exceeded",
+            "rate_limited" => "rate_limited",
             _ => {
                 return SessionError::Remote {
                     peer,

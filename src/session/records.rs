@@ -42,6 +42,16 @@ pub fn member_seeds_prefix(session: &str) -> String {
     format!("seeds/{session}/")
 }
 
+/// The session a secret's key (either family above) belongs to.
+pub fn secret_session(key: &str) -> Option<&str> {
+    if let Some(session) = key.strip_prefix("participant/") {
+        return Some(session);
+    }
+    key.strip_prefix("seeds/")?
+        .split_once('/')
+        .map(|(session, _)| session)
+}
+
 /// Upload pieces of one participant in one session (`trees::SUBMISSIONS`).
 pub fn piece_owner(session: &str, participant: &str) -> String {
     format!("{session}/{participant}")
@@ -50,4 +60,17 @@ pub fn piece_owner(session: &str, participant: &str) -> String {
 /// Every participant's pieces in a session.
 pub fn pieces_prefix(session: &str) -> String {
     format!("{session}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secrets_key_names_its_session() {
+        assert_eq!(secret_session(&participant_key("s1")), Some("s1"));
+        assert_eq!(secret_session(&member_seeds("s2", "12D3Koo")), Some("s2"));
+        assert_eq!(secret_session("seeds/s3"), None);
+        assert_eq!(secret_session("other/s4"), None);
+    }
 }

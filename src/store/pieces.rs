@@ -104,6 +104,21 @@ impl Upload {
 }
 
 impl Store {
+    /// The owners of every upload tree of `kind`.
+    pub fn upload_owners(&self, kind: &str) -> Vec<String> {
+        let prefix = tree_name(kind, "");
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| {
+                std::str::from_utf8(name)
+                    .ok()?
+                    .strip_prefix(&prefix)
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Drops every upload tree of `kind` whose owner starts with `owner_prefix`; returns how
     /// many were dropped.
     pub fn drop_uploads(&self, kind: &str, owner_prefix: &str) -> Result<usize, sled::Error> {
@@ -121,6 +136,24 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_owners_are_listed_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Upload::open(&store, "t", "s1/a", [1; 32])
+            .unwrap()
+            .put(0, &[1])
+            .unwrap();
+        Upload::open(&store, "u", "s2/b", [1; 32])
+            .unwrap()
+            .put(0, &[1])
+            .unwrap();
+        assert_eq!(store.upload_owners("t"), vec!["s1/a".to_string()]);
+        store.drop_uploads("t", "s1/").unwrap();
+        assert!(store.upload_owners("t").is_empty());
+        assert_eq!(store.upload_owners("u").len(), 1);
+    }
 
     #[test]
     fn pieces_assemble_in_order_and_replace_older_uploads() {

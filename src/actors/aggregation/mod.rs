@@ -16,6 +16,7 @@ mod coordinator;
 mod link;
 mod member;
 mod participant;
+mod quota;
 mod submissions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -248,8 +249,10 @@ struct AggregationActor {
     link: Link,
     identity: libp2p::identity::Keypair,
     store: Store,
-    /// `aggregation.max_sessions_per_peer`: plans held per coordinator, not yet over.
-    max_sessions_per_peer: u32,
+    /// What one coordinator may make this node hold.
+    quotas: quota::Quotas,
+    /// When joined sessions are next checked for expiry.
+    next_expiry: Instant,
     keys: KeysHandle,
     metrics: NodeMetrics,
     default_profile: Profile,
@@ -296,6 +299,12 @@ pub struct AggregationDeps {
     pub unreachable_after: Duration,
     /// `aggregation.max_sessions_per_peer`.
     pub max_sessions_per_peer: u32,
+    /// `aggregation.max_pending_bytes`.
+    pub max_pending_bytes: u64,
+    /// `aggregation.plans_per_minute_per_peer`.
+    pub plans_per_minute_per_peer: u32,
+    /// `aggregation.expire_grace_secs`.
+    pub expire_grace: Duration,
 }
 
 pub fn spawn(
@@ -312,7 +321,13 @@ pub fn spawn(
             unreachable_after: deps.unreachable_after,
         },
         store: deps.store,
-        max_sessions_per_peer: deps.max_sessions_per_peer,
+        quotas: quota::Quotas::new(
+            deps.max_sessions_per_peer,
+            deps.max_pending_bytes,
+            deps.plans_per_minute_per_peer,
+            deps.expire_grace,
+        ),
+        next_expiry: Instant::now() + quota::EXPIRY_EVERY,
         keys: deps.keys,
         metrics: deps.metrics,
         default_profile: deps.default_profile,
@@ -409,6 +424,7 @@ impl AggregationActor {
         if let Err(e) = self.load() {
             error!(error = %e, "could not load sessions from the store");
         }
+        self.reclaim().await;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -500,6 +516,10 @@ impl AggregationActor {
     }
 
     async fn tick(&mut self) {
+        if Instant::now() >= self.next_expiry {
+            self.next_expiry = Instant::now() + quota::EXPIRY_EVERY;
+            self.expire_joined(now_ms());
+        }
         let active: Vec<String> = self
             .coordinated
             .values()

@@ -175,17 +175,7 @@ impl AggregationActor {
         // A new session is refused while the disk runs low; one already joined (a plan sent
         // again) is answered above, so work in flight goes on.
         self.store.ensure_room()?;
-        let held = self
-            .joined
-            .values()
-            .filter(|j| j.plan.coordinator == from && j.ended.is_none())
-            .count();
-        if held >= self.max_sessions_per_peer as usize {
-            return Err(SessionError::QuotaExceeded(format!(
-                "this node already holds {held} sessions of coordinator {from} that are not \
-                 over (aggregation.max_sessions_per_peer)"
-            )));
-        }
+        self.check_quotas(from, &plan)?;
         let member = plan.member_index(&me);
         if member.is_none() && !plan.is_participant(&me) {
             return Err(SessionError::NotAllowed {
@@ -607,7 +597,7 @@ impl AggregationActor {
 
     /// Drops what only served this node's part in a session: the preparation and, in the key
     /// actor, every secret.
-    fn forget(&mut self, id: &str) {
+    pub(super) fn forget(&mut self, id: &str) {
         self.prepared.remove(id);
         let (keys, session) = (self.keys.clone(), id.to_string());
         self.spawn_work(

@@ -1,0 +1,249 @@
+//! What one coordinator may make this node hold, and for how long: sessions not yet over
+//! (`aggregation.max_sessions_per_peer`), the bytes they hold
+//! (`aggregation.max_pending_bytes`), new plans a minute
+//! (`aggregation.plans_per_minute_per_peer`); joined sessions their coordinator never ended
+//! expire once no coordinator can still run them; and at every start what sessions over or
+//! gone left behind (secrets, upload trees) is removed, so a restart reclaims it.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::*;
+use crate::session::records;
+
+/// How often joined sessions are checked for expiry.
+pub(super) const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) struct Quotas {
+    pub(super) max_sessions_per_peer: u32,
+    pub(super) max_pending_bytes: u64,
+    /// `aggregation.expire_grace_secs`: after a session's three deadlines (plan delivery;
+    /// collecting; closing and decrypting) no coordinator runs it any more; the grace covers
+    /// clocks that differ and a coordinator that restarts late.
+    pub(super) expire_grace_ms: u64,
+    plans_per_minute: u32,
+    plans: DefaultKeyedRateLimiter<String>,
+}
+
+impl Quotas {
+    pub(super) fn new(
+        max_sessions_per_peer: u32,
+        max_pending_bytes: u64,
+        plans_per_minute: u32,
+        expire_grace: Duration,
+    ) -> Self {
+        let n = NonZeroU32::new(plans_per_minute).unwrap_or(NonZeroU32::MIN);
+        Quotas {
+            max_sessions_per_peer,
+            max_pending_bytes,
+            expire_grace_ms: expire_grace.as_millis() as u64,
+            plans_per_minute: n.get(),
+            plans: RateLimiter::hashmap(Quota::per_minute(n)),
+        }
+    }
+}
+
+/// Bytes a session holds on this node until it is over: its plan (stored with this node's
+/// state), as a member one seed bundle per participant, and as a participant its update (the
+/// encryption prepared ahead in memory, then the sealed update on its way out).
+pub(super) fn held_bytes(plan: &SessionPlan, me: &str) -> u64 {
+    let mut bytes = bincode::serialized_size(plan).unwrap_or(u64::MAX);
+    let Ok(context) = plan.context() else {
+        return bytes;
+    };
+    if let Some(member) = plan.member_index(me) {
+        let sets = context.committee().sets_held_by(member).len() as u64;
+        // A bundle: its member, its set indices and their 32-byte seeds, and framing.
+        let bundle = 16 + sets * (4 + 32);
+        bytes = bytes.saturating_add(bundle.saturating_mul(plan.participants.len() as u64));
+    }
+    if plan.is_participant(me) {
+        bytes = bytes.saturating_add(crate::crypto::kahe::wire::update_len(&context) as u64);
+    }
+    bytes
+}
+
+/// When a joined session that never ended is dropped, in Unix milliseconds.
+pub(super) fn expires_at_ms(joined: &Joined, grace_ms: u64) -> u64 {
+    let deadlines = joined.plan.deadline_secs.saturating_mul(3 * 1000);
+    joined
+        .joined_ms
+        .saturating_add(deadlines)
+        .saturating_add(grace_ms)
+}
+
+impl AggregationActor {
+    /// Refuses a new plan from `from` that would take this node over one of that
+    /// coordinator's quotas, before anything is written. A coordinator's own sessions (it
+    /// takes part in them) are its operator's: they count against nothing.
+    pub(super) fn check_quotas(
+        &mut self,
+        from: &str,
+        plan: &SessionPlan,
+    ) -> Result<(), SessionError> {
+        let me = self.me();
+        if from == me {
+            return Ok(());
+        }
+        let held: Vec<&Joined> = self
+            .joined
+            .values()
+            .filter(|j| j.plan.coordinator == from && j.ended.is_none())
+            .collect();
+        let quotas = &self.quotas;
+        if held.len() >= quotas.max_sessions_per_peer as usize {
+            return Err(SessionError::QuotaExceeded(format!(
+                "this node already holds {} sessions of coordinator {from} that are not over \
+                 (aggregation.max_sessions_per_peer)",
+                held.len()
+            )));
+        }
+        let pending: u64 = held.iter().map(|j| held_bytes(&j.plan, &me)).sum();
+        let wanted = held_bytes(plan, &me);
+        if pending.saturating_add(wanted) > quotas.max_pending_bytes {
+            return Err(SessionError::QuotaExceeded(format!(
+                "this session would hold {wanted} bytes on this node, and coordinator {from}'s \
+                 sessions that are not over already hold {pending} of the \
+                 {} allowed (aggregation.max_pending_bytes)",
+                quotas.max_pending_bytes
+            )));
+        }
+        if quotas.plans.check_key(&from.to_string()).is_err() {
+            return Err(SessionError::RateLimited(format!(
+                "coordinator {from} sent more than {} new plans in a minute \
+                 (aggregation.plans_per_minute_per_peer); try again later",
+                quotas.plans_per_minute
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drops the joined sessions their coordinator never ended and no longer can: the
+    /// record, the preparation and every secret.
+    pub(super) fn expire_joined(&mut self, now_ms: u64) {
+        let expired: Vec<String> = self
+            .joined
+            .iter()
+            .filter(|(id, j)| {
+                j.ended.is_none()
+                    && !self.coordinated.contains_key(*id)
+                    && now_ms >= expires_at_ms(j, self.quotas.expire_grace_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            // The record goes first: secrets left by a crash after it are removed at the next
+            // start (`reclaim`), while a record without its secrets would be a session that
+            // can no longer go on.
+            if let Err(e) = self
+                .store
+                .remove(trees::SESSIONS, records::joined(&id).as_bytes())
+            {
+                warn!(session = %id, error = %e, "could not drop an expired session");
+                continue;
+            }
+            let coordinator = self.joined.remove(&id).map(|j| j.plan.coordinator);
+            self.forget(&id);
+            self.metrics.sessions_expired.inc();
+            info!(session = %id, coordinator = ?coordinator,
+                "session expired: its coordinator never ended it within its deadlines");
+        }
+        self.quotas.plans.retain_recent();
+    }
+
+    /// At start: expires what expired while the node was down, deletes the secrets of every
+    /// session that is over or gone (a node that stopped between a session's end and its
+    /// secrets' deletion), and drops the upload trees of sessions this node no longer
+    /// coordinates or that are over.
+    pub(super) async fn reclaim(&mut self) {
+        self.expire_joined(now_ms());
+        let live: BTreeSet<String> = self
+            .joined
+            .iter()
+            .filter(|(_, j)| j.ended.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        match self.keys.keep_only(live).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                sessions = n,
+                "deleted the secrets of sessions that are over"
+            ),
+            Err(e) => warn!(error = %e, "could not delete the secrets of sessions that are over"),
+        }
+        let dead: BTreeSet<String> = self
+            .store
+            .upload_owners(trees::SUBMISSIONS)
+            .into_iter()
+            .filter_map(|owner| owner.split_once('/').map(|(s, _)| s.to_string()))
+            .filter(|s| {
+                self.coordinated
+                    .get(s)
+                    .is_none_or(|c| c.machine.phase.is_terminal())
+            })
+            .collect();
+        for session in dead {
+            self.cleanup(&session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::spec::SessionSpec;
+
+    /// A plan of `peers[1..4]` as committee and the rest as participants, by `peers[0]`.
+    fn plan(peers: &[String], length: u64) -> SessionPlan {
+        let spec = SessionSpec {
+            length: Some(length),
+            committee: peers[1..4].to_vec(),
+            threshold: Some(2),
+            participants: peers[4..].to_vec(),
+            min_participants: Some(2),
+            ..Default::default()
+        };
+        let coordinator: PeerId = peers[0].parse().unwrap();
+        spec.validate(coordinator, Profile::Fast).unwrap()
+    }
+
+    fn peers(n: usize) -> Vec<String> {
+        (0..n).map(|_| PeerId::random().to_string()).collect()
+    }
+
+    #[test]
+    fn a_sessions_held_bytes_grow_with_its_roles_and_length() {
+        let peers = peers(8);
+        let plan = plan(&peers, 100_000);
+        let only_plan = held_bytes(&plan, &PeerId::random().to_string());
+        let member = held_bytes(&plan, &peers[1]);
+        let participant = held_bytes(&plan, &peers[4]);
+        assert!(only_plan > 0);
+        assert!(member > only_plan, "a member holds seeds");
+        let update = crate::crypto::kahe::wire::update_len(&plan.context().unwrap()) as u64;
+        assert_eq!(
+            participant,
+            only_plan + update,
+            "a participant holds its update"
+        );
+        let longer = super::tests::plan(&peers, 200_000);
+        assert!(held_bytes(&longer, &peers[4]) > participant);
+    }
+
+    #[test]
+    fn a_joined_session_expires_after_every_deadline_and_the_grace() {
+        let joined = Joined {
+            joined_ms: 1_000,
+            plan: plan(&peers(6), 10),
+            participant: None,
+            member: None,
+            finished_ms: None,
+            ended: None,
+            failure: None,
+        };
+        let deadline_ms = joined.plan.deadline_secs * 1000;
+        assert_eq!(expires_at_ms(&joined, 7), 1_000 + 3 * deadline_ms + 7);
+    }
+}
