@@ -46,9 +46,10 @@ pub enum NodeError {
 /// and an operator's `kill` should see the process gone within 10 s.
 pub const SHUTDOWN_WITHIN: Duration = Duration::from_secs(8);
 
-/// Watches the store: once a write has failed and the disk has room again, asks the node to
-/// stop (`fatal`) so that it starts again with the store reopened, intact. sled keeps its
-/// first write error for good, so this is the only way back short of an operator's restart.
+/// Watches the store: once a write has failed for want of space and the disk has room again,
+/// asks the node to stop (`fatal`) so that it starts again with the store reopened, intact.
+/// sled keeps its first write error for good, so this is the only way back short of an
+/// operator's restart.
 async fn watch_store(
     store: Store,
     reopen: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -63,7 +64,9 @@ async fn watch_store(
         }
         let health = store.health();
         let room = health.min_free_bytes.max(1 << 20);
-        if !health.writable && health.free_bytes.is_some_and(|free| free >= room) {
+        // Only a disk that was full: one failing otherwise would fail again after a restart,
+        // and restarting in a loop would hide it; it stays not ready for its operator.
+        if store.failed_for_space() && health.free_bytes.is_some_and(|free| free >= room) {
             error!(
                 last_error = health.last_error.as_deref().unwrap_or(""),
                 "the store failed a write and space is back: stopping to reopen it"

@@ -216,6 +216,52 @@ async fn a_node_short_of_disk_refuses_new_work_and_says_it_is_not_ready() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// `api.sessions_per_minute`: every creation attempt counts, a refused one included; one over
+/// the limit is answered 429 `rate_limited` with `Retry-After`, and reading is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_creation_through_the_api_is_rate_limited() {
+    let root = TestRoot::new();
+    let client = client();
+    let node = start_with_env(
+        &root.path().join("limited"),
+        free_port(),
+        "/ip4/127.0.0.1/tcp/0",
+        None,
+        &[("FHENODE__API__SESSIONS_PER_MINUTE", "2")],
+    );
+    peer_id(&client, &node).await;
+    let create = async || {
+        client
+            .post(format!("{}/v1/sessions", node.api))
+            .json(&serde_json::json!({ "committee": [], "participants": [] }))
+            .send()
+            .await
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(create().await.status(), 400);
+    }
+    let refused = create().await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=30).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let refusal: Value = refused.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "rate_limited", "{refusal}");
+    let sessions = client
+        .get(format!("{}/v1/sessions", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sessions.status(), 200);
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_name() {
     let dir = tempfile::tempdir().unwrap();

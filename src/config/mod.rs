@@ -423,7 +423,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             token: None,
             max_body_bytes: 256 * MIB,
-            sessions_per_minute: 600,
+            sessions_per_minute: 60,
         }
     }
 }

@@ -29,6 +29,8 @@ pub(super) fn is_no_space(e: &std::io::Error) -> bool {
 pub(super) struct Health {
     min_free_bytes: AtomicU64,
     failing: AtomicBool,
+    /// Some write failed for want of space since writes last succeeded.
+    failed_for_space: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -72,6 +74,7 @@ impl Health {
     ) -> Result<T, super::StoreError> {
         match &result {
             Ok(_) => {
+                self.failed_for_space.store(false, Ordering::Release);
                 if self.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!("store writes succeed again");
                     if let Ok(mut last) = self.last_error.lock() {
@@ -80,6 +83,9 @@ impl Health {
                 }
             }
             Err(e) if e.kind() != FailureKind::Corrupt => {
+                if e.kind() == FailureKind::NoSpace {
+                    self.failed_for_space.store(true, Ordering::Release);
+                }
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, "a store write failed; the node reports itself not ready until one succeeds");
                 }
@@ -90,6 +96,12 @@ impl Health {
             Err(_) => {}
         }
         result
+    }
+
+    /// Whether writes fail and one of them failed for want of space: the failure that space
+    /// coming back can mend.
+    pub(super) fn failed_for_space(&self) -> bool {
+        self.failing.load(Ordering::Acquire) && self.failed_for_space.load(Ordering::Acquire)
     }
 
     pub(super) fn report(&self, path: &Path) -> StoreHealth {

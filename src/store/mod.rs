@@ -254,6 +254,13 @@ impl Store {
         self.health.report(&self.path)
     }
 
+    /// Whether writes fail and one failed for want of space: what a restart mends once space
+    /// is back (sled keeps its first write error). Another I/O error is a failing disk, which
+    /// restarting would not mend.
+    pub fn failed_for_space(&self) -> bool {
+        self.health.failed_for_space()
+    }
+
     pub fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }

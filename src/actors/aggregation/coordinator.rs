@@ -201,6 +201,16 @@ impl AggregationActor {
         let link = self.link.clone();
         let session = id.to_string();
         let metrics = self.metrics.clone();
+        // End notices are retried until every peer that joined has dropped the session anyway.
+        let give_up_at_ms = quota::expiry_ms(
+            machine.timings.created_ms,
+            plan.deadline_secs,
+            self.quotas.expire_grace_ms,
+        );
+        // Plans are retried until the phase's deadline says whether enough peers stored them.
+        let plan_until_ms = machine
+            .phase_deadline_ms()
+            .unwrap_or_else(|| now_ms().saturating_add(plan.deadline_secs.saturating_mul(1000)));
         match effect {
             CoordinatorEffect::DeliverPlanToMembers(members) => {
                 for member in members {
@@ -210,7 +220,7 @@ impl AggregationActor {
                     };
                     work.push(Box::pin(async move {
                         let msg = AggMsg::Plan { plan };
-                        match link.send_retrying(&peer, &msg).await {
+                        match link.send_plan(&peer, &msg, plan_until_ms).await {
                             Ok(AggReply::Ack) => Some(Internal::Event(
                                 session,
                                 CoordinatorEvent::PlanStored { member },
@@ -234,7 +244,7 @@ impl AggregationActor {
                     let sends = plan
                         .participants
                         .iter()
-                        .map(|p| link.send_retrying(p, &msg));
+                        .map(|p| link.send_plan(p, &msg, plan_until_ms));
                     let results = futures::future::join_all(sends).await;
                     for (peer, r) in plan.participants.iter().zip(results) {
                         if let Err(e) = r {
@@ -429,7 +439,8 @@ impl AggregationActor {
                         notice_outcome(
                             session,
                             peer.clone(),
-                            link.deliver(&peer, || messages::encode(&msg)).await,
+                            link.deliver(&peer, || messages::encode(&msg), give_up_at_ms)
+                                .await,
                         )
                     }));
                 }
@@ -453,7 +464,8 @@ impl AggregationActor {
                         notice_outcome(
                             session,
                             peer.clone(),
-                            link.deliver(&peer, || messages::encode(&ended)).await,
+                            link.deliver(&peer, || messages::encode(&ended), give_up_at_ms)
+                                .await,
                         )
                     }));
                 }
@@ -484,7 +496,7 @@ impl AggregationActor {
                         };
                         let delivered = match first {
                             Err(SessionError::Unreachable { .. }) => {
-                                link.deliver(&peer, || Ok(msg.clone())).await
+                                link.deliver(&peer, || Ok(msg.clone()), give_up_at_ms).await
                             }
                             other => other,
                         };

@@ -6,6 +6,10 @@ use crate::net::{NetError, Request};
 
 pub(super) const SEND_ATTEMPTS: u32 = 8;
 
+/// Longest wait between two attempts of [`Link::send_plan`]: a rate limit refills a plan
+/// within seconds.
+const PLAN_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// Longest wait between two attempts of [`Link::deliver`].
 const NOTICE_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -14,8 +18,9 @@ const BRIEF_ATTEMPTS: u32 = 4;
 
 /// What [`Link::send_briefly`] allows for an answer's size on top of
 /// `p2p.unreachable_after_secs`: a member computes a release (a pass over the session's
-/// length) and sends it, so a large session's answer is given a second per 8 MiB.
-const BRIEF_BYTES_PER_SEC: u64 = 8 << 20;
+/// length) and sends it, so a large session's answer is given a second per 2 MiB (16 Mbit/s:
+/// a 64 MiB release has 37 s, within `p2p.request_timeout_secs`' default of 120 s).
+const BRIEF_BYTES_PER_SEC: u64 = 2 << 20;
 
 /// Everything a background task needs to talk to peers, or to this node through its mailbox.
 #[derive(Clone)]
@@ -93,7 +98,7 @@ impl Link {
     }
 
     /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick
-    /// retries, all within `p2p.unreachable_after_secs` plus [`BRIEF_BYTES_PER_SEC`] of
+    /// retries, all within `p2p.unreachable_after_secs` plus a second per [`BRIEF_BYTES_PER_SEC`] of
     /// `answer_bytes`, since an absent member is replaced rather than waited for. The bound
     /// covers an attempt under way too: a member that is up but frozen (stopped, swapping,
     /// wedged) holds its connection open and would otherwise be waited for until
@@ -126,6 +131,37 @@ impl Link {
                 });
             }
             debug!(%peer, %message, attempt, "retrying");
+            backoff.wait_at_most(left).await;
+        }
+    }
+
+    /// Delivers a plan until the peer stores it or refuses it for good, up to `until_ms`
+    /// (Unix milliseconds: the phase's deadline). Besides transport failures, refusals that
+    /// pass with time are retried: a peer's rate limit or quota on plans
+    /// (`rate_limited`, `quota_exceeded`) and a peer short of disk.
+    pub(super) async fn send_plan(
+        &self,
+        peer: &str,
+        msg: &AggMsg,
+        until_ms: u64,
+    ) -> Result<AggReply, SessionError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), PLAN_RETRY_MAX);
+        loop {
+            let error = match self.send_encoded(peer, messages::encode(msg)?).await {
+                Err(
+                    e @ (SessionError::Unreachable { .. }
+                    | SessionError::Refused {
+                        code: "rate_limited" | "quota_exceeded" | "insufficient_storage",
+                        ..
+                    }),
+                ) => e,
+                other => return other,
+            };
+            let left = Duration::from_millis(until_ms.saturating_sub(now_ms()));
+            if left.is_zero() {
+                return Err(error);
+            }
+            debug!(%peer, %error, "plan not stored yet; retrying");
             backoff.wait_at_most(left).await;
         }
     }
@@ -173,12 +209,15 @@ impl Link {
     }
 
     /// Delivers a notice (a result, an end) until the peer answers, however long it stays
-    /// unreachable: waits grow to [`NOTICE_RETRY_MAX`] and the task ends with the actor.
-    /// Any answer, a refusal included (a peer that never saw the plan), ends the delivery.
+    /// unreachable, up to `give_up_at_ms` (Unix milliseconds: by then the peer has dropped the
+    /// session, see `quota::expires_at_ms`): waits grow to [`NOTICE_RETRY_MAX`], and the task
+    /// ends with the actor. Any answer, a refusal included (a peer that never saw the plan),
+    /// ends the delivery. The first attempt is always made.
     pub(super) async fn deliver(
         &self,
         peer: &str,
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
+        give_up_at_ms: u64,
     ) -> Result<AggReply, SessionError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), NOTICE_RETRY_MAX);
         let mut attempt = 0u32;
@@ -186,10 +225,20 @@ impl Link {
             attempt += 1;
             match self.send_encoded(peer, encode()?).await {
                 Err(SessionError::Unreachable { message, .. }) => {
+                    let left = Duration::from_millis(give_up_at_ms.saturating_sub(now_ms()));
+                    if left.is_zero() {
+                        return Err(SessionError::Unreachable {
+                            peer: peer.to_string(),
+                            message: format!(
+                                "{message}; given up after {attempt} attempts: the peer has \
+                                 dropped the session by now"
+                            ),
+                        });
+                    }
                     if attempt.is_multiple_of(10) {
                         warn!(%peer, %message, attempt, "a notice still waits for its peer");
                     }
-                    backoff.wait().await;
+                    backoff.wait_at_most(left).await;
                 }
                 other => return other,
             }

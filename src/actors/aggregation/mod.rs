@@ -421,10 +421,11 @@ impl AggregationActor {
     }
 
     async fn run(mut self, cancel: CancellationToken) {
-        if let Err(e) = self.load() {
-            error!(error = %e, "could not load sessions from the store");
+        match self.load() {
+            // Only what is known to be over is reclaimed: never after a load that failed.
+            Ok(()) => self.reclaim().await,
+            Err(e) => error!(error = %e, "could not load sessions from the store"),
         }
-        self.reclaim().await;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -476,6 +477,9 @@ impl AggregationActor {
         for joined in self.readable_sessions::<Joined>(records::JOINED)? {
             self.joined.insert(joined.plan.id.clone(), joined);
         }
+        // What expired while the node was down is dropped before anything resumes: resuming
+        // would deliver its seeds again.
+        self.expire_joined(now_ms());
         let ids: Vec<String> = self.joined.keys().cloned().collect();
         for id in ids {
             self.resume_joined(&id);

@@ -153,6 +153,21 @@ impl AggregationActor {
                 crate::session::spec::MAX_LENGTH
             )));
         }
+        // Checked here as the coordinator's API checked them: the id names records and files,
+        // the deadline bounds every wait and the session's expiry.
+        if !crate::session::spec::valid_session_id(&plan.id) {
+            return Err(SessionError::BadInput(format!(
+                "`{}` is not a session id",
+                plan.id
+            )));
+        }
+        let most = crate::session::spec::MAX_DEADLINE_SECS;
+        if plan.deadline_secs == 0 || plan.deadline_secs > most {
+            return Err(SessionError::BadInput(format!(
+                "a deadline of {} s; 1 to {most} are allowed",
+                plan.deadline_secs
+            )));
+        }
         plan.context()?;
         let roster = plan.roster();
         self.policy.check(&roster, &plan.params)?;
@@ -281,10 +296,16 @@ impl AggregationActor {
                     // come quickly, then once a second.
                     let mut backoff =
                         Backoff::new(Duration::from_millis(25), Duration::from_secs(1));
+                    let mut drawn = false;
                     loop {
-                        // The key is drawn and persisted before any seed leaves (once).
+                        // The key is drawn and persisted before any seed leaves, by the first
+                        // try only: a session dropped meanwhile (it ended, or expired) has had
+                        // its key deleted, and must not have one drawn again.
                         let sent = async {
-                            keys.create_key(&session, committee).await?;
+                            if !drawn {
+                                keys.create_key(&session, committee).await?;
+                                drawn = true;
+                            }
                             let bundle = keys.bundle(&session, member).await?;
                             let msg = AggMsg::Seeds {
                                 session: session.clone(),

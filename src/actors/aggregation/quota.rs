@@ -25,6 +25,8 @@ pub(super) struct Quotas {
     pub(super) expire_grace_ms: u64,
     plans_per_minute: u32,
     plans: DefaultKeyedRateLimiter<String>,
+    /// [`held_bytes`] of the joined sessions, by session: a plan is sized once.
+    held: HashMap<String, u64>,
 }
 
 impl Quotas {
@@ -41,6 +43,7 @@ impl Quotas {
             expire_grace_ms: expire_grace.as_millis() as u64,
             plans_per_minute: n.get(),
             plans: RateLimiter::hashmap(Quota::per_minute(n)),
+            held: HashMap::new(),
         }
     }
 }
@@ -67,10 +70,14 @@ pub(super) fn held_bytes(plan: &SessionPlan, me: &str) -> u64 {
 
 /// When a joined session that never ended is dropped, in Unix milliseconds.
 pub(super) fn expires_at_ms(joined: &Joined, grace_ms: u64) -> u64 {
-    let deadlines = joined.plan.deadline_secs.saturating_mul(3 * 1000);
-    joined
-        .joined_ms
-        .saturating_add(deadlines)
+    expiry_ms(joined.joined_ms, joined.plan.deadline_secs, grace_ms)
+}
+
+/// A session known since `since_ms` is over everywhere by this time (Unix milliseconds): its
+/// three deadlines and the grace have passed.
+pub(super) fn expiry_ms(since_ms: u64, deadline_secs: u64, grace_ms: u64) -> u64 {
+    since_ms
+        .saturating_add(deadline_secs.saturating_mul(3 * 1000))
         .saturating_add(grace_ms)
 }
 
@@ -87,20 +94,35 @@ impl AggregationActor {
         if from == me {
             return Ok(());
         }
-        let held: Vec<&Joined> = self
+        // First, and whatever follows: a coordinator over its other quotas must not make this
+        // node size its sessions again for free, plan after plan.
+        if self.quotas.plans.check_key(&from.to_string()).is_err() {
+            return Err(SessionError::RateLimited(format!(
+                "coordinator {from} sent more than {} new plans in a minute \
+                 (aggregation.plans_per_minute_per_peer); try again later",
+                self.quotas.plans_per_minute
+            )));
+        }
+        let quotas = &mut self.quotas;
+        let (mut held, mut pending) = (0usize, 0u64);
+        for j in self
             .joined
             .values()
             .filter(|j| j.plan.coordinator == from && j.ended.is_none())
-            .collect();
-        let quotas = &self.quotas;
-        if held.len() >= quotas.max_sessions_per_peer as usize {
+        {
+            held += 1;
+            let bytes = *quotas
+                .held
+                .entry(j.plan.id.clone())
+                .or_insert_with(|| held_bytes(&j.plan, &me));
+            pending = pending.saturating_add(bytes);
+        }
+        if held >= quotas.max_sessions_per_peer as usize {
             return Err(SessionError::QuotaExceeded(format!(
-                "this node already holds {} sessions of coordinator {from} that are not over \
-                 (aggregation.max_sessions_per_peer)",
-                held.len()
+                "this node already holds {held} sessions of coordinator {from} that are not \
+                 over (aggregation.max_sessions_per_peer)"
             )));
         }
-        let pending: u64 = held.iter().map(|j| held_bytes(&j.plan, &me)).sum();
         let wanted = held_bytes(plan, &me);
         if pending.saturating_add(wanted) > quotas.max_pending_bytes {
             return Err(SessionError::QuotaExceeded(format!(
@@ -108,13 +130,6 @@ impl AggregationActor {
                  sessions that are not over already hold {pending} of the \
                  {} allowed (aggregation.max_pending_bytes)",
                 quotas.max_pending_bytes
-            )));
-        }
-        if quotas.plans.check_key(&from.to_string()).is_err() {
-            return Err(SessionError::RateLimited(format!(
-                "coordinator {from} sent more than {} new plans in a minute \
-                 (aggregation.plans_per_minute_per_peer); try again later",
-                quotas.plans_per_minute
             )));
         }
         Ok(())
@@ -145,25 +160,38 @@ impl AggregationActor {
                 continue;
             }
             let coordinator = self.joined.remove(&id).map(|j| j.plan.coordinator);
+            self.quotas.held.remove(&id);
             self.forget(&id);
             self.metrics.sessions_expired.inc();
             info!(session = %id, coordinator = ?coordinator,
                 "session expired: its coordinator never ended it within its deadlines");
         }
         self.quotas.plans.retain_recent();
+        let joined = &self.joined;
+        self.quotas
+            .held
+            .retain(|id, _| joined.get(id).is_some_and(|j| j.ended.is_none()));
     }
 
-    /// At start: expires what expired while the node was down, deletes the secrets of every
-    /// session that is over or gone (a node that stopped between a session's end and its
-    /// secrets' deletion), and drops the upload trees of sessions this node no longer
-    /// coordinates or that are over.
+    /// At start, after the sessions are loaded (and what expired while the node was down is
+    /// dropped): deletes the secrets of every session that is over or gone (a node that
+    /// stopped between a session's end and its secrets' deletion), and drops the upload trees
+    /// of sessions that are over or that this node does not coordinate. A session whose record
+    /// cannot be read is left alone: it may be live.
     pub(super) async fn reclaim(&mut self) {
-        self.expire_joined(now_ms());
+        let unreadable = match self.unreadable_sessions() {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(error = %e, "cannot list the stored sessions; nothing is reclaimed");
+                return;
+            }
+        };
         let live: BTreeSet<String> = self
             .joined
             .iter()
             .filter(|(_, j)| j.ended.is_none())
             .map(|(id, _)| id.clone())
+            .chain(unreadable.iter().cloned())
             .collect();
         match self.keys.keep_only(live).await {
             Ok(0) => {}
@@ -179,14 +207,34 @@ impl AggregationActor {
             .into_iter()
             .filter_map(|owner| owner.split_once('/').map(|(s, _)| s.to_string()))
             .filter(|s| {
-                self.coordinated
-                    .get(s)
-                    .is_none_or(|c| c.machine.phase.is_terminal())
+                !unreadable.contains(s)
+                    && self
+                        .coordinated
+                        .get(s)
+                        .is_none_or(|c| c.machine.phase.is_terminal())
             })
             .collect();
         for session in dead {
             self.cleanup(&session);
         }
+    }
+
+    /// The ids of stored sessions (joined or coordinated) that did not load.
+    fn unreadable_sessions(&self) -> Result<BTreeSet<String>, SessionError> {
+        let mut ids = BTreeSet::new();
+        for (prefix, loaded) in [
+            (records::JOINED, self.joined.keys().collect::<BTreeSet<_>>()),
+            (records::COORDINATED, self.coordinated.keys().collect()),
+        ] {
+            for key in self.store.tree(trees::SESSIONS)?.scan_prefix(prefix).keys() {
+                let key = key?;
+                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                if !loaded.contains(&id) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
     }
 }
 
