@@ -78,11 +78,15 @@ async fn send(nodes: &[Node], to: usize, plan: &SessionPlan) -> Result<(), (Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_kept() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    // Room for two updates of 200,000 values with their plans, not three.
+    // Node 1 is a member and a participant of each plan: a session of 200,000 values holds its
+    // update and its result (8 bytes a value), and a few kilobytes of plan and seeds. Room for
+    // two such sessions and half a result, not three, nor two and one that is over.
     let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
     let update = update_len(&plan_of(&peers, "x", 200_000, 60).context().unwrap()) as u64;
+    let result = 8 * 200_000;
+    let room = 2 * (update + result) + result / 2 + (64 << 10);
     let nodes = network(&dirs, |i, c| match i {
-        1 => c.aggregation.max_pending_bytes = update * 5 / 2,
+        1 => c.aggregation.max_pending_bytes = room,
         2 => c.aggregation.plans_per_minute_per_peer = 3,
         _ => {}
     })
@@ -101,6 +105,26 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
     assert!(message.contains("max_pending_bytes"), "{message}");
     let unknown = nodes[1].aggregation.get("big2").await.unwrap_err();
     assert_eq!(unknown.code(), "unknown_session");
+
+    // Once big0 is over, what it still holds (its plan, its result) makes room for big2: it is
+    // dropped, the oldest of the coordinator's sessions that are over.
+    let ended = AggMsg::Ended {
+        session: "big0".into(),
+        reason: Some("ended early".into()),
+    };
+    let request = Request::Aggregation(messages::encode(&ended).unwrap());
+    let answer = nodes[0].network.request(nodes[1].peer_id, request).await;
+    assert!(matches!(answer, Ok(Response::Aggregation(_))), "{answer:?}");
+    assert_eq!(
+        nodes[1].aggregation.get("big0").await.unwrap().phase,
+        Phase::Failed
+    );
+    send(&nodes, 1, &plan(&nodes, "big2", 200_000, 60))
+        .await
+        .unwrap();
+    let dropped = nodes[1].aggregation.get("big0").await.unwrap_err();
+    assert_eq!(dropped.code(), "unknown_session");
+    assert!(nodes[1].aggregation.get("big1").await.is_ok());
     send(&nodes, 1, &plan(&nodes, "small", 1_000, 60))
         .await
         .unwrap();

@@ -217,9 +217,10 @@ pub struct AggregationConfig {
     /// Sessions not yet over that one coordinator may have this node hold state for (as a
     /// member or participant); a plan beyond them is refused with 429 `quota_exceeded`.
     pub max_sessions_per_peer: u32,
-    /// Bytes that one coordinator's sessions, not yet over, may have this node hold: each
-    /// plan, a member's seeds and a participant's update; a plan beyond them is refused with
-    /// 429 `quota_exceeded`.
+    /// Bytes that one coordinator's sessions may have this node hold: plans and a
+    /// participant's results while kept, a member's seeds and a participant's update until a
+    /// session is over. Sessions that are over are dropped, oldest first, to make room; a plan
+    /// that does not fit even then is refused with 429 `quota_exceeded`.
     pub max_pending_bytes: u64,
     /// New plans one coordinator may send per minute, in bursts of as many; one more is
     /// refused with 429 `rate_limited` (the coordinator retries it until its deadline).

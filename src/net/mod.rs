@@ -196,6 +196,12 @@ struct NetworkActor {
     >,
     answering: FuturesUnordered<PendingInbound>,
     last_bootstrap: Option<Instant>,
+    /// When the next Kademlia bootstrap is due, and the wait after it: 1 s after a new
+    /// fhenode peer is identified, doubling to [`BOOTSTRAP_EVERY`]. A peer's answer to a
+    /// bootstrap lists only the peers it knew then: peers that joined at the same moment
+    /// find each other on the next one, seconds later rather than half a minute.
+    next_bootstrap: tokio::time::Instant,
+    bootstrap_wait: Duration,
     topic: gossipsub::IdentTopic,
     book: book::AddressBook,
 }
@@ -281,6 +287,8 @@ pub fn spawn(
         pending: HashMap::new(),
         answering: FuturesUnordered::new(),
         last_bootstrap: None,
+        next_bootstrap: tokio::time::Instant::now() + BOOTSTRAP_SOON,
+        bootstrap_wait: BOOTSTRAP_SOON,
         topic,
         book,
     };
@@ -361,9 +369,13 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+/// Longest wait between two Kademlia bootstraps.
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+/// The first wait after a new fhenode peer is identified (see `next_bootstrap`).
+const BOOTSTRAP_SOON: Duration = Duration::from_secs(1);
+
 impl NetworkActor {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut bootstrap_tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -377,7 +389,11 @@ impl NetworkActor {
                         debug!("peer went away before its answer was ready");
                     }
                 }
-                _ = bootstrap_tick.tick() => self.bootstrap(),
+                _ = tokio::time::sleep_until(self.next_bootstrap) => {
+                    self.bootstrap();
+                    self.bootstrap_wait = (self.bootstrap_wait * 2).min(BOOTSTRAP_EVERY);
+                    self.next_bootstrap = tokio::time::Instant::now() + self.bootstrap_wait;
+                }
                 Some(written) = self.book.writes.join_next(), if !self.book.writes.is_empty() => {
                     if let Err(e) = written {
                         warn!(error = %e, "an address-book write did not finish");
@@ -514,6 +530,8 @@ impl NetworkActor {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                         }
                         self.bootstrap();
+                        self.bootstrap_wait = BOOTSTRAP_SOON;
+                        self.next_bootstrap = tokio::time::Instant::now() + BOOTSTRAP_SOON;
                     }
                 }
             }

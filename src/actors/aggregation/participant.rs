@@ -190,7 +190,6 @@ impl AggregationActor {
         // A new session is refused while the disk runs low; one already joined (a plan sent
         // again) is answered above, so work in flight goes on.
         self.store.ensure_room()?;
-        self.check_quotas(from, &plan)?;
         let member = plan.member_index(&me);
         if member.is_none() && !plan.is_participant(&me) {
             return Err(SessionError::NotAllowed {
@@ -199,6 +198,8 @@ impl AggregationActor {
                 session: plan.id.clone(),
             });
         }
+        // Last of the checks: it may drop sessions that are over to make room.
+        self.check_quotas(from, &plan)?;
         let (participant, effects) = if plan.is_participant(&me) {
             let (state, effects) = ParticipantState::join(roster.clone());
             (Some(state), effects)

@@ -13,6 +13,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::*;
 use crate::session::records;
 
+/// A result's bytes beside its values: ids, counts, shapes.
+const RESULT_FRAME: u64 = 4096;
+
 /// How often joined sessions are checked for expiry.
 pub(super) const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
@@ -25,8 +28,9 @@ pub(super) struct Quotas {
     pub(super) expire_grace_ms: u64,
     plans_per_minute: u32,
     plans: DefaultKeyedRateLimiter<String>,
-    /// [`held_bytes`] of the joined sessions, by session: a plan is sized once.
-    held: HashMap<String, u64>,
+    /// [`held_bytes`] of the joined sessions, by session, with whether it was over: a plan is
+    /// sized once in each state.
+    held: HashMap<String, (bool, u64)>,
 }
 
 impl Quotas {
@@ -48,14 +52,21 @@ impl Quotas {
     }
 }
 
-/// Bytes a session holds on this node until it is over: its plan (stored with this node's
-/// state), as a member one seed bundle per participant, and as a participant its update (the
-/// encryption prepared ahead in memory, then the sealed update on its way out).
-pub(super) fn held_bytes(plan: &SessionPlan, me: &str) -> u64 {
+/// Bytes a session holds on this node: its plan (stored with this node's state) and, as a
+/// participant, its result (8 bytes a value at most) for as long as the record is kept; until
+/// it is over, also as a member one seed bundle per participant, and as a participant its
+/// update (the encryption prepared ahead in memory, then the sealed update on its way out).
+pub(super) fn held_bytes(plan: &SessionPlan, me: &str, over: bool) -> u64 {
     let mut bytes = bincode::serialized_size(plan).unwrap_or(u64::MAX);
+    if plan.is_participant(me) {
+        bytes = bytes.saturating_add(plan.length.saturating_mul(8).saturating_add(RESULT_FRAME));
+    }
     let Ok(context) = plan.context() else {
         return bytes;
     };
+    if over {
+        return bytes;
+    }
     if let Some(member) = plan.member_index(me) {
         let sets = context.committee().sets_held_by(member).len() as u64;
         // A bundle: its member, its set indices and their 32-byte seeds, and framing.
@@ -104,34 +115,69 @@ impl AggregationActor {
             )));
         }
         let quotas = &mut self.quotas;
-        let (mut held, mut pending) = (0usize, 0u64);
-        for j in self
-            .joined
-            .values()
-            .filter(|j| j.plan.coordinator == from && j.ended.is_none())
-        {
-            held += 1;
-            let bytes = *quotas
-                .held
-                .entry(j.plan.id.clone())
-                .or_insert_with(|| held_bytes(&j.plan, &me));
+        let (mut open, mut pending) = (0usize, 0u64);
+        // Sessions of this coordinator that are over, oldest first: what may make room.
+        let mut over: Vec<(u64, String, u64)> = Vec::new();
+        for j in self.joined.values().filter(|j| j.plan.coordinator == from) {
+            let ended = j.ended.is_some();
+            let cached = quotas.held.get(&j.plan.id).filter(|(o, _)| *o == ended);
+            let bytes = match cached {
+                Some((_, bytes)) => *bytes,
+                None => {
+                    let bytes = held_bytes(&j.plan, &me, ended);
+                    quotas.held.insert(j.plan.id.clone(), (ended, bytes));
+                    bytes
+                }
+            };
             pending = pending.saturating_add(bytes);
+            if ended {
+                over.push((j.finished_ms.unwrap_or(0), j.plan.id.clone(), bytes));
+            } else {
+                open += 1;
+            }
         }
-        if held >= quotas.max_sessions_per_peer as usize {
+        if open >= quotas.max_sessions_per_peer as usize {
             return Err(SessionError::QuotaExceeded(format!(
-                "this node already holds {held} sessions of coordinator {from} that are not \
+                "this node already holds {open} sessions of coordinator {from} that are not \
                  over (aggregation.max_sessions_per_peer)"
             )));
         }
-        let wanted = held_bytes(plan, &me);
-        if pending.saturating_add(wanted) > quotas.max_pending_bytes {
+        let wanted = held_bytes(plan, &me, false);
+        let max = quotas.max_pending_bytes;
+        over.sort();
+        let mut room_from = Vec::new();
+        let mut freed = 0u64;
+        for (_, id, bytes) in over {
+            if pending.saturating_sub(freed).saturating_add(wanted) <= max {
+                break;
+            }
+            freed = freed.saturating_add(bytes);
+            room_from.push(id);
+        }
+        if pending.saturating_sub(freed).saturating_add(wanted) > max {
             return Err(SessionError::QuotaExceeded(format!(
                 "this session would hold {wanted} bytes on this node, and coordinator {from}'s \
-                 sessions that are not over already hold {pending} of the \
-                 {} allowed (aggregation.max_pending_bytes)",
-                quotas.max_pending_bytes
+                 sessions already hold {pending} of the {max} allowed, {freed} of them in \
+                 sessions that are over (aggregation.max_pending_bytes)"
             )));
         }
+        for id in room_from {
+            self.drop_over(&id, from)?;
+        }
+        Ok(())
+    }
+
+    /// Drops a session that is over, its record and its result, to make room for its
+    /// coordinator's next one.
+    fn drop_over(&mut self, id: &str, coordinator: &str) -> Result<(), SessionError> {
+        self.store.remove(trees::RESULTS, id.as_bytes())?;
+        self.store
+            .remove(trees::SESSIONS, records::joined(id).as_bytes())?;
+        self.joined.remove(id);
+        self.quotas.held.remove(id);
+        info!(session = %id, %coordinator,
+            "dropped a session that is over, with its result, to make room for its coordinator's \
+             next one (aggregation.max_pending_bytes)");
         Ok(())
     }
 
@@ -168,9 +214,7 @@ impl AggregationActor {
         }
         self.quotas.plans.retain_recent();
         let joined = &self.joined;
-        self.quotas
-            .held
-            .retain(|id, _| joined.get(id).is_some_and(|j| j.ended.is_none()));
+        self.quotas.held.retain(|id, _| joined.contains_key(id));
     }
 
     /// At start, after the sessions are loaded (and what expired while the node was down is
@@ -262,22 +306,30 @@ mod tests {
     }
 
     #[test]
-    fn a_sessions_held_bytes_grow_with_its_roles_and_length() {
+    fn a_sessions_held_bytes_grow_with_its_roles_and_length_and_shrink_when_it_is_over() {
         let peers = peers(8);
         let plan = plan(&peers, 100_000);
-        let only_plan = held_bytes(&plan, &PeerId::random().to_string());
-        let member = held_bytes(&plan, &peers[1]);
-        let participant = held_bytes(&plan, &peers[4]);
+        let stranger = PeerId::random().to_string();
+        let only_plan = held_bytes(&plan, &stranger, false);
         assert!(only_plan > 0);
-        assert!(member > only_plan, "a member holds seeds");
-        let update = crate::crypto::kahe::wire::update_len(&plan.context().unwrap()) as u64;
-        assert_eq!(
-            participant,
-            only_plan + update,
-            "a participant holds its update"
+        assert_eq!(held_bytes(&plan, &stranger, true), only_plan);
+        // peers[1] is a member only, peers[4] a participant only.
+        assert!(
+            held_bytes(&plan, &peers[1], false) > only_plan,
+            "a member holds seeds"
         );
+        assert_eq!(
+            held_bytes(&plan, &peers[1], true),
+            only_plan,
+            "until the end"
+        );
+        let update = crate::crypto::kahe::wire::update_len(&plan.context().unwrap()) as u64;
+        let result = 8 * 100_000 + RESULT_FRAME;
+        let participant = held_bytes(&plan, &peers[4], false);
+        assert_eq!(participant, only_plan + update + result);
+        assert_eq!(held_bytes(&plan, &peers[4], true), only_plan + result);
         let longer = super::tests::plan(&peers, 200_000);
-        assert!(held_bytes(&longer, &peers[4]) > participant);
+        assert!(held_bytes(&longer, &peers[4], false) > participant);
     }
 
     #[test]
