@@ -150,3 +150,54 @@ async fn a_failed_start_stops_what_it_had_started() {
         .unwrap_or_else(|e| panic!("the failed start still holds the data directory: {e}"));
     node.shutdown().await.unwrap();
 }
+
+/// A node started without bootstrap peers (the first node of a network) that restarts, at
+/// another port, finds its peers by itself: it redials the addresses its address book
+/// recorded (#18 item 3), where before it waited to be found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_without_bootstrap_peers_redials_the_peers_it_knew() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = Node::start(loopback_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
+    let boot = dial_address(&first, Duration::from_secs(10)).await.unwrap();
+    let second = Node::start(loopback_config(dirs[1].path(), vec![boot]))
+        .await
+        .unwrap();
+    let nodes = vec![first, second];
+    wait_for_full_mesh(&nodes, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut nodes = nodes.into_iter();
+    let (first, second) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let first_id = first.peer_id;
+    // The book is written as peers identify themselves: give it a moment, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.shutdown().await.unwrap();
+
+    let again = Node::start(loopback_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(again.peer_id, first_id);
+    let start = std::time::Instant::now();
+    loop {
+        let peers = again.network.peers().await.unwrap();
+        if peers
+            .iter()
+            .any(|p| p.peer_id == second.peer_id.to_string())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted node never found the peer it knew"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "back in the mesh {} ms after its start",
+        start.elapsed().as_millis()
+    );
+    again.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
