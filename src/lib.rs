@@ -18,6 +18,7 @@ pub mod inference;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod runtime;
 pub mod session;
 pub mod store;
 pub mod telemetry;

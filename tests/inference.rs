@@ -9,7 +9,7 @@ use std::time::Duration;
 use fhenode::crypto::inference::{Activation, Layer, MlpConfig, MlpParams, Model, QuantizedModel};
 use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh};
 use fhenode::inference::messages::KEY_PIECE_BYTES;
-use fhenode::inference::{InferError, ModelOptions, Scheme};
+use fhenode::inference::{InferenceActorError, ModelOptions, Scheme};
 use fhenode::node::Node;
 use rand::{Rng, SeedableRng};
 
@@ -156,7 +156,10 @@ async fn encrypted_inference_across_two_nodes() {
         .decrypt(&other.fhe_context_id, out.encrypted_result.clone())
         .await
         .unwrap_err();
-    assert!(matches!(foreign, InferError::WrongContext(_)), "{foreign}");
+    assert!(
+        matches!(foreign, InferenceActorError::WrongContext(_)),
+        "{foreign}"
+    );
     let garbage = client
         .inference
         .infer(&ctx.fhe_context_id, "affine", model_node, vec![1, 2, 3])
@@ -169,7 +172,7 @@ async fn encrypted_inference_across_two_nodes() {
         .await
         .unwrap_err();
     assert!(
-        matches!(missing, InferError::UnknownContext(_)),
+        matches!(missing, InferenceActorError::UnknownContext(_)),
         "{missing}"
     );
     let bad_model = Model {
@@ -231,7 +234,7 @@ async fn encrypted_inference_across_two_nodes() {
         .infer(&ctx.fhe_context_id, "mlp", None, cts.clone())
         .await
         .unwrap_err();
-    assert!(matches!(over, InferError::OverBudget(_)), "{over}");
+    assert!(matches!(over, InferenceActorError::OverBudget(_)), "{over}");
     assert_eq!((over.code(), over.http_status()), ("over_budget", 413));
     assert!(
         over.to_string()

@@ -24,8 +24,8 @@ use crate::crypto::inference::{
 };
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::{
-    check_model_name, ContextInfo, Decrypted, InferError, InferOutcome, ModelInfo, ModelOptions,
-    ModelRecord, ModelSpec, Scheme,
+    check_model_name, ContextInfo, Decrypted, InferOutcome, InferenceActorError, ModelInfo,
+    ModelOptions, ModelRecord, ModelSpec, Scheme,
 };
 use crate::metrics::{InferenceLabels, NodeMetrics, SchemeLabels};
 use crate::net::{NetworkHandle, Request, Response};
@@ -79,7 +79,7 @@ pub struct InferenceStatus {
     pub cached_eval_keys: usize,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, InferError>>;
+type Reply<T> = oneshot::Sender<Result<T, InferenceActorError>>;
 
 enum Command {
     Status(oneshot::Sender<InferenceStatus>),
@@ -140,7 +140,7 @@ enum Internal {
     /// stale), or refused.
     EvalKeyStored {
         slot: String,
-        outcome: Result<(), InferError>,
+        outcome: Result<(), InferenceActorError>,
     },
 }
 
@@ -169,9 +169,9 @@ pub struct InferenceHandle {
     mailbox: Mailbox<Command>,
 }
 
-fn gone(e: ActorError) -> InferError {
+fn gone(e: ActorError) -> InferenceActorError {
     let _ = stopped(e);
-    InferError::Unavailable("the inference actor")
+    InferenceActorError::Unavailable("the inference actor")
 }
 
 impl InferenceHandle {
@@ -185,19 +185,19 @@ impl InferenceHandle {
         self.mailbox.ask(Command::Status).await
     }
     /// A new client context: parameters and a fresh secret key, kept on this node.
-    pub async fn create_context(&self, scheme: Scheme) -> Result<ContextInfo, InferError> {
+    pub async fn create_context(&self, scheme: Scheme) -> Result<ContextInfo, InferenceActorError> {
         self.mailbox
             .ask(|r| Command::CreateContext(scheme, r))
             .await
             .map_err(gone)?
     }
-    pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>, InferError> {
+    pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>, InferenceActorError> {
         self.mailbox
             .ask(Command::ListContexts)
             .await
             .map_err(gone)?
     }
-    pub async fn delete_context(&self, id: &str) -> Result<(), InferError> {
+    pub async fn delete_context(&self, id: &str) -> Result<(), InferenceActorError> {
         let id = id.to_string();
         self.mailbox
             .ask(|r| Command::DeleteContext(id, r))
@@ -212,7 +212,7 @@ impl InferenceHandle {
         model: Model,
         options: ModelOptions,
         replace: bool,
-    ) -> Result<ModelInfo, InferError> {
+    ) -> Result<ModelInfo, InferenceActorError> {
         let record = ModelRecord {
             name: name.to_string(),
             model,
@@ -224,7 +224,7 @@ impl InferenceHandle {
             .await
             .map_err(gone)?
     }
-    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, InferError> {
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, InferenceActorError> {
         self.mailbox.ask(Command::ListModels).await.map_err(gone)?
     }
     /// The scheme, parameter set and inputs of `model` on `peer` (`None`: this node), which a
@@ -233,7 +233,7 @@ impl InferenceHandle {
         &self,
         model: &str,
         peer: Option<PeerId>,
-    ) -> Result<ModelSpec, InferError> {
+    ) -> Result<ModelSpec, InferenceActorError> {
         let model = model.to_string();
         self.mailbox
             .ask(|reply| Command::Spec { model, peer, reply })
@@ -248,7 +248,7 @@ impl InferenceHandle {
         model: &str,
         peer: Option<PeerId>,
         rows: Vec<Vec<f32>>,
-    ) -> Result<Vec<u8>, InferError> {
+    ) -> Result<Vec<u8>, InferenceActorError> {
         let (context, model) = (context.to_string(), model.to_string());
         self.mailbox
             .ask(|reply| Command::Encrypt {
@@ -269,7 +269,7 @@ impl InferenceHandle {
         model: &str,
         peer: Option<PeerId>,
         batch: Vec<u8>,
-    ) -> Result<InferOutcome, InferError> {
+    ) -> Result<InferOutcome, InferenceActorError> {
         let (context, model) = (context.to_string(), model.to_string());
         self.mailbox
             .ask(|reply| Command::Infer {
@@ -283,7 +283,11 @@ impl InferenceHandle {
             .map_err(gone)?
     }
     /// Decrypts a result batch with `context`'s key.
-    pub async fn decrypt(&self, context: &str, batch: Vec<u8>) -> Result<Decrypted, InferError> {
+    pub async fn decrypt(
+        &self,
+        context: &str,
+        batch: Vec<u8>,
+    ) -> Result<Decrypted, InferenceActorError> {
         let context = context.to_string();
         self.mailbox
             .ask(|reply| Command::Decrypt {
@@ -302,7 +306,7 @@ impl InferenceHandle {
         model: Model,
         options: ModelOptions,
         rows: Vec<Vec<f32>>,
-    ) -> Result<InferOutcome, InferError> {
+    ) -> Result<InferOutcome, InferenceActorError> {
         let context = context.to_string();
         self.mailbox
             .ask(|reply| Command::Inline {
@@ -370,7 +374,10 @@ struct CompiledModel {
 }
 
 impl CompiledModel {
-    fn compile(record: &ModelRecord, rows: Option<&[Vec<f32>]>) -> Result<Self, InferError> {
+    fn compile(
+        record: &ModelRecord,
+        rows: Option<&[Vec<f32>]>,
+    ) -> Result<Self, InferenceActorError> {
         check_model_name(&record.name)?;
         let model = &record.model;
         model.validate()?;
@@ -575,18 +582,22 @@ fn new_context_id() -> String {
 async fn on_pool<T: Send + 'static>(
     pool: &Semaphore,
     metrics: &NodeMetrics,
-    job: impl FnOnce() -> Result<T, InferError> + Send + 'static,
-) -> Result<T, InferError> {
+    job: impl FnOnce() -> Result<T, InferenceActorError> + Send + 'static,
+) -> Result<T, InferenceActorError> {
     metrics.inference_queue_depth.inc();
     let permit = pool.acquire().await;
     metrics.inference_queue_depth.dec();
-    let _permit = permit.map_err(|_| InferError::Unavailable("the inference pool"))?;
+    let _permit = permit.map_err(|_| InferenceActorError::Unavailable("the inference pool"))?;
     tokio::task::spawn_blocking(job)
         .await
-        .map_err(|_| InferError::Unavailable("an inference worker (it panicked)"))?
+        .map_err(|_| InferenceActorError::Unavailable("an inference worker (it panicked)"))?
 }
 
-fn count(metrics: &NodeMetrics, scheme: &'static str, result: &Result<impl Sized, InferError>) {
+fn count(
+    metrics: &NodeMetrics,
+    scheme: &'static str,
+    result: &Result<impl Sized, InferenceActorError>,
+) {
     count_outcome(
         metrics,
         scheme,
@@ -653,7 +664,7 @@ impl InferenceActor {
                     .store
                     .scan_prefix::<ContextRecord>(trees::CONTEXTS, b"ctx/")
                     .map(|all| all.into_iter().map(|(_, r)| r.info.clone()).collect())
-                    .map_err(InferError::from);
+                    .map_err(InferenceActorError::from);
                 let _ = reply.send(list);
             }
             Command::DeleteContext(id, reply) => {
@@ -738,7 +749,7 @@ impl InferenceActor {
         self.spawn(async move {
             let id = new_context_id();
             // Key generation takes seconds for mlp (the evaluation key): off the executor.
-            let made = tokio::task::spawn_blocking(move || -> Result<_, InferError> {
+            let made = tokio::task::spawn_blocking(move || -> Result<_, InferenceActorError> {
                 let created_ms = crate::session::now_ms();
                 let (key, params, secret, eval_key) = match scheme {
                     Scheme::Linear => {
@@ -784,7 +795,9 @@ impl InferenceActor {
                 Ok(ClientContext { info, key })
             })
             .await
-            .unwrap_or(Err(InferError::Unavailable("key generation (it panicked)")));
+            .unwrap_or(Err(InferenceActorError::Unavailable(
+                "key generation (it panicked)",
+            )));
             let answer = match made {
                 Ok(ctx) => {
                     let info = ctx.info.clone();
@@ -799,7 +812,7 @@ impl InferenceActor {
         });
     }
 
-    fn delete_context(&mut self, id: &str) -> Result<(), InferError> {
+    fn delete_context(&mut self, id: &str) -> Result<(), InferenceActorError> {
         self.context(id)?;
         self.contexts.remove(id);
         self.store.remove(trees::CONTEXTS, &ctx_key(id))?;
@@ -810,14 +823,14 @@ impl InferenceActor {
     }
 
     /// A context of this node, from memory or the store.
-    fn context(&mut self, id: &str) -> Result<ClientContext, InferError> {
+    fn context(&mut self, id: &str) -> Result<ClientContext, InferenceActorError> {
         if let Some(c) = self.contexts.get(id) {
             return Ok(c.clone());
         }
         let record: ContextRecord = self
             .store
             .get(trees::CONTEXTS, &ctx_key(id))?
-            .ok_or_else(|| InferError::UnknownContext(id.to_string()))?;
+            .ok_or_else(|| InferenceActorError::UnknownContext(id.to_string()))?;
         let key = match record.info.scheme {
             Scheme::Linear => ClientKey::Linear(Arc::new(LinearClientKey::from_secret_bytes(
                 &record.secret,
@@ -842,7 +855,7 @@ impl InferenceActor {
             let answer = tokio::task::spawn_blocking(move || {
                 let exists = store.get_bytes(trees::MODELS, record.name.as_bytes())?;
                 if exists.is_some() && !replace {
-                    return Err(InferError::Duplicate(format!(
+                    return Err(InferenceActorError::Duplicate(format!(
                         "model `{}` exists; register with `?replace=true` to replace it",
                         record.name
                     )));
@@ -854,14 +867,14 @@ impl InferenceActor {
                 Ok(compiled.info)
             })
             .await
-            .unwrap_or(Err(InferError::Unavailable(
+            .unwrap_or(Err(InferenceActorError::Unavailable(
                 "model compilation (it panicked)",
             )));
             let _ = reply.send(answer);
         });
     }
 
-    fn list_models(&mut self) -> Result<Vec<ModelInfo>, InferError> {
+    fn list_models(&mut self) -> Result<Vec<ModelInfo>, InferenceActorError> {
         let names: Vec<String> = self
             .store
             .scan_prefix::<ModelRecord>(trees::MODELS, b"")?
@@ -875,11 +888,11 @@ impl InferenceActor {
     }
 
     /// A registered model, compiled (cached until the record changes).
-    fn model(&mut self, name: &str) -> Result<Arc<CompiledModel>, InferError> {
+    fn model(&mut self, name: &str) -> Result<Arc<CompiledModel>, InferenceActorError> {
         let record: ModelRecord = self
             .store
             .get(trees::MODELS, name.as_bytes())?
-            .ok_or_else(|| InferError::UnknownModel(name.to_string()))?;
+            .ok_or_else(|| InferenceActorError::UnknownModel(name.to_string()))?;
         if let Some(m) = self.models.get(name) {
             if m.info.created_ms == record.created_ms {
                 return Ok(m.clone());
@@ -936,7 +949,7 @@ impl InferenceActor {
                     encrypt_rows(&ctx, &spec, &rows).map(|b| b.to_bytes())
                 })
                 .await
-                .map_err(|_| InferError::Unavailable("encryption (it panicked)"))?
+                .map_err(|_| InferenceActorError::Unavailable("encryption (it panicked)"))?
             }
             .await;
             let _ = reply.send(answer);
@@ -945,10 +958,10 @@ impl InferenceActor {
 
     /// The spec of a model on this node, or `None` when it lives on a peer.
     /// Refuses up front a model whose evaluation key would not fit the memory budget.
-    fn check_budget(&self, params: MlpParams) -> Result<(), InferError> {
+    fn check_budget(&self, params: MlpParams) -> Result<(), InferenceActorError> {
         let need = params.server_key_bytes();
         if need > self.limits.memory_budget_bytes {
-            return Err(InferError::OverBudget(format!(
+            return Err(InferenceActorError::OverBudget(format!(
                 "the evaluation key needs about {need} bytes loaded; the budget is {}",
                 self.limits.memory_budget_bytes
             )));
@@ -960,7 +973,7 @@ impl InferenceActor {
         &mut self,
         model: &str,
         peer: Option<PeerId>,
-    ) -> Option<Result<InputSpec, InferError>> {
+    ) -> Option<Result<InputSpec, InferenceActorError>> {
         match peer {
             Some(p) if p != self.me => None,
             _ => Some(self.model(model).map(|m| m.spec())),
@@ -1031,7 +1044,9 @@ impl InferenceActor {
             Ok((ctx, parsed)) => self.spawn(async move {
                 let answer = tokio::task::spawn_blocking(move || decrypt_rows(&ctx, &parsed))
                     .await
-                    .unwrap_or(Err(InferError::Unavailable("decryption (it panicked)")));
+                    .unwrap_or(Err(InferenceActorError::Unavailable(
+                        "decryption (it panicked)",
+                    )));
                 let _ = reply.send(answer);
             }),
             Err(e) => {
@@ -1110,13 +1125,15 @@ impl InferenceActor {
         context: &str,
         batch: Batch,
     ) -> Result<
-        impl std::future::Future<Output = Result<(Vec<u8>, f64, u64, usize, usize), InferError>>,
-        InferError,
+        impl std::future::Future<
+            Output = Result<(Vec<u8>, f64, u64, usize, usize), InferenceActorError>,
+        >,
+        InferenceActorError,
     > {
         let compiled = self.model(model)?;
         let scheme = compiled.info.scheme;
         if batch.scheme != scheme {
-            return Err(InferError::WrongContext(format!(
+            return Err(InferenceActorError::WrongContext(format!(
                 "model `{model}` is {scheme}; the ciphertext was made for {}",
                 batch.scheme
             )));
@@ -1149,7 +1166,7 @@ impl InferenceActor {
                     (None, Some(stored)) => {
                         let loaded = on_pool(&pool, &metrics, move || {
                             let bytes = store.get_bytes(trees::CONTEXTS, &stored)?.ok_or_else(|| {
-                                InferError::WrongContext(format!(
+                                InferenceActorError::WrongContext(format!(
                                     "this node holds no evaluation key for context `{context}`; upload it first"
                                 ))
                             })?;
@@ -1207,7 +1224,7 @@ impl InferenceActor {
         };
         debug!(kind = msg.kind(), "inference request");
         let from = peer.to_string();
-        let answer = |r: Result<InferReply, InferError>| match r {
+        let answer = |r: Result<InferReply, InferenceActorError>| match r {
             Ok(r) => Response::Inference(messages::encode(&r)),
             Err(e) => error_response(&e),
         };
@@ -1244,7 +1261,7 @@ impl InferenceActor {
                     if storing.digest == digest {
                         storing.waiting.push(reply);
                     } else {
-                        let _ = reply.send(answer(Err(InferError::Unavailable(
+                        let _ = reply.send(answer(Err(InferenceActorError::Unavailable(
                             "another evaluation key for this context is being stored",
                         ))));
                     }
@@ -1321,7 +1338,7 @@ impl InferenceActor {
     }
 
     /// The key id of the evaluation key stored in `slot`, if any.
-    fn stored_eval_key_id(&self, slot: &str) -> Result<Option<[u8; 32]>, InferError> {
+    fn stored_eval_key_id(&self, slot: &str) -> Result<Option<[u8; 32]>, InferenceActorError> {
         let tree = self.store.tree(trees::CONTEXTS)?;
         let Some(bytes) = tree.get(format!("evalkey-id/{slot}").as_bytes())? else {
             return Ok(None);
@@ -1338,10 +1355,10 @@ impl InferenceActor {
         index: u32,
         count: u32,
         bytes: Vec<u8>,
-    ) -> Result<Option<Upload>, InferError> {
+    ) -> Result<Option<Upload>, InferenceActorError> {
         let max_pieces = MAX_EVAL_KEY_BYTES.div_ceil(KEY_PIECE_BYTES) as u32;
         if count == 0 || count > max_pieces || index >= count || bytes.len() > KEY_PIECE_BYTES {
-            return Err(InferError::BadInput(format!(
+            return Err(InferenceActorError::BadInput(format!(
                 "evaluation-key piece {index} of {count} ({} bytes) does not fit a key of at most {MAX_EVAL_KEY_BYTES} bytes",
                 bytes.len()
             )));
@@ -1359,12 +1376,12 @@ impl InferenceActor {
 
 /// Assembles a complete evaluation-key upload, checks it against its digest and decodes its
 /// envelope and parameters, and keeps it (compressed, as uploaded) for lazy loading.
-fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), InferError> {
+fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), InferenceActorError> {
     let mut whole = Vec::new();
     let intact = upload.assemble(&mut whole)?;
     upload.discard()?;
     if !intact {
-        return Err(InferError::BadInput(
+        return Err(InferenceActorError::BadInput(
             "the assembled evaluation key does not match its digest".into(),
         ));
     }
@@ -1378,16 +1395,16 @@ fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), Infer
     Ok(())
 }
 
-fn error_response(e: &InferError) -> Response {
+fn error_response(e: &InferenceActorError) -> Response {
     Response::Error {
         code: e.code().into(),
         message: e.to_string(),
     }
 }
 
-fn check_batch(ctx: &ClientContext, batch: &Batch, what: &str) -> Result<(), InferError> {
+fn check_batch(ctx: &ClientContext, batch: &Batch, what: &str) -> Result<(), InferenceActorError> {
     if batch.key_id != ctx.info.key_id || batch.scheme != ctx.info.scheme {
-        return Err(InferError::WrongContext(format!(
+        return Err(InferenceActorError::WrongContext(format!(
             "the {what} was made under another context (key {}), not `{}`",
             batch.key_id, ctx.info.fhe_context_id
         )));
@@ -1399,9 +1416,9 @@ fn encrypt_rows(
     ctx: &ClientContext,
     spec: &InputSpec,
     rows: &[Vec<f32>],
-) -> Result<Batch, InferError> {
+) -> Result<Batch, InferenceActorError> {
     if rows.is_empty() || rows.len() > messages::MAX_BATCH_ROWS {
-        return Err(InferError::BadInput(format!(
+        return Err(InferenceActorError::BadInput(format!(
             "1..={} input rows, got {}",
             messages::MAX_BATCH_ROWS,
             rows.len()
@@ -1417,7 +1434,7 @@ fn encrypt_rows(
             .map(|r| k.encrypt(s, r).map(|c| c.to_bytes()))
             .collect::<Result<Vec<_>, _>>()?,
         _ => {
-            return Err(InferError::WrongContext(format!(
+            return Err(InferenceActorError::WrongContext(format!(
                 "context `{}` is {}; the model is {}",
                 ctx.info.fhe_context_id,
                 ctx.info.scheme,
@@ -1428,7 +1445,7 @@ fn encrypt_rows(
     Ok(Batch::new(ctx.info.scheme, ctx.info.key_id.clone(), cts))
 }
 
-fn decrypt_rows(ctx: &ClientContext, batch: &Batch) -> Result<Decrypted, InferError> {
+fn decrypt_rows(ctx: &ClientContext, batch: &Batch) -> Result<Decrypted, InferenceActorError> {
     let values = batch
         .rows
         .iter()
@@ -1449,7 +1466,7 @@ fn evaluate_rows(
     model: &CompiledModel,
     server_key: Option<&MlpServerKey>,
     batch: &Batch,
-) -> Result<(Vec<u8>, u64), InferError> {
+) -> Result<(Vec<u8>, u64), InferenceActorError> {
     let (rows, pbs) = match (&model.compiled, server_key) {
         (Compiled::Linear(m), _) => {
             let rows = batch
@@ -1459,7 +1476,7 @@ fn evaluate_rows(
                     let ct = LinearCiphertext::from_bytes(row, MAX_BATCH_BYTES)?;
                     Ok(m.evaluate(&ct)?.to_bytes())
                 })
-                .collect::<Result<Vec<_>, InferError>>()?;
+                .collect::<Result<Vec<_>, InferenceActorError>>()?;
             (rows, 0)
         }
         (Compiled::Mlp(q), Some(key)) => {
@@ -1470,12 +1487,12 @@ fn evaluate_rows(
                     let ct = MlpCiphertext::from_bytes(row, MAX_BATCH_BYTES)?;
                     Ok(key.evaluate(q, &ct)?.to_bytes())
                 })
-                .collect::<Result<Vec<_>, InferError>>()?;
+                .collect::<Result<Vec<_>, InferenceActorError>>()?;
             let pbs = (q.pbs_count() * batch.rows.len()) as u64;
             (rows, pbs)
         }
         (Compiled::Mlp(_), None) => {
-            return Err(InferError::WrongContext(
+            return Err(InferenceActorError::WrongContext(
                 "no evaluation key for this context".into(),
             ))
         }
@@ -1490,20 +1507,22 @@ async fn ask_peer(
     network: &NetworkHandle,
     peer: PeerId,
     msg: &InferMsg,
-) -> Result<InferReply, InferError> {
+) -> Result<InferReply, InferenceActorError> {
     let response = network
         .request(peer, Request::Inference(messages::encode(msg)))
         .await
-        .map_err(|e| InferError::Unreachable {
+        .map_err(|e| InferenceActorError::Unreachable {
             peer: peer.to_string(),
             message: e.to_string(),
         })?;
     match response {
         Response::Inference(bytes) => messages::decode(&bytes),
-        Response::Error { code, message } => {
-            Err(InferError::from_remote(peer.to_string(), &code, message))
-        }
-        other => Err(InferError::Remote {
+        Response::Error { code, message } => Err(InferenceActorError::from_remote(
+            peer.to_string(),
+            &code,
+            message,
+        )),
+        other => Err(InferenceActorError::Remote {
             peer: peer.to_string(),
             message: format!("unexpected answer {other:?}"),
         }),
@@ -1514,8 +1533,8 @@ async fn remote_spec(
     network: &NetworkHandle,
     peer: Option<PeerId>,
     model: &str,
-) -> Result<InputSpec, InferError> {
-    let peer = peer.ok_or(InferError::Unavailable("a model node"))?;
+) -> Result<InputSpec, InferenceActorError> {
+    let peer = peer.ok_or(InferenceActorError::Unavailable("a model node"))?;
     match ask_peer(
         network,
         peer,
@@ -1526,7 +1545,7 @@ async fn remote_spec(
     .await?
     {
         InferReply::Spec(spec) => Ok(spec),
-        other => Err(InferError::Remote {
+        other => Err(InferenceActorError::Remote {
             peer: peer.to_string(),
             message: format!("unexpected answer {other:?}"),
         }),
@@ -1542,9 +1561,9 @@ async fn remote_infer(
     model: &str,
     batch: Vec<u8>,
     rows: usize,
-) -> Result<InferOutcome, InferError> {
+) -> Result<InferOutcome, InferenceActorError> {
     let context = ctx.info.fhe_context_id.clone();
-    let unexpected = |r: InferReply| InferError::Remote {
+    let unexpected = |r: InferReply| InferenceActorError::Remote {
         peer: peer.to_string(),
         message: format!("unexpected answer {r:?}"),
     };
@@ -1566,13 +1585,15 @@ async fn remote_infer(
                 let bytes = store
                     .get_bytes(trees::CONTEXTS, format!("own-evalkey/{own}").as_bytes())?
                     .ok_or_else(|| {
-                        InferError::Store(format!("the evaluation key of `{own}` is missing"))
+                        InferenceActorError::Store(format!(
+                            "the evaluation key of `{own}` is missing"
+                        ))
                     })?;
                 let digest = *blake3::hash(&bytes).as_bytes();
-                Ok::<_, InferError>((bytes, digest))
+                Ok::<_, InferenceActorError>((bytes, digest))
             })
             .await
-            .map_err(|_| InferError::Unavailable("reading the evaluation key"))??;
+            .map_err(|_| InferenceActorError::Unavailable("reading the evaluation key"))??;
             let pieces: Vec<&[u8]> = bytes.chunks(KEY_PIECE_BYTES).collect();
             let count = pieces.len() as u32;
             let started = Instant::now();
@@ -1606,7 +1627,7 @@ async fn remote_infer(
             let result = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
             if result.key_id != ctx.info.key_id || result.rows.len() != rows {
                 warn!(%peer, "model node answered a result that does not fit the request");
-                return Err(InferError::Remote {
+                return Err(InferenceActorError::Remote {
                     peer: peer.to_string(),
                     message: "the result does not fit the request".into(),
                 });

@@ -22,13 +22,15 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
+use super::error::{body_error, json_rejection};
 use super::openapi::binary_body;
 use super::{route, ApiError, ApiState, Route};
 use crate::crypto::inference::model::MAX_LAYERS;
 use crate::crypto::inference::{Activation, InferenceError, Layer, Model};
 use crate::inference::messages::unhex;
 use crate::inference::{
-    map_seed_scheme, ContextInfo, Decrypted, InferError, ModelInfo, ModelOptions, ModelSpec, Scheme,
+    map_legacy_scheme, ContextInfo, Decrypted, InferenceActorError, ModelInfo, ModelOptions,
+    ModelSpec, Scheme,
 };
 
 /// Bodies and hex strings longer than this are converted off the async workers.
@@ -67,8 +69,8 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-impl From<InferError> for ApiError {
-    fn from(e: InferError) -> Self {
+impl From<InferenceActorError> for ApiError {
+    fn from(e: InferenceActorError) -> Self {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
@@ -343,7 +345,7 @@ fn build_model(
 
 /// A model's scheme by fhenode's or the original service's name.
 fn parse_scheme(name: &str, provider: Option<&str>) -> Result<Scheme, ApiError> {
-    Ok(map_seed_scheme(name, provider)?)
+    Ok(map_legacy_scheme(name, provider)?)
 }
 
 fn bad_input(message: impl Into<String>) -> ApiError {
@@ -352,33 +354,6 @@ fn bad_input(message: impl Into<String>) -> ApiError {
 
 fn bad_json(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_json", message)
-}
-
-/// An error for a request whose body could not be read, in our JSON shape.
-fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "payload_too_large",
-            format!("the request body is larger than api.max_body_bytes ({max_body_bytes} bytes)"),
-        )
-    } else {
-        ApiError::new(status, "bad_request", text)
-    }
-}
-
-fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => bad_json(e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => bad_json(e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(e) => body_error(e.status(), e.body_text(), max_body_bytes),
-        other => body_error(other.status(), other.body_text(), max_body_bytes),
-    }
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>, state: &ApiState) -> Result<T, ApiError> {
@@ -482,7 +457,7 @@ async fn find_context(state: &ApiState, id: &str) -> Result<ContextInfo, ApiErro
         .await?
         .into_iter()
         .find(|c| c.fhe_context_id == id)
-        .ok_or_else(|| InferError::UnknownContext(id.to_string()).into())
+        .ok_or_else(|| InferenceActorError::UnknownContext(id.to_string()).into())
 }
 
 /// One context.
@@ -661,7 +636,7 @@ pub fn parse_model_upload(
 }
 
 fn invalid_layer(layer: usize, reason: String) -> ApiError {
-    InferError::Crypto(InferenceError::InvalidLayer { layer, reason }).into()
+    InferenceActorError::Crypto(InferenceError::InvalidLayer { layer, reason }).into()
 }
 
 /// A tensor's values as `f32` (from F32, F64, F16 or BF16).
@@ -766,7 +741,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
         *slot = Some((view.shape().to_vec(), values));
     }
     if layers.is_empty() {
-        return Err(InferError::Crypto(InferenceError::InvalidModel(
+        return Err(InferenceActorError::Crypto(InferenceError::InvalidModel(
             "the safetensors file holds no `<i>.weight` tensor".into(),
         ))
         .into());
@@ -836,7 +811,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Model, ApiError> {
             activation,
         });
     }
-    model.validate().map_err(InferError::from)?;
+    model.validate().map_err(InferenceActorError::from)?;
     Ok(model)
 }
 
@@ -947,7 +922,7 @@ async fn show_model(
         .into_iter()
         .find(|m| m.name == name)
         .map(Json)
-        .ok_or_else(|| InferError::UnknownModel(name).into())
+        .ok_or_else(|| InferenceActorError::UnknownModel(name).into())
 }
 
 /// `?peer=` of `GET /v1/models/{name}/spec`.
@@ -1145,7 +1120,7 @@ async fn seed_inference(
     let m = request.model;
     let model = build_model(m.layers, m.weights, m.biases, m.activation)?;
     // Refuse what cannot work before making a context for it.
-    model.validate().map_err(InferError::from)?;
+    model.validate().map_err(InferenceActorError::from)?;
     let rows = request.input_data;
     if rows.is_empty() {
         return Err(bad_input("`input_data` holds no rows"));
@@ -1169,7 +1144,7 @@ async fn seed_inference(
         Some(id) => {
             let info = find_context(&state, &id).await?;
             if info.scheme != scheme {
-                return Err(InferError::WrongContext(format!(
+                return Err(InferenceActorError::WrongContext(format!(
                     "context `{id}` is {}; scheme `{}` maps to {scheme}",
                     info.scheme, request.scheme
                 ))
@@ -1361,11 +1336,11 @@ mod tests {
 
     #[test]
     fn inference_errors_keep_code_and_status() {
-        let e: ApiError = InferError::UnknownModel("m".into()).into();
+        let e: ApiError = InferenceActorError::UnknownModel("m".into()).into();
         assert_eq!((e.status.as_u16(), e.code), (404, "unknown_model"));
-        let e: ApiError = InferError::OverBudget("x".into()).into();
+        let e: ApiError = InferenceActorError::OverBudget("x".into()).into();
         assert_eq!((e.status.as_u16(), e.code), (413, "over_budget"));
-        let e: ApiError = InferError::Unavailable("the inference actor").into();
+        let e: ApiError = InferenceActorError::Unavailable("the inference actor").into();
         assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
     }
 }

@@ -33,90 +33,15 @@ use crate::net::{NetworkHandle, PeerInfo};
 use crate::store::Store;
 
 mod body;
+mod error;
 pub mod inference;
 pub mod limit;
 pub mod openapi;
 pub mod series;
 pub mod sessions;
 
+pub use error::ApiError;
 pub use openapi::openapi_json;
-
-/// An API error: a status, a stable machine-readable code and a message for humans.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Sent as `Retry-After` (a rate limit's refusal).
-    pub retry_after_secs: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
-    }
-
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
-        self
-    }
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        }
-        response
-    }
-}
-
-/// The body of every error answer (the OpenAPI document's `ApiError`).
-#[derive(Serialize, ToSchema)]
-#[schema(description = "An error answer: a stable code and a message, with the matching status.")]
-struct ErrorBody {
-    #[schema(inline)]
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ErrorDetail {
-    /// Stable and machine-readable, e.g. `not_found`, `unauthorized`, `bad_json`,
-    /// `unknown_session`, `unavailable`.
-    code: &'static str,
-    /// For humans.
-    message: String,
-}
-
-/// An error answer's schema is its body's: `{"error": {"code", "message"}}`.
-impl utoipa::PartialSchema for ApiError {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        ErrorBody::schema()
-    }
-}
-
-impl ToSchema for ApiError {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "ApiError".into()
-    }
-}
 
 /// Everything the handlers need: actor handles and read-only node facts.
 #[derive(Clone)]

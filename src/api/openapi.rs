@@ -510,8 +510,8 @@ pub(crate) mod tests {
         );
         let response = ApiError::unavailable("x").into_response();
         assert_eq!(response.status(), 503);
-        let written = serde_json::to_value(super::super::ErrorBody {
-            error: super::super::ErrorDetail {
+        let written = serde_json::to_value(super::super::error::ErrorBody {
+            error: super::super::error::ErrorDetail {
                 code: "unavailable",
                 message: "x".into(),
             },

@@ -13,7 +13,8 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::sessions::{json_rejection, path_id};
+use super::error::json_rejection;
+use super::sessions::path_id;
 use super::{route, ApiError, ApiState, Route};
 use crate::session::series::{SeriesInfo, SeriesSpec, MAX_ROUNDS, MAX_SERIES_ID_LEN};
 use crate::session::{SessionError, SessionSpec};

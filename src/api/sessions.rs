@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::body::{read_limited, BodyLimit};
+use super::error::json_rejection;
 use super::openapi::{NpyFile, NpzFile, RawF32, RawF64, SafetensorsFile};
 use super::{route, ApiError, ApiState, Route};
 use crate::actors::ActorError;
@@ -65,37 +66,6 @@ impl From<SessionError> for ApiError {
 impl From<ActorError> for ApiError {
     fn from(e: ActorError) -> Self {
         ApiError::unavailable(e.to_string())
-    }
-}
-
-/// An error for a request whose body or path could not be read, in our JSON shape.
-fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "payload_too_large",
-            format!("the request body is larger than api.max_body_bytes ({max_body_bytes} bytes)"),
-        )
-    } else {
-        ApiError::new(status, "bad_request", text)
-    }
-}
-
-pub(super) fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(e) => body_error(e.status(), e.body_text(), max_body_bytes),
-        other => body_error(other.status(), other.body_text(), max_body_bytes),
     }
 }
 

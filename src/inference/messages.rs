@@ -4,7 +4,7 @@
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::{InferError, Scheme};
+use super::{InferenceActorError, Scheme};
 use crate::crypto::inference::{LinearInputSpec, MlpInputSpec};
 
 /// Evaluation keys travel in pieces of at most this many bytes.
@@ -110,23 +110,24 @@ impl Batch {
     }
 
     /// Decodes a batch of at most `max_len` bytes, refusing anything malformed or empty.
-    pub fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Batch, InferError> {
+    pub fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Batch, InferenceActorError> {
         if bytes.len() > max_len {
-            return Err(InferError::BadInput(format!(
+            return Err(InferenceActorError::BadInput(format!(
                 "ciphertext of {} bytes exceeds the limit of {max_len}",
                 bytes.len()
             )));
         }
-        let batch: Batch = decode(bytes)
-            .map_err(|e| InferError::BadInput(format!("malformed ciphertext batch: {e}")))?;
+        let batch: Batch = decode(bytes).map_err(|e| {
+            InferenceActorError::BadInput(format!("malformed ciphertext batch: {e}"))
+        })?;
         if batch.version != BATCH_VERSION {
-            return Err(InferError::BadInput(format!(
+            return Err(InferenceActorError::BadInput(format!(
                 "ciphertext batch version {} is not supported",
                 batch.version
             )));
         }
         if batch.rows.is_empty() || batch.rows.len() > MAX_BATCH_ROWS {
-            return Err(InferError::BadInput(format!(
+            return Err(InferenceActorError::BadInput(format!(
                 "a batch holds 1..={MAX_BATCH_ROWS} rows, this one {}",
                 batch.rows.len()
             )));
@@ -143,20 +144,20 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a message, refusing trailing bytes and any length larger than the input.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, InferError> {
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, InferenceActorError> {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_limit(bytes.len() as u64)
         .reject_trailing_bytes()
         .deserialize(bytes)
-        .map_err(|e| InferError::BadInput(format!("malformed inference message: {e}")))
+        .map_err(|e| InferenceActorError::BadInput(format!("malformed inference message: {e}")))
 }
 
 /// Parses hex (either case, optional `0x`), refusing anything else.
-pub fn unhex(text: &str) -> Result<Vec<u8>, InferError> {
+pub fn unhex(text: &str) -> Result<Vec<u8>, InferenceActorError> {
     let t = text.trim();
     hex::decode(t.strip_prefix("0x").unwrap_or(t)).map_err(|e| {
-        InferError::BadInput(match e {
+        InferenceActorError::BadInput(match e {
             hex::FromHexError::OddLength => "hex has an odd number of digits".into(),
             hex::FromHexError::InvalidHexCharacter { index, .. } => {
                 format!("invalid hex at offset {index}")

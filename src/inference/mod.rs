@@ -26,11 +26,11 @@ impl Scheme {
         }
     }
 
-    pub fn parse(name: &str) -> Result<Scheme, InferError> {
+    pub fn parse(name: &str) -> Result<Scheme, InferenceActorError> {
         match name.to_ascii_lowercase().as_str() {
             "linear" => Ok(Scheme::Linear),
             "mlp" => Ok(Scheme::Mlp),
-            _ => Err(InferError::UnsupportedScheme(format!(
+            _ => Err(InferenceActorError::UnsupportedScheme(format!(
                 "unknown scheme `{name}`; supported: {}",
                 supported_schemes()
             ))),
@@ -46,7 +46,7 @@ impl std::fmt::Display for Scheme {
 
 /// The original FHE service's (scheme, provider) pairs and the fhenode scheme that replaces
 /// each (documented in README "Encrypted inference").
-pub const SEED_SCHEMES: [(&str, &str, Scheme); 5] = [
+pub const LEGACY_SCHEMES: [(&str, &str, Scheme); 5] = [
     ("ckks", "tenseal", Scheme::Linear),
     ("bfv", "tenseal", Scheme::Linear),
     ("concrete", "concrete", Scheme::Mlp),
@@ -55,7 +55,7 @@ pub const SEED_SCHEMES: [(&str, &str, Scheme); 5] = [
 ];
 
 fn supported_schemes() -> String {
-    SEED_SCHEMES
+    LEGACY_SCHEMES
         .iter()
         .map(|(s, p, to)| format!("{s} ({p}) → {to}"))
         .collect::<Vec<_>>()
@@ -63,15 +63,18 @@ fn supported_schemes() -> String {
 }
 
 /// Maps a request of the original service to a scheme; `provider` may be omitted.
-pub fn map_seed_scheme(scheme: &str, provider: Option<&str>) -> Result<Scheme, InferError> {
+pub fn map_legacy_scheme(
+    scheme: &str,
+    provider: Option<&str>,
+) -> Result<Scheme, InferenceActorError> {
     let scheme_lc = scheme.to_ascii_lowercase();
     let provider_lc = provider.map(str::to_ascii_lowercase);
-    let by_scheme: Vec<&(&str, &str, Scheme)> = SEED_SCHEMES
+    let by_scheme: Vec<&(&str, &str, Scheme)> = LEGACY_SCHEMES
         .iter()
         .filter(|(s, _, _)| *s == scheme_lc)
         .collect();
     if by_scheme.is_empty() {
-        return Err(InferError::UnsupportedScheme(format!(
+        return Err(InferenceActorError::UnsupportedScheme(format!(
             "unknown scheme `{scheme}`; supported: {}",
             supported_schemes()
         )));
@@ -83,7 +86,7 @@ pub fn map_seed_scheme(scheme: &str, provider: Option<&str>) -> Result<Scheme, I
             .find(|(_, prov, _)| *prov == p || (p == "concrete-ml" && *prov == "concrete"))
             .map(|(_, _, to)| *to)
             .ok_or_else(|| {
-                InferError::UnsupportedScheme(format!(
+                InferenceActorError::UnsupportedScheme(format!(
                     "unknown provider `{p}` for scheme `{scheme}`; supported: {}",
                     supported_schemes()
                 ))
@@ -228,8 +231,10 @@ pub struct Decrypted {
     pub result_shape: [usize; 2],
 }
 
+/// What the inference actor answers a request with when it cannot serve it (the scheme's own
+/// cryptographic failures are `crypto::inference::InferenceError`, carried inside).
 #[derive(Debug, thiserror::Error)]
-pub enum InferError {
+pub enum InferenceActorError {
     #[error("{0}")]
     UnsupportedScheme(String),
     #[error("unknown fhe context `{0}`")]
@@ -271,60 +276,60 @@ pub enum InferError {
     Unavailable(&'static str),
 }
 
-impl InferError {
+impl InferenceActorError {
     /// A stable code for API and wire errors.
     pub fn code(&self) -> &'static str {
         match self {
-            InferError::UnsupportedScheme(_) => "unsupported_scheme",
-            InferError::UnknownContext(_) => "unknown_context",
-            InferError::UnknownModel(_) => "unknown_model",
-            InferError::BadInput(_) => "bad_input",
-            InferError::Duplicate(_) => "duplicate",
-            InferError::WrongContext(_) => "wrong_context",
-            InferError::Crypto(InferenceError::WrongKey { .. }) => "wrong_context",
-            InferError::Crypto(InferenceError::InputLength { .. }) => "wrong_shape",
-            InferError::Crypto(InferenceError::InvalidLayer { .. })
-            | InferError::Crypto(InferenceError::InvalidModel(_)) => "invalid_model",
-            InferError::Crypto(_) => "crypto",
-            InferError::OverBudget(_) => "over_budget",
-            InferError::Remote { .. } => "remote",
-            InferError::Refused { code, .. } => code,
-            InferError::Unreachable { .. } => "unreachable",
-            InferError::Store(_) => "store",
-            InferError::NoSpace(_) => "insufficient_storage",
-            InferError::StoreFailing(_) => "store_unavailable",
-            InferError::Unavailable(_) => "unavailable",
+            InferenceActorError::UnsupportedScheme(_) => "unsupported_scheme",
+            InferenceActorError::UnknownContext(_) => "unknown_context",
+            InferenceActorError::UnknownModel(_) => "unknown_model",
+            InferenceActorError::BadInput(_) => "bad_input",
+            InferenceActorError::Duplicate(_) => "duplicate",
+            InferenceActorError::WrongContext(_) => "wrong_context",
+            InferenceActorError::Crypto(InferenceError::WrongKey { .. }) => "wrong_context",
+            InferenceActorError::Crypto(InferenceError::InputLength { .. }) => "wrong_shape",
+            InferenceActorError::Crypto(InferenceError::InvalidLayer { .. })
+            | InferenceActorError::Crypto(InferenceError::InvalidModel(_)) => "invalid_model",
+            InferenceActorError::Crypto(_) => "crypto",
+            InferenceActorError::OverBudget(_) => "over_budget",
+            InferenceActorError::Remote { .. } => "remote",
+            InferenceActorError::Refused { code, .. } => code,
+            InferenceActorError::Unreachable { .. } => "unreachable",
+            InferenceActorError::Store(_) => "store",
+            InferenceActorError::NoSpace(_) => "insufficient_storage",
+            InferenceActorError::StoreFailing(_) => "store_unavailable",
+            InferenceActorError::Unavailable(_) => "unavailable",
         }
     }
 
     /// The HTTP status that fits.
     pub fn http_status(&self) -> u16 {
         match self {
-            InferError::Refused { code, .. } => match *code {
+            InferenceActorError::Refused { code, .. } => match *code {
                 "unknown_model" | "unknown_context" => 404,
                 "over_budget" => 413,
                 "insufficient_storage" => 507,
                 "store_unavailable" => 503,
                 _ => 400,
             },
-            InferError::UnsupportedScheme(_)
-            | InferError::BadInput(_)
-            | InferError::WrongContext(_)
-            | InferError::Crypto(_) => 400,
-            InferError::UnknownContext(_) | InferError::UnknownModel(_) => 404,
-            InferError::Duplicate(_) => 409,
-            InferError::OverBudget(_) => 413,
-            InferError::Remote { .. } | InferError::Unreachable { .. } => 502,
-            InferError::Store(_) => 500,
-            InferError::NoSpace(_) => 507,
-            InferError::StoreFailing(_) => 503,
-            InferError::Unavailable(_) => 503,
+            InferenceActorError::UnsupportedScheme(_)
+            | InferenceActorError::BadInput(_)
+            | InferenceActorError::WrongContext(_)
+            | InferenceActorError::Crypto(_) => 400,
+            InferenceActorError::UnknownContext(_) | InferenceActorError::UnknownModel(_) => 404,
+            InferenceActorError::Duplicate(_) => 409,
+            InferenceActorError::OverBudget(_) => 413,
+            InferenceActorError::Remote { .. } | InferenceActorError::Unreachable { .. } => 502,
+            InferenceActorError::Store(_) => 500,
+            InferenceActorError::NoSpace(_) => 507,
+            InferenceActorError::StoreFailing(_) => 503,
+            InferenceActorError::Unavailable(_) => 503,
         }
     }
 
     /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404),
     /// keeping the peer's message as it is.
-    pub fn from_remote(peer: String, code: &str, message: String) -> InferError {
+    pub fn from_remote(peer: String, code: &str, message: String) -> InferenceActorError {
         let code = match code {
             "unknown_model" => "unknown_model",
             "unknown_context" => "unknown_context",
@@ -336,9 +341,9 @@ impl InferError {
             "over_budget" => "over_budget",
             "insufficient_storage" => "insufficient_storage",
             "store_unavailable" => "store_unavailable",
-            _ => return InferError::Remote { peer, message },
+            _ => return InferenceActorError::Remote { peer, message },
         };
-        InferError::Refused {
+        InferenceActorError::Refused {
             peer,
             code,
             message,
@@ -346,25 +351,25 @@ impl InferError {
     }
 }
 
-impl From<sled::Error> for InferError {
+impl From<sled::Error> for InferenceActorError {
     fn from(e: sled::Error) -> Self {
         crate::store::StoreError::Sled(e).into()
     }
 }
 
-impl From<crate::store::StoreError> for InferError {
+impl From<crate::store::StoreError> for InferenceActorError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::FailureKind;
         match e.kind() {
-            FailureKind::NoSpace => InferError::NoSpace(e.to_string()),
-            FailureKind::Failing => InferError::StoreFailing(e.to_string()),
-            FailureKind::Corrupt => InferError::Store(e.to_string()),
+            FailureKind::NoSpace => InferenceActorError::NoSpace(e.to_string()),
+            FailureKind::Failing => InferenceActorError::StoreFailing(e.to_string()),
+            FailureKind::Corrupt => InferenceActorError::Store(e.to_string()),
         }
     }
 }
 
 /// Checks a model name: it is a key in the store and a path segment in the API.
-pub fn check_model_name(name: &str) -> Result<(), InferError> {
+pub fn check_model_name(name: &str) -> Result<(), InferenceActorError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name != "."
@@ -375,7 +380,7 @@ pub fn check_model_name(name: &str) -> Result<(), InferError> {
     if ok {
         Ok(())
     } else {
-        Err(InferError::BadInput(format!(
+        Err(InferenceActorError::BadInput(format!(
             "model name `{name}` must be 1..=128 characters of A-Z a-z 0-9 - _ ."
         )))
     }
@@ -386,20 +391,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_schemes_map_and_unknown_ones_list_the_supported() {
+    fn legacy_schemes_map_and_unknown_ones_list_the_supported() {
         assert_eq!(
-            map_seed_scheme("ckks", Some("tenseal")).unwrap(),
+            map_legacy_scheme("ckks", Some("tenseal")).unwrap(),
             Scheme::Linear
         );
         assert_eq!(
-            map_seed_scheme("CONCRETE", Some("concrete-ml")).unwrap(),
+            map_legacy_scheme("CONCRETE", Some("concrete-ml")).unwrap(),
             Scheme::Mlp
         );
-        assert_eq!(map_seed_scheme("bfv", None).unwrap(), Scheme::Linear);
-        let e = map_seed_scheme("bgv", Some("openfhe")).unwrap_err();
+        assert_eq!(map_legacy_scheme("bfv", None).unwrap(), Scheme::Linear);
+        let e = map_legacy_scheme("bgv", Some("openfhe")).unwrap_err();
         assert_eq!(e.http_status(), 400);
         assert!(e.to_string().contains("ckks (tenseal)"), "{e}");
-        let e = map_seed_scheme("ckks", Some("seal")).unwrap_err();
+        let e = map_legacy_scheme("ckks", Some("seal")).unwrap_err();
         assert!(e.to_string().contains("provider `seal`"), "{e}");
     }
 

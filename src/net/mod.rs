@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::actors::Mailbox;
 use crate::config::P2pConfig;
 use crate::metrics::{NodeMetrics, OutcomeLabels, ProtocolLabels};
+use crate::runtime::Mailbox;
 use crate::store::peers::PeerBook;
 pub use protocol::{Request, Response, RpcCodec};
 

@@ -24,18 +24,16 @@ pub mod trees {
     pub const KEYS: &str = "keys";
     pub const SESSIONS: &str = "sessions";
     pub const SUBMISSIONS: &str = "submissions";
-    pub const ACCUMULATORS: &str = "accumulators";
     pub const RESULTS: &str = "results";
     pub const CONTEXTS: &str = "contexts";
     pub const MODELS: &str = "models";
     /// The address book (see [`super::peers`]).
     pub const PEERS: &str = "peers";
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 8] = [
         IDENTITY,
         KEYS,
         SESSIONS,
         SUBMISSIONS,
-        ACCUMULATORS,
         RESULTS,
         CONTEXTS,
         MODELS,
