@@ -178,10 +178,7 @@ async fn route_inbound(
                 });
             }
             other => {
-                let _ = reply.send(net::Response::Error {
-                    code: "unsupported".into(),
-                    message: format!("this node does not serve {} requests", other.kind()),
-                });
+                let _ = reply.send(net::Response::unsupported(&other));
             }
         }
     }

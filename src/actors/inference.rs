@@ -1396,10 +1396,7 @@ fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), Infer
 }
 
 fn error_response(e: &InferenceActorError) -> Response {
-    Response::Error {
-        code: e.code().into(),
-        message: e.to_string(),
-    }
+    Response::error(e.code(), e.to_string())
 }
 
 fn check_batch(ctx: &ClientContext, batch: &Batch, what: &str) -> Result<(), InferenceActorError> {

@@ -652,11 +652,11 @@ fn tensor_values(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ApiE
             .collect(),
         Dtype::BF16 => data
             .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         Dtype::F16 => data
             .chunks_exact(2)
-            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         other => {
             return Err(bad_input(format!(
@@ -665,25 +665,6 @@ fn tensor_values(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, ApiE
         }
     };
     Ok(values)
-}
-
-/// IEEE 754 half precision to single precision.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // Subnormal: normalise.
-            let shift = f.leading_zeros() - 21;
-            let f = (f << shift) & 0x3ff;
-            sign | ((127 - 15 + 1 - shift) << 23) | (f << 13)
-        }
-        (0x1f, f) => sign | (0xff << 23) | (f << 13),
-        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// Which layer and part a tensor name holds: `<i>.weight`, `<i>.bias`, or the same under
@@ -1265,19 +1246,24 @@ mod tests {
     }
 
     #[test]
-    fn half_precision_converts() {
-        for (h, f) in [
-            (0x3c00u16, 1.0f32),
-            (0xc000, -2.0),
-            (0x3555, 0.333_251_95),
-            (0x0001, 5.960_464_5e-8),
-            (0x7bff, 65504.0),
-            (0x0000, 0.0),
-        ] {
-            assert_eq!(f16_to_f32(h), f, "{h:#x}");
-        }
-        assert!(f16_to_f32(0x7c00).is_infinite());
-        assert!(f16_to_f32(0x7e00).is_nan());
+    fn half_precision_tensors_convert() {
+        let halves = [0x3c00u16, 0xc000, 0x3555, 0x0001, 0x7bff, 0x0000, 0x7c00];
+        let bytes: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let values = tensor_values("w", Dtype::F16, &bytes).unwrap();
+        assert_eq!(
+            &values[..6],
+            &[1.0, -2.0, 0.333_251_95, 5.960_464_5e-8, 65504.0, 0.0]
+        );
+        assert!(values[6].is_infinite());
+        // bfloat16 is the high half of an f32.
+        let bytes: Vec<u8> = [0x3f80u16, 0xc040]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        assert_eq!(
+            tensor_values("w", Dtype::BF16, &bytes).unwrap(),
+            vec![1.0, -3.0]
+        );
     }
 
     #[test]

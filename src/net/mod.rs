@@ -657,13 +657,11 @@ impl NetworkActor {
     ) {
         let Some(inbound) = self.inbound.clone() else {
             self.count_rpc("inbound", "unsupported");
-            let _ = self.swarm.behaviour_mut().rpc.send_response(
-                channel,
-                Response::Error {
-                    code: "unsupported".into(),
-                    message: format!("this node does not serve {} requests", request.kind()),
-                },
-            );
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, Response::unsupported(&request));
             return;
         };
         self.count_rpc("inbound", "forwarded");

@@ -51,6 +51,24 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// A refusal: a stable `code` and a message for humans.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Response::Error {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// What a node answers a request of a kind it does not serve.
+    pub fn unsupported(request: &Request) -> Self {
+        Response::error(
+            "unsupported",
+            format!("this node does not serve {} requests", request.kind()),
+        )
+    }
+}
+
 /// Frames are a 4-byte little-endian length, then that many bytes of bincode.
 #[derive(Clone, Debug)]
 pub struct RpcCodec {

@@ -239,10 +239,7 @@ fn reply_response(result: Result<AggReply, SessionError>) -> Response {
 }
 
 fn error_response(e: &SessionError) -> Response {
-    Response::Error {
-        code: e.code().to_string(),
-        message: e.to_string(),
-    }
+    Response::error(e.code(), e.to_string())
 }
 
 struct AggregationActor {
