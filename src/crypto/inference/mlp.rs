@@ -29,13 +29,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::keyid::InferenceKeyId;
 use super::model::check_input;
+pub use super::quant::MLP_RESULT_BITS;
 use super::quant::{MlpInputSpec, MlpParams, OutputDecode, QuantizedModel};
 use super::rlwe::{self, RlweSecret, SEED_BYTES};
 use super::wire::{self, InferenceWire, Kind};
 use super::InferenceError;
 
-/// Bits kept of each result-mask coefficient.
-pub const MLP_RESULT_BITS: u32 = 32;
 /// Results may encode outputs at most 2^MAX_OUTPUT_WIDEN below the parameter set's Δ.
 const MAX_OUTPUT_WIDEN: u32 = 8;
 /// Largest number of outputs of an mlp result.

@@ -648,6 +648,11 @@ impl QuantizedModel {
 /// The most a last layer's range is widened (2^MAX_WIDEN × p levels).
 const MAX_WIDEN: u32 = 6;
 
+/// Bits kept of each result-mask coefficient of scheme `mlp` (`super::mlp`): here, where the
+/// decryption budget counts their rounding, so that `mlp` imports this module and not the
+/// other way round.
+pub const MLP_RESULT_BITS: u32 = 32;
+
 /// Decryption failure target for outputs that are decrypted but never bootstrapped: tfhe's
 /// own 2^-128 criterion (13.4 σ of a Gaussian is beyond 2^-130).
 const DECRYPT_SIGMAS: f64 = 13.4;
@@ -678,11 +683,8 @@ pub(crate) fn pbs_output_std(params: MlpParams) -> f64 {
 pub(crate) fn decrypt_norm_limit(params: MlpParams, r: u32) -> f64 {
     let n = params.lwe_dimension() as f64;
     let half = 2f64.powi(params.delta_log2() as i32 - r as i32 - 1);
-    let rounding = super::rlwe::hoeffding(
-        2f64.powi(64 - super::mlp::MLP_RESULT_BITS as i32),
-        n.sqrt(),
-        128.0,
-    ) + n;
+    let rounding =
+        super::rlwe::hoeffding(2f64.powi(64 - MLP_RESULT_BITS as i32), n.sqrt(), 128.0) + n;
     ((half - rounding) / (DECRYPT_SIGMAS * FORMULA_MARGIN * pbs_output_std(params))).max(0.0)
 }
 
