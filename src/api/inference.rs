@@ -65,7 +65,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/v1/fhe/encrypt", encrypt),
         route(Method::POST, "/v1/fhe/infer", infer),
         route(Method::POST, "/v1/fhe/decrypt", decrypt),
-        route(Method::POST, "/v1/ml-zk/fhe/inference", seed_inference),
+        route(Method::POST, "/v1/ml-zk/fhe/inference", legacy_inference),
     ]
 }
 
@@ -161,7 +161,9 @@ pub struct DecryptRequest {
 
 /// The original service's answer to `POST /v1/ml-zk/fhe/inference`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SeedInferenceResponse {
+// Its name in the OpenAPI document, which predates the Rust name.
+#[schema(as = SeedInferenceResponse)]
+pub struct LegacyInferenceResponse {
     pub fhe_context_id: String,
     pub encrypted_result: String,
     pub result_shape: [usize; 2],
@@ -170,13 +172,15 @@ pub struct SeedInferenceResponse {
 
 /// The original service's request (extra fields are ignored, as the original did).
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-struct SeedInferenceRequest {
+// Its name in the OpenAPI document, which predates the Rust name.
+#[schema(as = SeedInferenceRequest)]
+struct LegacyInferenceRequest {
     scheme: String,
     #[serde(default)]
     provider: Option<String>,
     input_data: Vec<Vec<f32>>,
     #[schema(inline)]
-    model: SeedModel,
+    model: LegacyModel,
     /// Reuse this context instead of creating one.
     #[serde(default)]
     fhe_context_id: Option<String>,
@@ -184,7 +188,9 @@ struct SeedInferenceRequest {
 
 /// A model inline: `layers`, or one layer's `weights`, `biases` and `activation`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-struct SeedModel {
+// Its name in the OpenAPI document, which predates the Rust name.
+#[schema(as = SeedModel)]
+struct LegacyModel {
     #[serde(default)]
     layers: Option<Vec<LayerBody>>,
     #[serde(default)]
@@ -1082,9 +1088,9 @@ async fn decrypt(
     path = "/v1/ml-zk/fhe/inference",
     operation_id = "run_seed_inference",
     tag = "inference",
-    request_body = SeedInferenceRequest,
+    request_body = LegacyInferenceRequest,
     responses(
-        (status = 200, description = "The encrypted result; `/v1/fhe/decrypt` with the context id opens it.", body = SeedInferenceResponse),
+        (status = 200, description = "The encrypted result; `/v1/fhe/decrypt` with the context id opens it.", body = LegacyInferenceResponse),
         (status = 400, description = "`bad_json`, `bad_input`, `unsupported_scheme` (the message lists the supported schemes and providers), `invalid_model` (the message names the layer), `wrong_shape`, `wrong_context`.", body = ApiError),
         (status = 404, description = "`unknown_context` (`fhe_context_id` given but unknown).", body = ApiError),
         (status = 413, description = "`payload_too_large`.", body = ApiError),
@@ -1092,10 +1098,10 @@ async fn decrypt(
         (status = 503, description = "`unavailable`: the inference actor is not running.", body = ApiError),
     )
 )]
-async fn seed_inference(
+async fn legacy_inference(
     State(state): State<ApiState>,
-    body: Result<Json<SeedInferenceRequest>, JsonRejection>,
-) -> Result<Json<SeedInferenceResponse>, ApiError> {
+    body: Result<Json<LegacyInferenceRequest>, JsonRejection>,
+) -> Result<Json<LegacyInferenceResponse>, ApiError> {
     let request = json_body(body, &state)?;
     let scheme = parse_scheme(&request.scheme, request.provider.as_deref())?;
     let m = request.model;
@@ -1152,7 +1158,7 @@ async fn seed_inference(
             return Err(e.into());
         }
     };
-    Ok(Json(SeedInferenceResponse {
+    Ok(Json(LegacyInferenceResponse {
         fhe_context_id: context,
         encrypted_result: hex_answer(outcome.encrypted_result).await?,
         result_shape: outcome.result_shape,

@@ -55,7 +55,7 @@ use crate::crypto::Profile;
         inference::encrypt,
         inference::infer,
         inference::decrypt,
-        inference::seed_inference,
+        inference::legacy_inference,
     ),
     components(schemas(ApiError)),
     modifiers(&BearerToken),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::api::inference::{
     CreateContextRequest, DecryptRequest, EncryptRequest, EncryptResponse, InferRequest,
-    InferResponse, SeedInferenceResponse,
+    InferResponse, LegacyInferenceResponse,
 };
 use crate::api::sessions::{
     HEADER_CLIPPED, HEADER_CONTRIBUTORS, HEADER_ERROR_BOUND, HEADER_KIND, HEADER_TOTAL_WEIGHT,
@@ -489,10 +489,10 @@ impl ApiClient {
     }
 
     /// `POST /v1/ml-zk/fhe/inference`: the original service's request, as JSON.
-    pub async fn seed_inference(
+    pub async fn legacy_inference(
         &self,
         request: &serde_json::Value,
-    ) -> Result<SeedInferenceResponse, ClientError> {
+    ) -> Result<LegacyInferenceResponse, ClientError> {
         let url = self.url(&["v1", "ml-zk", "fhe", "inference"])?;
         self.send_json(self.request(Method::POST, &url).json(request), &url)
             .await
