@@ -23,6 +23,7 @@ use crate::crypto::inference::{
     Model, QuantizedModel,
 };
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
+use crate::inference::records;
 use crate::inference::{
     check_model_name, ContextInfo, Decrypted, InferOutcome, InferenceActorError, ModelInfo,
     ModelOptions, ModelRecord, ModelSpec, Scheme,
@@ -553,23 +554,6 @@ pub fn spawn(
     (InferenceHandle { mailbox }, actor.run(cancel))
 }
 
-fn ctx_key(id: &str) -> Vec<u8> {
-    format!("ctx/{id}").into_bytes()
-}
-
-/// Where an uploaded evaluation key lives on a model node: per uploading peer, so one client
-/// can never replace another's key.
-fn eval_slot(peer: &str, context: &str) -> String {
-    format!("{peer}/{context}")
-}
-
-fn eval_key_key(slot: &str) -> Vec<u8> {
-    format!("evalkey/{slot}").into_bytes()
-}
-
-/// Kind of the upload trees that hold evaluation-key pieces while they arrive.
-const EVAL_PIECES: &str = "contexts/evalpiece";
-
 fn new_context_id() -> String {
     use rand::RngCore;
     let mut id = [0u8; 12];
@@ -650,7 +634,7 @@ impl InferenceActor {
                 let contexts = self
                     .store
                     .tree(trees::CONTEXTS)
-                    .map(|t| t.scan_prefix(b"ctx/").count())
+                    .map(|t| t.scan_prefix(records::CONTEXTS).count())
                     .unwrap_or(0);
                 let _ = reply.send(InferenceStatus {
                     models,
@@ -662,7 +646,7 @@ impl InferenceActor {
             Command::ListContexts(reply) => {
                 let list = self
                     .store
-                    .scan_prefix::<ContextRecord>(trees::CONTEXTS, b"ctx/")
+                    .scan_prefix::<ContextRecord>(trees::CONTEXTS, records::CONTEXTS.as_bytes())
                     .map(|all| all.into_iter().map(|(_, r)| r.info.clone()).collect())
                     .map_err(InferenceActorError::from);
                 let _ = reply.send(list);
@@ -782,14 +766,10 @@ impl InferenceActor {
                     info: info.clone(),
                     secret: secret.to_vec(),
                 };
-                store.put(trees::CONTEXTS, &ctx_key(&id), &record)?;
+                store.put(trees::CONTEXTS, &records::context(&id), &record)?;
                 if let Some(eval) = eval_key {
                     // The client's own copy, uploaded to model nodes on first use.
-                    store.put_bytes(
-                        trees::CONTEXTS,
-                        format!("own-evalkey/{id}").as_bytes(),
-                        &eval,
-                    )?;
+                    store.put_bytes(trees::CONTEXTS, &records::own_eval_key(&id), &eval)?;
                 }
                 store.flush()?;
                 Ok(ClientContext { info, key })
@@ -815,9 +795,9 @@ impl InferenceActor {
     fn delete_context(&mut self, id: &str) -> Result<(), InferenceActorError> {
         self.context(id)?;
         self.contexts.remove(id);
-        self.store.remove(trees::CONTEXTS, &ctx_key(id))?;
+        self.store.remove(trees::CONTEXTS, &records::context(id))?;
         self.store
-            .remove(trees::CONTEXTS, format!("own-evalkey/{id}").as_bytes())?;
+            .remove(trees::CONTEXTS, &records::own_eval_key(id))?;
         self.store.flush()?;
         Ok(())
     }
@@ -829,7 +809,7 @@ impl InferenceActor {
         }
         let record: ContextRecord = self
             .store
-            .get(trees::CONTEXTS, &ctx_key(id))?
+            .get(trees::CONTEXTS, &records::context(id))?
             .ok_or_else(|| InferenceActorError::UnknownContext(id.to_string()))?;
         let key = match record.info.scheme {
             Scheme::Linear => ClientKey::Linear(Arc::new(LinearClientKey::from_secret_bytes(
@@ -853,7 +833,7 @@ impl InferenceActor {
         let store = self.store.clone();
         self.spawn(async move {
             let answer = tokio::task::spawn_blocking(move || {
-                let exists = store.get_bytes(trees::MODELS, record.name.as_bytes())?;
+                let exists = store.get_bytes(trees::MODELS, &records::model(&record.name))?;
                 if exists.is_some() && !replace {
                     return Err(InferenceActorError::Duplicate(format!(
                         "model `{}` exists; register with `?replace=true` to replace it",
@@ -862,7 +842,7 @@ impl InferenceActor {
                 }
                 store.ensure_room()?;
                 let compiled = CompiledModel::compile(&record, None)?;
-                store.put(trees::MODELS, record.name.as_bytes(), &record)?;
+                store.put(trees::MODELS, &records::model(&record.name), &record)?;
                 store.flush()?;
                 Ok(compiled.info)
             })
@@ -891,7 +871,7 @@ impl InferenceActor {
     fn model(&mut self, name: &str) -> Result<Arc<CompiledModel>, InferenceActorError> {
         let record: ModelRecord = self
             .store
-            .get(trees::MODELS, name.as_bytes())?
+            .get(trees::MODELS, &records::model(name))?
             .ok_or_else(|| InferenceActorError::UnknownModel(name.to_string()))?;
         if let Some(m) = self.models.get(name) {
             if m.info.created_ms == record.created_ms {
@@ -1138,7 +1118,7 @@ impl InferenceActor {
                 batch.scheme
             )));
         }
-        let slot = eval_slot(peer, context);
+        let slot = records::eval_slot(peer, context);
         let cached = self.eval_keys.get(&slot);
         // Where the key to load is stored: read (hundreds of MB, digest-checked) on the pool.
         let mut load: Option<Vec<u8>> = None;
@@ -1146,9 +1126,9 @@ impl InferenceActor {
             self.check_budget(q.params())?;
             // A node that is its own model node uses its context's own copy of the key.
             load = Some(if peer == self.me.to_string() {
-                format!("own-evalkey/{context}").into_bytes()
+                records::own_eval_key(context)
             } else {
-                eval_key_key(&slot)
+                records::eval_key(&slot)
             });
         }
         let (pool, metrics, mailbox, store) = (
@@ -1241,7 +1221,7 @@ impl InferenceActor {
                 let _ = reply.send(answer(r));
             }
             InferMsg::HasEvalKey { context, key_id } => {
-                let slot = eval_slot(&from, &context);
+                let slot = records::eval_slot(&from, &context);
                 let r = self
                     .stored_eval_key_id(&slot)
                     .map(|held| InferReply::HasEvalKey(held.is_some_and(|id| id == key_id)));
@@ -1254,7 +1234,7 @@ impl InferenceActor {
                 count,
                 bytes,
             } => {
-                let slot = eval_slot(&from, &context);
+                let slot = records::eval_slot(&from, &context);
                 if let Some(storing) = self.storing.get_mut(&slot) {
                     // The same key sent again while it is being stored hears how that ends;
                     // another key waits until it has.
@@ -1340,7 +1320,7 @@ impl InferenceActor {
     /// The key id of the evaluation key stored in `slot`, if any.
     fn stored_eval_key_id(&self, slot: &str) -> Result<Option<[u8; 32]>, InferenceActorError> {
         let tree = self.store.tree(trees::CONTEXTS)?;
-        let Some(bytes) = tree.get(format!("evalkey-id/{slot}").as_bytes())? else {
+        let Some(bytes) = tree.get(records::eval_key_id(slot))? else {
             return Ok(None);
         };
         Ok(<[u8; 32]>::try_from(bytes.as_ref()).ok())
@@ -1366,7 +1346,7 @@ impl InferenceActor {
         if index == 0 {
             self.store.ensure_room()?;
         }
-        let upload = Upload::open(&self.store, EVAL_PIECES, slot, digest)?;
+        let upload = Upload::open(&self.store, records::EVAL_PIECES, slot, digest)?;
         if upload.put(index, bytes)? < count {
             return Ok(None);
         }
@@ -1386,10 +1366,10 @@ fn store_eval_key(store: &Store, slot: &str, upload: Upload) -> Result<(), Infer
         ));
     }
     let key = MlpEvaluationKey::from_bytes(&whole, MAX_EVAL_KEY_BYTES)?;
-    store.put_bytes(trees::CONTEXTS, &eval_key_key(slot), &whole)?;
+    store.put_bytes(trees::CONTEXTS, &records::eval_key(slot), &whole)?;
     store
         .tree(trees::CONTEXTS)?
-        .insert(format!("evalkey-id/{slot}").as_bytes(), &key.key_id().0[..])?;
+        .insert(records::eval_key_id(slot), &key.key_id().0[..])?;
     store.flush()?;
     info!(%slot, "evaluation key stored");
     Ok(())
@@ -1580,7 +1560,7 @@ async fn remote_infer(
             let (store, own) = (store.clone(), context.clone());
             let (bytes, digest) = tokio::task::spawn_blocking(move || {
                 let bytes = store
-                    .get_bytes(trees::CONTEXTS, format!("own-evalkey/{own}").as_bytes())?
+                    .get_bytes(trees::CONTEXTS, &records::own_eval_key(&own))?
                     .ok_or_else(|| {
                         InferenceActorError::Store(format!(
                             "the evaluation key of `{own}` is missing"

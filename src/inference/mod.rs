@@ -3,6 +3,7 @@
 //! in [`crate::crypto::inference`]; the actor that runs it is [`crate::actors::inference`].
 
 pub mod messages;
+pub mod records;
 
 use serde::{Deserialize, Serialize};
 
