@@ -25,8 +25,7 @@ impl Backoff {
 
     /// Sleeps the present wait, and doubles the next.
     pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        self.wait_at_most(std::time::Duration::MAX).await;
     }
 
     /// [`Backoff::wait`], sleeping no longer than `limit`.

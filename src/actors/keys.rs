@@ -380,20 +380,28 @@ impl KeysActor {
         &self,
         live: &std::collections::BTreeSet<String>,
     ) -> Result<usize, SessionError> {
-        let mut dead = std::collections::BTreeSet::new();
-        for key in self.store.tree(records::SECRETS_TREE)?.iter().keys() {
+        // One pass over the secrets' keys, one flush: `forget` per session would scan and
+        // flush once each.
+        let tree = records::SECRETS_TREE;
+        let mut dead_sessions = std::collections::BTreeSet::new();
+        let mut dead_keys = Vec::new();
+        for key in self.store.tree(tree)?.iter().keys() {
             let key = key?;
             let session = std::str::from_utf8(&key)
                 .ok()
                 .and_then(records::secret_session);
             if let Some(session) = session.filter(|s| !live.contains(*s)) {
-                dead.insert(session.to_string());
+                dead_sessions.insert(session.to_string());
+                dead_keys.push(key);
             }
         }
-        for session in &dead {
-            self.forget(session).await?;
+        for key in &dead_keys {
+            self.store.remove(tree, key)?;
         }
-        Ok(dead.len())
+        if !dead_keys.is_empty() {
+            self.flush().await?;
+        }
+        Ok(dead_sessions.len())
     }
 
     async fn forget(&self, session: &str) -> Result<(), SessionError> {

@@ -257,27 +257,29 @@ struct Readiness {
     )
 )]
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let r = Readiness {
-        network: state.network.status().await.is_ok(),
-        keys: state.keys.is_running(),
-        aggregation: state.aggregation.is_running(),
-        inference: state.inference.is_running(),
-        store: false,
-        store_health: state.store.health(),
-        ready: false,
-    };
-    let r = Readiness {
-        store: r.store_health.is_healthy()
-            && state.store.tree(crate::store::trees::IDENTITY).is_ok(),
-        ..r
-    };
-    let ready = r.network && r.keys && r.aggregation && r.inference && r.store;
+    let network = state.network.status().await.is_ok();
+    let keys = state.keys.is_running();
+    let aggregation = state.aggregation.is_running();
+    let inference = state.inference.is_running();
+    let store_health = state.store.health();
+    let store =
+        store_health.is_healthy() && state.store.tree(crate::store::trees::IDENTITY).is_ok();
+    let ready = network && keys && aggregation && inference && store;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Readiness { ready, ..r })).into_response()
+    let readiness = Readiness {
+        network,
+        keys,
+        aggregation,
+        inference,
+        store,
+        store_health,
+        ready,
+    };
+    (status, Json(readiness)).into_response()
 }
 
 /// This node.

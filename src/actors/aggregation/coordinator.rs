@@ -433,17 +433,8 @@ impl AggregationActor {
                     session: session.clone(),
                     reason: Some(reason),
                 };
-                for peer in unnotified(&plan.peers(), &machine.notified) {
-                    let (link, msg, session) = (link.clone(), msg.clone(), session.clone());
-                    work.push(Box::pin(async move {
-                        notice_outcome(
-                            session,
-                            peer.clone(),
-                            link.deliver(&peer, || messages::encode(&msg), give_up_at_ms)
-                                .await,
-                        )
-                    }));
-                }
+                let to = unnotified(&plan.peers(), &machine.notified);
+                deliver_to_each(work, &link, &session, &msg, to, give_up_at_ms);
             }
             CoordinatorEffect::PublishResult => {
                 // Members only need to know it is over, to forget the seeds; told apart, so
@@ -458,17 +449,8 @@ impl AggregationActor {
                     .iter()
                     .filter(|p| !plan.is_participant(p))
                     .collect();
-                for peer in unnotified(&members_only, &machine.notified) {
-                    let (link, ended, session) = (link.clone(), ended.clone(), session.clone());
-                    work.push(Box::pin(async move {
-                        notice_outcome(
-                            session,
-                            peer.clone(),
-                            link.deliver(&peer, || messages::encode(&ended), give_up_at_ms)
-                                .await,
-                        )
-                    }));
-                }
+                let to = unnotified(&members_only, &machine.notified);
+                deliver_to_each(work, &link, &session, &ended, to, give_up_at_ms);
                 let participants: Vec<&String> = plan.participants.iter().collect();
                 let to = unnotified(&participants, &machine.notified);
                 if to.is_empty() {
@@ -789,6 +771,27 @@ fn unnotified(peers: &[&String], notified: &std::collections::BTreeSet<String>) 
         .filter(|p| !notified.contains(p.as_str()))
         .map(|p| p.to_string())
         .collect()
+}
+
+/// Delivers `msg` to each of `peers`, each in a task of its own, until it answers or the
+/// session is over everywhere (`give_up_at_ms`).
+fn deliver_to_each(
+    work: &mut Vec<Work>,
+    link: &Link,
+    session: &str,
+    msg: &AggMsg,
+    peers: Vec<String>,
+    give_up_at_ms: u64,
+) {
+    for peer in peers {
+        let (link, msg, session) = (link.clone(), msg.clone(), session.to_string());
+        work.push(Box::pin(async move {
+            let delivered = link
+                .deliver(&peer, || messages::encode(&msg), give_up_at_ms)
+                .await;
+            notice_outcome(session, peer, delivered)
+        }));
+    }
 }
 
 /// A notice's delivery: acknowledged (recorded, never sent again), or refused for good.

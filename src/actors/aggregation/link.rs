@@ -4,7 +4,7 @@
 use super::*;
 use crate::net::{NetError, Request};
 
-pub(super) const SEND_ATTEMPTS: u32 = 8;
+const SEND_ATTEMPTS: u32 = 8;
 
 /// Longest wait between two attempts of [`Link::send_plan`]: a rate limit refills a plan
 /// within seconds.
@@ -87,14 +87,25 @@ impl Link {
         }
     }
 
-    /// [`Link::send_encoded`], retried with backoff while the failure is a transport one.
+    /// [`Link::send_encoded`], retried with backoff while the failure is a transport one, at
+    /// most [`SEND_ATTEMPTS`] times.
     pub(super) async fn send_retrying(
         &self,
         peer: &str,
         msg: &AggMsg,
     ) -> Result<AggReply, SessionError> {
-        self.send_retrying_with(peer, || messages::encode(msg))
-            .await
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send_encoded(peer, messages::encode(msg)?).await {
+                Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
+                    debug!(%peer, %message, attempt, "retrying");
+                    backoff.wait().await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick
@@ -166,16 +177,6 @@ impl Link {
         }
     }
 
-    /// Sends what `encode` makes, encoding it again for each retry (the network consumes
-    /// the bytes, and copying them ahead of a retry that rarely comes would cost as much).
-    pub(super) async fn send_retrying_with(
-        &self,
-        peer: &str,
-        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
-    ) -> Result<AggReply, SessionError> {
-        self.send_attempts(peer, encode, SEND_ATTEMPTS).await
-    }
-
     /// [`Link::send_encoded`] for a client that waits on the answer: transport failures are retried
     /// only until `p2p.unreachable_after_secs` have passed since the first attempt, and then
     /// reported as the peer being unreachable. An attempt under way is not cut short: a
@@ -239,26 +240,6 @@ impl Link {
                         warn!(%peer, %message, attempt, "a notice still waits for its peer");
                     }
                     backoff.wait_at_most(left).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn send_attempts(
-        &self,
-        peer: &str,
-        encode: impl Fn() -> Result<Vec<u8>, SessionError>,
-        attempts: u32,
-    ) -> Result<AggReply, SessionError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.send_encoded(peer, encode()?).await {
-                Err(SessionError::Unreachable { message, .. }) if attempt < attempts => {
-                    debug!(%peer, %message, attempt, "retrying");
-                    backoff.wait().await;
                 }
                 other => return other,
             }

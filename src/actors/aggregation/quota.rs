@@ -61,12 +61,12 @@ pub(super) fn held_bytes(plan: &SessionPlan, me: &str, over: bool) -> u64 {
     if plan.is_participant(me) {
         bytes = bytes.saturating_add(plan.length.saturating_mul(8).saturating_add(RESULT_FRAME));
     }
-    let Ok(context) = plan.context() else {
-        return bytes;
-    };
     if over {
         return bytes;
     }
+    let Ok(context) = plan.context() else {
+        return bytes;
+    };
     if let Some(member) = plan.member_index(me) {
         let sets = context.committee().sets_held_by(member).len() as u64;
         // A bundle: its member, its set indices and their 32-byte seeds, and framing.
@@ -213,8 +213,6 @@ impl AggregationActor {
                 "session expired: its coordinator never ended it within its deadlines");
         }
         self.quotas.plans.retain_recent();
-        let joined = &self.joined;
-        self.quotas.held.retain(|id, _| joined.contains_key(id));
     }
 
     /// At start, after the sessions are loaded (and what expired while the node was down is
