@@ -2,6 +2,7 @@
 //! models, the messages model nodes exchange, and what the API reports. The cryptography is
 //! in [`crate::crypto::inference`]; the actor that runs it is [`crate::actors::inference`].
 
+pub mod formats;
 pub mod messages;
 pub mod records;
 
@@ -287,11 +288,7 @@ impl InferenceActorError {
             InferenceActorError::BadInput(_) => "bad_input",
             InferenceActorError::Duplicate(_) => "duplicate",
             InferenceActorError::WrongContext(_) => "wrong_context",
-            InferenceActorError::Crypto(InferenceError::WrongKey { .. }) => "wrong_context",
-            InferenceActorError::Crypto(InferenceError::InputLength { .. }) => "wrong_shape",
-            InferenceActorError::Crypto(InferenceError::InvalidLayer { .. })
-            | InferenceActorError::Crypto(InferenceError::InvalidModel(_)) => "invalid_model",
-            InferenceActorError::Crypto(_) => "crypto",
+            InferenceActorError::Crypto(e) => InferenceActorError::code_of(e),
             InferenceActorError::OverBudget(_) => "over_budget",
             InferenceActorError::Remote { .. } => "remote",
             InferenceActorError::Refused { code, .. } => code,
@@ -300,6 +297,18 @@ impl InferenceActorError {
             InferenceActorError::NoSpace(_) => "insufficient_storage",
             InferenceActorError::StoreFailing(_) => "store_unavailable",
             InferenceActorError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The code of a scheme's own failure.
+    pub fn code_of(e: &InferenceError) -> &'static str {
+        match e {
+            InferenceError::WrongKey { .. } => "wrong_context",
+            InferenceError::InputLength { .. } => "wrong_shape",
+            InferenceError::InvalidLayer { .. } | InferenceError::InvalidModel(_) => {
+                "invalid_model"
+            }
+            _ => "crypto",
         }
     }
 

@@ -51,7 +51,7 @@ impl Dtype {
     }
 
     /// Reads one element from exactly [`Dtype::size`] bytes.
-    pub(super) fn read(self, bytes: &[u8], big_endian: bool) -> f64 {
+    pub(crate) fn read(self, bytes: &[u8], big_endian: bool) -> f64 {
         let mut word = [0u8; 8];
         let n = self.size().min(8);
         word[..n].copy_from_slice(&bytes[..n]);
