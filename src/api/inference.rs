@@ -25,8 +25,7 @@ use super::openapi::binary_body;
 use super::{route, ApiError, ApiState, Route};
 use crate::crypto::inference::Activation;
 use crate::inference::formats::{
-    build_model, de_activation, parse_model, LayerBody, ModelBody, ModelFormatError,
-    UploadOptions,
+    build_model, de_activation, parse_model, LayerBody, ModelBody, ModelFormatError, UploadOptions,
 };
 pub use crate::inference::formats::{ModelFormat, ModelUpload};
 use crate::inference::messages::unhex;
@@ -212,7 +211,6 @@ struct LegacyModel {
     activation: Option<Activation>,
 }
 
-
 /// An activation as the API reads it ([`de_activation`]): a name, or the crypto layer's shape.
 impl PartialSchema for Activation {
     fn schema() -> RefOr<Schema> {
@@ -259,7 +257,6 @@ impl ToSchema for Activation {
         "Activation".into()
     }
 }
-
 
 /// A model's scheme by fhenode's or the original service's name.
 fn parse_scheme(name: &str, provider: Option<&str>) -> Result<Scheme, ApiError> {
@@ -438,7 +435,6 @@ pub struct ModelQuery {
     pub replace: bool,
 }
 
-
 /// The model format named by a `Content-Type` header (parameters ignored).
 pub fn model_format(content_type: Option<&str>) -> Result<ModelFormat, ApiError> {
     let unsupported = |message: String| {
@@ -471,9 +467,6 @@ pub fn model_format(content_type: Option<&str>) -> Result<ModelFormat, ApiError>
         )))
     }
 }
-
-
-
 
 /// Parses a model upload body (pure): JSON or safetensors, with the query's name and options.
 pub fn parse_model_upload(
@@ -860,7 +853,6 @@ async fn legacy_inference(
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn peers_and_formats() {

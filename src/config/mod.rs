@@ -12,6 +12,18 @@
 //!
 //! Unknown keys are refused in every layer, and every error names the offending key and, where
 //! known, the layer that set it.
+//!
+//! Each section is one struct with its defaults; serde reads it (`deny_unknown_fields`), the
+//! accepted keys are its fields ([`schema`]), and `config check` writes it back
+//! ([`Config::to_redacted_toml`]). [`fields`] reads the values that are text to parse,
+//! [`checks`] holds [`Config::validate`], and [`sources`] the environment and the provenance
+//! of each value.
+
+mod checks;
+mod fields;
+mod sources;
+
+pub use sources::env_var_name;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,15 +32,17 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use ::config::{Environment, File, FileFormat, Source, Value, ValueKind};
+use ::config::{File, FileFormat};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tracing_subscriber::filter::LevelFilter;
+use serde_aux::serde_introspection::serde_introspect;
 use tracing_subscriber::EnvFilter;
 use zeroize::Zeroizing;
 
 use crate::crypto::Profile;
+use checks::check_log_level;
+use sources::{from_config_error, EnvSource, Provenance};
 
 /// Prefix of the environment variables read by [`load`].
 pub const ENV_PREFIX: &str = "FHENODE";
@@ -67,57 +81,19 @@ const LIST_KEYS: [&str; 3] = [
     "aggregation.allowed_profiles",
 ];
 
-/// Every key, by section ("" is the top level); used to refuse unknown keys by name.
-const SCHEMA: [(&str, &[&str]); 7] = [
-    (
-        "",
-        &[
-            "data_dir",
-            "profile",
-            "p2p",
-            "api",
-            "aggregation",
-            "inference",
-            "store",
-            "log",
-        ],
-    ),
-    (
-        "p2p",
-        &[
-            "listen",
-            "bootstrap",
-            "mdns",
-            "max_request_bytes",
-            "max_response_bytes",
-            "max_gossip_bytes",
-            "max_connections",
-            "max_connections_per_peer",
-            "request_timeout_secs",
-            "unreachable_after_secs",
-            "idle_timeout_secs",
-        ],
-    ),
-    (
-        "api",
-        &["listen", "token", "max_body_bytes", "sessions_per_minute"],
-    ),
-    (
-        "aggregation",
-        &[
-            "prepare_budget_bytes",
-            "min_contributors_floor",
-            "max_sessions_per_peer",
-            "max_pending_bytes",
-            "plans_per_minute_per_peer",
-            "expire_grace_secs",
-            "allowed_profiles",
-        ],
-    ),
-    ("inference", &["workers", "memory_budget_bytes"]),
-    ("store", &["min_free_bytes"]),
-    ("log", &["format", "level"]),
-];
+/// Every key, by section ("" is the top level), as serde reads them; used to refuse unknown
+/// keys by name.
+pub fn schema() -> [(&'static str, &'static [&'static str]); 7] {
+    [
+        ("", serde_introspect::<Document>()),
+        ("p2p", serde_introspect::<P2pConfig>()),
+        ("api", serde_introspect::<ApiConfig>()),
+        ("aggregation", serde_introspect::<AggregationConfig>()),
+        ("inference", serde_introspect::<InferenceConfig>()),
+        ("store", serde_introspect::<StoreConfig>()),
+        ("log", serde_introspect::<LogConfig>()),
+    ]
+}
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -129,7 +105,7 @@ const SCHEMA: [(&str, &[&str]); 7] = [
 /// as the configuration file (missing keys take their defaults, unknown keys are refused) and
 /// validates the result, so a deserialized `Config` is always valid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "RawConfig", try_from = "RawConfig")]
+#[serde(into = "Document", try_from = "Document")]
 pub struct Config {
     /// Directory of the node's persistent state (identity key, store).
     pub data_dir: PathBuf,
@@ -144,11 +120,14 @@ pub struct Config {
 }
 
 /// The libp2p swarm.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct P2pConfig {
     /// Addresses to listen on: `/ip4|ip6/<addr>/tcp/<port>` or `/ip4|ip6/<addr>/udp/<port>/quic-v1`.
+    #[serde(with = "fields::multiaddrs")]
     pub listen: Vec<Multiaddr>,
     /// Peers dialled at start-up; each ends with `/p2p/<peer id>`.
+    #[serde(with = "fields::multiaddrs")]
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
@@ -182,11 +161,14 @@ impl P2pConfig {
 }
 
 /// The HTTP API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address and port the API binds to.
+    #[serde(with = "fields::socket_addr")]
     pub listen: SocketAddr,
     /// Bearer token clients must present; required when `listen` is not a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<ApiToken>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -203,7 +185,8 @@ impl ApiConfig {
 }
 
 /// Secure aggregation sessions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AggregationConfig {
     /// Memory allowed for encryptions a participant prepares ahead, in bytes (0: none). When a
     /// session opens, the node draws its encryption of zero (4 to 6 bytes per parameter
@@ -229,12 +212,14 @@ pub struct AggregationConfig {
     /// and secrets) this long after its three deadlines have passed, and at a start after.
     pub expire_grace_secs: u64,
     /// Profiles this node accepts in sessions others create.
+    #[serde(with = "fields::profiles")]
     pub allowed_profiles: Vec<Profile>,
 }
 
 /// Encrypted inference: the evaluation pool and the memory budget of loaded
 /// evaluation keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InferenceConfig {
     /// Evaluations running at once (each may use several cores).
     pub workers: usize,
@@ -244,7 +229,8 @@ pub struct InferenceConfig {
 }
 
 /// The node's store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Free bytes the store's disk must keep: below them, new sessions, uploads, contexts and
     /// models are refused (507) before anything is written, so the node keeps the room to
@@ -332,8 +318,10 @@ impl FromStr for LogFormat {
 }
 
 /// Logging.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    #[serde(with = "fields::log_format")]
     pub format: LogFormat,
     /// A `tracing_subscriber::EnvFilter` directive, e.g. `info` or `info,fhenode::net=debug`.
     pub level: String,
@@ -499,6 +487,30 @@ pub fn load(
         builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
     }
     builder = builder.add_source(EnvSource::new(env));
+    // Command-line values are read as the other layers' are, over them.
+    let mut from_cli = HashSet::new();
+    let set =
+        |builder: ::config::ConfigBuilder<_>, key: &'static str, value: ::config::ValueKind| {
+            builder
+                .set_override(key, value)
+                .map_err(|e| ConfigError::Load(e.to_string()))
+        };
+    if let Some(listen) = &cli.api_listen {
+        builder = set(builder, "api.listen", listen.clone().into())?;
+        from_cli.insert("api.listen");
+    }
+    if !cli.p2p_listen.is_empty() {
+        builder = set(builder, "p2p.listen", cli.p2p_listen.clone().into())?;
+        from_cli.insert("p2p.listen");
+    }
+    if !cli.bootstrap.is_empty() {
+        builder = set(builder, "p2p.bootstrap", cli.bootstrap.clone().into())?;
+        from_cli.insert("p2p.bootstrap");
+    }
+    if cli.no_mdns {
+        builder = set(builder, "p2p.mdns", false.into())?;
+        from_cli.insert("p2p.mdns");
+    }
     let layered = builder.build().map_err(|e| match (e, &file) {
         (::config::ConfigError::FileParse { cause, .. }, Some(path)) => ConfigError::Load(format!(
             "cannot parse `{}`: {}",
@@ -511,487 +523,82 @@ pub fn load(
     let mut provenance = Provenance {
         layered,
         file,
-        cli: HashSet::new(),
+        cli: from_cli,
     };
-    let mut raw = provenance
+    let mut config = provenance
         .check_unknown_keys()
         .and_then(|()| {
             provenance
                 .layered
                 .clone()
-                .try_deserialize::<RawConfig>()
+                .try_deserialize::<Document>()
                 .map_err(from_config_error)
         })
-        .map_err(|e| provenance.annotate(e))?;
-
+        .map_err(|e| provenance.annotate(e))?
+        .unchecked();
+    // A path is taken as it is, even one that is not UTF-8.
     if let Some(dir) = &cli.data_dir {
-        raw.data_dir = dir.clone();
+        config.data_dir = dir.clone();
         provenance.cli.insert("data_dir");
     }
-    if let Some(listen) = &cli.api_listen {
-        raw.api.listen = listen.clone();
-        provenance.cli.insert("api.listen");
-    }
-    if !cli.p2p_listen.is_empty() {
-        raw.p2p.listen = cli.p2p_listen.clone();
-        provenance.cli.insert("p2p.listen");
-    }
-    if !cli.bootstrap.is_empty() {
-        raw.p2p.bootstrap = cli.bootstrap.clone();
-        provenance.cli.insert("p2p.bootstrap");
-    }
-    if cli.no_mdns {
-        raw.p2p.mdns = false;
-        provenance.cli.insert("p2p.mdns");
-    }
-
-    Config::from_raw(raw)
-        .and_then(|config| config.validate().map(|()| config))
+    config
+        .validate()
+        .map(|()| config)
         .map_err(|e| provenance.annotate(e))
 }
 
 impl Config {
-    /// Checks every value against its documented range; [`load`] calls it too.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "must not be empty"));
-        }
-
-        let p2p = &self.p2p;
-        if p2p.listen.is_empty() {
-            return Err(invalid("p2p.listen", "must contain at least one address"));
-        }
-        let mut seen = HashSet::new();
-        for addr in &p2p.listen {
-            check_transport(addr, true).map_err(|why| {
-                invalid(
-                    "p2p.listen",
-                    format!("`{addr}` is not a listen address: {why}"),
-                )
-            })?;
-            if !seen.insert(addr) {
-                return Err(invalid("p2p.listen", format!("`{addr}` is listed twice")));
-            }
-        }
-        for addr in &p2p.bootstrap {
-            check_bootstrap(addr).map_err(|why| {
-                invalid(
-                    "p2p.bootstrap",
-                    format!("`{addr}` is not a bootstrap address: {why}"),
-                )
-            })?;
-        }
-        check_range(
-            "p2p.max_request_bytes",
-            p2p.max_request_bytes as u64,
-            1,
-            MAX_MESSAGE_BYTES_LIMIT,
-        )?;
-        check_range(
-            "p2p.max_response_bytes",
-            p2p.max_response_bytes as u64,
-            1,
-            MAX_MESSAGE_BYTES_LIMIT,
-        )?;
-        check_range(
-            "p2p.max_gossip_bytes",
-            p2p.max_gossip_bytes as u64,
-            1,
-            MAX_GOSSIP_BYTES_LIMIT,
-        )?;
-        check_range(
-            "p2p.max_connections",
-            p2p.max_connections.into(),
-            1,
-            u32::MAX.into(),
-        )?;
-        check_range(
-            "p2p.max_connections_per_peer",
-            p2p.max_connections_per_peer.into(),
-            1,
-            p2p.max_connections.into(),
-        )?;
-        check_range(
-            "aggregation.min_contributors_floor",
-            self.aggregation.min_contributors_floor.into(),
-            1,
-            1024,
-        )?;
-        check_range(
-            "aggregation.max_sessions_per_peer",
-            self.aggregation.max_sessions_per_peer.into(),
-            1,
-            1 << 20,
-        )?;
-        check_range(
-            "aggregation.max_pending_bytes",
-            self.aggregation.max_pending_bytes,
-            MIB as u64,
-            u64::MAX,
-        )?;
-        check_range(
-            "aggregation.expire_grace_secs",
-            self.aggregation.expire_grace_secs,
-            0,
-            crate::session::spec::MAX_DEADLINE_SECS,
-        )?;
-        check_range(
-            "aggregation.plans_per_minute_per_peer",
-            self.aggregation.plans_per_minute_per_peer.into(),
-            1,
-            1 << 20,
-        )?;
-        if self.aggregation.allowed_profiles.is_empty() {
-            return Err(invalid(
-                "aggregation.allowed_profiles",
-                "must name at least one profile",
-            ));
-        }
-        check_range(
-            "p2p.request_timeout_secs",
-            p2p.request_timeout_secs,
-            1,
-            MAX_REQUEST_TIMEOUT_SECS,
-        )?;
-        check_range(
-            "p2p.unreachable_after_secs",
-            p2p.unreachable_after_secs,
-            1,
-            MAX_UNREACHABLE_AFTER_SECS,
-        )?;
-        check_range(
-            "p2p.idle_timeout_secs",
-            p2p.idle_timeout_secs,
-            1,
-            MAX_IDLE_TIMEOUT_SECS,
-        )?;
-
-        let api = &self.api;
-        match &api.token {
-            None if !api.is_loopback() => {
-                return Err(invalid(
-                    "api.token",
-                    format!(
-                        "required when api.listen ({}) is not a loopback address",
-                        api.listen
-                    ),
-                ));
-            }
-            None => {}
-            Some(token) => check_token(token.expose()).map_err(|why| invalid("api.token", why))?,
-        }
-        check_range(
-            "api.max_body_bytes",
-            api.max_body_bytes as u64,
-            1,
-            MAX_BODY_BYTES_LIMIT,
-        )?;
-        check_range(
-            "api.sessions_per_minute",
-            api.sessions_per_minute.into(),
-            1,
-            1 << 20,
-        )?;
-
-        let inference = &self.inference;
-        check_range(
-            "inference.workers",
-            inference.workers as u64,
-            1,
-            MAX_INFERENCE_WORKERS,
-        )?;
-        if inference.memory_budget_bytes == 0 {
-            return Err(invalid(
-                "inference.memory_budget_bytes",
-                "must be at least 1 byte (a budget below the evaluation key's size refuses \
-                 every mlp evaluation, linear ones need none)",
-            ));
-        }
-
-        check_log_level(&self.log.level)?;
-        EnvFilter::try_new(&self.log.level).map_err(|e| {
-            invalid(
-                "log.level",
-                format!("`{}` is not a valid filter directive: {e}", self.log.level),
-            )
-        })?;
-        Ok(())
-    }
-
     /// The effective configuration as TOML, with the token shown as `"<redacted>"`.
     pub fn to_redacted_toml(&self) -> String {
-        match toml::to_string_pretty(&RawConfig::from(self.clone())) {
+        match toml::to_string_pretty(self) {
             Ok(text) => text,
             Err(e) => format!("# the configuration cannot be written as TOML: {e}\n"),
         }
     }
-
-    /// Parses the string-typed values of `raw`; the range checks are [`Config::validate`]'s.
-    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let profile = Profile::from_str(&raw.profile).map_err(|_| {
-            invalid(
-                "profile",
-                format!(
-                    "unknown profile `{}`; expected `secure` or `fast`",
-                    raw.profile
-                ),
-            )
-        })?;
-        let listen = parse_multiaddrs("p2p.listen", &raw.p2p.listen)?;
-        let bootstrap = parse_multiaddrs("p2p.bootstrap", &raw.p2p.bootstrap)?;
-        let api_listen = SocketAddr::from_str(raw.api.listen.trim()).map_err(|_| {
-            invalid(
-                "api.listen",
-                format!(
-                    "`{}` is not an IP address and port (e.g. `127.0.0.1:8470` or `[::1]:8470`)",
-                    raw.api.listen
-                ),
-            )
-        })?;
-        let format =
-            LogFormat::from_str(raw.log.format.trim()).map_err(|why| invalid("log.format", why))?;
-        Ok(Config {
-            data_dir: raw.data_dir,
-            profile,
-            p2p: P2pConfig {
-                listen,
-                bootstrap,
-                mdns: raw.p2p.mdns,
-                max_request_bytes: raw.p2p.max_request_bytes,
-                max_response_bytes: raw.p2p.max_response_bytes,
-                max_gossip_bytes: raw.p2p.max_gossip_bytes,
-                max_connections: raw.p2p.max_connections,
-                max_connections_per_peer: raw.p2p.max_connections_per_peer,
-                request_timeout_secs: raw.p2p.request_timeout_secs,
-                unreachable_after_secs: raw.p2p.unreachable_after_secs,
-                idle_timeout_secs: raw.p2p.idle_timeout_secs,
-            },
-            api: ApiConfig {
-                listen: api_listen,
-                token: raw.api.token.map(ApiToken),
-                max_body_bytes: raw.api.max_body_bytes,
-                sessions_per_minute: raw.api.sessions_per_minute,
-            },
-            aggregation: AggregationConfig {
-                prepare_budget_bytes: raw.aggregation.prepare_budget_bytes,
-                min_contributors_floor: raw.aggregation.min_contributors_floor,
-                max_sessions_per_peer: raw.aggregation.max_sessions_per_peer,
-                max_pending_bytes: raw.aggregation.max_pending_bytes,
-                plans_per_minute_per_peer: raw.aggregation.plans_per_minute_per_peer,
-                expire_grace_secs: raw.aggregation.expire_grace_secs,
-                allowed_profiles: raw
-                    .aggregation
-                    .allowed_profiles
-                    .iter()
-                    .map(|p| {
-                        Profile::from_str(p).map_err(|_| {
-                            invalid(
-                                "aggregation.allowed_profiles",
-                                format!("unknown profile `{p}`; expected `secure` or `fast`"),
-                            )
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
-            inference: InferenceConfig {
-                workers: raw.inference.workers,
-                memory_budget_bytes: raw.inference.memory_budget_bytes,
-            },
-            store: StoreConfig {
-                min_free_bytes: raw.store.min_free_bytes,
-            },
-            log: LogConfig {
-                format,
-                level: raw.log.level,
-            },
-        })
-    }
 }
 
-fn parse_multiaddrs(key: &str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
-    values
-        .iter()
-        .map(|s| {
-            Multiaddr::from_str(s.trim())
-                .map_err(|e| invalid(key, format!("`{s}` is not a valid multiaddr: {e}")))
-        })
-        .collect()
-}
-
-fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(invalid(
-            key,
-            format!("{value} is out of range; expected {min} to {max}"),
-        ));
-    }
-    Ok(())
-}
-
-/// `/ip4|ip6/<addr>` followed by `/tcp/<port>` or `/udp/<port>/quic-v1`, and nothing else
-/// unless `exact` is false, in which case the remaining components are returned.
-fn check_transport(addr: &Multiaddr, exact: bool) -> Result<Vec<Protocol<'_>>, String> {
-    let mut parts = addr.iter();
-    match parts.next() {
-        Some(Protocol::Ip4(_)) | Some(Protocol::Ip6(_)) => {}
-        _ => return Err("it must start with /ip4/<address> or /ip6/<address>".to_owned()),
-    }
-    match parts.next() {
-        Some(Protocol::Tcp(_)) => {}
-        Some(Protocol::Udp(_)) if matches!(parts.next(), Some(Protocol::QuicV1)) => {}
-        _ => {
-            return Err(
-                "the address must be followed by /tcp/<port> or /udp/<port>/quic-v1".to_owned(),
-            )
-        }
-    }
-    let rest: Vec<Protocol<'_>> = parts.collect();
-    if exact && !rest.is_empty() {
-        return Err("nothing may follow /tcp/<port> or /udp/<port>/quic-v1".to_owned());
-    }
-    Ok(rest)
-}
-
-fn check_bootstrap(addr: &Multiaddr) -> Result<(), String> {
-    let rest = check_transport(addr, false)?;
-    if !matches!(rest.as_slice(), [Protocol::P2p(_)]) {
-        return Err("it must end with /p2p/<peer id>".to_owned());
-    }
-    for part in addr.iter() {
-        match part {
-            Protocol::Ip4(ip) if ip.is_unspecified() => {
-                return Err("0.0.0.0 cannot be dialled".to_owned())
-            }
-            Protocol::Ip6(ip) if ip.is_unspecified() => {
-                return Err(":: cannot be dialled".to_owned())
-            }
-            Protocol::Tcp(0) | Protocol::Udp(0) => {
-                return Err("port 0 cannot be dialled".to_owned())
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_token(token: &str) -> Result<(), String> {
-    if token == REDACTED {
-        return Err(format!(
-            "`{REDACTED}` is the placeholder of a redacted dump, not a token"
-        ));
-    }
-    if token.chars().count() < MIN_TOKEN_LEN {
-        return Err(format!("must be at least {MIN_TOKEN_LEN} characters long"));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(
-            "must consist of printable ASCII characters without spaces (it is sent in an HTTP header)"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// `EnvFilter` reads a bare word as a target with every level enabled, so `level = "warning"`
-/// would silence everything but a target named `warning`; bare words must be levels.
-fn check_log_level(level: &str) -> Result<(), ConfigError> {
-    if level.trim().is_empty() {
-        return Err(invalid("log.level", "must not be empty"));
-    }
-    for directive in level.split(',').map(str::trim) {
-        if directive.is_empty() || directive.contains(['=', '[']) || directive.contains("::") {
-            continue;
-        }
-        if LevelFilter::from_str(directive).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!(
-                    "`{directive}` is not a level (trace, debug, info, warn, error, off); \
-                     write `{directive}=<level>` to filter by target"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The serialized shape, shared by the file, the environment, `Serialize` and `Deserialize`
-// ---------------------------------------------------------------------------------------------
-
+/// The top level of the document as serde reads and writes it: the sections, unchecked.
+/// Deserializing a [`Config`] goes through it and validates.
 #[derive(Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct RawConfig {
+struct Document {
     data_dir: PathBuf,
-    profile: String,
-    p2p: RawP2p,
-    api: RawApi,
-    aggregation: RawAggregation,
-    inference: RawInference,
-    store: RawStore,
-    log: RawLog,
+    #[serde(with = "fields::profile")]
+    profile: Profile,
+    p2p: P2pConfig,
+    api: ApiConfig,
+    aggregation: AggregationConfig,
+    inference: InferenceConfig,
+    store: StoreConfig,
+    log: LogConfig,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawP2p {
-    listen: Vec<String>,
-    bootstrap: Vec<String>,
-    mdns: bool,
-    max_request_bytes: usize,
-    max_response_bytes: usize,
-    max_gossip_bytes: usize,
-    max_connections: u32,
-    max_connections_per_peer: u32,
-    request_timeout_secs: u64,
-    unreachable_after_secs: u64,
-    idle_timeout_secs: u64,
+impl Document {
+    fn unchecked(self) -> Config {
+        let Document {
+            data_dir,
+            profile,
+            p2p,
+            api,
+            aggregation,
+            inference,
+            store,
+            log,
+        } = self;
+        Config {
+            data_dir,
+            profile,
+            p2p,
+            api,
+            aggregation,
+            inference,
+            store,
+            log,
+        }
+    }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawApi {
-    listen: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<Zeroizing<String>>,
-    max_body_bytes: usize,
-    sessions_per_minute: u32,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawAggregation {
-    prepare_budget_bytes: u64,
-    min_contributors_floor: u32,
-    max_sessions_per_peer: u32,
-    max_pending_bytes: u64,
-    plans_per_minute_per_peer: u32,
-    expire_grace_secs: u64,
-    allowed_profiles: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawStore {
-    min_free_bytes: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawInference {
-    workers: usize,
-    memory_budget_bytes: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawLog {
-    format: String,
-    level: String,
-}
-
-/// Redacts the token: this conversion is what `Serialize` and `to_redacted_toml` write.
-impl From<Config> for RawConfig {
+impl From<Config> for Document {
     fn from(config: Config) -> Self {
         let Config {
             data_dir,
@@ -1003,291 +610,31 @@ impl From<Config> for RawConfig {
             store,
             log,
         } = config;
-        let strings = |addrs: Vec<Multiaddr>| addrs.iter().map(|a| a.to_string()).collect();
-        RawConfig {
+        Document {
             data_dir,
-            profile: profile.to_string(),
-            p2p: RawP2p {
-                listen: strings(p2p.listen),
-                bootstrap: strings(p2p.bootstrap),
-                mdns: p2p.mdns,
-                max_request_bytes: p2p.max_request_bytes,
-                max_response_bytes: p2p.max_response_bytes,
-                max_gossip_bytes: p2p.max_gossip_bytes,
-                max_connections: p2p.max_connections,
-                max_connections_per_peer: p2p.max_connections_per_peer,
-                request_timeout_secs: p2p.request_timeout_secs,
-                unreachable_after_secs: p2p.unreachable_after_secs,
-                idle_timeout_secs: p2p.idle_timeout_secs,
-            },
-            api: RawApi {
-                listen: api.listen.to_string(),
-                token: api.token.map(|_| Zeroizing::new(REDACTED.to_owned())),
-                max_body_bytes: api.max_body_bytes,
-                sessions_per_minute: api.sessions_per_minute,
-            },
-            aggregation: RawAggregation {
-                prepare_budget_bytes: aggregation.prepare_budget_bytes,
-                min_contributors_floor: aggregation.min_contributors_floor,
-                max_sessions_per_peer: aggregation.max_sessions_per_peer,
-                max_pending_bytes: aggregation.max_pending_bytes,
-                plans_per_minute_per_peer: aggregation.plans_per_minute_per_peer,
-                expire_grace_secs: aggregation.expire_grace_secs,
-                allowed_profiles: aggregation
-                    .allowed_profiles
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect(),
-            },
-            inference: RawInference {
-                workers: inference.workers,
-                memory_budget_bytes: inference.memory_budget_bytes,
-            },
-            store: RawStore {
-                min_free_bytes: store.min_free_bytes,
-            },
-            log: RawLog {
-                format: log.format.to_string(),
-                level: log.level,
-            },
+            profile,
+            p2p,
+            api,
+            aggregation,
+            inference,
+            store,
+            log,
         }
     }
 }
 
-impl TryFrom<RawConfig> for Config {
+impl TryFrom<Document> for Config {
     type Error = ConfigError;
-    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
-        let config = Config::from_raw(raw)?;
+    fn try_from(document: Document) -> Result<Self, Self::Error> {
+        let config = document.unchecked();
         config.validate()?;
         Ok(config)
     }
 }
 
-impl Default for RawConfig {
+impl Default for Document {
     fn default() -> Self {
-        RawConfig::from(Config::default())
-    }
-}
-
-impl Default for RawP2p {
-    fn default() -> Self {
-        RawConfig::default().p2p
-    }
-}
-
-impl Default for RawApi {
-    fn default() -> Self {
-        RawConfig::default().api
-    }
-}
-
-impl Default for RawAggregation {
-    fn default() -> Self {
-        RawConfig::default().aggregation
-    }
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        RawConfig::default().store
-    }
-}
-
-impl Default for RawInference {
-    fn default() -> Self {
-        RawConfig::default().inference
-    }
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        RawConfig::default().log
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Environment source and error provenance
-// ---------------------------------------------------------------------------------------------
-
-/// `FHENODE__SECTION__KEY` variables. Values stay strings (the `config` crate parses numbers
-/// and booleans when deserializing), so a token such as `0123…` or `1e10…` reaches us verbatim;
-/// the list keys are split on commas, blanks dropped, so an empty value means an empty list.
-#[derive(Clone, Debug)]
-struct EnvSource(Environment);
-
-impl EnvSource {
-    fn new(vars: Option<HashMap<String, String>>) -> Self {
-        EnvSource(
-            Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .source(vars),
-        )
-    }
-}
-
-impl Source for EnvSource {
-    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn collect(&self) -> Result<::config::Map<String, Value>, ::config::ConfigError> {
-        let mut vars = self.0.collect()?;
-        vars.retain(|key, _| !key.is_empty());
-        for key in LIST_KEYS {
-            if let Some(value) = vars.get_mut(key) {
-                if let ValueKind::String(text) = &value.kind {
-                    let origin = value.origin().map(str::to_owned);
-                    let items: Vec<Value> = text
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|item| !item.is_empty())
-                        .map(|item| Value::new(origin.as_ref(), item))
-                        .collect();
-                    *value = Value::new(origin.as_ref(), ValueKind::Array(items));
-                }
-            }
-        }
-        Ok(vars)
-    }
-}
-
-/// The environment variable that sets `key` (`p2p.listen` => `FHENODE__P2P__LISTEN`).
-pub fn env_var_name(key: &str) -> String {
-    let key = key.split('[').next().unwrap_or(key);
-    let mut name = String::from(ENV_PREFIX);
-    for part in key.split('.') {
-        name.push_str(ENV_SEPARATOR);
-        name.push_str(&part.to_ascii_uppercase());
-    }
-    name
-}
-
-/// Where each value of a load came from, to say so in error messages.
-struct Provenance {
-    layered: ::config::Config,
-    /// The file read, if any: every value whose origin is not the environment came from it.
-    file: Option<PathBuf>,
-    cli: HashSet<&'static str>,
-}
-
-impl Provenance {
-    fn origin(&self, key: &str) -> Option<String> {
-        if self.cli.contains(key) {
-            return Some("the command line".to_owned());
-        }
-        // `Config::get` would deserialize the value and lose its origin; walk the tree instead.
-        let path = key.split('[').next().unwrap_or(key);
-        let mut value = &self.layered.cache;
-        for part in path.split('.') {
-            match &value.kind {
-                ValueKind::Table(table) => value = table.get(part)?,
-                _ => return None,
-            }
-        }
-        match (value.origin()?, &self.file) {
-            ("the environment", _) => Some(format!("environment variable {}", env_var_name(key))),
-            (_, Some(file)) => Some(format!("`{}`", file.display())),
-            (other, None) => Some(other.to_owned()),
-        }
-    }
-
-    /// Appends to an `Invalid` error the layer that set its key, where one did.
-    fn annotate(&self, error: ConfigError) -> ConfigError {
-        match error {
-            ConfigError::Invalid { key, reason } => match self.origin(&key) {
-                Some(origin) => ConfigError::Invalid {
-                    reason: format!("{reason} (set by {origin})"),
-                    key,
-                },
-                None => ConfigError::Invalid { key, reason },
-            },
-            other => other,
-        }
-    }
-
-    fn check_unknown_keys(&self) -> Result<(), ConfigError> {
-        let ValueKind::Table(root) = &self.layered.cache.kind else {
-            return Ok(());
-        };
-        let mut unknown: Vec<(String, &'static str, &'static [&'static str])> = Vec::new();
-        for (section, known) in SCHEMA {
-            let table = if section.is_empty() {
-                root
-            } else {
-                match root.get(section).map(|v| &v.kind) {
-                    Some(ValueKind::Table(table)) => table,
-                    _ => continue,
-                }
-            };
-            for key in table.keys() {
-                if !known.contains(&key.as_str()) {
-                    let full = if section.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{section}.{key}")
-                    };
-                    unknown.push((full, section, known));
-                }
-            }
-        }
-        unknown.sort_by(|a, b| a.0.cmp(&b.0));
-        match unknown.into_iter().next() {
-            None => Ok(()),
-            Some((key, section, known)) => {
-                let scope = if section.is_empty() {
-                    "at the top level".to_owned()
-                } else {
-                    format!("in [{section}]")
-                };
-                Err(invalid(
-                    &key,
-                    format!("unknown key; the keys {scope} are: {}", known.join(", ")),
-                ))
-            }
-        }
-    }
-}
-
-/// Maps a `config` crate error to ours: `Invalid` where it names a key, else `Load`.
-fn from_config_error(error: ::config::ConfigError) -> ConfigError {
-    use ::config::ConfigError as E;
-    // Our private shadow structs must not show through in messages.
-    let tidy = |text: String| {
-        [
-            "struct RawConfig",
-            "struct RawP2p",
-            "struct RawApi",
-            "struct RawAggregation",
-            "struct RawInference",
-            "struct RawLog",
-        ]
-        .iter()
-        .fold(text, |text, name| text.replace(name, "a table"))
-    };
-    match error {
-        E::Type {
-            unexpected,
-            expected,
-            key: Some(key),
-            ..
-        } => ConfigError::Invalid {
-            reason: tidy(format!("invalid type: {unexpected}, expected {expected}")),
-            key,
-        },
-        E::At {
-            error,
-            key: Some(key),
-            ..
-        } => ConfigError::Invalid {
-            reason: tidy(error.to_string()),
-            key,
-        },
-        E::NotFound(key) => ConfigError::Invalid {
-            key,
-            reason: "missing".to_owned(),
-        },
-        other => ConfigError::Load(tidy(other.to_string())),
+        Config::default().into()
     }
 }
 

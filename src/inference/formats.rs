@@ -180,7 +180,8 @@ pub fn parse_model(
     let scheme = query.scheme;
     match format {
         ModelFormat::Json => {
-            let b: ModelBody = serde_json::from_slice(body).map_err(|e| ModelFormatError::Json(e.to_string()))?;
+            let b: ModelBody =
+                serde_json::from_slice(body).map_err(|e| ModelFormatError::Json(e.to_string()))?;
             let name = match (b.name, &query.name) {
                 (Some(a), Some(q)) if &a != q => {
                     return Err(bad_input(format!(

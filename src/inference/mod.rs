@@ -5,6 +5,8 @@
 pub mod formats;
 pub mod messages;
 pub mod records;
+pub mod registry;
+pub mod scheme;
 
 use serde::{Deserialize, Serialize};
 
