@@ -11,6 +11,7 @@ pub mod actors;
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod codes;
 pub mod config;
 pub mod crypto;
 pub mod demo;

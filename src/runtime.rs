@@ -35,6 +35,71 @@ impl Backoff {
     }
 }
 
+/// How long to go on trying something that may fail for a while (a peer that cannot be
+/// reached, a peer's rate limit): waits of a [`Backoff`], until `attempts` tries have been
+/// made or `until` has passed, whichever is first. The first try is always made.
+#[derive(Debug)]
+pub struct Retry {
+    pub backoff: Backoff,
+    /// Tries in all (`u32::MAX`: no bound but the time).
+    pub attempts: u32,
+    /// No try starts after this (`None`: no bound but the count).
+    pub until: Option<tokio::time::Instant>,
+}
+
+/// How a [`Retry`] ended without success.
+#[derive(Debug)]
+pub struct GaveUp<E> {
+    /// The last failure.
+    pub error: E,
+    /// Tries made.
+    pub attempts: u32,
+    /// Whether the tries ran out (`true`), or a failure that does not pass ended them.
+    pub exhausted: bool,
+}
+
+impl Retry {
+    /// Makes `attempt` until it succeeds, fails in a way `passes` does not accept, or the tries
+    /// run out; `retrying` hears of every failure tried again (to log it).
+    pub async fn run<T, E, F>(
+        mut self,
+        mut attempt: impl FnMut() -> F,
+        passes: impl Fn(&E) -> bool,
+        mut retrying: impl FnMut(u32, &E),
+    ) -> Result<T, GaveUp<E>>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if !passes(&error) {
+                return Err(GaveUp {
+                    error,
+                    attempts,
+                    exhausted: false,
+                });
+            }
+            let left = self.until.map_or(std::time::Duration::MAX, |until| {
+                until.saturating_duration_since(tokio::time::Instant::now())
+            });
+            if attempts >= self.attempts || left.is_zero() {
+                return Err(GaveUp {
+                    error,
+                    attempts,
+                    exhausted: true,
+                });
+            }
+            retrying(attempts, &error);
+            self.backoff.wait_at_most(left).await;
+        }
+    }
+}
+
 /// The sending half of an actor's mailbox, shared by its handle.
 #[derive(Debug)]
 pub struct Mailbox<C> {
@@ -108,5 +173,62 @@ mod tests {
             seen.push(backoff.next);
         }
         assert_eq!(seen, vec![ms(1), ms(2), ms(4), ms(4)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_stops_at_success_a_lasting_failure_its_count_or_its_time() {
+        let ms = Duration::from_millis;
+        let retry = |attempts, until: Option<Duration>| Retry {
+            backoff: Backoff::new(ms(100), ms(100)),
+            attempts,
+            until: until.map(|d| tokio::time::Instant::now() + d),
+        };
+        let passes = |e: &&str| *e == "again";
+        // Succeeds on the third try.
+        let mut tries = 0;
+        let got = retry(5, None)
+            .run(
+                || {
+                    tries += 1;
+                    let now = tries;
+                    async move {
+                        if now < 3 {
+                            Err("again")
+                        } else {
+                            Ok(now)
+                        }
+                    }
+                },
+                passes,
+                |_, _| {},
+            )
+            .await;
+        assert_eq!(got.ok(), Some(3));
+        // A failure that does not pass ends it at once.
+        let gave_up = retry(5, None)
+            .run(|| async { Err::<(), _>("no") }, passes, |_, _| {})
+            .await
+            .unwrap_err();
+        assert_eq!((gave_up.attempts, gave_up.exhausted), (1, false));
+        // The count runs out, every retry heard.
+        let mut heard = Vec::new();
+        let gave_up = retry(4, None)
+            .run(
+                || async { Err::<(), _>("again") },
+                passes,
+                |n, _| heard.push(n),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((gave_up.attempts, gave_up.exhausted), (4, true));
+        assert_eq!(heard, vec![1, 2, 3]);
+        // The time runs out: tries at 0, 100, 200 and 250 ms (the last wait is cut short).
+        let started = tokio::time::Instant::now();
+        let gave_up = retry(u32::MAX, Some(ms(250)))
+            .run(|| async { Err::<(), _>("again") }, passes, |_, _| {})
+            .await
+            .unwrap_err();
+        assert_eq!((gave_up.attempts, gave_up.exhausted), (4, true));
+        assert_eq!(started.elapsed(), ms(250));
     }
 }

@@ -79,7 +79,7 @@ pub(crate) const fn framed_len(payload_len: usize) -> usize {
 /// Checks an envelope of `kind` and at most `max_len` bytes and returns its raw payload, for
 /// messages laid out by hand.
 pub(crate) fn unframe_kind(kind: Kind, bytes: &[u8], max_len: usize) -> Result<&[u8], CryptoError> {
-    unframe_with(MAGIC, VERSION, "fhenode", kind as u8, bytes, max_len, true)
+    unframe(MAGIC, VERSION, "fhenode", kind as u8, bytes, max_len)
         .map_err(|m| CryptoError::Wire(format!("{kind:?}: {m}")))
 }
 
@@ -106,18 +106,6 @@ pub(crate) fn unframe<'a>(
     bytes: &'a [u8],
     max_len: usize,
 ) -> Result<&'a [u8], String> {
-    unframe_with(magic, version, family, kind, bytes, max_len, true)
-}
-
-fn unframe_with<'a>(
-    magic: [u8; 4],
-    version: u8,
-    family: &str,
-    kind: u8,
-    bytes: &'a [u8],
-    max_len: usize,
-    check_digest: bool,
-) -> Result<&'a [u8], String> {
     if bytes.len() > max_len {
         return Err(format!(
             "{} bytes exceeds the limit of {max_len}",
@@ -143,7 +131,7 @@ fn unframe_with<'a>(
         ));
     }
     let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
-    if check_digest && blake3::hash(body).as_bytes() != digest {
+    if blake3::hash(body).as_bytes() != digest {
         return Err("digest mismatch: the message was truncated or altered".into());
     }
     Ok(&body[HEADER..])

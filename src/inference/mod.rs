@@ -314,46 +314,16 @@ impl InferenceActorError {
         }
     }
 
-    /// The HTTP status that fits.
+    /// The HTTP status that fits ([`crate::codes`]).
     pub fn http_status(&self) -> u16 {
-        match self {
-            InferenceActorError::Refused { code, .. } => match *code {
-                "unknown_model" | "unknown_context" => 404,
-                "over_budget" => 413,
-                "insufficient_storage" => 507,
-                "store_unavailable" => 503,
-                _ => 400,
-            },
-            InferenceActorError::UnsupportedScheme(_)
-            | InferenceActorError::BadInput(_)
-            | InferenceActorError::WrongContext(_)
-            | InferenceActorError::Crypto(_) => 400,
-            InferenceActorError::UnknownContext(_) | InferenceActorError::UnknownModel(_) => 404,
-            InferenceActorError::Duplicate(_) => 409,
-            InferenceActorError::OverBudget(_) => 413,
-            InferenceActorError::Remote { .. } | InferenceActorError::Unreachable { .. } => 502,
-            InferenceActorError::Store(_) => 500,
-            InferenceActorError::NoSpace(_) => 507,
-            InferenceActorError::StoreFailing(_) => 503,
-            InferenceActorError::Unavailable(_) => 503,
-        }
+        crate::codes::http_status(self.code())
     }
 
     /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404),
     /// keeping the peer's message as it is.
     pub fn from_remote(peer: String, code: &str, message: String) -> InferenceActorError {
-        let code = match code {
-            "unknown_model" => "unknown_model",
-            "unknown_context" => "unknown_context",
-            "wrong_context" => "wrong_context",
-            "bad_input" => "bad_input",
-            "wrong_shape" => "wrong_shape",
-            "crypto" => "crypto",
-            "invalid_model" => "invalid_model",
-            "over_budget" => "over_budget",
-            "insufficient_storage" => "insufficient_storage",
-            "store_unavailable" => "store_unavailable",
-            _ => return InferenceActorError::Remote { peer, message },
+        let Some(code) = crate::codes::passed_on(code) else {
+            return InferenceActorError::Remote { peer, message };
         };
         InferenceActorError::Refused {
             peer,

@@ -4,6 +4,7 @@
 
 mod book;
 pub mod protocol;
+pub mod rpc;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};

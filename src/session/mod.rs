@@ -98,33 +98,9 @@ impl SessionError {
         }
     }
 
-    /// The HTTP status that fits.
+    /// The HTTP status that fits ([`crate::codes`]).
     pub fn http_status(&self) -> u16 {
-        match self {
-            SessionError::Refused { code, .. } => match *code {
-                "not_allowed" => 403,
-                "unknown_session" => 404,
-                "wrong_phase" | "duplicate" | "no_result" => 409,
-                "insufficient_storage" => 507,
-                "store_unavailable" => 503,
-                "quota_exceeded" | "rate_limited" => 429,
-                _ => 400,
-            },
-            SessionError::InvalidSpec { .. }
-            | SessionError::BadInput(_)
-            | SessionError::Crypto(_) => 400,
-            SessionError::NotAllowed { .. } => 403,
-            SessionError::UnknownSession(_) => 404,
-            SessionError::WrongPhase { .. }
-            | SessionError::Duplicate(_)
-            | SessionError::NoResult { .. } => 409,
-            SessionError::Remote { .. } | SessionError::Unreachable { .. } => 502,
-            SessionError::Store(_) => 500,
-            SessionError::NoSpace(_) => 507,
-            SessionError::QuotaExceeded(_) | SessionError::RateLimited(_) => 429,
-            SessionError::StoreFailing(_) => 503,
-            SessionError::Unavailable(_) => 503,
-        }
+        crate::codes::http_status(self.code())
     }
 }
 
@@ -132,25 +108,11 @@ impl SessionError {
     /// A peer's refusal with `code`: kept as a [`SessionError::Refused`] when the code is one
     /// a client can act on, else a [`SessionError::Remote`] (502). The message stays the peer's.
     pub fn from_remote(peer: String, code: &str, message: String) -> SessionError {
-        let code = match code {
-            "invalid_spec" => "invalid_spec",
-            "unknown_session" => "unknown_session",
-            "wrong_phase" => "wrong_phase",
-            "not_allowed" => "not_allowed",
-            "duplicate" => "duplicate",
-            "bad_input" => "bad_input",
-            "no_result" => "no_result",
-            "crypto" => "crypto",
-            "insufficient_storage" => "insufficient_storage",
-            "store_unavailable" => "store_unavailable",
-            "quota_exceeded" => "quota_exceeded",
-            "rate_limited" => "rate_limited",
-            _ => {
-                return SessionError::Remote {
-                    peer,
-                    message: format!("{code}: {message}"),
-                }
-            }
+        let Some(code) = crate::codes::passed_on(code) else {
+            return SessionError::Remote {
+                peer,
+                message: format!("{code}: {message}"),
+            };
         };
         SessionError::Refused {
             peer,

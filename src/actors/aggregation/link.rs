@@ -2,7 +2,9 @@
 //! mailbox for messages to itself, with retries for transport failures.
 
 use super::*;
-use crate::net::{NetError, Request};
+use crate::net::rpc::{self, Kind, RpcError};
+use crate::net::Request;
+use crate::runtime::{GaveUp, Retry};
 
 const SEND_ATTEMPTS: u32 = 8;
 
@@ -32,6 +34,59 @@ pub(super) struct Link {
     pub(super) unreachable_after: Duration,
 }
 
+impl From<RpcError> for SessionError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Unreachable { peer, message } => SessionError::Unreachable { peer, message },
+            // A peer that is starting or stopping answers `unavailable`: worth another try.
+            RpcError::Refused {
+                peer,
+                code,
+                message,
+            } if code == "unavailable" => SessionError::Unreachable { peer, message },
+            RpcError::Refused {
+                peer,
+                code,
+                message,
+            } => SessionError::from_remote(peer, &code, message),
+            RpcError::Unexpected { peer, message } => SessionError::Remote { peer, message },
+        }
+    }
+}
+
+/// Whether a failure to reach a peer may pass with time.
+fn unreachable(e: &SessionError) -> bool {
+    matches!(e, SessionError::Unreachable { .. })
+}
+
+/// Retries of `attempts` tries, waits from 200 ms doubling to `max_wait`, none started after
+/// `until`.
+fn retry(attempts: u32, max_wait: Duration, until: Option<tokio::time::Instant>) -> Retry {
+    Retry {
+        backoff: Backoff::new(Duration::from_millis(200), max_wait),
+        attempts,
+        until,
+    }
+}
+
+/// The instant Unix milliseconds `at_ms` will be.
+fn instant_of(at_ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms()))
+}
+
+/// Says how often an unreachable peer was tried, in the error's message.
+fn gave_up(gave_up: GaveUp<SessionError>, why: impl FnOnce(u32) -> String) -> SessionError {
+    match gave_up.error {
+        SessionError::Unreachable { peer, message } if gave_up.exhausted => {
+            SessionError::Unreachable {
+                peer,
+                message: format!("{message}{}", why(gave_up.attempts)),
+            }
+        }
+        error => error,
+    }
+}
+
 impl Link {
     /// Sends an encoded session message and waits for the answer; messages to this node
     /// itself go through the actor's own mailbox.
@@ -43,48 +98,22 @@ impl Link {
         let peer_id: PeerId = peer
             .parse()
             .map_err(|_| SessionError::BadInput(format!("`{peer}` is not a peer id")))?;
-        let response = if peer_id == self.me {
+        let answer = if peer_id == self.me {
             let me = self.me;
-            self.mailbox
+            let response = self
+                .mailbox
                 .ask(|reply| Command::Inbound {
                     peer: me,
                     bytes,
                     reply,
                 })
                 .await
-                .map_err(stopped)?
+                .map_err(stopped)?;
+            rpc::answer(peer, Kind::Aggregation, response)
         } else {
-            self.network
-                .request(peer_id, Request::Aggregation(bytes))
-                .await
-                .map_err(|e| match e {
-                    NetError::Outbound { .. } | NetError::Stopped => SessionError::Unreachable {
-                        peer: peer.to_string(),
-                        message: e.to_string(),
-                    },
-                    other => SessionError::Remote {
-                        peer: peer.to_string(),
-                        message: other.to_string(),
-                    },
-                })?
+            rpc::call(&self.network, peer_id, Request::Aggregation(bytes)).await
         };
-        match response {
-            Response::Aggregation(bytes) => messages::decode(&bytes),
-            // A peer that is starting or stopping answers `unavailable`: worth another try.
-            Response::Error { code, message } if code == "unavailable" => {
-                Err(SessionError::Unreachable {
-                    peer: peer.to_string(),
-                    message,
-                })
-            }
-            Response::Error { code, message } => {
-                Err(SessionError::from_remote(peer.to_string(), &code, message))
-            }
-            other => Err(SessionError::Remote {
-                peer: peer.to_string(),
-                message: format!("unexpected answer {other:?}"),
-            }),
-        }
+        messages::decode(&answer?)
     }
 
     /// [`Link::send_encoded`], retried with backoff while the failure is a transport one, at
@@ -94,18 +123,14 @@ impl Link {
         peer: &str,
         msg: &AggMsg,
     ) -> Result<AggReply, SessionError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.send_encoded(peer, messages::encode(msg)?).await {
-                Err(SessionError::Unreachable { message, .. }) if attempt < SEND_ATTEMPTS => {
-                    debug!(%peer, %message, attempt, "retrying");
-                    backoff.wait().await;
-                }
-                other => return other,
-            }
-        }
+        retry(SEND_ATTEMPTS, Duration::from_secs(5), None)
+            .run(
+                || async { self.send_encoded(peer, messages::encode(msg)?).await },
+                unreachable,
+                |attempt, e| debug!(%peer, error = %e, attempt, "retrying"),
+            )
+            .await
+            .map_err(|g| g.error)
     }
 
     /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick
@@ -123,27 +148,24 @@ impl Link {
         let within =
             self.unreachable_after + Duration::from_secs(answer_bytes / BRIEF_BYTES_PER_SEC);
         let deadline = tokio::time::Instant::now() + within;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent =
-                tokio::time::timeout_at(deadline, self.send_encoded(peer, messages::encode(msg)?));
-            let message = match sent.await {
-                Err(_) => format!("no answer within {:.1} s", within.as_secs_f64()),
-                Ok(Err(SessionError::Unreachable { message, .. })) => message,
-                Ok(other) => return other,
-            };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if attempt >= BRIEF_ATTEMPTS || left.is_zero() {
-                return Err(SessionError::Unreachable {
-                    peer: peer.to_string(),
-                    message,
-                });
-            }
-            debug!(%peer, %message, attempt, "retrying");
-            backoff.wait_at_most(left).await;
-        }
+        retry(BRIEF_ATTEMPTS, Duration::from_secs(5), Some(deadline))
+            .run(
+                || async {
+                    let sent = self.send_encoded(peer, messages::encode(msg)?);
+                    tokio::time::timeout_at(deadline, sent)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(SessionError::Unreachable {
+                                peer: peer.to_string(),
+                                message: format!("no answer within {:.1} s", within.as_secs_f64()),
+                            })
+                        })
+                },
+                unreachable,
+                |attempt, e| debug!(%peer, error = %e, attempt, "retrying"),
+            )
+            .await
+            .map_err(|g| g.error)
     }
 
     /// Delivers a plan until the peer stores it or refuses it for good, up to `until_ms`
@@ -156,25 +178,23 @@ impl Link {
         msg: &AggMsg,
         until_ms: u64,
     ) -> Result<AggReply, SessionError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), PLAN_RETRY_MAX);
-        loop {
-            let error = match self.send_encoded(peer, messages::encode(msg)?).await {
-                Err(
-                    e @ (SessionError::Unreachable { .. }
-                    | SessionError::Refused {
-                        code: "rate_limited" | "quota_exceeded" | "insufficient_storage",
-                        ..
-                    }),
-                ) => e,
-                other => return other,
-            };
-            let left = Duration::from_millis(until_ms.saturating_sub(now_ms()));
-            if left.is_zero() {
-                return Err(error);
-            }
-            debug!(%peer, %error, "plan not stored yet; retrying");
-            backoff.wait_at_most(left).await;
-        }
+        retry(u32::MAX, PLAN_RETRY_MAX, Some(instant_of(until_ms)))
+            .run(
+                || async { self.send_encoded(peer, messages::encode(msg)?).await },
+                |e| {
+                    matches!(
+                        e,
+                        SessionError::Unreachable { .. }
+                            | SessionError::Refused {
+                                code: "rate_limited" | "quota_exceeded" | "insufficient_storage",
+                                ..
+                            }
+                    )
+                },
+                |_, e| debug!(%peer, error = %e, "plan not stored yet; retrying"),
+            )
+            .await
+            .map_err(|g| g.error)
     }
 
     /// [`Link::send_encoded`] for a client that waits on the answer: transport failures are retried
@@ -187,26 +207,22 @@ impl Link {
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
     ) -> Result<AggReply, SessionError> {
         let start = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        loop {
-            match self.send_encoded(peer, encode()?).await {
-                Err(SessionError::Unreachable { message, .. }) => {
-                    let left = self.unreachable_after.saturating_sub(start.elapsed());
-                    if left.is_zero() {
-                        return Err(SessionError::Unreachable {
-                            peer: peer.to_string(),
-                            message: format!(
-                                "{message} (gave up after {:.1} s, p2p.unreachable_after_secs)",
-                                start.elapsed().as_secs_f64()
-                            ),
-                        });
-                    }
-                    debug!(%peer, %message, "retrying");
-                    backoff.wait_at_most(left).await;
-                }
-                other => return other,
-            }
-        }
+        let until = tokio::time::Instant::now() + self.unreachable_after;
+        retry(u32::MAX, Duration::from_secs(5), Some(until))
+            .run(
+                || async { self.send_encoded(peer, encode()?).await },
+                unreachable,
+                |_, e| debug!(%peer, error = %e, "retrying"),
+            )
+            .await
+            .map_err(|g| {
+                gave_up(g, |_| {
+                    format!(
+                        " (gave up after {:.1} s, p2p.unreachable_after_secs)",
+                        start.elapsed().as_secs_f64()
+                    )
+                })
+            })
     }
 
     /// Delivers a notice (a result, an end) until the peer answers, however long it stays
@@ -220,29 +236,24 @@ impl Link {
         encode: impl Fn() -> Result<Vec<u8>, SessionError>,
         give_up_at_ms: u64,
     ) -> Result<AggReply, SessionError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), NOTICE_RETRY_MAX);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match self.send_encoded(peer, encode()?).await {
-                Err(SessionError::Unreachable { message, .. }) => {
-                    let left = Duration::from_millis(give_up_at_ms.saturating_sub(now_ms()));
-                    if left.is_zero() {
-                        return Err(SessionError::Unreachable {
-                            peer: peer.to_string(),
-                            message: format!(
-                                "{message}; given up after {attempt} attempts: the peer has \
-                                 dropped the session by now"
-                            ),
-                        });
-                    }
+        retry(u32::MAX, NOTICE_RETRY_MAX, Some(instant_of(give_up_at_ms)))
+            .run(
+                || async { self.send_encoded(peer, encode()?).await },
+                unreachable,
+                |attempt, e| {
                     if attempt.is_multiple_of(10) {
-                        warn!(%peer, %message, attempt, "a notice still waits for its peer");
+                        warn!(%peer, error = %e, attempt, "a notice still waits for its peer");
                     }
-                    backoff.wait_at_most(left).await;
-                }
-                other => return other,
-            }
-        }
+                },
+            )
+            .await
+            .map_err(|g| {
+                gave_up(g, |attempts| {
+                    format!(
+                        "; given up after {attempts} attempts: the peer has dropped the session \
+                         by now"
+                    )
+                })
+            })
     }
 }

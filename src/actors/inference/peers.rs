@@ -13,8 +13,25 @@ use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, K
 use crate::inference::records;
 use crate::inference::scheme::ClientContext;
 use crate::inference::{InferOutcome, InferenceActorError};
+use crate::net::rpc::{self, RpcError};
 use crate::net::{NetworkHandle, Request, Response};
 use crate::store::{trees, Store};
+
+impl From<RpcError> for InferenceActorError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Unreachable { peer, message } => {
+                InferenceActorError::Unreachable { peer, message }
+            }
+            RpcError::Refused {
+                peer,
+                code,
+                message,
+            } => InferenceActorError::from_remote(peer, &code, message),
+            RpcError::Unexpected { peer, message } => InferenceActorError::Remote { peer, message },
+        }
+    }
+}
 
 pub(super) fn error_response(e: &InferenceActorError) -> Response {
     Response::error(e.code(), e.to_string())
@@ -108,25 +125,8 @@ async fn ask_peer(
     peer: PeerId,
     msg: &InferMsg,
 ) -> Result<InferReply, InferenceActorError> {
-    let response = network
-        .request(peer, Request::Inference(messages::encode(msg)))
-        .await
-        .map_err(|e| InferenceActorError::Unreachable {
-            peer: peer.to_string(),
-            message: e.to_string(),
-        })?;
-    match response {
-        Response::Inference(bytes) => messages::decode(&bytes),
-        Response::Error { code, message } => Err(InferenceActorError::from_remote(
-            peer.to_string(),
-            &code,
-            message,
-        )),
-        other => Err(InferenceActorError::Remote {
-            peer: peer.to_string(),
-            message: format!("unexpected answer {other:?}"),
-        }),
-    }
+    let bytes = rpc::call(network, peer, Request::Inference(messages::encode(msg))).await?;
+    messages::decode(&bytes)
 }
 
 pub(super) async fn remote_spec(
