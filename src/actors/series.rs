@@ -132,7 +132,7 @@ async fn persist<T, F: std::future::Future<Output = Result<T, SessionError>>>(
 
 /// Waits until `step.after` stops collecting (the coordinator's view), then opens the step's
 /// round. A round that already exists (opened before a restart) counts as opened.
-async fn perform(aggregation: AggregationHandle, step: SeriesStep) -> Result<(), String> {
+async fn run_step(aggregation: AggregationHandle, step: SeriesStep) -> Result<(), String> {
     if let Some(previous) = &step.after {
         loop {
             let info = persist(|| aggregation.get(previous))
@@ -200,7 +200,7 @@ impl SeriesActor {
         let span = info_span!("series", series = %series, round);
         self.steps.spawn(
             async move {
-                let outcome = perform(aggregation, step).await;
+                let outcome = run_step(aggregation, step).await;
                 StepDone {
                     series,
                     round,

@@ -29,7 +29,7 @@ fn fail(reason: impl Into<String>) -> CoordinatorEvent {
 /// Asks each of `members` to pin `contributors` and gathers the attestations that came back
 /// (a member that cannot be reached or refuses simply adds none).
 fn gather_pins(
-    link: Link,
+    peer_client: PeerClient,
     session: String,
     committee: &[String],
     members: &[u32],
@@ -46,10 +46,10 @@ fn gather_pins(
     Box::pin(async move {
         let answers = futures::future::join_all(asks.iter().map(|(member, peer)| {
             let msg = &msg;
-            let link = &link;
+            let peer_client = &peer_client;
             async move {
                 // An attestation is a signature: the answer's size adds nothing.
-                match link.send_briefly(peer, msg, 0).await {
+                match peer_client.send_briefly(peer, msg, 0).await {
                     Ok(AggReply::Pinned(signature)) => Some(Attestation {
                         member: *member,
                         signature,
@@ -69,7 +69,7 @@ fn gather_pins(
 
 impl AggregationActor {
     pub(super) async fn create(&mut self, spec: SessionSpec) -> Result<SessionInfo, SessionError> {
-        let plan = spec.validate(self.link.me, self.default_profile)?;
+        let plan = spec.validate(self.peer_client.me, self.default_profile)?;
         self.store.ensure_room()?;
         if self.coordinated.contains_key(&plan.id) || self.joined.contains_key(&plan.id) {
             return Err(SessionError::Duplicate(format!(
@@ -102,7 +102,7 @@ impl AggregationActor {
         // runs over request-response.
         let announcement =
             serde_json::json!({"session": id, "coordinator": self.me(), "event": "created"});
-        let network = self.link.network.clone();
+        let network = self.peer_client.network.clone();
         self.spawn_work(
             async move {
                 if let Err(e) = network.publish(announcement.to_string().into_bytes()).await {
@@ -137,7 +137,7 @@ impl AggregationActor {
         if next == *state {
             // Nothing to persist (the start, or a step repeated); what it asks is still done.
             for effect in effects {
-                self.perform(id, effect);
+                self.run_coordinator_effect(id, effect);
             }
             return None;
         }
@@ -175,14 +175,14 @@ impl AggregationActor {
         self.coordinated.insert(id.to_string(), next);
         self.update_phase_gauge();
         for effect in effects {
-            self.perform(id, effect);
+            self.run_coordinator_effect(id, effect);
         }
         None
     }
 
     /// Starts an effect's work among the actor's tasks; its outcome comes back to the loop as
-    /// an [`Internal`].
-    pub(super) fn perform(&mut self, id: &str, effect: CoordinatorEffect) {
+    /// an [`TaskDone`].
+    pub(super) fn run_coordinator_effect(&mut self, id: &str, effect: CoordinatorEffect) {
         let span = info_span!("session", session = %id);
         let mut work = Vec::new();
         self.effect_work(id, effect, &mut work);
@@ -198,7 +198,7 @@ impl AggregationActor {
         };
         let plan = state.plan.clone();
         let machine = &state.machine;
-        let link = self.link.clone();
+        let peer_client = self.peer_client.clone();
         let session = id.to_string();
         let metrics = self.metrics.clone();
         // End notices are retried until every peer that joined has dropped the session anyway.
@@ -214,14 +214,15 @@ impl AggregationActor {
         match effect {
             CoordinatorEffect::DeliverPlanToMembers(members) => {
                 for member in members {
-                    let (link, plan, session) = (link.clone(), plan.clone(), session.clone());
+                    let (peer_client, plan, session) =
+                        (peer_client.clone(), plan.clone(), session.clone());
                     let Some(peer) = plan.committee.get(member as usize).cloned() else {
                         continue;
                     };
                     work.push(Box::pin(async move {
                         let msg = AggMsg::Plan { plan };
-                        match link.send_plan(&peer, &msg, plan_until_ms).await {
-                            Ok(AggReply::Ack) => Some(Internal::Event(
+                        match peer_client.send_plan(&peer, &msg, plan_until_ms).await {
+                            Ok(AggReply::Ack) => Some(TaskDone::Event(
                                 session,
                                 CoordinatorEvent::PlanStored { member },
                             )),
@@ -244,7 +245,7 @@ impl AggregationActor {
                     let sends = plan
                         .participants
                         .iter()
-                        .map(|p| link.send_plan(p, &msg, plan_until_ms));
+                        .map(|p| peer_client.send_plan(p, &msg, plan_until_ms));
                     let results = futures::future::join_all(sends).await;
                     for (peer, r) in plan.participants.iter().zip(results) {
                         if let Err(e) = r {
@@ -264,10 +265,10 @@ impl AggregationActor {
                         session: session.clone(),
                         participants: participants.clone(),
                     };
-                    let (link, session) = (link.clone(), session.clone());
+                    let (peer_client, session) = (peer_client.clone(), session.clone());
                     work.push(Box::pin(async move {
                         // A list of peer ids: the answer's size adds nothing.
-                        let held = match link.send_briefly(&peer, &msg, 0).await {
+                        let held = match peer_client.send_briefly(&peer, &msg, 0).await {
                             Ok(AggReply::Held(held)) => Some(held),
                             Ok(_) => None,
                             Err(e) => {
@@ -275,7 +276,7 @@ impl AggregationActor {
                                 None
                             }
                         };
-                        Some(Internal::Event(
+                        Some(TaskDone::Event(
                             session,
                             CoordinatorEvent::Holdings { member, held },
                         ))
@@ -292,7 +293,7 @@ impl AggregationActor {
                     Err(e) => {
                         let reason = e.to_string();
                         work.push(Box::pin(async move {
-                            Some(Internal::Event(session, fail(reason)))
+                            Some(TaskDone::Event(session, fail(reason)))
                         }));
                         return;
                     }
@@ -320,11 +321,11 @@ impl AggregationActor {
                         }
                     };
                     Some(match outcome {
-                        Ok(aggregate) => Internal::Summed {
+                        Ok(aggregate) => TaskDone::Summed {
                             session,
                             aggregate: Box::new(aggregate),
                         },
-                        Err(reason) => Internal::Event(session, fail(reason)),
+                        Err(reason) => TaskDone::Event(session, fail(reason)),
                     })
                 }));
             }
@@ -340,7 +341,7 @@ impl AggregationActor {
                 // attestations (members release only against t of them). Asked again after a
                 // re-assignment or a restart, a member attests the same S again.
                 let pins = gather_pins(
-                    link.clone(),
+                    peer_client.clone(),
                     session.clone(),
                     &plan.committee,
                     &machine.answering,
@@ -353,7 +354,8 @@ impl AggregationActor {
                     let Some(peer) = plan.committee.get(member as usize).cloned() else {
                         continue;
                     };
-                    let (link, session, request) = (link.clone(), session.clone(), request.clone());
+                    let (peer_client, session, request) =
+                        (peer_client.clone(), session.clone(), request.clone());
                     let pins = pins.clone();
                     work.push(Box::pin(async move {
                         let msg = AggMsg::Release {
@@ -362,7 +364,7 @@ impl AggregationActor {
                             pins: pins.await,
                         };
                         let failed = |reason: String| {
-                            Some(Internal::Event(
+                            Some(TaskDone::Event(
                                 session.clone(),
                                 CoordinatorEvent::ReleaseFailed {
                                     member,
@@ -371,8 +373,8 @@ impl AggregationActor {
                                 },
                             ))
                         };
-                        match link.send_briefly(&peer, &msg, release_bytes).await {
-                            Ok(AggReply::Release(bytes)) => Some(Internal::Released {
+                        match peer_client.send_briefly(&peer, &msg, release_bytes).await {
+                            Ok(AggReply::Release(bytes)) => Some(TaskDone::Released {
                                 session: session.clone(),
                                 member,
                                 generation,
@@ -410,7 +412,7 @@ impl AggregationActor {
                         Ok(sum) => {
                             let k = sum.contributors.len() as u32;
                             match SessionResult::from_sum(&plan, sum.sum, k) {
-                                Ok(r) => Internal::Combined {
+                                Ok(r) => TaskDone::Combined {
                                     session: session.clone(),
                                     result: Box::new(SessionResult {
                                         session,
@@ -420,10 +422,10 @@ impl AggregationActor {
                                     }),
                                     attempt: 0,
                                 },
-                                Err(reason) => Internal::Event(session, fail(reason)),
+                                Err(reason) => TaskDone::Event(session, fail(reason)),
                             }
                         }
-                        Err(reason) => Internal::Event(session, fail(reason)),
+                        Err(reason) => TaskDone::Event(session, fail(reason)),
                     })
                 }));
             }
@@ -434,7 +436,7 @@ impl AggregationActor {
                     reason: Some(reason),
                 };
                 let to = unnotified(&plan.peers(), &machine.notified);
-                deliver_to_each(work, &link, &session, &msg, to, give_up_at_ms);
+                deliver_to_each(work, &peer_client, &session, &msg, to, give_up_at_ms);
             }
             CoordinatorEffect::PublishResult => {
                 // Members only need to know it is over, to forget the seeds; told apart, so
@@ -450,7 +452,7 @@ impl AggregationActor {
                     .filter(|p| !plan.is_participant(p))
                     .collect();
                 let to = unnotified(&members_only, &machine.notified);
-                deliver_to_each(work, &link, &session, &ended, to, give_up_at_ms);
+                deliver_to_each(work, &peer_client, &session, &ended, to, give_up_at_ms);
                 let participants: Vec<&String> = plan.participants.iter().collect();
                 let to = unnotified(&participants, &machine.notified);
                 if to.is_empty() {
@@ -462,8 +464,8 @@ impl AggregationActor {
                 let encoded: Arc<tokio::sync::OnceCell<Option<Vec<u8>>>> = Arc::default();
                 let at_once = Arc::new(tokio::sync::Semaphore::new(RESULT_SENDS_AT_ONCE));
                 for peer in to {
-                    let (link, session, store) =
-                        (link.clone(), session.clone(), self.store.clone());
+                    let (peer_client, session, store) =
+                        (peer_client.clone(), session.clone(), self.store.clone());
                     let (encoded, at_once) = (encoded.clone(), at_once.clone());
                     work.push(Box::pin(async move {
                         // The first try holds a turn; an unreachable participant's retries
@@ -474,11 +476,13 @@ impl AggregationActor {
                                 .get_or_init(|| encoded_result(store, session.clone()))
                                 .await
                                 .as_ref()?;
-                            (link.send_encoded(&peer, msg.clone()).await, msg)
+                            (peer_client.send_encoded(&peer, msg.clone()).await, msg)
                         };
                         let delivered = match first {
                             Err(SessionError::Unreachable { .. }) => {
-                                link.deliver(&peer, || Ok(msg.clone()), give_up_at_ms).await
+                                peer_client
+                                    .deliver(&peer, || Ok(msg.clone()), give_up_at_ms)
+                                    .await
                             }
                             other => other,
                         };
@@ -536,13 +540,13 @@ impl AggregationActor {
         );
         self.spawn_work(
             async move {
-                let stored = tokio::task::spawn_blocking(move || write.perform())
+                let stored = tokio::task::spawn_blocking(move || write.write())
                     .await
                     .unwrap_or(Err(SessionError::Unavailable("piece storage")));
                 if stored.is_ok() {
                     metrics.submission_bytes.inc_by(len);
                 }
-                Some(Internal::PieceStored {
+                Some(TaskDone::PieceStored {
                     session,
                     from,
                     index,
@@ -613,7 +617,7 @@ impl AggregationActor {
                             Err(e) => Err(e),
                         };
                         match checked {
-                            Ok((meta, bytes)) => Some(Internal::UploadChecked {
+                            Ok((meta, bytes)) => Some(TaskDone::UploadChecked {
                                 session,
                                 from,
                                 index,
@@ -777,16 +781,16 @@ fn unnotified(peers: &[&String], notified: &std::collections::BTreeSet<String>) 
 /// session is over everywhere (`give_up_at_ms`).
 fn deliver_to_each(
     work: &mut Vec<Work>,
-    link: &Link,
+    peer_client: &PeerClient,
     session: &str,
     msg: &AggMsg,
     peers: Vec<String>,
     give_up_at_ms: u64,
 ) {
     for peer in peers {
-        let (link, msg, session) = (link.clone(), msg.clone(), session.to_string());
+        let (peer_client, msg, session) = (peer_client.clone(), msg.clone(), session.to_string());
         work.push(Box::pin(async move {
-            let delivered = link
+            let delivered = peer_client
                 .deliver(&peer, || messages::encode(&msg), give_up_at_ms)
                 .await;
             notice_outcome(session, peer, delivered)
@@ -799,13 +803,13 @@ fn notice_outcome(
     session: String,
     peer: String,
     delivered: Result<AggReply, SessionError>,
-) -> Option<Internal> {
+) -> Option<TaskDone> {
     // A refusal (a peer that never saw the plan) is as final as an acknowledgement: asking
     // again cannot help.
     if let Err(e) = delivered {
         debug!(%peer, error = %e, "end notice refused");
     }
-    Some(Internal::Event(
+    Some(TaskDone::Event(
         session,
         CoordinatorEvent::Notified { peer },
     ))

@@ -8,14 +8,14 @@
 //! - [`member`]: stores seeds, answers holdings, releases keys for one contributor set.
 //!
 //! This module holds the handle, the loop, what every role shares (loading, session info,
-//! inbound routing) and [`link`], the way tasks reach peers. Spawned work runs in a
+//! inbound routing) and [`peer_client`], the way tasks reach peers. Spawned work runs in a
 //! [`JoinSet`](tokio::task::JoinSet) polled in the loop: it dies with the actor, and what it
 //! returns is handled here.
 
 mod coordinator;
-mod link;
 mod member;
 mod participant;
+mod peer_client;
 mod quota;
 mod submissions;
 
@@ -45,8 +45,8 @@ use crate::session::{
 use crate::store::{trees, Store};
 
 use coordinator::Coordinated;
-use link::Link;
 use participant::{Joined, Preparation};
+use peer_client::PeerClient;
 use submissions::{count_submission, RunningSum};
 
 /// Participants a result is pushed to concurrently.
@@ -70,7 +70,7 @@ enum Command {
 }
 
 /// What the actor's own background work hands back to its loop (through [`Tasks`]).
-enum Internal {
+enum TaskDone {
     /// An event for a coordinated session's machine.
     Event(String, CoordinatorEvent),
     /// The bodies of S are summed (coordinator).
@@ -220,10 +220,10 @@ type BoxedAnswer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<AggReply, SessionError>> + Send>>;
 
 /// A piece of background work: what it returns is handled in the actor's loop.
-type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Internal>> + Send>>;
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Option<TaskDone>> + Send>>;
 
 /// The actor's background work: polled in its own loop, and aborted with it.
-type Tasks = tokio::task::JoinSet<Option<Internal>>;
+type Tasks = tokio::task::JoinSet<Option<TaskDone>>;
 
 /// The wire answer to a peer's message.
 fn reply_response(result: Result<AggReply, SessionError>) -> Response {
@@ -243,7 +243,7 @@ fn error_response(e: &SessionError) -> Response {
 }
 
 struct AggregationActor {
-    link: Link,
+    peer_client: PeerClient,
     identity: libp2p::identity::Keypair,
     store: Store,
     /// What one coordinator may make this node hold.
@@ -311,7 +311,7 @@ pub fn spawn(
     let (mailbox, rx) = Mailbox::new("aggregation", 256);
     let actor = AggregationActor {
         identity: deps.identity,
-        link: Link {
+        peer_client: PeerClient {
             me: deps.me,
             network: deps.network,
             mailbox: mailbox.clone(),
@@ -394,7 +394,7 @@ impl AggregationActor {
     /// Runs `work` among the actor's tasks, in `span`.
     fn spawn_work(
         &mut self,
-        work: impl std::future::Future<Output = Option<Internal>> + Send + 'static,
+        work: impl std::future::Future<Output = Option<TaskDone>> + Send + 'static,
         span: tracing::Span,
     ) {
         self.tasks.spawn(work.instrument(span));
@@ -433,8 +433,8 @@ impl AggregationActor {
                 },
                 _ = tick.tick() => self.tick().await,
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(Some(internal)) = done {
-                        self.internal(internal).await;
+                    if let Ok(Some(finished)) = done {
+                        self.task_done(finished).await;
                     }
                 }
             }
@@ -493,7 +493,7 @@ impl AggregationActor {
             info!(session = %id, "resuming session");
             self.phase_since.insert(id.clone(), Instant::now());
             for effect in effects {
-                self.perform(&id, effect);
+                self.run_coordinator_effect(&id, effect);
             }
         }
         self.update_phase_gauge();
@@ -578,7 +578,7 @@ impl AggregationActor {
     }
 
     fn me(&self) -> String {
-        self.link.me.to_string()
+        self.peer_client.me.to_string()
     }
 
     /// Makes every write so far durable, timing it for the flush-latency metric.
@@ -586,14 +586,14 @@ impl AggregationActor {
         timed_flush(&self.store, &self.metrics).await
     }
 
-    async fn internal(&mut self, internal: Internal) {
-        match internal {
-            Internal::Event(id, event) => {
+    async fn task_done(&mut self, done: TaskDone) {
+        match done {
+            TaskDone::Event(id, event) => {
                 if let Some(e) = self.apply(&id, event).await {
                     debug!(session = %id, error = %e, "event not applied");
                 }
             }
-            Internal::Summed { session, aggregate } => {
+            TaskDone::Summed { session, aggregate } => {
                 if !self.coordinated.contains_key(&session) {
                     return;
                 }
@@ -601,7 +601,7 @@ impl AggregationActor {
                     .insert(session.clone(), Arc::from(aggregate));
                 self.apply(&session, CoordinatorEvent::Summed).await;
             }
-            Internal::Released {
+            TaskDone::Released {
                 session,
                 member,
                 generation,
@@ -624,7 +624,7 @@ impl AggregationActor {
                 self.apply(&session, CoordinatorEvent::Released { member, generation })
                     .await;
             }
-            Internal::Combined {
+            TaskDone::Combined {
                 session,
                 result,
                 attempt,
@@ -654,7 +654,7 @@ impl AggregationActor {
                         self.spawn_work(
                             async move {
                                 tokio::time::sleep(delay).await;
-                                Some(Internal::Combined {
+                                Some(TaskDone::Combined {
                                     session,
                                     result,
                                     attempt: attempt + 1,
@@ -667,14 +667,14 @@ impl AggregationActor {
                     Err(e) => error!(%session, error = %e, "the result's write did not finish"),
                 }
             }
-            Internal::PieceStored {
+            TaskDone::PieceStored {
                 session,
                 from,
                 index,
                 stored,
                 reply,
             } => self.piece_stored(session, from, index, stored, reply),
-            Internal::UploadChecked {
+            TaskDone::UploadChecked {
                 session,
                 from,
                 index,
@@ -688,13 +688,13 @@ impl AggregationActor {
                 count_submission(&self.metrics, &result);
                 let _ = reply.send(reply_response(result));
             }
-            Internal::SeedsAcked { session, member } => self.seeds_acked(&session, member).await,
-            Internal::Sealed {
+            TaskDone::SeedsAcked { session, member } => self.seeds_acked(&session, member).await,
+            TaskDone::Sealed {
                 session,
                 sealed,
                 reply,
             } => self.sealed(&session, *sealed, reply).await,
-            Internal::Uploaded {
+            TaskDone::Uploaded {
                 session,
                 result,
                 reply,

@@ -72,7 +72,7 @@ pub(super) struct SealedForUpload {
 /// Uploads an update piece by piece; each piece is acknowledged only once the coordinator has
 /// it on disk.
 async fn upload(
-    link: &Link,
+    peer_client: &PeerClient,
     plan: &SessionPlan,
     bytes: &[u8],
     clipped: u64,
@@ -92,7 +92,7 @@ async fn upload(
             clipped,
             bytes: piece,
         };
-        match link
+        match peer_client
             .send_within_limit(&plan.coordinator, || piece.encode())
             .await?
         {
@@ -220,7 +220,7 @@ impl AggregationActor {
             "joined session");
         self.joined.insert(plan.id.clone(), joined);
         for effect in effects {
-            self.perform_participant(&plan.id, effect).await;
+            self.run_participant_effect(&plan.id, effect).await;
         }
         Ok(())
     }
@@ -247,7 +247,7 @@ impl AggregationActor {
         }
     }
 
-    async fn perform_participant(&mut self, id: &str, effect: ParticipantEffect) {
+    async fn run_participant_effect(&mut self, id: &str, effect: ParticipantEffect) {
         match effect {
             // Persisted before any seed leaves: the deliveries below start after it.
             ParticipantEffect::GenerateKey => {
@@ -288,7 +288,8 @@ impl AggregationActor {
             let Some(peer) = plan.committee.get(member as usize).cloned() else {
                 continue;
             };
-            let (keys, link, session) = (self.keys.clone(), self.link.clone(), id.to_string());
+            let (keys, peer_client, session) =
+                (self.keys.clone(), self.peer_client.clone(), id.to_string());
             let span = info_span!("seeds", session = %id, member);
             self.spawn_work(
                 async move {
@@ -313,12 +314,12 @@ impl AggregationActor {
                                 plan_digest: digest,
                                 bundle,
                             };
-                            link.send_retrying(&peer, &msg).await
+                            peer_client.send_retrying(&peer, &msg).await
                         }
                         .await;
                         match sent {
                             Ok(AggReply::Ack) => {
-                                return Some(Internal::SeedsAcked { session, member })
+                                return Some(TaskDone::SeedsAcked { session, member })
                             }
                             Ok(other) => {
                                 warn!(?other, "unexpected answer to the seeds");
@@ -495,7 +496,7 @@ impl AggregationActor {
                     .get_or_create(&OpLabels { op: "encrypt" })
                     .observe(encrypt_ms / 1e3);
                 Some(match sealed {
-                    Ok((sealed, prepared)) => Internal::Sealed {
+                    Ok((sealed, prepared)) => TaskDone::Sealed {
                         session: plan.id.clone(),
                         sealed: Box::new(SealedForUpload {
                             sealed,
@@ -504,7 +505,7 @@ impl AggregationActor {
                         }),
                         reply,
                     },
-                    Err(e) => Internal::Uploaded {
+                    Err(e) => TaskDone::Uploaded {
                         session: plan.id.clone(),
                         result: Err(e),
                         reply: Some(reply),
@@ -556,7 +557,7 @@ impl AggregationActor {
         let Some(plan) = self.joined.get(id).map(|j| j.plan.clone()) else {
             return;
         };
-        let link = self.link.clone();
+        let peer_client = self.peer_client.clone();
         let span = info_span!("upload", session = %id);
         self.spawn_work(
             async move {
@@ -565,7 +566,7 @@ impl AggregationActor {
                     encrypt_ms,
                     prepared,
                 } = sealed;
-                let result = upload(&link, &plan, &sealed.bytes, sealed.clipped)
+                let result = upload(&peer_client, &plan, &sealed.bytes, sealed.clipped)
                     .await
                     .map(|(pieces, upload_ms)| SubmitReceipt {
                         session: plan.id.clone(),
@@ -578,7 +579,7 @@ impl AggregationActor {
                         upload_ms,
                         prepared,
                     });
-                Some(Internal::Uploaded {
+                Some(TaskDone::Uploaded {
                     session: plan.id.clone(),
                     result,
                     reply: Some(reply),

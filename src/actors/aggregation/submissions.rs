@@ -120,7 +120,7 @@ pub(super) struct PieceWrite {
 impl PieceWrite {
     /// Writes the piece (blocking). Pieces of one upload may be written concurrently: each
     /// counts the stored pieces after its own write, so the last write to finish sees them all.
-    pub(super) fn perform(self) -> Result<StoredPiece, SessionError> {
+    pub(super) fn write(self) -> Result<StoredPiece, SessionError> {
         let upload = Upload::open(
             &self.store,
             trees::SUBMISSIONS,

@@ -1,7 +1,7 @@
 //! Client contexts of this node: made with a fresh key, kept in the store with the secret key
 //! (which never leaves the node), and cached in memory once read.
 
-use super::{InferenceActor, Internal, Reply};
+use super::{InferenceActor, Reply, TaskDone};
 use crate::inference::records;
 use crate::inference::scheme::{ClientContext, ClientKey};
 use crate::inference::{ContextInfo, InferenceActorError, Scheme};
@@ -66,7 +66,7 @@ impl InferenceActor {
                 "key generation (it panicked)",
             )));
             match made {
-                Ok(ctx) => Some(Internal::ContextReady(Box::new(ctx), reply)),
+                Ok(ctx) => Some(TaskDone::ContextReady(Box::new(ctx), reply)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     None

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::info;
 
-use super::{InferenceActor, Internal, Reply, StoringKey};
+use super::{InferenceActor, Reply, StoringKey, TaskDone};
 use crate::crypto::inference::{InferenceWire, MlpEvaluationKey, MlpParams, MlpServerKey, Model};
 use crate::inference::messages::{self, Batch, InferReply, KEY_PIECE_BYTES};
 use crate::inference::records;
@@ -248,7 +248,7 @@ impl InferenceActor {
                         )?))
                     })
                     .await;
-                    Some(Internal::EvalKeyLoaded {
+                    Some(TaskDone::EvalKeyLoaded {
                         slot,
                         key,
                         job: Box::new(job),
@@ -439,7 +439,7 @@ impl InferenceActor {
                 })
                 .await
             };
-            Some(Internal::EvalKeyStored { slot, outcome })
+            Some(TaskDone::EvalKeyStored { slot, outcome })
         });
     }
 

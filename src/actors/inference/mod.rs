@@ -4,7 +4,7 @@
 //!
 //! The actor owns its maps; anything slow (key generation, encryption, evaluation, loading an
 //! evaluation key, talking to a peer) runs in a task of its [`JoinSet`], which answers the
-//! caller directly and hands back to the loop what the actor must cache ([`Internal`]).
+//! caller directly and hands back to the loop what the actor must cache ([`TaskDone`]).
 //! The scheme-specific work is in [`crate::inference::scheme`]; here are the loop and the
 //! handle ([`mod@self`]), client contexts ([`contexts`]), the client's flows ([`client`]),
 //! evaluation on the model node ([`evaluation`]) and peer calls ([`peers`]).
@@ -131,7 +131,7 @@ enum Command {
 }
 
 /// What a task of the actor hands back to its loop.
-enum Internal {
+enum TaskDone {
     /// A new context is made and stored: cache it, then answer its creator.
     ContextReady(Box<ClientContext>, Reply<ContextInfo>),
     /// An evaluation key is read from the store for `job`: cache it (when it loaded), then run
@@ -149,7 +149,7 @@ enum Internal {
     },
 }
 
-type Tasks = JoinSet<Option<Internal>>;
+type Tasks = JoinSet<Option<TaskDone>>;
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -401,8 +401,8 @@ impl InferenceActor {
                     None => break,
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(Some(internal)) = done {
-                        self.internal(internal);
+                    if let Ok(Some(finished)) = done {
+                        self.task_done(finished);
                     }
                 }
             }
@@ -414,7 +414,7 @@ impl InferenceActor {
     /// Runs `work` among the actor's tasks, in the current span.
     fn spawn(
         &mut self,
-        work: impl std::future::Future<Output = Option<Internal>> + Send + 'static,
+        work: impl std::future::Future<Output = Option<TaskDone>> + Send + 'static,
     ) {
         self.tasks.spawn(work.in_current_span());
     }
@@ -483,15 +483,15 @@ impl InferenceActor {
         }
     }
 
-    fn internal(&mut self, internal: Internal) {
-        match internal {
-            Internal::ContextReady(ctx, reply) => {
+    fn task_done(&mut self, done: TaskDone) {
+        match done {
+            TaskDone::ContextReady(ctx, reply) => {
                 let info = ctx.info.clone();
                 self.contexts.insert(info.fhe_context_id.clone(), *ctx);
                 let _ = reply.send(Ok(info));
             }
-            Internal::EvalKeyLoaded { slot, key, job } => self.eval_key_loaded(slot, key, *job),
-            Internal::EvalKeyStored { slot, outcome } => self.eval_key_stored(slot, outcome),
+            TaskDone::EvalKeyLoaded { slot, key, job } => self.eval_key_loaded(slot, key, *job),
+            TaskDone::EvalKeyStored { slot, outcome } => self.eval_key_stored(slot, outcome),
         }
     }
 

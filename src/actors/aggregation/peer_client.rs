@@ -8,17 +8,17 @@ use crate::runtime::{GaveUp, Retry};
 
 const SEND_ATTEMPTS: u32 = 8;
 
-/// Longest wait between two attempts of [`Link::send_plan`]: a rate limit refills a plan
+/// Longest wait between two attempts of [`PeerClient::send_plan`]: a rate limit refills a plan
 /// within seconds.
 const PLAN_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Longest wait between two attempts of [`Link::deliver`].
+/// Longest wait between two attempts of [`PeerClient::deliver`].
 const NOTICE_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Attempts of [`Link::send_briefly`]: 0.2 + 0.4 + 0.8 s of backoff.
+/// Attempts of [`PeerClient::send_briefly`]: 0.2 + 0.4 + 0.8 s of backoff.
 const BRIEF_ATTEMPTS: u32 = 4;
 
-/// What [`Link::send_briefly`] allows for an answer's size on top of
+/// What [`PeerClient::send_briefly`] allows for an answer's size on top of
 /// `p2p.unreachable_after_secs`: a member computes a release (a pass over the session's
 /// length) and sends it, so a large session's answer is given a second per 2 MiB (16 Mbit/s:
 /// a 64 MiB release has 37 s, within `p2p.request_timeout_secs`' default of 120 s).
@@ -26,11 +26,11 @@ const BRIEF_BYTES_PER_SEC: u64 = 2 << 20;
 
 /// Everything a background task needs to talk to peers, or to this node through its mailbox.
 #[derive(Clone)]
-pub(super) struct Link {
+pub(super) struct PeerClient {
     pub(super) me: PeerId,
     pub(super) network: NetworkHandle,
     pub(super) mailbox: Mailbox<Command>,
-    /// `p2p.unreachable_after_secs`: how long [`Link::send_within_limit`] retries.
+    /// `p2p.unreachable_after_secs`: how long [`PeerClient::send_within_limit`] retries.
     pub(super) unreachable_after: Duration,
 }
 
@@ -87,7 +87,7 @@ fn gave_up(gave_up: GaveUp<SessionError>, why: impl FnOnce(u32) -> String) -> Se
     }
 }
 
-impl Link {
+impl PeerClient {
     /// Sends an encoded session message and waits for the answer; messages to this node
     /// itself go through the actor's own mailbox.
     pub(super) async fn send_encoded(
@@ -116,7 +116,7 @@ impl Link {
         messages::decode(&answer?)
     }
 
-    /// [`Link::send_encoded`], retried with backoff while the failure is a transport one, at
+    /// [`PeerClient::send_encoded`], retried with backoff while the failure is a transport one, at
     /// most [`SEND_ATTEMPTS`] times.
     pub(super) async fn send_retrying(
         &self,
@@ -133,7 +133,7 @@ impl Link {
             .map_err(|g| g.error)
     }
 
-    /// [`Link::send_encoded`] to a committee member while the round waits on it: a few quick
+    /// [`PeerClient::send_encoded`] to a committee member while the round waits on it: a few quick
     /// retries, all within `p2p.unreachable_after_secs` plus a second per [`BRIEF_BYTES_PER_SEC`] of
     /// `answer_bytes`, since an absent member is replaced rather than waited for. The bound
     /// covers an attempt under way too: a member that is up but frozen (stopped, swapping,
@@ -197,7 +197,7 @@ impl Link {
             .map_err(|g| g.error)
     }
 
-    /// [`Link::send_encoded`] for a client that waits on the answer: transport failures are retried
+    /// [`PeerClient::send_encoded`] for a client that waits on the answer: transport failures are retried
     /// only until `p2p.unreachable_after_secs` have passed since the first attempt, and then
     /// reported as the peer being unreachable. An attempt under way is not cut short: a
     /// reachable peer receiving a large piece may take longer than that.
