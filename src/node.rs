@@ -62,11 +62,14 @@ async fn watch_store(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let health = store.health();
-        let room = health.min_free_bytes.max(1 << 20);
         // Only a disk that was full: one failing otherwise would fail again after a restart,
         // and restarting in a loop would hide it; it stays not ready for its operator.
-        if store.failed_for_space() && health.free_bytes.is_some_and(|free| free >= room) {
+        if !store.failed_for_space() {
+            continue;
+        }
+        let health = store.health();
+        let room = health.min_free_bytes.max(1 << 20);
+        if health.free_bytes.is_some_and(|free| free >= room) {
             error!(
                 last_error = health.last_error.as_deref().unwrap_or(""),
                 "the store failed a write and space is back: stopping to reopen it"

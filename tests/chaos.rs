@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::five_nodes::{self, NAMES, PARTICIPANTS, THRESHOLD};
 use common::*;
 use serde_json::{json, Value};
 
@@ -57,12 +58,8 @@ const TRAIN_MS: u64 = 1500;
 /// Each of the session's three deadlines (plan delivery; collecting; closing and decrypting).
 /// Well above a restart and a reconnection, so that a round that fails was not merely slow.
 const DEADLINE_SECS: u64 = 60;
-const THRESHOLD: u64 = 2;
-const NAMES: [&str; 5] = ["c", "m1", "m2", "m3", "p1"];
 /// Indices into `NAMES`.
 const COORDINATOR: usize = 0;
-const COMMITTEE: [usize; 3] = [1, 2, 3];
-const PARTICIPANTS: [usize; 3] = [4, 2, 3];
 /// The phases a victim is killed in, in order; `done` and `failed` follow.
 const PHASES: [&str; 4] = ["proposed", "collecting", "closing", "decrypting"];
 /// A node that does not answer its status within this is hung.
@@ -567,17 +564,7 @@ async fn run_case(root: &Path, case: &Case) -> Report {
     });
     let watchdog = tokio::spawn(watchdog(live.clone(), journal.clone()));
 
-    let spec = json!({
-        "id": SESSION,
-        "length": LENGTH,
-        "profile": "fast",
-        "committee": COMMITTEE.map(|i| ids[i].clone()),
-        "threshold": THRESHOLD,
-        "participants": PARTICIPANTS.map(|i| ids[i].clone()),
-        "min_participants": 2,
-        "deadline_secs": DEADLINE_SECS,
-        "result": "sum",
-    });
+    let spec = five_nodes::spec(SESSION, &ids, LENGTH, DEADLINE_SECS);
     let created = http
         .post(format!("{capi}/v1/sessions"))
         .json(&spec)

@@ -14,12 +14,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::five_nodes::{self, NAMES, PARTICIPANTS};
 use common::*;
 use serde_json::{json, Value};
 
-const NAMES: [&str; 5] = ["c", "m1", "m2", "m3", "p1"];
-const COMMITTEE: [usize; 3] = [1, 2, 3];
-const PARTICIPANTS: [usize; 3] = [4, 2, 3];
 const FROZEN: usize = 1;
 /// Each of the session's three deadlines: far below the request timeout (120 s).
 const DEADLINE_SECS: u64 = 12;
@@ -46,17 +44,7 @@ impl Drop for Frozen<'_> {
 }
 
 async fn create(http: &reqwest::Client, capi: &str, id: &str, ids: &[String]) {
-    let spec = json!({
-        "id": id,
-        "length": LENGTH,
-        "profile": "fast",
-        "committee": COMMITTEE.map(|i| ids[i].clone()),
-        "threshold": 2,
-        "participants": PARTICIPANTS.map(|i| ids[i].clone()),
-        "min_participants": 2,
-        "deadline_secs": DEADLINE_SECS,
-        "result": "sum",
-    });
+    let spec = five_nodes::spec(id, ids, LENGTH, DEADLINE_SECS);
     let created = http
         .post(format!("{capi}/v1/sessions"))
         .json(&spec)

@@ -667,9 +667,9 @@ pub fn parse_update(
     layout: &Layout,
     integers: IntegerPolicy,
 ) -> Result<(Vec<f32>, Option<f64>), ApiError> {
-    // An `.npz` may unpack to no more than the update can need: every value as `f64`, and
-    // room for the members' headers.
-    let max_unpacked = (layout.length() as u64).saturating_mul(8) + (1 << 20);
+    // An `.npz` may unpack to no more than the update can need: what a binary body of the
+    // session may be (every value as `f64`), which leaves room for the members' headers.
+    let max_unpacked = UpdateFormat::Npz.max_body_bytes(layout.length() as u64);
     let (arrays, weight) = tensors::read_body(format, body, max_unpacked)?;
     Ok((layout.flatten(&arrays, integers)?, weight))
 }

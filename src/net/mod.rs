@@ -374,6 +374,9 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
 /// The first wait after a new fhenode peer is identified (see `next_bootstrap`).
 const BOOTSTRAP_SOON: Duration = Duration::from_secs(1);
+/// Shortest time between two bootstraps: peers identified together start one, not one each.
+/// Below [`BOOTSTRAP_SOON`], so that the follow-up a second later is not swallowed.
+const BOOTSTRAP_MIN_GAP: Duration = Duration::from_millis(500);
 
 impl NetworkActor {
     async fn run(mut self, cancel: CancellationToken) {
@@ -408,7 +411,7 @@ impl NetworkActor {
     fn bootstrap(&mut self) {
         if self
             .last_bootstrap
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+            .is_some_and(|t| t.elapsed() < BOOTSTRAP_MIN_GAP)
         {
             return;
         }

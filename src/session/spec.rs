@@ -322,6 +322,31 @@ impl SessionPlan {
         blake3::derive_key("fhenode 2026 session plan v1", &bytes)
     }
 
+    /// Checks a plan received from a coordinator as the coordinator's own API checked its
+    /// spec: the length, the id (it names records and files), the deadline (it bounds every
+    /// wait and the session's expiry), and what [`SessionPlan::context`] checks.
+    pub fn check_received(&self) -> Result<(), SessionError> {
+        if self.length == 0 || self.length > MAX_LENGTH {
+            return Err(SessionError::BadInput(format!(
+                "a session of {} values; at most {MAX_LENGTH} are allowed",
+                self.length
+            )));
+        }
+        if !valid_session_id(&self.id) {
+            return Err(SessionError::BadInput(format!(
+                "`{}` is not a session id",
+                self.id
+            )));
+        }
+        if self.deadline_secs == 0 || self.deadline_secs > MAX_DEADLINE_SECS {
+            return Err(SessionError::BadInput(format!(
+                "a deadline of {} s; 1 to {MAX_DEADLINE_SECS} are allowed",
+                self.deadline_secs
+            )));
+        }
+        self.context().map(|_| ())
+    }
+
     /// What the crypto layer needs of the session. Refuses a plan (a peer's, when joining)
     /// whose `shapes` are not tensors that add up to its `length`: the update's layout is
     /// made from the shapes.
@@ -382,6 +407,38 @@ mod tests {
             participants: peers(5),
             min_participants: Some(3),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_received_plan_is_checked_as_its_spec_was() {
+        let plan = spec().validate(PeerId::random(), Profile::Secure).unwrap();
+        plan.check_received().unwrap();
+        let broken = [
+            SessionPlan {
+                id: "../x".into(),
+                ..plan.clone()
+            },
+            SessionPlan {
+                deadline_secs: 0,
+                ..plan.clone()
+            },
+            SessionPlan {
+                deadline_secs: MAX_DEADLINE_SECS + 1,
+                ..plan.clone()
+            },
+            SessionPlan {
+                length: 0,
+                ..plan.clone()
+            },
+            SessionPlan {
+                length: MAX_LENGTH + 1,
+                ..plan.clone()
+            },
+        ];
+        for bad in broken {
+            let e = bad.check_received().unwrap_err();
+            assert_eq!(e.code(), "bad_input", "{e}");
         }
     }
 

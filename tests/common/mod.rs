@@ -230,3 +230,31 @@ pub fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// The five-process topology the chaos and unresponsive suites share: coordinator `c`;
+/// committee `m1`, `m2`, `m3` (threshold 2); participants `p1`, `m2`, `m3`.
+pub mod five_nodes {
+    use serde_json::{json, Value};
+
+    pub const NAMES: [&str; 5] = ["c", "m1", "m2", "m3", "p1"];
+    /// Indices into `NAMES`.
+    pub const COMMITTEE: [usize; 3] = [1, 2, 3];
+    pub const PARTICIPANTS: [usize; 3] = [4, 2, 3];
+    pub const THRESHOLD: u64 = 2;
+
+    /// A `sum` session `id` of `length` values on these nodes (`ids` indexed like `NAMES`),
+    /// two contributors at least.
+    pub fn spec(id: &str, ids: &[String], length: usize, deadline_secs: u64) -> Value {
+        json!({
+            "id": id,
+            "length": length,
+            "profile": "fast",
+            "committee": COMMITTEE.map(|i| ids[i].clone()),
+            "threshold": THRESHOLD,
+            "participants": PARTICIPANTS.map(|i| ids[i].clone()),
+            "min_participants": 2,
+            "deadline_secs": deadline_secs,
+            "result": "sum",
+        })
+    }
+}

@@ -20,7 +20,7 @@ mod peer_client;
 mod quota;
 mod submissions;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,7 +314,7 @@ impl AggregationActor {
     async fn run(mut self, cancel: CancellationToken) {
         match self.load() {
             // Only what is known to be over is reclaimed: never after a load that failed.
-            Ok(()) => self.reclaim().await,
+            Ok(unreadable) => self.reclaim(&unreadable).await,
             Err(e) => error!(error = %e, "could not load sessions from the store"),
         }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -337,35 +337,42 @@ impl AggregationActor {
         info!("aggregation actor stopped");
     }
 
-    /// The session records under `prefix` that can be read. One that cannot is logged and left
-    /// in the store: it must not keep the others from loading.
+    /// The session records under `prefix` that can be read, and the ids of those that cannot.
+    /// One that cannot is logged and left in the store: it must not keep the others from
+    /// loading.
     fn readable_sessions<V: serde::de::DeserializeOwned>(
         &self,
         prefix: &str,
+        unreadable: &mut BTreeSet<String>,
     ) -> Result<Vec<V>, SessionError> {
-        Ok(self
+        let mut readable = Vec::new();
+        for (key, value) in self
             .store
             .scan_prefix_each::<V>(trees::SESSIONS, prefix.as_bytes())?
-            .into_iter()
-            .filter_map(|(key, value)| {
-                value
-                    .map_err(|e| {
-                        error!(key = %String::from_utf8_lossy(&key), error = %e,
-                            "cannot read a stored session; it is skipped");
-                    })
-                    .ok()
-            })
-            .collect())
+        {
+            match value {
+                Ok(v) => readable.push(v),
+                Err(e) => {
+                    error!(key = %String::from_utf8_lossy(&key), error = %e,
+                        "cannot read a stored session; it is skipped");
+                    let id = key.get(prefix.len()..).unwrap_or_default();
+                    unreadable.insert(String::from_utf8_lossy(id).into_owned());
+                }
+            }
+        }
+        Ok(readable)
     }
 
-    /// Loads every readable session and resumes each where it stopped.
-    fn load(&mut self) -> Result<(), SessionError> {
+    /// Loads every readable session and resumes each where it stopped; returns the ids of the
+    /// sessions that cannot be read (their state is left alone).
+    fn load(&mut self) -> Result<BTreeSet<String>, SessionError> {
         use crate::session::records;
-        for state in self.readable_sessions::<Coordinated>(records::COORDINATED)? {
+        let mut unreadable = BTreeSet::new();
+        for state in self.readable_sessions::<Coordinated>(records::COORDINATED, &mut unreadable)? {
             debug!(session = %state.plan.id, phase = %state.machine.phase, "loaded session");
             self.coordinated.insert(state.plan.id.clone(), state);
         }
-        for joined in self.readable_sessions::<Joined>(records::JOINED)? {
+        for joined in self.readable_sessions::<Joined>(records::JOINED, &mut unreadable)? {
             self.joined.insert(joined.plan.id.clone(), joined);
         }
         // What expired while the node was down is dropped before anything resumes: resuming
@@ -391,7 +398,7 @@ impl AggregationActor {
             }
         }
         self.update_phase_gauge();
-        Ok(())
+        Ok(unreadable)
     }
 
     fn update_phase_gauge(&self) {

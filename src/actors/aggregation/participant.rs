@@ -146,29 +146,7 @@ impl AggregationActor {
     /// acknowledged; another plan under the same id is refused.
     pub(super) async fn join(&mut self, from: &str, plan: SessionPlan) -> Result<(), SessionError> {
         plan.check_coordinator(from)?;
-        if plan.length == 0 || plan.length > crate::session::spec::MAX_LENGTH {
-            return Err(SessionError::BadInput(format!(
-                "a session of {} values; at most {} are allowed",
-                plan.length,
-                crate::session::spec::MAX_LENGTH
-            )));
-        }
-        // Checked here as the coordinator's API checked them: the id names records and files,
-        // the deadline bounds every wait and the session's expiry.
-        if !crate::session::spec::valid_session_id(&plan.id) {
-            return Err(SessionError::BadInput(format!(
-                "`{}` is not a session id",
-                plan.id
-            )));
-        }
-        let most = crate::session::spec::MAX_DEADLINE_SECS;
-        if plan.deadline_secs == 0 || plan.deadline_secs > most {
-            return Err(SessionError::BadInput(format!(
-                "a deadline of {} s; 1 to {most} are allowed",
-                plan.deadline_secs
-            )));
-        }
-        plan.context()?;
+        plan.check_received()?;
         let roster = plan.roster();
         self.policy.check(&roster, &plan.params)?;
         let me = self.me();

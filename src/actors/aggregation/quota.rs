@@ -220,14 +220,7 @@ impl AggregationActor {
     /// stopped between a session's end and its secrets' deletion), and drops the upload trees
     /// of sessions that are over or that this node does not coordinate. A session whose record
     /// cannot be read is left alone: it may be live.
-    pub(super) async fn reclaim(&mut self) {
-        let unreadable = match self.unreadable_sessions() {
-            Ok(ids) => ids,
-            Err(e) => {
-                warn!(error = %e, "cannot list the stored sessions; nothing is reclaimed");
-                return;
-            }
-        };
+    pub(super) async fn reclaim(&mut self, unreadable: &BTreeSet<String>) {
         let live: BTreeSet<String> = self
             .joined
             .iter()
@@ -259,24 +252,6 @@ impl AggregationActor {
         for session in dead {
             self.cleanup(&session);
         }
-    }
-
-    /// The ids of stored sessions (joined or coordinated) that did not load.
-    fn unreadable_sessions(&self) -> Result<BTreeSet<String>, SessionError> {
-        let mut ids = BTreeSet::new();
-        for (prefix, loaded) in [
-            (records::JOINED, self.joined.keys().collect::<BTreeSet<_>>()),
-            (records::COORDINATED, self.coordinated.keys().collect()),
-        ] {
-            for key in self.store.tree(trees::SESSIONS)?.scan_prefix(prefix).keys() {
-                let key = key?;
-                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                if !loaded.contains(&id) {
-                    ids.insert(id);
-                }
-            }
-        }
-        Ok(ids)
     }
 }
 
