@@ -1,50 +1,52 @@
-//! The stable error codes the actors answer with, over HTTP and to peers, and what each means
-//! for the one who asked: one table for the session and inference errors (the API adds a few
-//! of its own, such as `bad_json`), so that a code keeps its
-//! HTTP status wherever it is raised and across a hop between nodes. Depends on nothing else
-//! in the crate.
+//! The stable error codes the actors answer with, over HTTP and to peers: one table for the
+//! session and inference errors (the API adds a few of its own, such as `bad_json`), so that a
+//! code keeps its HTTP status wherever it is raised and across a hop between nodes. Depends on
+//! nothing else in the crate.
 
-/// Whose failure a code reports.
+/// A family of peer messages, each with the refusals its peers may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The request: the asker can act on it (change the request, wait, go elsewhere). A peer's
-    /// refusal with such a code is passed on to the client as it is.
-    Request,
-    /// The answering node itself (its store, its peers, its actors): passed on across a hop
-    /// as the peer's failure, `remote`.
-    Node,
+pub enum Family {
+    /// Aggregation sessions (`Request::Aggregation`).
+    Session,
+    /// Encrypted inference between a client's node and a model node (`Request::Inference`).
+    Inference,
 }
 
-/// Every code with its HTTP status and side.
-const CODES: [(&str, u16, Side); 23] = [
+use Family::{Inference, Session};
+
+/// Every code: its HTTP status, and the families in which a peer's refusal with it is passed
+/// on to the client as it is (the asker can act on it: change the request, wait, go
+/// elsewhere). Any other refusal reports the peer's own failure and reaches the client as
+/// `remote` (502).
+const CODES: [(&str, u16, &[Family]); 23] = [
     // The request's shape or content.
-    ("bad_input", 400, Side::Request),
-    ("crypto", 400, Side::Request),
-    ("invalid_spec", 400, Side::Request),
-    ("invalid_model", 400, Side::Request),
-    ("unsupported_scheme", 400, Side::Request),
-    ("wrong_context", 400, Side::Request),
-    ("wrong_shape", 400, Side::Request),
-    ("not_allowed", 403, Side::Request),
+    ("bad_input", 400, &[Session, Inference]),
+    ("crypto", 400, &[Session, Inference]),
+    ("invalid_spec", 400, &[Session]),
+    ("invalid_model", 400, &[Inference]),
+    ("unsupported_scheme", 400, &[]),
+    ("wrong_context", 400, &[Inference]),
+    ("wrong_shape", 400, &[Inference]),
+    ("not_allowed", 403, &[Session]),
     // What it names does not exist.
-    ("unknown_session", 404, Side::Request),
-    ("unknown_model", 404, Side::Request),
-    ("unknown_context", 404, Side::Request),
+    ("unknown_session", 404, &[Session]),
+    ("unknown_model", 404, &[Inference]),
+    ("unknown_context", 404, &[Inference]),
     // It clashes with what exists.
-    ("wrong_phase", 409, Side::Request),
-    ("duplicate", 409, Side::Request),
-    ("no_result", 409, Side::Request),
-    // It asks for more than is allowed.
-    ("over_budget", 413, Side::Request),
-    ("quota_exceeded", 429, Side::Request),
-    ("rate_limited", 429, Side::Request),
-    ("insufficient_storage", 507, Side::Request),
-    ("store_unavailable", 503, Side::Request),
-    // The node's own failures.
-    ("store", 500, Side::Node),
-    ("remote", 502, Side::Node),
-    ("unreachable", 502, Side::Node),
-    ("unavailable", 503, Side::Node),
+    ("wrong_phase", 409, &[Session]),
+    ("duplicate", 409, &[Session]),
+    ("no_result", 409, &[Session]),
+    // It asks for more than is allowed, or than there is room for.
+    ("over_budget", 413, &[Inference]),
+    ("quota_exceeded", 429, &[Session]),
+    ("rate_limited", 429, &[Session]),
+    ("insufficient_storage", 507, &[Session, Inference]),
+    ("store_unavailable", 503, &[Session, Inference]),
+    // The answering node's own failures.
+    ("store", 500, &[]),
+    ("remote", 502, &[]),
+    ("unreachable", 502, &[]),
+    ("unavailable", 503, &[]),
 ];
 
 /// The HTTP status of `code` (500 for a code not in the table).
@@ -55,12 +57,12 @@ pub fn http_status(code: &str) -> u16 {
         .map_or(500, |(_, status, _)| *status)
 }
 
-/// A peer's refusal `code` as this node passes it on: the code itself when the asker can act
-/// on it, `None` when it reports the peer's own failure (or is unknown here).
-pub fn passed_on(code: &str) -> Option<&'static str> {
+/// A refusal `code` from a peer of `family` as this node passes it on: the code itself when
+/// the asker can act on it, `None` when it reports the peer's own failure (or is unknown).
+pub fn passed_on(family: Family, code: &str) -> Option<&'static str> {
     CODES
         .iter()
-        .find(|(c, _, side)| *c == code && *side == Side::Request)
+        .find(|(c, _, families)| *c == code && families.contains(&family))
         .map(|(c, _, _)| *c)
 }
 
@@ -69,25 +71,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_code_once_with_a_status_of_its_class() {
-        for (i, (code, status, side)) in CODES.iter().enumerate() {
+    fn every_code_once_and_only_the_askers_refusals_pass() {
+        for (i, (code, status, families)) in CODES.iter().enumerate() {
             assert!(
                 !CODES[..i].iter().any(|(c, _, _)| c == code),
                 "{code} twice"
             );
             assert_eq!(http_status(code), *status);
-            match side {
-                Side::Request => assert!(
-                    (400..500).contains(status) || [503, 507].contains(status),
-                    "{code}"
-                ),
-                Side::Node => assert!((500..600).contains(status), "{code}"),
+            if (500..600).contains(status) && !families.is_empty() {
+                assert!(
+                    [503, 507].contains(status),
+                    "{code}: a node failure passes on"
+                );
             }
         }
         assert_eq!(http_status("no_such_code"), 500);
-        assert_eq!(passed_on("duplicate"), Some("duplicate"));
-        assert_eq!(passed_on("store"), None);
-        assert_eq!(passed_on("unreachable"), None);
-        assert_eq!(passed_on("made_up"), None);
+        assert_eq!(passed_on(Session, "duplicate"), Some("duplicate"));
+        assert_eq!(passed_on(Inference, "duplicate"), None);
+        assert_eq!(passed_on(Inference, "over_budget"), Some("over_budget"));
+        assert_eq!(passed_on(Session, "over_budget"), None);
+        for node_failure in ["store", "unreachable", "remote", "unavailable", "made_up"] {
+            assert_eq!(passed_on(Session, node_failure), None);
+            assert_eq!(passed_on(Inference, node_failure), None);
+        }
     }
 }

@@ -74,7 +74,11 @@ impl From<ModelFormatError> for ApiError {
     fn from(e: ModelFormatError) -> Self {
         match e {
             ModelFormatError::Scheme(e) => e.into(),
-            e => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+            e => ApiError::new(
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+                e.code(),
+                e.to_string(),
+            ),
         }
     }
 }

@@ -322,7 +322,7 @@ impl InferenceActorError {
     /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404),
     /// keeping the peer's message as it is.
     pub fn from_remote(peer: String, code: &str, message: String) -> InferenceActorError {
-        let Some(code) = crate::codes::passed_on(code) else {
+        let Some(code) = crate::codes::passed_on(crate::codes::Family::Inference, code) else {
             return InferenceActorError::Remote { peer, message };
         };
         InferenceActorError::Refused {

@@ -21,8 +21,10 @@ pub enum RpcError {
         code: String,
         message: String,
     },
-    /// The request cannot be sent (over `p2p.max_request_bytes`), or the answer is of another
-    /// kind than the request's.
+    /// The request was not sent: it is over `p2p.max_request_bytes`.
+    #[error("peer {peer}: {message}")]
+    NotSent { peer: String, message: String },
+    /// The answer is of another kind than the request's.
     #[error("peer {peer}: {message}")]
     Unexpected { peer: String, message: String },
 }

@@ -108,7 +108,7 @@ impl SessionError {
     /// A peer's refusal with `code`: kept as a [`SessionError::Refused`] when the code is one
     /// a client can act on, else a [`SessionError::Remote`] (502). The message stays the peer's.
     pub fn from_remote(peer: String, code: &str, message: String) -> SessionError {
-        let Some(code) = crate::codes::passed_on(code) else {
+        let Some(code) = crate::codes::passed_on(crate::codes::Family::Session, code) else {
             return SessionError::Remote {
                 peer,
                 message: format!("{code}: {message}"),

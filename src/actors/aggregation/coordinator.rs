@@ -181,7 +181,7 @@ impl AggregationActor {
     }
 
     /// Starts an effect's work among the actor's tasks; its outcome comes back to the loop as
-    /// an [`TaskDone`].
+    /// a [`TaskDone`].
     pub(super) fn run_coordinator_effect(&mut self, id: &str, effect: CoordinatorEffect) {
         let span = info_span!("session", session = %id);
         let mut work = Vec::new();

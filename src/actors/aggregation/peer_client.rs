@@ -49,7 +49,9 @@ impl From<RpcError> for SessionError {
                 code,
                 message,
             } => SessionError::from_remote(peer, &code, message),
-            RpcError::Unexpected { peer, message } => SessionError::Remote { peer, message },
+            RpcError::NotSent { peer, message } | RpcError::Unexpected { peer, message } => {
+                SessionError::Remote { peer, message }
+            }
         }
     }
 }
@@ -255,5 +257,42 @@ impl PeerClient {
                     )
                 })
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_failures_become_session_errors() {
+        let (peer, message) = ("p".to_string(), "m".to_string());
+        let of = |e: RpcError| SessionError::from(e).code();
+        let refused = |code: &str| RpcError::Refused {
+            peer: peer.clone(),
+            code: code.into(),
+            message: message.clone(),
+        };
+        // A peer starting or stopping is worth another try, as a transport failure is.
+        assert_eq!(of(refused("unavailable")), "unreachable");
+        assert_eq!(
+            of(RpcError::Unreachable {
+                peer: peer.clone(),
+                message: message.clone()
+            }),
+            "unreachable"
+        );
+        // A refusal the client can act on keeps its code; the peer's own failure is `remote`.
+        assert_eq!(of(refused("duplicate")), "duplicate");
+        assert_eq!(of(refused("store")), "remote");
+        assert_eq!(of(refused("over_budget")), "remote");
+        // Too large to send is not retried: no try can pass.
+        assert_eq!(
+            of(RpcError::NotSent {
+                peer: peer.clone(),
+                message: message.clone()
+            }),
+            "remote"
+        );
     }
 }

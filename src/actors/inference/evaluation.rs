@@ -39,9 +39,11 @@ enum KeySource {
     /// The scheme needs none (linear).
     None,
     Cached(Arc<MlpServerKey>),
-    /// Read from the store at `at` and cached under `slot`.
+    /// Read from the store at `at` and cached under `slot`, unless the slot's key is replaced
+    /// meanwhile (its `generation` then differs).
     Stored {
         slot: String,
+        generation: u64,
         at: Vec<u8>,
         context: String,
     },
@@ -60,6 +62,8 @@ pub(super) struct EvaluationJob {
     batch: Batch,
     started: Instant,
     on_done: OnDone,
+    /// The span of the request, which the evaluation runs in after its key is loaded.
+    span: tracing::Span,
 }
 
 /// Loaded evaluation keys within a byte budget, least recently used out first.
@@ -67,6 +71,8 @@ pub(super) struct EvalKeyCache<K = Arc<MlpServerKey>> {
     keys: HashMap<String, (K, u64)>,
     order: VecDeque<String>,
     bytes: u64,
+    /// How often each slot's stored key was replaced: a copy read before is not cached.
+    generations: HashMap<String, u64>,
 }
 
 impl<K> Default for EvalKeyCache<K> {
@@ -75,6 +81,7 @@ impl<K> Default for EvalKeyCache<K> {
             keys: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            generations: HashMap::new(),
         }
     }
 }
@@ -111,6 +118,17 @@ impl<K: Clone> EvalKeyCache<K> {
             self.bytes -= b;
             self.order.retain(|s| s != slot);
         }
+    }
+
+    /// The stored key of `slot` is replaced: the copy in memory, and any read under way, are
+    /// stale.
+    fn replaced(&mut self, slot: &str) {
+        self.remove(slot);
+        *self.generations.entry(slot.to_string()).or_default() += 1;
+    }
+
+    fn generation(&self, slot: &str) -> u64 {
+        self.generations.get(slot).copied().unwrap_or(0)
     }
 }
 
@@ -205,6 +223,7 @@ impl InferenceActor {
                             records::eval_key(&slot)
                         };
                         KeySource::Stored {
+                            generation: self.eval_keys.generation(&slot),
                             slot,
                             at,
                             context: context.to_string(),
@@ -228,11 +247,17 @@ impl InferenceActor {
             batch: prepared.batch,
             started: Instant::now(),
             on_done,
+            span: tracing::Span::current(),
         };
         match prepared.key {
             KeySource::None => self.run_evaluation(job, None),
             KeySource::Cached(key) => self.run_evaluation(job, Some(key)),
-            KeySource::Stored { slot, at, context } => {
+            KeySource::Stored {
+                slot,
+                generation,
+                at,
+                context,
+            } => {
                 let (pool, metrics, store) =
                     (self.pool.clone(), self.metrics.clone(), self.store.clone());
                 self.spawn(async move {
@@ -250,6 +275,7 @@ impl InferenceActor {
                     .await;
                     Some(TaskDone::EvalKeyLoaded {
                         slot,
+                        generation,
                         key,
                         job: Box::new(job),
                     })
@@ -262,17 +288,26 @@ impl InferenceActor {
     pub(super) fn eval_key_loaded(
         &mut self,
         slot: String,
+        generation: u64,
         key: Result<Arc<MlpServerKey>, InferenceActorError>,
         job: EvaluationJob,
     ) {
+        let span = job.span.clone();
+        let _in_request = span.enter();
         match key {
             Ok(key) => {
-                let bytes = key.params().server_key_bytes();
-                self.eval_keys
-                    .insert(slot, key.clone(), bytes, self.limits.memory_budget_bytes);
-                self.metrics
-                    .eval_key_cache_bytes
-                    .set(self.eval_keys.bytes as i64);
+                if generation == self.eval_keys.generation(&slot) {
+                    let bytes = key.params().server_key_bytes();
+                    self.eval_keys.insert(
+                        slot,
+                        key.clone(),
+                        bytes,
+                        self.limits.memory_budget_bytes,
+                    );
+                    self.metrics
+                        .eval_key_cache_bytes
+                        .set(self.eval_keys.bytes as i64);
+                }
                 self.run_evaluation(job, Some(key));
             }
             Err(e) => {
@@ -296,6 +331,7 @@ impl InferenceActor {
                 batch,
                 started,
                 on_done,
+                ..
             } = job;
             let scheme = compiled.info.scheme.name();
             let result = on_pool(&pool, &metrics, move || {
@@ -477,7 +513,7 @@ impl InferenceActor {
         outcome: Result<(), InferenceActorError>,
     ) {
         if outcome.is_ok() {
-            self.eval_keys.remove(&slot);
+            self.eval_keys.replaced(&slot);
             self.metrics
                 .eval_key_cache_bytes
                 .set(self.eval_keys.bytes as i64);
@@ -541,6 +577,13 @@ mod tests {
         assert_eq!((cache.get("a"), cache.bytes), (Some(5), 61));
         cache.remove("a");
         assert_eq!((cache.bytes, cache.order.len()), (0, 0));
+        // A replaced key: its copy goes, and a read begun before is told apart.
+        cache.insert("c".into(), 6, 10, 100);
+        let before = cache.generation("c");
+        cache.replaced("c");
+        assert_eq!(cache.get("c"), None);
+        assert_ne!(cache.generation("c"), before);
+        assert_eq!(cache.generation("never"), 0);
     }
 
     #[test]

@@ -138,6 +138,8 @@ enum TaskDone {
     /// or fail the job.
     EvalKeyLoaded {
         slot: String,
+        /// The slot's generation when the read began ([`EvalKeyCache`]).
+        generation: u64,
         key: Result<Arc<MlpServerKey>, InferenceActorError>,
         job: Box<EvaluationJob>,
     },
@@ -393,12 +395,14 @@ pub fn spawn(
 
 impl InferenceActor {
     async fn run(mut self, cancel: CancellationToken) {
-        loop {
+        // Once every handle is gone no command comes, but the work under way still answers.
+        let mut open = true;
+        while open || !self.tasks.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                command = self.rx.recv() => match command {
+                command = self.rx.recv(), if open => match command {
                     Some(c) => self.handle(c),
-                    None => break,
+                    None => open = false,
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok(Some(finished)) = done {
@@ -407,7 +411,13 @@ impl InferenceActor {
                 }
             }
         }
-        // Dropping the actor aborts its tasks; blocking work already started runs out alone.
+        // What finished already is handed over (a context made and stored is answered);
+        // dropping the actor aborts the rest, and blocking work already started runs out alone.
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(Some(finished)) = done {
+                self.task_done(finished);
+            }
+        }
         info!("inference actor stopped");
     }
 
@@ -490,7 +500,12 @@ impl InferenceActor {
                 self.contexts.insert(info.fhe_context_id.clone(), *ctx);
                 let _ = reply.send(Ok(info));
             }
-            TaskDone::EvalKeyLoaded { slot, key, job } => self.eval_key_loaded(slot, key, *job),
+            TaskDone::EvalKeyLoaded {
+                slot,
+                generation,
+                key,
+                job,
+            } => self.eval_key_loaded(slot, generation, key, *job),
             TaskDone::EvalKeyStored { slot, outcome } => self.eval_key_stored(slot, outcome),
         }
     }

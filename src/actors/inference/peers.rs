@@ -20,7 +20,9 @@ use crate::store::{trees, Store};
 impl From<RpcError> for InferenceActorError {
     fn from(e: RpcError) -> Self {
         match e {
-            RpcError::Unreachable { peer, message } => {
+            // A request that could not be sent (too large) is reported as before this module
+            // existed: the model node is out of reach for it.
+            RpcError::Unreachable { peer, message } | RpcError::NotSent { peer, message } => {
                 InferenceActorError::Unreachable { peer, message }
             }
             RpcError::Refused {
@@ -241,5 +243,29 @@ pub(super) async fn remote_infer(
             })
         }
         other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_failures_become_inference_errors() {
+        let of = |e: RpcError| InferenceActorError::from(e).code();
+        let refused = |code: &str| RpcError::Refused {
+            peer: "p".into(),
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert_eq!(of(refused("unknown_model")), "unknown_model");
+        assert_eq!(of(refused("over_budget")), "over_budget");
+        assert_eq!(of(refused("duplicate")), "remote");
+        assert_eq!(of(refused("unavailable")), "remote");
+        let not_sent = RpcError::NotSent {
+            peer: "p".into(),
+            message: "request of 70000000 bytes exceeds p2p.max_request_bytes".into(),
+        };
+        assert_eq!(of(not_sent), "unreachable");
     }
 }
