@@ -35,6 +35,21 @@ impl Backoff {
     }
 }
 
+/// Blocking work that panicked: tokio's report of it (the panic's message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
+/// Runs `job`, CPU-bound or blocking (encryption, evaluation, a store read of megabytes), on
+/// tokio's blocking pool, so that the async workers go on serving everything else.
+pub async fn off_executor<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Panicked> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| Panicked(e.to_string()))
+}
+
 /// How long to go on trying something that may fail for a while (a peer that cannot be
 /// reached, a peer's rate limit): waits of a [`Backoff`], until `attempts` tries have been
 /// made or `until` has passed, whichever is first. The first try is always made.

@@ -328,9 +328,9 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
 pub(crate) async fn off_executor<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(job)
+    crate::runtime::off_executor(job)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.0))
 }
 
 /// `GET /v1/peers`

@@ -272,7 +272,7 @@ async fn timed_blocking<T: Send + 'static>(
     job: impl FnOnce() -> Result<T, SessionError> + Send + 'static,
 ) -> Result<T, String> {
     let start = Instant::now();
-    let outcome = tokio::task::spawn_blocking(job).await;
+    let outcome = crate::runtime::off_executor(job).await;
     metrics
         .crypto_duration
         .get_or_create(&OpLabels { op })

@@ -5,7 +5,7 @@ use libp2p::PeerId;
 
 use super::evaluation::Evaluation;
 use super::peers::{remote_infer, remote_spec};
-use super::{InferenceActor, Reply, MAX_BATCH_BYTES};
+use super::{blocking, InferenceActor, Reply, MAX_BATCH_BYTES};
 use crate::inference::messages::{Batch, InputSpec};
 use crate::inference::scheme::ClientContext;
 use crate::inference::{Decrypted, InferOutcome, InferenceActorError, ModelSpec};
@@ -68,11 +68,10 @@ impl InferenceActor {
                     Some(spec) => spec?,
                     None => remote_spec(&network, peer, &model).await?,
                 };
-                tokio::task::spawn_blocking(move || {
+                blocking("encryption (it panicked)", move || {
                     ctx.encrypt_rows(&spec, &rows).map(|b| b.to_bytes())
                 })
                 .await
-                .map_err(|_| InferenceActorError::Unavailable("encryption (it panicked)"))?
             }
             .await;
             let _ = reply.send(answer);
@@ -143,11 +142,10 @@ impl InferenceActor {
     pub(super) fn decrypt(&mut self, context: String, batch: Vec<u8>, reply: Reply<Decrypted>) {
         match self.own_batch(&context, &batch, "encrypted result") {
             Ok((ctx, parsed)) => self.spawn_answering(async move {
-                let answer = tokio::task::spawn_blocking(move || ctx.decrypt_rows(&parsed))
-                    .await
-                    .unwrap_or(Err(InferenceActorError::Unavailable(
-                        "decryption (it panicked)",
-                    )));
+                let answer = blocking("decryption (it panicked)", move || {
+                    ctx.decrypt_rows(&parsed)
+                })
+                .await;
                 let _ = reply.send(answer);
             }),
             Err(e) => {

@@ -1,7 +1,7 @@
 //! Client contexts of this node: made with a fresh key, kept in the store with the secret key
 //! (which never leaves the node), and cached in memory once read.
 
-use super::{InferenceActor, Reply, TaskDone};
+use super::{blocking, InferenceActor, Reply, TaskDone};
 use crate::inference::records;
 use crate::inference::scheme::{ClientContext, ClientKey};
 use crate::inference::{ContextInfo, InferenceActorError, Scheme};
@@ -38,7 +38,7 @@ impl InferenceActor {
         self.spawn(async move {
             let id = new_context_id();
             // Key generation takes seconds for mlp (the evaluation key): off the executor.
-            let made = tokio::task::spawn_blocking(move || -> Result<_, InferenceActorError> {
+            let made = blocking("key generation (it panicked)", move || {
                 let created_ms = crate::session::now_ms();
                 let new = ClientKey::generate(scheme);
                 let info = ContextInfo {
@@ -61,10 +61,7 @@ impl InferenceActor {
                 store.flush()?;
                 Ok(ClientContext { info, key: new.key })
             })
-            .await
-            .unwrap_or(Err(InferenceActorError::Unavailable(
-                "key generation (it panicked)",
-            )));
+            .await;
             match made {
                 Ok(ctx) => Some(TaskDone::ContextReady(Box::new(ctx), reply)),
                 Err(e) => {

@@ -143,7 +143,7 @@ async fn on_pool<T: Send + 'static>(
     let permit = pool.acquire().await;
     metrics.inference_queue_depth.dec();
     let _permit = permit.map_err(|_| InferenceActorError::Unavailable("the inference pool"))?;
-    tokio::task::spawn_blocking(job)
+    crate::runtime::off_executor(job)
         .await
         .map_err(|_| InferenceActorError::Unavailable("an inference worker (it panicked)"))?
 }

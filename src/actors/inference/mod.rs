@@ -153,6 +153,17 @@ enum TaskDone {
 
 type Tasks = JoinSet<Option<TaskDone>>;
 
+/// Runs `job` off the executor (not on the evaluation pool, which is for evaluations); a
+/// panic answers that `what` is unavailable.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    job: impl FnOnce() -> Result<T, InferenceActorError> + Send + 'static,
+) -> Result<T, InferenceActorError> {
+    crate::runtime::off_executor(job)
+        .await
+        .unwrap_or(Err(InferenceActorError::Unavailable(what)))
+}
+
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -515,13 +526,10 @@ impl InferenceActor {
     fn add_model(&mut self, record: ModelRecord, replace: bool, reply: Reply<ModelInfo>) {
         let store = self.store.clone();
         self.spawn_answering(async move {
-            let answer = tokio::task::spawn_blocking(move || {
+            let answer = blocking("model compilation (it panicked)", move || {
                 crate::inference::registry::register(&store, &record, replace)
             })
-            .await
-            .unwrap_or(Err(InferenceActorError::Unavailable(
-                "model compilation (it panicked)",
-            )));
+            .await;
             let _ = reply.send(answer);
         });
     }

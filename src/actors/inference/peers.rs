@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn};
 
 use super::evaluation::Evaluation;
-use super::{InferenceActor, MAX_BATCH_BYTES};
+use super::{blocking, InferenceActor, MAX_BATCH_BYTES};
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::records;
 use crate::inference::scheme::ClientContext;
@@ -182,7 +182,7 @@ pub(super) async fn remote_infer(
         if !matches!(has, InferReply::HasEvalKey(true)) {
             // Hundreds of MB read, digest-checked and hashed: on the blocking pool.
             let (store, own) = (store.clone(), context.clone());
-            let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let (bytes, digest) = blocking("reading the evaluation key", move || {
                 let bytes = store
                     .get_bytes(trees::CONTEXTS, &records::own_eval_key(&own))?
                     .ok_or_else(|| {
@@ -191,10 +191,9 @@ pub(super) async fn remote_infer(
                         ))
                     })?;
                 let digest = *blake3::hash(&bytes).as_bytes();
-                Ok::<_, InferenceActorError>((bytes, digest))
+                Ok((bytes, digest))
             })
-            .await
-            .map_err(|_| InferenceActorError::Unavailable("reading the evaluation key"))??;
+            .await?;
             let pieces: Vec<&[u8]> = bytes.chunks(KEY_PIECE_BYTES).collect();
             let count = pieces.len() as u32;
             let started = Instant::now();
