@@ -105,11 +105,7 @@ pub fn spawn(
 fn transient(e: &SessionError) -> bool {
     matches!(
         e,
-        SessionError::Unavailable(_)
-            | SessionError::Store(_)
-            | SessionError::NoSpace(_)
-            | SessionError::StoreFailing(_)
-            | SessionError::Unreachable { .. }
+        SessionError::Unavailable(_) | SessionError::Store(_) | SessionError::Unreachable { .. }
     )
 }
 

@@ -268,14 +268,9 @@ pub enum InferenceActorError {
     },
     #[error("peer {peer} is unreachable: {message}")]
     Unreachable { peer: String, message: String },
-    #[error("storage: {0}")]
-    Store(String),
-    /// The store's disk is full or below `store.min_free_bytes`.
-    #[error("{0}")]
-    NoSpace(String),
-    /// The store fails to read or write (an I/O error other than a full disk).
-    #[error("the store is failing: {0}")]
-    StoreFailing(String),
+    /// The store failed: full, failing, or a record that cannot be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreFailure),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
 }
@@ -295,9 +290,7 @@ impl InferenceActorError {
             InferenceActorError::Remote { .. } => "remote",
             InferenceActorError::Refused { code, .. } => code,
             InferenceActorError::Unreachable { .. } => "unreachable",
-            InferenceActorError::Store(_) => "store",
-            InferenceActorError::NoSpace(_) => "insufficient_storage",
-            InferenceActorError::StoreFailing(_) => "store_unavailable",
+            InferenceActorError::Store(failure) => failure.code(),
             InferenceActorError::Unavailable(_) => "unavailable",
         }
     }
@@ -335,18 +328,13 @@ impl InferenceActorError {
 
 impl From<sled::Error> for InferenceActorError {
     fn from(e: sled::Error) -> Self {
-        crate::store::StoreError::Sled(e).into()
+        crate::store::StoreFailure::from(e).into()
     }
 }
 
 impl From<crate::store::StoreError> for InferenceActorError {
     fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::FailureKind;
-        match e.kind() {
-            FailureKind::NoSpace => InferenceActorError::NoSpace(e.to_string()),
-            FailureKind::Failing => InferenceActorError::StoreFailing(e.to_string()),
-            FailureKind::Corrupt => InferenceActorError::Store(e.to_string()),
-        }
+        crate::store::StoreFailure::from(e).into()
     }
 }
 

@@ -56,20 +56,15 @@ pub enum SessionError {
     },
     #[error("peer {peer} is unreachable: {message}")]
     Unreachable { peer: String, message: String },
-    #[error("storage: {0}")]
-    Store(String),
-    /// The store's disk is full or below `store.min_free_bytes`.
-    #[error("{0}")]
-    NoSpace(String),
+    /// The store failed: full, failing, or a record that cannot be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreFailure),
     /// A peer asks this node to hold more than its quota allows.
     #[error("{0}")]
     QuotaExceeded(String),
     /// A peer sends new plans faster than `aggregation.plans_per_minute_per_peer`.
     #[error("{0}")]
     RateLimited(String),
-    /// The store fails to read or write (an I/O error other than a full disk).
-    #[error("the store is failing: {0}")]
-    StoreFailing(String),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
 }
@@ -89,11 +84,9 @@ impl SessionError {
             SessionError::Remote { .. } => "remote",
             SessionError::Refused { code, .. } => code,
             SessionError::Unreachable { .. } => "unreachable",
-            SessionError::Store(_) => "store",
-            SessionError::NoSpace(_) => "insufficient_storage",
+            SessionError::Store(failure) => failure.code(),
             SessionError::QuotaExceeded(_) => "quota_exceeded",
             SessionError::RateLimited(_) => "rate_limited",
-            SessionError::StoreFailing(_) => "store_unavailable",
             SessionError::Unavailable(_) => "unavailable",
         }
     }
@@ -124,18 +117,13 @@ impl SessionError {
 
 impl From<sled::Error> for SessionError {
     fn from(e: sled::Error) -> Self {
-        crate::store::StoreError::Sled(e).into()
+        crate::store::StoreFailure::from(e).into()
     }
 }
 
 impl From<crate::store::StoreError> for SessionError {
     fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::FailureKind;
-        match e.kind() {
-            FailureKind::NoSpace => SessionError::NoSpace(e.to_string()),
-            FailureKind::Failing => SessionError::StoreFailing(e.to_string()),
-            FailureKind::Corrupt => SessionError::Store(e.to_string()),
-        }
+        crate::store::StoreFailure::from(e).into()
     }
 }
 

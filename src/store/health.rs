@@ -20,6 +20,48 @@ pub enum FailureKind {
     Corrupt,
 }
 
+/// A store failure as the actors report it, by what a caller can do about it: the one
+/// variant of `SessionError` and `InferenceActorError` that carries a store's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    /// [`FailureKind::NoSpace`]: `insufficient_storage`.
+    #[error("{0}")]
+    NoSpace(String),
+    /// [`FailureKind::Failing`]: `store_unavailable`.
+    #[error("the store is failing: {0}")]
+    Failing(String),
+    /// [`FailureKind::Corrupt`]: `store`.
+    #[error("storage: {0}")]
+    Corrupt(String),
+}
+
+impl StoreFailure {
+    /// The stable code it answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreFailure::NoSpace(_) => "insufficient_storage",
+            StoreFailure::Failing(_) => "store_unavailable",
+            StoreFailure::Corrupt(_) => "store",
+        }
+    }
+}
+
+impl From<super::StoreError> for StoreFailure {
+    fn from(e: super::StoreError) -> Self {
+        match e.kind() {
+            FailureKind::NoSpace => StoreFailure::NoSpace(e.to_string()),
+            FailureKind::Failing => StoreFailure::Failing(e.to_string()),
+            FailureKind::Corrupt => StoreFailure::Corrupt(e.to_string()),
+        }
+    }
+}
+
+impl From<sled::Error> for StoreFailure {
+    fn from(e: sled::Error) -> Self {
+        super::StoreError::Sled(e).into()
+    }
+}
+
 /// ENOSPC and EDQUOT: the disk, or the owner's quota on it, is full.
 pub(super) fn is_no_space(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
@@ -117,4 +159,26 @@ impl Health {
 /// Free bytes, for this process, on the disk holding `path`.
 pub(super) fn free_bytes(path: &Path) -> Option<u64> {
     fs4::available_space(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_its_kind_code_and_words() {
+        let full = StoreFailure::NoSpace("the disk is full".into());
+        assert_eq!(
+            (full.code(), full.to_string().as_str()),
+            ("insufficient_storage", "the disk is full")
+        );
+        let failing = StoreFailure::Failing("I/O error".into());
+        assert_eq!(failing.code(), "store_unavailable");
+        assert_eq!(failing.to_string(), "the store is failing: I/O error");
+        let corrupt = StoreFailure::Corrupt("bad record".into());
+        assert_eq!(
+            (corrupt.code(), corrupt.to_string().as_str()),
+            ("store", "storage: bad record")
+        );
+    }
 }

@@ -16,7 +16,7 @@ use libp2p::identity::Keypair;
 use serde::{de::DeserializeOwned, Serialize};
 use zeroize::Zeroizing;
 
-pub use health::{FailureKind, StoreHealth};
+pub use health::{FailureKind, StoreFailure, StoreHealth};
 
 /// The trees, one per kind of record.
 pub mod trees {

@@ -7,6 +7,7 @@ use crate::metrics::OutcomeLabels;
 use crate::session::records;
 use crate::session::roles::coordinator::SubmissionMeta;
 use crate::store::pieces::Upload;
+use crate::store::StoreFailure;
 
 /// A coordinator's running sum: each accepted update is added on a blocking thread as soon as
 /// its upload is checked, so closing only has to finish the sum instead of reading every
@@ -189,9 +190,9 @@ pub(super) fn accumulate(
         let mut bytes = Vec::new();
         upload.concat(&mut bytes)?;
         check_update(&bytes, *digest, context).map_err(|e| {
-            SessionError::Store(format!(
+            SessionError::Store(StoreFailure::Corrupt(format!(
                 "the stored update of {who} is missing or damaged: {e}"
-            ))
+            )))
         })?;
         acc.add(who, &bytes)?;
     }

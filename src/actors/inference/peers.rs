@@ -15,7 +15,7 @@ use crate::inference::scheme::ClientContext;
 use crate::inference::{InferOutcome, InferenceActorError};
 use crate::net::rpc::{self, RpcError};
 use crate::net::{NetworkHandle, Request, Response};
-use crate::store::{trees, Store};
+use crate::store::{trees, Store, StoreFailure};
 
 impl From<RpcError> for InferenceActorError {
     fn from(e: RpcError) -> Self {
@@ -186,9 +186,9 @@ pub(super) async fn remote_infer(
                 let bytes = store
                     .get_bytes(trees::CONTEXTS, &records::own_eval_key(&own))?
                     .ok_or_else(|| {
-                        InferenceActorError::Store(format!(
+                        InferenceActorError::Store(StoreFailure::Corrupt(format!(
                             "the evaluation key of `{own}` is missing"
-                        ))
+                        )))
                     })?;
                 let digest = *blake3::hash(&bytes).as_bytes();
                 Ok((bytes, digest))
