@@ -66,6 +66,67 @@ pub fn passed_on(family: Family, code: &str) -> Option<&'static str> {
         .map(|(c, _, _)| *c)
 }
 
+/// How a call to a peer failed, as the asking actor reports it: the variant that
+/// `SessionError` and `InferenceActorError` share (each carries it as `Peer`).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerFailure {
+    /// The peer's own failure, or an answer that makes no sense: `remote` (502).
+    #[error("peer {peer}: {message}")]
+    Remote { peer: String, message: String },
+    /// The peer refused with a code the asker can act on ([`passed_on`]): the code and its
+    /// status are kept across the hop, the message is the peer's own.
+    #[error("peer {peer}: {message}")]
+    Refused {
+        peer: String,
+        code: &'static str,
+        message: String,
+    },
+    /// The peer could not be reached: `unreachable` (502).
+    #[error("peer {peer} is unreachable: {message}")]
+    Unreachable { peer: String, message: String },
+}
+
+impl PeerFailure {
+    pub fn remote(peer: impl Into<String>, message: impl Into<String>) -> Self {
+        PeerFailure::Remote {
+            peer: peer.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn unreachable(peer: impl Into<String>, message: impl Into<String>) -> Self {
+        PeerFailure::Unreachable {
+            peer: peer.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A refusal `code` from a peer of `family`: kept when the asker can act on it, else the
+    /// peer's own failure (`remote`, 502), its message naming the peer's code.
+    pub fn refusal(family: Family, peer: String, code: &str, message: String) -> Self {
+        match passed_on(family, code) {
+            Some(code) => PeerFailure::Refused {
+                peer,
+                code,
+                message,
+            },
+            None => PeerFailure::Remote {
+                peer,
+                message: format!("{code}: {message}"),
+            },
+        }
+    }
+
+    /// The stable code it answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PeerFailure::Remote { .. } => "remote",
+            PeerFailure::Refused { code, .. } => code,
+            PeerFailure::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +155,16 @@ mod tests {
             assert_eq!(passed_on(Session, node_failure), None);
             assert_eq!(passed_on(Inference, node_failure), None);
         }
+        let kept = PeerFailure::refusal(Session, "p".into(), "duplicate", "taken".into());
+        assert_eq!(
+            (kept.code(), kept.to_string().as_str()),
+            ("duplicate", "peer p: taken")
+        );
+        let own = PeerFailure::refusal(Inference, "p".into(), "store", "disk full".into());
+        assert_eq!(
+            (own.code(), own.to_string().as_str()),
+            ("remote", "peer p: store: disk full")
+        );
+        assert_eq!(PeerFailure::unreachable("p", "gone").code(), "unreachable");
     }
 }

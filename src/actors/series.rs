@@ -13,6 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::aggregation::AggregationHandle;
 use super::{stopped, Backoff, Mailbox};
+use crate::codes::PeerFailure;
 use crate::session::series::{
     collection_over, RoundInfo, SeriesInfo, SeriesRecord, SeriesSpec, SeriesStep,
 };
@@ -105,7 +106,9 @@ pub fn spawn(
 fn transient(e: &SessionError) -> bool {
     matches!(
         e,
-        SessionError::Unavailable(_) | SessionError::Store(_) | SessionError::Unreachable { .. }
+        SessionError::Unavailable(_)
+            | SessionError::Store(_)
+            | SessionError::Peer(PeerFailure::Unreachable { .. })
     )
 }
 

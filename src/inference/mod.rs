@@ -256,18 +256,9 @@ pub enum InferenceActorError {
     Crypto(#[from] InferenceError),
     #[error("over the memory budget: {0}")]
     OverBudget(String),
-    #[error("peer {peer}: {message}")]
-    Remote { peer: String, message: String },
-    /// A peer refused the request; `code` is one of this enum's codes, `message` the peer's
-    /// own description.
-    #[error("peer {peer}: {message}")]
-    Refused {
-        peer: String,
-        code: &'static str,
-        message: String,
-    },
-    #[error("peer {peer} is unreachable: {message}")]
-    Unreachable { peer: String, message: String },
+    /// A call to a model node failed: unreachable, refused, or the node's own failure.
+    #[error(transparent)]
+    Peer(#[from] crate::codes::PeerFailure),
     /// The store failed: full, failing, or a record that cannot be read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreFailure),
@@ -287,9 +278,7 @@ impl InferenceActorError {
             InferenceActorError::WrongContext(_) => "wrong_context",
             InferenceActorError::Crypto(e) => InferenceActorError::code_of(e),
             InferenceActorError::OverBudget(_) => "over_budget",
-            InferenceActorError::Remote { .. } => "remote",
-            InferenceActorError::Refused { code, .. } => code,
-            InferenceActorError::Unreachable { .. } => "unreachable",
+            InferenceActorError::Peer(failure) => failure.code(),
             InferenceActorError::Store(failure) => failure.code(),
             InferenceActorError::Unavailable(_) => "unavailable",
         }
@@ -313,16 +302,10 @@ impl InferenceActorError {
     }
 
     /// Rebuilds an error a peer reported by code (so a remote "unknown model" stays a 404),
-    /// keeping the peer's message as it is.
+    /// as [`crate::codes::PeerFailure::refusal`] keeps it.
     pub fn from_remote(peer: String, code: &str, message: String) -> InferenceActorError {
-        let Some(code) = crate::codes::passed_on(crate::codes::Family::Inference, code) else {
-            return InferenceActorError::Remote { peer, message };
-        };
-        InferenceActorError::Refused {
-            peer,
-            code,
-            message,
-        }
+        crate::codes::PeerFailure::refusal(crate::codes::Family::Inference, peer, code, message)
+            .into()
     }
 }
 

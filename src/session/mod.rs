@@ -44,18 +44,9 @@ pub enum SessionError {
     NoResult { session: String, phase: Phase },
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
-    #[error("peer {peer}: {message}")]
-    Remote { peer: String, message: String },
-    /// A peer refused the request with one of this enum's codes: it keeps that code and its
-    /// status across the hop (a coordinator's `duplicate` reaches the client as a 409).
-    #[error("peer {peer}: {message}")]
-    Refused {
-        peer: String,
-        code: &'static str,
-        message: String,
-    },
-    #[error("peer {peer} is unreachable: {message}")]
-    Unreachable { peer: String, message: String },
+    /// A call to a peer failed: unreachable, refused, or the peer's own failure.
+    #[error(transparent)]
+    Peer(#[from] crate::codes::PeerFailure),
     /// The store failed: full, failing, or a record that cannot be read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreFailure),
@@ -81,9 +72,7 @@ impl SessionError {
             SessionError::BadInput(_) => "bad_input",
             SessionError::NoResult { .. } => "no_result",
             SessionError::Crypto(_) => "crypto",
-            SessionError::Remote { .. } => "remote",
-            SessionError::Refused { code, .. } => code,
-            SessionError::Unreachable { .. } => "unreachable",
+            SessionError::Peer(failure) => failure.code(),
             SessionError::Store(failure) => failure.code(),
             SessionError::QuotaExceeded(_) => "quota_exceeded",
             SessionError::RateLimited(_) => "rate_limited",
@@ -98,20 +87,10 @@ impl SessionError {
 }
 
 impl SessionError {
-    /// A peer's refusal with `code`: kept as a [`SessionError::Refused`] when the code is one
-    /// a client can act on, else a [`SessionError::Remote`] (502). The message stays the peer's.
+    /// A peer's refusal with `code`, as [`crate::codes::PeerFailure::refusal`] keeps it.
     pub fn from_remote(peer: String, code: &str, message: String) -> SessionError {
-        let Some(code) = crate::codes::passed_on(crate::codes::Family::Session, code) else {
-            return SessionError::Remote {
-                peer,
-                message: format!("{code}: {message}"),
-            };
-        };
-        SessionError::Refused {
-            peer,
-            code,
-            message,
-        }
+        crate::codes::PeerFailure::refusal(crate::codes::Family::Session, peer, code, message)
+            .into()
     }
 }
 

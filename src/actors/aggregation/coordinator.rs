@@ -479,7 +479,7 @@ impl AggregationActor {
                             (peer_client.send_encoded(&peer, msg.clone()).await, msg)
                         };
                         let delivered = match first {
-                            Err(SessionError::Unreachable { .. }) => {
+                            Err(SessionError::Peer(PeerFailure::Unreachable { .. })) => {
                                 peer_client
                                     .deliver(&peer, || Ok(msg.clone()), give_up_at_ms)
                                     .await

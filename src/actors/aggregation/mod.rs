@@ -32,6 +32,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::keys::KeysHandle;
 use super::{stopped, Backoff, Mailbox};
+use crate::codes::PeerFailure;
 use crate::crypto::kahe::Aggregate;
 use crate::crypto::Profile;
 use crate::metrics::{NodeMetrics, OpLabels, PhaseLabels};

@@ -99,10 +99,11 @@ async fn upload(
             AggReply::PieceAck { complete: true, .. } => break,
             AggReply::PieceAck { .. } => {}
             other => {
-                return Err(SessionError::Remote {
-                    peer: plan.coordinator.clone(),
-                    message: format!("unexpected answer {other:?}"),
-                })
+                return Err(PeerFailure::remote(
+                    plan.coordinator.clone(),
+                    format!("unexpected answer {other:?}"),
+                )
+                .into())
             }
         }
     }

@@ -37,20 +37,22 @@ pub(super) struct PeerClient {
 impl From<RpcError> for SessionError {
     fn from(e: RpcError) -> Self {
         match e {
-            RpcError::Unreachable { peer, message } => SessionError::Unreachable { peer, message },
+            RpcError::Unreachable { peer, message } => {
+                PeerFailure::unreachable(peer, message).into()
+            }
             // A peer that is starting or stopping answers `unavailable`: worth another try.
             RpcError::Refused {
                 peer,
                 code,
                 message,
-            } if code == "unavailable" => SessionError::Unreachable { peer, message },
+            } if code == "unavailable" => PeerFailure::unreachable(peer, message).into(),
             RpcError::Refused {
                 peer,
                 code,
                 message,
             } => SessionError::from_remote(peer, &code, message),
             RpcError::NotSent { peer, message } | RpcError::Unexpected { peer, message } => {
-                SessionError::Remote { peer, message }
+                PeerFailure::remote(peer, message).into()
             }
         }
     }
@@ -58,7 +60,7 @@ impl From<RpcError> for SessionError {
 
 /// Whether a failure to reach a peer may pass with time.
 fn unreachable(e: &SessionError) -> bool {
-    matches!(e, SessionError::Unreachable { .. })
+    matches!(e, SessionError::Peer(PeerFailure::Unreachable { .. }))
 }
 
 /// Retries of `attempts` tries, waits from 200 ms doubling to `max_wait`, none started after
@@ -79,11 +81,8 @@ fn instant_of(at_ms: u64) -> tokio::time::Instant {
 /// Says how often an unreachable peer was tried, in the error's message.
 fn gave_up(gave_up: GaveUp<SessionError>, why: impl FnOnce(u32) -> String) -> SessionError {
     match gave_up.error {
-        SessionError::Unreachable { peer, message } if gave_up.exhausted => {
-            SessionError::Unreachable {
-                peer,
-                message: format!("{message}{}", why(gave_up.attempts)),
-            }
+        SessionError::Peer(PeerFailure::Unreachable { peer, message }) if gave_up.exhausted => {
+            PeerFailure::unreachable(peer, format!("{message}{}", why(gave_up.attempts))).into()
         }
         error => error,
     }
@@ -157,10 +156,11 @@ impl PeerClient {
                     tokio::time::timeout_at(deadline, sent)
                         .await
                         .unwrap_or_else(|_| {
-                            Err(SessionError::Unreachable {
-                                peer: peer.to_string(),
-                                message: format!("no answer within {:.1} s", within.as_secs_f64()),
-                            })
+                            Err(PeerFailure::unreachable(
+                                peer,
+                                format!("no answer within {:.1} s", within.as_secs_f64()),
+                            )
+                            .into())
                         })
                 },
                 unreachable,
@@ -186,11 +186,15 @@ impl PeerClient {
                 |e| {
                     matches!(
                         e,
-                        SessionError::Unreachable { .. }
-                            | SessionError::Refused {
-                                code: "rate_limited" | "quota_exceeded" | "insufficient_storage",
-                                ..
-                            }
+                        SessionError::Peer(
+                            PeerFailure::Unreachable { .. }
+                                | PeerFailure::Refused {
+                                    code: "rate_limited"
+                                        | "quota_exceeded"
+                                        | "insufficient_storage",
+                                    ..
+                                }
+                        )
                     )
                 },
                 |_, e| debug!(%peer, error = %e, "plan not stored yet; retrying"),

@@ -9,6 +9,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::evaluation::Evaluation;
 use super::{blocking, InferenceActor, MAX_BATCH_BYTES};
+use crate::codes::PeerFailure;
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::records;
 use crate::inference::scheme::ClientContext;
@@ -23,14 +24,14 @@ impl From<RpcError> for InferenceActorError {
             // A request that could not be sent (too large) is reported as before this module
             // existed: the model node is out of reach for it.
             RpcError::Unreachable { peer, message } | RpcError::NotSent { peer, message } => {
-                InferenceActorError::Unreachable { peer, message }
+                PeerFailure::unreachable(peer, message).into()
             }
             RpcError::Refused {
                 peer,
                 code,
                 message,
             } => InferenceActorError::from_remote(peer, &code, message),
-            RpcError::Unexpected { peer, message } => InferenceActorError::Remote { peer, message },
+            RpcError::Unexpected { peer, message } => PeerFailure::remote(peer, message).into(),
         }
     }
 }
@@ -147,10 +148,9 @@ pub(super) async fn remote_spec(
     .await?
     {
         InferReply::Spec(spec) => Ok(spec),
-        other => Err(InferenceActorError::Remote {
-            peer: peer.to_string(),
-            message: format!("unexpected answer {other:?}"),
-        }),
+        other => Err(
+            PeerFailure::remote(peer.to_string(), format!("unexpected answer {other:?}")).into(),
+        ),
     }
 }
 
@@ -165,9 +165,8 @@ pub(super) async fn remote_infer(
     rows: usize,
 ) -> Result<InferOutcome, InferenceActorError> {
     let context = ctx.info.fhe_context_id.clone();
-    let unexpected = |r: InferReply| InferenceActorError::Remote {
-        peer: peer.to_string(),
-        message: format!("unexpected answer {r:?}"),
+    let unexpected = |r: InferReply| -> InferenceActorError {
+        PeerFailure::remote(peer.to_string(), format!("unexpected answer {r:?}")).into()
     };
     if let Some(key_id) = ctx.key.evaluation_key_id() {
         let has = ask_peer(
@@ -227,10 +226,11 @@ pub(super) async fn remote_infer(
             let result = Batch::from_bytes(&batch, MAX_BATCH_BYTES)?;
             if result.key_id != ctx.info.key_id || result.rows.len() != rows {
                 warn!(%peer, "model node answered a result that does not fit the request");
-                return Err(InferenceActorError::Remote {
-                    peer: peer.to_string(),
-                    message: "the result does not fit the request".into(),
-                });
+                return Err(PeerFailure::remote(
+                    peer.to_string(),
+                    "the result does not fit the request",
+                )
+                .into());
             }
             let outputs = result.rows.first().map_or(0, |r| ctx.key.result_outputs(r));
             Ok(InferOutcome {
