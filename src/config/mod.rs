@@ -85,7 +85,7 @@ const LIST_KEYS: [&str; 3] = [
 /// keys by name.
 pub fn schema() -> [(&'static str, &'static [&'static str]); 7] {
     [
-        ("", serde_introspect::<Document>()),
+        ("", serde_introspect::<Config>()),
         ("p2p", serde_introspect::<P2pConfig>()),
         ("api", serde_introspect::<ApiConfig>()),
         ("aggregation", serde_introspect::<AggregationConfig>()),
@@ -104,12 +104,16 @@ pub fn schema() -> [(&'static str, &'static [&'static str]); 7] {
 /// `Serialize` writes the token as `"<redacted>"`; `Deserialize` accepts the same document shape
 /// as the configuration file (missing keys take their defaults, unknown keys are refused) and
 /// validates the result, so a deserialized `Config` is always valid.
+// `remote = "Self"` makes the derives inherent functions, which the trait impls below wrap:
+// `Deserialize` validates, and the loader reads the document unchecked ([`Unchecked`]) to name
+// the layer of a bad value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "Document", try_from = "Document")]
+#[serde(remote = "Self", default, deny_unknown_fields)]
 pub struct Config {
     /// Directory of the node's persistent state (identity key, store).
     pub data_dir: PathBuf,
     /// The default crypto profile of sessions this node creates.
+    #[serde(with = "fields::profile")]
     pub profile: Profile,
     pub p2p: P2pConfig,
     pub api: ApiConfig,
@@ -531,11 +535,11 @@ pub fn load(
             provenance
                 .layered
                 .clone()
-                .try_deserialize::<Document>()
+                .try_deserialize::<Unchecked>()
                 .map_err(from_config_error)
         })
         .map_err(|e| provenance.annotate(e))?
-        .unchecked();
+        .0;
     // A path is taken as it is, even one that is not UTF-8.
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
@@ -557,84 +561,26 @@ impl Config {
     }
 }
 
-/// The top level of the document as serde reads and writes it: the sections, unchecked.
-/// Deserializing a [`Config`] goes through it and validates.
-#[derive(Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct Document {
-    data_dir: PathBuf,
-    #[serde(with = "fields::profile")]
-    profile: Profile,
-    p2p: P2pConfig,
-    api: ApiConfig,
-    aggregation: AggregationConfig,
-    inference: InferenceConfig,
-    store: StoreConfig,
-    log: LogConfig,
-}
-
-impl Document {
-    fn unchecked(self) -> Config {
-        let Document {
-            data_dir,
-            profile,
-            p2p,
-            api,
-            aggregation,
-            inference,
-            store,
-            log,
-        } = self;
-        Config {
-            data_dir,
-            profile,
-            p2p,
-            api,
-            aggregation,
-            inference,
-            store,
-            log,
-        }
+impl Serialize for Config {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Config::serialize(self, serializer)
     }
 }
 
-impl From<Config> for Document {
-    fn from(config: Config) -> Self {
-        let Config {
-            data_dir,
-            profile,
-            p2p,
-            api,
-            aggregation,
-            inference,
-            store,
-            log,
-        } = config;
-        Document {
-            data_dir,
-            profile,
-            p2p,
-            api,
-            aggregation,
-            inference,
-            store,
-            log,
-        }
-    }
-}
-
-impl TryFrom<Document> for Config {
-    type Error = ConfigError;
-    fn try_from(document: Document) -> Result<Self, Self::Error> {
-        let config = document.unchecked();
-        config.validate()?;
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let config = Config::deserialize(deserializer)?;
+        config.validate().map_err(serde::de::Error::custom)?;
         Ok(config)
     }
 }
 
-impl Default for Document {
-    fn default() -> Self {
-        Config::default().into()
+/// A [`Config`] as the document says, not yet validated.
+struct Unchecked(Config);
+
+impl<'de> Deserialize<'de> for Unchecked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Config::deserialize(deserializer).map(Unchecked)
     }
 }
 

@@ -154,7 +154,7 @@ pub(super) fn from_config_error(error: ::config::ConfigError) -> ConfigError {
     // The Rust names of the sections must not show through in messages.
     let tidy = |text: String| {
         [
-            "struct Document",
+            "struct Config",
             "struct P2pConfig",
             "struct ApiConfig",
             "struct AggregationConfig",
