@@ -564,16 +564,8 @@ async fn run_case(root: &Path, case: &Case) -> Report {
     });
     let watchdog = tokio::spawn(watchdog(live.clone(), journal.clone()));
 
-    let spec = five_nodes::spec(SESSION, &ids, LENGTH, DEADLINE_SECS);
-    let created = http
-        .post(format!("{capi}/v1/sessions"))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let mut seen = five_nodes::create(&http, &capi, SESSION, &ids, LENGTH, DEADLINE_SECS).await;
     let created_at = Instant::now();
-    let mut seen: Value = created.json().await.unwrap();
     journal.note(format!("session created, {}", seen["phase"]));
 
     // Every participant submits as soon as it may, concurrently with the kill.

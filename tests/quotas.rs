@@ -75,6 +75,15 @@ async fn send(nodes: &[Node], to: usize, plan: &SessionPlan) -> Result<(), (Stri
     }
 }
 
+/// Node `to` refuses `plan` with `code`, in a message naming `key`, and keeps nothing of it.
+async fn assert_refused(nodes: &[Node], to: usize, plan: &SessionPlan, code: &str, key: &str) {
+    let (got, message) = send(nodes, to, plan).await.unwrap_err();
+    assert_eq!(got, code, "{message}");
+    assert!(message.contains(key), "{message}");
+    let unknown = nodes[to].aggregation.get(&plan.id).await.unwrap_err();
+    assert_eq!(unknown.code(), "unknown_session");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_kept() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -98,13 +107,8 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
             .await
             .unwrap();
     }
-    let (code, message) = send(&nodes, 1, &plan(&nodes, "big2", 200_000, 60))
-        .await
-        .unwrap_err();
-    assert_eq!(code, "quota_exceeded", "{message}");
-    assert!(message.contains("max_pending_bytes"), "{message}");
-    let unknown = nodes[1].aggregation.get("big2").await.unwrap_err();
-    assert_eq!(unknown.code(), "unknown_session");
+    let big2 = plan(&nodes, "big2", 200_000, 60);
+    assert_refused(&nodes, 1, &big2, "quota_exceeded", "max_pending_bytes").await;
 
     // Once big0 is over, what it still holds (its plan, its result) makes room for big2: it is
     // dropped, the oldest of the coordinator's sessions that are over.
@@ -119,9 +123,7 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
         nodes[1].aggregation.get("big0").await.unwrap().phase,
         Phase::Failed
     );
-    send(&nodes, 1, &plan(&nodes, "big2", 200_000, 60))
-        .await
-        .unwrap();
+    send(&nodes, 1, &big2).await.unwrap();
     let dropped = nodes[1].aggregation.get("big0").await.unwrap_err();
     assert_eq!(dropped.code(), "unknown_session");
     assert!(nodes[1].aggregation.get("big1").await.is_ok());
@@ -136,13 +138,8 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
         send(&nodes, 2, &plan(&nodes, id, 1_000, 60)).await.unwrap();
     }
     send(&nodes, 2, &first).await.unwrap();
-    let (code, message) = send(&nodes, 2, &plan(&nodes, "r3", 1_000, 60))
-        .await
-        .unwrap_err();
-    assert_eq!(code, "rate_limited", "{message}");
-    assert!(message.contains("plans_per_minute_per_peer"), "{message}");
-    let unknown = nodes[2].aggregation.get("r3").await.unwrap_err();
-    assert_eq!(unknown.code(), "unknown_session");
+    let r3 = plan(&nodes, "r3", 1_000, 60);
+    assert_refused(&nodes, 2, &r3, "rate_limited", "plans_per_minute_per_peer").await;
     for node in nodes {
         node.shutdown().await.unwrap();
     }

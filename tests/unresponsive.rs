@@ -44,14 +44,7 @@ impl Drop for Frozen<'_> {
 }
 
 async fn create(http: &reqwest::Client, capi: &str, id: &str, ids: &[String]) {
-    let spec = five_nodes::spec(id, ids, LENGTH, DEADLINE_SECS);
-    let created = http
-        .post(format!("{capi}/v1/sessions"))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    five_nodes::create(http, capi, id, ids, LENGTH, DEADLINE_SECS).await;
 }
 
 /// Waits until every participant's node says `members` members hold its seeds.

@@ -257,4 +257,23 @@ pub mod five_nodes {
             "result": "sum",
         })
     }
+
+    /// Creates that session through the API at `api` (201 asserted) and returns its answer.
+    pub async fn create(
+        http: &reqwest::Client,
+        api: &str,
+        id: &str,
+        ids: &[String],
+        length: usize,
+        deadline_secs: u64,
+    ) -> Value {
+        let created = http
+            .post(format!("{api}/v1/sessions"))
+            .json(&spec(id, ids, length, deadline_secs))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+        created.json().await.unwrap()
+    }
 }
