@@ -36,17 +36,24 @@ pub async fn call(
     request: Request,
 ) -> Result<Vec<u8>, RpcError> {
     let kind = Kind::of(&request);
-    let response = network.request(peer, request).await.map_err(|e| match e {
-        NetError::Outbound { .. } | NetError::Stopped => RpcError::Unreachable {
-            peer: peer.to_string(),
-            message: e.to_string(),
-        },
-        other => RpcError::Unexpected {
-            peer: peer.to_string(),
-            message: other.to_string(),
-        },
-    })?;
+    let response = network
+        .request(peer, request)
+        .await
+        .map_err(|e| not_answered(&peer.to_string(), e))?;
     answer(&peer.to_string(), kind, response)
+}
+
+/// Why a request to `peer` brought no answer, as the network says.
+fn not_answered(peer: &str, e: NetError) -> RpcError {
+    let (peer, message) = (peer.to_string(), e.to_string());
+    match e {
+        NetError::Outbound { .. } | NetError::Stopped => RpcError::Unreachable { peer, message },
+        NetError::RequestTooLarge { .. } => RpcError::NotSent { peer, message },
+        // Dialling, publishing and setting up are not requests.
+        NetError::Dial { .. } | NetError::Publish(_) | NetError::Setup(_) => {
+            RpcError::Unexpected { peer, message }
+        }
+    }
 }
 
 /// The message families a request carries, each answered in kind.
@@ -108,5 +115,21 @@ mod tests {
         );
         let crossed = answer("p", Kind::Aggregation, Response::Inference(vec![1]));
         assert!(matches!(crossed, Err(RpcError::Unexpected { .. })));
+    }
+
+    #[test]
+    fn a_request_too_large_is_not_sent_and_a_lost_one_is_unreachable() {
+        let too_large = NetError::RequestTooLarge {
+            size: 70 << 20,
+            limit: 64 << 20,
+        };
+        assert!(matches!(
+            not_answered("p", too_large),
+            RpcError::NotSent { .. }
+        ));
+        assert!(matches!(
+            not_answered("p", NetError::Stopped),
+            RpcError::Unreachable { .. }
+        ));
     }
 }
