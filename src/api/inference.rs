@@ -72,14 +72,11 @@ pub fn routes() -> Vec<Route> {
 
 impl From<ModelFormatError> for ApiError {
     fn from(e: ModelFormatError) -> Self {
-        match e {
-            ModelFormatError::Scheme(e) => e.into(),
-            e => ApiError::new(
-                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-                e.code(),
-                e.to_string(),
-            ),
-        }
+        ApiError::new(
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code(),
+            e.to_string(),
+        )
     }
 }
 

@@ -29,17 +29,6 @@ impl Scheme {
             Scheme::Mlp => "mlp",
         }
     }
-
-    pub fn parse(name: &str) -> Result<Scheme, InferenceActorError> {
-        match name.to_ascii_lowercase().as_str() {
-            "linear" => Ok(Scheme::Linear),
-            "mlp" => Ok(Scheme::Mlp),
-            _ => Err(InferenceActorError::UnsupportedScheme(format!(
-                "unknown scheme `{name}`; supported: {}",
-                supported_schemes()
-            ))),
-        }
-    }
 }
 
 impl std::fmt::Display for Scheme {

@@ -24,7 +24,7 @@ impl CompiledModel {
     ) -> Result<Self, InferenceActorError> {
         check_model_name(&record.name)?;
         let model = &record.model;
-        model.validate()?;
+        // Compiling validates the model first.
         let scheme = scheme_for(model, &record.options);
         let compiled = Compiled::compile(model, scheme, &record.options, rows)?;
         Ok(CompiledModel {
@@ -55,8 +55,8 @@ pub fn register(
     record: &ModelRecord,
     replace: bool,
 ) -> Result<ModelInfo, InferenceActorError> {
-    let exists = store.get_bytes(trees::MODELS, &records::model(&record.name))?;
-    if exists.is_some() && !replace {
+    let key = records::model(&record.name);
+    if !replace && store.tree(trees::MODELS)?.contains_key(&key)? {
         return Err(InferenceActorError::Duplicate(format!(
             "model `{}` exists; register with `?replace=true` to replace it",
             record.name
@@ -64,7 +64,7 @@ pub fn register(
     }
     store.ensure_room()?;
     let compiled = CompiledModel::compile(record, None)?;
-    store.put(trees::MODELS, &records::model(&record.name), record)?;
+    store.put(trees::MODELS, &key, record)?;
     store.flush()?;
     Ok(compiled.info)
 }
@@ -94,27 +94,30 @@ impl Registry {
             .store
             .get(trees::MODELS, &records::model(name))?
             .ok_or_else(|| InferenceActorError::UnknownModel(name.to_string()))?;
-        if let Some(m) = self.compiled.get(name) {
+        self.compiled(&record)
+    }
+
+    /// `record` compiled: the cached copy unless the record changed since.
+    fn compiled(
+        &mut self,
+        record: &ModelRecord,
+    ) -> Result<Arc<CompiledModel>, InferenceActorError> {
+        if let Some(m) = self.compiled.get(&record.name) {
             if m.info.created_ms == record.created_ms {
                 return Ok(m.clone());
             }
         }
-        let compiled = Arc::new(CompiledModel::compile(&record, None)?);
-        self.compiled.insert(name.to_string(), compiled.clone());
+        let compiled = Arc::new(CompiledModel::compile(record, None)?);
+        self.compiled.insert(record.name.clone(), compiled.clone());
         Ok(compiled)
     }
 
     /// Every registered model as listed.
     pub fn list(&mut self) -> Result<Vec<ModelInfo>, InferenceActorError> {
-        let names: Vec<String> = self
-            .store
+        self.store
             .scan_prefix::<ModelRecord>(trees::MODELS, b"")?
             .into_iter()
-            .map(|(_, r)| r.name)
-            .collect();
-        names
-            .iter()
-            .map(|n| self.get(n).map(|m| m.info.clone()))
+            .map(|(_, record)| self.compiled(&record).map(|m| m.info.clone()))
             .collect()
     }
 }

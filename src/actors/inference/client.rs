@@ -5,9 +5,9 @@ use libp2p::PeerId;
 
 use super::evaluation::Evaluation;
 use super::peers::{remote_infer, remote_spec};
-use super::{blocking, InferenceActor, Reply, MAX_BATCH_BYTES};
+use super::{blocking, InferenceActor, Reply};
 use crate::inference::messages::{Batch, InputSpec};
-use crate::inference::scheme::ClientContext;
+use crate::inference::scheme::{ClientContext, MAX_BATCH_BYTES};
 use crate::inference::{Decrypted, InferOutcome, InferenceActorError, ModelSpec};
 
 impl InferenceActor {

@@ -143,9 +143,24 @@ async fn on_pool<T: Send + 'static>(
     let permit = pool.acquire().await;
     metrics.inference_queue_depth.dec();
     let _permit = permit.map_err(|_| InferenceActorError::Unavailable("the inference pool"))?;
-    crate::runtime::off_executor(job)
-        .await
-        .map_err(|_| InferenceActorError::Unavailable("an inference worker (it panicked)"))?
+    super::blocking("an inference worker (it panicked)", job).await
+}
+
+/// Evaluates every row of `batch` (blocking), timing the evaluation alone.
+fn evaluate_timed(
+    model: &CompiledModel,
+    key: Option<&MlpServerKey>,
+    batch: &Batch,
+) -> Result<Evaluation, InferenceActorError> {
+    let t = Instant::now();
+    let (out, pbs) = model.compiled.evaluate_rows(key, batch)?;
+    Ok(Evaluation {
+        batch: out,
+        computation_ms: t.elapsed().as_secs_f64() * 1e3,
+        pbs,
+        rows: batch.rows.len(),
+        outputs: model.info.outputs,
+    })
 }
 
 /// Counts a request by its outcome: served, refused (the client's fault) or failed.
@@ -335,15 +350,7 @@ impl InferenceActor {
             } = job;
             let scheme = compiled.info.scheme.name();
             let result = on_pool(&pool, &metrics, move || {
-                let t = Instant::now();
-                let (out, pbs) = compiled.compiled.evaluate_rows(key.as_deref(), &batch)?;
-                Ok(Evaluation {
-                    batch: out,
-                    computation_ms: t.elapsed().as_secs_f64() * 1e3,
-                    pbs,
-                    rows: batch.rows.len(),
-                    outputs: compiled.info.outputs,
-                })
+                evaluate_timed(&compiled, key.as_deref(), &batch)
             })
             .await;
             if let Ok(done) = &result {
@@ -387,15 +394,12 @@ impl InferenceActor {
                 };
                 let compiled = CompiledModel::compile(&record, Some(&rows))?;
                 let cts = ctx.encrypt_rows(&compiled.compiled.spec(), &rows)?;
-                let server_key = ctx.key.server_key();
-                let t = Instant::now();
-                let (batch, pbs) = compiled.compiled.evaluate_rows(server_key.as_ref(), &cts)?;
-                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let done = evaluate_timed(&compiled, ctx.key.server_key().as_ref(), &cts)?;
                 Ok(InferOutcome {
-                    encrypted_result: batch,
-                    result_shape: [rows.len(), compiled.info.outputs],
-                    computation_time_ms: ms,
-                    pbs,
+                    encrypted_result: done.batch,
+                    result_shape: [done.rows, done.outputs],
+                    computation_time_ms: done.computation_ms,
+                    pbs: done.pbs,
                     peer: None,
                 })
             })

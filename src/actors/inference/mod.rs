@@ -36,7 +36,6 @@ use crate::metrics::NodeMetrics;
 use crate::net::{NetworkHandle, Response};
 use crate::store::{trees, Store};
 
-pub use crate::inference::scheme::{MAX_BATCH_BYTES, MAX_EVAL_KEY_BYTES};
 use evaluation::{EvalKeyCache, EvaluationJob};
 
 /// How the actor runs: pool size and memory budget (the `[inference]` configuration section).

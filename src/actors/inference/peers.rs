@@ -8,11 +8,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn};
 
 use super::evaluation::Evaluation;
-use super::{blocking, InferenceActor, MAX_BATCH_BYTES};
+use super::{blocking, InferenceActor};
 use crate::codes::PeerFailure;
 use crate::inference::messages::{self, Batch, InferMsg, InferReply, InputSpec, KEY_PIECE_BYTES};
 use crate::inference::records;
-use crate::inference::scheme::ClientContext;
+use crate::inference::scheme::{ClientContext, MAX_BATCH_BYTES};
 use crate::inference::{InferOutcome, InferenceActorError};
 use crate::net::rpc::{self, RpcError};
 use crate::net::{NetworkHandle, Request, Response};
@@ -132,6 +132,11 @@ async fn ask_peer(
     messages::decode(&bytes)
 }
 
+/// A model node's answer of another kind than the request's.
+fn unexpected(peer: PeerId, answer: InferReply) -> InferenceActorError {
+    PeerFailure::remote(peer.to_string(), format!("unexpected answer {answer:?}")).into()
+}
+
 pub(super) async fn remote_spec(
     network: &NetworkHandle,
     peer: Option<PeerId>,
@@ -148,9 +153,7 @@ pub(super) async fn remote_spec(
     .await?
     {
         InferReply::Spec(spec) => Ok(spec),
-        other => Err(
-            PeerFailure::remote(peer.to_string(), format!("unexpected answer {other:?}")).into(),
-        ),
+        other => Err(unexpected(peer, other)),
     }
 }
 
@@ -165,9 +168,6 @@ pub(super) async fn remote_infer(
     rows: usize,
 ) -> Result<InferOutcome, InferenceActorError> {
     let context = ctx.info.fhe_context_id.clone();
-    let unexpected = |r: InferReply| -> InferenceActorError {
-        PeerFailure::remote(peer.to_string(), format!("unexpected answer {r:?}")).into()
-    };
     if let Some(key_id) = ctx.key.evaluation_key_id() {
         let has = ask_peer(
             network,
@@ -206,7 +206,7 @@ pub(super) async fn remote_infer(
                 };
                 match ask_peer(network, peer, &msg).await? {
                     InferReply::PieceAck { .. } => {}
-                    other => return Err(unexpected(other)),
+                    other => return Err(unexpected(peer, other)),
                 }
             }
             info!(%peer, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "evaluation key uploaded");
@@ -241,7 +241,7 @@ pub(super) async fn remote_infer(
                 peer: Some(peer.to_string()),
             })
         }
-        other => Err(unexpected(other)),
+        other => Err(unexpected(peer, other)),
     }
 }
 

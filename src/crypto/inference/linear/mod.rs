@@ -31,14 +31,12 @@
 
 use std::fmt;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::DynamicDistribution;
-use tfhe_ntt::native64::Plan32;
 use zeroize::Zeroizing;
 
 use super::keyid::InferenceKeyId;
-use super::model::{check_input, Model};
+use super::model::check_input;
 use super::rlwe::{self, RlweSecret, SEED_BYTES};
 use super::wire::{self as inference_wire, Kind};
 use super::InferenceError;
@@ -60,10 +58,6 @@ pub const MAX_LINEAR_OUTPUTS: usize = 1 << 12;
 
 const FX_MAX: u32 = 40;
 const FW_MAX: u32 = 44;
-/// Weight polynomials in NTT form are kept when rows × chunks is at most this (40 KiB each).
-const PRECOMPUTE_MAX: usize = 256;
-/// Chunks with at most this many inputs are multiplied directly instead of through the NTT.
-const DIRECT_MAX: usize = 48;
 
 /// The parameter set of a linear ciphertext (recorded in every ciphertext and key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

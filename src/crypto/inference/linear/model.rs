@@ -1,7 +1,16 @@
 //! The model side of scheme `linear`: compiling a float model to fixed point (choosing the
 //! scales within the noise budget) and evaluating it on a ciphertext with NTT products.
 
+use rayon::prelude::*;
+use tfhe_ntt::native64::Plan32;
+
 use super::*;
+use crate::crypto::inference::model::Model;
+
+/// Weight polynomials in NTT form are kept when rows × chunks is at most this (40 KiB each).
+const PRECOMPUTE_MAX: usize = 256;
+/// Chunks with at most this many inputs are multiplied directly instead of through the NTT.
+const DIRECT_MAX: usize = 48;
 
 /// One output row, quantised.
 #[derive(Clone, Debug)]
