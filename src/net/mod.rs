@@ -201,7 +201,7 @@ struct NetworkActor {
     /// fhenode peer is identified, doubling to [`BOOTSTRAP_EVERY`]. A peer's answer to a
     /// bootstrap lists only the peers it knew then: peers that joined at the same moment
     /// find each other on the next one, seconds later rather than half a minute.
-    next_bootstrap: tokio::time::Instant,
+    next_bootstrap: std::pin::Pin<Box<tokio::time::Sleep>>,
     bootstrap_wait: Duration,
     topic: gossipsub::IdentTopic,
     book: book::AddressBook,
@@ -288,7 +288,7 @@ pub fn spawn(
         pending: HashMap::new(),
         answering: FuturesUnordered::new(),
         last_bootstrap: None,
-        next_bootstrap: tokio::time::Instant::now() + BOOTSTRAP_SOON,
+        next_bootstrap: Box::pin(tokio::time::sleep(BOOTSTRAP_SOON)),
         bootstrap_wait: BOOTSTRAP_SOON,
         topic,
         book,
@@ -393,10 +393,9 @@ impl NetworkActor {
                         debug!("peer went away before its answer was ready");
                     }
                 }
-                _ = tokio::time::sleep_until(self.next_bootstrap) => {
+                _ = &mut self.next_bootstrap => {
                     self.bootstrap();
-                    self.bootstrap_wait = (self.bootstrap_wait * 2).min(BOOTSTRAP_EVERY);
-                    self.next_bootstrap = tokio::time::Instant::now() + self.bootstrap_wait;
+                    self.bootstrap_after((self.bootstrap_wait * 2).min(BOOTSTRAP_EVERY));
                 }
                 Some(written) = self.book.writes.join_next(), if !self.book.writes.is_empty() => {
                     if let Err(e) = written {
@@ -406,6 +405,15 @@ impl NetworkActor {
             }
         }
         info!("network actor stopped");
+    }
+
+    /// Schedules the next bootstrap `wait` from now (one timer, reset: the loop polls it on
+    /// every event).
+    fn bootstrap_after(&mut self, wait: Duration) {
+        self.bootstrap_wait = wait;
+        self.next_bootstrap
+            .as_mut()
+            .reset(tokio::time::Instant::now() + wait);
     }
 
     fn bootstrap(&mut self) {
@@ -534,8 +542,7 @@ impl NetworkActor {
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                         }
                         self.bootstrap();
-                        self.bootstrap_wait = BOOTSTRAP_SOON;
-                        self.next_bootstrap = tokio::time::Instant::now() + BOOTSTRAP_SOON;
+                        self.bootstrap_after(BOOTSTRAP_SOON);
                     }
                 }
             }

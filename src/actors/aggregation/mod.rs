@@ -377,8 +377,8 @@ impl AggregationActor {
             self.joined.insert(joined.plan.id.clone(), joined);
         }
         // What expired while the node was down is dropped before anything resumes: resuming
-        // would deliver its seeds again.
-        self.expire_joined(now_ms());
+        // would deliver its seeds again. Its secrets go with the others `reclaim` deletes.
+        self.drop_expired(now_ms());
         let ids: Vec<String> = self.joined.keys().cloned().collect();
         for id in ids {
             self.resume_joined(&id);

@@ -171,19 +171,34 @@ impl AggregationActor {
     /// coordinator's next one.
     fn drop_over(&mut self, id: &str, coordinator: &str) -> Result<(), SessionError> {
         self.store.remove(trees::RESULTS, id.as_bytes())?;
-        self.store
-            .remove(trees::SESSIONS, records::joined(id).as_bytes())?;
-        self.joined.remove(id);
-        self.quotas.held.remove(id);
+        self.drop_joined(id)?;
         info!(session = %id, %coordinator,
             "dropped a session that is over, with its result, to make room for its coordinator's \
              next one (aggregation.max_pending_bytes)");
         Ok(())
     }
 
+    /// Drops a joined session's record, then what this actor keeps of it in memory.
+    fn drop_joined(&mut self, id: &str) -> Result<Option<Joined>, SessionError> {
+        self.store
+            .remove(trees::SESSIONS, records::joined(id).as_bytes())?;
+        self.quotas.held.remove(id);
+        Ok(self.joined.remove(id))
+    }
+
     /// Drops the joined sessions their coordinator never ended and no longer can: the
     /// record, the preparation and every secret.
     pub(super) fn expire_joined(&mut self, now_ms: u64) {
+        for id in self.drop_expired(now_ms) {
+            self.forget(&id);
+        }
+        self.quotas.plans.retain_recent();
+    }
+
+    /// Drops the records of the joined sessions that expired by `now_ms` and returns their
+    /// ids; their secrets are the caller's to delete (at start, `reclaim` deletes them all in
+    /// one pass).
+    pub(super) fn drop_expired(&mut self, now_ms: u64) -> Vec<String> {
         let expired: Vec<String> = self
             .joined
             .iter()
@@ -194,25 +209,22 @@ impl AggregationActor {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let mut dropped = Vec::with_capacity(expired.len());
         for id in expired {
             // The record goes first: secrets left by a crash after it are removed at the next
             // start (`reclaim`), while a record without its secrets would be a session that
             // can no longer go on.
-            if let Err(e) = self
-                .store
-                .remove(trees::SESSIONS, records::joined(&id).as_bytes())
-            {
-                warn!(session = %id, error = %e, "could not drop an expired session");
-                continue;
+            match self.drop_joined(&id) {
+                Ok(joined) => {
+                    self.metrics.sessions_expired.inc();
+                    info!(session = %id, coordinator = ?joined.map(|j| j.plan.coordinator),
+                        "session expired: its coordinator never ended it within its deadlines");
+                    dropped.push(id);
+                }
+                Err(e) => warn!(session = %id, error = %e, "could not drop an expired session"),
             }
-            let coordinator = self.joined.remove(&id).map(|j| j.plan.coordinator);
-            self.quotas.held.remove(&id);
-            self.forget(&id);
-            self.metrics.sessions_expired.inc();
-            info!(session = %id, coordinator = ?coordinator,
-                "session expired: its coordinator never ended it within its deadlines");
         }
-        self.quotas.plans.retain_recent();
+        dropped
     }
 
     /// At start, after the sessions are loaded (and what expired while the node was down is
