@@ -1,7 +1,9 @@
 //! fhenode: a node daemon for privacy-preserving federated learning.
 //!
 //! Layers, each depending only on those above it in this list:
-//! - [`crypto`]: pure, synchronous threshold encryption and aggregation (no I/O);
+//! - [`crypto`]: pure, synchronous threshold encryption and aggregation (no I/O); beside it
+//!   [`runtime`] (mailboxes, retries, blocking work) and [`codes`] (error codes), which import
+//!   nothing else of the crate;
 //! - [`config`], [`store`] (sled), [`metrics`] (prometheus-client);
 //! - [`net`]: the libp2p swarm and the wire protocol, owned by the network actor;
 //! - [`actors`]: keys, aggregation, inference, each a task behind a typed handle;

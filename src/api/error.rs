@@ -100,19 +100,16 @@ pub(super) fn body_error(status: StatusCode, text: String, max_body_bytes: usize
 }
 
 pub(super) fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+    match &rejection {
+        JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", rejection.body_text())
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "expected `Content-Type: application/json`",
         ),
-        JsonRejection::BytesRejection(e) => body_error(e.status(), e.body_text(), max_body_bytes),
-        other => body_error(other.status(), other.body_text(), max_body_bytes),
+        // A body that could not be read (too large, cut off): its own status and words.
+        _ => body_error(rejection.status(), rejection.body_text(), max_body_bytes),
     }
 }

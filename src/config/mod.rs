@@ -105,8 +105,8 @@ pub fn schema() -> [(&'static str, &'static [&'static str]); 7] {
 /// as the configuration file (missing keys take their defaults, unknown keys are refused) and
 /// validates the result, so a deserialized `Config` is always valid.
 // `remote = "Self"` makes the derives inherent functions, which the trait impls below wrap:
-// `Deserialize` validates, and the loader reads the document unchecked ([`Unchecked`]) to name
-// the layer of a bad value.
+// `Deserialize` validates, and the loader calls the inherent reader to name the layer of a
+// bad value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self", default, deny_unknown_fields)]
 pub struct Config {
@@ -531,15 +531,10 @@ pub fn load(
     };
     let mut config = provenance
         .check_unknown_keys()
-        .and_then(|()| {
-            provenance
-                .layered
-                .clone()
-                .try_deserialize::<Unchecked>()
-                .map_err(from_config_error)
-        })
-        .map_err(|e| provenance.annotate(e))?
-        .0;
+        // The derive's own reader (not `Deserialize`, which validates): an invalid value is
+        // reported below with the layer that set it.
+        .and_then(|()| Config::deserialize(provenance.layered.clone()).map_err(from_config_error))
+        .map_err(|e| provenance.annotate(e))?;
     // A path is taken as it is, even one that is not UTF-8.
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
@@ -572,15 +567,6 @@ impl<'de> Deserialize<'de> for Config {
         let config = Config::deserialize(deserializer)?;
         config.validate().map_err(serde::de::Error::custom)?;
         Ok(config)
-    }
-}
-
-/// A [`Config`] as the document says, not yet validated.
-struct Unchecked(Config);
-
-impl<'de> Deserialize<'de> for Unchecked {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Config::deserialize(deserializer).map(Unchecked)
     }
 }
 

@@ -74,7 +74,8 @@ fn shipped_file_lists_every_key() {
     // The token has no default, so it is present only as a commented-out example.
     let uncommented = text.replace("# token = ", "token = ");
     let table: toml::Table = toml::from_str(&uncommented).unwrap();
-    for (section, keys) in schema() {
+    let schema = schema();
+    for (section, keys) in schema {
         let section_table = if section.is_empty() {
             &table
         } else {
@@ -85,7 +86,7 @@ fn shipped_file_lists_every_key() {
                 section_table.contains_key(*key),
                 "{section}.{key} missing from the shipped file"
             );
-            if !schema().iter().any(|(s, _)| s == key) {
+            if !schema.iter().any(|(s, _)| s == key) {
                 let full = if section.is_empty() {
                     key.to_string()
                 } else {
