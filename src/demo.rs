@@ -67,17 +67,27 @@ pub async fn dial_address(node: &Node, timeout: Duration) -> Result<Multiaddr, D
 pub async fn start_local_network(
     count: usize,
 ) -> Result<(Vec<tempfile::TempDir>, Vec<Node>), DemoError> {
+    start_local_network_with(count, |_, _| {}).await
+}
+
+/// [`start_local_network`], node `i`'s configuration changed by `tweak` first.
+pub async fn start_local_network_with(
+    count: usize,
+    tweak: impl Fn(usize, &mut Config),
+) -> Result<(Vec<tempfile::TempDir>, Vec<Node>), DemoError> {
     let dirs: Vec<_> = (0..count)
         .map(|_| tempfile::tempdir().map_err(fail))
         .collect::<Result<_, _>>()?;
-    let Some((first_dir, rest)) = dirs.split_first() else {
-        return Ok((dirs, Vec::new()));
-    };
-    let first = Node::start(loopback_config(first_dir.path(), vec![])).await?;
-    let boot = dial_address(&first, Duration::from_secs(10)).await?;
-    let mut nodes = vec![first];
-    for dir in rest {
-        nodes.push(Node::start(loopback_config(dir.path(), vec![boot.clone()])).await?);
+    let mut nodes: Vec<Node> = Vec::with_capacity(count);
+    let mut boot = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut config = loopback_config(dir.path(), boot.clone());
+        tweak(i, &mut config);
+        let node = Node::start(config).await?;
+        if i == 0 {
+            boot = vec![dial_address(&node, Duration::from_secs(10)).await?];
+        }
+        nodes.push(node);
     }
     Ok((dirs, nodes))
 }

@@ -525,34 +525,13 @@ async fn run_case(root: &Path, case: &Case) -> Report {
     let mut problems = Vec::new();
 
     // Start the nodes: the coordinator first, the others with it as their bootstrap peer.
-    let mut nodes = vec![FixedNode::new(&dir, NAMES[0], None)];
-    let mut daemons = vec![nodes[0].start()];
-    let coord_id = peer_id(&http, &daemons[0]).await;
-    let boot = format!("{}/p2p/{coord_id}", nodes[0].p2p_addr);
-    for name in &NAMES[1..] {
-        let node = FixedNode::new(&dir, name, Some(boot.clone()));
-        daemons.push(node.start());
-        nodes.push(node);
-    }
-    let mut ids = vec![coord_id];
-    for d in &daemons[1..] {
-        ids.push(peer_id(&http, d).await);
-    }
+    let (nodes, mut daemons, ids) = five_nodes::start(&http, &dir, START_LIMIT).await;
     let names_of: BTreeMap<String, usize> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.clone(), i))
         .collect();
     let capi = nodes[COORDINATOR].api();
-    wait_for(
-        "the coordinator to see every peer",
-        START_LIMIT,
-        async || {
-            let peers = get_json(&http, &format!("{capi}/v1/peers")).await?;
-            (peers["peers"].as_array()?.len() >= NAMES.len() - 1).then_some(())
-        },
-    )
-    .await;
     journal.note("nodes up");
 
     let live = Arc::new(Liveness {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh};
+use fhenode::demo::{dial_address, loopback_config, start_local_network, wait_for_full_mesh};
 use fhenode::net::{NetError, Request, Response};
 use fhenode::node::Node;
 
@@ -156,15 +156,7 @@ async fn a_failed_start_stops_what_it_had_started() {
 /// recorded (#18 item 3), where before it waited to be found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_without_bootstrap_peers_redials_the_peers_it_knew() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let first = Node::start(loopback_config(dirs[0].path(), vec![]))
-        .await
-        .unwrap();
-    let boot = dial_address(&first, Duration::from_secs(10)).await.unwrap();
-    let second = Node::start(loopback_config(dirs[1].path(), vec![boot]))
-        .await
-        .unwrap();
-    let nodes = vec![first, second];
+    let (dirs, nodes) = start_local_network(2).await.unwrap();
     wait_for_full_mesh(&nodes, Duration::from_secs(30))
         .await
         .unwrap();
@@ -179,25 +171,12 @@ async fn a_restarted_node_without_bootstrap_peers_redials_the_peers_it_knew() {
         .await
         .unwrap();
     assert_eq!(again.peer_id, first_id);
-    let start = std::time::Instant::now();
-    loop {
-        let peers = again.network.peers().await.unwrap();
-        if peers
-            .iter()
-            .any(|p| p.peer_id == second.peer_id.to_string())
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the restarted node never found the peer it knew"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let nodes = [again, second];
+    let took = wait_for_full_mesh(&nodes, Duration::from_secs(30))
+        .await
+        .expect("the restarted node never found the peer it knew");
+    println!("back in the mesh {} ms after its start", took.as_millis());
+    for node in nodes {
+        node.shutdown().await.unwrap();
     }
-    println!(
-        "back in the mesh {} ms after its start",
-        start.elapsed().as_millis()
-    );
-    again.shutdown().await.unwrap();
-    second.shutdown().await.unwrap();
 }

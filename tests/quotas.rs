@@ -10,7 +10,9 @@ use std::time::Duration;
 use fhenode::config::Config;
 use fhenode::crypto::kahe::wire::update_len;
 use fhenode::crypto::Profile;
-use fhenode::demo::{dial_address, loopback_config, wait_for_full_mesh, wait_phase};
+use fhenode::demo::{
+    dial_address, loopback_config, start_local_network_with, wait_for_full_mesh, wait_phase,
+};
 use fhenode::net::{Request, Response};
 use fhenode::node::Node;
 use fhenode::session::messages::{self, AggMsg};
@@ -19,20 +21,11 @@ use libp2p::PeerId;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Three nodes; node `i`'s configuration is changed by `tweak` first.
-async fn network(dirs: &[tempfile::TempDir], tweak: impl Fn(usize, &mut Config)) -> Vec<Node> {
-    let mut first = loopback_config(dirs[0].path(), vec![]);
-    tweak(0, &mut first);
-    let first = Node::start(first).await.unwrap();
-    let boot = dial_address(&first, LONG).await.unwrap();
-    let mut nodes = vec![first];
-    for (i, dir) in dirs.iter().enumerate().skip(1) {
-        let mut config = loopback_config(dir.path(), vec![boot.clone()]);
-        tweak(i, &mut config);
-        nodes.push(Node::start(config).await.unwrap());
-    }
+/// Three nodes connected to each other; node `i`'s configuration is changed by `tweak` first.
+async fn network(tweak: impl Fn(usize, &mut Config)) -> (Vec<tempfile::TempDir>, Vec<Node>) {
+    let (dirs, nodes) = start_local_network_with(3, tweak).await.unwrap();
     wait_for_full_mesh(&nodes, LONG).await.unwrap();
-    nodes
+    (dirs, nodes)
 }
 
 /// A plan by node 0, committee nodes 0–2 (threshold 2), participants nodes 1 and 2; node 0
@@ -75,6 +68,17 @@ async fn send(nodes: &[Node], to: usize, plan: &SessionPlan) -> Result<(), (Stri
     }
 }
 
+/// Stops node 1, keeps it down for `down`, and starts it again from its store (expiry grace
+/// 0, bootstrapping from node 0); `nodes` keeps the others.
+async fn restart_node1(nodes: &mut Vec<Node>, dirs: &[tempfile::TempDir], down: Duration) -> Node {
+    nodes.remove(1).shutdown().await.unwrap();
+    tokio::time::sleep(down).await;
+    let boot = dial_address(&nodes[0], LONG).await.unwrap();
+    let mut config = loopback_config(dirs[1].path(), vec![boot]);
+    config.aggregation.expire_grace_secs = 0;
+    Node::start(config).await.unwrap()
+}
+
 /// Node `to` refuses `plan` with `code`, in a message naming `key`, and keeps nothing of it.
 async fn assert_refused(nodes: &[Node], to: usize, plan: &SessionPlan, code: &str, key: &str) {
     let (got, message) = send(nodes, to, plan).await.unwrap_err();
@@ -86,7 +90,6 @@ async fn assert_refused(nodes: &[Node], to: usize, plan: &SessionPlan, code: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_kept() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // Node 1 is a member and a participant of each plan: a session of 200,000 values holds its
     // update and its result (8 bytes a value), and a few kilobytes of plan and seeds. Room for
     // two such sessions and half a result, not three, nor two and one that is over.
@@ -94,7 +97,7 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
     let update = update_len(&plan_of(&peers, "x", 200_000, 60).context().unwrap()) as u64;
     let result = 8 * 200_000;
     let room = 2 * (update + result) + result / 2 + (64 << 10);
-    let nodes = network(&dirs, |i, c| match i {
+    let (_dirs, nodes) = network(|i, c| match i {
         1 => c.aggregation.max_pending_bytes = room,
         2 => c.aggregation.plans_per_minute_per_peer = 3,
         _ => {}
@@ -149,9 +152,8 @@ async fn plans_beyond_a_coordinators_bytes_or_rate_are_refused_and_nothing_is_ke
 /// session opens (threshold 3 of 3: it needs that member) instead of failing at its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_refused_for_a_rate_limit_is_delivered_when_the_limit_allows() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // 20 a minute: one comes back every 3 s.
-    let nodes = network(&dirs, |i, c| {
+    let (_dirs, nodes) = network(|i, c| {
         if i == 2 {
             c.aggregation.plans_per_minute_per_peer = 20;
         }
@@ -194,9 +196,8 @@ async fn a_plan_refused_for_a_rate_limit_is_delivered_when_the_limit_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_its_coordinator_never_ends_is_dropped_with_its_secrets_by_a_restart() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let grace = |_: usize, c: &mut Config| c.aggregation.expire_grace_secs = 0;
-    let mut nodes = network(&dirs, grace).await;
+    let (dirs, mut nodes) = network(grace).await;
     // Node 1 takes part: it draws its key and holds it while the plan's deadlines run.
     send(&nodes, 1, &plan(&nodes, "ghost", 1_000, 1))
         .await
@@ -211,13 +212,7 @@ async fn a_session_its_coordinator_never_ends_is_dropped_with_its_secrets_by_a_r
     assert!(nodes[1].aggregation.get("ghost").await.is_ok());
 
     // Its three deadlines (1 s each) pass while node 1 is down; it starts again.
-    let node1 = nodes.remove(1);
-    node1.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let boot = dial_address(&nodes[0], LONG).await.unwrap();
-    let mut config = loopback_config(dirs[1].path(), vec![boot]);
-    grace(1, &mut config);
-    let node1 = Node::start(config).await.unwrap();
+    let node1 = restart_node1(&mut nodes, &dirs, Duration::from_millis(3100)).await;
     tokio::time::timeout(LONG, async {
         while node1.aggregation.get("ghost").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -239,9 +234,8 @@ async fn a_session_its_coordinator_never_ends_is_dropped_with_its_secrets_by_a_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run by hand"]
 async fn measure_a_flood_of_plans_never_run() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let grace = |_: usize, c: &mut Config| c.aggregation.expire_grace_secs = 0;
-    let mut nodes = network(&dirs, grace).await;
+    let (dirs, mut nodes) = network(grace).await;
     let empty = nodes[1].store.size_on_disk();
     let (mut stored, mut quota, mut rate) = (0, 0, 0);
     for i in 0..400 {
@@ -257,13 +251,7 @@ async fn measure_a_flood_of_plans_never_run() {
     nodes[1].store.flush().unwrap();
     let flooded = nodes[1].store.size_on_disk();
     let secrets = nodes[1].keys.status().await.unwrap().secrets;
-    let node1 = nodes.remove(1);
-    node1.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let boot = dial_address(&nodes[0], LONG).await.unwrap();
-    let mut config = loopback_config(dirs[1].path(), vec![boot]);
-    grace(1, &mut config);
-    let node1 = Node::start(config).await.unwrap();
+    let node1 = restart_node1(&mut nodes, &dirs, Duration::from_secs(6)).await;
     let start = std::time::Instant::now();
     while !node1.aggregation.list().await.unwrap().is_empty() {
         assert!(start.elapsed() < LONG, "the flood was not dropped");

@@ -10,21 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// Waits until `threshold` members hold `daemon`'s seeds for `session`: its body may go out.
-async fn seeds_delivered(
-    client: &reqwest::Client,
-    daemon: &Daemon,
-    session: &str,
-    threshold: u64,
-    timeout: Duration,
-) {
-    wait_for("the seeds to reach the committee", timeout, async || {
-        let s = get_json(client, &format!("{}/v1/sessions/{session}", daemon.api)).await?;
-        (s["seeds_delivered"].as_u64()? >= threshold).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_mid_session_resumes_and_completes() {
     let root = TestRoot::new();
@@ -85,7 +70,7 @@ async fn coordinator_killed_mid_session_resumes_and_completes() {
             .collect()
     };
     for d in &others[1..] {
-        seeds_delivered(&client, d, "restart", 1, timeout).await;
+        seeds_delivered(&client, &d.api, "restart", 1, timeout).await;
     }
     let first = client
         .post(format!("{}/v1/sessions/restart/update", others[1].api))
@@ -213,7 +198,7 @@ async fn a_member_killed_after_the_submissions_leaves_the_session_to_the_others(
     };
     // Every participant's seeds reach all five members, then every body goes in.
     for (k, d) in others[5..].iter().enumerate() {
-        seeds_delivered(&client, d, "absent", 5, timeout).await;
+        seeds_delivered(&client, &d.api, "absent", 5, timeout).await;
         let sent = client
             .post(format!("{}/v1/sessions/absent/update", d.api))
             .json(&json!({ "values": update(k) }))

@@ -23,16 +23,6 @@ const FROZEN: usize = 1;
 const DEADLINE_SECS: u64 = 12;
 const LENGTH: usize = 1000;
 
-/// Sends SIGSTOP or SIGCONT to a node.
-fn signal(daemon: &Daemon, signal: &str) {
-    let pid = daemon.child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {signal} {pid} failed");
-}
-
 /// Resumes the frozen node whatever happens to the test, so that it can be killed and its
 /// data dir removed.
 struct Frozen<'a>(&'a Daemon);
@@ -50,16 +40,7 @@ async fn create(http: &reqwest::Client, capi: &str, id: &str, ids: &[String]) {
 /// Waits until every participant's node says `members` members hold its seeds.
 async fn seeds_held(http: &reqwest::Client, nodes: &[FixedNode], id: &str, members: u64) {
     for &p in &PARTICIPANTS {
-        let api = nodes[p].api();
-        wait_for(
-            "the participants' seeds to be delivered",
-            Duration::from_secs(60),
-            async || {
-                let s = get_json(http, &format!("{api}/v1/sessions/{id}")).await?;
-                (s["seeds_delivered"].as_u64()? >= members).then_some(())
-            },
-        )
-        .await;
+        seeds_delivered(http, &nodes[p].api(), id, members, Duration::from_secs(60)).await;
     }
 }
 
@@ -79,29 +60,9 @@ async fn submit(http: &reqwest::Client, api: &str, id: &str, k: usize) -> (u16, 
 async fn a_frozen_member_or_a_dead_coordinator_holds_nobody_up() {
     let root = TestRoot::new();
     let http = client();
-    let mut nodes = vec![FixedNode::new(root.path(), NAMES[0], None)];
-    let mut daemons = vec![nodes[0].start()];
-    let coordinator = peer_id(&http, &daemons[0]).await;
-    let boot = format!("{}/p2p/{coordinator}", nodes[0].p2p_addr);
-    for name in &NAMES[1..] {
-        let node = FixedNode::new(root.path(), name, Some(boot.clone()));
-        daemons.push(node.start());
-        nodes.push(node);
-    }
-    let mut ids = vec![coordinator];
-    for d in &daemons[1..] {
-        ids.push(peer_id(&http, d).await);
-    }
+    let (nodes, mut daemons, ids) =
+        five_nodes::start(&http, root.path(), Duration::from_secs(60)).await;
     let capi = nodes[0].api();
-    wait_for(
-        "the coordinator to see every peer",
-        Duration::from_secs(60),
-        async || {
-            let peers = get_json(&http, &format!("{capi}/v1/peers")).await?;
-            (peers["peers"].as_array()?.len() >= NAMES.len() - 1).then_some(())
-        },
-    )
-    .await;
 
     // Round one: m1 holds every participant's seeds, then freezes before anyone submits, so
     // the coordinator asks it which seeds it holds while it cannot answer.

@@ -136,13 +136,31 @@ pub async fn peer_id(client: &reqwest::Client, daemon: &Daemon) -> String {
     .await
 }
 
-pub fn signal_and_wait(daemon: &mut Daemon, signal: &str) -> std::process::ExitStatus {
+/// Sends `signal` (`-STOP`, `-KILL`, …) to a node.
+pub fn signal(daemon: &Daemon, signal: &str) {
     let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
+    let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid} failed");
+}
+
+/// Waits until the node at `api` says `threshold` members hold its seeds for `session`: its
+/// body may go out.
+pub async fn seeds_delivered(
+    client: &reqwest::Client,
+    api: &str,
+    session: &str,
+    threshold: u64,
+    timeout: Duration,
+) {
+    wait_for("the seeds to reach the committee", timeout, async || {
+        let s = get_json(client, &format!("{api}/v1/sessions/{session}")).await?;
+        (s["seeds_delivered"].as_u64()? >= threshold).then_some(())
+    })
+    .await;
+}
+
+pub fn signal_and_wait(daemon: &mut Daemon, signal: &str) -> std::process::ExitStatus {
+    self::signal(daemon, signal);
     let start = Instant::now();
     loop {
         if let Some(status) = daemon.child.try_wait().unwrap() {
@@ -234,13 +252,48 @@ pub fn strip_ansi(line: &str) -> String {
 /// The five-process topology the chaos and unresponsive suites share: coordinator `c`;
 /// committee `m1`, `m2`, `m3` (threshold 2); participants `p1`, `m2`, `m3`.
 pub mod five_nodes {
+    use std::path::Path;
+    use std::time::Duration;
+
     use serde_json::{json, Value};
+
+    use super::{get_json, peer_id, wait_for, Daemon, FixedNode};
 
     pub const NAMES: [&str; 5] = ["c", "m1", "m2", "m3", "p1"];
     /// Indices into `NAMES`.
     pub const COMMITTEE: [usize; 3] = [1, 2, 3];
     pub const PARTICIPANTS: [usize; 3] = [4, 2, 3];
     pub const THRESHOLD: u64 = 2;
+
+    /// The five nodes started under `root` (the coordinator first, the others with it as
+    /// their bootstrap peer), their processes and their peer ids, once the coordinator sees
+    /// every peer (within `limit`).
+    pub async fn start(
+        http: &reqwest::Client,
+        root: &Path,
+        limit: Duration,
+    ) -> (Vec<FixedNode>, Vec<Daemon>, Vec<String>) {
+        let mut nodes = vec![FixedNode::new(root, NAMES[0], None)];
+        let mut daemons = vec![nodes[0].start()];
+        let coordinator = peer_id(http, &daemons[0]).await;
+        let boot = format!("{}/p2p/{coordinator}", nodes[0].p2p_addr);
+        for name in &NAMES[1..] {
+            let node = FixedNode::new(root, name, Some(boot.clone()));
+            daemons.push(node.start());
+            nodes.push(node);
+        }
+        let mut ids = vec![coordinator];
+        for d in &daemons[1..] {
+            ids.push(peer_id(http, d).await);
+        }
+        let capi = nodes[0].api();
+        wait_for("the coordinator to see every peer", limit, async || {
+            let peers = get_json(http, &format!("{capi}/v1/peers")).await?;
+            (peers["peers"].as_array()?.len() >= NAMES.len() - 1).then_some(())
+        })
+        .await;
+        (nodes, daemons, ids)
+    }
 
     /// A `sum` session `id` of `length` values on these nodes (`ids` indexed like `NAMES`),
     /// two contributors at least.
